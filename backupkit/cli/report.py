@@ -1,0 +1,10 @@
+"""backupkit report."""
+
+from __future__ import annotations
+
+from backupkit.cli.common import not_yet
+
+
+def report() -> None:
+    """Not available in this build yet."""
+    raise not_yet("report")

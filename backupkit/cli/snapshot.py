@@ -1,0 +1,10 @@
+"""backupkit snapshot."""
+
+from __future__ import annotations
+
+from backupkit.cli.common import not_yet
+
+
+def snapshot() -> None:
+    """Not available in this build yet."""
+    raise not_yet("snapshot")

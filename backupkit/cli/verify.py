@@ -1,0 +1,10 @@
+"""backupkit verify."""
+
+from __future__ import annotations
+
+from backupkit.cli.common import not_yet
+
+
+def verify() -> None:
+    """Not available in this build yet."""
+    raise not_yet("verify")

@@ -1,0 +1,219 @@
+"""Policy files (policies/*.toml) and settings. Precedence: command line > environment > policy."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from backupkit.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SourceSection(_Section):
+    """How to reach and control the database server."""
+
+    url: str = "mysql://root@127.0.0.1:3306"
+    password_file: str | None = None
+    source_id: str | None = None
+    datadir: str | None = None
+    stop_command: str | None = None
+    start_command: str | None = None
+    pid_file: str | None = None
+    config_file: str | None = None
+    stop_timeout: float = 300.0
+    start_timeout: float = 300.0
+
+
+class TargetSection(_Section):
+    """One storage target; several make a cross-region repository."""
+
+    url: str
+    endpoint_url: str | None = None
+    region: str | None = None
+    addressing_style: Literal["auto", "path", "virtual"] | None = None
+    profile: str | None = None
+    access_key_env: str | None = None
+    secret_key_env: str | None = None
+    storage_class: str | None = None
+    sse: str | None = None
+    sse_kms_key_id: str | None = None
+
+    def s3_settings(self) -> dict[str, Any]:
+        return self.model_dump(exclude={"url"}, exclude_none=True)
+
+
+class StorageSection(_Section):
+    """Where the repository lives."""
+
+    url: str | None = None
+    endpoint_url: str | None = None
+    region: str | None = None
+    addressing_style: Literal["auto", "path", "virtual"] | None = None
+    profile: str | None = None
+    access_key_env: str | None = None
+    secret_key_env: str | None = None
+    storage_class: str | None = None
+    sse: str | None = None
+    sse_kms_key_id: str | None = None
+    targets: list[TargetSection] = Field(default_factory=list)
+    write_quorum: int | None = None
+
+    def primary(self) -> TargetSection | None:
+        if self.targets:
+            return self.targets[0]
+        if self.url:
+            return TargetSection(**self.model_dump(exclude={"targets", "write_quorum"}))
+        return None
+
+
+class StrategiesSection(_Section):
+    """Cron schedules per strategy; binlog may be "continuous" or "off"."""
+
+    cold: str | None = None
+    snapshot: str | None = None
+    binlog: str | None = None
+    verify: str | None = None
+    prune: str | None = None
+
+
+class SnapshotSection(_Section):
+    parallel: int | None = Field(default=None, ge=1, le=64)
+    compression_level: int = Field(default=3, ge=-7, le=22)
+    chunk_size_mb: int = Field(default=64, ge=1, le=4096)
+    databases: list[str] = Field(default_factory=list)
+    tables: list[str] = Field(default_factory=list)
+    include_users: bool = False
+
+
+class BinlogSection(_Section):
+    sync_interval: float = Field(default=1.0, gt=0, le=3600)
+    max_segment_mb: int = Field(default=16, ge=1, le=4096)
+    server_id: int | None = Field(default=None, ge=1, le=4294967295)
+    heartbeat: float = Field(default=1.0, gt=0, le=3600)
+    lease_seconds: float = Field(default=15.0, gt=1, le=3600)
+    compression_level: int = Field(default=3, ge=-7, le=22)
+
+
+class ColdSection(_Section):
+    staging: str | None = None
+    paths: list[str] = Field(default_factory=list)
+    compression_level: int = Field(default=1, ge=-7, le=22)
+
+
+class RetentionSection(_Section):
+    keep_last: int | None = Field(default=None, ge=0)
+    keep_daily: int | None = Field(default=None, ge=0)
+    keep_weekly: int | None = Field(default=None, ge=0)
+    keep_monthly: int | None = Field(default=None, ge=0)
+    recovery_window: str | None = None
+
+
+class EncryptionSection(_Section):
+    key_file: str | None = None
+    key_env: str | None = None
+    key_id: str | None = None
+
+
+class Policy(_Section):
+    """A whole policy file."""
+
+    name: str = "default"
+    source: SourceSection = Field(default_factory=SourceSection)
+    storage: StorageSection = Field(default_factory=StorageSection)
+    strategies: StrategiesSection = Field(default_factory=StrategiesSection)
+    snapshot: SnapshotSection = Field(default_factory=SnapshotSection)
+    binlog: BinlogSection = Field(default_factory=BinlogSection)
+    cold: ColdSection = Field(default_factory=ColdSection)
+    retention: RetentionSection = Field(default_factory=RetentionSection)
+    encryption: EncryptionSection | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name_ok(cls, v: str) -> str:
+        if not v or any(c in v for c in "/\\ \t\n"):
+            raise ValueError("a name without spaces or slashes")
+        return v
+
+    path: str | None = Field(default=None, exclude=True)
+
+
+def _problem_line(path: Path, err: dict[str, Any]) -> str:
+    key = ".".join(str(p) for p in err.get("loc", ())) or "(top level)"
+    typ = err.get("type", "")
+    if typ == "extra_forbidden":
+        return f"{path}: unknown key '{key}' (remove it or check its spelling)"
+    if typ == "missing":
+        return f"{path}: missing key '{key}'"
+    found = err.get("input")
+    found_s = repr(found) if not isinstance(found, dict) else "a table"
+    return f"{path}: key '{key}': expected {err.get('msg', 'a valid value')}, found {found_s}"
+
+
+def load_policy(path: str | Path) -> Policy:
+    """Read and validate a policy file; every problem is one line of the ConfigError."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ConfigError(f"policy file {p} not found", "check the path given to --policy")
+    try:
+        data = tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"policy file {p} cannot be read: {exc.strerror}") from None
+    try:
+        policy = Policy.model_validate(data)
+    except ValidationError as exc:
+        lines = [_problem_line(p, e) for e in exc.errors()]
+        raise ConfigError("\n".join(lines)) from None
+    policy.path = str(p)
+    from backupkit.policy_checks import semantic_problems
+
+    problems = semantic_problems(policy, p)
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return policy
+
+
+@dataclass
+class Settings:
+    """What a command works with, resolved from the command line, the environment and a policy."""
+
+    policy: Policy
+    storage_url: str | None
+    source_url: str
+    json: bool = False
+    debug: bool = False
+
+    @classmethod
+    def resolve(cls, policy_path: str | None, storage: str | None, source: str | None,
+                json: bool = False, debug: bool = False) -> Settings:
+        policy_path = policy_path or os.environ.get("BACKUPKIT_POLICY")
+        policy = load_policy(policy_path) if policy_path else Policy()
+        primary = policy.storage.primary()
+        storage_url = storage or os.environ.get("BACKUPKIT_STORAGE") or (primary.url if primary else None)
+        source_url = source or os.environ.get("BACKUPKIT_SOURCE") or policy.source.url
+        return cls(policy, storage_url, source_url, json, debug)
+
+    def storage_settings(self) -> dict[str, Any]:
+        primary = self.policy.storage.primary()
+        if primary is None or (self.storage_url and self.storage_url != primary.url):
+            return {}
+        return primary.s3_settings()
+
+    def open_store(self, create: bool = True):
+        from backupkit.storage import open_store
+
+        return open_store(self.storage_url, self.storage_settings(), create=create)
+
+    def source_spec(self):
+        from backupkit.mysql.connection import parse_conn
+
+        return parse_conn(self.source_url, password_file=self.policy.source.password_file)

@@ -1,0 +1,1 @@
+"""Talking to MySQL/MariaDB: connections, server facts, service control, sandboxes."""

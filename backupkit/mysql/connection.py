@@ -1,0 +1,120 @@
+"""Source and target connection settings; passwords come only from the environment or a 0600 file."""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass, replace
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlparse
+
+import pymysql
+
+from backupkit.errors import ConfigError, SourceError, UsageError
+
+PASSWORD_ENV = "BACKUPKIT_SOURCE_PASSWORD"
+TARGET_PASSWORD_ENV = "BACKUPKIT_TARGET_PASSWORD"
+DEFAULT_URL = "mysql://root@127.0.0.1:3306"
+
+
+@dataclass(frozen=True)
+class ConnSpec:
+    """Where and as whom to connect. The password is held here only, never rendered."""
+
+    host: str = "127.0.0.1"
+    port: int = 3306
+    user: str = "root"
+    socket: str | None = None
+    database: str | None = None
+    password: str | None = None
+
+    def display(self) -> str:
+        """The URL with no password, for messages and manifests."""
+        where = self.socket if self.socket else f"{self.host}:{self.port}"
+        return f"mysql://{self.user}@{where}"
+
+    def __repr__(self) -> str:  # never leak the password through repr()
+        return f"ConnSpec({self.display()})"
+
+    __str__ = display
+
+    def with_database(self, database: str | None) -> ConnSpec:
+        return replace(self, database=database)
+
+
+def read_password_file(path: str | Path) -> str:
+    """The password in a file that only its owner can read (mode 0600 or stricter)."""
+    p = Path(path).expanduser()
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise ConfigError(f"password file {p} does not exist", "create it with mode 0600") from None
+    if stat.S_IMODE(st.st_mode) & 0o077:
+        raise ConfigError(f"password file {p} has mode {stat.S_IMODE(st.st_mode):04o}",
+                          f"run 'chmod 600 {p}'")
+    return p.read_text().rstrip("\r\n")
+
+
+def parse_conn(url: str | None, password_env: str = PASSWORD_ENV,
+               password_file: str | None = None) -> ConnSpec:
+    """mysql://user@host:port[/db][?socket=/path] or a socket path; password from env or 0600 file."""
+    url = (url or DEFAULT_URL).strip()
+    if url.startswith("/") or url.endswith(".sock"):
+        spec = ConnSpec(socket=url, host="localhost", port=0)
+    else:
+        parsed = urlparse(url)
+        if parsed.scheme not in ("mysql", "mariadb"):
+            raise UsageError(f"bad connection URL {url!r}",
+                             "use mysql://user@host:port or a socket path")
+        if parsed.password is not None:
+            raise UsageError("connection URLs must not contain a password",
+                             f"put it in {password_env} or a 0600 password_file")
+        query = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
+        try:
+            port = parsed.port or 3306
+        except ValueError:
+            raise UsageError(f"bad port in connection URL {url!r}") from None
+        spec = ConnSpec(host=parsed.hostname or "127.0.0.1", port=port,
+                        user=unquote(parsed.username or "root"), socket=query.get("socket"),
+                        database=parsed.path.lstrip("/") or None)
+        password_file = password_file or query.get("password_file")
+    password = os.environ.get(password_env)
+    if password is None and password_file:
+        password = read_password_file(password_file)
+    return replace(spec, password=password)
+
+
+def connect(spec: ConnSpec, *, database: str | None = None, autocommit: bool = True,
+            read_timeout: int | None = None, **kw) -> pymysql.connections.Connection:
+    """A pymysql connection; failure raises SourceError (exit 3) with one line."""
+    args = dict(user=spec.user, password=spec.password or "", charset="utf8mb4",
+                autocommit=autocommit, connect_timeout=5, local_infile=True,
+                database=database or spec.database, read_timeout=read_timeout,
+                binary_prefix=True)
+    if spec.socket:
+        args["unix_socket"] = spec.socket
+    else:
+        args["host"] = spec.host
+        args["port"] = spec.port
+    args.update(kw)
+    try:
+        return pymysql.connect(**args)
+    except pymysql.err.OperationalError as exc:
+        code = exc.args[0] if exc.args else 0
+        msg = exc.args[1] if len(exc.args) > 1 else str(exc)
+        if code in (1045, 1044):
+            raise SourceError(f"access denied for {spec.display()}",
+                              f"check the user and {PASSWORD_ENV}") from None
+        raise SourceError(f"cannot connect to {spec.display()}: {msg}",
+                          "check that the server is running and the URL is right") from None
+    except pymysql.err.InternalError as exc:
+        raise SourceError(f"cannot connect to {spec.display()}: {exc}") from None
+
+
+def quote_ident(name: str) -> str:
+    """A quoted SQL identifier: backticks doubled."""
+    return "`" + name.replace("`", "``") + "`"
+
+
+def qualified(db: str, table: str) -> str:
+    return f"{quote_ident(db)}.{quote_ident(table)}"

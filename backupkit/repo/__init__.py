@@ -1,0 +1,1 @@
+"""The repository: object keys, the streaming codec and the catalog of manifests."""

@@ -1,0 +1,359 @@
+"""Manifests and the catalog that reads and commits them: backups, binlog segments, gaps."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, datetime
+from typing import Any
+
+from backupkit.errors import IntegrityError, ObjectNotFound, StorageError
+from backupkit.repo import layout
+from backupkit.repo.codec import StoredObject, sha256_bytes
+from backupkit.storage.base import ObjectStore
+
+
+def utc_iso(ts: float | None) -> str | None:
+    """An epoch time as ISO 8601 UTC with microseconds."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def new_backup_id(kind: str, at: float | None = None) -> str:
+    """A sortable, unique backup id: 20261126T101500Z-snapshot-1a2b."""
+    stamp = datetime.fromtimestamp(at or time.time(), UTC).strftime("%Y%m%dT%H%M%SZ")
+    return f"{stamp}-{kind}-{uuid.uuid4().hex[:4]}"
+
+
+# -- manifest envelope -----------------------------------------------------------
+def encode_manifest(body: dict[str, Any]) -> bytes:
+    """Canonical JSON with a format version and its own checksum."""
+    body = dict(body)
+    body.pop("checksum", None)
+    body.setdefault("format", layout.FORMAT_VERSION)
+    canon = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    body["checksum"] = "sha256:" + sha256_bytes(canon.encode())
+    return (json.dumps(body, sort_keys=True, indent=1, ensure_ascii=False) + "\n").encode()
+
+
+def decode_manifest(key: str, data: bytes) -> dict[str, Any]:
+    """Parse a manifest and verify its own checksum and format version."""
+    try:
+        body = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise IntegrityError(f"manifest {key!r} is not valid JSON", "the stored copy is damaged") from exc
+    if not isinstance(body, dict):
+        raise IntegrityError(f"manifest {key!r} is not a JSON object")
+    got = body.pop("checksum", None)
+    canon = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    if got != "sha256:" + sha256_bytes(canon.encode()):
+        raise IntegrityError(f"checksum mismatch in manifest {key!r}", "the stored copy is damaged")
+    fmt = body.get("format")
+    if not isinstance(fmt, int) or fmt > layout.FORMAT_VERSION:
+        raise IntegrityError(f"manifest {key!r} has format {fmt!r}; this backupkit reads up to "
+                             f"{layout.FORMAT_VERSION}", "upgrade backupkit")
+    return body
+
+
+def _from_dict(cls, d: dict[str, Any]):
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in d.items() if k in names})
+
+
+# -- records ---------------------------------------------------------------------
+@dataclass
+class SourceIdentity:
+    """Which server a backup or segment came from."""
+
+    source_id: str
+    flavor: str = "mariadb"  # mariadb | mysql
+    version: str = ""
+    server_id: int = 0
+    server_uuid: str = ""  # MySQL; MariaDB has none
+    hostname: str = ""
+    port: int = 0
+    gtid_domain_id: int | None = None  # MariaDB
+
+
+@dataclass
+class BinlogPoint:
+    """A point in the source's history: binlog coordinates, GTID position, wall time (UTC epoch)."""
+
+    file: str = ""
+    pos: int = 0
+    gtid: str = ""
+    time: float = 0.0
+
+    def key(self) -> tuple[str, int]:
+        return (self.file, self.pos)
+
+
+@dataclass
+class BackupManifest:
+    """The commit marker of a snapshot or cold backup; written after all its objects."""
+
+    id: str
+    kind: str  # snapshot | cold
+    source: SourceIdentity
+    point: BinlogPoint
+    started_at: float
+    finished_at: float
+    objects: list[StoredObject] = field(default_factory=list)
+    stats: dict[str, Any] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+    format: int = layout.FORMAT_VERSION
+    tool_version: str = ""
+
+    @property
+    def duration(self) -> float:
+        return self.finished_at - self.started_at
+
+    @property
+    def stored_bytes(self) -> int:
+        return sum(o.size for o in self.objects)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["type"] = "backup"
+        d["started_at_utc"] = utc_iso(self.started_at)
+        d["finished_at_utc"] = utc_iso(self.finished_at)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> BackupManifest:
+        d = dict(d)
+        d["source"] = _from_dict(SourceIdentity, d.get("source", {}))
+        d["point"] = _from_dict(BinlogPoint, d.get("point", {}))
+        d["objects"] = [StoredObject.from_dict(o) for o in d.get("objects", [])]
+        return _from_dict(cls, d)
+
+
+@dataclass
+class SegmentInfo:
+    """Index entry of one shipped binlog segment: events [start_pos, end_pos) of binlog_file."""
+
+    source_id: str
+    binlog_file: str
+    start_pos: int
+    end_pos: int
+    object: StoredObject
+    first_event_time: float = 0.0
+    last_event_time: float = 0.0
+    first_commit_time: float = 0.0
+    last_commit_time: float = 0.0
+    gtid_first: str = ""
+    gtid_last: str = ""
+    gtid_state: str = ""  # GTID position after the last transaction of the segment
+    events: int = 0
+    transactions: int = 0
+    next_file: str = ""  # set when the segment ends with a rotation to this file
+    range_id: str = ""  # a continuous range; a new one begins after a gap
+    created_at: float = 0.0
+    format: int = layout.FORMAT_VERSION
+
+    @property
+    def key(self) -> str:
+        return layout.segment_index(self.source_id, self.binlog_file, self.start_pos, self.end_pos)
+
+    def next_point(self) -> tuple[str, int]:
+        """Where the following segment must start to be contiguous."""
+        if self.next_file:
+            return (self.next_file, 4)
+        return (self.binlog_file, self.end_pos)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["type"] = "segment"
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SegmentInfo:
+        d = dict(d)
+        d["object"] = StoredObject.from_dict(d["object"])
+        return _from_dict(cls, d)
+
+
+@dataclass
+class GapInfo:
+    """A stretch of binlog that was never shipped (for example purged before it could be)."""
+
+    source_id: str
+    after_file: str
+    after_pos: int
+    resume_file: str
+    resume_pos: int
+    detected_at: float
+    reason: str
+    last_time_before: float = 0.0
+    format: int = layout.FORMAT_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["type"] = "gap"
+        return d
+
+
+@dataclass
+class Coverage:
+    """A continuous run of segments for one source."""
+
+    source_id: str
+    range_id: str
+    first: SegmentInfo
+    last: SegmentInfo
+    segments: int
+    stored_bytes: int
+
+    @property
+    def start(self) -> tuple[str, int]:
+        return (self.first.binlog_file, self.first.start_pos)
+
+    @property
+    def end(self) -> tuple[str, int]:
+        return self.last.next_point()
+
+
+def binlog_order(file: str, pos: int) -> tuple[str, int]:
+    """Sort key for binlog coordinates (files are zero-padded, so names order correctly)."""
+    return (file, pos)
+
+
+class Catalog:
+    """Reads and commits the repository's manifests."""
+
+    def __init__(self, store: ObjectStore, parallel: int = 16) -> None:
+        self.store = store
+        self.parallel = parallel
+
+    # -- repository config -----------------------------------------------------
+    def repo_config(self) -> dict[str, Any] | None:
+        try:
+            data = self.store.get_bytes(layout.REPO_CONFIG)
+        except ObjectNotFound:
+            return None
+        return decode_manifest(layout.REPO_CONFIG, data)
+
+    def ensure_repo(self) -> dict[str, Any]:
+        """Create the repository config on first write; returns it."""
+        cfg = self.repo_config()
+        if cfg is not None:
+            return cfg
+        from backupkit import __version__
+
+        body = {"type": "repository", "format": layout.FORMAT_VERSION,
+                "repository_id": uuid.uuid4().hex, "created_at": time.time(),
+                "created_by": f"backupkit {__version__}"}
+        self.store.put_if_absent(layout.REPO_CONFIG, encode_manifest(body))
+        return self.repo_config() or body
+
+    # -- reading manifests -----------------------------------------------------
+    def read_manifest(self, key: str) -> dict[str, Any]:
+        return decode_manifest(key, self.store.get_bytes(key))
+
+    def _read_many(self, keys: list[str]) -> list[dict[str, Any]]:
+        if len(keys) <= 2:
+            return [self.read_manifest(k) for k in keys]
+        with ThreadPoolExecutor(max_workers=self.parallel) as pool:
+            return list(pool.map(self.read_manifest, keys))
+
+    # -- backups ------------------------------------------------------------------
+    def backup_ids(self) -> list[str]:
+        ids = []
+        for info in self.store.list(layout.BACKUPS):
+            bid = layout.backup_id_of(info.key)
+            if bid:
+                ids.append(bid)
+        return sorted(ids)
+
+    def backups(self, kind: str | None = None) -> list[BackupManifest]:
+        """Every committed backup, oldest consistent point first."""
+        keys = [layout.backup_manifest(b) for b in self.backup_ids()]
+        out = [BackupManifest.from_dict(d) for d in self._read_many(keys)]
+        if kind:
+            out = [b for b in out if b.kind == kind]
+        return sorted(out, key=lambda b: (b.point.time, b.id))
+
+    def backup(self, backup_id: str) -> BackupManifest:
+        key = layout.backup_manifest(backup_id)
+        try:
+            return BackupManifest.from_dict(self.read_manifest(key))
+        except ObjectNotFound:
+            from backupkit.errors import UsageError
+
+            raise UsageError(f"no backup {backup_id!r} in {self.store.describe()}",
+                             "run 'backupkit list' to see the backups") from None
+
+    def commit_backup(self, manifest: BackupManifest) -> None:
+        """Write the manifest last: from this moment the backup exists."""
+        self.ensure_repo()
+        key = layout.backup_manifest(manifest.id)
+        if not self.store.put_if_absent(key, encode_manifest(manifest.to_dict())):
+            raise StorageError(f"backup {manifest.id} already committed")
+
+    # -- binlog ---------------------------------------------------------------------
+    def sources(self) -> list[str]:
+        seen: set[str] = set()
+        for info in self.store.list(layout.BINLOG):
+            sid = layout.source_of(info.key)
+            if sid:
+                seen.add(sid)
+        return sorted(seen)
+
+    def segments(self, source_id: str) -> list[SegmentInfo]:
+        """Every committed segment of a source, in binlog order."""
+        keys = [i.key for i in self.store.list(layout.binlog_prefix(source_id))
+                if layout.is_segment_index(i.key)]
+        segs = [SegmentInfo.from_dict(d) for d in self._read_many(keys)]
+        return sorted(segs, key=lambda s: (s.binlog_file, s.start_pos, s.end_pos))
+
+    def commit_segment(self, info: SegmentInfo) -> None:
+        """Write a segment's index entry after its data object."""
+        if not info.created_at:
+            info.created_at = time.time()
+        if not self.store.put_if_absent(info.key, encode_manifest(info.to_dict())):
+            raise StorageError(f"segment {info.key} already committed")
+
+    def gaps(self, source_id: str) -> list[GapInfo]:
+        keys = [i.key for i in self.store.list(layout.gaps_prefix(source_id)) if i.key.endswith(".json")]
+        out = []
+        for d in self._read_many(keys):
+            out.append(_from_dict(GapInfo, d))
+        return sorted(out, key=lambda g: (g.after_file, g.after_pos))
+
+    def record_gap(self, gap: GapInfo) -> None:
+        key = layout.gap_record(gap.source_id, gap.after_file, gap.after_pos)
+        self.store.put_if_absent(key, encode_manifest(gap.to_dict()))
+
+    def coverage(self, source_id: str, segments: Iterable[SegmentInfo] | None = None) -> list[Coverage]:
+        """Continuous runs of segments; a break in positions starts a new run."""
+        segs = list(segments) if segments is not None else self.segments(source_id)
+        runs: list[Coverage] = []
+        for s in segs:
+            if runs and runs[-1].end == (s.binlog_file, s.start_pos):
+                r = runs[-1]
+                r.last = s
+                r.segments += 1
+                r.stored_bytes += s.object.size
+            else:
+                runs.append(Coverage(source_id, s.range_id, s, s, 1, s.object.size))
+        return runs
+
+    def shipped_position(self, source_id: str) -> tuple[str, int] | None:
+        """Where the newest committed segment ends: the shipper resumes here."""
+        segs = self.segments(source_id)
+        return segs[-1].next_point() if segs else None
+
+    # -- restore records --------------------------------------------------------------
+    def commit_restore_record(self, record: dict[str, Any]) -> str:
+        rid = record.setdefault("id", new_backup_id("restore"))
+        self.store.put(layout.restore_record(rid), encode_manifest({"type": "restore", **record}))
+        return rid
+
+    def restore_records(self) -> list[dict[str, Any]]:
+        keys = [i.key for i in self.store.list(layout.RESTORES) if i.key.endswith(".json")]
+        return sorted(self._read_many(keys), key=lambda r: r.get("finished_at", 0))

@@ -1,0 +1,168 @@
+"""Streaming zstd + sha256: every object is hashed as stored and verified on every read."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from typing import BinaryIO
+
+import zstandard
+
+from backupkit.errors import IntegrityError
+from backupkit.storage.base import ObjectStore, iter_chunks
+
+DEFAULT_LEVEL = 3
+READ_SIZE = 1 << 20
+
+
+@dataclass
+class StoredObject:
+    """One object of a backup as the manifest records it."""
+
+    key: str
+    size: int  # stored bytes
+    sha256: str  # of the stored bytes
+    raw_size: int  # bytes before compression
+    compression: str = "zstd"  # zstd | none
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> StoredObject:
+        return cls(**{k: d[k] for k in ("key", "size", "sha256", "raw_size") if k in d},
+                   compression=d.get("compression", "zstd"))
+
+
+class _Counted:
+    """Iterates chunks while counting and hashing them."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._chunks = chunks
+        self.size = 0
+        self.sha = hashlib.sha256()
+
+    def __iter__(self) -> Iterator[bytes]:
+        for block in self._chunks:
+            self.size += len(block)
+            self.sha.update(block)
+            yield block
+
+
+def compress_stream(chunks: Iterable[bytes], level: int = DEFAULT_LEVEL,
+                    threads: int = 0) -> Iterator[bytes]:
+    """zstd-compress a stream of chunks, yielding compressed chunks of about 1 MiB."""
+    cctx = zstandard.ZstdCompressor(level=level, write_checksum=True, threads=threads)
+    comp = cctx.compressobj(size=-1)
+    out = bytearray()
+    for block in chunks:
+        out += comp.compress(block)
+        if len(out) >= READ_SIZE:
+            yield bytes(out)
+            out.clear()
+    out += comp.flush()
+    if out:
+        yield bytes(out)
+
+
+def put_object(store: ObjectStore, key: str, data: BinaryIO | Iterable[bytes] | bytes,
+               level: int | None = DEFAULT_LEVEL, threads: int = 0) -> StoredObject:
+    """Stream data to key (zstd unless level is None) and return its size and checksum."""
+    raw = _Counted(iter_chunks(data))
+    stream: Iterable[bytes] = raw if level is None else compress_stream(raw, level, threads)
+    stored = _Counted(stream)
+    store.put(key, stored)
+    return StoredObject(key=key, size=stored.size, sha256=stored.sha.hexdigest(),
+                        raw_size=raw.size, compression="none" if level is None else "zstd")
+
+
+class VerifyingReader(io.RawIOBase):
+    """Reads stored bytes and raises IntegrityError at EOF if the checksum or size differs."""
+
+    def __init__(self, raw: BinaryIO, key: str, sha256: str, size: int | None = None) -> None:
+        self._raw = raw
+        self.key = key
+        self.expected = sha256
+        self.expected_size = size
+        self.sha = hashlib.sha256()
+        self.size = 0
+        self.verified = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:  # type: ignore[override]
+        n = self._raw.readinto(b) if hasattr(self._raw, "readinto") else 0
+        if n:
+            self.sha.update(memoryview(b)[:n])
+            self.size += n
+            return n
+        self._finish()
+        return 0
+
+    def _finish(self) -> None:
+        if self.verified:
+            return
+        if self.expected_size is not None and self.size != self.expected_size:
+            raise IntegrityError(f"object {self.key!r} has {self.size} bytes, manifest says "
+                                 f"{self.expected_size}", "the stored copy is damaged")
+        if self.sha.hexdigest() != self.expected:
+            raise IntegrityError(f"checksum mismatch in object {self.key!r}",
+                                 "the stored copy is damaged; restore from another target or backup")
+        self.verified = True
+
+    def close(self) -> None:
+        try:
+            self._raw.close()
+        finally:
+            super().close()
+
+
+def iter_object(store: ObjectStore, obj: StoredObject, read_size: int = READ_SIZE) -> Iterator[bytes]:
+    """Yield the decoded bytes of a stored object; the checksum is verified before the end."""
+    reader = VerifyingReader(store.open(obj.key), obj.key, obj.sha256, obj.size)
+    try:
+        if obj.compression == "none":
+            while True:
+                block = reader.read(read_size)
+                if not block:
+                    return
+                yield block
+        dobj = zstandard.ZstdDecompressor().decompressobj()
+        while True:
+            block = reader.read(read_size)
+            if not block:
+                break
+            try:
+                out = dobj.decompress(block)
+            except zstandard.ZstdError as exc:
+                # Read the rest so the checksum error, if any, is the one reported.
+                while reader.read(read_size):
+                    pass
+                raise IntegrityError(f"object {obj.key!r} does not decompress: {exc}",
+                                     "the stored copy is damaged") from exc
+            if out:
+                yield out
+        if not dobj.eof:
+            raise IntegrityError(f"object {obj.key!r} is truncated", "the stored copy is damaged")
+    finally:
+        reader.close()
+
+
+def read_object(store: ObjectStore, obj: StoredObject) -> bytes:
+    """The whole decoded content of a small object, verified."""
+    return b"".join(iter_object(store, obj))
+
+
+def verify_object(store: ObjectStore, obj: StoredObject) -> None:
+    """Re-read an object's stored bytes and check size and checksum."""
+    reader = VerifyingReader(store.open(obj.key), obj.key, obj.sha256, obj.size)
+    with reader:
+        while reader.read(READ_SIZE):
+            pass
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

@@ -1,0 +1,116 @@
+"""Every object key of the repository, as pure functions. No key is formatted anywhere else."""
+
+from __future__ import annotations
+
+from urllib.parse import quote, unquote
+
+FORMAT_VERSION = 1
+REPO_CONFIG = "backupkit.json"
+BACKUPS = "backups/"
+BINLOG = "binlog/"
+LEASES = "leases/"
+RESTORES = "restores/"
+MANIFEST = "manifest.json"
+
+
+def enc(name: str) -> str:
+    """A database, table or source name as one safe key component (reversible)."""
+    out = quote(name, safe="")
+    return "%2E" + out[1:] if out.startswith(".") else out
+
+
+def dec(component: str) -> str:
+    """The name behind a key component made by enc()."""
+    return unquote(component)
+
+
+# -- backups -------------------------------------------------------------------
+def backup_prefix(backup_id: str) -> str:
+    return f"{BACKUPS}{backup_id}/"
+
+
+def backup_manifest(backup_id: str) -> str:
+    """The commit marker of a backup: it exists only once every data object is stored."""
+    return f"{BACKUPS}{backup_id}/{MANIFEST}"
+
+
+def backup_id_of(key: str) -> str | None:
+    """The backup id of a manifest key, or None for any other key."""
+    parts = key.split("/")
+    if len(parts) == 3 and parts[0] + "/" == BACKUPS and parts[2] == MANIFEST:
+        return parts[1]
+    return None
+
+
+def snapshot_schema(backup_id: str, db: str) -> str:
+    """DDL of one database (tables, views, routines, triggers, events)."""
+    return f"{BACKUPS}{backup_id}/schema/{enc(db)}.json.zst"
+
+
+def snapshot_globals(backup_id: str) -> str:
+    """Users and grants, when included."""
+    return f"{BACKUPS}{backup_id}/schema/_users.sql.zst"
+
+
+def snapshot_chunk(backup_id: str, db: str, table: str, chunk: int) -> str:
+    """One chunk of one table's rows in LOAD DATA's escaped tab-separated form."""
+    return f"{BACKUPS}{backup_id}/data/{enc(db)}/{enc(table)}/{chunk:06d}.tsv.zst"
+
+
+def cold_archive(backup_id: str, part: int = 0) -> str:
+    """The datadir as a tar stream through zstd."""
+    return f"{BACKUPS}{backup_id}/datadir.{part:04d}.tar.zst"
+
+
+def cold_config(backup_id: str) -> str:
+    """An optional server config file saved with a cold backup."""
+    return f"{BACKUPS}{backup_id}/server.cnf.zst"
+
+
+# -- binlog --------------------------------------------------------------------
+def binlog_prefix(source_id: str) -> str:
+    return f"{BINLOG}{enc(source_id)}/"
+
+
+def segment_data(source_id: str, binlog_file: str, start: int, end: int) -> str:
+    """A segment: a valid binlog file holding events [start, end) of binlog_file."""
+    return f"{BINLOG}{enc(source_id)}/{enc(binlog_file)}/{start:012d}-{end:012d}.binlog.zst"
+
+
+def segment_index(source_id: str, binlog_file: str, start: int, end: int) -> str:
+    """The index entry (commit marker) of a segment."""
+    return f"{BINLOG}{enc(source_id)}/{enc(binlog_file)}/{start:012d}-{end:012d}.json"
+
+
+def is_segment_index(key: str) -> bool:
+    parts = key.split("/")
+    return len(parts) == 4 and parts[0] + "/" == BINLOG and parts[3].endswith(".json") \
+        and parts[2] != "gaps"
+
+
+def gap_record(source_id: str, binlog_file: str, pos: int) -> str:
+    """A recorded gap in the shipped binlog, named after where the gap begins."""
+    return f"{BINLOG}{enc(source_id)}/gaps/{enc(binlog_file)}-{pos:012d}.json"
+
+
+def gaps_prefix(source_id: str) -> str:
+    return f"{BINLOG}{enc(source_id)}/gaps/"
+
+
+def source_of(key: str) -> str | None:
+    """The source id of a binlog key."""
+    parts = key.split("/")
+    if len(parts) >= 3 and parts[0] + "/" == BINLOG:
+        return dec(parts[1])
+    return None
+
+
+# -- leases and records -----------------------------------------------------------
+def shipper_lease(source_id: str) -> str:
+    """The lease a binlog shipper holds so that only one ships each source."""
+    return f"{LEASES}ship-{enc(source_id)}.json"
+
+
+def restore_record(record_id: str) -> str:
+    """A measured restore (a drill or a real one): feeds the RTO in the loss report."""
+    return f"{RESTORES}{record_id}.json"

@@ -1,0 +1,70 @@
+"""Fixtures: private mariadbd servers and a real S3 server process."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+
+from backupkit.mysql.sandbox import Sandbox
+from tests.support import MotoServer
+
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "test")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "test")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+
+
+@pytest.fixture
+def mariadb():
+    """A fresh private mariadbd (log-bin, ROW), destroyed after the test."""
+    sb = Sandbox(name="test").start()
+    try:
+        yield sb
+    finally:
+        sb.destroy()
+
+
+@pytest.fixture
+def mariadb_factory():
+    """Make as many private servers as a test needs: factory(server_id=..., extra_args=[...])."""
+    made: list[Sandbox] = []
+
+    def make(**kw) -> Sandbox:
+        sb = Sandbox(name="test", **kw)
+        made.append(sb)
+        return sb.start()
+
+    yield make
+    for sb in made:
+        sb.destroy()
+
+
+@pytest.fixture(scope="session")
+def moto():
+    """One moto_server process for the session."""
+    server = MotoServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_url(moto, monkeypatch):
+    """A fresh bucket on the S3 server and the storage URL of a prefix inside it."""
+    bucket = f"bk-{uuid.uuid4().hex[:12]}"
+    moto.create_bucket(bucket)
+    monkeypatch.setenv("BACKUPKIT_S3_ENDPOINT", moto.endpoint)
+    return f"s3://{bucket}/repo"
+
+
+@pytest.fixture
+def local_url(tmp_path):
+    return f"file://{tmp_path / 'repo'}"
+
+
+@pytest.fixture(params=["local", "s3"])
+def store_url(request, tmp_path):
+    """The same test against the local store and the S3 store."""
+    if request.param == "local":
+        return f"file://{tmp_path / 'repo'}"
+    return request.getfixturevalue("s3_url")

@@ -1,0 +1,95 @@
+"""Shared test helpers: real S3 server processes, table checksums, CLI runs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from backupkit.mysql.sandbox import free_port
+
+
+class MotoServer:
+    """A real S3-compatible HTTP server process (moto_server) on a loopback port."""
+
+    def __init__(self, port: int | None = None, env: dict[str, str] | None = None) -> None:
+        self.port = port or free_port()
+        self.env = env or {}
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30) -> MotoServer:
+        exe = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
+        env = {**os.environ, **self.env}
+        self.proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(self.port)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     env=env, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("moto_server exited at start")
+            try:
+                urllib.request.urlopen(self.endpoint + "/moto-api/", timeout=1).read()
+                return self
+            except Exception:
+                time.sleep(0.1)
+        raise RuntimeError("moto_server did not start")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.proc = None
+
+    def reset(self) -> None:
+        """Forget every bucket and object (moto keeps them in RAM)."""
+        req = urllib.request.Request(self.endpoint + "/moto-api/reset", method="POST")
+        urllib.request.urlopen(req, timeout=10).read()
+
+    def create_bucket(self, name: str) -> None:
+        import boto3
+
+        boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
+                     aws_access_key_id="test", aws_secret_access_key="test").create_bucket(Bucket=name)
+
+
+def table_checksums(sandbox_or_conn, databases: list[str] | None = None) -> dict[str, int | None]:
+    """CHECKSUM TABLE of every base table in the given (or all user) databases."""
+    conn = sandbox_or_conn.connect() if hasattr(sandbox_or_conn, "connect") else sandbox_or_conn
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT table_schema, table_name FROM information_schema.tables "
+                "WHERE table_type='BASE TABLE' AND table_schema NOT IN "
+                "('mysql','information_schema','performance_schema','sys') ORDER BY 1,2")
+            names = [(d, t) for d, t in cur.fetchall() if databases is None or d in databases]
+            out: dict[str, int | None] = {}
+            for d, t in names:
+                qd, qt = d.replace("`", "``"), t.replace("`", "``")
+                cur.execute(f"CHECKSUM TABLE `{qd}`.`{qt}` EXTENDED")
+                out[f"{d}.{t}"] = cur.fetchone()[1]
+            return out
+    finally:
+        if conn is not sandbox_or_conn:
+            conn.close()
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600,
+            input: str | None = None) -> subprocess.CompletedProcess:
+    """Run the real console script in a subprocess."""
+    exe = shutil.which("backupkit") or str(Path(sys.executable).parent / "backupkit")
+    full_env = {**os.environ, "COLUMNS": "200", **(env or {})}
+    return subprocess.run([exe, *args], capture_output=True, text=True, env=full_env,
+                          timeout=timeout, input=input)
