@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import logging
 import threading
 import time
@@ -34,8 +35,8 @@ class S3Options:
     storage_class: str | None = None
     sse: str | None = None  # AES256 | aws:kms
     sse_kms_key_id: str | None = None
-    part_size: int = 8 * MIB
-    concurrency: int = 3
+    part_size: int = 5 * MIB
+    concurrency: int = 4
     max_attempts: int = 4
     connect_timeout: float = 3.0
     read_timeout: float = 60.0
@@ -54,6 +55,27 @@ def _botocore_stream_errors() -> tuple[type[BaseException], ...]:
 
     return (*_RETRYABLE_STREAM_ERRORS, ConnectionClosedError, ReadTimeoutError,
             ResponseStreamingError, ProtocolError)
+
+
+def _parts(chunks: Iterator[bytes], base: int) -> Iterator[bytes]:
+    """Regroup a stream of chunks into upload parts (sizes from part_size_for), one copy each."""
+    number = 1
+    size = part_size_for(number, base)
+    held: list[bytes] = []
+    have = 0
+    for block in chunks:
+        while block:
+            take = block[: size - have] if have + len(block) > size else block
+            block = block[len(take):]
+            held.append(take)
+            have += len(take)
+            if have == size:
+                yield b"".join(held)
+                held, have = [], 0
+                number += 1
+                size = part_size_for(number, base)
+    if held or number == 1:
+        yield b"".join(held)
 
 
 def part_size_for(part_number: int, base: int) -> int:
@@ -179,25 +201,20 @@ class S3Store(ObjectStore):
     # -- interface ---------------------------------------------------------
     def put(self, key: str, data: BinaryIO | Chunks | bytes) -> ObjectInfo:
         full = self._k(key)
-        chunks = iter_chunks(data)
-        buf = bytearray()
-        first_size = self.options.part_size
-        for block in chunks:
-            buf += block
-            if len(buf) >= first_size:
-                break
-        else:
-            body = bytes(buf)
+        parts = _parts(iter_chunks(data), self.options.part_size)
+        first = next(parts, b"")
+        second = next(parts, None)
+        if second is None:
             resp = self._call(self.client.put_object, "upload", key, Bucket=self.bucket,
-                              Key=full, Body=body, **self._extra())
-            return ObjectInfo(key, len(body), resp.get("ETag", ""))
-        return self._multipart(key, full, buf, chunks)
+                              Key=full, Body=first, **self._extra())
+            return ObjectInfo(key, len(first), resp.get("ETag", ""))
+        return self._multipart(key, full, itertools.chain((first, second), parts))
 
-    def _multipart(self, key: str, full: str, buf: bytearray, chunks: Iterator[bytes]) -> ObjectInfo:
+    def _multipart(self, key: str, full: str, parts_iter: Iterator[bytes]) -> ObjectInfo:
         resp = self._call(self.client.create_multipart_upload, "start upload of", key,
                           Bucket=self.bucket, Key=full, **self._extra())
         upload_id = resp["UploadId"]
-        parts: dict[int, str] = {}
+        etags: dict[int, str] = {}
         total = 0
         pending: set[Future] = set()
         pool = ThreadPoolExecutor(max_workers=self.options.concurrency,
@@ -208,43 +225,30 @@ class S3Store(ObjectStore):
                            Key=full, UploadId=upload_id, PartNumber=number, Body=body)
             return number, r["ETag"]
 
-        def submit(number: int, body: bytes) -> None:
-            while len(pending) >= self.options.concurrency:
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for f in done:
-                    pending.discard(f)
-                    n, etag = f.result()
-                    parts[n] = etag
-            pending.add(pool.submit(send, number, body))
+        def collect(done: Iterable[Future]) -> None:
+            for f in done:
+                pending.discard(f)
+                n, etag = f.result()
+                etags[n] = etag
 
         try:
-            number = 1
-            size = part_size_for(number, self.options.part_size)
-            for block in chunks:
-                buf += block
-                while len(buf) >= size:
-                    body = bytes(buf[:size])
-                    del buf[:size]
-                    total += len(body)
-                    submit(number, body)
-                    number += 1
-                    size = part_size_for(number, self.options.part_size)
-            if buf or number == 1:
-                total += len(buf)
-                submit(number, bytes(buf))
-                buf = bytearray()
-            for f in pending:
-                n, etag = f.result()
-                parts[n] = etag
-            pending.clear()
-            if len(parts) > MAX_PARTS:
-                raise StorageError(f"object {key!r} is too large for one S3 upload")
-            done = self._call(
+            for number, body in enumerate(parts_iter, start=1):
+                if number > MAX_PARTS:
+                    raise StorageError(f"object {key!r} is too large for one S3 upload")
+                # Bounded memory: at most `concurrency` parts in flight plus the one being read.
+                while len(pending) >= self.options.concurrency:
+                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    collect(done)
+                total += len(body)
+                pending.add(pool.submit(send, number, body))
+                del body
+            collect(list(pending))
+            done_resp = self._call(
                 self.client.complete_multipart_upload, "complete upload of", key,
                 Bucket=self.bucket, Key=full, UploadId=upload_id,
-                MultipartUpload={"Parts": [{"PartNumber": n, "ETag": parts[n]} for n in sorted(parts)]},
+                MultipartUpload={"Parts": [{"PartNumber": n, "ETag": etags[n]} for n in sorted(etags)]},
             )
-            return ObjectInfo(key, total, done.get("ETag", ""))
+            return ObjectInfo(key, total, done_resp.get("ETag", ""))
         except BaseException:
             for f in pending:
                 f.cancel()

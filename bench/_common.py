@@ -1,0 +1,73 @@
+"""Shared bits of the benchmark scripts: child-process timing with peak RSS, result rows."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+@dataclass
+class Measured:
+    wall: float
+    peak_rss_mib: float
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def measure(cmd: list[str] | str, env: dict[str, str] | None = None, shell: bool = False,
+            stdin=None, stdout=None, cwd: str | None = None) -> Measured:
+    """Run a command and return its wall time and the peak RSS of its process tree's largest member."""
+    t0 = time.perf_counter()
+    r = subprocess.run(
+        ["/usr/bin/time", "-f", "@@RSS %M", *(["/bin/sh", "-c", cmd] if shell else cmd)],
+        env={**os.environ, **(env or {})}, stdin=stdin,
+        stdout=stdout if stdout is not None else subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, cwd=cwd)
+    wall = time.perf_counter() - t0
+    rss_kib = 0.0
+    err_lines = []
+    for line in r.stderr.splitlines():
+        if line.startswith("@@RSS "):
+            rss_kib = float(line.split()[1])
+        else:
+            err_lines.append(line)
+    return Measured(wall, rss_kib / 1024, r.returncode, r.stdout or "", "\n".join(err_lines))
+
+
+def row(benchmark: str, metric: str, value: float, unit: str, goal: str = "",
+        ratio: float | None = None, passed: bool | None = None) -> dict:
+    return {"benchmark": benchmark, "metric": metric, "value": round(value, 3), "unit": unit,
+            "goal": goal, "ratio": None if ratio is None else round(ratio, 3), "passed": passed}
+
+
+def print_rows(rows: list[dict]) -> None:
+    w = max((len(r["benchmark"]) + len(r["metric"]) for r in rows), default=20) + 3
+    for r in rows:
+        mark = "" if r["passed"] is None else ("PASS" if r["passed"] else "MISS")
+        ratio = "" if r["ratio"] is None else f"ratio {r['ratio']:.2f}"
+        name = f"{r['benchmark']}: {r['metric']}"
+        print(f"{name:<{w}} {r['value']:>10.2f} {r['unit']:<6} {ratio:<12} {r['goal']:<40} {mark}")
+
+
+def machine() -> dict:
+    return {"python": platform.python_version(), "platform": platform.platform(),
+            "cpus": os.cpu_count(), "rss_self_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def main_for(run) -> None:
+    quick = "--quick" in sys.argv
+    rows = run(quick=quick)
+    print_rows(rows)
+    if "--json" in sys.argv:
+        print(json.dumps(rows, indent=2))
