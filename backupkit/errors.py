@@ -13,6 +13,9 @@ class BackupkitError(Exception):
         self.message = message
         self.hint = hint
 
+    def __str__(self) -> str:
+        return self.one_line()
+
     def one_line(self) -> str:
         """The message and the fix, on one line."""
         text = self.message.replace("\n", " ").strip()
