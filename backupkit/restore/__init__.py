@@ -1,0 +1,1 @@
+"""Restores: planning, snapshot and cold loads, binlog replay, loss windows."""
