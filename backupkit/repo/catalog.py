@@ -152,6 +152,7 @@ class SegmentInfo:
     events: int = 0
     transactions: int = 0
     next_file: str = ""  # set when the segment ends with a rotation to this file
+    file_closed: bool = False  # the segment holds the file's last event (ROTATE or STOP)
     range_id: str = ""  # a continuous range; a new one begins after a gap
     created_at: float = 0.0
     format: int = layout.FORMAT_VERSION
@@ -216,6 +217,25 @@ class Coverage:
     @property
     def end(self) -> tuple[str, int]:
         return self.last.next_point()
+
+
+def next_binlog_name(name: str) -> str:
+    """The file the server creates after name: binlog.000041 -> binlog.000042."""
+    base, dot, num = name.rpartition(".")
+    if not dot or not num.isdigit():
+        return ""
+    return f"{base}.{int(num) + 1:0{len(num)}d}"
+
+
+def continues(prev: SegmentInfo, seg: SegmentInfo) -> bool:
+    """True when seg starts exactly where prev ends. Across files: a segment at the first event
+    (pos 4) of the file after prev's file continues prev's range (same range_id), because the
+    shipper streams every file to its end before the server moves it to the next one (after a
+    ROTATE, a STOP at shutdown, or a crash)."""
+    if prev.next_point() == (seg.binlog_file, seg.start_pos):
+        return True
+    return (seg.start_pos == 4 and not prev.next_file and seg.range_id == prev.range_id
+            and seg.binlog_file == next_binlog_name(prev.binlog_file))
 
 
 def binlog_order(file: str, pos: int) -> tuple[str, int]:
@@ -334,7 +354,7 @@ class Catalog:
         segs = list(segments) if segments is not None else self.segments(source_id)
         runs: list[Coverage] = []
         for s in segs:
-            if runs and runs[-1].end == (s.binlog_file, s.start_pos):
+            if runs and continues(runs[-1].last, s):
                 r = runs[-1]
                 r.last = s
                 r.segments += 1
@@ -343,10 +363,19 @@ class Catalog:
                 runs.append(Coverage(source_id, s.range_id, s, s, 1, s.object.size))
         return runs
 
+    def last_segment(self, source_id: str) -> SegmentInfo | None:
+        """The newest committed segment, reading only its own index entry."""
+        best: tuple[str, int, int, str] | None = None
+        for info in self.store.list(layout.binlog_prefix(source_id)):
+            pos = layout.segment_of(info.key)
+            if pos is not None and (best is None or pos > best[:3]):
+                best = (*pos, info.key)
+        return SegmentInfo.from_dict(self.read_manifest(best[3])) if best else None
+
     def shipped_position(self, source_id: str) -> tuple[str, int] | None:
         """Where the newest committed segment ends: the shipper resumes here."""
-        segs = self.segments(source_id)
-        return segs[-1].next_point() if segs else None
+        last = self.last_segment(source_id)
+        return last.next_point() if last else None
 
     # -- restore records --------------------------------------------------------------
     def commit_restore_record(self, record: dict[str, Any]) -> str:

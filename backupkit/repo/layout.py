@@ -88,6 +88,17 @@ def is_segment_index(key: str) -> bool:
         and parts[2] != "gaps"
 
 
+def segment_of(key: str) -> tuple[str, int, int] | None:
+    """(binlog file, start, end) of a segment index key, or None for any other key."""
+    if not is_segment_index(key):
+        return None
+    parts = key.split("/")
+    start, _, end = parts[3].removesuffix(".json").partition("-")
+    if not (start.isdigit() and end.isdigit()):
+        return None
+    return dec(parts[2]), int(start), int(end)
+
+
 def gap_record(source_id: str, binlog_file: str, pos: int) -> str:
     """A recorded gap in the shipped binlog, named after where the gap begins."""
     return f"{BINLOG}{enc(source_id)}/gaps/{enc(binlog_file)}-{pos:012d}.json"
