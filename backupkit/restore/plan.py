@@ -1,0 +1,508 @@
+"""Pure restore planning: which base and which binlog segments reach a target.
+
+No I/O: every function takes manifests already read from the catalog, so a plan can be printed
+(``--dry-run``), unit-tested, and computed many times a second by retention checks.
+
+- ``plan_restore(backups, segments_by_source, gaps, target) -> RestorePlan``: the newest base
+  (snapshot or cold) whose consistent point is at or before the target, plus the unbroken run of
+  segments from the base's binlog coordinates to the target. Raises PlanError (one line, with
+  the nearest reachable times on either side) when the target is earlier than the oldest base,
+  later than the newest shipped commit, or behind a gap.
+- ``restorable_intervals(backups, segments, gaps) -> list[(start, end)]``: the closed UTC epoch
+  intervals of --to-time targets that can be reached, merged and sorted. ``start`` is a base's
+  consistent point; ``end`` is the newest shipped commit time reachable from it (whole seconds),
+  or the base's own time when no binlog follows it. T is restorable iff start <= T <= end for
+  one interval. ``is_restorable(intervals, T)`` answers that with a binary search.
+- ``Planner(backups, segments_by_source, gaps)``: the same with the segment runs indexed once,
+  for callers that plan many targets (``planner.plan(target)``, ``planner.intervals()``).
+
+Rules:
+- Segments are contiguous when one starts exactly where the previous ends
+  (``SegmentInfo.next_point()``, or the end position in the same file); a break in positions or a
+  recorded gap ends a run.
+- A base is usable for time T when its consistent point time <= T; replay applies every
+  transaction whose commit second is <= T. Binlog commit times are whole seconds, so the newest
+  reachable moment of a run is the commit time of its newest transaction.
+- GTID targets compare by domain (MariaDB) or source uuid (MySQL) and sequence number; a base
+  whose GTID position already holds a --stop-before-gtid transaction cannot be used.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from backupkit.errors import PlanError
+from backupkit.repo.catalog import BackupManifest, GapInfo, SegmentInfo
+from backupkit.restore.targets import (
+    Gtid,
+    GtidPosition,
+    RestoreTarget,
+    format_time,
+    parse_gtid_position,
+    try_parse_gtid,
+)
+
+#: Throughput assumed when no restore has been measured yet (bytes per second of raw data).
+DEFAULT_RATES = {
+    "snapshot": 40 * 1024 * 1024,  # LOAD DATA of the snapshot's rows (FACTS.md: 256 MB in ~6.7 s)
+    "cold": 150 * 1024 * 1024,  # tar extraction of a datadir
+    "replay": 4 * 1024 * 1024,  # mariadb-binlog | mariadb: 53.6 MB of row events in ~12.5 s
+    "fixed": 3.0,  # server start, connections, bookkeeping
+}
+
+
+# -- segment runs -----------------------------------------------------------------------------
+@dataclass
+class Run:
+    """An unbroken sequence of segments of one source."""
+
+    segments: list[SegmentInfo]
+    states: list[GtidPosition | None] = field(default_factory=list)  # GTID position after each
+
+    @property
+    def start(self) -> tuple[str, int]:
+        s = self.segments[0]
+        return (s.binlog_file, s.start_pos)
+
+    @property
+    def end(self) -> tuple[str, int]:
+        return self.segments[-1].next_point()
+
+    def commit_time(self, i: int) -> float:
+        """Newest commit time in segment i (0 when it holds no transaction)."""
+        s = self.segments[i]
+        if s.last_commit_time:
+            return s.last_commit_time
+        return s.last_event_time if s.transactions else 0.0
+
+    def end_time(self, from_index: int = 0) -> float:
+        """Newest commit time from segment from_index to the end of the run (0 if none)."""
+        return max((self.commit_time(i) for i in range(from_index, len(self.segments))), default=0.0)
+
+
+def _ends_at(s: SegmentInfo, point: tuple[str, int]) -> bool:
+    return s.next_point() == point or (s.binlog_file, s.end_pos) == point
+
+
+def _gap_between(gaps: Sequence[GapInfo], prev: SegmentInfo, nxt: SegmentInfo) -> bool:
+    for g in gaps:
+        if _ends_at(prev, (g.after_file, g.after_pos)) and \
+                (g.resume_file, g.resume_pos) == (nxt.binlog_file, nxt.start_pos) and \
+                (g.resume_file, g.resume_pos) != (g.after_file, g.after_pos):
+            return True
+    return False
+
+
+def build_runs(segments: Iterable[SegmentInfo], gaps: Sequence[GapInfo] = ()) -> list[Run]:
+    """Split a source's segments (any order) into unbroken runs, in binlog order."""
+    segs = sorted(segments, key=lambda s: (s.binlog_file, s.start_pos, s.end_pos))
+    runs: list[Run] = []
+    for s in segs:
+        if runs:
+            prev = runs[-1].segments[-1]
+            if (prev.binlog_file, prev.start_pos) == (s.binlog_file, s.start_pos):
+                continue  # the same stretch committed twice: keep the first
+            if _ends_at(prev, (s.binlog_file, s.start_pos)) and not _gap_between(gaps, prev, s):
+                runs[-1].segments.append(s)
+                continue
+        runs.append(Run([s]))
+    for r in runs:
+        r.states = [_state(s) for s in r.segments]
+    return runs
+
+
+def _state(s: SegmentInfo) -> GtidPosition | None:
+    try:
+        return parse_gtid_position(s.gtid_state) if s.gtid_state else None
+    except Exception:  # an odd state string only costs GTID lookups, never the plan
+        return None
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where a binlog point falls: run index, segment index, and whether it lies inside it."""
+
+    run: int
+    index: int  # the first segment that holds events after the point (== len if at the end)
+
+
+# -- the plan ---------------------------------------------------------------------------------
+@dataclass
+class RestorePlan:
+    """A base, the segments to replay after it, and where to stop. Printable and executable."""
+
+    target: RestoreTarget
+    source_id: str
+    base: BackupManifest
+    segments: list[SegmentInfo]
+    start: tuple[str, int]  # replay from here: the base's binlog coordinates
+    stop_time: float | None = None  # newest commit second to apply (time targets)
+    expected_end_time: float | None = None  # newest commit time the replay can reach
+    base_bytes: int = 0
+    segment_bytes: int = 0
+    base_raw_bytes: int = 0
+    segment_raw_bytes: int = 0
+    estimated_seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def fetch_bytes(self) -> int:
+        return self.base_bytes + self.segment_bytes
+
+    @property
+    def needs_replay(self) -> bool:
+        return bool(self.segments)
+
+    def to_dict(self) -> dict[str, Any]:
+        b = self.base
+        return {
+            "target": self.target.to_dict(),
+            "source_id": self.source_id,
+            "base": {"id": b.id, "kind": b.kind, "point": {"file": b.point.file, "pos": b.point.pos,
+                                                          "gtid": b.point.gtid, "time": b.point.time,
+                                                          "time_text": format_time(b.point.time)},
+                     "stored_bytes": self.base_bytes, "raw_bytes": self.base_raw_bytes},
+            "segments": [{"file": s.binlog_file, "start_pos": s.start_pos, "end_pos": s.end_pos,
+                          "key": s.object.key, "bytes": s.object.size, "raw_bytes": s.object.raw_size,
+                          "first_commit_time": s.first_commit_time,
+                          "last_commit_time": s.last_commit_time,
+                          "gtid_first": s.gtid_first, "gtid_last": s.gtid_last}
+                         for s in self.segments],
+            "start": {"file": self.start[0], "pos": self.start[1]},
+            "stop_time": self.stop_time,
+            "fetch_bytes": self.fetch_bytes,
+            "segment_bytes": self.segment_bytes,
+            "estimated_seconds": round(self.estimated_seconds, 1),
+            "notes": list(self.notes),
+        }
+
+    def lines(self) -> list[str]:
+        """The plan for people (--dry-run)."""
+        from backupkit.cli.console import human_bytes, human_seconds
+
+        b = self.base
+        out = [f"target:    {self.target.describe()}",
+               f"base:      {b.kind} {b.id} at {format_time(b.point.time)} "
+               f"({b.point.file}:{b.point.pos}, GTID {b.point.gtid or '-'}), "
+               f"{human_bytes(self.base_bytes)} stored"]
+        if self.segments:
+            first, last = self.segments[0], self.segments[-1]
+            out.append(f"replay:    {len(self.segments)} segment(s) from {self.start[0]}:{self.start[1]} "
+                       f"to {last.binlog_file}:{last.end_pos} ({human_bytes(self.segment_bytes)} stored, "
+                       f"{human_bytes(self.segment_raw_bytes)} of binlog)")
+            for s in self.segments:
+                out.append(f"           {s.binlog_file} [{s.start_pos}, {s.end_pos}) "
+                           f"{human_bytes(s.object.size)} commits {format_time(s.first_commit_time or None)}"
+                           f" .. {format_time(s.last_commit_time or None)}")
+            del first
+        else:
+            out.append("replay:    none (the base is the target)")
+        out.append(f"fetch:     {human_bytes(self.fetch_bytes)}")
+        out.append(f"estimate:  {human_seconds(self.estimated_seconds)}")
+        out.extend(f"note:      {n}" for n in self.notes)
+        return out
+
+
+# -- the planner --------------------------------------------------------------------------------
+def _by_source(segments: Mapping[str, Sequence[SegmentInfo]] | Iterable[SegmentInfo] | None
+               ) -> dict[str, list[SegmentInfo]]:
+    if segments is None:
+        return {}
+    if isinstance(segments, Mapping):
+        return {k: list(v) for k, v in segments.items()}
+    out: dict[str, list[SegmentInfo]] = {}
+    for s in segments:
+        out.setdefault(s.source_id, []).append(s)
+    return out
+
+
+def _gaps_by_source(gaps: Mapping[str, Sequence[GapInfo]] | Iterable[GapInfo] | None
+                    ) -> dict[str, list[GapInfo]]:
+    if gaps is None:
+        return {}
+    if isinstance(gaps, Mapping):
+        return {k: list(v) for k, v in gaps.items()}
+    out: dict[str, list[GapInfo]] = {}
+    for g in gaps:
+        out.setdefault(g.source_id, []).append(g)
+    return out
+
+
+class Planner:
+    """Plans restores for one repository snapshot of manifests; index once, plan many times."""
+
+    def __init__(self, backups: Sequence[BackupManifest],
+                 segments_by_source: Mapping[str, Sequence[SegmentInfo]] | Iterable[SegmentInfo] | None,
+                 gaps: Mapping[str, Sequence[GapInfo]] | Iterable[GapInfo] | None = None,
+                 source_id: str | None = None, rates: Mapping[str, float] | None = None) -> None:
+        segs = _by_source(segments_by_source)
+        gap_map = _gaps_by_source(gaps)
+        self.rates = {**DEFAULT_RATES, **(rates or {})}
+        self.notes: list[str] = []
+        sources = sorted({b.source.source_id for b in backups} | {k for k, v in segs.items() if v})
+        if source_id is None:
+            if len(sources) > 1:
+                newest = max(backups, key=lambda b: (b.point.time, b.id), default=None)
+                source_id = newest.source.source_id if newest else sources[-1]
+                self.notes.append(f"the repository holds {len(sources)} sources; planning for "
+                                  f"{source_id}")
+            elif sources:
+                source_id = sources[0]
+            else:
+                source_id = ""
+        self.source_id = source_id
+        self.bases = sorted((b for b in backups if b.source.source_id == source_id),
+                            key=lambda b: (b.point.time, b.id))
+        self.runs = build_runs(segs.get(source_id, []), gap_map.get(source_id, []))
+        self.gaps = gap_map.get(source_id, [])
+        # file -> sorted [(start_pos, end_pos, run, index)] for locating points
+        self._by_file: dict[str, list[tuple[int, int, int, int]]] = {}
+        for ri, run in enumerate(self.runs):
+            for si, s in enumerate(run.segments):
+                self._by_file.setdefault(s.binlog_file, []).append((s.start_pos, s.end_pos, ri, si))
+        for lst in self._by_file.values():
+            lst.sort()
+        self._loc_cache: dict[str, Location | None] = {}
+        self._intervals: list[tuple[float, float]] | None = None
+
+    # -- locating ---------------------------------------------------------------------------
+    def locate(self, file: str, pos: int) -> Location | None:
+        """The run and first segment holding events after (file, pos), or None if uncovered."""
+        lst = self._by_file.get(file)
+        if lst:
+            i = bisect.bisect_right(lst, (pos, math.inf, math.inf, math.inf)) - 1
+            if i >= 0:
+                start, end, ri, si = lst[i]
+                if start <= pos < end:
+                    return Location(ri, si)
+                if pos == end:
+                    return Location(ri, si + 1)
+        for ri, run in enumerate(self.runs):  # the end of a file that rotated: next_point differs
+            for si, s in enumerate(run.segments):
+                if s.next_point() == (file, pos):
+                    return Location(ri, si + 1)
+        return None
+
+    def base_location(self, base: BackupManifest) -> Location | None:
+        if base.id not in self._loc_cache:
+            p = base.point
+            self._loc_cache[base.id] = self.locate(p.file, p.pos) if p.file else None
+        return self._loc_cache[base.id]
+
+    def reach_end(self, base: BackupManifest) -> float:
+        """The newest moment reachable from a base: its newest following commit, or its own time."""
+        loc = self.base_location(base)
+        if loc is None:
+            return base.point.time
+        return max(base.point.time, self.runs[loc.run].end_time(loc.index))
+
+    # -- intervals ----------------------------------------------------------------------------
+    def intervals(self) -> list[tuple[float, float]]:
+        """Merged closed intervals of reachable --to-time targets (UTC epoch seconds)."""
+        if self._intervals is None:
+            spans = sorted((b.point.time, self.reach_end(b)) for b in self.bases)
+            merged: list[list[float]] = []
+            for a, z in spans:
+                if merged and a <= merged[-1][1]:
+                    merged[-1][1] = max(merged[-1][1], z)
+                else:
+                    merged.append([a, z])
+            self._intervals = [(a, z) for a, z in merged]
+        return self._intervals
+
+    def newest_commit(self) -> float:
+        return max((r.end_time() for r in self.runs), default=0.0)
+
+    def _nearest(self, t: float) -> str:
+        ivs = self.intervals()
+        before = max((z for a, z in ivs if z < t), default=None)
+        after = min((a for a, z in ivs if a > t), default=None)
+        return (f"nearest reachable: {format_time(before) if before is not None else 'none'} before, "
+                f"{format_time(after) if after is not None else 'none'} after")
+
+    def _gap_near(self, t: float) -> str:
+        """Which break in the shipped binlog keeps t out of reach."""
+        for ri, run in enumerate(self.runs):
+            if run.end_time() >= t:
+                if ri == 0:
+                    first = run.segments[0].first_commit_time or run.segments[0].first_event_time
+                    return (f" (the shipped binlog begins at {run.start[0]}:{run.start[1]}, "
+                            f"{format_time(first or None)}, with no base before it)")
+                a = self.runs[ri - 1]
+                return f" ({a.end[0]}:{a.end[1]} to {run.start[0]}:{run.start[1]} was never shipped)"
+        return ""
+
+    # -- planning -------------------------------------------------------------------------------
+    def plan(self, target: RestoreTarget) -> RestorePlan:
+        """The plan reaching target, or PlanError saying why none can."""
+        if not self.bases:
+            raise PlanError("no base backup (snapshot or cold) in the repository"
+                            + (f" for source {self.source_id}" if self.source_id else ""),
+                            "take one with 'backupkit snapshot' or 'backupkit cold'")
+        if target.kind == "time":
+            return self._plan_time(target)
+        if target.kind in ("gtid", "before_gtid"):
+            return self._plan_gtid(target)
+        if target.kind == "position":
+            return self._plan_position(target)
+        return self._plan_latest(target)
+
+    def _make(self, target: RestoreTarget, base: BackupManifest, segs: list[SegmentInfo],
+              stop_time: float | None = None, expected_end: float | None = None) -> RestorePlan:
+        base_bytes = sum(o.size for o in base.objects)
+        base_raw = sum(o.raw_size for o in base.objects)
+        seg_bytes = sum(s.object.size for s in segs)
+        seg_raw = sum(s.object.raw_size for s in segs)
+        rate = self.rates.get(base.kind, self.rates["snapshot"])
+        est = self.rates["fixed"] + base_raw / max(rate, 1) + seg_raw / max(self.rates["replay"], 1)
+        return RestorePlan(target=target, source_id=self.source_id, base=base, segments=segs,
+                           start=(base.point.file, base.point.pos), stop_time=stop_time,
+                           expected_end_time=expected_end, base_bytes=base_bytes,
+                           segment_bytes=seg_bytes, base_raw_bytes=base_raw,
+                           segment_raw_bytes=seg_raw, estimated_seconds=est,
+                           notes=list(self.notes))
+
+    def _fail(self, target: RestoreTarget, why: str, hint: str | None = None) -> PlanError:
+        return PlanError(f"cannot restore to {target.describe()}: {why}", hint)
+
+    def _plan_time(self, target: RestoreTarget) -> RestorePlan:
+        t = float(target.time or 0.0)
+        for base in reversed(self.bases):
+            if base.point.time > t:
+                continue
+            loc = self.base_location(base)
+            if loc is None:
+                if base.point.time == t:
+                    return self._make(target, base, [], t, base.point.time)
+                continue
+            run = self.runs[loc.run]
+            if max(base.point.time, run.end_time(loc.index)) < t:
+                continue
+            stop = loc.index
+            while stop < len(run.segments) and not run.commit_time(stop) > t:
+                stop += 1
+            # segments loc.index..stop inclusive; stop may be len (everything to the end)
+            segs = run.segments[loc.index:min(stop + 1, len(run.segments))]
+            return self._make(target, base, segs, t, run.end_time(loc.index))
+        oldest = self.bases[0].point.time
+        newest = max(self.newest_commit(), self.bases[-1].point.time)
+        if t < oldest:
+            why = f"it is earlier than the oldest base ({format_time(oldest)})"
+        elif t > newest:
+            why = f"it is later than the newest shipped commit ({format_time(newest)})"
+        else:
+            why = "it is behind a gap in the shipped binlog" + self._gap_near(t)
+        raise self._fail(target, f"{why}; {self._nearest(t)}")
+
+    def _plan_latest(self, target: RestoreTarget) -> RestorePlan:
+        newest = self.newest_commit()
+        best: tuple[float, BackupManifest] | None = None
+        for base in self.bases:
+            end = self.reach_end(base)
+            if best is None or end >= best[0]:
+                best = (end, base)
+        assert best is not None
+        end, base = best
+        if self.runs and newest > end:
+            raise self._fail(target, f"the newest shipped commit ({format_time(newest)}) is behind a "
+                             f"gap" + self._gap_near(newest) + f"; {self._nearest(newest)}",
+                             "restore --to-time the newest reachable moment")
+        loc = self.base_location(base)
+        segs = self.runs[loc.run].segments[loc.index:] if loc else []
+        return self._make(target, base, segs, None, end)
+
+    def _plan_position(self, target: RestoreTarget) -> RestorePlan:
+        want = (target.file or "", int(target.pos or 0))
+        tloc = self._locate_target_pos(*want)
+        for base in reversed(self.bases):
+            p = (base.point.file, base.point.pos)
+            if not base.point.file or p > want:
+                continue
+            if p == want:
+                return self._make(target, base, [], None, base.point.time)
+            loc = self.base_location(base)
+            if loc is None or tloc is None or loc.run != tloc.run or loc.index > tloc.index:
+                continue
+            run = self.runs[loc.run]
+            segs = run.segments[loc.index:tloc.index + 1]
+            return self._make(target, base, segs, None, None)
+        if tloc is None:
+            cover = ", ".join(f"{r.start[0]}:{r.start[1]}..{r.end[0]}:{r.end[1]}" for r in self.runs)
+            raise self._fail(target, "that position is not in the shipped binlog"
+                             + (f" (shipped: {cover})" if cover else " (nothing shipped)"))
+        raise self._fail(target, "no base lies at or before it with an unbroken binlog run to it; "
+                         f"oldest base at {self.bases[0].point.file}:{self.bases[0].point.pos}")
+
+    def _locate_target_pos(self, file: str, pos: int) -> Location | None:
+        for start, end, ri, si in self._by_file.get(file, []):
+            if start <= pos <= end:
+                return Location(ri, si)
+        return None
+
+    def _gtid_segment(self, g: Gtid) -> Location | None:
+        """The segment holding transaction g: the first whose GTID state holds it."""
+        for ri, run in enumerate(self.runs):
+            for si, s in enumerate(run.segments):
+                first, last = try_parse_gtid(s.gtid_first), try_parse_gtid(s.gtid_last)
+                if first and last and first.key == last.key == g.key and first.seq <= g.seq <= last.seq:
+                    return Location(ri, si)
+                st = run.states[si]
+                if st is None or not st.contains(g):
+                    continue
+                if si == 0 and first is not None and first.key == g.key and first.seq > g.seq:
+                    break  # g is older than this run
+                return Location(ri, si)
+        return None
+
+    def _plan_gtid(self, target: RestoreTarget) -> RestorePlan:
+        g = target.gtid
+        assert g is not None
+        before = target.kind == "before_gtid"
+        tloc = self._gtid_segment(g)
+        for base in reversed(self.bases):
+            pos = parse_gtid_position(base.point.gtid)
+            has = pos.contains(g)
+            if has and (before or pos.last_seq(g.key) != g.seq):
+                continue  # the base already holds the transaction (or later ones of its domain)
+            if has:  # --to-gtid exactly at the base
+                return self._make(target, base, [], None, base.point.time)
+            loc = self.base_location(base)
+            if loc is None or tloc is None or loc.run != tloc.run or loc.index > tloc.index:
+                continue
+            segs = self.runs[loc.run].segments[loc.index:tloc.index + 1]
+            return self._make(target, base, segs, None, None)
+        if tloc is None:
+            shipped = [(r.segments[0].gtid_first, r.segments[-1].gtid_last) for r in self.runs]
+            text = ", ".join(f"{a or '?'}..{b or '?'}" for a, b in shipped)
+            raise self._fail(target, "that GTID is not in the shipped binlog"
+                             + (f" (shipped: {text})" if text else " (nothing shipped)"),
+                             "find it with 'backupkit binlog events'")
+        raise self._fail(target, "no base before it has an unbroken binlog run to it; "
+                         f"{self._nearest(self.runs[tloc.run].segments[tloc.index].first_commit_time)}")
+
+
+def plan_restore(backups: Sequence[BackupManifest],
+                 segments_by_source: Mapping[str, Sequence[SegmentInfo]] | Iterable[SegmentInfo] | None,
+                 gaps: Mapping[str, Sequence[GapInfo]] | Iterable[GapInfo] | None,
+                 target: RestoreTarget, source_id: str | None = None,
+                 rates: Mapping[str, float] | None = None) -> RestorePlan:
+    """The newest base at or before target and the unbroken segment run to it (PlanError if none)."""
+    return Planner(backups, segments_by_source, gaps, source_id, rates).plan(target)
+
+
+def restorable_intervals(backups: Sequence[BackupManifest],
+                         segments: Mapping[str, Sequence[SegmentInfo]] | Iterable[SegmentInfo] | None,
+                         gaps: Mapping[str, Sequence[GapInfo]] | Iterable[GapInfo] | None = None,
+                         source_id: str | None = None) -> list[tuple[float, float]]:
+    """Closed intervals [start, end] of restorable --to-time moments, sorted and merged."""
+    return Planner(backups, segments, gaps, source_id).intervals()
+
+
+def is_restorable(intervals: Sequence[tuple[float, float]], t: float) -> bool:
+    """True when t lies in one of the sorted, merged intervals."""
+    i = bisect.bisect_right(intervals, (t, math.inf)) - 1
+    return i >= 0 and intervals[i][0] <= t <= intervals[i][1]

@@ -1,0 +1,232 @@
+"""Restore planning: base choice, segment runs, refusals with the nearest reachable times."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from backupkit.errors import PlanError
+from backupkit.repo.catalog import BackupManifest, BinlogPoint, GapInfo, SegmentInfo, SourceIdentity
+from backupkit.repo.codec import StoredObject
+from backupkit.restore.plan import (
+    Planner,
+    build_runs,
+    is_restorable,
+    plan_restore,
+    restorable_intervals,
+)
+from backupkit.restore.targets import format_time, parse_target, time_target
+
+SRC = "src"
+
+
+def seg(file: str, start: int, end: int, t0: float, t1: float, g0: int, g1: int,
+        next_file: str = "", source: str = SRC) -> SegmentInfo:
+    return SegmentInfo(source_id=source, binlog_file=file, start_pos=start, end_pos=end,
+                       object=StoredObject(f"binlog/{source}/{file}/{start}", end - start, "x",
+                                           (end - start) * 3),
+                       first_event_time=t0, last_event_time=t1, first_commit_time=t0,
+                       last_commit_time=t1, gtid_first=f"0-1-{g0}", gtid_last=f"0-1-{g1}",
+                       gtid_state=f"0-1-{g1}", events=10, transactions=g1 - g0 + 1,
+                       next_file=next_file)
+
+
+def base(bid: str, kind: str, file: str, pos: int, gtid: str, t: float, size: int = 1000,
+         source: str = SRC) -> BackupManifest:
+    return BackupManifest(id=bid, kind=kind, source=SourceIdentity(source),
+                          point=BinlogPoint(file, pos, gtid, t), started_at=t - 1, finished_at=t + 1,
+                          objects=[StoredObject(f"backups/{bid}/x", size, "y", size * 4)])
+
+
+S1 = seg("binlog.000001", 4, 1000, 100, 110, 1, 10)
+S2 = seg("binlog.000001", 1000, 2000, 111, 120, 11, 20)
+S3 = seg("binlog.000001", 2000, 3000, 121, 130, 21, 30, next_file="binlog.000002")
+S4 = seg("binlog.000002", 4, 1000, 131, 140, 31, 40)
+# binlog.000003 was never shipped
+S5 = seg("binlog.000004", 4, 1000, 200, 210, 61, 70)
+S6 = seg("binlog.000004", 1000, 2000, 211, 220, 71, 80)
+SEGS = {SRC: [S6, S1, S4, S2, S5, S3]}  # any order
+
+A = base("A", "snapshot", "binlog.000001", 500, "0-1-5", 105.5)
+D = base("D", "snapshot", "binlog.000001", 1500, "0-1-15", 115.5)
+B = base("B", "cold", "binlog.000002", 4, "0-1-30", 130.5)
+C = base("C", "snapshot", "binlog.000004", 1000, "0-1-70", 210.5)
+BASES = [C, A, B, D]
+
+
+def plan(target, bases=BASES, segs=SEGS, gaps=()):
+    return plan_restore(bases, segs, gaps, target)
+
+
+def ends(p):
+    return [(s.binlog_file, s.start_pos) for s in p.segments]
+
+
+def test_runs_break_where_positions_do():
+    runs = build_runs(SEGS[SRC])
+    assert [[s.start_pos for s in r.segments] for r in runs] == [[4, 1000, 2000, 4], [4, 1000]]
+    assert runs[0].end == ("binlog.000002", 1000) and runs[0].end_time() == 140
+
+
+def test_recorded_gap_breaks_a_run_even_where_positions_meet():
+    gap = GapInfo(SRC, "binlog.000001", 3000, "binlog.000002", 4, detected_at=0, reason="purged")
+    runs = build_runs(SEGS[SRC], [gap])
+    assert len(runs) == 3
+
+
+def test_time_target_uses_newest_base_at_or_before_and_stops_at_first_later_commit():
+    p = plan(time_target(112))
+    assert p.base.id == "A"
+    assert ends(p) == [("binlog.000001", 4), ("binlog.000001", 1000)]
+    assert p.start == ("binlog.000001", 500) and p.stop_time == 112
+    assert plan(time_target(118)).base.id == "D"
+    assert ends(plan(time_target(118))) == [("binlog.000001", 1000)]
+
+
+def test_base_at_a_rotation_point_starts_in_the_next_file():
+    p = plan(time_target(135))
+    assert p.base.id == "B" and ends(p) == [("binlog.000002", 4)]
+
+
+def test_target_equal_to_newest_commit_is_reachable():
+    assert ends(plan(time_target(140))) == [("binlog.000002", 4)]
+    assert plan(time_target(220)).base.id == "C"
+
+
+def test_base_time_exactly_needs_no_later_commit():
+    p = plan(time_target(105.5))
+    assert p.base.id == "A"
+
+
+def test_target_before_oldest_base_is_refused_with_nearest_times():
+    with pytest.raises(PlanError) as err:
+        plan(time_target(50))
+    msg = err.value.one_line()
+    assert "earlier than the oldest base" in msg
+    assert f"none before, {format_time(105.5)} after" in msg
+    assert err.value.exit_code == 2
+
+
+def test_target_after_newest_commit_is_refused():
+    with pytest.raises(PlanError) as err:
+        plan(time_target(300))
+    msg = err.value.one_line()
+    assert "later than the newest shipped commit" in msg and format_time(220) in msg
+    assert f"{format_time(220)} before, none after" in msg
+
+
+def test_target_behind_a_gap_is_refused_naming_the_gap():
+    with pytest.raises(PlanError) as err:
+        plan(time_target(145))
+    msg = err.value.one_line()
+    assert "behind a gap" in msg
+    assert "binlog.000002:1000 to binlog.000004:4 was never shipped" in msg
+    assert f"{format_time(140)} before, {format_time(210.5)} after" in msg
+    assert "\n" not in msg
+
+
+def test_target_after_gap_but_before_next_base_is_refused():
+    with pytest.raises(PlanError, match="behind a gap"):
+        plan(time_target(205))
+
+
+def test_restorable_intervals_merge_and_answer_membership():
+    ivs = restorable_intervals(BASES, SEGS, [])
+    assert ivs == [(105.5, 140), (210.5, 220)]
+    assert is_restorable(ivs, 105.5) and is_restorable(ivs, 140) and is_restorable(ivs, 215)
+    assert not is_restorable(ivs, 105.4) and not is_restorable(ivs, 141) and not is_restorable(ivs, 221)
+
+
+def test_every_restorable_second_plans_and_every_other_refuses():
+    planner = Planner(BASES, SEGS, [])
+    ivs = planner.intervals()
+    for t in range(90, 230):
+        if is_restorable(ivs, t):
+            assert planner.plan(time_target(t)).base.point.time <= t
+        else:
+            with pytest.raises(PlanError):
+                planner.plan(time_target(t))
+
+
+def test_gtid_targets():
+    p = plan(parse_target(to_gtid="0-1-25"))
+    assert p.base.id == "D" and ends(p) == [("binlog.000001", 1000), ("binlog.000001", 2000)]
+    p = plan(parse_target(stop_before_gtid="0-1-31"))
+    assert p.base.id == "B" and ends(p) == [("binlog.000002", 4)]
+    p = plan(parse_target(to_gtid="0-1-30"))
+    assert p.base.id == "B" and p.segments == []
+    # the base holding the bad transaction is never used for --stop-before-gtid
+    p = plan(parse_target(stop_before_gtid="0-1-30"))
+    assert p.base.id == "D" and ends(p)[-1] == ("binlog.000001", 2000)
+
+
+def test_gtid_not_shipped_or_unreachable():
+    with pytest.raises(PlanError, match="not in the shipped binlog"):
+        plan(parse_target(to_gtid="0-1-50"))
+    with pytest.raises(PlanError, match="no base before it"):
+        plan(parse_target(to_gtid="0-1-65"))
+
+
+def test_position_targets():
+    p = plan(parse_target(to_position="binlog.000001:2500"))
+    assert p.base.id == "D" and ends(p) == [("binlog.000001", 1000), ("binlog.000001", 2000)]
+    p = plan(parse_target(to_position="binlog.000001:1500"))
+    assert p.base.id == "D" and p.segments == []
+    with pytest.raises(PlanError, match="not in the shipped binlog"):
+        plan(parse_target(to_position="binlog.000003:10"))
+
+
+def test_latest_replays_to_the_end_of_the_newest_run():
+    p = plan(parse_target(latest=True))
+    assert p.base.id == "C" and ends(p) == [("binlog.000004", 1000)]
+    with pytest.raises(PlanError, match="behind a gap"):
+        plan(parse_target(latest=True), bases=[A, B, D])
+
+
+def test_latest_without_binlog_is_the_newest_base():
+    p = plan(parse_target(latest=True), segs={})
+    assert p.base.id == "C" and p.segments == []
+
+
+def test_no_base_at_all():
+    with pytest.raises(PlanError, match="no base backup"):
+        plan(time_target(112), bases=[])
+
+
+def test_other_sources_are_ignored_when_one_is_named():
+    other = base("O", "snapshot", "binlog.000001", 500, "0-1-5", 111, source="other")
+    p = plan_restore(BASES + [other], SEGS, [], time_target(112), source_id=SRC)
+    assert p.base.id == "A"
+
+
+def test_plan_is_printable_with_bytes_and_estimate():
+    p = plan(time_target(112))
+    text = "\n".join(p.lines())
+    assert "snapshot A" in text and "2 segment(s)" in text and "estimate" in text
+    assert p.fetch_bytes == 1000 + 996 + 1000
+    d = p.to_dict()
+    assert d["base"]["id"] == "A" and len(d["segments"]) == 2 and d["estimated_seconds"] > 0
+
+
+def test_planning_is_fast_for_many_segments_and_calls():
+    segs = []
+    pos_file = 1
+    t = 1000.0
+    for i in range(5000):
+        f = f"binlog.{pos_file:06d}"
+        start = 4 + (i % 10) * 1000
+        nxt = f"binlog.{pos_file + 1:06d}" if i % 10 == 9 else ""
+        segs.append(seg(f, start, start + 1000, t, t + 9, i * 10 + 1, i * 10 + 10, next_file=nxt))
+        t += 10
+        if nxt:
+            pos_file += 1
+    bases = [base(f"b{i}", "snapshot", f"binlog.{i * 5 + 1:06d}", 500, f"0-1-{i * 500}",
+                  1000 + i * 500 + 2) for i in range(100)]
+    started = time.perf_counter()
+    planner = Planner(bases, segs, [])
+    ivs = planner.intervals()
+    for k in range(2000):
+        planner.plan(time_target(1500 + k * 24))
+    assert len(ivs) == 1
+    assert time.perf_counter() - started < 5

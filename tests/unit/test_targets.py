@@ -1,0 +1,109 @@
+"""Restore targets: times in the local zone or a given one, GTIDs, positions, one target only."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+import pytest
+
+from backupkit.errors import UsageError
+from backupkit.restore.targets import (
+    format_time,
+    parse_gtid,
+    parse_gtid_position,
+    parse_position,
+    parse_target,
+    parse_time,
+)
+
+
+@pytest.fixture
+def berlin_tz(monkeypatch):
+    monkeypatch.setenv("TZ", "Europe/Berlin")
+    time.tzset()
+    yield
+    monkeypatch.delenv("TZ")
+    time.tzset()
+
+
+def _utc(*args) -> float:
+    return datetime(*args, tzinfo=UTC).timestamp()
+
+
+def test_time_without_zone_is_local(berlin_tz):
+    assert parse_time("2026-11-26 10:15:00") == _utc(2026, 11, 26, 9, 15, 0)
+    assert parse_time("2026-07-01 10:15:00") == _utc(2026, 7, 1, 8, 15, 0)  # summer time
+
+
+def test_time_with_z_utc_offset_or_zone_name(berlin_tz):
+    assert parse_time("2026-11-26 10:15:00Z") == _utc(2026, 11, 26, 10, 15)
+    assert parse_time("2026-11-26T10:15:00 UTC") == _utc(2026, 11, 26, 10, 15)
+    assert parse_time("2026-11-26 10:15:00+02:00") == _utc(2026, 11, 26, 8, 15)
+    assert parse_time("2026-11-26 10:15:00-0530") == _utc(2026, 11, 26, 15, 45)
+    assert parse_time("2026-11-26 10:15:00 America/New_York") == _utc(2026, 11, 26, 15, 15)
+
+
+def test_time_fractions_minutes_and_epoch():
+    assert parse_time("2026-11-26 10:15:00.25Z") == _utc(2026, 11, 26, 10, 15) + 0.25
+    assert parse_time("2026-11-26 10:15Z") == _utc(2026, 11, 26, 10, 15)
+    assert parse_time("2026-11-26Z") == _utc(2026, 11, 26)
+    assert parse_time("@1700000000.5") == 1700000000.5
+    assert parse_time("now", now=42.0) == 42.0
+
+
+@pytest.mark.parametrize("text", ["yesterday", "2026-13-01 10:00:00", "2026-11-26 25:00:00",
+                                  "2026-11-26 10:15:00 Mars/Olympus", "", "@abc",
+                                  "2026-11-26 10:15:00+25:00"])
+def test_unparseable_time_is_a_usage_error(text):
+    with pytest.raises(UsageError) as err:
+        parse_time(text)
+    assert "\n" not in err.value.one_line()
+    assert err.value.exit_code == 2
+
+
+def test_format_time_round_trips(berlin_tz):
+    t = _utc(2026, 11, 26, 9, 15, 0) + 0.5
+    assert format_time(t) == "2026-11-26 10:15:00.5+01:00"
+    assert parse_time(format_time(t)) == t
+    assert format_time(t, utc=True) == "2026-11-26 09:15:00.5Z"
+
+
+def test_gtids_of_both_flavors():
+    g = parse_gtid("0-1-123")
+    assert (g.key, g.server, g.seq, g.mariadb) == ("0", "1", 123, True)
+    m = parse_gtid("3E11FA47-71CA-11E1-9E33-C80AA9429562:23")
+    assert (m.key, m.seq, m.mariadb) == ("3e11fa47-71ca-11e1-9e33-c80aa9429562", 23, False)
+    with pytest.raises(UsageError):
+        parse_gtid("0-1")
+
+
+def test_gtid_positions_contain_by_domain_and_seq():
+    pos = parse_gtid_position("0-1-100,1-2-7")
+    assert pos.contains(parse_gtid("0-1-100")) and pos.contains(parse_gtid("0-5-3"))
+    assert not pos.contains(parse_gtid("0-1-101")) and not pos.contains(parse_gtid("2-1-1"))
+    assert pos.last_seq("1") == 7 and pos.last_seq("9") == 0
+    mysql = parse_gtid_position("3e11fa47-71ca-11e1-9e33-c80aa9429562:1-5:7")
+    assert mysql.contains(parse_gtid("3e11fa47-71ca-11e1-9e33-c80aa9429562:7"))
+    assert not mysql.contains(parse_gtid("3e11fa47-71ca-11e1-9e33-c80aa9429562:6"))
+    assert parse_gtid_position("").intervals == {}
+
+
+def test_positions():
+    assert parse_position("binlog.000003:1234") == ("binlog.000003", 1234)
+    for bad in ("binlog.000003", "binlog.000003:x", ":5", "a/b:4"):
+        with pytest.raises(UsageError):
+            parse_position(bad)
+
+
+def test_exactly_one_target():
+    assert parse_target(latest=True).kind == "latest"
+    assert parse_target(stop_before_gtid="0-1-5").kind == "before_gtid"
+    assert parse_target(to_position="b.000001:4").pos == 4
+    t = parse_target(to_time="2026-11-26 10:15:00Z")
+    assert t.kind == "time" and t.time == _utc(2026, 11, 26, 10, 15)
+    with pytest.raises(UsageError, match="one restore target"):
+        parse_target(to_time="2026-11-26Z", to_gtid="0-1-1")
+    with pytest.raises(UsageError, match="no restore target"):
+        parse_target()
+
