@@ -17,9 +17,9 @@ No I/O: every function takes manifests already read from the catalog, so a plan 
   for callers that plan many targets (``planner.plan(target)``, ``planner.intervals()``).
 
 Rules:
-- Segments are contiguous when one starts exactly where the previous ends
-  (``SegmentInfo.next_point()``, or the end position in the same file); a break in positions or a
-  recorded gap ends a run.
+- Segments are contiguous when one starts exactly where the previous ends (``catalog.continues``:
+  ``SegmentInfo.next_point()``, or position 4 of the next file in the same range); a break in
+  positions or a recorded gap ends a run.
 - A base is usable for time T when its consistent point time <= T; replay applies every
   transaction whose commit second is <= T. Binlog commit times are whole seconds, so the newest
   reachable moment of a run is the commit time of its newest transaction.
@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from backupkit.errors import PlanError
-from backupkit.repo.catalog import BackupManifest, GapInfo, SegmentInfo
+from backupkit.repo.catalog import BackupManifest, GapInfo, SegmentInfo, continues
 from backupkit.restore.targets import (
     Gtid,
     GtidPosition,
@@ -106,7 +106,7 @@ def build_runs(segments: Iterable[SegmentInfo], gaps: Sequence[GapInfo] = ()) ->
             prev = runs[-1].segments[-1]
             if (prev.binlog_file, prev.start_pos) == (s.binlog_file, s.start_pos):
                 continue  # the same stretch committed twice: keep the first
-            if _ends_at(prev, (s.binlog_file, s.start_pos)) and not _gap_between(gaps, prev, s):
+            if continues(prev, s) and not _gap_between(gaps, prev, s):
                 runs[-1].segments.append(s)
                 continue
         runs.append(Run([s]))

@@ -230,3 +230,16 @@ def test_planning_is_fast_for_many_segments_and_calls():
         planner.plan(time_target(1500 + k * 24))
     assert len(ivs) == 1
     assert time.perf_counter() - started < 5
+
+
+def test_a_restart_continues_into_the_next_file_within_one_range():
+    a = seg("binlog.000007", 4, 900, 300, 310, 100, 110)
+    b = seg("binlog.000008", 4, 800, 320, 330, 111, 120)
+    a.range_id = b.range_id = "r1"
+    a.file_closed = True
+    cold = base("K", "cold", "binlog.000007", 900, "0-1-110", 315)
+    p = plan_restore([cold], {SRC: [a, b]}, [], time_target(325))
+    assert ends(p) == [("binlog.000008", 4)]
+    b.range_id = "r2"  # a new range after a gap: no longer reachable
+    with pytest.raises(PlanError, match="gap"):
+        plan_restore([cold], {SRC: [a, b]}, [], time_target(325))
