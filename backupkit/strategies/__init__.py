@@ -1,0 +1,1 @@
+"""Backup strategies: each produces a committed BackupManifest (snapshot, cold)."""
