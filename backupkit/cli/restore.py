@@ -1,26 +1,127 @@
-"""backupkit restore: a snapshot into a server, a cold backup into a datadir, or any moment in time."""
+"""backupkit restore: a snapshot into a server, a cold backup into a datadir, or any moment in time.
+
+Dispatch: any --to-*/--stop-before-gtid/--latest goes to point-in-time restore
+(backupkit.restore.pitr); otherwise BACKUP_ID names a backup and its manifest's kind picks the
+loader: "snapshot" -> backupkit.restore.load, "cold" -> backupkit.restore.cold.
+"""
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
 import typer
 
-from backupkit.cli.common import not_yet
+from backupkit.cli.common import json_mode, not_yet, open_catalog, render
+from backupkit.cli.console import human_bytes, human_seconds, table, warn
+from backupkit.errors import BackupkitError, UsageError
 
 
 def restore(
     backup_id: str = typer.Argument(None, help="Backup to restore (snapshot or cold); omit with --to-*."),
-    target: str = typer.Option(None, "--target", help="Target server for a logical restore: mysql://user@host:port."),
+    target: str = typer.Option(None, "--target",
+        help="Target server for a logical restore: mysql://user@host:port."),
     datadir: str = typer.Option(None, "--datadir", help="Target datadir for a cold restore."),
-    to_time: str = typer.Option(None, "--to-time", help="Restore to this moment (local zone unless a zone or Z is given)."),
+    to_time: str = typer.Option(None, "--to-time",
+        help="Restore to this moment (local zone unless a zone or Z is given)."),
     to_gtid: str = typer.Option(None, "--to-gtid", help="Restore up to and including this GTID."),
-    to_position: str = typer.Option(None, "--to-position", help="Restore up to FILE:POS of the source binlog."),
-    stop_before_gtid: str = typer.Option(None, "--stop-before-gtid", help="Everything before this transaction, not it."),
+    to_position: str = typer.Option(None, "--to-position",
+        help="Restore up to FILE:POS of the source binlog."),
+    stop_before_gtid: str = typer.Option(None, "--stop-before-gtid",
+        help="Everything before this transaction, not it."),
     latest: bool = typer.Option(False, "--latest", help="Restore to the newest shipped transaction."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and change nothing."),
-    force: bool = typer.Option(False, "--force", help="Move existing databases or datadir aside (never deleted)."),
-    verify: bool = typer.Option(False, "--verify", help="Compare CHECKSUM TABLE with the values recorded at backup time."),
+    force: bool = typer.Option(False, "--force",
+        help="Move existing databases or datadir aside (never deleted)."),
+    verify: bool = typer.Option(False, "--verify",
+        help="Compare CHECKSUM TABLE with the values recorded at backup time."),
     parallel: int = typer.Option(None, "--parallel", help="Parallel load workers (default: cores)."),
-    start_command: str = typer.Option(None, "--start-command", help="Cold restore: command that starts the server."),
+    start_command: str = typer.Option(None, "--start-command",
+        help="Cold restore: command that starts the server."),
+    databases: list[str] = typer.Option(None, "--databases", "-d",
+        help="Snapshot restore: only these databases."),
+    include_users: bool = typer.Option(False, "--include-users",
+        help="Snapshot restore: also create saved users and grants."),
+    log_bin: bool = typer.Option(False, "--log-bin",
+        help="Snapshot restore: write the load to the target's binlog."),
 ) -> None:
     """Restore a backup, or the source as it was at a moment (--to-time, --to-gtid, ...)."""
-    raise not_yet("restore")
+    if to_time or to_gtid or to_position or stop_before_gtid or latest:
+        return _restore_pitr(locals())
+    if not backup_id:
+        raise UsageError("give a BACKUP_ID, or a moment with --to-time/--to-gtid/--to-position/--latest",
+                         "run 'backupkit list' to see the backups")
+    store, catalog = open_catalog(create=False)
+    manifest = catalog.backup(backup_id)
+    if manifest.kind == "snapshot":
+        return _restore_snapshot(store, catalog, manifest, target, dry_run, force, verify, parallel,
+                                 [x.strip() for d in databases or [] for x in d.split(",") if x.strip()],
+                                 include_users, log_bin)
+    if manifest.kind == "cold":
+        try:
+            cold = importlib.import_module("backupkit.restore.cold")
+            restore_cold = cold.restore_cold
+        except (ImportError, AttributeError):
+            raise not_yet("restore of a cold backup") from None
+        return restore_cold(store, manifest, datadir=datadir, force=force,
+                            start_command=start_command, dry_run=dry_run)
+    raise BackupkitError(f"backup {backup_id} has unknown kind {manifest.kind!r}", "upgrade backupkit")
+
+
+def _restore_pitr(args: dict[str, Any]) -> None:
+    """Point-in-time restore lives in backupkit.restore.pitr (its own command code)."""
+    try:
+        pitr = importlib.import_module("backupkit.restore.pitr")
+        run = pitr.restore_cli
+    except (ImportError, AttributeError):
+        raise not_yet("point-in-time restore") from None
+    return run(**args)
+
+
+def _restore_snapshot(store, catalog, manifest, target: str | None, dry_run: bool, force: bool,
+                      verify: bool, parallel: int | None, databases: list[str], include_users: bool,
+                      log_bin: bool) -> None:
+    from backupkit.cli.snapshot import progress_view
+    from backupkit.mysql.connection import TARGET_PASSWORD_ENV, parse_conn
+    from backupkit.restore.load import RestoreOptions, restore_snapshot
+
+    if not target:
+        raise UsageError("a snapshot restore needs --target mysql://user@host:port",
+                         f"the password comes from {TARGET_PASSWORD_ENV}")
+    spec = parse_conn(target, password_env=TARGET_PASSWORD_ENV)
+    tables = [t for t in manifest.details.get("tables", []) if not databases or t["db"] in databases]
+    if dry_run:
+        data = {"backup_id": manifest.id, "kind": "snapshot", "target": spec.display(),
+                "dry_run": True, "databases": sorted({t["db"] for t in tables}),
+                "tables": len(tables), "rows": sum(t["rows"] for t in tables),
+                "raw_bytes": sum(c["raw_size"] for t in tables for c in t["chunks"]),
+                "point": {"file": manifest.point.file, "pos": manifest.point.pos,
+                          "gtid": manifest.point.gtid}}
+
+        def plan(console) -> None:
+            console.print(f"would load snapshot {manifest.id} into {spec.display()}: "
+                          f"{data['tables']} tables, {data['rows']:,} rows, "
+                          f"{human_bytes(data['raw_bytes'])} in databases {', '.join(data['databases'])}")
+
+        render(data, plan)
+        return
+    options = RestoreOptions(force=force, verify=verify, parallel=parallel, log_bin=log_bin,
+                             include_users=include_users, databases=databases)
+    with progress_view("restore") as view:
+        result = restore_snapshot(store, manifest, spec, options, progress=view, catalog=catalog)
+    data = result.to_dict()
+    if not json_mode():
+        for p in result.problems:
+            warn(p)
+
+    def human(console) -> None:
+        console.print(f"[bold green]restored snapshot {manifest.id}[/] into {result.target}")
+        rows = [("databases", ", ".join(result.databases)),
+                ("tables / rows", f"{result.tables} / {result.rows:,}"),
+                ("data", human_bytes(result.raw_bytes)),
+                ("verified (CHECKSUM TABLE)", f"{result.verified_tables} tables" if verify else "not asked"),
+                ("duration", human_seconds(result.duration))]
+        rows += [(f"moved aside: {db}", aside) for db, aside in result.moved_aside.items()]
+        console.print(table(None, ["", ""], rows))
+
+    render(data, human)
