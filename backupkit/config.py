@@ -116,6 +116,19 @@ class RetentionSection(_Section):
     recovery_window: str | None = None
 
 
+class ScheduleSection(_Section):
+    """How `schedule run` (the daemon) and `schedule cron` run the strategies."""
+
+    timezone: str | None = None  # zone of the cron expressions; default the local zone
+    misfire_grace_time: int = Field(default=3600, ge=1, le=7 * 86400)
+    shipper_backoff_min: float = Field(default=1.0, gt=0, le=3600)
+    shipper_backoff_max: float = Field(default=300.0, gt=0, le=86400)
+    status_file: str | None = None
+    lock_dir: str | None = None
+    log_dir: str | None = None
+    cron_user: str | None = None
+
+
 class EncryptionSection(_Section):
     key_file: str | None = None
     key_env: str | None = None
@@ -133,6 +146,7 @@ class Policy(_Section):
     binlog: BinlogSection = Field(default_factory=BinlogSection)
     cold: ColdSection = Field(default_factory=ColdSection)
     retention: RetentionSection = Field(default_factory=RetentionSection)
+    schedule: ScheduleSection = Field(default_factory=ScheduleSection)
     encryption: EncryptionSection | None = None
 
     @field_validator("name")
@@ -145,11 +159,35 @@ class Policy(_Section):
     path: str | None = Field(default=None, exclude=True)
 
 
+def _near_key(loc: tuple) -> str | None:
+    """The known key closest to an unknown one, for "did you mean" hints."""
+    import difflib
+
+    model: Any = Policy
+    for part in loc[:-1]:
+        field = getattr(model, "model_fields", {}).get(part) if isinstance(part, str) else None
+        if field is None:
+            if isinstance(part, int):
+                continue
+            return None
+        ann = field.annotation
+        args = [a for a in getattr(ann, "__args__", ()) if isinstance(a, type)]
+        model = next((a for a in [ann, *args] if isinstance(a, type) and issubclass(a, BaseModel)),
+                     None)
+        if model is None:
+            return None
+    names = [n for n in getattr(model, "model_fields", {}) if n != "path"]
+    found = difflib.get_close_matches(str(loc[-1]), names, n=1, cutoff=0.6) if loc else []
+    return ".".join([*(str(p) for p in loc[:-1]), found[0]]) if found else None
+
+
 def _problem_line(path: Path, err: dict[str, Any]) -> str:
     key = ".".join(str(p) for p in err.get("loc", ())) or "(top level)"
     typ = err.get("type", "")
     if typ == "extra_forbidden":
-        return f"{path}: unknown key '{key}' (remove it or check its spelling)"
+        near = _near_key(err.get("loc", ()))
+        fix = f"did you mean '{near}'?" if near else "remove it or check its spelling"
+        return f"{path}: unknown key '{key}' ({fix})"
     if typ == "missing":
         return f"{path}: missing key '{key}'"
     found = err.get("input")

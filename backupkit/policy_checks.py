@@ -1,4 +1,7 @@
-"""Checks of a policy that go beyond types: cron expressions, durations, storage URLs."""
+"""Checks of a policy that go beyond types: cron expressions, durations, storage, strategy needs.
+
+Every problem is one line: the file, the key, what was expected and what was found (or the fix).
+"""
 
 from __future__ import annotations
 
@@ -8,21 +11,118 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from backupkit.config import Policy
 
+CRON_STRATEGIES = ("cold", "snapshot", "verify", "prune")
+CRON_HELP = "a cron expression 'minute hour day-of-month month day-of-week' like '0 3 * * 0'"
+STORAGE_FIX = ("add a [storage] section with url = \"file:///var/backups/mysql\" or "
+               "\"s3://bucket/prefix\" (or pass --storage)")
+
+
+def cron_problem(expr: str) -> str | None:
+    """Why a cron expression is not usable, or None when it is."""
+    from datetime import UTC, datetime, timedelta
+
+    from backupkit.schedule import cron_trigger
+
+    try:
+        trig = cron_trigger(expr, UTC)
+    except ValueError as exc:
+        return str(exc)
+    now = datetime.now(UTC)
+    nxt = trig.get_next_fire_time(None, now)
+    if nxt is None or nxt > now + timedelta(days=9 * 366):
+        return "it never fires"
+    return None
+
 
 def semantic_problems(policy: Policy, path: Path) -> list[str]:
     """One line per problem: file, key, what was expected, what was found."""
     problems: list[str] = []
-    for name in ("cold", "snapshot", "binlog", "verify", "prune"):
-        expr = getattr(policy.strategies, name)
+    strat = policy.strategies
+    for name in CRON_STRATEGIES:
+        expr = getattr(strat, name)
         if expr is None:
             continue
-        if name == "binlog" and expr in ("continuous", "off"):
-            continue
-        try:
-            from apscheduler.triggers.cron import CronTrigger
+        why = cron_problem(expr)
+        if why:
+            problems.append(f"{path}: key 'strategies.{name}': expected {CRON_HELP}, "
+                            f"found {expr!r} ({why})")
+    if strat.binlog is not None and strat.binlog not in ("continuous", "off"):
+        problems.append(f"{path}: key 'strategies.binlog': expected \"continuous\" or \"off\", "
+                        f"found {strat.binlog!r}")
+    if policy.retention.recovery_window is not None:
+        from backupkit.retention import parse_duration
 
-            CronTrigger.from_crontab(expr)
-        except ValueError as exc:
-            problems.append(f"{path}: key 'strategies.{name}': expected a cron expression like "
-                            f"'0 3 * * 0', found {expr!r} ({exc})")
+        try:
+            parse_duration(policy.retention.recovery_window)
+        except ValueError:
+            problems.append(f"{path}: key 'retention.recovery_window': expected a duration like "
+                            f"\"7 days\", \"36h\" or \"1d 12h\", found "
+                            f"{policy.retention.recovery_window!r}")
+    if strat.cold and not policy.source.start_command:
+        problems.append(f"{path}: key 'source.start_command': strategies.cold needs the command "
+                        "that starts the server again, for example \"systemctl start mariadb\"; "
+                        "found none")
+    if strat.prune and not _retention_set(policy):
+        problems.append(f"{path}: key 'retention': strategies.prune needs at least one of keep_last, "
+                        "keep_daily, keep_weekly, keep_monthly or recovery_window; found none")
+    sched = policy.schedule
+    if sched.timezone:
+        try:
+            from zoneinfo import ZoneInfo
+
+            ZoneInfo(sched.timezone)
+        except (ValueError, LookupError, OSError):
+            problems.append(f"{path}: key 'schedule.timezone': expected a zone name like "
+                            f"\"Europe/Paris\" or \"UTC\", found {sched.timezone!r}")
+    if sched.shipper_backoff_max < sched.shipper_backoff_min:
+        problems.append(f"{path}: key 'schedule.shipper_backoff_max': expected at least "
+                        f"shipper_backoff_min ({sched.shipper_backoff_min:g}), "
+                        f"found {sched.shipper_backoff_max:g}")
+    for i, url in _storage_urls(policy):
+        why = _storage_url_problem(url)
+        if why:
+            problems.append(f"{path}: key '{i}': expected a storage URL file:///path or "
+                            f"s3://bucket/prefix, found {url!r} ({why})")
     return problems
+
+
+def _retention_set(policy: Policy) -> bool:
+    r = policy.retention
+    return bool(r.keep_last or r.keep_daily or r.keep_weekly or r.keep_monthly or r.recovery_window)
+
+
+def _storage_urls(policy: Policy) -> list[tuple[str, str]]:
+    out = []
+    if policy.storage.url:
+        out.append(("storage.url", policy.storage.url))
+    for n, t in enumerate(policy.storage.targets):
+        out.append((f"storage.targets.{n}.url", t.url))
+    return out
+
+
+def _storage_url_problem(url: str) -> str | None:
+    from urllib.parse import urlparse
+
+    if "://" not in url:
+        return None if url.startswith(("/", ".", "~")) else "no scheme"
+    u = urlparse(url)
+    if u.scheme == "file":
+        return None if (u.netloc or u.path) else "no path"
+    if u.scheme == "s3":
+        return None if u.netloc else "no bucket"
+    return f"unknown scheme {u.scheme!r}"
+
+
+def storage_problem(policy: Policy, override: str | None = None) -> str | None:
+    """The one-line error for a policy file that names no storage target, or None.
+
+    A --storage option or BACKUPKIT_STORAGE counts as the storage section. Commands that act on
+    a policy's schedule (policy check/plan, schedule run/cron) call this: running from cron with
+    a silent default repository would be a trap.
+    """
+    import os
+
+    if override or os.environ.get("BACKUPKIT_STORAGE") or policy.storage.primary() is not None:
+        return None
+    where = policy.path or "policy"
+    return f"{where}: missing key 'storage.url': {STORAGE_FIX}"
