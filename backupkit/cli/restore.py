@@ -58,13 +58,10 @@ def restore(
                                  [x.strip() for d in databases or [] for x in d.split(",") if x.strip()],
                                  include_users, log_bin)
     if manifest.kind == "cold":
-        try:
-            cold = importlib.import_module("backupkit.restore.cold")
-            restore_cold = cold.restore_cold
-        except (ImportError, AttributeError):
-            raise not_yet("restore of a cold backup") from None
-        return restore_cold(store, manifest, datadir=datadir, force=force,
-                            start_command=start_command, dry_run=dry_run)
+        from backupkit.cli.cold import restore_cold_cli  # renders; --target: where it will answer
+
+        return restore_cold_cli(store, catalog, manifest, datadir=datadir, force=force,
+                                start_command=start_command, target=target, dry_run=dry_run)
     raise BackupkitError(f"backup {backup_id} has unknown kind {manifest.kind!r}", "upgrade backupkit")
 
 

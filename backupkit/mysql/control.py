@@ -1,0 +1,591 @@
+"""Stop, start and watch a database service on this host (for cold backups and cold restores).
+
+Stop: the configured stop command, or the SQL ``SHUTDOWN`` statement; then wait until the
+process has exited (pid file and /proc), with a timeout, and check that the shutdown was clean
+(the error log's "Shutdown complete", the pid file removed, the binlog closed).
+Start: the configured start command, then wait until the server accepts connections; a start
+that fails is reported with the command, its exit status and output, and the error log's tail.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import signal
+import subprocess
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from backupkit.errors import BackupkitError, ServerControlError, SourceError, UsageError
+from backupkit.mysql.connection import ConnSpec, connect
+
+POLL = 0.02
+#: Bytes of command output and error log kept in messages.
+TAIL = 2000
+
+
+def pid_alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def read_pid(pid_file: Path) -> int | None:
+    try:
+        text = pid_file.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def process_datadir(pid: int) -> str | None:
+    """The --datadir of a running mariadbd/mysqld, from its command line."""
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    for a in args:
+        if a.startswith(b"--datadir="):
+            return a.split(b"=", 1)[1].decode(errors="replace")
+    return None
+
+
+def servers_using(datadir: Path) -> list[int]:
+    """PIDs of running mariadbd/mysqld processes whose --datadir is datadir."""
+    want = os.path.realpath(datadir)
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            exe = os.path.basename(os.readlink(f"/proc/{entry}/exe"))
+        except OSError:
+            continue
+        if exe not in ("mariadbd", "mysqld"):
+            continue
+        dd = process_datadir(int(entry))
+        if dd and os.path.realpath(dd.rstrip("/")) == want and pid_alive(int(entry)):
+            found.append(int(entry))
+    return found
+
+
+def _tail(text: str, n: int = TAIL) -> str:
+    text = text.strip()
+    return text if len(text) <= n else "..." + text[-n:]
+
+
+def one_line(text: str) -> str:
+    return " | ".join(line.strip() for line in text.strip().splitlines() if line.strip())
+
+
+@dataclass
+class CommandResult:
+    """What a stop or start command did."""
+
+    command: str
+    returncode: int | None  # None: still running (a start command that stays in the foreground)
+    output: str
+    seconds: float
+
+    def describe(self) -> str:
+        status = "is still running" if self.returncode is None else f"exited {self.returncode}"
+        out = one_line(_tail(self.output, 500))
+        return f"`{self.command}` {status}" + (f", output: {out}" if out else ", no output")
+
+
+@dataclass
+class ServerProbe:
+    """What the running server says about itself before it is stopped."""
+
+    pid: int
+    pid_file: Path
+    datadir: Path
+    error_log: Path | None
+    error_log_offset: int
+    version: str
+    flavor: str
+    log_bin: bool
+    log_bin_basename: Path | None
+    log_bin_index: Path | None
+    innodb_fast_shutdown: int
+    innodb_dirs: dict[str, Path] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()
+                if k != "innodb_dirs"} | {"innodb_dirs": {k: str(v) for k, v in self.innodb_dirs.items()}}
+
+
+@dataclass
+class ShutdownCheck:
+    """Evidence that the server stopped cleanly; a check that cannot be made is None."""
+
+    process_exited: bool
+    pid_file_removed: bool | None
+    error_log_complete: bool | None
+    binlog_closed: bool | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def clean(self) -> bool:
+        return self.process_exited and all(
+            v is not False for v in (self.pid_file_removed, self.error_log_complete, self.binlog_closed))
+
+    def problems(self) -> list[str]:
+        out = []
+        if not self.process_exited:
+            out.append("the process is still there")
+        if self.pid_file_removed is False:
+            out.append("the pid file was left behind")
+        if self.error_log_complete is False:
+            out.append("the error log has no 'Shutdown complete'")
+        if self.binlog_closed is False:
+            out.append("the binlog was not closed")
+        return out + self.notes
+
+
+@dataclass
+class StartReport:
+    requested_at: float
+    accepting_at: float
+    command: CommandResult | None
+
+    @property
+    def seconds(self) -> float:
+        return self.accepting_at - self.requested_at
+
+
+class ServiceControl:
+    """Stop and start one local MariaDB/MySQL server."""
+
+    def __init__(self, spec: ConnSpec, *, stop_command: str | None = None,
+                 start_command: str | None = None, pid_file: str | Path | None = None,
+                 stop_timeout: float = 300.0, start_timeout: float = 300.0) -> None:
+        self.spec = spec
+        self.stop_command = stop_command or None
+        self.start_command = start_command or None
+        self.pid_file = Path(pid_file) if pid_file else None
+        self.stop_timeout = stop_timeout
+        self.start_timeout = start_timeout
+        self.probe_result: ServerProbe | None = None
+
+    # -- looking ---------------------------------------------------------------------
+    def probe(self) -> ServerProbe:
+        """Read what stopping, copying and starting need from the running server."""
+        conn = connect(self.spec)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT VERSION(), @@datadir, @@pid_file, @@log_error, @@log_bin")
+                version, datadir, pid_file, log_error, log_bin = cur.fetchone()
+                basename = index = None
+                if int(log_bin):
+                    cur.execute("SELECT @@log_bin_basename, @@log_bin_index")
+                    basename, index = cur.fetchone()
+                cur.execute("SELECT @@innodb_fast_shutdown, @@innodb_data_home_dir, "
+                            "@@innodb_log_group_home_dir, @@innodb_undo_directory")
+                fast, data_home, log_home, undo_dir = cur.fetchone()
+        except Exception as exc:
+            raise SourceError(f"cannot read server settings from {self.spec.display()}: {exc}") from None
+        finally:
+            conn.close()
+        datadir_p = Path(datadir.rstrip("/") or "/")
+        if not datadir_p.is_dir():
+            raise UsageError(f"the server's datadir {datadir_p} is not a folder on this host",
+                             "a cold backup runs on the database host itself")
+        pid_path = self.pid_file or Path(pid_file if os.path.isabs(pid_file) else datadir_p / pid_file)
+        pid = read_pid(pid_path)
+        if pid is None:
+            raise UsageError(f"cannot read the server's pid file {pid_path}",
+                             "give --pid-file, and run on the database host")
+        if not pid_alive(pid):
+            raise UsageError(f"pid file {pid_path} names process {pid}, which is not running")
+        err = None
+        if log_error and log_error not in ("stderr",):
+            err = Path(log_error if os.path.isabs(log_error) else datadir_p / log_error)
+            if not err.is_file():
+                err = None
+        offset = err.stat().st_size if err else 0
+
+        def resolve(p: str | None) -> Path:
+            if not p:
+                return datadir_p
+            return Path(p) if os.path.isabs(p) else (datadir_p / p)
+
+        self.probe_result = ServerProbe(
+            pid=pid, pid_file=pid_path, datadir=datadir_p, error_log=err, error_log_offset=offset,
+            version=version, flavor="mariadb" if "mariadb" in version.lower() else "mysql",
+            log_bin=bool(int(log_bin)), log_bin_basename=Path(basename) if basename else None,
+            log_bin_index=Path(index) if index else None, innodb_fast_shutdown=int(fast),
+            innodb_dirs={"innodb_data_home_dir": resolve(data_home),
+                         "innodb_log_group_home_dir": resolve(log_home),
+                         "innodb_undo_directory": resolve(undo_dir)})
+        return self.probe_result
+
+    def accepting(self, timeout: float = 2.0) -> bool:
+        """True when the server answers a fresh connection."""
+        try:
+            conn = connect(self.spec, connect_timeout=max(1, int(timeout)), read_timeout=int(timeout) + 1)
+        except BackupkitError:
+            return False
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT 1")
+            return True
+        except Exception:
+            return False
+        finally:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def current_pid(self) -> int | None:
+        path = self.pid_file or (self.probe_result.pid_file if self.probe_result else None)
+        return read_pid(path) if path else None
+
+    # -- stopping ---------------------------------------------------------------------
+    def prepare_clean_shutdown(self) -> int | None:
+        """Make InnoDB shut down cleanly (innodb_fast_shutdown 2 would leave crash recovery);
+        returns the value to put back if the stop is abandoned, or None if nothing changed."""
+        probe = self.probe_result
+        if probe is None or probe.innodb_fast_shutdown != 2:
+            return None
+        self._sql("SET GLOBAL innodb_fast_shutdown = 1")
+        return 2
+
+    def undo_prepare(self, old: int | None) -> None:
+        if old is not None:
+            with contextlib.suppress(Exception):
+                self._sql(f"SET GLOBAL innodb_fast_shutdown = {int(old)}")
+
+    def _sql(self, statement: str) -> None:
+        conn = connect(self.spec)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(statement)
+        finally:
+            conn.close()
+
+    def request_stop(self) -> CommandResult | None:
+        """Ask the server to stop: the stop command, or SQL SHUTDOWN. Does not wait."""
+        if self.stop_command:
+            result = run_command(self.stop_command, timeout=self.stop_timeout)
+            if result.returncode is None:
+                raise ServerControlError(f"stop command did not finish in {self.stop_timeout:.0f} s: "
+                                         f"{result.describe()}")
+            if result.returncode != 0:
+                raise ServerControlError(f"stop command failed: {result.describe()}",
+                                         "the server was not stopped; no backup was taken")
+            return result
+        conn = connect(self.spec)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SHUTDOWN")
+        except Exception as exc:
+            # The server may drop the connection while it goes down; the wait decides.
+            if not _dropped(exc):
+                raise ServerControlError(f"SHUTDOWN was refused: {exc}",
+                                         "the user needs the SHUTDOWN privilege") from None
+        finally:
+            with contextlib.suppress(Exception):
+                conn.close()
+        return None
+
+    def wait_exit(self, pid: int, timeout: float) -> bool:
+        """Wait until process pid is gone; False on timeout."""
+        deadline = time.monotonic() + timeout
+        while pid_alive(pid):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(POLL)
+        return True
+
+    def check_shutdown(self, pid: int) -> ShutdownCheck:
+        """Evidence of a clean shutdown, from the pid file and the error log."""
+        probe = self.probe_result
+        exited = not pid_alive(pid)
+        pid_removed = None
+        if probe is not None:
+            left = read_pid(probe.pid_file)
+            pid_removed = left != pid
+        log_ok = None
+        if probe is not None and probe.error_log is not None:
+            text = read_from(probe.error_log, probe.error_log_offset)
+            if text is not None:
+                log_ok = "Shutdown complete" in text
+        return ShutdownCheck(exited, pid_removed, log_ok)
+
+    # -- starting ----------------------------------------------------------------------
+    def start(self) -> StartReport:
+        """Run the start command and wait until the server accepts connections.
+
+        Raises ServerControlError with the command, its status and output, and the error
+        log's last lines when the command fails or the server does not come up in time."""
+        if not self.start_command:
+            raise ServerControlError("no start command is configured, so the server cannot be started",
+                                     "give --start-command or [source] start_command")
+        probe = self.probe_result
+        log_offset = probe.error_log.stat().st_size if probe and probe.error_log and \
+            probe.error_log.is_file() else 0
+        requested = time.time()
+        proc, out_file = spawn_command(self.start_command)
+        deadline = time.monotonic() + self.start_timeout
+        result: CommandResult | None = None
+        try:
+            while True:
+                if result is None and proc.poll() is not None:
+                    result = CommandResult(self.start_command, proc.returncode, _read_out(out_file),
+                                           time.time() - requested)
+                    if proc.returncode != 0 and not self.accepting(1.0):
+                        raise self._start_failed(f"start command failed: {result.describe()}", log_offset)
+                if self.accepting(1.0):
+                    accepting = time.time()
+                    break
+                aborted = self._start_aborted(log_offset)
+                if aborted:
+                    raise self._start_failed(f"the server aborted at start: {aborted}", log_offset)
+                if time.monotonic() >= deadline:
+                    res = result or CommandResult(self.start_command, None, _read_out(out_file),
+                                                  time.time() - requested)
+                    raise self._start_failed(
+                        f"the server does not accept connections {self.start_timeout:.0f} s after "
+                        f"the start command; {res.describe()}", log_offset)
+                time.sleep(POLL)
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(out_file)
+        if result is None:
+            result = CommandResult(self.start_command, proc.poll(), "", time.time() - requested)
+        return StartReport(requested, accepting, result)
+
+    def _start_aborted(self, offset: int) -> str | None:
+        probe = self.probe_result
+        if probe is None or probe.error_log is None:
+            return None
+        text = read_from(probe.error_log, offset) or ""
+        if "Aborting" in text:
+            errors = [ln for ln in text.splitlines() if "[ERROR]" in ln]
+            return one_line("\n".join(errors[-3:])) or "see the error log"
+        return None
+
+    def _start_failed(self, message: str, log_offset: int) -> ServerControlError:
+        probe = self.probe_result
+        hint = "START THE SERVER BY HAND"
+        if probe is not None and probe.error_log is not None:
+            text = read_from(probe.error_log, log_offset) or ""
+            lines = [ln for ln in text.splitlines() if ln.strip()][-3:]
+            if lines:
+                message += f"; error log {probe.error_log}: " + one_line("\n".join(lines))
+        return ServerControlError(f"THE SERVER IS DOWN: {message}", hint)
+
+    def ensure_running(self, stop_sent: bool, pid: int | None) -> StartReport | None:
+        """Bring the server back after a stop was (maybe) sent; None when it never went down.
+
+        If a stop was sent, wait for the process to exit before starting, so a server that is
+        still shutting down is not mistaken for a running one."""
+        if stop_sent and pid is not None and pid_alive(pid):
+            if not self.wait_exit(pid, self.stop_timeout):
+                if self.accepting():
+                    return None  # the stop never took effect
+                raise ServerControlError(
+                    f"the server (pid {pid}) neither stopped nor accepts connections after "
+                    f"{self.stop_timeout:.0f} s", "look at it by hand")
+        elif self.accepting():
+            return None
+        return self.start()
+
+
+def _dropped(exc: Exception) -> bool:
+    """True for the errors a client sees when the server closes the connection on SHUTDOWN."""
+    import pymysql
+
+    if isinstance(exc, pymysql.err.OperationalError | pymysql.err.InterfaceError):
+        code = exc.args[0] if exc.args else 0
+        return code in (0, 2006, 2013, 1053) or not isinstance(code, int)
+    return isinstance(exc, ConnectionError | OSError)
+
+
+def read_from(path: Path, offset: int) -> str | None:
+    """The text appended to a log since offset (all of it if the log was rotated)."""
+    try:
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            fh.seek(offset if size >= offset else 0)
+            return fh.read(4 << 20).decode(errors="replace")
+    except OSError:
+        return None
+
+
+def spawn_command(command: str) -> tuple[subprocess.Popen, str]:
+    """Start a shell command in its own session (Ctrl-C on our terminal does not reach it),
+    its output going to a file so that a daemon keeping it open cannot block us."""
+    fd, out_path = tempfile.mkstemp(prefix="backupkit-cmd-", suffix=".out")
+    try:
+        proc = subprocess.Popen(["/bin/sh", "-c", command], stdin=subprocess.DEVNULL, stdout=fd,
+                                stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
+    finally:
+        os.close(fd)
+    return proc, out_path
+
+
+def _read_out(path: str) -> str:
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError:
+        return ""
+    return _tail(data.decode(errors="replace"))
+
+
+def run_command(command: str, timeout: float) -> CommandResult:
+    """Run a shell command to its end (or timeout, then its session is killed)."""
+    started = time.time()
+    proc, out_path = spawn_command(command)
+    try:
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return CommandResult(command, None, _read_out(out_path), time.time() - started)
+        return CommandResult(command, proc.returncode, _read_out(out_path), time.time() - started)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(out_path)
+
+
+def quote_command(args: list[str]) -> str:
+    return " ".join(shlex.quote(a) for a in args)
+
+
+# -- the guardian: restarts the server if this process dies while the server is down ------
+GUARD_PASSWORD_ENV = "BACKUPKIT_GUARD_PASSWORD"
+
+
+class RestartGuardian:
+    """A separate watchdog process, armed while the server may be down.
+
+    try/finally and signal handlers cover every exit of this process except SIGKILL and a
+    crash of the interpreter; the guardian covers those: when its pipe from us closes before
+    we said "done", it waits for the server process to exit and starts it again."""
+
+    def __init__(self, control: ServiceControl, log_path: Path | None = None) -> None:
+        self.control = control
+        self.log_path = log_path or Path(tempfile.gettempdir()) / "backupkit-guardian.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 20.0) -> None:
+        import json
+        import sys
+
+        c = self.control
+        env = dict(os.environ)
+        if c.spec.password:
+            env[GUARD_PASSWORD_ENV] = c.spec.password
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "backupkit.mysql.control", "guard"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            env=env, start_new_session=True, close_fds=True)
+        config = {"host": c.spec.host, "port": c.spec.port, "user": c.spec.user,
+                  "socket": c.spec.socket, "start_command": c.start_command,
+                  "stop_timeout": c.stop_timeout, "start_timeout": c.start_timeout,
+                  "pid_file": str(c.pid_file or (c.probe_result.pid_file if c.probe_result else "")),
+                  "log": str(self.log_path)}
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write((json.dumps(config) + "\n").encode())
+        self.proc.stdin.flush()
+        import select
+
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        if not ready or self.proc.stdout.readline().strip() != b"ready":
+            self.close(kill=True)
+            raise ServerControlError("the restart guardian did not start", "run with --debug")
+
+    def arm(self, pid: int) -> None:
+        self._send(f"arm {pid}")
+
+    def done(self) -> None:
+        """The server is running again (or was never stopped): the guardian exits quietly."""
+        self._send("done")
+        self.close()
+
+    def _send(self, line: str) -> None:
+        if self.proc is not None and self.proc.stdin is not None:
+            with contextlib.suppress(OSError, ValueError):
+                self.proc.stdin.write((line + "\n").encode())
+                self.proc.stdin.flush()
+
+    def close(self, kill: bool = False) -> None:
+        if self.proc is None:
+            return
+        with contextlib.suppress(OSError, ValueError):
+            if self.proc.stdin:
+                self.proc.stdin.close()
+        if kill:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=5)
+        if self.proc.stdout:
+            self.proc.stdout.close()
+        self.proc = None
+
+
+def _guard_main() -> int:
+    """The guardian process: read commands on stdin; on EOF without 'done', restart the server."""
+    import json
+    import sys
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    cfg = json.loads(sys.stdin.readline())
+    spec = ConnSpec(host=cfg["host"], port=cfg["port"], user=cfg["user"], socket=cfg["socket"],
+                    password=os.environ.get(GUARD_PASSWORD_ENV))
+    ctl = ServiceControl(spec, start_command=cfg["start_command"], pid_file=cfg["pid_file"] or None,
+                         stop_timeout=cfg["stop_timeout"], start_timeout=cfg["start_timeout"])
+    sys.stdout.write("ready\n")
+    sys.stdout.flush()
+    pid: int | None = None
+    armed = False
+    for line in sys.stdin:
+        word, _, arg = line.strip().partition(" ")
+        if word == "arm":
+            armed, pid = True, int(arg)
+        elif word == "done":
+            return 0
+    if not armed:
+        return 0
+
+    def log(msg: str) -> None:
+        with open(cfg["log"], "a") as fh:
+            fh.write(time.strftime("%Y-%m-%dT%H:%M:%S ") + msg + "\n")
+
+    log(f"backupkit exited while the server (pid {pid}) may be down; making sure it runs")
+    try:
+        report = ctl.ensure_running(stop_sent=True, pid=pid)
+        log("the server was running" if report is None else
+            f"restarted the server in {report.seconds:.1f} s")
+        return 0
+    except BackupkitError as exc:
+        log(f"FAILED: {exc.one_line()}")
+        return 1
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] == ["guard"]:
+        sys.exit(_guard_main())
+    sys.exit(2)

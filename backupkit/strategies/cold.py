@@ -1,0 +1,801 @@
+"""Cold backup: stop the service, copy its files, start it again -- with the least downtime.
+
+The restart is guaranteed on every path out: a try/finally around the downtime, SIGINT,
+SIGTERM and SIGHUP handlers installed for its duration (a second signal cannot interrupt the
+restart), and a guardian process that restarts the server if this process is killed outright.
+
+Downtime is measured from the moment the stop is requested to the moment the server accepts
+a connection again, and stored in the manifest with each phase. Everything that can fail before
+the stop is checked before the stop: the store is writable, the start command is set, the
+staging folder has room, the pid file is readable.
+
+The manifest's point is exact: after a clean shutdown the last binlog file ends with a Stop
+event, and the position where that event begins is the end of the last committed transaction;
+the GTID position comes from the ``<binlog>.state`` file the server writes at shutdown, and is
+checked after the restart against ``BINLOG_GTID_POS(file, pos)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import shutil
+import signal
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from backupkit import __version__
+from backupkit.archive import FileRecord, Root, TarWriter, WriteStats, _Cancelled, data_segments, scan_size
+from backupkit.errors import BackupkitError, ServerControlError, StorageError, UsageError
+from backupkit.mysql import binlog_events as be
+from backupkit.mysql.connection import ConnSpec, connect
+from backupkit.mysql.control import RestartGuardian, ServerProbe, ServiceControl, ShutdownCheck, pid_alive
+from backupkit.mysql.server import current_point, identity, server_facts
+from backupkit.repo import layout
+from backupkit.repo.catalog import BackupManifest, BinlogPoint, Catalog, new_backup_id, utc_iso
+from backupkit.repo.codec import StoredObject, put_object
+from backupkit.storage.base import ObjectStore
+
+log = logging.getLogger(__name__)
+
+DATA_ROOT = "data"
+BINLOG_ROOT = "binlog"
+
+
+class Interrupted(BackupkitError):
+    """A signal (Ctrl-C, SIGTERM, SIGHUP) stopped the command."""
+
+    exit_code = 130
+
+
+class SignalInterrupt(BaseException):  # noqa: N818 - like KeyboardInterrupt
+    """Raised by the signal handlers; a BaseException so that no ``except Exception`` swallows it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name
+
+
+class ColdBackupFailed(BackupkitError):
+    """A cold backup failed; the message says what happened to the server."""
+
+    def __init__(self, message: str, hint: str | None, exit_code: int) -> None:
+        super().__init__(message, hint)
+        self.exit_code = exit_code
+
+
+@dataclass
+class ColdOptions:
+    """What a cold backup needs beyond the connection; None means: from the server or default."""
+
+    datadir: str | None = None
+    stop_command: str | None = None
+    start_command: str | None = None
+    pid_file: str | None = None
+    staging: str | None = None
+    paths: list[str] = field(default_factory=list)
+    config_file: str | None = None
+    stop_timeout: float = 300.0
+    start_timeout: float = 300.0
+    compression_level: int = 1
+    compression_threads: int = -1  # -1: one per core
+    preflush_timeout: float = 30.0
+    guardian: bool = True
+    source_id: str | None = None
+
+
+@dataclass
+class Phase:
+    """Progress reports: phase name, bytes done, bytes expected (0 when unknown)."""
+
+    name: str
+    done: int = 0
+    total: int = 0
+
+
+ProgressFn = Callable[[Phase], None]
+
+
+# -- signals -------------------------------------------------------------------------
+class SignalGuard:
+    """SIGINT/SIGTERM/SIGHUP raise SignalInterrupt, except while deferred (during the restart)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self) -> None:
+        self.old: dict[int, object] = {}
+        self.deferring = False
+        self.pending: int | None = None
+        self.active = False
+
+    def __enter__(self) -> SignalGuard:
+        if threading.current_thread() is threading.main_thread():
+            for s in self.SIGNALS:
+                self.old[s] = signal.signal(s, self._handler)
+            self.active = True
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, h in self.old.items():
+            signal.signal(s, h)  # type: ignore[arg-type]
+        self.old.clear()
+
+    def _handler(self, signum: int, frame) -> None:
+        self.pending = signum
+        if not self.deferring:
+            raise SignalInterrupt(signum)
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        self.deferring = True
+        try:
+            yield
+        finally:
+            self.deferring = False
+
+    def raise_pending(self) -> None:
+        if self.pending is not None:
+            raise SignalInterrupt(self.pending)
+
+
+# -- the point at shutdown --------------------------------------------------------------
+def _last_binlog(probe: ServerProbe) -> tuple[list[str], Path] | None:
+    if not probe.log_bin or probe.log_bin_index is None:
+        return None
+    lines = [ln.strip() for ln in probe.log_bin_index.read_text().splitlines() if ln.strip()]
+    if not lines:
+        return None
+    base = probe.log_bin_index.parent
+
+    def resolve(name: str) -> Path:
+        return Path(name) if os.path.isabs(name) else (base / name)
+
+    return lines, resolve(lines[-1])
+
+
+def gtid_pos_from_state(text: str) -> str:
+    """The GTID position (last GTID of each domain) from a binlog .state file's lines."""
+    last: dict[int, str] = {}
+    for line in text.split():
+        parts = line.strip().split("-")
+        if len(parts) == 3 and all(p.isdigit() for p in parts):
+            last[int(parts[0])] = line.strip()
+    return ",".join(last[d] for d in sorted(last))
+
+
+def normalize_gtid(pos: str) -> str:
+    """A GTID position with its domains in order, for comparisons."""
+    items = [g.strip() for g in (pos or "").split(",") if g.strip()]
+    return ",".join(sorted(items, key=lambda g: int(g.split("-")[0]) if g.split("-")[0].isdigit() else 0))
+
+
+def scan_gtid_pos(path: Path, upto: int) -> str:
+    """The GTID position at offset upto of a MariaDB binlog file, by reading its events."""
+    state: dict[int, str] = {}
+    with open(path, "rb") as fh:
+        reader = be.iter_events(fh)
+        for hdr, raw in reader:
+            if hdr.log_pos and hdr.log_pos > upto:
+                break
+            csum = reader.fde.checksum_len if reader.fde else 0
+            if hdr.type == be.GTID_LIST_EVENT:
+                for d, s, n in be.parse_gtid_list(be.body(raw, csum)):
+                    state[d] = f"{d}-{s}-{n}"
+            elif hdr.type == be.MARIA_GTID_EVENT:
+                g = be.parse_maria_gtid(hdr, be.body(raw, csum))
+                state[g.domain_id] = g.gtid
+    return ",".join(state[d] for d in sorted(state))
+
+
+@dataclass
+class BinlogEnd:
+    """Where the binlog ends after the server stopped."""
+
+    file: str = ""
+    path: str = ""
+    pos: int = 0  # end of the last transaction: where the Stop event begins
+    size: int = 0  # the file's size, Stop event included
+    closed: bool | None = None  # the in-use flag is cleared
+    stop_event: bool = False
+    gtid: str = ""
+    gtid_source: str = ""
+    files: list[str] = field(default_factory=list)
+    last_event_time: int = 0
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def binlog_end(probe: ServerProbe) -> BinlogEnd | None:
+    """Read the binlog index and the last file of a stopped server: its exact end point."""
+    found = _last_binlog(probe)
+    if found is None:
+        return None
+    names, path = found
+    end = BinlogEnd(file=path.name, path=str(path), files=[Path(n).name for n in names])
+    with open(path, "rb") as fh:
+        head = fh.read(4 + be.HEADER_LEN)
+        if head[:4] != be.MAGIC or len(head) < 4 + be.HEADER_LEN:
+            raise BackupkitError(f"{path} is not a binlog file")
+        fde_hdr = be.parse_header(head, 4)
+        fde = be.parse_fde(head[4:] + fh.read(fde_hdr.event_size - be.HEADER_LEN))
+        end.closed = not (fde_hdr.flags & be.LOG_EVENT_BINLOG_IN_USE_F)
+        size = os.fstat(fh.fileno()).st_size
+        end.size = end.pos = size
+        stop_len = be.HEADER_LEN + fde.checksum_len
+        if size >= 4 + fde_hdr.event_size + stop_len:
+            fh.seek(size - stop_len)
+            hdr = be.parse_header(fh.read(be.HEADER_LEN))
+            if hdr.type == be.STOP_EVENT and hdr.log_pos == size and hdr.event_size == stop_len:
+                end.stop_event = True
+                end.pos = size - stop_len
+                end.last_event_time = hdr.timestamp
+    state = probe.log_bin_basename.with_name(probe.log_bin_basename.name + ".state") \
+        if probe.log_bin_basename else None
+    if state is not None and state.is_file():
+        end.gtid = gtid_pos_from_state(state.read_text())
+        end.gtid_source = f"{state.name} written at shutdown"
+    return end
+
+
+def check_point_after_restart(spec: ConnSpec, end: BinlogEnd, flavor: str) -> dict:
+    """Compare the recorded GTID position with the server's BINLOG_GTID_POS(file, pos)."""
+    if flavor != "mariadb":
+        return {"checked": False, "reason": "BINLOG_GTID_POS is MariaDB only"}
+    try:
+        conn = connect(spec)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT BINLOG_GTID_POS(%s, %s)", (end.file, end.pos))
+                row = cur.fetchone()
+        finally:
+            conn.close()
+    except Exception as exc:  # the backup is still good; the check is evidence
+        return {"checked": False, "reason": f"{type(exc).__name__}: {exc}"}
+    server = normalize_gtid(row[0] if row and row[0] is not None else "")
+    return {"checked": True, "binlog_gtid_pos": server, "equal": server == normalize_gtid(end.gtid)}
+
+
+# -- copying -------------------------------------------------------------------------
+_END = object()
+
+
+class _Failed:
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+def stream_roots(store: ObjectStore, key: str, roots: list[Root], *, level: int, threads: int,
+                 on_bytes: Callable[[int], None] | None = None,
+                 depth: int = 8) -> tuple[StoredObject, WriteStats]:
+    """Tar roots into one zstd object: a reader thread feeds a bounded queue the store drains."""
+    cancel = threading.Event()
+    writer = TarWriter(roots, cancel=cancel, on_bytes=on_bytes)
+    q: queue.Queue = queue.Queue(maxsize=depth)
+
+    def put(item) -> bool:
+        while not cancel.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for chunk in writer:
+                if not put(chunk):
+                    return
+            put(_END)
+        except _Cancelled:
+            return
+        except BaseException as exc:  # handed to the consumer, which raises it
+            put(_Failed(exc))
+
+    def consume() -> Iterator[bytes]:
+        while True:
+            item = q.get()
+            if item is _END:
+                return
+            if isinstance(item, _Failed):
+                raise item.exc
+            yield item
+
+    thread = threading.Thread(target=produce, name="cold-tar", daemon=True)
+    thread.start()
+    try:
+        obj = put_object(store, key, consume(), level=level, threads=threads)
+    finally:
+        cancel.set()
+        with contextlib.suppress(queue.Empty):
+            while True:
+                q.get_nowait()
+        thread.join(timeout=30)
+    return obj, writer.stats
+
+
+def copy_roots(roots: list[Root], dest: Path, on_bytes: Callable[[int], None] | None = None) -> list[Root]:
+    """A faithful local copy of roots under dest (modes, owners, times, symlinks, holes);
+    returns the same roots pointing at the copies."""
+    out = []
+    for root in roots:
+        target = dest / root.name
+        _copy_tree(root, target, on_bytes)
+        out.append(Root(root.name, target, root.files))
+    return out
+
+
+def _copy_meta(src_st: os.stat_result, dst: Path, link: bool = False) -> None:
+    if os.geteuid() == 0:
+        os.lchown(dst, src_st.st_uid, src_st.st_gid)
+    if not link:
+        os.chmod(dst, stat.S_IMODE(src_st.st_mode))
+    with contextlib.suppress(NotImplementedError, OSError):
+        os.utime(dst, ns=(src_st.st_atime_ns, src_st.st_mtime_ns), follow_symlinks=not link)
+
+
+def _copy_file(src: Path, dst: Path, on_bytes: Callable[[int], None] | None) -> None:
+    sfd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        size = os.fstat(sfd).st_size
+        dfd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            for off, length in data_segments(sfd, size) if size else []:
+                pos, left = off, length
+                while left:
+                    try:
+                        n = os.copy_file_range(sfd, dfd, min(left, 1 << 30), pos, pos)
+                    except OSError:
+                        block = os.pread(sfd, min(left, 8 << 20), pos)
+                        n = os.pwrite(dfd, block, pos) if block else 0
+                    if n <= 0:
+                        raise BackupkitError(f"{src} shrank during the copy")
+                    pos += n
+                    left -= n
+                    if on_bytes is not None:
+                        on_bytes(n)
+            os.ftruncate(dfd, size)
+        finally:
+            os.close(dfd)
+    finally:
+        os.close(sfd)
+
+
+def _copy_tree(root: Root, target: Path, on_bytes: Callable[[int], None] | None) -> None:
+    from backupkit.archive import link_stays_inside
+
+    st = os.stat(root.path)
+    target.mkdir(parents=True, exist_ok=False)
+    dirs: list[tuple[os.stat_result, Path]] = [(st, target)]
+    if root.files is not None:
+        entries: Iterator[tuple[str, Path]] = ((f, root.path / f) for f in sorted(root.files))
+    else:
+        entries = ((os.path.relpath(os.path.join(d, n), root.path), Path(d) / n)
+                   for d, dn, fn in os.walk(root.path) for n in sorted(fn + dn))
+    for rel, src in entries:
+        dst = target / rel
+        sst = os.lstat(src)
+        if stat.S_ISDIR(sst.st_mode):
+            dst.mkdir()
+            dirs.append((sst, dst))
+        elif stat.S_ISLNK(sst.st_mode):
+            link = os.readlink(src)
+            if link_stays_inside(rel, link):
+                os.symlink(link, dst)
+                _copy_meta(sst, dst, link=True)
+        elif stat.S_ISREG(sst.st_mode):
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            _copy_file(src, dst, on_bytes)
+            _copy_meta(sst, dst)
+    for sst, d in reversed(dirs):
+        _copy_meta(sst, d)
+
+
+# -- the backup ----------------------------------------------------------------------
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        Path(os.path.realpath(path)).relative_to(os.path.realpath(folder))
+        return True
+    except ValueError:
+        return False
+
+
+def plan_roots(probe: ServerProbe, datadir: Path, paths: list[str],
+               binlog_files: list[str] | None = None) -> list[Root]:
+    """The datadir, plus binlog and InnoDB files that live outside it, plus --paths."""
+    roots = [Root(DATA_ROOT, datadir)]
+    if probe.log_bin and probe.log_bin_index is not None and not _inside(probe.log_bin_index, datadir):
+        base = probe.log_bin_index.parent
+        names = [probe.log_bin_index.name]
+        if binlog_files is None:
+            found = _last_binlog(probe)
+            binlog_files = found[0] if found else []
+        for n in binlog_files:
+            p = Path(n) if os.path.isabs(n) else base / n
+            if p.parent.resolve() != base.resolve():
+                raise UsageError(f"binlog file {p} is not beside its index {probe.log_bin_index}",
+                                 "add its folder with --paths")
+            names.append(p.name)
+        state = probe.log_bin_basename.name + ".state" if probe.log_bin_basename else None
+        if state and (base / state).exists():
+            names.append(state)
+        roots.append(Root(BINLOG_ROOT, base, names))
+    patterns = {"innodb_data_home_dir": ("ibdata",), "innodb_log_group_home_dir": ("ib_logfile",),
+                "innodb_undo_directory": ("undo",)}
+    for var, folder in probe.innodb_dirs.items():
+        if folder.is_dir() and not _inside(folder, datadir):
+            files = sorted(n for n in os.listdir(folder) if n.startswith(patterns[var]))
+            roots.append(Root(var.removesuffix("_dir").removesuffix("_directory"), folder, files))
+    for i, p in enumerate(paths, 1):
+        path = Path(p).expanduser().absolute()
+        if not path.exists():
+            raise UsageError(f"--paths: {path} does not exist")
+        if _inside(path, datadir):
+            continue  # already in the datadir
+        if path.is_dir():
+            roots.append(Root(f"path{i}", path))
+        else:
+            roots.append(Root(f"path{i}", path.parent, [path.name]))
+    return roots
+
+
+def _preflush(spec: ConnSpec, timeout: float) -> tuple[dict, Callable[[], None]]:
+    """Flush InnoDB dirty pages while the server still serves, so the shutdown is short.
+    Returns what happened and a function that puts the settings back (if we do not stop)."""
+    info: dict = {"timeout": timeout}
+    if timeout <= 0:
+        return {"skipped": True}, lambda: None
+    conn = connect(spec)
+    started = time.monotonic()
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT @@innodb_max_dirty_pages_pct, @@innodb_max_dirty_pages_pct_lwm")
+            pct, lwm = cur.fetchone()
+
+            def dirty() -> int:
+                cur.execute("SHOW GLOBAL STATUS LIKE 'Innodb_buffer_pool_pages_dirty'")
+                row = cur.fetchone()
+                return int(row[1]) if row else 0
+
+            info["dirty_before"] = before = dirty()
+            if before > 64:
+                cur.execute("SET GLOBAL innodb_max_dirty_pages_pct_lwm = 0")
+                cur.execute("SET GLOBAL innodb_max_dirty_pages_pct = 0")
+                left = before
+                while left > 64 and time.monotonic() - started < timeout:
+                    time.sleep(0.1)
+                    left = dirty()
+                info["dirty_after"] = left
+    except Exception as exc:  # only an optimisation
+        info["error"] = str(exc)
+        return info, lambda: None
+    finally:
+        conn.close()
+    info["seconds"] = round(time.monotonic() - started, 3)
+
+    def undo() -> None:
+        with contextlib.suppress(Exception):
+            c = connect(spec)
+            try:
+                with c.cursor() as cur:
+                    cur.execute(f"SET GLOBAL innodb_max_dirty_pages_pct = {float(pct)}")
+                    cur.execute(f"SET GLOBAL innodb_max_dirty_pages_pct_lwm = {float(lwm)}")
+            finally:
+                c.close()
+
+    return info, undo
+
+
+def _check_store(store: ObjectStore, catalog: Catalog) -> None:
+    store.check()
+    catalog.ensure_repo()  # writes the repository config on first use: proves we can write
+
+
+def _free_bytes(path: Path) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def take_cold_backup(store: ObjectStore, spec: ConnSpec, opts: ColdOptions, *,
+                     catalog: Catalog | None = None, progress: ProgressFn | None = None,
+                     notify: Callable[[str], None] | None = None) -> BackupManifest:
+    """Stop the server, copy its files to the store (or to staging), start it, commit a manifest.
+
+    The server is started again on every path out. On failure the raised error says what
+    failed and what happened to the server; no manifest is written, so no backup exists."""
+    catalog = catalog or Catalog(store)
+    say = notify or (lambda msg: None)
+    report = progress or (lambda p: None)
+    if not opts.start_command:
+        raise UsageError("a cold backup needs a start command to bring the server back",
+                         "give --start-command or set [source] start_command in the policy")
+    ctl = ServiceControl(spec, stop_command=opts.stop_command, start_command=opts.start_command,
+                         pid_file=opts.pid_file, stop_timeout=opts.stop_timeout,
+                         start_timeout=opts.start_timeout)
+    probe = ctl.probe()
+    conn = connect(spec)
+    try:
+        facts = server_facts(conn)
+        pre_point = current_point(conn, facts) if probe.log_bin else None
+    finally:
+        conn.close()
+    source = identity(facts, opts.source_id)
+    datadir = Path(opts.datadir).expanduser().absolute() if opts.datadir else probe.datadir
+    if not datadir.is_dir() or not os.access(datadir, os.R_OK | os.X_OK):
+        raise UsageError(f"datadir {datadir} is not a readable folder on this host",
+                         "a cold backup runs on the database host, as a user that can read the datadir")
+    roots = plan_roots(probe, datadir, list(opts.paths))
+    est_files, est_bytes = scan_size(roots)
+    _check_store(store, catalog)
+    staging_dir: Path | None = None
+    backup_id = new_backup_id("cold")
+    if opts.staging:
+        staging_base = Path(opts.staging).expanduser().absolute()
+        try:
+            staging_base.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"cannot create staging folder {staging_base}: {exc.strerror}") from None
+        if not os.access(staging_base, os.W_OK):
+            raise UsageError(f"staging folder {staging_base} is not writable")
+        if _inside(staging_base, datadir):
+            raise UsageError(f"staging folder {staging_base} is inside the datadir")
+        free = _free_bytes(staging_base)
+        if free < est_bytes * 1.05 + (64 << 20):
+            raise UsageError(f"staging folder {staging_base} has {free >> 20} MiB free; the datadir "
+                             f"needs about {est_bytes >> 20} MiB")
+        staging_dir = staging_base / f"{backup_id}.staging"
+    config_data: bytes | None = None
+    if opts.config_file:
+        try:
+            config_data = Path(opts.config_file).expanduser().read_bytes()
+        except OSError as exc:
+            raise UsageError(f"cannot read config file {opts.config_file}: {exc.strerror}") from None
+    threads = opts.compression_threads if opts.compression_threads >= 0 else (os.cpu_count() or 1)
+    archive_key = layout.cold_archive(backup_id, 0)
+
+    preflush_info, undo_preflush = _preflush(spec, opts.preflush_timeout)
+    old_fast = ctl.prepare_clean_shutdown()
+    guardian = RestartGuardian(ctl) if opts.guardian else None
+    started_at = time.time()
+    t: dict[str, float | None] = {"stop_requested": None, "stopped": None,
+                                  "start_requested": None, "accepting": None}
+    mono: dict[str, float] = {}
+    stop_sent = False
+    failure: BaseException | None = None
+    start_failure: BackupkitError | None = None
+    check: ShutdownCheck | None = None
+    end: BinlogEnd | None = None
+    archive: StoredObject | None = None
+    stats: WriteStats | None = None
+    staged_roots: list[Root] | None = None
+    staging_info: dict = {}
+    copied = 0
+
+    def count(n: int) -> None:
+        nonlocal copied
+        copied += n
+        report(Phase("staging" if staging_dir else "copy", copied, est_bytes))
+
+    with SignalGuard() as guard:
+        try:
+            if guardian is not None:
+                guardian.start()
+                guardian.arm(probe.pid)
+            guard.raise_pending()
+            say("stopping the server")
+            stop_sent = True
+            t["stop_requested"], mono["stop_requested"] = time.time(), time.monotonic()
+            ctl.request_stop()
+            if not ctl.wait_exit(probe.pid, opts.stop_timeout):
+                raise ServerControlError(f"the server (pid {probe.pid}) did not stop within "
+                                         f"{opts.stop_timeout:.0f} s")
+            t["stopped"], mono["stopped"] = time.time(), time.monotonic()
+            check = ctl.check_shutdown(probe.pid)
+            end = binlog_end(probe)
+            if end is not None and end.closed is False:
+                check.binlog_closed = False
+            elif end is not None:
+                check.binlog_closed = True
+            if not check.clean:
+                raise ServerControlError("the server did not stop cleanly ("
+                                         + "; ".join(check.problems()) + "), so nothing was copied")
+            say("copying the datadir" + (" to staging" if staging_dir else ""))
+            if staging_dir is not None:
+                c0 = time.monotonic()
+                staged_roots = copy_roots(roots, staging_dir, count)
+                staging_info = {"path": str(staging_dir), "copy_seconds": round(time.monotonic() - c0, 3),
+                                "bytes": copied}
+            else:
+                archive, stats = stream_roots(store, archive_key, roots, level=opts.compression_level,
+                                              threads=threads, on_bytes=count)
+        except BaseException as exc:  # noqa: BLE001 - every path out restarts the server
+            failure = exc
+        finally:
+            with guard.deferred():
+                if stop_sent:
+                    say("starting the server")
+                    t["start_requested"], mono["start_requested"] = time.time(), time.monotonic()
+                    try:
+                        started = ctl.ensure_running(stop_sent=True, pid=probe.pid)
+                        if started is None:  # it never went down
+                            t["start_requested"] = None
+                        else:
+                            t["start_requested"] = started.requested_at
+                            t["accepting"], mono["accepting"] = started.accepting_at, time.monotonic()
+                    except BackupkitError as exc:
+                        start_failure = exc
+                    except BaseException as exc:  # noqa: BLE001
+                        start_failure = ServerControlError(f"THE SERVER IS DOWN: restart failed: {exc}",
+                                                           "START THE SERVER BY HAND")
+                else:
+                    ctl.undo_prepare(old_fast)
+                    undo_preflush()
+                if guardian is not None and start_failure is None:
+                    guardian.done()
+                elif guardian is not None:
+                    guardian.close()  # it will try once more on its own
+        downtime = _downtime(t, mono)
+        if start_failure is not None:
+            if staging_dir is not None and staged_roots is not None:
+                start_failure.message += f"; the datadir copy is kept in {staging_dir}"
+            elif archive is not None and stats is not None and failure is None and end is not None:
+                manifest = _manifest(backup_id, source, end, pre_point, probe, roots, datadir, stats,
+                                     [archive], downtime, check, opts, preflush_info, staging_info,
+                                     started_at, {"checked": False, "reason": "the server did not start"})
+                catalog.commit_backup(manifest)
+                start_failure.message += f"; backup {backup_id} was written"
+            raise start_failure
+        if failure is not None:
+            if staging_dir is not None:
+                shutil.rmtree(staging_dir, ignore_errors=True)
+            raise _explain(failure, downtime, went_down=t["stopped"] is not None or
+                           t["accepting"] is not None) from failure
+
+        # The server runs again. A staged copy is uploaded now; a signal only aborts the upload.
+        try:
+            if staging_dir is not None and staged_roots is not None:
+                say("uploading the staged copy")
+                u0 = time.monotonic()
+                copied = 0
+
+                def upload_count(n: int) -> None:
+                    nonlocal copied
+                    copied += n
+                    report(Phase("upload", copied, staging_info.get("bytes", 0)))
+
+                archive, stats = stream_roots(store, archive_key, staged_roots,
+                                              level=opts.compression_level, threads=threads,
+                                              on_bytes=upload_count)
+                staging_info["upload_seconds"] = round(time.monotonic() - u0, 3)
+            guard.raise_pending()
+        except SignalInterrupt as exc:
+            raise Interrupted(f"interrupted by {exc.name} during the upload of the staged copy; the "
+                              "server is running; no backup was written") from None
+        finally:
+            if staging_dir is not None:
+                shutil.rmtree(staging_dir, ignore_errors=True)
+    if archive is None or stats is None:
+        raise BackupkitError("internal error: the copy produced no archive")
+    objects = [archive]
+    if config_data is not None:
+        objects.append(put_object(store, layout.cold_config(backup_id), config_data,
+                                  level=opts.compression_level))
+    point_check = check_point_after_restart(spec, end, probe.flavor) if end else {"checked": False}
+    if end is not None and not end.gtid and probe.flavor == "mariadb":
+        if point_check.get("checked"):
+            end.gtid = point_check["binlog_gtid_pos"]
+            end.gtid_source = "BINLOG_GTID_POS after the restart"
+        else:
+            end.gtid = scan_gtid_pos(Path(end.path), end.pos)
+            end.gtid_source = "binlog events"
+    manifest = _manifest(backup_id, source, end, pre_point, probe, roots, datadir, stats,  # type: ignore
+                         objects, downtime, check, opts, preflush_info, staging_info, started_at,
+                         point_check)
+    catalog.commit_backup(manifest)
+    if point_check.get("checked") and not point_check.get("equal"):
+        log.warning("recorded GTID %s differs from BINLOG_GTID_POS %s", end.gtid if end else "",
+                    point_check.get("binlog_gtid_pos"))
+    return manifest
+
+
+def _downtime(t: dict[str, float | None], mono: dict[str, float]) -> dict:
+    """Timestamps (UTC epoch and ISO) and durations of the downtime."""
+    out: dict = {k: v for k, v in t.items()}
+    out.update({f"{k}_utc": utc_iso(v) for k, v in t.items()})
+
+    def span(a: str, b: str) -> float | None:
+        return round(mono[b] - mono[a], 4) if a in mono and b in mono else None
+
+    out["stop_seconds"] = span("stop_requested", "stopped")
+    out["copy_seconds"] = span("stopped", "start_requested")
+    out["start_seconds"] = span("start_requested", "accepting")
+    out["total_seconds"] = span("stop_requested", "accepting")
+    return out
+
+
+def _explain(exc: BaseException, downtime: dict, went_down: bool) -> BackupkitError:
+    """One line: what failed, then what the server's state is now."""
+    if isinstance(exc, KeyboardInterrupt):
+        exc = Interrupted("interrupted by SIGINT")
+    elif isinstance(exc, SignalInterrupt):
+        exc = Interrupted(f"interrupted by {exc.name}")
+    if isinstance(exc, BackupkitError):
+        msg, hint, code = exc.message, exc.hint, exc.exit_code
+    elif isinstance(exc, OSError):
+        msg, hint, code = f"copy failed: {exc.strerror or exc}" + (
+            f": {exc.filename}" if exc.filename else ""), None, 1
+    else:
+        msg, hint, code = f"cold backup failed: {type(exc).__name__}: {exc}", None, 1
+    if isinstance(exc, Interrupted):
+        msg = f"{msg} during the cold backup"
+    if went_down and downtime.get("total_seconds") is not None:
+        state = f"the server was restarted and accepts connections (down {downtime['total_seconds']:.1f} s)"
+    elif went_down:
+        state = "the server is running"
+    else:
+        state = "the server kept running"
+    return ColdBackupFailed(f"{msg.rstrip('. ')}; {state}; no backup was written", hint, code)
+
+
+def _manifest(backup_id: str, source, end: BinlogEnd | None, pre_point: BinlogPoint | None,
+              probe: ServerProbe, roots: list[Root], datadir: Path, stats: WriteStats,
+              objects: list[StoredObject], downtime: dict, check: ShutdownCheck | None,
+              opts: ColdOptions, preflush: dict, staging: dict, started_at: float,
+              point_check: dict) -> BackupManifest:
+    point = BinlogPoint()
+    if end is not None:
+        point = BinlogPoint(file=end.file, pos=end.pos, gtid=end.gtid,
+                            time=downtime.get("stopped") or time.time())
+    records: list[FileRecord] = stats.records
+    details = {
+        "datadir": str(datadir),
+        "roots": [{"name": r.name, "path": str(r.path), "files": r.files} for r in roots],
+        "files": [r.to_dict() for r in records],
+        "skipped": [s.__dict__ for s in stats.skipped],
+        "downtime": downtime,
+        "staging": staging or None,
+        "shutdown": {
+            "method": "command" if opts.stop_command else "sql",
+            "stop_command": opts.stop_command, "start_command": opts.start_command,
+            "clean": check.clean if check else None,
+            "evidence": check.__dict__ if check else None,
+            "preflush": preflush,
+        },
+        "binlog": {
+            "enabled": probe.log_bin,
+            "end": end.to_dict() if end else None,
+            "before_stop": pre_point.__dict__ if pre_point else None,
+            "point_check": point_check,
+            "note": ("point.pos is where the Stop event begins: the end of the last transaction. "
+                     "Replay continues at (point.file, point.pos); the restarted server "
+                     "opened the next binlog file.") if end else "binlog disabled: no replay from this base",
+        },
+        "server": probe.to_dict(),
+        "config_file": opts.config_file,
+    }
+    wstats = {"files": stats.files, "dirs": stats.dirs, "symlinks": stats.symlinks,
+              "sparse_files": stats.sparse_files, "logical_bytes": stats.logical_bytes,
+              "data_bytes": stats.data_bytes, "stored_bytes": sum(o.size for o in objects),
+              "skipped": len(stats.skipped), "downtime_seconds": downtime.get("total_seconds")}
+    return BackupManifest(id=backup_id, kind="cold", source=source, point=point,
+                          started_at=started_at, finished_at=time.time(), objects=objects,
+                          stats=wstats, details=details, tool_version=__version__)
+
+
+def is_running_pid(pid: int | None) -> bool:
+    return pid is not None and pid_alive(pid)
+
+
+__all__ = ["ColdOptions", "Interrupted", "StorageError", "take_cold_backup", "binlog_end",
+           "gtid_pos_from_state", "stream_roots", "copy_roots", "plan_roots"]
