@@ -1,15 +1,263 @@
-"""backupkit binlog ..."""
+"""backupkit binlog ship | status | events: continuous binlog shipping and its inspection."""
 
 from __future__ import annotations
 
+import os
+import signal
+import time
+from typing import Any
+
 import typer
+
+from backupkit.cli.common import json_mode, open_catalog, render, settings
+from backupkit.cli.console import human_bytes, human_seconds, info, table
+from backupkit.errors import UsageError
+from backupkit.repo.catalog import utc_iso
 
 app = typer.Typer(no_args_is_help=True)
 
 
-@app.command("status")
-def status() -> None:
-    """Not available in this build yet."""
-    from backupkit.cli.common import not_yet
+def _source_given() -> bool:
+    """True when the user named a source (option, environment or policy), so it is safe to ask
+    it for its position; otherwise status only reads the repository."""
+    from backupkit.cli.context import COMMON
 
-    raise not_yet("binlog status")
+    cfg = settings()
+    return bool(COMMON.source or os.environ.get("BACKUPKIT_SOURCE") or cfg.policy.path)
+
+
+@app.command("ship")
+def ship(
+    server_id: int = typer.Option(None, "--server-id", min=1, max=4294967295,
+                                  help="Replica server_id to connect with (default: derived from host "
+                                       "and source, or [binlog] server_id)."),
+    sync_interval: float = typer.Option(None, "--sync-interval", min=0.05, max=3600,
+                                        help="Seconds between segment flushes (default 1)."),
+    max_segment_mb: int = typer.Option(None, "--max-segment-mb", min=1, max=4096,
+                                       help="Flush when a segment reaches this many MiB (default 16)."),
+    from_current: bool = typer.Option(False, "--from-current",
+                                      help="First run: start at the server's current position "
+                                           "instead of the newest snapshot's consistent point."),
+    restart_from_current: bool = typer.Option(
+        False, "--restart-from-current",
+        help="After a gap (binlog purged before it was shipped): record the gap and start a new "
+             "continuous range at the server's current position."),
+    source_id: str = typer.Option(None, "--source-id", help="Source id (default: from the policy or "
+                                                            "derived from the server)."),
+    once: bool = typer.Option(False, "--once", "--until-current",
+                              help="Ship what the server has now, then exit (for cron and tests)."),
+    lease_seconds: float = typer.Option(None, "--lease-seconds", min=1.5, max=3600,
+                                        help="Lease period; a standby takes over this long after the "
+                                             "active shipper stops renewing (default 15)."),
+    heartbeat: float = typer.Option(None, "--heartbeat", min=0.1, max=3600,
+                                    help="Seconds between server heartbeats on an idle stream."),
+) -> None:
+    """Stream the source's binlog into the repository, about one sync interval behind.
+
+    Runs until SIGTERM/SIGINT (then flushes complete transactions and exits 0). A second
+    shipper of the same source waits as a hot standby and takes over when the first dies."""
+    from backupkit.strategies.binlog import ShipOptions, Shipper
+
+    cfg = settings()
+    pol = cfg.policy.binlog
+    opts = ShipOptions(
+        source_id=source_id or cfg.policy.source.source_id,
+        server_id=server_id or pol.server_id,
+        sync_interval=sync_interval or pol.sync_interval,
+        max_segment_bytes=(max_segment_mb or pol.max_segment_mb) << 20,
+        heartbeat=heartbeat or pol.heartbeat,
+        lease_seconds=lease_seconds or pol.lease_seconds,
+        compression_level=pol.compression_level,
+        from_current=from_current,
+        restart_from_current=restart_from_current,
+        until_current=once,
+    )
+    spec = cfg.source_spec()
+    store = cfg.open_store()
+    quiet = json_mode()
+    shipper = Shipper(store, spec, opts, notify=lambda msg: info(msg, quiet=quiet))
+    previous = {s: signal.signal(s, shipper.stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    t0 = time.monotonic()
+    try:
+        result = shipper.run()
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+    wall = time.monotonic() - t0
+    data = {"storage": store.describe(), "duration": round(wall, 3), **result.to_dict()}
+
+    def human(console) -> None:
+        console.print(f"[bold]binlog of {result.source_id}[/] shipped to {store.describe()}")
+        console.print(table(None, ["", ""], [
+            ("range", f"{result.start or '-'} -> {result.end or result.start or '-'}"),
+            ("segments", str(result.segments)),
+            ("transactions", f"{result.transactions:,}"),
+            ("binlog", f"{human_bytes(result.bytes)} -> {human_bytes(result.stored_bytes)} stored"),
+            ("reconnects", str(result.reconnects)),
+            ("stopped", result.stopped_by or "-"),
+            ("duration", human_seconds(wall)),
+        ]))
+        for g in result.gaps:
+            console.print(f"[bold red]gap[/] after {g['after_file']}:{g['after_pos']}: {g['reason']}")
+
+    render(data, human)
+
+
+@app.command("status")
+def status(
+    source_id: str = typer.Option(None, "--source-id", help="Only this source."),
+) -> None:
+    """Shipped range, lag behind the server (seconds and bytes) and the current loss window."""
+    from backupkit.strategies.binlog import resolve_source, shipping_status
+
+    cfg = settings()
+    store, catalog = open_catalog(create=False)
+    sources = [source_id] if source_id else catalog.sources()
+    spec = None
+    live_source = None
+    if _source_given():
+        spec = cfg.source_spec()
+        if not source_id:
+            try:
+                _, live_source = resolve_source(spec, cfg.policy.source.source_id)
+            except Exception:
+                live_source = None
+    if not sources:
+        raise UsageError(f"no shipped binlog in {store.describe()}",
+                         "start 'backupkit binlog ship' first")
+    rows = []
+    for sid in sources:
+        use_spec = spec if (source_id or sid == live_source) else None
+        rows.append(shipping_status(catalog, sid, use_spec))
+    data = {"storage": store.describe(), "sources": rows}
+
+    def human(console) -> None:
+        for st in rows:
+            console.print(f"[bold]{st['source_id']}[/]: {st['segments']} segments, "
+                          f"{human_bytes(st['stored_bytes'])} stored")
+            console.print(table("shipped ranges", ["from", "to", "first commit", "last commit",
+                                                   "segments", "GTID position"],
+                                [[r["start"], r["end"], utc_iso(r["first_commit_time"]),
+                                  utc_iso(r["last_commit_time"]), r["segments"], r["gtid_state"]]
+                                 for r in st["ranges"]]))
+            lease = st.get("lease")
+            if lease:
+                state = "active" if lease["active"] else ("released" if lease["released"] else "expired")
+                console.print(f"shipper: {lease['holder']} ({state})")
+            srv = st.get("server")
+            if srv and "error" in srv:
+                console.print(f"[yellow]server not checked:[/] {srv['error']}")
+            elif srv:
+                console.print(f"server at {srv['position']}; behind by {human_bytes(srv['lag_bytes'])}, "
+                              f"{human_seconds(srv['lag_seconds'])}; current loss window "
+                              f"{human_seconds(srv['loss_window_seconds'])}")
+            for g in st["gaps"]:
+                resume = f"{g['resume_file']}:{g['resume_pos']}" if g["resume_file"] else "not resumed"
+                console.print(f"[bold red]gap[/] after {g['after_file']}:{g['after_pos']} -> {resume}: "
+                              f"{g['reason']}")
+
+    render(data, human)
+
+
+def _txn_row(seg, txn) -> dict[str, Any]:
+    rows = {t: dict(ops) for t, ops in txn.rows.items()}
+    ddl = list(txn.statements) if txn.ddl else []
+    return {
+        "commit_time": utc_iso(txn.commit_time), "commit_ts": txn.commit_time,
+        "gtid": txn.gtid, "file": seg.binlog_file, "start_pos": txn.start_pos,
+        "end_pos": txn.end_pos, "tables": txn.tables, "events": txn.events, "rows": rows,
+        "ddl": ddl, "statements": txn.statements, "annotations": txn.annotations,
+        "segment": seg.key,
+    }
+
+
+def _matches(row: dict[str, Any], table_filter: str | None, grep: str | None) -> bool:
+    if table_filter:
+        want = table_filter.lower()
+        in_tables = any(t.lower() == want for t in row["tables"])
+        name = want.split(".", 1)[-1]
+        in_text = any(name in s.lower() for s in row["ddl"])
+        if not (in_tables or in_text):
+            return False
+    if grep:
+        needle = grep.lower()
+        hay = " ".join(row["statements"] + row["annotations"] + row["tables"] + [row["gtid"]]).lower()
+        if needle not in hay:
+            return False
+    return True
+
+
+def _describe_rows(row: dict[str, Any]) -> str:
+    parts = []
+    for t, ops in row["rows"].items():
+        parts += [f"{op} {'?' if n is None else n} {t}" for op, n in ops.items()]
+    return ", ".join(parts)
+
+
+@app.command("events")
+def events(
+    from_: str = typer.Option(None, "--from", help="Only transactions committed at or after this time."),
+    to: str = typer.Option(None, "--to", help="Only transactions committed at or before this time."),
+    table_filter: str = typer.Option(None, "--table", help="Only transactions touching db.table."),
+    grep: str = typer.Option(None, "--grep", help="Only transactions whose statements contain TEXT."),
+    source_id: str = typer.Option(None, "--source-id", help="The source (default: the only one)."),
+    limit: int = typer.Option(1000, "--limit", min=1, help="At most this many transactions."),
+) -> None:
+    """List shipped transactions: commit time, GTID, position, tables, row counts, DDL.
+
+    Reads the segments in the repository, so it works with the source gone. It is how you find
+    the DROP or the bad DELETE to stop a point-in-time restore before."""
+    from backupkit.mysql import binlog_events as be
+    from backupkit.repo.codec import iter_object
+    from backupkit.restore.targets import parse_time
+    from backupkit.storage.base import ChunkReader
+
+    t1 = parse_time(from_) if from_ else None
+    t2 = parse_time(to) if to else None
+    if t1 is not None and t2 is not None and t2 < t1:
+        raise UsageError("--to is before --from")
+    store, catalog = open_catalog(create=False)
+    sources = [source_id] if source_id else catalog.sources()
+    if not sources:
+        raise UsageError(f"no shipped binlog in {store.describe()}", "start 'backupkit binlog ship' first")
+    if len(sources) > 1:
+        raise UsageError(f"{len(sources)} sources in the repository: {', '.join(sources)}",
+                         "choose one with --source-id")
+    sid = sources[0]
+    out: list[dict[str, Any]] = []
+    truncated = False
+    for seg in catalog.segments(sid):
+        if seg.transactions == 0:
+            continue
+        if t1 is not None and seg.last_commit_time and seg.last_commit_time < int(t1):
+            continue
+        if t2 is not None and seg.first_commit_time and seg.first_commit_time > t2:
+            continue
+        reader = ChunkReader(iter_object(store, seg.object))
+        for txn in be.transactions(be.iter_events(reader)):
+            if t1 is not None and txn.commit_time < int(t1):  # whole seconds
+                continue
+            if t2 is not None and txn.commit_time > t2:
+                continue
+            row = _txn_row(seg, txn)
+            if _matches(row, table_filter, grep):
+                if len(out) >= limit:
+                    truncated = True
+                    break
+                out.append(row)
+        if truncated:
+            break
+    data = {"source_id": sid, "transactions": out, "count": len(out), "truncated": truncated}
+
+    def human(console) -> None:
+        console.print(table(f"transactions of {sid}", ["commit (UTC)", "GTID", "position", "tables",
+                                                       "rows / events", "statement"],
+                            [[r["commit_time"], r["gtid"], f"{r['file']}:{r['start_pos']}",
+                              ", ".join(r["tables"]),
+                              _describe_rows(r) or ", ".join(f"{k} {v}" for k, v in r["events"].items()),
+                              (r["ddl"] or r["annotations"] or r["statements"] or [""])[0][:200]]
+                             for r in out]))
+        if truncated:
+            console.print(f"(first {limit} shown; narrow with --from/--to or raise --limit)")
+
+    render(data, human)
