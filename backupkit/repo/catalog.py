@@ -273,7 +273,10 @@ class Catalog:
 
     # -- reading manifests -----------------------------------------------------
     def read_manifest(self, key: str) -> dict[str, Any]:
-        return decode_manifest(key, self.store.get_bytes(key))
+        from backupkit.repo.failover import read_checked
+
+        # From another target when this copy is missing or damaged (a mirror); else just this one.
+        return read_checked(self.store, key, lambda data: decode_manifest(key, data))
 
     def _read_many(self, keys: list[str]) -> list[dict[str, Any]]:
         if len(keys) <= 2:

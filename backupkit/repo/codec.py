@@ -121,7 +121,21 @@ class VerifyingReader(io.RawIOBase):
 
 
 def iter_object(store: ObjectStore, obj: StoredObject, read_size: int = READ_SIZE) -> Iterator[bytes]:
-    """Yield the decoded bytes of a stored object; the checksum is verified before the end."""
+    """Yield the decoded bytes of a stored object; the checksum is verified before the end.
+
+    With several copies (a mirror), a missing, unreachable or corrupt copy is replaced by another one
+    where that is safe: see repo/failover.py.
+    """
+    alternatives = getattr(store, "alternatives", None)
+    if alternatives is not None and len(alternatives(obj.key)) > 1:
+        from backupkit.repo.failover import iter_object_failover
+
+        return iter_object_failover(store, obj, read_size, _iter_one)
+    return _iter_one(store, obj, read_size)
+
+
+def _iter_one(store: ObjectStore, obj: StoredObject, read_size: int = READ_SIZE) -> Iterator[bytes]:
+    """iter_object from one copy."""
     reader = VerifyingReader(store.open(obj.key), obj.key, obj.sha256, obj.size)
     try:
         if obj.compression == "none":

@@ -10,7 +10,10 @@ BACKUPS = "backups/"
 BINLOG = "binlog/"
 LEASES = "leases/"
 RESTORES = "restores/"
+KEYS = "keys/"
 MANIFEST = "manifest.json"
+#: The wrapped data keys of an encrypted repository (the only object stored unencrypted there).
+KEYRING = "keys/keyring.json"
 
 
 def enc(name: str) -> str:
@@ -125,3 +128,26 @@ def shipper_lease(source_id: str) -> str:
 def restore_record(record_id: str) -> str:
     """A measured restore (a drill or a real one): feeds the RTO in the loss report."""
     return f"{RESTORES}{record_id}.json"
+
+
+# -- replication (storage/mirror.py, repo/sync.py) ------------------------------------
+def is_commit_marker(key: str) -> bool:
+    """Objects whose existence commits something: copied last, and only after their data."""
+    return (key == REPO_CONFIG or backup_id_of(key) is not None or is_segment_index(key)
+            or (key.startswith(BINLOG) and "/gaps/" in key) or key.startswith(RESTORES))
+
+
+def commit_marker_of(key: str) -> str | None:
+    """The manifest or segment index that records a data object's checksum, or None."""
+    parts = key.split("/")
+    if parts[0] + "/" == BACKUPS and len(parts) >= 3 and not is_commit_marker(key):
+        return backup_manifest(parts[1])
+    if parts[0] + "/" == BINLOG and len(parts) == 4 and parts[3].endswith(".binlog.zst"):
+        return key.removesuffix(".binlog.zst") + ".json"
+    return None
+
+
+def is_replicated(key: str) -> bool:
+    """Objects a mirror keeps on every target (leases live on one target only)."""
+    return not key.startswith(LEASES)
+

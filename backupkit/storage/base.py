@@ -97,6 +97,10 @@ class ObjectStore(abc.ABC):
         """A short human-readable name of the target."""
         return self.url
 
+    def alternatives(self, key: str) -> list[ObjectStore]:
+        """Stores that each hold a copy of key, preferred first (a mirror has several; see repo/failover)."""
+        return [self]
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
 

@@ -1,0 +1,196 @@
+"""Verified reads that use another copy of an object when one copy is missing, unreachable or corrupt.
+
+A store with several copies (a mirror, see storage/mirror.py) lists them with `alternatives(key)`.
+Corruption of an unencrypted object shows only at the end of its stream (the SHA-256 in the manifest),
+so a consumer must never act on bytes before the end. The rules:
+
+- manifests and objects up to BUFFER_LIMIT stored bytes are read whole, verified, and only then decoded:
+  a bad copy is replaced by the next one transparently;
+- a larger object streams; if a copy fails before any byte was delivered, the next copy is used; if it
+  fails after, IntegrityError is raised (naming the object) and the bad copy is remembered, so reading
+  again uses another target. `consume_object(store, obj, consume)` does that retry for a consumer that
+  can start over (a loader that commits only after the read verified);
+- an encrypted repository authenticates every 1 MiB chunk before releasing it, so the mirror moves to
+  the next copy in the middle of the stream and the consumer never sees a bad byte.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Callable, Iterator
+from typing import BinaryIO, TypeVar
+
+from backupkit.errors import BackupkitError, IntegrityError, ObjectNotFound, StorageError
+from backupkit.storage.base import ObjectInfo, ObjectStore
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+BUFFER_LIMIT = 16 << 20
+
+
+def has_copies(store: ObjectStore, key: str) -> bool:
+    """True when key has more than one copy to read from."""
+    alts = getattr(store, "alternatives", None)
+    return alts is not None and len(alts(key)) > 1
+
+
+def _name(store: ObjectStore) -> str:
+    return getattr(store, "target_name", None) or store.describe()
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, ObjectNotFound):
+        return "missing"
+    if isinstance(exc, IntegrityError):
+        return f"corrupt ({exc.message})"
+    if isinstance(exc, BackupkitError):
+        return f"unreachable ({exc.message})"
+    return str(exc)
+
+
+def _note(store: ObjectStore, key: str, bad: ObjectStore, good: ObjectStore | None,
+          exc: BaseException) -> None:
+    note = getattr(store, "note_failover", None)
+    reason = _reason(exc)
+    if note is not None:
+        note(key, _name(bad), _name(good) if good is not None else None, reason,
+             isinstance(exc, IntegrityError))
+    else:
+        log.warning("object %s: %s on %s", key, reason, _name(bad))
+
+
+def _raise_best(key: str, errors: list[BaseException]) -> None:
+    """All copies failed: integrity beats storage beats not-found, so the worst news is told."""
+    for kind in (IntegrityError, StorageError):
+        for e in errors:
+            if isinstance(e, kind) and not isinstance(e, ObjectNotFound):
+                raise e
+    raise errors[0] if errors else ObjectNotFound(key)
+
+
+def _candidates(store: ObjectStore, key: str) -> list[ObjectStore]:
+    alts = store.alternatives(key)
+    if getattr(store, "authenticated_reads", False):
+        # Through the whole store first: it switches copies chunk by chunk on its own.
+        return [store, *alts[1:]]
+    return alts
+
+
+class _MemoryStore(ObjectStore):
+    """One object held in memory, so the codec can decode an already verified copy."""
+
+    def __init__(self, key: str, data: bytes) -> None:
+        self.url = "memory:"
+        self._key, self._data = key, data
+
+    def open(self, key: str) -> BinaryIO:
+        return io.BytesIO(self._data)
+
+    def put(self, key, data):  # pragma: no cover - read-only
+        raise NotImplementedError
+
+    def stat(self, key: str) -> ObjectInfo | None:
+        return ObjectInfo(key, len(self._data))
+
+    def list(self, prefix=""):  # pragma: no cover - read-only
+        return iter(())
+
+    def delete(self, keys):  # pragma: no cover - read-only
+        raise NotImplementedError
+
+    def put_if_absent(self, key, data):  # pragma: no cover - read-only
+        raise NotImplementedError
+
+    def replace_if_match(self, key, data, etag):  # pragma: no cover - read-only
+        raise NotImplementedError
+
+
+def read_checked(store: ObjectStore, key: str, check: Callable[[bytes], T]) -> T:
+    """check(content) of a small object from the first copy that passes it (manifests, keyring)."""
+    if not has_copies(store, key):
+        return check(store.get_bytes(key))
+    errors: list[BaseException] = []
+    failed: list[ObjectStore] = []
+    for alt in _candidates(store, key):
+        try:
+            result = check(alt.get_bytes(key))
+        except (IntegrityError, StorageError) as exc:
+            errors.append(exc)
+            failed.append(alt)
+            continue
+        for bad, exc in zip(failed, errors, strict=True):
+            _note(store, key, bad, alt, exc)
+        return result
+    _raise_best(key, errors)
+    raise AssertionError("unreachable")
+
+
+def iter_object_failover(store: ObjectStore, obj, read_size: int, iter_one) -> Iterator[bytes]:
+    """iter_object over a store with several copies (see the module docstring for the rules)."""
+    from backupkit.repo.codec import VerifyingReader
+
+    errors: list[BaseException] = []
+    failed: list[ObjectStore] = []
+    buffered = obj.size <= BUFFER_LIMIT and not getattr(store, "authenticated_reads", False)
+
+    def settle(good: ObjectStore) -> None:
+        for bad, exc in zip(failed, errors, strict=True):
+            _note(store, obj.key, bad, good, exc)
+
+    for alt in _candidates(store, obj.key):
+        if buffered:
+            try:
+                with VerifyingReader(alt.open(obj.key), obj.key, obj.sha256, obj.size) as r:
+                    data = r.read()
+                    r.read()  # EOF: the checksum is checked here
+            except (IntegrityError, StorageError) as exc:
+                errors.append(exc)
+                failed.append(alt)
+                continue
+            settle(alt)
+            yield from iter_one(_MemoryStore(obj.key, data), obj, read_size)
+            return
+        delivered = 0
+        try:
+            for block in iter_one(alt, obj, read_size):
+                delivered += len(block)
+                yield block
+        except (IntegrityError, StorageError) as exc:
+            if delivered:
+                _note(store, obj.key, alt, None, exc)
+                if isinstance(exc, IntegrityError):
+                    raise IntegrityError(
+                        f"{exc.message}; {delivered} bytes of it were already delivered, so it cannot be "
+                        "completed from another target", "read it again: the next read uses another copy"
+                    ) from exc
+                raise
+            errors.append(exc)
+            failed.append(alt)
+            continue
+        settle(alt)
+        return
+    _raise_best(obj.key, errors)
+
+
+def consume_object(store: ObjectStore, obj, consume: Callable[[Iterator[bytes]], T], attempts: int = 0) -> T:
+    """consume(decoded chunks) of an object, started over on the next copy when a copy fails.
+
+    consume must undo its own effects when it raises (a transaction it rolls back), because a read
+    that fails at the end may already have handed it bytes. Returns what consume returns.
+    """
+    from backupkit.repo.codec import iter_object
+
+    tries = attempts or max(1, len(store.alternatives(obj.key)) if hasattr(store, "alternatives") else 1)
+    last: BaseException | None = None
+    for _ in range(tries):
+        try:
+            return consume(iter_object(store, obj))
+        except (IntegrityError, StorageError) as exc:
+            last = exc
+            if not has_copies(store, obj.key):
+                raise
+            log.warning("object %s: %s; starting it over from another copy", obj.key, exc)
+    assert last is not None
+    raise last
