@@ -234,7 +234,7 @@ class ShipOptions:
     until_current: bool = False
     wait_for_lease: bool = True
     watchdog_periods: float = 4.0
-    max_backoff: float = 15.0
+    max_backoff: float = 5.0
     spill_bytes: int = 64 * MIB
 
 
@@ -514,7 +514,9 @@ class Shipper:
     def _maybe_flush(self) -> None:
         if self.boundary_len == 0:
             return
-        if self.boundary_len >= self.opts.max_segment_bytes or (
+        # The whole buffer counts: a transaction growing past the limit is cut off from the
+        # complete ones before it, so it ends up alone in its segment.
+        if len(self.buf) >= self.opts.max_segment_bytes or (
                 self.pending_since is not None
                 and time.monotonic() - self.pending_since >= self.opts.sync_interval):
             self._flush()
