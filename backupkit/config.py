@@ -45,9 +45,13 @@ class TargetSection(_Section):
     storage_class: str | None = None
     sse: str | None = None
     sse_kms_key_id: str | None = None
+    name: str | None = None  # how commands and reports call it (default: the URL)
+    connect_timeout: float | None = Field(default=None, gt=0)
+    read_timeout: float | None = Field(default=None, gt=0)
+    max_attempts: int | None = Field(default=None, ge=1, le=20)
 
     def s3_settings(self) -> dict[str, Any]:
-        return self.model_dump(exclude={"url"}, exclude_none=True)
+        return self.model_dump(exclude={"url", "name"}, exclude_none=True)
 
 
 class StorageSection(_Section):
@@ -64,13 +68,15 @@ class StorageSection(_Section):
     sse: str | None = None
     sse_kms_key_id: str | None = None
     targets: list[TargetSection] = Field(default_factory=list)
-    write_quorum: int | None = None
+    write_quorum: int | None = Field(default=None, ge=1)
+    # Seconds a target may make no progress before a mirror treats it as down for that operation.
+    stall_timeout: float = Field(default=30.0, gt=0, le=3600)
 
     def primary(self) -> TargetSection | None:
         if self.targets:
             return self.targets[0]
         if self.url:
-            return TargetSection(**self.model_dump(exclude={"targets", "write_quorum"}))
+            return TargetSection(**self.model_dump(exclude={"targets", "write_quorum", "stall_timeout"}))
         return None
 
 
@@ -130,9 +136,13 @@ class ScheduleSection(_Section):
 
 
 class EncryptionSection(_Section):
-    key_file: str | None = None
-    key_env: str | None = None
-    key_id: str | None = None
+    """Client-side encryption: the key that wraps the repository's data keys (never stored)."""
+
+    key_file: str | None = None  # a 0600 file with 64 hex digits (backupkit repo keygen FILE)
+    key_env: str | None = None  # or the name of an environment variable holding the key
+    key_id: str | None = None  # a label recorded in manifests and the keyring
+    old_key_files: list[str] = Field(default_factory=list)  # earlier keys, still accepted for reading
+    old_key_envs: list[str] = Field(default_factory=list)
 
 
 class Policy(_Section):
@@ -229,6 +239,7 @@ class Settings:
     source_url: str
     json: bool = False
     debug: bool = False
+    storage_explicit: bool = False  # --storage or BACKUPKIT_STORAGE given: use that one target
 
     @classmethod
     def resolve(cls, policy_path: str | None, storage: str | None, source: str | None,
@@ -238,7 +249,9 @@ class Settings:
         primary = policy.storage.primary()
         storage_url = storage or os.environ.get("BACKUPKIT_STORAGE") or (primary.url if primary else None)
         source_url = source or os.environ.get("BACKUPKIT_SOURCE") or policy.source.url
-        return cls(policy, storage_url, source_url, json, debug)
+        settings = cls(policy, storage_url, source_url, json, debug)
+        settings.storage_explicit = bool(storage or os.environ.get("BACKUPKIT_STORAGE"))
+        return settings
 
     def storage_settings(self) -> dict[str, Any]:
         primary = self.policy.storage.primary()
@@ -247,9 +260,10 @@ class Settings:
         return primary.s3_settings()
 
     def open_store(self, create: bool = True):
-        from backupkit.storage import open_store
+        """The repository: one target or a mirror of the policy's targets, encrypted when configured."""
+        from backupkit.storage.targets import open_repository
 
-        return open_store(self.storage_url, self.storage_settings(), create=create)
+        return open_repository(self, create=create)
 
     def source_spec(self):
         from backupkit.mysql.connection import parse_conn

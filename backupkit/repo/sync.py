@@ -1,0 +1,489 @@
+"""Copy what one storage target lacks from the others, verified; and the state of every target.
+
+`sync_stores(sources, dest)` is what `backupkit repo sync` runs, and what a mirror runs on its own to
+catch a lagging target up. It works on stored bytes (an encrypted repository is copied as ciphertext,
+so every target holds identical objects), and verifies each copied object on the way:
+
+- data objects against the SHA-256 and size in their manifest or segment index (decrypting the stream
+  when the repository is encrypted and the key is configured; without the key, each copy is checked by
+  size only and the result says so);
+- manifests by their own checksum.
+
+Order keeps each target consistent at every moment: the keyring first, then data objects, then commit
+markers (manifests, segment indexes), each marker only once every object it names is on the target.
+A sync that stops half way is simply run again: it copies only what is still missing (resumable per
+object). It never deletes, and never overwrites an object unless asked to repair a damaged copy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any, BinaryIO
+
+from backupkit.errors import BackupkitError, IntegrityError, ObjectNotFound, StorageError
+from backupkit.repo import layout
+from backupkit.storage.base import ObjectInfo, ObjectStore
+
+log = logging.getLogger(__name__)
+
+READ = 1 << 20
+Named = tuple[str, ObjectStore]
+
+
+@dataclass
+class SyncResult:
+    """What a sync did (or, with dry_run, would do)."""
+
+    sources: list[str]
+    target: str
+    dry_run: bool = False
+    verified: str = "checksums"  # checksums | sizes (encrypted repository without its key)
+    missing: int = 0
+    missing_bytes: int = 0
+    copied: int = 0
+    copied_bytes: int = 0
+    present: int = 0
+    repaired: list[str] = field(default_factory=list)
+    damaged: list[str] = field(default_factory=list)  # on the target, not repaired
+    failed: list[dict[str, str]] = field(default_factory=list)
+    held_back: list[str] = field(default_factory=list)  # commit markers whose data could not be copied
+    served_by: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def complete(self) -> bool:
+        """True when the target now holds everything the sources hold, undamaged."""
+        if self.failed or self.held_back or self.damaged:
+            return False
+        return self.missing == 0 if self.dry_run else True
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["complete"] = self.complete
+        return d
+
+
+class _Tee(io.RawIOBase):
+    """A reader that keeps what was read, so the same bytes can be both checked and copied."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self.raw = raw
+        self.held: list[bytes] = []
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:  # type: ignore[override]
+        b = self.raw.read(n)
+        if b:
+            self.held.append(b)
+        return b
+
+    def readinto(self, b) -> int:  # type: ignore[override]
+        data = self.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+    def take(self) -> bytes:
+        out = b"".join(self.held)
+        self.held.clear()
+        return out
+
+    def close(self) -> None:
+        try:
+            self.raw.close()
+        finally:
+            super().close()
+
+
+class ContentCheck:
+    """Turns stored bytes into plaintext (decrypting when the repository is encrypted) and checks them."""
+
+    def __init__(self, keks: list | None = None) -> None:
+        self.keks = keks or []
+        self._rings: dict[int, Any] = {}
+        self.encrypted: bool | None = None
+        self._lock = threading.Lock()
+
+    def prepare(self, stores: list[Named]) -> None:
+        """Whether the repository is encrypted; its keyring from the first store that has one."""
+        from backupkit.storage.crypto import Keyring
+
+        for _, store in stores:
+            try:
+                info = store.stat(layout.KEYRING)
+            except StorageError:
+                continue
+            if info is None:
+                continue
+            self.encrypted = True
+            if self.keks:
+                ring = Keyring.load(store, self.keks)
+                self._rings[0] = ring
+            return
+        self.encrypted = False
+
+    @property
+    def can_verify(self) -> bool:
+        return not self.encrypted or bool(self._rings)
+
+    def _dek(self, dek_id: str, key: str) -> bytes:
+        ring = self._rings.get(0)
+        dek = ring.keys.get(dek_id) if ring else None
+        if dek is None:
+            raise IntegrityError(f"object {key!r} is encrypted with data key {dek_id}, which the "
+                                 "configured keys do not open")
+        return dek
+
+    def plaintext(self, key: str, stored: bytes) -> bytes:
+        """The plaintext of a whole small object."""
+        if not self.encrypted or key.startswith(layout.KEYS):
+            return stored
+        from backupkit.storage.crypto import DecryptingReader
+
+        with DecryptingReader(io.BytesIO(stored), key, self._dek) as r:  # type: ignore[arg-type]
+            return b"".join(r.read_chunks())
+
+    def checked_copy(self, raw: BinaryIO, key: str, expect: tuple[str, int] | None) -> Iterator[bytes]:
+        """Stored bytes of key, checked as they pass; raises IntegrityError before the last byte if bad."""
+        tee = _Tee(raw)
+        sha = hashlib.sha256()
+        size = 0
+        try:
+            if self.encrypted and not key.startswith(layout.KEYS) and self.can_verify:
+                from backupkit.storage.crypto import DecryptingReader
+
+                reader = DecryptingReader(tee, key, self._dek)  # type: ignore[arg-type]
+                for plain in reader.read_chunks():
+                    sha.update(plain)
+                    size += len(plain)
+                    yield tee.take()
+            else:
+                while True:
+                    block = tee.read(READ)
+                    if not block:
+                        break
+                    if not self.encrypted:
+                        sha.update(block)
+                        size += len(block)
+                    yield tee.take()
+            if expect is not None and self.can_verify:
+                want_sha, want_size = expect
+                if size != want_size or sha.hexdigest() != want_sha:
+                    raise IntegrityError(f"checksum mismatch in object {key!r}", "the source copy is damaged")
+            rest = tee.take()
+            if rest:
+                yield rest
+        finally:
+            tee.close()
+
+
+def _objects_of(body: dict[str, Any]) -> dict[str, tuple[str, int]]:
+    """key -> (sha256, size) of every object a manifest or segment index names."""
+    out: dict[str, tuple[str, int]] = {}
+    for o in body.get("objects", []) or []:
+        out[o["key"]] = (o["sha256"], o["size"])
+    obj = body.get("object")
+    if isinstance(obj, dict) and "key" in obj:
+        out[obj["key"]] = (obj["sha256"], obj["size"])
+    return out
+
+
+def _listing(store: ObjectStore) -> dict[str, ObjectInfo]:
+    return {i.key: i for i in store.list("") if layout.is_replicated(i.key)}
+
+
+def _copy_order(key: str) -> tuple[int, str]:
+    if key.startswith(layout.KEYS):
+        return (0, key)
+    if key == layout.REPO_CONFIG:
+        return (2, key)
+    if layout.is_commit_marker(key):
+        return (3, key)
+    return (1, key)
+
+
+def sync_stores(sources: list[Named], dest: Named, *, keks: list | None = None, dry_run: bool = False,
+                repair: bool = False, deep: bool = False, parallel: int = 4,
+                progress: Callable[[int, int], None] | None = None) -> SyncResult:
+    """Copy to dest every object the sources hold and dest lacks, verified, data before commit markers.
+
+    repair: replace objects whose copy on dest differs in size (or, with deep, fails its checksum).
+    deep: also read back and check every object dest already holds.
+    progress(done_bytes, total_bytes) is called as bytes are copied.
+    """
+    started = time.monotonic()
+    dname, dstore = dest
+    result = SyncResult([n for n, _ in sources], dname, dry_run=dry_run)
+    check = ContentCheck(keks)
+    check.prepare([*sources, dest])
+    if not check.can_verify:
+        result.verified = "sizes"
+
+    have = _listing(dstore)
+    held: dict[str, dict[str, ObjectInfo]] = {}
+    for name, store in sources:
+        try:
+            held[name] = _listing(store)
+        except StorageError as exc:
+            log.warning("source target %s cannot be listed: %s", name, exc.message)
+            result.failed.append({"key": "*", "error": f"{name}: {exc.message}"})
+    union: dict[str, ObjectInfo] = {}
+    for name, _ in sources:
+        for k, info in held.get(name, {}).items():
+            union.setdefault(k, info)
+
+    todo = sorted((k for k in union if k not in have), key=_copy_order)
+    differing = [k for k in union if k in have and have[k].size != union[k].size]
+    keyring_update = [k for k in differing if k.startswith(layout.KEYS)]
+    differing = [k for k in differing if not k.startswith(layout.KEYS)]
+    result.missing = len(todo)
+    result.missing_bytes = sum(union[k].size for k in todo)
+    result.present = len(union) - len(todo)
+
+    # Manifests that give the checksums of what is copied (read from a source, verified by their checksum).
+    manifests: dict[str, dict[str, Any] | None] = {}
+
+    def manifest(mkey: str) -> dict[str, Any] | None:
+        if mkey in manifests:
+            return manifests[mkey]
+        body = None
+        if check.can_verify:
+            for name, store in sources:
+                if mkey not in held.get(name, {}):
+                    continue
+                try:
+                    body = _read_marker(store, mkey, check)
+                    break
+                except (IntegrityError, StorageError) as exc:
+                    log.warning("manifest %s on %s: %s", mkey, name, exc.message)
+        manifests[mkey] = body
+        return body
+
+    def expected(key: str) -> tuple[str, int] | None:
+        mkey = layout.commit_marker_of(key)
+        body = manifest(mkey) if mkey else None
+        return _objects_of(body).get(key) if body else None
+
+    if dry_run:
+        result.damaged = differing
+        result.seconds = round(time.monotonic() - started, 3)
+        return result
+
+    total = result.missing_bytes
+    done_bytes = 0
+    lock = threading.Lock()
+
+    def copy(key: str, overwrite: bool = False) -> bool:
+        nonlocal done_bytes
+        errors = []
+        for name, store in sources:
+            if key not in held.get(name, {}):
+                continue
+            try:
+                if layout.is_commit_marker(key) or key.startswith(layout.KEYS):
+                    data = store.get_bytes(key)
+                    if check.can_verify:
+                        _decode_marker(key, data, check)
+                    if overwrite:
+                        dstore.put(key, data)
+                    elif not dstore.put_if_absent(key, data):
+                        pass  # it appeared meanwhile: fine, it is there
+                else:
+                    raw = store.open(key)
+                    dstore.put(key, check.checked_copy(raw, key, expected(key)))
+                got = dstore.stat(key)
+                if got is None or got.size != held[name][key].size:
+                    raise IntegrityError(f"copy of {key!r} on {dname} has "
+                                         f"{got.size if got else 'no'} bytes, the source "
+                                         f"{held[name][key].size}", "run the sync again")
+            except (IntegrityError, StorageError) as exc:
+                errors.append(f"{name}: {exc.message}")
+                log.warning("copy of %s from %s to %s failed: %s", key, name, dname, exc.message)
+                continue
+            with lock:
+                result.copied += 1
+                result.copied_bytes += held[name][key].size
+                result.served_by[name] = result.served_by.get(name, 0) + 1
+                done_bytes += held[name][key].size
+                if progress:
+                    progress(done_bytes, total)
+            return True
+        with lock:
+            result.failed.append({"key": key, "error": "; ".join(errors) or "no source holds it"})
+        return False
+
+    # 1. keyring (copied, or replaced by the newer version), 2. data in parallel, 3. commit markers.
+    for key in [k for k in todo if _copy_order(k)[0] == 0]:
+        copy(key)
+    if keyring_update:
+        _update_keyring(sources, held, dest, check, result)
+    data_keys = [k for k in todo if _copy_order(k)[0] == 1]
+    with ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix="sync") as pool:
+        list(pool.map(copy, data_keys))
+    present_now = set(have) | {k for k in data_keys if not any(f["key"] == k for f in result.failed)}
+
+    if repair or deep:
+        _repair(sources, held, dest, have, differing, deep, repair, check, expected, copy, result)
+        present_now |= set(result.repaired)
+    else:
+        result.damaged = differing
+
+    for key in [k for k in todo if _copy_order(k)[0] >= 2]:
+        body = manifest(key) if check.can_verify else None
+        if body is not None:
+            lacking = [k for k in _objects_of(body) if k not in present_now]
+            if lacking:
+                result.held_back.append(key)
+                log.warning("not copying %s to %s: %d of its objects are missing there (%s)",
+                            key, dname, len(lacking), lacking[0])
+                continue
+        copy(key)
+    result.seconds = round(time.monotonic() - started, 3)
+    return result
+
+
+def _decode_marker(key: str, data: bytes, check: ContentCheck) -> dict[str, Any]:
+    from backupkit.repo.catalog import decode_manifest
+
+    return decode_manifest(key, check.plaintext(key, data))
+
+
+def _read_marker(store: ObjectStore, key: str, check: ContentCheck) -> dict[str, Any]:
+    return _decode_marker(key, store.get_bytes(key), check)
+
+
+def _update_keyring(sources: list[Named], held, dest: Named, check: ContentCheck, result: SyncResult) -> None:
+    """Replace dest's keyring with the source's when the source's is newer (a rotation dest missed)."""
+    from backupkit.repo.catalog import decode_manifest
+
+    dname, dstore = dest
+    for name, store in sources:
+        if layout.KEYRING not in held.get(name, {}):
+            continue
+        try:
+            src_data = store.get_bytes(layout.KEYRING)
+            dst_data, etag = dstore.read_small(layout.KEYRING)
+            src = decode_manifest(layout.KEYRING, src_data)
+            dst = decode_manifest(layout.KEYRING, dst_data)
+        except (BackupkitError, ObjectNotFound) as exc:
+            result.failed.append({"key": layout.KEYRING, "error": f"{name}: {exc.message}"})
+            return
+        src_ids = {d["id"] for d in src.get("data_keys", [])}
+        dst_ids = {d["id"] for d in dst.get("data_keys", [])}
+        if src.get("updated_at", 0) > dst.get("updated_at", 0) and dst_ids <= src_ids:
+            if dstore.replace_if_match(layout.KEYRING, src_data, etag):
+                result.repaired.append(layout.KEYRING)
+                result.copied += 1
+        elif not dst_ids <= src_ids:
+            result.failed.append({"key": layout.KEYRING, "error": f"{dname} holds data keys {name} lacks"})
+        return
+
+
+def _repair(sources, held, dest, have, differing, deep, repair, check, expected, copy, result) -> None:
+    """Find damaged copies on dest (size, or with deep the checksum) and, with repair, replace them."""
+    dname, dstore = dest
+    suspects = list(differing)
+    if deep:
+        for key in sorted(have):
+            if key in differing or key.startswith(layout.KEYS):
+                continue
+            try:
+                if layout.is_commit_marker(key):
+                    if check.can_verify:
+                        _read_marker(dstore, key, check)
+                else:
+                    for _ in check.checked_copy(dstore.open(key), key, expected(key)):
+                        pass
+            except (IntegrityError, StorageError) as exc:
+                log.warning("damaged copy of %s on %s: %s", key, dname, exc.message)
+                suspects.append(key)
+    for key in suspects:
+        if repair and any(key in held.get(n, {}) for n, _ in sources) and copy(key, overwrite=True):
+            result.repaired.append(key)
+        else:
+            result.damaged.append(key)
+
+
+# -- the state of every target -------------------------------------------------------------
+def target_status(targets: list[Named]) -> list[dict[str, Any]]:
+    """For each target: reachable or not, and what it lacks compared with the union of all targets."""
+    listings: dict[str, dict[str, ObjectInfo] | None] = {}
+    errors: dict[str, str] = {}
+
+    def grab(nt: Named) -> None:
+        name, store = nt
+        try:
+            listings[name] = _listing(store)
+        except BackupkitError as exc:
+            listings[name] = None
+            errors[name] = exc.message
+
+    with ThreadPoolExecutor(max_workers=max(1, len(targets))) as pool:
+        list(pool.map(grab, targets))
+    union: dict[str, ObjectInfo] = {}
+    for name, _ in targets:
+        for k, info in (listings.get(name) or {}).items():
+            if k not in union or info.mtime < union[k].mtime:
+                union[k] = info
+    now = time.time()
+    out = []
+    for name, store in targets:
+        have = listings.get(name)
+        row: dict[str, Any] = {"name": name, "url": store.describe(), "reachable": have is not None}
+        if have is None:
+            row.update({"error": errors.get(name, ""), "objects": None, "missing_objects": None,
+                        "missing_bytes": None, "missing_backups": None, "missing_segments": None,
+                        "behind_since": None, "lag_s": None})
+        else:
+            missing = [k for k in union if k not in have]
+            oldest = min((union[k].mtime for k in missing), default=None)
+            row.update({
+                "objects": len(have), "missing_objects": len(missing),
+                "missing_bytes": sum(union[k].size for k in missing),
+                "missing_backups": sum(1 for k in missing if layout.backup_id_of(k)),
+                "missing_segments": sum(1 for k in missing if layout.is_segment_index(k)),
+                "behind_since": oldest, "lag_s": round(now - oldest, 3) if oldest else 0.0,
+            })
+        out.append(row)
+    return out
+
+
+def survival_by_target(targets: list[Named],
+                       wrap: Callable[[ObjectStore], ObjectStore]) -> list[dict[str, Any]]:
+    """For each target, what the repository still holds if that target is lost (the others' union).
+
+    wrap turns a raw store into the readable one (the encryption layer, when configured).
+    """
+    from backupkit.repo.catalog import Catalog
+    from backupkit.storage.mirror import MirrorStore
+
+    out = []
+    for lost, _ in targets:
+        others = [(n, s) for n, s in targets if n != lost]
+        row: dict[str, Any] = {"lost_target": lost, "surviving": [n for n, _ in others]}
+        if not others:
+            row.update({"newest_backup": {}, "binlog_until": {}, "note": "no other target: nothing survives"})
+            out.append(row)
+            continue
+        try:
+            catalog = Catalog(wrap(MirrorStore(others, write_quorum=1)))
+            newest: dict[str, dict[str, Any]] = {}
+            for b in catalog.backups():
+                newest[b.kind] = {"id": b.id, "point_time": b.point.time}
+            binlog: dict[str, float | None] = {}
+            for sid in catalog.sources():
+                runs = catalog.coverage(sid)
+                binlog[sid] = runs[-1].last.last_commit_time if runs else None
+            row.update({"newest_backup": newest, "binlog_until": binlog})
+        except BackupkitError as exc:
+            row.update({"newest_backup": {}, "binlog_until": {}, "error": exc.message})
+        out.append(row)
+    return out
