@@ -40,7 +40,19 @@ def repository_listing(catalog) -> dict:
         } for b in backups],
         "binlog_coverage": coverage,
         "gaps": gaps,
+        **_targets(catalog.store),
     }
+
+
+def _targets(store) -> dict:
+    """{"targets": lag of each storage target} when the repository has several (storage/mirror.py)."""
+    from backupkit.repo.sync import target_status
+    from backupkit.storage.mirror import find_mirror
+
+    mirror = find_mirror(store)
+    if mirror is None or len(mirror.targets) < 2:
+        return {}
+    return {"targets": target_status([(t.name, t.store) for t in mirror.targets])}
 
 
 def list_cmd(
@@ -64,6 +76,13 @@ def list_cmd(
                                           "segments", "stored"],
                       [[r["source_id"], r["start"], r["end"], r["first_commit"], r["last_commit"],
                         r["segments"], human_bytes(r["stored_bytes"])] for r in data["binlog_coverage"]]))
+        if data.get("targets"):
+            c.print(table("storage targets", ["target", "reachable", "missing objects", "missing backups",
+                                              "missing segments", "lag"],
+                          [[t["name"], "yes" if t["reachable"] else "no", t["missing_objects"],
+                            t["missing_backups"], t["missing_segments"],
+                            human_seconds(t["lag_s"]) if t["lag_s"] is not None else "-"]
+                           for t in data["targets"]]))
         if data["gaps"]:
             c.print(table("gaps", ["source", "after", "resumed at", "detected", "reason"],
                           [[g["source_id"], g["after"], g["resume"], g["detected_at"], g["reason"]]

@@ -1,4 +1,4 @@
-"""backupkit repo info | sync."""
+"""backupkit repo info | sync | targets | keygen | rotate-key."""
 
 from __future__ import annotations
 
@@ -50,5 +50,171 @@ def info() -> None:
         c.print(f"binlog        {totals['segments']} segments ({human_bytes(totals['segment_bytes'])})"
                 f" from {len(data['sources'])} source(s)")
         c.print(f"total         {totals['objects']} objects, {human_bytes(totals['bytes'])}")
+
+    render(data, human)
+
+
+# -- several targets and encryption (storage/mirror.py, storage/crypto.py, repo/sync.py) ----------
+def _named(spec, create: bool):
+    return (spec.name, spec.open(create=create))
+
+
+@app.command("sync")
+def sync(
+    source: list[str] = typer.Option(None, "--from", help="Copy from this target (name, number or URL); "
+                                     "repeat for fallbacks. Default: every other policy target."),
+    dest: list[str] = typer.Option(None, "--to", help="Complete this target (name, number or URL). "
+                                   "Default: every policy target."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show what is missing; copy nothing."),
+    repair: bool = typer.Option(False, "--repair", help="Replace damaged copies on the target with "
+                                "verified copies from the source."),
+    deep: bool = typer.Option(False, "--deep", help="Also read back and check every object the target "
+                              "already holds."),
+    parallel: int = typer.Option(4, "--parallel", min=1, max=64, help="Objects copied at once."),
+) -> None:
+    """Copy what a target lacks from the others, verified; resumable; how a new region is seeded."""
+    from backupkit.cli.common import json_mode, settings
+    from backupkit.cli.console import error_line, progress
+    from backupkit.errors import UsageError
+    from backupkit.repo.sync import sync_stores
+    from backupkit.storage.targets import find_target, key_encryption_keys, target_specs
+
+    cfg = settings()
+    policy_targets = target_specs(cfg) if cfg.policy.storage.targets else []
+    dests = [find_target(cfg, d) for d in dest] if dest else policy_targets
+    if not dests:
+        raise UsageError("nothing to sync: the policy has no storage targets",
+                         "give --from and --to, or list [[storage.targets]] in the policy")
+    keks = key_encryption_keys(cfg)
+    results = []
+    for d in dests:
+        srcs = [find_target(cfg, s) for s in source] if source else \
+            [t for t in policy_targets if t.url != d.url]
+        srcs = [s for s in srcs if s.url != d.url]
+        if not srcs:
+            raise UsageError(f"no source to sync {d.name} from", "give --from")
+        with progress(enabled=not json_mode()) as bar:
+            task = bar.add_task(f"sync to {d.name}", total=None) if bar else None
+
+            def tick(done: int, total: int, bar=bar, task=task) -> None:
+                if bar is not None:
+                    bar.update(task, completed=done, total=total or None)
+
+            res = sync_stores([_named(s, False) for s in srcs], _named(d, True), keks=keks,
+                              dry_run=dry_run, repair=repair, deep=deep, parallel=parallel, progress=tick)
+        results.append(res)
+    data = {"results": [r.to_dict() for r in results], "complete": all(r.complete for r in results)}
+
+    def human(c) -> None:
+        for r in results:
+            verb = "would copy" if r.dry_run else "copied"
+            n, b = (r.missing, r.missing_bytes) if r.dry_run else (r.copied, r.copied_bytes)
+            c.print(f"[bold]{r.target}[/]: {verb} {n} objects ({human_bytes(b)}) from "
+                    f"{', '.join(r.sources)}; {r.present} already there; verified by {r.verified}"
+                    + (f"; {r.seconds:.1f} s" if not r.dry_run else ""))
+            if r.served_by and len(r.served_by) > 1:
+                c.print("  served by " + ", ".join(f"{k}: {v}" for k, v in r.served_by.items()))
+            for k in r.repaired:
+                c.print(f"  repaired {k}")
+            for k in r.damaged:
+                c.print(f"  [red]damaged on the target[/] {k} (run with --repair)")
+            for f in r.failed:
+                c.print(f"  [red]failed[/] {f['key']}: {f['error']}")
+            for k in r.held_back:
+                c.print(f"  [yellow]held back[/] {k}: some of its objects could not be copied")
+
+    render(data, human)
+    if not data["complete"] and not dry_run:
+        integrity = any("checksum" in f["error"] or "authentic" in f["error"] or "corrupt" in f["error"]
+                        for r in results for f in r.failed) or any(r.damaged for r in results)
+        if not json_mode():
+            error_line("the sync is incomplete; run it again once the problems above are fixed")
+        raise typer.Exit(5 if integrity else 4)
+
+
+@app.command("targets")
+def targets() -> None:
+    """Each storage target: reachable or not, what it lacks (its lag), and what survives its loss."""
+    from backupkit.cli.common import settings
+    from backupkit.cli.console import human_seconds, table
+    from backupkit.repo.sync import survival_by_target, target_status
+    from backupkit.storage.targets import key_encryption_keys, target_specs, wrap_encryption
+
+    cfg = settings()
+    specs = target_specs(cfg)
+    named = [_named(s, False) for s in specs]
+    status = target_status(named)
+    keks = key_encryption_keys(cfg)
+    survival = survival_by_target(named, lambda s: wrap_encryption(s, keks))
+    data = {"write_quorum": cfg.policy.storage.write_quorum or len(specs), "targets": status,
+            "if_lost": survival}
+
+    def human(c) -> None:
+        c.print(table("storage targets", ["target", "reachable", "objects", "missing", "missing backups",
+                                          "missing segments", "lag"],
+                      [[r["name"], "yes" if r["reachable"] else f"no: {r.get('error', '')}", r["objects"],
+                        r["missing_objects"], r["missing_backups"], r["missing_segments"],
+                        human_seconds(r["lag_s"]) if r["lag_s"] is not None else "-"] for r in status]))
+        rows = []
+        for s in survival:
+            newest = ", ".join(f"{k} {utc_iso(v['point_time'])}" for k, v in s["newest_backup"].items())
+            binlog = ", ".join(f"{k} until {utc_iso(v) if v else '-'}" for k, v in s["binlog_until"].items())
+            rows.append([s["lost_target"], newest or "-", binlog or "-", s.get("error", "")])
+        c.print(table("if one target is lost, the others still hold", ["lost", "newest backups",
+                                                                       "binlog", "note"], rows))
+
+    render(data, human)
+
+
+@app.command("keygen")
+def keygen(path: str = typer.Argument(..., help="New key file (mode 0600; never overwritten).")) -> None:
+    """Create a random 256-bit key file for encryption.key_file (or a rotation)."""
+    from backupkit.storage.crypto import write_key_file
+
+    kek = write_key_file(path)
+    data = {"key_file": path, "fingerprint": kek.fingerprint}
+
+    def human(c) -> None:
+        c.print(f"created {path} (mode 0600), fingerprint {kek.fingerprint}")
+        c.print("keep a copy somewhere safe: without it the repository cannot be read")
+
+    render(data, human)
+
+
+@app.command("rotate-key")
+def rotate_key_cmd(
+    new_key_file: str = typer.Option(None, "--new-key-file", help="The new key (a 0600 file)."),
+    new_key_env: str = typer.Option(None, "--new-key-env", help="Or an environment variable holding it."),
+    new_key_id: str = typer.Option(None, "--new-key-id", help="A label for the new key."),
+    retire_old: bool = typer.Option(False, "--retire-old", help="Drop the wraps by the old keys, so only "
+                                    "the new key opens the repository."),
+    new_data_key: bool = typer.Option(False, "--new-data-key", help="Also start a new data key for new "
+                                      "objects (old objects keep theirs)."),
+) -> None:
+    """Re-wrap the repository's data keys with a new key; no data is re-encrypted."""
+    from backupkit.cli.common import settings
+    from backupkit.errors import ConfigError, UsageError
+    from backupkit.storage.crypto import load_key_env, load_key_file, rotate_key
+    from backupkit.storage.targets import key_encryption_keys, open_raw
+
+    if bool(new_key_file) == bool(new_key_env):
+        raise UsageError("give exactly one of --new-key-file and --new-key-env")
+    cfg = settings()
+    current = key_encryption_keys(cfg)
+    if not current:
+        raise ConfigError("the policy has no encryption section", "configure the current key first")
+    new = load_key_file(new_key_file, new_key_id) if new_key_file else load_key_env(new_key_env, new_key_id)
+    store = open_raw(cfg, create=False)
+    result = rotate_key(store, current, new, retire_old=retire_old, new_data_key=new_data_key)
+    data = {"storage": store.describe(), **result, "new_key_fingerprint": new.fingerprint,
+            "retired_old": retire_old}
+
+    def human(c) -> None:
+        c.print(f"re-wrapped {len(result['data_keys'])} data key(s) in {store.describe()} with key "
+                f"{new.key_id or new.fingerprint}")
+        c.print("wrapped by: " + ", ".join(f"{w['key_id'] or '?'} ({w['fingerprint']})"
+                                           for w in result["wrapped_by"]))
+        c.print("now point encryption.key_file (or key_env) of the policy at the new key"
+                + ("" if retire_old else "; the old key still opens the repository until --retire-old"))
 
     render(data, human)

@@ -315,8 +315,13 @@ class Catalog:
         """Write the manifest last: from this moment the backup exists."""
         self.ensure_repo()
         key = layout.backup_manifest(manifest.id)
-        if not self.store.put_if_absent(key, encode_manifest(manifest.to_dict())):
+        if not self.store.put_if_absent(key, encode_manifest({**manifest.to_dict(), **self._encryption()})):
             raise StorageError(f"backup {manifest.id} already committed")
+
+    def _encryption(self) -> dict[str, Any]:
+        """{"encryption": key ids} when the repository is encrypted (never the key itself)."""
+        info = getattr(self.store, "encryption_info", None)
+        return {"encryption": info()} if info is not None else {}
 
     # -- binlog ---------------------------------------------------------------------
     def sources(self) -> list[str]:
@@ -338,7 +343,7 @@ class Catalog:
         """Write a segment's index entry after its data object."""
         if not info.created_at:
             info.created_at = time.time()
-        if not self.store.put_if_absent(info.key, encode_manifest(info.to_dict())):
+        if not self.store.put_if_absent(info.key, encode_manifest({**info.to_dict(), **self._encryption()})):
             raise StorageError(f"segment {info.key} already committed")
 
     def gaps(self, source_id: str) -> list[GapInfo]:
