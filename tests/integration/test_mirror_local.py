@@ -1,0 +1,205 @@
+"""A mirror of two local targets: quorum writes, lagging targets, failover reads, sync (fast, no servers)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+
+import pytest
+
+from backupkit.errors import IntegrityError, StorageError
+from backupkit.repo import layout
+from backupkit.repo.catalog import Catalog, decode_manifest, encode_manifest
+from backupkit.repo.codec import iter_object, put_object, read_object
+from backupkit.repo.failover import consume_object
+from backupkit.repo.sync import sync_stores, target_status
+from backupkit.storage.crypto import EncryptedStore, KeyEncryptionKey
+from backupkit.storage.local import LocalStore
+from backupkit.storage.mirror import MirrorStore
+
+MIB = 1 << 20
+
+
+@pytest.fixture
+def roots(tmp_path):
+    return tmp_path / "a", tmp_path / "b"
+
+
+def mirror(roots, quorum=None, **kw) -> MirrorStore:
+    a, b = roots
+    return MirrorStore([("a", LocalStore(a)), ("b", LocalStore(b))], quorum, stall_timeout=5, **kw)
+
+
+def _break(root) -> None:
+    """Make a local target unusable: its folder becomes a plain file."""
+    shutil.rmtree(root)
+    root.write_bytes(b"not a folder")
+
+
+def _flip(path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset % len(data)] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_every_object_goes_to_every_target(roots):
+    m = mirror(roots)
+    obj = put_object(m, "backups/b1/data.zst", (os.urandom(MIB) for _ in range(5)), level=1)
+    for root in roots:
+        assert (root / obj.key).stat().st_size == obj.size
+    assert read_object(m, obj)
+    assert m.put_if_absent("backups/b1/manifest.json", b"{}")
+    assert not m.put_if_absent("backups/b1/manifest.json", b"{}")
+    assert all((r / "backups/b1/manifest.json").exists() for r in roots)
+
+
+def test_quorum_one_writes_on_and_the_lagging_target_gets_no_commit_marker(roots):
+    m = mirror(roots, quorum=1)
+    _break(roots[1])
+    obj = put_object(m, "backups/b1/data.zst", [b"x" * 1000])
+    assert m.put_if_absent("backups/b1/manifest.json", encode_manifest({"objects": [obj.to_dict()]}))
+    t = m.target("b")
+    assert t.lagging and t.failed_writes >= 1
+    assert [e["kind"] for e in m.report()["events"]].count("write_failed") >= 1
+    # Back again: data goes there, but no manifest until a sync completed it.
+    roots[1].unlink()
+    t.down_until = 0
+    obj2 = put_object(m, "backups/b2/data.zst", [b"y" * 1000])
+    assert (roots[1] / obj2.key).exists()
+    m.put_if_absent("backups/b2/manifest.json", encode_manifest({"objects": [obj2.to_dict()]}))
+    assert not (roots[1] / "backups/b2/manifest.json").exists()
+    result = sync_stores([("a", LocalStore(roots[0]))], ("b", LocalStore(roots[1])))
+    assert result.complete and result.copied == 3  # b1 data, both manifests
+    assert result.verified == "checksums"
+    status = target_status([("a", LocalStore(roots[0])), ("b", LocalStore(roots[1]))])
+    assert status[1]["missing_objects"] == 0
+
+
+def test_write_quorum_all_fails_when_a_target_is_down(roots):
+    m = mirror(roots)
+    _break(roots[1])
+    with pytest.raises(StorageError, match="write quorum 2"):
+        put_object(m, "backups/b1/data.zst", (os.urandom(MIB) for _ in range(3)))
+    assert not any((roots[0] / "backups").rglob("*.zst"))  # nothing half-visible
+    with pytest.raises(StorageError, match="quorum"):
+        m.put_if_absent("backups/b1/manifest.json", b"{}")
+
+
+def test_missing_or_unreachable_target_is_skipped_on_read(roots, caplog):
+    m = mirror(roots)
+    obj = put_object(m, "backups/b1/data.zst", [b"payload" * 1000])
+    (roots[0] / obj.key).unlink()
+    with caplog.at_level(logging.WARNING):
+        assert read_object(m, obj) == b"payload" * 1000
+    assert "read from target b" in caplog.text
+    shutil.rmtree(roots[0])
+    assert read_object(mirror(roots), obj) == b"payload" * 1000
+
+
+def test_corrupt_small_object_is_read_from_the_other_target_and_said(roots, caplog):
+    m = mirror(roots)
+    data = os.urandom(3 * MIB)
+    obj = put_object(m, "backups/b1/data.zst", [data], level=None)
+    _flip(roots[0] / obj.key, 2 * MIB)
+    with caplog.at_level(logging.WARNING):
+        assert read_object(m, obj) == data
+    assert "corrupt" in caplog.text and "target b" in caplog.text
+    ev = [e for e in m.report()["events"] if e["kind"] == "read_failover"]
+    assert ev and ev[0]["target"] == "a" and ev[0]["served_by"] == "b" and ev[0]["key"] == obj.key
+
+
+def test_corrupt_manifest_is_read_from_the_other_target(roots):
+    m = mirror(roots)
+    body = {"type": "backup", "id": "b1"}
+    m.put_if_absent("backups/b1/manifest.json", encode_manifest(body))
+    _flip(roots[0] / "backups/b1/manifest.json", 30)
+    assert Catalog(m).read_manifest("backups/b1/manifest.json")["id"] == "b1"
+    with pytest.raises(IntegrityError):
+        decode_manifest("k", (roots[0] / "backups/b1/manifest.json").read_bytes())
+
+
+def test_large_corrupt_object_is_never_delivered_silently_and_a_retry_uses_the_good_copy(roots, monkeypatch):
+    monkeypatch.setattr("backupkit.repo.failover.BUFFER_LIMIT", MIB)
+    m = mirror(roots)
+    data = os.urandom(4 * MIB)
+    obj = put_object(m, "backups/b1/big.zst", [data], level=None)
+    _flip(roots[0] / obj.key, 3 * MIB)
+    with pytest.raises(IntegrityError, match="big.zst"):
+        b"".join(iter_object(m, obj))
+    # The bad copy is remembered: the next read prefers b.
+    assert b"".join(iter_object(m, obj)) == data
+    m2 = mirror(roots)
+    calls = []
+
+    def consume(chunks):
+        calls.append(1)
+        return b"".join(chunks)
+
+    assert consume_object(m2, obj, consume) == data
+    assert len(calls) == 2
+
+
+def test_encrypted_mirror_moves_to_the_good_copy_in_mid_stream(roots):
+    k = KeyEncryptionKey(os.urandom(32), "k", "test")
+    store = EncryptedStore(mirror(roots), [k])
+    data = os.urandom(5 * MIB)
+    obj = put_object(store, "backups/b1/big.zst", [data], level=None)
+    _flip(roots[0] / obj.key, 3 * MIB)
+    got = bytearray()
+    for block in iter_object(store, obj):
+        got += block
+    assert bytes(got) == data
+    events = store.inner.report()["events"]
+    assert any(e["kind"] == "read_failover" and e["served_by"] == "b" for e in events)
+
+
+def test_union_listing_survives_a_missing_target(roots):
+    m = mirror(roots, quorum=1)
+    m.put("backups/x/1", b"1")
+    (roots[1] / "backups/x/1").unlink()
+    m.put("backups/x/2", b"2")
+    (roots[0] / "backups/x/2").unlink()
+    assert [i.key for i in m.list("backups/")] == ["backups/x/1", "backups/x/2"]
+    shutil.rmtree(roots[0])
+    assert [i.key for i in mirror(roots).list("backups/")] == ["backups/x/2"]
+
+
+def test_sync_holds_back_a_manifest_whose_data_cannot_be_copied(roots):
+    a, b = (LocalStore(r) for r in roots)
+    obj = put_object(a, "backups/b1/data.zst", [b"z" * 5000])
+    a.put_if_absent(layout.backup_manifest("b1"), encode_manifest({"objects": [obj.to_dict()]}))
+    _flip(roots[0] / obj.key, 10)
+    result = sync_stores([("a", a)], ("b", b))
+    assert not result.complete
+    assert result.held_back == [layout.backup_manifest("b1")]
+    assert "checksum" in result.failed[0]["error"]
+    assert not (roots[1] / obj.key).exists() and not (roots[1] / "backups/b1/manifest.json").exists()
+
+
+def test_sync_repairs_a_damaged_copy_only_when_asked(roots):
+    m = mirror(roots)
+    obj = put_object(m, "backups/b1/data.zst", [b"q" * 5000])
+    m.put_if_absent(layout.backup_manifest("b1"), encode_manifest({"objects": [obj.to_dict()]}))
+    _flip(roots[1] / obj.key, 10)
+    a, b = (LocalStore(r) for r in roots)
+    assert sync_stores([("a", a)], ("b", b)).complete  # same sizes: a shallow sync sees nothing
+    deep = sync_stores([("a", a)], ("b", b), deep=True)
+    assert deep.damaged == [obj.key] and not deep.complete
+    fixed = sync_stores([("a", a)], ("b", b), deep=True, repair=True)
+    assert fixed.repaired == [obj.key] and fixed.complete
+    assert read_object(b, obj) == b"q" * 5000
+
+
+def test_encrypted_sync_verifies_plaintext_checksums_and_copies_ciphertext(roots):
+    k = KeyEncryptionKey(os.urandom(32), "k", "test")
+    a = EncryptedStore(LocalStore(roots[0]), [k])
+    obj = put_object(a, "backups/b1/data.zst", [b"secret" * 10000])
+    a.put_if_absent(layout.backup_manifest("b1"), encode_manifest({"objects": [obj.to_dict()]}))
+    res = sync_stores([("a", LocalStore(roots[0]))], ("b", LocalStore(roots[1])), keks=[k])
+    assert res.complete and res.verified == "checksums" and res.copied == 3
+    assert (roots[0] / obj.key).read_bytes() == (roots[1] / obj.key).read_bytes()
+    assert read_object(EncryptedStore(LocalStore(roots[1]), [k]), obj) == b"secret" * 10000
+    # Without the key the copy is still made, checked by size only.
+    res2 = sync_stores([("a", LocalStore(roots[0]))], ("c", LocalStore(roots[1].parent / "c")))
+    assert res2.complete and res2.verified == "sizes"
