@@ -185,7 +185,7 @@ class Lease:
         """Fencing: raise LeaseLost unless this process may write now (renews when due)."""
         if self.lost:
             raise LeaseLost(f"the shipper lease of {self.source_id} was taken by another shipper")
-        if self.remaining() < self.lease_seconds / 2:
+        if self.remaining() < self.lease_seconds / 4:
             try:
                 self.renew()
             except StorageError:
