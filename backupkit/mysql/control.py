@@ -172,8 +172,10 @@ class ServiceControl:
 
     def __init__(self, spec: ConnSpec, *, stop_command: str | None = None,
                  start_command: str | None = None, pid_file: str | Path | None = None,
-                 stop_timeout: float = 300.0, start_timeout: float = 300.0) -> None:
+                 stop_timeout: float = 300.0, start_timeout: float = 300.0,
+                 error_log: str | Path | None = None) -> None:
         self.spec = spec
+        self.error_log = Path(error_log) if error_log else None
         self.stop_command = stop_command or None
         self.start_command = start_command or None
         self.pid_file = Path(pid_file) if pid_file else None
@@ -334,9 +336,8 @@ class ServiceControl:
         if not self.start_command:
             raise ServerControlError("no start command is configured, so the server cannot be started",
                                      "give --start-command or [source] start_command")
-        probe = self.probe_result
-        log_offset = probe.error_log.stat().st_size if probe and probe.error_log and \
-            probe.error_log.is_file() else 0
+        err = self._error_log()
+        log_offset = err.stat().st_size if err is not None and err.is_file() else 0
         requested = time.time()
         proc, out_file = spawn_command(self.start_command)
         deadline = time.monotonic() + self.start_timeout
@@ -368,24 +369,29 @@ class ServiceControl:
             result = CommandResult(self.start_command, proc.poll(), "", time.time() - requested)
         return StartReport(requested, accepting, result)
 
+    def _error_log(self) -> Path | None:
+        if self.error_log is not None:
+            return self.error_log
+        return self.probe_result.error_log if self.probe_result is not None else None
+
     def _start_aborted(self, offset: int) -> str | None:
-        probe = self.probe_result
-        if probe is None or probe.error_log is None:
+        err = self._error_log()
+        if err is None:
             return None
-        text = read_from(probe.error_log, offset) or ""
+        text = read_from(err, offset) or ""
         if "Aborting" in text:
             errors = [ln for ln in text.splitlines() if "[ERROR]" in ln]
             return one_line("\n".join(errors[-3:])) or "see the error log"
         return None
 
     def _start_failed(self, message: str, log_offset: int) -> ServerControlError:
-        probe = self.probe_result
+        err = self._error_log()
         hint = "START THE SERVER BY HAND"
-        if probe is not None and probe.error_log is not None:
-            text = read_from(probe.error_log, log_offset) or ""
+        if err is not None:
+            text = read_from(err, log_offset) or ""
             lines = [ln for ln in text.splitlines() if ln.strip()][-3:]
             if lines:
-                message += f"; error log {probe.error_log}: " + one_line("\n".join(lines))
+                message += f"; error log {err}: " + one_line("\n".join(lines))
         return ServerControlError(f"THE SERVER IS DOWN: {message}", hint)
 
     def ensure_running(self, stop_sent: bool, pid: int | None) -> StartReport | None:

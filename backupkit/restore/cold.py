@@ -112,7 +112,8 @@ def restore_cold(store: ObjectStore, manifest: BackupManifest, datadir: str | Pa
                  start_timeout: float = 300.0, extra_dirs: dict[str, str | Path] | None = None,
                  dry_run: bool = False, progress: Callable[[int, int], None] | None = None,
                  notify: Callable[[str], None] | None = None,
-                 catalog: Catalog | None = None) -> ColdRestoreResult:
+                 catalog: Catalog | None = None,
+                 error_log: str | Path | None = None) -> ColdRestoreResult:
     """Extract a cold backup into datadir (and its other folders), then run start_command.
 
     extra_dirs maps the archive's other roots (binlog, innodb_*, pathN) to folders; by default
@@ -211,8 +212,8 @@ def restore_cold(store: ObjectStore, manifest: BackupManifest, datadir: str | Pa
         result.config_file = str(_write_config(store, config, target))
     if start_command:
         say("starting the server")
-        ctl = ServiceControl(conn or ConnSpec(), start_command=start_command,
-                             pid_file=pid_file, start_timeout=start_timeout)
+        ctl = ServiceControl(conn or ConnSpec(), start_command=start_command, pid_file=pid_file,
+                             start_timeout=start_timeout, error_log=error_log)
         if conn is not None:
             report = ctl.start()
             result.start_seconds = round(report.seconds, 3)
