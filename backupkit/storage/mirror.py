@@ -387,12 +387,17 @@ class MirrorStore(ObjectStore):
         return box["r"]
 
     def _order(self, key: str | None = None) -> list[Target]:
-        """Targets in read preference: reachable first (policy order), then known-bad copies, then down."""
+        """Targets to read from, preferred first: reachable ones in policy order, known-bad copies last.
+
+        Targets that recently failed are left out while any other is up (they are tried again after
+        retry_after seconds), so one dead region does not slow every read down.
+        """
         def rank(i_t: tuple[int, Target]) -> tuple[int, int]:
             i, t = i_t
-            return (2 if t.is_down() else 1 if key is not None and key in t.bad_keys else 0, i)
+            return (1 if key is not None and key in t.bad_keys else 0, i)
 
-        return [t for _, t in sorted(enumerate(self.targets), key=rank)]
+        up = [(i, t) for i, t in enumerate(self.targets) if not t.is_down()]
+        return [t for _, t in sorted(up or list(enumerate(self.targets)), key=rank)]
 
     def _up(self) -> list[Target]:
         up = [t for t in self.targets if not t.is_down()]

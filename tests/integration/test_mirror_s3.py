@@ -1,0 +1,221 @@
+"""Two S3 server processes as two regions: quorum writes, a region stopped mid-stream, a region lost,
+a corrupt copy, repo sync, and storage class / server-side encryption passed through."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import time
+import uuid
+
+import boto3
+import pytest
+
+from backupkit.config import Settings
+from backupkit.repo import layout
+from backupkit.repo.catalog import BackupManifest, BinlogPoint, Catalog, SourceIdentity
+from backupkit.repo.codec import put_object, read_object
+from backupkit.storage.mirror import find_mirror
+from tests.support import MotoServer, run_cli
+
+MIB = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def regions():
+    east, west = MotoServer().start(), MotoServer().start()
+    yield east, west
+    for s in (east, west):
+        if s.proc and s.proc.poll() is None:
+            os.killpg(s.proc.pid, signal.SIGCONT)
+        s.stop()
+
+
+def _client(server: MotoServer):
+    return boto3.client("s3", endpoint_url=server.endpoint, region_name="us-east-1",
+                        aws_access_key_id="test", aws_secret_access_key="test")
+
+
+def _keys(server: MotoServer, bucket: str) -> dict[str, int]:
+    out = {}
+    for page in _client(server).get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        for o in page.get("Contents", []):
+            out[o["Key"]] = o["Size"]
+    return out
+
+
+def _policy(tmp_path, east: MotoServer, west: MotoServer, quorum: int | str = 1, extra: str = "") -> tuple:
+    """A policy with two targets (fresh buckets); returns (path, east bucket, west bucket)."""
+    eb, wb = f"east-{uuid.uuid4().hex[:8]}", f"west-{uuid.uuid4().hex[:8]}"
+    east.create_bucket(eb)
+    west.create_bucket(wb)
+    q = f"write_quorum = {quorum}\n" if quorum != "all" else ""
+    text = f"""
+[storage]
+{q}stall_timeout = 3
+
+[[storage.targets]]
+name = "east"
+url = "s3://{eb}/repo"
+endpoint_url = "{east.endpoint}"
+region = "us-east-1"
+connect_timeout = 2
+read_timeout = 4
+max_attempts = 1
+
+[[storage.targets]]
+name = "west"
+url = "s3://{wb}/repo"
+endpoint_url = "{west.endpoint}"
+region = "us-west-2"
+connect_timeout = 2
+read_timeout = 4
+max_attempts = 1
+{extra}
+"""
+    p = tmp_path / f"policy-{uuid.uuid4().hex[:6]}.toml"
+    p.write_text(text)
+    return p, eb, wb
+
+
+def _open(policy):
+    return Settings.resolve(str(policy), None, None).open_store()
+
+
+def _commit(store, backup_id: str, objects) -> str:
+    """Commit a (synthetic) snapshot manifest naming objects, through the catalog."""
+    now = time.time()
+    Catalog(store).commit_backup(BackupManifest(
+        id=backup_id, kind="snapshot", source=SourceIdentity("src"), point=BinlogPoint("binlog.000001", 4, "",
+                                                                                         now),
+        started_at=now, finished_at=now, objects=list(objects)))
+    return layout.backup_manifest(backup_id)
+
+
+def test_every_object_reaches_both_regions(regions, tmp_path):
+    east, west = regions
+    policy, eb, wb = _policy(tmp_path, east, west, quorum="all")
+    store = _open(policy)
+    assert "write quorum 2 of 2" in store.describe()
+    obj = put_object(store, "backups/b1/data/t/000001.tsv.zst", (os.urandom(MIB) for _ in range(12)),
+                     level=None)
+    _commit(store, "b1", [obj])
+    for server, bucket in ((east, eb), (west, wb)):
+        keys = _keys(server, bucket)
+        assert keys["repo/" + obj.key] == obj.size
+        assert "repo/" + layout.backup_manifest("b1") in keys
+
+
+def test_region_stopped_mid_stream_writes_go_on_and_sync_completes_it(regions, tmp_path, caplog):
+    east, west = regions
+    policy, eb, wb = _policy(tmp_path, east, west, quorum=1)
+    store = _open(policy)
+    payload = [os.urandom(MIB) for _ in range(16)]
+
+    def stream():
+        for i, block in enumerate(payload):
+            if i == 3:
+                os.killpg(west.proc.pid, signal.SIGSTOP)  # the west region freezes mid-upload
+            yield block
+
+    try:
+        with caplog.at_level(logging.WARNING):
+            obj = put_object(store, "backups/b1/data.zst", stream(), level=None)
+            _commit(store, "b1", [obj])
+            obj2 = put_object(store, "backups/b2/data.zst", [b"second backup" * 1000])
+            _commit(store, "b2", [obj2])
+        mirror = find_mirror(store)
+        west_t = mirror.target("west")
+        assert west_t.lagging
+        assert "west" in caplog.text and "lagging" in caplog.text
+        assert read_object(store, obj) == b"".join(payload)
+    finally:
+        os.killpg(west.proc.pid, signal.SIGCONT)
+    assert not any(k.endswith("manifest.json") for k in _keys(west, wb))  # no half-visible backup there
+    lst = run_cli("list", "--policy", str(policy), "--json")
+    assert lst.returncode == 0, lst.stderr
+    lag = {t["name"]: t for t in json.loads(lst.stdout)["targets"]}
+    assert lag["west"]["missing_backups"] == 2 and lag["east"]["missing_objects"] == 0
+    r = run_cli("repo", "sync", "--policy", str(policy), "--to", "west", "--json")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)["results"][0]
+    assert res["complete"] and res["copied"] >= 4 and res["verified"] == "checksums"
+    assert _keys(west, wb) == _keys(east, eb)
+    # Resumable and idempotent: a second run has nothing to do.
+    again = json.loads(run_cli("repo", "sync", "--policy", str(policy), "--json").stdout)
+    assert all(x["copied"] == 0 and x["complete"] for x in again["results"])
+    west_only = Settings.resolve(str(policy), "west", None).open_store()
+    assert Catalog(west_only).read_manifest(layout.backup_manifest("b1"))["id"] == "b1"
+    assert read_object(west_only, obj) == b"".join(payload)
+
+
+def test_first_region_lost_entirely_everything_reads_from_the_second(regions, tmp_path):
+    east, west = regions
+    policy, eb, wb = _policy(tmp_path, east, west, quorum="all")
+    store = _open(policy)
+    blobs = {f"backups/b1/data/t/{i:06d}.tsv.zst": os.urandom(200_000 + i) for i in range(5)}
+    objs = [put_object(store, k, [v]) for k, v in blobs.items()]
+    _commit(store, "b1", objs)
+    c = _client(east)
+    keys = list(_keys(east, eb))
+    c.delete_objects(Bucket=eb, Delete={"Objects": [{"Key": k} for k in keys]})
+    c.delete_bucket(Bucket=eb)
+    store = _open(policy)
+    backup = Catalog(store).read_manifest(layout.backup_manifest("b1"))
+    assert backup["id"] == "b1"
+    for o in objs:
+        assert read_object(store, o) == blobs[o.key]
+    report = find_mirror(store).report()
+    served = {t["name"]: t["objects_served"] for t in report["targets"]}
+    assert served["west"] >= len(objs) + 1 and served["east"] == 0
+    r = run_cli("list", "--policy", str(policy), "--json")
+    assert r.returncode == 0, r.stderr
+    targets = {t["name"]: t for t in json.loads(r.stdout)["targets"]}
+    assert not targets["east"]["reachable"] and targets["west"]["missing_objects"] == 0
+    # A new east region is seeded by sync and is then complete.
+    east.create_bucket(eb)
+    s = run_cli("repo", "sync", "--policy", str(policy), "--from", "west", "--to", "east", "--json")
+    assert s.returncode == 0, s.stderr
+    assert _keys(east, eb) == _keys(west, wb)
+
+
+def test_corrupt_object_in_first_region_is_read_from_second_and_said(regions, tmp_path, caplog):
+    east, west = regions
+    policy, eb, wb = _policy(tmp_path, east, west, quorum="all")
+    store = _open(policy)
+    data = os.urandom(3 * MIB)
+    obj = put_object(store, "backups/b1/data.zst", [data])
+    full = "repo/" + obj.key
+    c = _client(east)
+    bad = bytearray(c.get_object(Bucket=eb, Key=full)["Body"].read())
+    bad[len(bad) // 2] ^= 0x01
+    c.put_object(Bucket=eb, Key=full, Body=bytes(bad))
+    with caplog.at_level(logging.WARNING):
+        assert read_object(_open(policy), obj) == data
+    assert "corrupt" in caplog.text and "read from target west" in caplog.text
+    # repo sync --deep --repair finds the damaged copy and replaces it from the good region.
+    _commit(store, "b1", [obj])
+    r = run_cli("repo", "sync", "--policy", str(policy), "--from", "west", "--to", "east", "--deep",
+                "--repair", "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert json.loads(r.stdout)["results"][0]["repaired"] == [obj.key]
+    assert c.get_object(Bucket=eb, Key=full)["Body"].read() == \
+        _client(west).get_object(Bucket=wb, Key=full)["Body"].read()
+
+
+def test_storage_class_and_server_side_encryption_are_passed_through(regions, tmp_path):
+    east, west = regions
+    policy, eb, wb = _policy(tmp_path, east, west, quorum="all")
+    text = policy.read_text().replace("max_attempts = 1\n", 'max_attempts = 1\nsse = "AES256"\n'
+                                      'storage_class = "STANDARD_IA"\n')
+    policy.write_text(text)
+    store = _open(policy)
+    small = put_object(store, "backups/b1/small.zst", [b"s" * 1000])
+    big = put_object(store, "backups/b1/big.zst", (os.urandom(MIB) for _ in range(11)), level=None)
+    for server, bucket in ((east, eb), (west, wb)):
+        for o in (small, big):
+            head = _client(server).head_object(Bucket=bucket, Key="repo/" + o.key)
+            assert head.get("StorageClass") == "STANDARD_IA", head
+            assert head.get("ServerSideEncryption") == "AES256", head
