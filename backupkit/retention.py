@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 
 from backupkit.repo.catalog import BackupManifest, GapInfo, SegmentInfo
+from backupkit.restore.plan import Planner, build_runs
 
 _UNITS = {
     "s": 1, "sec": 1, "secs": 1, "second": 1, "seconds": 1,
@@ -98,59 +99,6 @@ def human_duration(seconds: float) -> str:
     return f"{seconds:g} s"
 
 
-# -- binlog chains ---------------------------------------------------------------------
-Point = tuple[str, int]
-
-
-def seg_start(s: SegmentInfo) -> Point:
-    return (s.binlog_file, s.start_pos)
-
-
-def seg_end(s: SegmentInfo) -> Point:
-    """The end of a segment in binlog order (its last byte, not the rotation target)."""
-    return (s.binlog_file, s.end_pos)
-
-
-def runs_of(segments: Iterable[SegmentInfo]) -> list[list[SegmentInfo]]:
-    """Unbroken runs of segments (same test as Catalog.coverage), in binlog order."""
-    segs = sorted(segments, key=lambda s: (s.binlog_file, s.start_pos, s.end_pos))
-    runs: list[list[SegmentInfo]] = []
-    for s in segs:
-        if runs and runs[-1][-1].next_point() == seg_start(s):
-            runs[-1].append(s)
-        else:
-            runs.append([s])
-    return runs
-
-
-def base_point(b: BackupManifest) -> Point | None:
-    return (b.point.file, b.point.pos) if b.point.file else None
-
-
-def run_holds(run: list[SegmentInfo], p: Point) -> bool:
-    """True when point p lies inside the unbroken run (its start up to where it continues)."""
-    return seg_start(run[0]) <= p <= run[-1].next_point()
-
-
-def chain_of(b: BackupManifest, runs: list[list[SegmentInfo]]) -> list[SegmentInfo]:
-    """The segments that replay forward from base b: those of the run holding its point that end
-    after it."""
-    p = base_point(b)
-    if p is None:
-        return []
-    for run in runs:
-        if run_holds(run, p):
-            return [s for s in run if seg_end(s) > p]
-    return []
-
-
-def reach_of(b: BackupManifest, runs: list[list[SegmentInfo]]) -> float:
-    """The latest moment base b can be rolled forward to with the shipped binlog."""
-    chain = chain_of(b, runs)
-    last = max((s.last_commit_time for s in chain), default=0.0)
-    return max(b.point.time, last)
-
-
 # -- decisions -------------------------------------------------------------------------
 @dataclass
 class PrunePlan:
@@ -170,6 +118,10 @@ class PrunePlan:
         return [self.backups[i] for i in sorted(self.remove_backups)]
 
 
+def base_time(b: BackupManifest) -> float:
+    return b.point.time or b.finished_at
+
+
 def _bucket(ts: float, tz: tzinfo, kind: str) -> str:
     d = datetime.fromtimestamp(ts, tz)
     if kind == "daily":
@@ -180,85 +132,90 @@ def _bucket(ts: float, tz: tzinfo, kind: str) -> str:
     return d.strftime("%Y-%m")
 
 
-def _gfs(bases: list[BackupManifest], rules: RetentionRules, tz: tzinfo) -> dict[str, list[str]]:
-    """keep_last/daily/weekly/monthly over bases sorted newest first."""
+def gfs_keep(bases: list[BackupManifest], rules: RetentionRules, tz: tzinfo) -> dict[str, list[str]]:
+    """keep_last/daily/weekly/monthly over bases sorted newest first: id -> reasons."""
     keep: dict[str, list[str]] = defaultdict(list)
     for i, b in enumerate(bases[: rules.keep_last or 0]):
-        keep[b.id].append(f"keep_last {i + 1} of {rules.keep_last}")
+        keep[b.id].append(f"keep_last ({i + 1} of {rules.keep_last})")
     for kind, n in (("daily", rules.keep_daily), ("weekly", rules.keep_weekly),
                     ("monthly", rules.keep_monthly)):
         if not n:
             continue
         seen: list[str] = []
         for b in bases:
-            bucket = _bucket(b.point.time, tz, kind)
+            bucket = _bucket(base_time(b), tz, kind)
             if bucket in seen:
                 continue
             seen.append(bucket)
             if len(seen) > n:
                 break
-            keep[b.id].append(f"keep_{kind} {bucket}")
+            keep[b.id].append(f"keep_{kind} (newest of {bucket})")
     return keep
 
 
-def _window_keep(bases: list[BackupManifest], runs: list[list[SegmentInfo]], ws: float, now: float,
+def _clip(ivs: Iterable[tuple[float, float]], lo: float, hi: float) -> list[tuple[float, float]]:
+    return [(max(a, lo), min(z, hi)) for a, z in ivs if z >= lo and a <= hi]
+
+
+def uncovered(before: list[tuple[float, float]], after: list[tuple[float, float]], lo: float,
+              hi: float) -> float | None:
+    """The first moment of [lo, hi] restorable with `before` but not with `after` (merged lists)."""
+    for a, z in _clip(before, lo, hi):
+        holder = next(((x, y) for x, y in after if x <= a <= y), None)
+        if holder is None:
+            return a
+        if holder[1] < z:
+            return holder[1]  # just after this moment: the first loss (closed intervals)
+    return None
+
+
+def _window_keep(bases: list[BackupManifest], planner: Planner, ws: float, now: float,
                  keep: dict[str, list[str]]) -> None:
     """Add the bases the recovery window [ws, now] needs (bases sorted newest first)."""
     anchor = None
     for b in bases:
-        if ws < b.point.time:
+        if ws < base_time(b):
             keep[b.id].append("inside the recovery window")
         elif anchor is None:
             anchor = b
             keep[b.id].append("newest base at or before the recovery window's start")
-    # An older base may still be the only one whose replay reaches some second of the window.
-    spans = {b.id: (b.point.time, reach_of(b, runs)) for b in bases}
-    lo = ws
+    # The planner falls back to an older base when a newer one cannot reach a moment; such an
+    # older base may be the only way to some second of the window. Add the one reaching furthest.
+    before = planner.intervals()
+    spans = {b.id: (b.point.time, planner.reach_end(b)) for b in bases}
     while True:
-        kept = sorted((spans[i] for i in keep if i in spans), key=lambda s: s[0])
-        gap_at = _first_uncovered(kept, lo, now, spans.values())
-        if gap_at is None:
+        after = _merge(spans[i] for i in keep if i in spans)
+        lost = uncovered(before, after, ws, now)
+        if lost is None:
             return
-        best = max((b for b in bases if spans[b.id][0] <= gap_at <= spans[b.id][1] and b.id not in keep),
-                   key=lambda b: (spans[b.id][1], b.point.time), default=None)
-        if best is None:  # nobody covers it: it was never restorable
-            lo = _next_start_after(gap_at, spans.values(), now)
-            if lo is None:
-                return
-            continue
-        keep[best.id].append("its binlog replay covers part of the recovery window")
+        cands = [b for b in bases if b.id not in keep and spans[b.id][0] <= lost <= spans[b.id][1]
+                 and (spans[b.id][1] > lost or not any(x <= lost <= y for x, y in after))]
+        if not cands:
+            return  # cannot happen: every restorable moment has a base
+        best = max(cands, key=lambda b: (spans[b.id][1], base_time(b)))
+        keep[best.id].append("its binlog replay reaches into the recovery window")
 
 
-def _first_uncovered(kept: list[tuple[float, float]], lo: float, hi: float,
-                     every: Iterable[tuple[float, float]]) -> float | None:
-    """The first moment in [lo, hi] covered by some span in every but by none in kept."""
-    candidates = sorted({lo, *(s for s, _ in every if lo <= s <= hi),
-                         *(e for _, e in kept if lo <= e < hi)})
-    for t in candidates:
-        for probe in (t, _after(t)):
-            if probe > hi or probe < lo:
-                continue
-            if any(s <= probe <= e for s, e in kept):
-                continue
-            if any(s <= probe <= e for s, e in every):
-                return probe
-    return None
-
-
-def _after(t: float) -> float:
-    return t + 1e-6
-
-
-def _next_start_after(t: float, every: Iterable[tuple[float, float]], hi: float) -> float | None:
-    later = [s for s, _ in every if t < s <= hi]
-    return min(later) if later else None
+def _merge(spans: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:
+    merged: list[list[float]] = []
+    for a, z in sorted(spans):
+        if merged and a <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], z)
+        else:
+            merged.append([a, z])
+    return [(a, z) for a, z in merged]
 
 
 def plan_prune(backups: Iterable[BackupManifest], segments: dict[str, list[SegmentInfo]],
                rules: RetentionRules, now: float, tz: tzinfo | None = None,
                gaps: dict[str, list[GapInfo]] | None = None) -> PrunePlan:
-    """Decide what to keep and remove. Pure: the caller lists the repository and deletes."""
+    """Decide what to keep and remove. Pure: the caller lists the repository and deletes.
+
+    Raises RetentionCheckError if the result would lose a restorable moment of the window
+    (a bug guard: the restore planner itself checks the kept set before anything is deleted).
+    """
     tz = tz or UTC
+    gaps = gaps or {}
     plan = PrunePlan(now=now, rules=rules)
     by_source: dict[str, list[BackupManifest]] = defaultdict(list)
     for b in backups:
@@ -266,59 +223,122 @@ def plan_prune(backups: Iterable[BackupManifest], segments: dict[str, list[Segme
         by_source[b.source.source_id].append(b)
     if rules.window:
         plan.window_start = now - rules.window
-    for sid, bases in by_source.items():
-        bases.sort(key=lambda b: (b.point.time, b.id), reverse=True)
+    for sid in sorted(set(by_source) | set(segments)):
+        bases = sorted(by_source.get(sid, []), key=lambda b: (base_time(b), b.id), reverse=True)
+        segs = list(segments.get(sid, []))
+        planner = Planner(bases, {sid: segs}, {sid: gaps.get(sid, [])}, source_id=sid)
         if not rules.active():
-            keep = {b.id: ["the policy sets no retention rule"] for b in bases}
+            keep: dict[str, list[str]] = {b.id: ["the policy sets no retention rule"] for b in bases}
         else:
-            keep = _gfs(bases, rules, tz)
+            keep = gfs_keep(bases, rules, tz)
             if plan.window_start is not None:
-                _window_keep(bases, runs_of(segments.get(sid, [])), plan.window_start, now, keep)
+                _window_keep(bases, planner, plan.window_start, now, keep)
         for b in bases:
             if keep.get(b.id):
                 plan.keep_backups[b.id] = keep[b.id]
             else:
                 plan.remove_backups[b.id] = f"kept by no rule ({rules.describe()})"
-    for sid, segs in segments.items():
-        _plan_segments(plan, sid, segs, [plan.backups[i] for i in plan.keep_backups
-                                         if plan.backups[i].source.source_id == sid],
-                       bool(by_source.get(sid)), (gaps or {}).get(sid, []))
+        kept = [b for b in bases if b.id in plan.keep_backups]
+        if not rules.active():
+            for s in segs:
+                plan.keep_segments[s.key] = "the policy sets no retention rule"
+            continue
+        _plan_segments(plan, planner, segs, kept, bool(bases), gaps.get(sid, []))
+        if plan.window_start is not None:
+            _check_window(plan, sid, planner, kept, segs, gaps.get(sid, []))
     return plan
 
 
-def _plan_segments(plan: PrunePlan, sid: str, segs: list[SegmentInfo], kept: list[BackupManifest],
-                   has_bases: bool, gaps: list[GapInfo]) -> None:
-    runs = runs_of(segs)
-    if not runs:
+def _plan_segments(plan: PrunePlan, planner: Planner, segs: list[SegmentInfo],
+                   kept: list[BackupManifest], has_bases: bool, gaps: list[GapInfo]) -> None:
+    if not segs:
         return
-    newest = runs[-1][-1]
     if not has_bases:
         for s in segs:
             plan.keep_segments[s.key] = "its source has no base; prune leaves its binlog alone"
         return
     needed: dict[str, str] = {}
-    for b in sorted(kept, key=lambda b: b.point.time):
-        for s in chain_of(b, runs):
+    for b in sorted(kept, key=base_time):
+        loc = planner.base_location(b)
+        if loc is None:
+            continue
+        run = planner.runs[loc.run].segments
+        if loc.index > 0 and _ends_at(run[loc.index - 1], (b.point.file, b.point.pos)):
+            # The point sits at this segment's end: the planner finds the base through it.
+            needed.setdefault(run[loc.index - 1].key, f"locates kept base {b.id} in the binlog")
+        for s in run[loc.index:]:
             needed.setdefault(s.key, f"replays from kept base {b.id}")
+    newest = max(segs, key=lambda s: (s.binlog_file, s.start_pos, s.end_pos))
     needed.setdefault(newest.key, "newest segment: the shipper resumes after it")
-    first_kept: Point | None = None
-    for run in runs:
-        for s in run:
-            if s.key in needed:
-                plan.keep_segments[s.key] = needed[s.key]
-                if first_kept is None:
-                    first_kept = seg_start(s)
-            else:
-                plan.remove_segments.append((s, _segment_reason(s, run, kept)))
+    _no_false_joins(planner, segs, needed, gaps)
+    first_kept: tuple[str, int] | None = None
+    for s in sorted(segs, key=lambda s: (s.binlog_file, s.start_pos, s.end_pos)):
+        if s.key in needed:
+            plan.keep_segments[s.key] = needed[s.key]
+            if first_kept is None:
+                first_kept = (s.binlog_file, s.start_pos)
+        else:
+            plan.remove_segments.append((s, _segment_reason(s, planner, kept)))
     for g in gaps:
         if first_kept is not None and (g.resume_file, g.resume_pos) <= first_kept:
-            plan.remove_gaps.append((g, "before every kept segment"))
+            plan.remove_gaps.append((g, "it lies before every kept segment"))
 
 
-def _segment_reason(s: SegmentInfo, run: list[SegmentInfo], kept: list[BackupManifest]) -> str:
-    in_run = [b for b in kept if base_point(b) is not None and run_holds(run, base_point(b))]  # type: ignore[arg-type]
+def _no_false_joins(planner: Planner, segs: list[SegmentInfo], needed: dict[str, str],
+                    gaps: list[GapInfo]) -> None:
+    """Keep whatever stops two kept segments from looking contiguous when they were not.
+
+    Removing the segments between two runs can make the end of one and the start of another
+    look like one unbroken run (for example a restart that continues into the next binlog
+    file). The first segment after the end of the earlier run then stays, as a separator.
+    """
+    run_of = {s.key: i for i, r in enumerate(planner.runs) for s in r.segments}
+    order = sorted(segs, key=lambda s: (s.binlog_file, s.start_pos, s.end_pos))
+    while True:
+        kept = [s for s in order if s.key in needed]
+        joined = None
+        for run in build_runs(kept, gaps):
+            for a, b in zip(run.segments, run.segments[1:], strict=False):
+                if run_of.get(a.key) != run_of.get(b.key):
+                    joined = a
+                    break
+            if joined is not None:
+                break
+        if joined is None:
+            return
+        i = order.index(joined)
+        sep = next((s for s in order[i + 1:] if s.key not in needed), None)
+        if sep is None:  # pragma: no cover - a join needs a removed segment in between
+            return
+        needed[sep.key] = (f"separates {joined.binlog_file}:{joined.end_pos} from later segments "
+                           "that do not continue it")
+
+
+def _segment_reason(s: SegmentInfo, planner: Planner, kept: list[BackupManifest]) -> str:
+    run_of = next((i for i, r in enumerate(planner.runs) if any(x.key == s.key for x in r.segments)),
+                  None)
+    if run_of is None:
+        return "a second copy of a stretch another segment already holds"
+    in_run = [b for b in kept if (loc := planner.base_location(b)) is not None and loc.run == run_of]
     if in_run:
         oldest = min(in_run, key=lambda b: (b.point.file, b.point.pos))
-        return (f"ends before kept base {oldest.id} at {oldest.point.file}:{oldest.point.pos}; "
+        return (f"it ends before kept base {oldest.id} ({oldest.point.file}:{oldest.point.pos}); "
                 "no kept base replays through it")
-    return "no kept base replays through it (its run of segments holds no kept base's point)"
+    return "no kept base lies in its unbroken run of segments, so no restore can use it"
+
+
+def _ends_at(s: SegmentInfo, point: tuple[str, int]) -> bool:
+    return s.next_point() == point or (s.binlog_file, s.end_pos) == point
+
+
+class RetentionCheckError(Exception):
+    """The kept set would lose a restorable moment of the recovery window (a bug guard)."""
+
+
+def _check_window(plan: PrunePlan, sid: str, before: Planner, kept: list[BackupManifest],
+                  segs: list[SegmentInfo], gaps: list[GapInfo]) -> None:
+    kept_segs = [s for s in segs if s.key in plan.keep_segments]
+    after = Planner(kept, {sid: kept_segs}, {sid: gaps}, source_id=sid)
+    lost = uncovered(before.intervals(), after.intervals(), plan.window_start or 0.0, plan.now)
+    if lost is not None:
+        raise RetentionCheckError(f"the kept set would make {lost:.3f} (source {sid}) unrestorable")
