@@ -239,7 +239,9 @@ def test_recovery_window_keeps_the_anchor_and_the_binlog_from_it():
     assert plan.remove_backups["d0"] == "kept by no rule (recovery_window=3 days)"
     anchor_pos = plan.backups["d6"].point.pos
     assert all(s.start_pos < anchor_pos for s, _ in plan.remove_segments)
-    assert all(s.end_pos > anchor_pos for s in segs if s.key in plan.keep_segments)
+    kept = [s for s in segs if s.key in plan.keep_segments]
+    assert all(s.end_pos > anchor_pos for s in kept[1:])
+    assert kept[0].end_pos == anchor_pos and "locates kept base d6" in plan.keep_segments[kept[0].key]
     assert "ends before kept base d6" in plan.remove_segments[0][1]
 
 
