@@ -16,6 +16,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,8 @@ from backupkit.errors import BackupkitError, ServerControlError, SourceError, Us
 from backupkit.mysql.connection import ConnSpec, connect
 
 POLL = 0.02
+#: A server that answers this long after a stop was sent did not take the stop.
+STEADY = 1.0
 #: Bytes of command output and error log kept in messages.
 TAIL = 2000
 
@@ -161,6 +164,8 @@ class StartReport:
     requested_at: float
     accepting_at: float
     command: CommandResult | None
+    requested_mono: float = 0.0
+    accepting_mono: float = 0.0
 
     @property
     def seconds(self) -> float:
@@ -286,8 +291,7 @@ class ServiceControl:
                 raise ServerControlError(f"stop command did not finish in {self.stop_timeout:.0f} s: "
                                          f"{result.describe()}")
             if result.returncode != 0:
-                raise ServerControlError(f"stop command failed: {result.describe()}",
-                                         "the server was not stopped; no backup was taken")
+                raise ServerControlError(f"stop command failed: {result.describe()}")
             return result
         conn = connect(self.spec)
         try:
@@ -338,7 +342,7 @@ class ServiceControl:
                                      "give --start-command or [source] start_command")
         err = self._error_log()
         log_offset = err.stat().st_size if err is not None and err.is_file() else 0
-        requested = time.time()
+        requested, requested_mono = time.time(), time.monotonic()
         proc, out_file = spawn_command(self.start_command)
         deadline = time.monotonic() + self.start_timeout
         result: CommandResult | None = None
@@ -350,7 +354,7 @@ class ServiceControl:
                     if proc.returncode != 0 and not self.accepting(1.0):
                         raise self._start_failed(f"start command failed: {result.describe()}", log_offset)
                 if self.accepting(1.0):
-                    accepting = time.time()
+                    accepting, accepting_mono = time.time(), time.monotonic()
                     break
                 aborted = self._start_aborted(log_offset)
                 if aborted:
@@ -367,7 +371,7 @@ class ServiceControl:
                 os.unlink(out_file)
         if result is None:
             result = CommandResult(self.start_command, proc.poll(), "", time.time() - requested)
-        return StartReport(requested, accepting, result)
+        return StartReport(requested, accepting, result, requested_mono, accepting_mono)
 
     def _error_log(self) -> Path | None:
         if self.error_log is not None:
@@ -394,20 +398,32 @@ class ServiceControl:
                 message += f"; error log {err}: " + one_line("\n".join(lines))
         return ServerControlError(f"THE SERVER IS DOWN: {message}", hint)
 
-    def ensure_running(self, stop_sent: bool, pid: int | None) -> StartReport | None:
+    def ensure_running(self, stop_sent: bool, pid: int | None,
+                       on_start: Callable[[], None] | None = None) -> StartReport | None:
         """Bring the server back after a stop was (maybe) sent; None when it never went down.
 
-        If a stop was sent, wait for the process to exit before starting, so a server that is
-        still shutting down is not mistaken for a running one."""
-        if stop_sent and pid is not None and pid_alive(pid):
-            if not self.wait_exit(pid, self.stop_timeout):
-                if self.accepting():
-                    return None  # the stop never took effect
-                raise ServerControlError(
-                    f"the server (pid {pid}) neither stopped nor accepts connections after "
-                    f"{self.stop_timeout:.0f} s", "look at it by hand")
+        If a stop was sent, a server that still answers is not trusted until it has answered
+        for a whole second (it may be on its way down); otherwise wait for the process to exit,
+        then start it."""
+        if stop_sent and pid is not None:
+            deadline = time.monotonic() + self.stop_timeout
+            serving_since: float | None = None
+            while pid_alive(pid):
+                if self.accepting(1.0):
+                    serving_since = serving_since or time.monotonic()
+                    if time.monotonic() - serving_since >= STEADY:
+                        return None  # the stop never took effect
+                else:
+                    serving_since = None
+                if time.monotonic() >= deadline:
+                    raise ServerControlError(
+                        f"the server (pid {pid}) neither stopped nor accepts connections after "
+                        f"{self.stop_timeout:.0f} s", "look at it by hand")
+                time.sleep(POLL)
         elif self.accepting():
             return None
+        if on_start is not None:
+            on_start()
         return self.start()
 
 

@@ -1,0 +1,190 @@
+"""Cold backup and restore on real private mariadbd servers (and a real S3 server)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pymysql
+import pytest
+
+from backupkit.mysql.sandbox import Sandbox
+from backupkit.repo.catalog import Catalog
+from backupkit.restore.cold import restore_cold
+from backupkit.storage import open_store
+from backupkit.strategies.cold import ColdOptions, take_cold_backup
+from tests.support import run_cli, table_checksums
+
+
+@pytest.fixture
+def spare():
+    """An empty sandbox (never installed) to restore a datadir into and start."""
+    boxes: list[Sandbox] = []
+
+    def make() -> Sandbox:
+        sb = Sandbox(name="restore")
+        (sb.base / "tmp").mkdir(parents=True, exist_ok=True)
+        boxes.append(sb)
+        return sb
+
+    yield make
+    for sb in boxes:
+        sb.destroy()
+
+
+def _options(sb: Sandbox, **kw) -> ColdOptions:
+    return ColdOptions(start_command=sb.start_command(), pid_file=str(sb.pid_file),
+                       stop_timeout=60, start_timeout=60, **kw)
+
+
+def _fill(sb: Sandbox) -> None:
+    sb.sql("CREATE DATABASE shop")
+    sb.sql("CREATE TABLE shop.orders (id INT PRIMARY KEY, customer VARCHAR(64), amount DECIMAL(10,2),"
+           " note TEXT, created DATETIME(6)) ENGINE=InnoDB")
+    sb.sql("INSERT INTO shop.orders SELECT seq, CONCAT('c', seq % 97), seq / 7, REPEAT('n', seq % 300),"
+           " '2026-01-01' + INTERVAL seq SECOND FROM seq_1_to_30000", database="shop")
+    sb.sql("CREATE TABLE shop.aria_log (id INT PRIMARY KEY, msg VARCHAR(200)) ENGINE=Aria")
+    sb.sql("INSERT INTO shop.aria_log SELECT seq, MD5(seq) FROM seq_1_to_3000", database="shop")
+    sb.sql("CREATE TABLE shop.legacy (id INT PRIMARY KEY, b BLOB) ENGINE=MyISAM")
+    sb.sql("INSERT INTO shop.legacy SELECT seq, RANDOM_BYTES(200) FROM seq_1_to_1000", database="shop")
+    sb.sql("CREATE DATABASE `we``ird db`")
+    sb.sql("CREATE TABLE `we``ird db`.`t-1` (id INT PRIMARY KEY, v JSON)")
+    sb.sql("INSERT INTO `we``ird db`.`t-1` VALUES (1, '{\"a\": 1}'), (2, NULL)")
+
+
+class Writer(threading.Thread):
+    """A client that inserts row after row and retries through the downtime."""
+
+    def __init__(self, sb: Sandbox) -> None:
+        super().__init__(daemon=True)
+        self.sb = sb
+        self.stop_flag = threading.Event()
+        self.acks: list[tuple[int, float]] = []
+
+    def run(self) -> None:
+        n = 1
+        conn = None
+        while not self.stop_flag.is_set():
+            try:
+                if conn is None:
+                    conn = pymysql.connect(host="127.0.0.1", port=self.sb.port, user="root",
+                                           autocommit=True, connect_timeout=2, read_timeout=5,
+                                           write_timeout=5)
+                with conn.cursor() as cur:
+                    # IGNORE: a retried row that did commit before the shutdown is not doubled
+                    cur.execute("INSERT IGNORE INTO app.w VALUES (%s, NOW(6))", (n,))
+                self.acks.append((n, time.time()))
+                n += 1
+            except pymysql.Error:
+                if conn is not None:
+                    try:
+                        conn.close()
+                    except Exception:
+                        pass
+                conn = None
+                time.sleep(0.01)
+            time.sleep(0.003)
+
+    def outage(self) -> tuple[float, int]:
+        """The longest time between two acknowledged writes, and the last id before it."""
+        gaps = [(b[1] - a[1], a[0]) for a, b in zip(self.acks, self.acks[1:], strict=False)]
+        return max(gaps)
+
+
+def test_downtime_matches_the_outage_a_retrying_client_sees(mariadb, local_url, spare):
+    mariadb.sql("CREATE DATABASE app")
+    mariadb.sql("CREATE TABLE app.w (id INT PRIMARY KEY, at DATETIME(6))")
+    writer = Writer(mariadb)
+    writer.start()
+    try:
+        time.sleep(0.5)
+        store = open_store(local_url)
+        manifest = take_cold_backup(store, mariadb.spec, _options(mariadb))
+        time.sleep(0.5)
+    finally:
+        writer.stop_flag.set()
+        writer.join(10)
+    down = manifest.details["downtime"]
+    gap, last_before = writer.outage()
+    assert down["total_seconds"] == pytest.approx(gap, abs=0.5)
+    assert down["stop_requested"] < down["stopped"] < down["start_requested"] < down["accepting"]
+    total = down["stop_seconds"] + down["copy_seconds"] + down["start_seconds"]
+    assert total == pytest.approx(down["total_seconds"], abs=0.01)
+    assert manifest.stats["downtime_seconds"] == down["total_seconds"]
+    # The backup holds exactly the writes committed before the shutdown: 1..k without holes,
+    # k being the last acknowledged id or the one in flight when the server went down.
+    target = spare()
+    restore_cold(store, manifest, target.datadir, start_command=target.start_command(),
+                 conn=target.spec, start_timeout=60)
+    (count, top), = target.sql("SELECT COUNT(*), MAX(id) FROM app.w")
+    assert count == top and top in (last_before, last_before + 1)
+
+
+def test_restore_through_the_cli_gives_equal_checksums_s3_and_staging(mariadb, s3_url, spare, tmp_path):
+    _fill(mariadb)
+    conf = tmp_path / "my.cnf"
+    conf.write_text("[mariadbd]\ninnodb_buffer_pool_size=64M\n")
+    staging = tmp_path / "staging"
+    r = run_cli("cold", "--source", mariadb.url, "--storage", s3_url,
+                "--start-command", mariadb.start_command(), "--pid-file", str(mariadb.pid_file),
+                "--staging", str(staging), "--config-file", str(conf), "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["ok"] and out["kind"] == "cold"
+    assert out["staging"]["copy_seconds"] > 0 and out["staging"]["upload_seconds"] > 0
+    assert out["downtime"]["total_seconds"] > 0
+    assert list(staging.iterdir()) == []  # the staged copy is removed after the upload
+    before = table_checksums(mariadb)
+    assert mariadb.sql("SELECT 1") == [(1,)]
+
+    target = spare()
+    r = run_cli("restore", out["backup_id"], "--storage", s3_url, "--datadir", str(target.datadir),
+                "--start-command", target.start_command(), "--target", target.url, "--json")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["started"] and res["start_verified"] and res["files"] > 100
+    assert res["point"]["file"] == out["point"]["file"] and res["point"]["pos"] == out["point"]["pos"]
+    assert table_checksums(target) == before
+    assert Path(res["config_file"]).read_text() == conf.read_text()
+    records = Catalog(open_store(s3_url)).restore_records()
+    assert [x["backup_id"] for x in records] == [out["backup_id"]]
+
+
+def test_cold_point_is_exact_for_binlog_replay(mariadb, local_url, spare):
+    """Restore the base, replay the source's own binlog from the recorded point with the
+    standard tools, and get the source's exact tables (the PITR engine relies on this)."""
+    _fill(mariadb)
+    mariadb.sql("SET GLOBAL gtid_domain_id = 0")
+    store = open_store(local_url)
+    manifest = take_cold_backup(store, mariadb.spec, _options(mariadb))
+    binlog = manifest.details["binlog"]
+    before = binlog["before_stop"]
+    assert (manifest.point.file, manifest.point.pos) == (before["file"], before["pos"])
+    assert manifest.point.gtid == before["gtid"]
+    assert binlog["point_check"] == {"checked": True, "binlog_gtid_pos": manifest.point.gtid,
+                                     "equal": True}
+    assert binlog["end"]["stop_event"] and binlog["end"]["closed"]
+    # the server moves on after its restart
+    mariadb.sql("UPDATE shop.orders SET amount = amount + 1 WHERE id % 10 = 0")
+    mariadb.sql("DELETE FROM shop.aria_log WHERE id > 2500")
+    mariadb.sql("INSERT INTO shop.orders SELECT seq, 'late', 1, NULL, NOW(6) FROM seq_40001_to_41000",
+                database="shop")
+    mariadb.sql("CREATE TABLE shop.after (id INT PRIMARY KEY)")
+    mariadb.sql("FLUSH BINARY LOGS")
+    mariadb.sql("INSERT INTO shop.after VALUES (1), (2)")
+    expected = table_checksums(mariadb)
+
+    target = spare()
+    result = restore_cold(store, manifest, target.datadir, start_command=target.start_command(),
+                          conn=target.spec, start_timeout=60)
+    assert result.point["pos"] == manifest.point.pos
+    names = sorted(p.name for p in mariadb.datadir.glob("binlog.[0-9]*"))
+    files = [str(mariadb.datadir / n) for n in names if n >= manifest.point.file]
+    dump = subprocess.run(["mariadb-binlog", f"--start-position={manifest.point.pos}", *files],
+                          capture_output=True, check=True)
+    subprocess.run(["mariadb", "-h", "127.0.0.1", "-P", str(target.port), "-u", "root"],
+                   input=dump.stdout, capture_output=True, check=True)
+    assert table_checksums(target) == expected

@@ -1,0 +1,289 @@
+"""Cold backup faults: whatever fails, the server ends up running and the error is one line.
+Restore safety: crafted archives and non-empty datadirs."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import signal
+import subprocess
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+from backupkit.archive import FileRecord, Root
+from backupkit.mysql.sandbox import Sandbox
+from backupkit.repo import layout
+from backupkit.repo.catalog import BackupManifest, BinlogPoint, Catalog, SourceIdentity, new_backup_id
+from backupkit.repo.codec import put_object
+from backupkit.storage import open_store
+from backupkit.strategies.cold import ColdOptions, stream_roots, take_cold_backup
+from tests.support import MotoServer, run_cli
+
+MiB = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def server():
+    """One private server for every fault test: each test must leave it running."""
+    sb = Sandbox(name="coldfault").start()
+    sb.sql("CREATE DATABASE app")
+    sb.sql("CREATE TABLE app.t (id INT PRIMARY KEY, v VARCHAR(40))")
+    sb.sql("INSERT INTO app.t SELECT seq, MD5(seq) FROM seq_1_to_5000", database="app")
+    try:
+        yield sb
+    finally:
+        sb.destroy()
+
+
+@pytest.fixture
+def ballast(server):
+    """Incompressible data in the datadir so that the copy takes a while (about a second)."""
+    path = server.datadir / "ballast.bin"
+    with open(path, "wb") as fh:
+        for _ in range(160):
+            fh.write(os.urandom(MiB))
+    yield path
+    path.unlink(missing_ok=True)
+
+
+def _running(sb: Sandbox, within: float = 0.0) -> bool:
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            if sb.sql("SELECT COUNT(*) FROM app.t") == [(5000,)]:
+                return True
+        except Exception:
+            pass
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+
+
+def _cold_args(sb: Sandbox, storage: str, *extra: str) -> list[str]:
+    return ["cold", "--source", sb.url, "--storage", storage, "--start-command", sb.start_command(),
+            "--pid-file", str(sb.pid_file), "--stop-timeout", "60", "--start-timeout", "60", *extra]
+
+
+def _error_lines(stderr: str) -> list[str]:
+    return [ln for ln in stderr.splitlines() if ln.startswith("error:")]
+
+
+def _no_backups(url: str) -> bool:
+    return Catalog(open_store(url)).backup_ids() == []
+
+
+def test_stop_command_failure_leaves_the_server_running(server, local_url):
+    r = run_cli(*_cold_args(server, local_url, "--stop-command", "echo cannot stop it >&2; exit 3"))
+    assert r.returncode == 6
+    errors = _error_lines(r.stderr)
+    assert len(errors) == 1 and "starting the server" not in r.stderr
+    assert "stop command failed" in errors[0] and "exited 3" in errors[0]
+    assert "cannot stop it" in errors[0] and "the server kept running" in errors[0]
+    assert "Traceback" not in r.stderr
+    assert _running(server) and _no_backups(local_url)
+
+
+def test_stop_timeout_leaves_the_server_running(server, local_url):
+    r = run_cli(*_cold_args(server, local_url, "--stop-command", "true", "--stop-timeout", "1"))
+    assert r.returncode == 6
+    errors = _error_lines(r.stderr)
+    assert len(errors) == 1
+    assert "did not stop within 1 s" in errors[0] and "the server kept running" in errors[0]
+    assert _running(server) and _no_backups(local_url)
+
+
+def _wait_for_line(proc: subprocess.Popen, text: str, timeout: float = 60) -> list[str]:
+    seen = []
+    deadline = time.monotonic() + timeout
+    assert proc.stderr is not None
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        seen.append(line)
+        if text in line:
+            return seen
+    raise AssertionError(f"never saw {text!r}: {seen}")
+
+
+def _popen_cli(*args: str) -> subprocess.Popen:
+    import shutil
+    import sys
+
+    exe = shutil.which("backupkit") or str(Path(sys.executable).parent / "backupkit")
+    return subprocess.Popen([exe, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "COLUMNS": "200"})
+
+
+def test_sigint_during_the_copy_restarts_the_server(server, ballast, local_url):
+    proc = _popen_cli(*_cold_args(server, local_url))
+    _wait_for_line(proc, "copying the datadir")
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    errors = _error_lines(err)
+    assert len(errors) == 1 and "Traceback" not in err
+    assert "interrupted by SIGINT during the cold backup" in errors[0]
+    assert "the server was restarted and accepts connections" in errors[0]
+    assert _running(server) and _no_backups(local_url)
+    assert not list((Path(local_url[7:]) / ".tmp").glob("*.part"))  # no half-written object left
+
+
+def test_sigkill_during_the_copy_the_guardian_restarts_the_server(server, ballast, local_url):
+    proc = _popen_cli(*_cold_args(server, local_url))
+    _wait_for_line(proc, "copying the datadir")
+    proc.kill()
+    proc.communicate(timeout=30)
+    assert _running(server, within=60)
+    assert _no_backups(local_url)
+
+
+def test_storage_dying_mid_copy_restarts_the_server(server, ballast, monkeypatch):
+    moto = MotoServer().start()
+    try:
+        moto.create_bucket("dying")
+        monkeypatch.setenv("BACKUPKIT_S3_ENDPOINT", moto.endpoint)
+        store = open_store("s3://dying/repo")
+        killed = []
+
+        def kill_storage_midway(phase) -> None:
+            if phase.done > 40 * MiB and not killed:
+                killed.append(phase.done)
+                moto.stop()
+
+        opts = ColdOptions(start_command=server.start_command(), pid_file=str(server.pid_file),
+                           stop_timeout=60, start_timeout=60)
+        with pytest.raises(Exception) as info:
+            take_cold_backup(store, server.spec, opts, progress=kill_storage_midway)
+    finally:
+        moto.stop()
+    assert killed, "the storage was never killed"
+    err = info.value
+    assert getattr(err, "exit_code", None) == 4  # a storage error
+    line = err.one_line()
+    assert "\n" not in line and "S3" in line or "storage" in line.lower()
+    assert "the server was restarted and accepts connections" in line
+    assert _running(server)
+
+
+def test_failed_start_is_loud_and_the_copy_is_kept(server, local_url):
+    r = run_cli("cold", "--source", server.url, "--storage", local_url,
+                "--start-command", "echo no way to start >&2; exit 7", "--pid-file", str(server.pid_file),
+                "--start-timeout", "20")
+    try:
+        assert r.returncode == 6
+        errors = _error_lines(r.stderr)
+        assert len(errors) == 1
+        assert "THE SERVER IS DOWN" in errors[0] and "exited 7" in errors[0]
+        assert "no way to start" in errors[0] and "START THE SERVER BY HAND" in errors[0]
+        assert "was written" in errors[0]  # the copy was complete: the backup exists
+        assert len(Catalog(open_store(local_url)).backup_ids()) == 1
+    finally:
+        server.proc = None
+        server.start()
+    assert _running(server)
+
+
+def test_unclean_stop_is_not_copied_and_the_server_restarts(server, local_url):
+    r = run_cli(*_cold_args(server, local_url, "--stop-command", f"kill -9 $(cat {server.pid_file})"))
+    assert r.returncode == 6
+    errors = _error_lines(r.stderr)
+    assert len(errors) == 1
+    assert "did not stop cleanly" in errors[0] and "nothing was copied" in errors[0]
+    assert "the server was restarted and accepts connections" in errors[0]
+    assert _running(server) and _no_backups(local_url)
+
+
+# -- restore safety --------------------------------------------------------------------
+def _commit(store, members: list[tuple[tarfile.TarInfo, bytes | None]], records: list[dict]) -> str:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for info, payload in members:
+            tar.addfile(info, io.BytesIO(payload) if payload is not None else None)
+    bid = new_backup_id("cold")
+    obj = put_object(store, layout.cold_archive(bid), buf.getvalue())
+    _manifest(store, bid, [obj], records)
+    return bid
+
+
+def _manifest(store, bid: str, objects, records: list[dict]) -> None:
+    now = time.time()
+    Catalog(store).commit_backup(BackupManifest(
+        id=bid, kind="cold", source=SourceIdentity("crafted"), point=BinlogPoint(), started_at=now,
+        finished_at=now, objects=objects,
+        details={"roots": [{"name": "data", "path": "/x", "files": None}], "files": records}))
+
+
+def _tree_state(base: Path) -> dict[str, tuple[int, str]]:
+    out = {}
+    for p in sorted(base.rglob("*")):
+        if p.is_file():
+            out[str(p.relative_to(base))] = (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
+        else:
+            out[str(p.relative_to(base))] = (p.stat().st_mode, "")
+    return out
+
+
+@pytest.mark.parametrize("evil", ["data/../../escaped", "/tmp/backupkit-escaped-abs"])
+@pytest.mark.parametrize("listed", [True, False], ids=["in-manifest", "archive-only"])
+def test_crafted_archive_is_refused_and_nothing_is_written_outside(tmp_path, local_url, evil, listed):
+    store = open_store(local_url)
+    root = tarfile.TarInfo("data")
+    root.type = tarfile.DIRTYPE
+    root.mode = 0o755
+    good = tarfile.TarInfo("data/good")
+    good.size = 4
+    bad = tarfile.TarInfo(evil)
+    bad.size = 4
+    records = [FileRecord(path="data", type="dir", mode=0o755).to_dict(),
+               FileRecord(path="data/good", type="file", mode=0o644, size=4,
+                          sha256=hashlib.sha256(b"good").hexdigest()).to_dict()]
+    if listed:
+        records.append(FileRecord(path=evil, type="file", mode=0o644, size=4,
+                                  sha256=hashlib.sha256(b"evil").hexdigest()).to_dict())
+    bid = _commit(store, [(root, None), (good, b"good"), (bad, b"evil")], records)
+    work = tmp_path / "work"
+    work.mkdir()
+    state = _tree_state(tmp_path)
+    r = run_cli("restore", bid, "--storage", local_url, "--datadir", str(work / "data"))
+    assert r.returncode == 5, r.stderr
+    errors = _error_lines(r.stderr)
+    assert len(errors) == 1 and "Traceback" not in r.stderr
+    assert "unsafe path" in errors[0] or "not in the manifest" in errors[0]
+    assert not Path("/tmp/backupkit-escaped-abs").exists()
+    assert _tree_state(tmp_path) == state  # nothing anywhere, not even a partial datadir
+
+
+def test_restore_over_a_non_empty_datadir_needs_force_and_moves_it_aside(tmp_path, local_url):
+    store = open_store(local_url)
+    src = tmp_path / "src"
+    (src / "db").mkdir(parents=True)
+    (src / "db" / "t.ibd").write_bytes(os.urandom(50_000))
+    (src / "ibdata1").write_bytes(b"\0" * 70_000 + b"x")
+    bid = new_backup_id("cold")
+    obj, stats = stream_roots(store, layout.cold_archive(bid), [Root("data", src)], level=1, threads=0)
+    _manifest(store, bid, [obj], [r.to_dict() for r in stats.records])
+
+    datadir = tmp_path / "live"
+    (datadir / "mysql").mkdir(parents=True)
+    (datadir / "mysql" / "user.MAI").write_bytes(b"precious")
+    (datadir / "ib_logfile0").write_bytes(b"also precious")
+    state = _tree_state(tmp_path)
+    r = run_cli("restore", bid, "--storage", local_url, "--datadir", str(datadir))
+    assert r.returncode == 2
+    errors = _error_lines(r.stderr)
+    assert len(errors) == 1 and "is not empty; nothing was changed" in errors[0] and "--force" in errors[0]
+    assert _tree_state(tmp_path) == state
+
+    r = run_cli("restore", bid, "--storage", local_url, "--datadir", str(datadir), "--force", "--json")
+    assert r.returncode == 0, r.stderr
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith("live.before-")]
+    assert len(aside) == 1
+    assert (aside[0] / "mysql" / "user.MAI").read_bytes() == b"precious"
+    assert (aside[0] / "ib_logfile0").read_bytes() == b"also precious"
+    assert (datadir / "db" / "t.ibd").read_bytes() == (src / "db" / "t.ibd").read_bytes()
+    assert not (datadir / "mysql").exists()
