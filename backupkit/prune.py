@@ -1,0 +1,192 @@
+"""Apply retention to a repository: decide with retention.plan_prune, then delete crash-safely.
+
+Order of deletion (a crash at any moment leaves a repository where everything visible is whole):
+1. the manifests of the backups that go: each backup disappears at once, as a unit;
+2. the index entries of the segments that go, one at a time, oldest first: the shipped binlog
+   shrinks from its old end and stays one unbroken run;
+3. the gap records that now lie before every kept segment;
+4. the data objects of those backups and segments: nothing refers to them any more;
+5. orphans: data objects without a manifest or index entry, left by a crash in step 4 or by a
+   backup or segment that failed before its commit. Only those older than ORPHAN_GRACE go, so
+   the objects of a backup still being written are never touched.
+Bases go before segments so that a visible base never loses the binlog it replays with.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import tzinfo
+from typing import Any
+
+from backupkit.errors import BackupkitError
+from backupkit.repo import layout
+from backupkit.repo.catalog import Catalog, SegmentInfo, utc_iso
+from backupkit.retention import PrunePlan, RetentionCheckError, RetentionRules, plan_prune
+from backupkit.storage.base import ObjectStore
+
+ORPHAN_GRACE = 24 * 3600.0
+
+
+@dataclass
+class PruneResult:
+    """What prune removed (or would remove, with --dry-run) and why."""
+
+    plan: PrunePlan
+    dry_run: bool
+    orphans: list[str] = field(default_factory=list)
+    freed_bytes: int = 0
+    deleted_objects: int = 0
+    order: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        p = self.plan
+        return {
+            "dry_run": self.dry_run,
+            "rules": p.rules.describe(),
+            "now": utc_iso(p.now),
+            "window_start": utc_iso(p.window_start),
+            "kept_backups": [{"id": i, "kind": p.backups[i].kind,
+                              "point_time": utc_iso(p.backups[i].point.time), "reasons": r}
+                             for i, r in sorted(p.keep_backups.items())],
+            "removed_backups": [{"id": i, "kind": p.backups[i].kind,
+                                 "point_time": utc_iso(p.backups[i].point.time),
+                                 "stored_bytes": p.backups[i].stored_bytes, "reason": r}
+                                for i, r in sorted(p.remove_backups.items())],
+            "removed_segments": [{"source_id": s.source_id, "key": s.key, "file": s.binlog_file,
+                                  "start_pos": s.start_pos, "end_pos": s.end_pos,
+                                  "stored_bytes": s.object.size, "reason": r}
+                                 for s, r in p.remove_segments],
+            "segment_ranges": segment_ranges(p.remove_segments, self.order),
+            "kept_segments": len(p.keep_segments),
+            "removed_gaps": [{"source_id": g.source_id, "after": f"{g.after_file}:{g.after_pos}",
+                              "reason": r} for g, r in p.remove_gaps],
+            "orphans": self.orphans,
+            "freed_bytes": self.freed_bytes,
+            "deleted_objects": self.deleted_objects,
+        }
+
+
+def segment_ranges(removed: list[tuple[SegmentInfo, str]],
+                   order: dict[str, int] | None = None) -> list[dict[str, Any]]:
+    """Removed segments that follow each other (no kept one between) with the same reason, as
+    one line each. order maps a segment key to its place among all segments of its source."""
+    order = order or {}
+    out: list[dict[str, Any]] = []
+    last_place: int | None = None
+    for s, why in sorted(removed, key=lambda x: (x[0].source_id, x[0].binlog_file, x[0].start_pos)):
+        place = order.get(s.key)
+        last = out[-1] if out else None
+        if last and last["source_id"] == s.source_id and last["reason"] == why and \
+                place is not None and last_place is not None and place == last_place + 1:
+            last["to"] = f"{s.binlog_file}:{s.end_pos}"
+            last["segments"] += 1
+            last["stored_bytes"] += s.object.size
+        else:
+            out.append({"source_id": s.source_id, "from": f"{s.binlog_file}:{s.start_pos}",
+                        "to": f"{s.binlog_file}:{s.end_pos}", "segments": 1,
+                        "stored_bytes": s.object.size, "reason": why})
+        last_place = place
+    return out
+
+
+def prune(store: ObjectStore, rules: RetentionRules, *, dry_run: bool = False,
+          now: float | None = None, tz: tzinfo | None = None,
+          orphan_grace: float = ORPHAN_GRACE) -> PruneResult:
+    """Apply retention rules to the repository in store (see the module doc for the order)."""
+    now = time.time() if now is None else now
+    catalog = Catalog(store)
+    backups = catalog.backups()  # a damaged manifest stops prune before it deletes anything
+    sources = sorted(set(catalog.sources()) | {b.source.source_id for b in backups})
+    segments = {sid: catalog.segments(sid) for sid in sources}
+    gaps = {sid: catalog.gaps(sid) for sid in sources}
+    try:
+        plan = plan_prune(backups, segments, rules, now, tz, gaps)
+    except RetentionCheckError as exc:
+        raise BackupkitError(f"prune refused: {exc}",
+                             "nothing was deleted; please report this with 'backupkit list --json'"
+                             ) from None
+    result = PruneResult(plan, dry_run)
+    for segs in segments.values():
+        result.order.update({x.key: i for i, x in enumerate(segs)})
+    result.orphans = find_orphans(store, catalog, now - orphan_grace, set(plan.remove_backups),
+                                  {s.key for s, _ in plan.remove_segments})
+    sizes: dict[str, int] = {}
+    backup_data: dict[str, list[str]] = {}
+    for bid in plan.remove_backups:
+        keys = []
+        for info in store.list(layout.backup_prefix(bid)):
+            sizes[info.key] = info.size
+            if info.key != layout.backup_manifest(bid):
+                keys.append(info.key)
+        backup_data[bid] = keys
+    result.freed_bytes = (sum(sizes.values())
+                          + sum(s.object.size for s, _ in plan.remove_segments)
+                          + sum(_size(store, k) for k in result.orphans))
+    if dry_run:
+        return result
+    deleted = 0
+    # 1. backup manifests: each backup vanishes whole.
+    for bid in sorted(plan.remove_backups):
+        store.delete([layout.backup_manifest(bid)])
+        deleted += 1
+    # 2. segment index entries, oldest first, one at a time.
+    by_source: dict[str, list[SegmentInfo]] = defaultdict(list)
+    for s, _ in plan.remove_segments:
+        by_source[s.source_id].append(s)
+    for sid in sorted(by_source):
+        for s in sorted(by_source[sid], key=lambda s: (s.binlog_file, s.start_pos, s.end_pos)):
+            store.delete([s.key])
+            deleted += 1
+    # 3. gap records before every kept segment.
+    gap_keys = [layout.gap_record(g.source_id, g.after_file, g.after_pos) for g, _ in plan.remove_gaps]
+    if gap_keys:
+        store.delete(gap_keys)
+        deleted += len(gap_keys)
+    # 4. data objects nothing refers to any more.
+    data = [k for keys in backup_data.values() for k in keys] + \
+        [s.object.key for s, _ in plan.remove_segments]
+    if data:
+        store.delete(data)
+        deleted += len(data)
+    # 5. old orphans.
+    if result.orphans:
+        store.delete(result.orphans)
+        deleted += len(result.orphans)
+    result.deleted_objects = deleted
+    return result
+
+
+def _size(store: ObjectStore, key: str) -> int:
+    info = store.stat(key)
+    return info.size if info else 0
+
+
+def find_orphans(store: ObjectStore, catalog: Catalog, older_than: float, removing: set[str],
+                 removing_segments: set[str]) -> list[str]:
+    """Data objects whose manifest or index entry does not exist, last written before older_than."""
+    present = set()
+    candidates: dict[str, list[tuple[str, float]]] = defaultdict(list)
+    for prefix in (layout.BACKUPS, layout.BINLOG):
+        for info in store.list(prefix):
+            if layout.is_commit_marker(info.key):
+                present.add(info.key)
+                continue
+            marker = layout.commit_marker_of(info.key)
+            if marker is not None:
+                candidates[marker].append((info.key, info.mtime))
+    out: list[str] = []
+    for marker, objs in candidates.items():
+        if marker in present:
+            continue
+        bid = layout.backup_id_of(marker)
+        if bid is not None and bid in removing:
+            continue  # removed in step 4 already
+        if marker in removing_segments:
+            continue
+        # A backup still being written has recent objects: leave the whole group alone.
+        if max(m for _, m in objs) >= older_than:
+            continue
+        out.extend(k for k, _ in objs)
+    return sorted(out)
