@@ -104,8 +104,10 @@ def build_runs(segments: Iterable[SegmentInfo], gaps: Sequence[GapInfo] = ()) ->
     for s in segs:
         if runs:
             prev = runs[-1].segments[-1]
-            if (prev.binlog_file, prev.start_pos) == (s.binlog_file, s.start_pos):
+            if (prev.binlog_file, prev.start_pos) == (s.binlog_file, s.start_pos) \
+                    and prev.end_pos != prev.start_pos:
                 continue  # the same stretch committed twice: keep the first
+            # (an empty anchor segment [p, p) that starts a range is continued by [p, q))
             if continues(prev, s) and not _gap_between(gaps, prev, s):
                 runs[-1].segments.append(s)
                 continue
