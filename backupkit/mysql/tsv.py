@@ -11,6 +11,11 @@ The server builds each row (``row_expression``), because formatting in the serve
 as fast as joining columns in Python. Types whose text form would lose information are written
 another way: FLOAT as the exact DOUBLE it holds, BIT as its unsigned integer (loaded through a user
 variable). Generated columns are not data and are left out.
+
+Long values (BLOB, TEXT, BINARY, VARBINARY, JSON, GEOMETRY) are written as HEX() and read back with
+UNHEX(): the server's REPLACE() moves the rest of the string for every match, so escaping a large
+value full of TAB/LF/backslash bytes takes quadratic time. CHAR, VARCHAR, ENUM and SET (at most
+64 KiB) are escaped with REPLACE(), which keeps the common case compact and fast.
 """
 
 from __future__ import annotations
@@ -28,6 +33,11 @@ PLAIN_TYPES = frozenset({
     "tinyint", "smallint", "mediumint", "int", "integer", "bigint", "decimal", "numeric", "double",
     "real", "date", "time", "datetime", "timestamp", "year",
 })
+#: Types that can hold long values: written as HEX() (linear time), read back with UNHEX().
+HEX_TYPES = frozenset({
+    "tinyblob", "blob", "mediumblob", "longblob", "tinytext", "text", "mediumtext", "longtext",
+    "binary", "varbinary", "json", "long", "long varbinary",
+})
 GEOMETRY_TYPES = frozenset({
     "geometry", "point", "linestring", "polygon", "multipoint", "multilinestring", "multipolygon",
     "geometrycollection", "geomcollection",
@@ -40,7 +50,7 @@ class Column:
 
     name: str
     data_type: str  # information_schema.COLUMNS.DATA_TYPE, lower case
-    kind: str = "text"  # plain | text | float | bit | geometry | json (MySQL's native JSON)
+    kind: str = "text"  # plain | text | float | bit | hex | geometry | json (MySQL's native JSON)
 
     def to_list(self) -> list[str]:
         return [self.name, self.data_type, self.kind]
@@ -63,6 +73,8 @@ def column_kind(data_type: str, flavor: str = "mariadb") -> str:
         return "json"
     if t in PLAIN_TYPES:
         return "plain"
+    if t in HEX_TYPES:
+        return "hex"
     return "text"
 
 
@@ -87,7 +99,9 @@ def field_expression(col: Column) -> str:
         inner = f"CAST({q} AS DOUBLE)"
     elif col.kind == "bit":
         inner = f"({q} + 0)"
-    else:  # text, geometry, json: raw bytes, escaped
+    elif col.kind in ("hex", "geometry", "json"):
+        inner = f"HEX({q})"
+    else:  # text: raw bytes of the column's own character set, escaped
         inner = _escaped(f"CAST({q} AS BINARY)")
     return f"IFNULL({inner},'\\\\N')"
 
@@ -106,15 +120,15 @@ def load_statement(table_sql: str, infile: str, columns: Sequence[Column]) -> st
     sets: list[str] = []
     for i, c in enumerate(columns):
         q = quote_ident(c.name)
-        if c.kind in ("bit", "geometry", "json"):
+        if c.kind in ("bit", "hex", "geometry", "json"):
             var = f"@bk{i}"
             targets.append(var)
             if c.kind == "bit":
                 sets.append(f"{q} = CAST({var} AS UNSIGNED)")
             elif c.kind == "json":
-                sets.append(f"{q} = CONVERT({var} USING utf8mb4)")
+                sets.append(f"{q} = CONVERT(UNHEX({var}) USING utf8mb4)")
             else:
-                sets.append(f"{q} = {var}")
+                sets.append(f"{q} = UNHEX({var})")
         else:
             targets.append(q)
     name = infile.replace("\\", "\\\\").replace("'", "\\'")
