@@ -399,6 +399,11 @@ class MirrorStore(ObjectStore):
         up = [(i, t) for i, t in enumerate(self.targets) if not t.is_down()]
         return [t for _, t in sorted(up or list(enumerate(self.targets)), key=rank)]
 
+    def quorum(self, key: str) -> int:
+        """Targets that must store key: write_quorum for backup data and commit markers; one for
+        records of restores (bookkeeping must not fail a restore while a region is lost)."""
+        return 1 if key.startswith(layout.RESTORES) else self.write_quorum
+
     def _up(self) -> list[Target]:
         up = [t for t in self.targets if not t.is_down()]
         return up or list(self.targets)
@@ -513,8 +518,11 @@ class MirrorStore(ObjectStore):
             return
         live = [t for t in self._order() if not t.is_down()] or list(self.targets)
         state: dict[str, bool] = {}
-        streams = [((info.key, i, info) for info in self._listing(t, prefix, state))
-                   for i, t in enumerate(live)]
+        def tagged(rank: int, t: Target) -> Iterator[tuple[str, int, ObjectInfo]]:
+            for info in self._listing(t, prefix, state):
+                yield info.key, rank, info
+
+        streams = [tagged(i, t) for i, t in enumerate(live)]
         last = None
         for key, _, info in heapq.merge(*streams):
             if key != last:
@@ -529,7 +537,7 @@ class MirrorStore(ObjectStore):
     def _writers(self, key: str) -> list[Target]:
         """Targets to write to: every reachable one; down ones are tried too if needed for the quorum."""
         up = [t for t in self.targets if not t.is_down()]
-        if len(up) < self.write_quorum:
+        if len(up) < self.quorum(key):
             return list(self.targets)
         for t in self.targets:
             if t.is_down():
@@ -546,7 +554,7 @@ class MirrorStore(ObjectStore):
             results = self._parallel(writers, lambda s: s.put(key, data), key)
         else:
             results = self._tee(writers, key, iter_chunks(data))
-        return self._settle(writers, key, results, self.write_quorum)
+        return self._settle(writers, key, results, self.quorum(key))
 
     def _settle(self, writers: list[Target], key: str, results: dict[str, Any], quorum: int):
         ok = [t for t in writers if not isinstance(results.get(t.name), BaseException)
@@ -618,11 +626,11 @@ class MirrorStore(ObjectStore):
                     if not f.send(block, self.stall_timeout):
                         drop(f, f"storage target {f.target.name} stopped taking data for {key!r}"
                              if not f.done.is_set() or f.error is None else "upload failed")
-                if len(active) < self.write_quorum:
+                if len(active) < self.quorum(key):
                     why = "; ".join(f"{n}: {e.message}" for n, e in results.items()
                                     if isinstance(e, StorageError))
                     raise StorageError(f"cannot write {key!r}: only {len(active)} of {len(self.targets)} "
-                                       f"targets take it, fewer than the write quorum {self.write_quorum} "
+                                       f"targets take it, fewer than the write quorum {self.quorum(key)} "
                                        f"({why})", "bring the targets back, or lower storage.write_quorum")
             for f in list(active):
                 if not f.send(_END, self.stall_timeout):
@@ -657,7 +665,7 @@ class MirrorStore(ObjectStore):
         results.update(self._parallel(rest, lambda s: s.put_if_absent(key, data), key))
         # Present already (False) counts: the object is there.
         results = {n: (r if isinstance(r, BaseException) else True) for n, r in results.items()}
-        self._settle([authority, *rest], key, results, self.write_quorum)
+        self._settle([authority, *rest], key, results, self.quorum(key))
         return True
 
     def replace_if_match(self, key: str, data: bytes, etag: str) -> bool:
@@ -675,15 +683,16 @@ class MirrorStore(ObjectStore):
 
     def _commit_targets(self, key: str) -> list[Target]:
         """Targets that may receive a commit marker: reachable and complete (not lagging)."""
+        quorum = self.quorum(key)
         eligible = [t for t in self.targets if not t.lagging and not t.is_down()]
-        if len(eligible) < self.write_quorum:
+        if len(eligible) < quorum:
             self.catch_up()
             eligible = [t for t in self.targets if not t.lagging and not t.is_down()]
-        if len(eligible) < self.write_quorum:
+        if len(eligible) < quorum:
             why = "; ".join(f"{t.name}: " + ("unreachable" if t.is_down() else f"lagging ({t.lag_reason})")
                             for t in self.targets if t not in eligible)
             raise StorageError(f"cannot commit {key!r}: {len(eligible)} of {len(self.targets)} targets are "
-                               f"complete and reachable, fewer than the write quorum {self.write_quorum} "
+                               f"complete and reachable, fewer than the write quorum {quorum} "
                                f"({why})", "run 'backupkit repo sync' once the targets are back")
         for t in self.targets:
             if t not in eligible:

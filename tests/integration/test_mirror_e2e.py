@@ -1,0 +1,219 @@
+"""Two regions end to end, with a real mariadbd and two moto_server processes: snapshot and binlog
+shipping write to both; one region stops mid-stream and repo sync completes it; the first region is
+lost and the restore from the second is exact; a corrupt copy in the first is read from the second."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from backupkit.config import Settings
+from backupkit.repo import layout
+from backupkit.repo.catalog import Catalog
+from backupkit.repo.codec import verify_object
+from tests.integration.test_mirror_s3 import _client, _keys, _policy
+from tests.support import MotoServer, run_cli, table_checksums
+
+pytestmark = pytest.mark.timeout(400)
+ENV = {"BACKUPKIT_TARGET_PASSWORD": ""}
+
+
+@pytest.fixture(scope="module")
+def regions():
+    """Two S3 server processes: the regions east and west."""
+    east, west = MotoServer().start(), MotoServer().start()
+    yield east, west
+    for s in (east, west):
+        if s.proc and s.proc.poll() is None:
+            os.killpg(s.proc.pid, signal.SIGCONT)
+        s.stop()
+
+
+def _replicated(keys: dict[str, int]) -> dict[str, int]:
+    """Objects every region holds (a lease lives only on the first reachable target)."""
+    return {k: v for k, v in keys.items() if layout.is_replicated(k.removeprefix("repo/"))}
+
+
+@pytest.fixture
+def source(mariadb):
+    mariadb.sql("CREATE DATABASE shop")
+    mariadb.sql("CREATE TABLE shop.orders (id INT PRIMARY KEY AUTO_INCREMENT, item VARCHAR(100), qty INT)")
+    mariadb.sql("INSERT INTO shop.orders (item, qty) SELECT CONCAT('item-', seq), seq % 9 "
+                "FROM shop.seq_1_to_20000")
+    return mariadb
+
+
+def _with_source(policy: Path, source) -> str:
+    policy.write_text(f'[source]\nurl = "{source.url}"\n' + policy.read_text())
+    return str(policy)
+
+
+def _snapshot(policy: str) -> tuple[str, dict]:
+    r = run_cli("snapshot", "--policy", policy, "--databases", "shop", "--json")
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)["backup_id"], r
+
+
+def _ship_once(policy: str):
+    r = run_cli("binlog", "ship", "--once", "--policy", policy, "--json", timeout=120)
+    assert r.returncode == 0, r.stderr
+    return r
+
+
+def _commit_markers(server, bucket) -> set[str]:
+    return {k for k in _keys(server, bucket) if layout.is_commit_marker(k.removeprefix("repo/"))}
+
+
+def test_snapshot_and_shipping_reach_both_regions_and_the_second_restores_alone(regions, source,
+                                                                                 mariadb_factory, tmp_path):
+    east, west = regions
+    p, eb, wb = _policy(tmp_path, east, west, quorum="all")
+    policy = _with_source(p, source)
+    backup_id, _ = _snapshot(policy)
+    at_snapshot = table_checksums(source, ["shop"])
+    source.sql("UPDATE shop.orders SET qty = qty + 1 WHERE id <= 100")
+    _ship_once(policy)
+    keys_e, keys_w = _keys(east, eb), _keys(west, wb)
+    assert _replicated(keys_e) == keys_w
+    assert any(layout.is_segment_index(k.removeprefix("repo/")) for k in keys_w)
+    assert "repo/" + layout.backup_manifest(backup_id) in keys_w
+
+    # The first region is lost entirely.
+    c = _client(east)
+    c.delete_objects(Bucket=eb, Delete={"Objects": [{"Key": k} for k in keys_e]})
+    c.delete_bucket(Bucket=eb)
+    target = mariadb_factory(server_id=2)
+    r = run_cli("restore", backup_id, "--policy", policy, "--target", target.url, "--json", env=ENV)
+    assert r.returncode == 0, r.stderr
+    assert table_checksums(target, ["shop"]) == at_snapshot
+    lst = run_cli("list", "--policy", policy, "--json")
+    assert lst.returncode == 0, lst.stderr
+    out = json.loads(lst.stdout)
+    assert [b["id"] for b in out["backups"]] == [backup_id] and out["binlog_coverage"]
+    assert {t["name"]: t["reachable"] for t in out["targets"]} == {"east": False, "west": True}
+
+
+def test_point_in_time_restore_from_the_second_region(regions, source, mariadb_factory, tmp_path):
+    pytest.importorskip("backupkit.restore.pitr", reason="point-in-time restore has not landed yet")
+    east, west = regions
+    p, eb, wb = _policy(tmp_path, east, west, quorum="all")
+    policy = _with_source(p, source)
+    _snapshot(policy)
+    source.sql("UPDATE shop.orders SET qty = 100 WHERE id <= 50")
+    time.sleep(1.2)
+    wanted = table_checksums(source, ["shop"])
+    moment = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    time.sleep(1.2)
+    source.sql("DELETE FROM shop.orders WHERE id > 19000")
+    _ship_once(policy)
+    c = _client(east)
+    c.delete_objects(Bucket=eb, Delete={"Objects": [{"Key": k} for k in _keys(east, eb)]})
+    c.delete_bucket(Bucket=eb)
+    target = mariadb_factory(server_id=2)
+    r = run_cli("restore", "--to-time", moment, "--policy", policy, "--target", target.url, "--json",
+                env=ENV)
+    assert r.returncode == 0, r.stderr
+    assert table_checksums(target, ["shop"]) == wanted
+
+
+def test_corrupt_object_in_the_first_region_is_restored_from_the_second_and_said(regions, source,
+                                                                                  mariadb_factory, tmp_path):
+    east, west = regions
+    p, eb, wb = _policy(tmp_path, east, west, quorum="all")
+    policy = _with_source(p, source)
+    backup_id, _ = _snapshot(policy)
+    at_snapshot = table_checksums(source, ["shop"])
+    chunk = next(k for k in _keys(east, eb) if k.endswith(".tsv.zst"))
+    c = _client(east)
+    data = bytearray(c.get_object(Bucket=eb, Key=chunk)["Body"].read())
+    data[len(data) // 2] ^= 0x01
+    c.put_object(Bucket=eb, Key=chunk, Body=bytes(data))
+    target = mariadb_factory(server_id=2)
+    r = run_cli("restore", backup_id, "--policy", policy, "--target", target.url, "--json", env=ENV)
+    assert r.returncode == 0, r.stderr
+    assert table_checksums(target, ["shop"]) == at_snapshot
+    said = [ln for ln in r.stderr.splitlines() if chunk.removeprefix("repo/") in ln]
+    assert said and "corrupt" in said[0] and "east" in said[0] and "read from target west" in said[0]
+
+
+def _start_shipper(policy: str, log: Path) -> subprocess.Popen:
+    exe = shutil.which("backupkit") or str(Path(sys.executable).parent / "backupkit")
+    fh = open(log, "ab")  # noqa: SIM115 - closed with the process
+    proc = subprocess.Popen([exe, "binlog", "ship", "--policy", policy, "--sync-interval", "0.2",
+                             "--heartbeat", "0.5"], stdout=fh, stderr=fh, start_new_session=True)
+    proc._log = fh  # type: ignore[attr-defined]
+    return proc
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    proc._log.close()  # type: ignore[attr-defined]
+
+
+def _segments(server, bucket) -> int:
+    return sum(1 for k in _keys(server, bucket) if layout.is_segment_index(k.removeprefix("repo/")))
+
+
+def _wait(cond, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_region_stopped_while_shipping_writes_go_on_and_sync_completes_it(regions, source, tmp_path):
+    east, west = regions
+    p, eb, wb = _policy(tmp_path, east, west, quorum=1)
+    policy = _with_source(p, source)
+    backup_id, _ = _snapshot(policy)
+    log = tmp_path / "shipper.log"
+    shipper = _start_shipper(policy, log)
+    try:
+        _wait(lambda: _segments(west, wb) >= 1, 60, "the first segment in both regions")
+        os.killpg(west.proc.pid, signal.SIGSTOP)  # the west region freezes while shipping goes on
+        try:
+            before = _segments(east, eb)
+            for i in range(6):
+                source.sql(f"UPDATE shop.orders SET qty = qty + {i + 1} WHERE id % 7 = {i}")
+                time.sleep(0.4)
+            _wait(lambda: _segments(east, eb) >= before + 3, 90, "segments in east while west is stopped")
+        finally:
+            os.killpg(west.proc.pid, signal.SIGCONT)
+        source.sql("UPDATE shop.orders SET qty = 0 WHERE id = 1")
+        _wait(lambda: _segments(east, eb) >= before + 4, 60, "the last change shipped")
+        assert shipper.poll() is None, log.read_text()
+    finally:
+        _stop(shipper)
+    assert _commit_markers(west, wb) < _commit_markers(east, eb)  # west lags, and shows only whole things
+    r = run_cli("list", "--policy", policy, "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    lag = {t["name"]: t for t in json.loads(r.stdout)["targets"]}
+    assert lag["west"]["missing_segments"] > 0 and lag["west"]["lag_s"] > 0
+    r = run_cli("repo", "sync", "--policy", policy, "--json")
+    assert r.returncode == 0, r.stderr
+    assert all(x["complete"] for x in json.loads(r.stdout)["results"])
+    assert _commit_markers(west, wb) == _commit_markers(east, eb)
+    # West alone now holds the same, readable, verified history.
+    west_only = Catalog(Settings.resolve(policy, "west", None).open_store())
+    east_only = Catalog(Settings.resolve(policy, "east", None).open_store())
+    sid = east_only.sources()[0]
+    assert [s.key for s in west_only.segments(sid)] == [s.key for s in east_only.segments(sid)]
+    assert west_only.backup(backup_id).id == backup_id
+    for seg in west_only.segments(sid):
+        verify_object(west_only.store, seg.object)  # every byte checked against its index entry
