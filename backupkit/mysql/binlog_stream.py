@@ -25,6 +25,7 @@ MAX_PACKET = 0xFFFFFF
 RECV_SIZE = 1 << 20
 
 ER_MASTER_FATAL_ERROR_READING_BINLOG = 1236
+ER_SLAVE_SAME_ID = 4052
 
 
 class StreamLost(SourceError):
@@ -42,6 +43,12 @@ class DumpError(SourceError):
         super().__init__(f"the source stopped the binlog dump: error {code}: {message}")
         self.code = code
         self.server_message = message
+
+    @property
+    def replaced(self) -> bool:
+        """True when the server dropped this dump because another replica connected with the
+        same server_id (after a standby took over, or a restarted shipper)."""
+        return self.code == ER_SLAVE_SAME_ID or "same server" in self.server_message.lower()
 
     @property
     def purged(self) -> bool:
@@ -112,7 +119,8 @@ class BinlogStream:
             if code in (1227, 1045, 1044):
                 raise SourceError(f"the source refused replication to {self.spec.display()}: {exc.args[-1]}",
                                   "grant REPLICATION SLAVE (and BINLOG MONITOR) to the user") from None
-            raise StreamLost(f"cannot start the binlog dump from {self.spec.display()}: {exc.args[-1]}") from None
+            raise StreamLost(f"cannot start the binlog dump from {self.spec.display()}: "
+                             f"{exc.args[-1]}") from None
         except OSError as exc:
             conn.close()
             raise StreamLost(f"cannot start the binlog dump from {self.spec.display()}: {exc}") from None
@@ -146,8 +154,7 @@ class BinlogStream:
             raise StreamLost("the binlog stream is closed")
         while len(self._buf) - self._off < need:
             if self._off and self._off > len(self._buf) // 2:
-                del self._buf[:self._off]
-                self._off = 0
+                self.compact()
             if deadline is None:
                 sock.settimeout(None)
             else:
@@ -168,32 +175,44 @@ class BinlogStream:
             self.last_rx = time.monotonic()
         return True
 
-    def _packet(self, deadline: float | None) -> bytes | None:
-        """One logical packet's payload (large packets joined), or None on timeout."""
-        parts: list[bytes] = []
+    def buffered_packet(self) -> bool:
+        """True when a complete packet (large ones joined) waits in the buffer."""
+        buf, off = self._buf, self._off
         while True:
-            # A packet that has started must be read whole: wait without a deadline after that.
-            if not self._fill(4, deadline if not parts else None):
-                return None
-            length = int.from_bytes(self._buf[self._off:self._off + 3], "little")
-            self._fill(4 + length, None)
-            start = self._off + 4
-            parts.append(bytes(self._buf[start:start + length]))
-            self._off = start + length
+            if len(buf) - off < 4:
+                return False
+            length = buf[off] | buf[off + 1] << 8 | buf[off + 2] << 16
+            if len(buf) - off < 4 + length:
+                return False
             if length < MAX_PACKET:
-                break
-            deadline = None
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+                return True
+            off += 4 + length
 
-    def read(self, timeout: float | None = None) -> bytes | None:
-        """The next event's raw bytes; None when none arrives within timeout seconds.
+    def wait(self, timeout: float | None) -> bool:
+        """Wait until a complete packet is buffered; False when timeout passes first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.buffered_packet():
+            have = len(self._buf) - self._off
+            if not self._fill(have + 1, deadline):
+                return False
+        return True
+
+    def take(self) -> bytes | None:
+        """The next buffered event's raw bytes, or None when no complete packet is buffered.
 
         Raises StreamEnd at the end of a non-blocking dump, DumpError on a server error and
-        StreamLost when the connection breaks."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        pkt = self._packet(deadline)
-        if pkt is None:
+        StreamLost on a protocol error."""
+        if not self.buffered_packet():
             return None
+        parts: list[bytes] = []
+        while True:
+            off = self._off
+            length = self._buf[off] | self._buf[off + 1] << 8 | self._buf[off + 2] << 16
+            parts.append(bytes(self._buf[off + 4:off + 4 + length]))
+            self._off = off + 4 + length
+            if length < MAX_PACKET:
+                break
+        pkt = parts[0] if len(parts) == 1 else b"".join(parts)
         status = pkt[0] if pkt else 0xFE
         if status == 0x00:
             return pkt[1:]
@@ -208,6 +227,18 @@ class BinlogStream:
             raise DumpError(code, msg.decode("utf-8", "replace"))
         self.close()
         raise StreamLost(f"unexpected packet 0x{status:02x} in the binlog stream")
+
+    def read(self, timeout: float | None = None) -> bytes | None:
+        """The next event's raw bytes; None when none arrives within timeout seconds."""
+        if not self.wait(timeout):
+            return None
+        return self.take()
+
+    def compact(self) -> None:
+        """Drop consumed bytes from the front of the buffer."""
+        if self._off:
+            del self._buf[:self._off]
+            self._off = 0
 
     def idle_for(self) -> float:
         """Seconds since the last byte arrived (the watchdog's measure)."""

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import re
+import struct
 import tempfile
 import threading
 import time
@@ -27,7 +29,14 @@ from backupkit.mysql.binlog_stream import BinlogStream, DumpError, StreamEnd, St
 from backupkit.mysql.connection import ConnSpec, connect
 from backupkit.mysql.server import ServerFacts, current_point, gtid_position, server_facts
 from backupkit.repo import layout
-from backupkit.repo.catalog import Catalog, GapInfo, SegmentInfo, encode_manifest, next_binlog_name
+from backupkit.repo.catalog import (
+    BinlogPoint,
+    Catalog,
+    GapInfo,
+    SegmentInfo,
+    encode_manifest,
+    next_binlog_name,
+)
 from backupkit.repo.codec import put_object
 from backupkit.storage.base import ObjectStore
 from backupkit.strategies.lease import Lease, LeaseHeld, LeaseKeeper, LeaseLost
@@ -120,27 +129,48 @@ class SpillBuffer:
         self.size = 0
 
     def __len__(self) -> int:
-        return self.size
+        return len(self.mem) if self.file is None else self.size
 
-    def append(self, data: bytes) -> None:
-        if self.file is None and self.size + len(data) > self.limit:
+    @property
+    def in_memory(self) -> bool:
+        return self.file is None
+
+    def append(self, data: bytes | memoryview) -> None:
+        if self.file is None:
+            if len(self.mem) + len(data) <= self.limit:
+                self.mem += data
+                return
             self.file = tempfile.TemporaryFile(prefix="backupkit-binlog-")  # noqa: SIM115
             self.file.write(self.mem)
+            self.size = len(self.mem)
             self.mem = bytearray()
-        if self.file is not None:
-            self.file.seek(0, os.SEEK_END)
-            self.file.write(data)
-        else:
-            self.mem += data
+        self.file.seek(0, os.SEEK_END)
+        self.file.write(data)
         self.size += len(data)
 
     def truncate(self, n: int) -> None:
         """Keep only the first n bytes."""
         if self.file is not None:
             self.file.truncate(n)
+            self.size = n
         else:
             del self.mem[n:]
-        self.size = n
+
+    def split(self, n: int) -> SpillBuffer:
+        """Keep the first n bytes here; return a new buffer holding the rest."""
+        rest = SpillBuffer(self.limit)
+        if self.file is None:
+            rest.mem = self.mem[n:]
+            del self.mem[n:]
+            return rest
+        self.file.seek(n)
+        while True:
+            block = self.file.read(4 * MIB)
+            if not block:
+                break
+            rest.append(block)
+        self.truncate(n)
+        return rest
 
     def chunks(self, n: int, size: int = 4 * MIB) -> Iterator[bytes]:
         """The first n bytes, in chunks."""
@@ -162,15 +192,8 @@ class SpillBuffer:
         """Forget the first n bytes, keeping the rest."""
         if self.file is None:
             del self.mem[:n]
-            self.size -= n
             return
-        rest = SpillBuffer(self.limit)
-        self.file.seek(n)
-        while True:
-            block = self.file.read(4 * MIB)
-            if not block:
-                break
-            rest.append(block)
+        rest = self.split(n)
         self.file.close()
         self.mem, self.file, self.size = rest.mem, rest.file, rest.size
 
@@ -230,6 +253,7 @@ class ShipOptions:
     lease_seconds: float = 15.0
     compression_level: int = 3
     from_current: bool = False
+    from_position: tuple[str, int] | None = None  # first run: start at these coordinates
     restart_from_current: bool = False
     until_current: bool = False
     wait_for_lease: bool = True
@@ -274,6 +298,87 @@ def resolve_source(spec: ConnSpec, source_id: str | None) -> tuple[ServerFacts, 
     return facts, source_id or default_source_id(facts)
 
 
+# packet header (length, sequence), status byte, then the event header's first fields
+_PKT = struct.Struct("<IBIBIII")
+#: Events inside a transaction that the shipper passes through without decoding.
+_FAST_TYPES = frozenset({be.TABLE_MAP_EVENT, be.ANNOTATE_ROWS_EVENT, be.INTVAR_EVENT, be.RAND_EVENT,
+                         be.USER_VAR_EVENT, be.ROWS_QUERY_LOG_EVENT, *be.ROWS_TYPES})
+
+
+@dataclass
+class _Pending:
+    """A cut segment waiting for the uploader."""
+
+    head: bytes
+    data: bytes | bytearray | SpillBuffer
+    n: int
+    fields: dict[str, Any]
+
+    def chunks(self) -> Iterator[bytes]:
+        yield self.head
+        if not isinstance(self.data, SpillBuffer):
+            yield self.data
+        else:
+            yield from self.data.chunks(self.n)
+
+    def close(self) -> None:
+        if isinstance(self.data, SpillBuffer):
+            self.data.close()
+        self.data = b""
+
+
+class _Uploader(threading.Thread):
+    """Compresses, uploads and commits segments in order, while the main thread keeps reading
+    the stream. The queue is short, so memory stays bounded."""
+
+    def __init__(self, store_fn: Callable[[_Pending], None], depth: int = 2) -> None:
+        super().__init__(name="segment-uploader", daemon=True)
+        self.store_fn = store_fn
+        self.queue: queue.Queue[_Pending | None] = queue.Queue(maxsize=depth)
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        while True:
+            item = self.queue.get()
+            try:
+                if item is None:
+                    return
+                if self.error is None:
+                    self.store_fn(item)
+            except BaseException as exc:  # handed to the main thread
+                self.error = exc
+            finally:
+                if item is not None:
+                    item.close()
+                self.queue.task_done()
+
+    def check(self) -> None:
+        """Raise the uploader's error in the calling thread."""
+        if self.error is not None:
+            raise self.error
+
+    def submit(self, item: _Pending) -> None:
+        while True:
+            self.check()
+            try:
+                self.queue.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def drain(self) -> None:
+        """Wait until every submitted segment is committed (or failed)."""
+        while self.queue.unfinished_tasks:
+            self.check()
+            time.sleep(0.005)
+        self.check()
+
+    def close(self) -> None:
+        if self.is_alive():
+            self.queue.put(None)
+            self.join(timeout=60)
+
+
 class Shipper:
     """Ships one source's binlog into one repository. Call run(); stop() from a signal handler."""
 
@@ -309,6 +414,7 @@ class Shipper:
         self._last_closed = False
         self._connected_once = False
         self._anchor = False  # a new range starts: commit an empty segment to record where
+        self.uploader: _Uploader | None = None
 
     # -- control -------------------------------------------------------------------
     def stop(self, *_args: Any) -> None:
@@ -339,8 +445,11 @@ class Shipper:
                     break
                 keeper = LeaseKeeper(self.lease)
                 keeper.start()
+                self.uploader = _Uploader(self._store)
+                self.uploader.start()
                 try:
                     self._ship()
+                    self.uploader.drain()
                     break
                 except LeaseLost as exc:
                     self.notify(f"warning: {exc.message}; standing by")
@@ -348,6 +457,7 @@ class Shipper:
                     if not self.opts.wait_for_lease or self.opts.until_current:
                         raise
                 finally:
+                    self.uploader.close()
                     keeper.stop()
         finally:
             if self.lease.held:
@@ -415,7 +525,16 @@ class Shipper:
             self._last_closed = last.file_closed and not last.next_file
             self.notify(f"resuming {self.source_id} at {self.file}:{self.seg_start}")
             return
-        if self.opts.from_current or self.opts.restart_from_current:
+        if self.opts.from_position:
+            file, pos = self.opts.from_position
+            conn = connect(self.spec)
+            try:
+                gtid = gtid_position(conn, self.facts, file, pos)
+            finally:
+                conn.close()
+            point = BinlogPoint(file=file, pos=pos, gtid=gtid)
+            where = "the given position"
+        elif self.opts.from_current or self.opts.restart_from_current:
             conn = connect(self.spec)
             try:
                 point = current_point(conn, self.facts)
@@ -457,7 +576,11 @@ class Shipper:
                     if exc.purged:
                         self._purged(exc)
                         continue
-                    raise
+                    if self.lease is not None and self.lease.lost:
+                        raise LeaseLost(f"the shipper lease of {self.source_id} was taken by another "
+                                        "shipper") from None
+                    if not exc.replaced:
+                        raise
                 if isinstance(exc, BinlogGapError) or not (
                         self._connected_once or isinstance(exc, StreamLost)):
                     raise
@@ -468,6 +591,8 @@ class Shipper:
                 backoff = min(backoff * 2, self.opts.max_backoff)
         # stopping: complete transactions are flushed by _session; flush any left
         self._flush(force=True)
+        assert self.uploader is not None
+        self.uploader.drain()
 
     def _drop_partial(self) -> None:
         """Forget the incomplete transaction at the end of the buffer; it is sent again."""
@@ -481,7 +606,7 @@ class Shipper:
 
     def _session(self) -> bool:
         """One replication connection; True when shipping is finished (until-current or stop)."""
-        assert self.result is not None
+        assert self.result is not None and self.uploader is not None
         stream = BinlogStream(self.spec, self.server_id, self.file, self._resume_pos(),
                               heartbeat=self.opts.heartbeat, non_blocking=self.opts.until_current)
         stream.open()
@@ -489,25 +614,25 @@ class Shipper:
         watchdog = max(2.0, self.opts.heartbeat * self.opts.watchdog_periods)
         try:
             while True:
+                self.uploader.check()
                 if self.stopping:
                     self._flush(force=True)
+                    self.uploader.drain()
                     return True
+                try:
+                    self._consume(stream)
+                except StreamEnd:
+                    self._flush(force=True)
+                    self.uploader.drain()
+                    self.result.stopped_by = "caught up"
+                    return True
+                self._maybe_flush()
                 timeout = min(watchdog, 0.5)
                 if self.pending_since is not None:
                     timeout = max(0.0, min(timeout, self.pending_since + self.opts.sync_interval
                                            - time.monotonic()))
-                try:
-                    raw = stream.read(timeout)
-                except StreamEnd:
-                    self._flush(force=True)
-                    self.result.stopped_by = "caught up"
-                    return True
-                if raw is None:
-                    if stream.idle_for() > watchdog:
-                        raise StreamLost(f"no event or heartbeat from the source for {watchdog:.0f}s")
-                else:
-                    self._on_event(raw)
-                self._maybe_flush()
+                if not stream.wait(timeout) and stream.idle_for() > watchdog:
+                    raise StreamLost(f"no event or heartbeat from the source for {watchdog:.0f}s")
         finally:
             stream.close()
 
@@ -520,6 +645,60 @@ class Shipper:
                 self.pending_since is not None
                 and time.monotonic() - self.pending_since >= self.opts.sync_interval):
             self._flush()
+
+    def _consume(self, stream: BinlogStream) -> None:
+        """Process every complete event buffered in the stream.
+
+        The hot path: events inside a transaction that need no decoding (table maps, rows,
+        annotations) are checked for position and appended straight from the receive buffer,
+        one header unpack each. Everything else goes through _on_event()."""
+        unpack = _PKT.unpack_from
+        fast = _FAST_TYPES
+        while True:
+            # Stop the fast path at the segment limit (so complete transactions get flushed),
+            # or for one huge transaction at the spill limit (the slow path spills to disk).
+            limit = self.opts.max_segment_bytes if self.boundary_len else self.buf.limit
+            data = stream._buf
+            off = stream._off
+            end = len(data)
+            mv = memoryview(data)
+            try:
+                seg = self.buf.mem
+                ok = self.buf.in_memory and self.tracker.in_txn and not self.tracker._mysql_gtid
+                expected = self.seg_start + len(seg)
+                txn = self.txn
+                tmin, count = txn.first_event_time or 0xFFFFFFFF, 0
+                stop_at = expected + limit - len(seg)
+                while ok and end - off >= 22:
+                    plen, status, ts, etype, _sid, _size, log_pos = unpack(data, off)
+                    plen &= 0xFFFFFF
+                    pend = off + 4 + plen
+                    if pend > end or plen == 0xFFFFFF or status or etype not in fast:
+                        break
+                    if log_pos != expected + plen - 1:
+                        break  # not contiguous: the slow path reports it
+                    seg += mv[off + 5:pend]
+                    expected = log_pos
+                    count += 1
+                    if ts < tmin:
+                        tmin = ts  # row events carry the statement's start time, before the commit
+                    off = pend
+                    if expected >= stop_at:
+                        break
+                txn.events += count
+                if count:
+                    txn.first_event_time = tmin
+                stream._off = off
+            finally:
+                mv.release()
+            if ok and self.boundary_len and len(self.buf) >= limit:
+                return  # let the caller flush
+            raw = stream.take()
+            if raw is None:
+                stream.compact()
+                return
+            self._on_event(raw)
+            self._maybe_flush()
 
     # -- events --------------------------------------------------------------------------
     def _on_event(self, raw: bytes) -> None:
@@ -608,59 +787,71 @@ class Shipper:
 
     # -- segments -----------------------------------------------------------------------
     def _flush(self, force: bool = False, next_file: str = "", closed: bool = False) -> None:
-        """Upload the complete transactions in the buffer as one segment, then commit it."""
+        """Hand the complete transactions in the buffer to the uploader as one segment."""
         n = self.boundary_len
         if n == 0 and not self._anchor:
             return
-        assert self.result is not None and self.lease is not None
+        assert self.uploader is not None
         end = self.seg_start + n
         head = be.MAGIC
         if self.seg_start != 4:
             if self.fde is None:
                 raise IntegrityError(f"no format description event for {self.file}")
             head += self.fde
-        data_key = layout.segment_data(self.source_id, self.file, self.seg_start, end)
+        data: bytes | bytearray | SpillBuffer
+        if self.buf.in_memory and n == len(self.buf.mem):
+            data, self.buf.mem = self.buf.mem, bytearray()
+        elif self.buf.in_memory:
+            with memoryview(self.buf.mem) as view:
+                data = bytes(view[:n])
+            self.buf.drop_front(n)
+        else:
+            data, self.buf = self.buf, self.buf.split(n)
+        st = self.seg
+        item = _Pending(head, data, n, dict(
+            source_id=self.source_id, binlog_file=self.file, start_pos=self.seg_start, end_pos=end,
+            first_event_time=st.first_event_time, last_event_time=st.last_event_time,
+            first_commit_time=st.first_commit_time, last_commit_time=st.last_commit_time,
+            gtid_first=st.gtid_first, gtid_last=st.gtid_last, gtid_state=self.seg_gtid_state,
+            events=st.events, transactions=st.transactions, next_file=next_file,
+            file_closed=closed, range_id=self.range_id))
+        self.seg_start = end
+        self.boundary_len = 0
+        self.seg = _Stats()
+        self.pending_since = None  # what is left is an incomplete transaction
+        self._anchor = False
+        self.uploader.submit(item)
+
+    def _store(self, item: _Pending) -> None:
+        """Upload one segment and commit its index entry (in the uploader thread); retries
+        while the storage is unreachable; never commits without a valid lease."""
+        assert self.result is not None and self.lease is not None
+        f = item.fields
+        data_key = layout.segment_data(self.source_id, f["binlog_file"], f["start_pos"], f["end_pos"])
         backoff = 0.5
         attempt = 0
         while True:
             attempt += 1
             try:
                 self.lease.ensure()
-                chunks = _prepend(head, self.buf.chunks(n))
-                obj = put_object(self.store, data_key, chunks, level=self.opts.compression_level)
-                info = SegmentInfo(
-                    source_id=self.source_id, binlog_file=self.file, start_pos=self.seg_start,
-                    end_pos=end, object=obj,
-                    first_event_time=self.seg.first_event_time, last_event_time=self.seg.last_event_time,
-                    first_commit_time=self.seg.first_commit_time, last_commit_time=self.seg.last_commit_time,
-                    gtid_first=self.seg.gtid_first, gtid_last=self.seg.gtid_last,
-                    gtid_state=self.seg_gtid_state, events=self.seg.events,
-                    transactions=self.seg.transactions, next_file=next_file, file_closed=closed,
-                    range_id=self.range_id)
+                obj = put_object(self.store, data_key, item.chunks(), level=self.opts.compression_level)
+                info = SegmentInfo(object=obj, **f)
                 self.lease.ensure()  # fencing: never commit without a valid lease
                 self._commit(info)
                 break
             except StorageError as exc:
                 if self.stopping and attempt >= 5:
                     raise
-                self.notify(f"warning: storing segment {self.file}:{self.seg_start}-{end} failed: "
-                            f"{exc.message}; retrying in {backoff:.1f}s")
-                if self.stopping:
-                    time.sleep(backoff)
-                else:
-                    self._sleep(backoff)
+                self.notify(f"warning: storing segment {f['binlog_file']}:{f['start_pos']}-{f['end_pos']} "
+                            f"failed: {exc.message}; retrying in {backoff:.1f}s")
+                time.sleep(backoff)
                 backoff = min(backoff * 2, self.opts.max_backoff)
-        self._anchor = False
+        item.close()
         self.result.segments += 1
-        self.result.bytes += n
+        self.result.bytes += item.n
         self.result.stored_bytes += obj.size
-        self.result.transactions += self.seg.transactions
-        self.result.end = f"{next_file}:4" if next_file else f"{self.file}:{end}"
-        self.buf.drop_front(n)
-        self.seg_start = end
-        self.boundary_len = 0
-        self.seg = _Stats()
-        self.pending_since = None  # what is left is an incomplete transaction
+        self.result.transactions += info.transactions
+        self.result.end = "{}:{}".format(*info.next_point())
         if self.on_commit is not None:
             self.on_commit(info)
 
@@ -686,6 +877,8 @@ class Shipper:
     def _purged(self, exc: DumpError) -> None:
         """The server no longer has the file we need: record the gap; restart or stop loudly."""
         assert self.facts is not None and self.result is not None
+        assert self.uploader is not None
+        self.uploader.drain()
         after_file, after_pos = self.file, self._resume_pos()
         if self._last_closed and after_pos == self.seg_start and self.boundary_len == 0:
             # The last shipped segment ended the file; the next file is the true resume point.
@@ -694,6 +887,7 @@ class Shipper:
                 self._switch_file(nxt, 4)
                 return
         self._flush(force=True)
+        self.uploader.drain()
         conn = connect(self.spec)
         try:
             point = current_point(conn, self.facts)
