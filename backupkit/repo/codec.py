@@ -37,17 +37,19 @@ class StoredObject:
 
 
 class _Counted:
-    """Iterates chunks while counting and hashing them."""
+    """Iterates chunks while counting (and, unless hashing=False, hashing) them."""
 
-    def __init__(self, chunks: Iterable[bytes]) -> None:
+    def __init__(self, chunks: Iterable[bytes], hashing: bool = True) -> None:
         self._chunks = chunks
         self.size = 0
         self.sha = hashlib.sha256()
+        self.hashing = hashing
 
     def __iter__(self) -> Iterator[bytes]:
         for block in self._chunks:
             self.size += len(block)
-            self.sha.update(block)
+            if self.hashing:
+                self.sha.update(block)
             yield block
 
 
@@ -70,7 +72,7 @@ def compress_stream(chunks: Iterable[bytes], level: int = DEFAULT_LEVEL,
 def put_object(store: ObjectStore, key: str, data: BinaryIO | Iterable[bytes] | bytes,
                level: int | None = DEFAULT_LEVEL, threads: int = 0) -> StoredObject:
     """Stream data to key (zstd unless level is None) and return its size and checksum."""
-    raw = _Counted(iter_chunks(data))
+    raw = _Counted(iter_chunks(data), hashing=False)  # only the stored bytes' hash is recorded
     stream: Iterable[bytes] = raw if level is None else compress_stream(raw, level, threads)
     stored = _Counted(stream)
     store.put(key, stored)
