@@ -339,10 +339,15 @@ def encrypt_stream(chunks: Iterable[bytes], key: str, dek_id: str, dek: bytes,
     for block in chunks:
         buf += block
         # Seal a chunk only once more data follows it: the last chunk carries the final flag.
-        while len(buf) > chunk_size:
-            yield aead.encrypt(_nonce(index, False), bytes(memoryview(buf)[:chunk_size]), aad)
-            del buf[:chunk_size]
-            index += 1
+        if len(buf) > chunk_size:
+            with memoryview(buf) as view:
+                start = 0
+                while len(buf) - start > chunk_size:
+                    with view[start:start + chunk_size] as part:
+                        yield aead.encrypt(_nonce(index, False), part, aad)
+                    start += chunk_size
+                    index += 1
+            del buf[:start]
     yield aead.encrypt(_nonce(index, True), bytes(buf), aad)
 
 
@@ -443,6 +448,9 @@ class DecryptingReader(io.RawIOBase):
         self._buf = self._buf[n:]
         return n
 
+    def readall(self) -> bytes:
+        return b"".join(self.read_chunks())
+
     def read_chunks(self) -> Iterator[bytes]:
         """The plaintext chunk by chunk (no copies)."""
         if self._buf:
@@ -542,8 +550,8 @@ class EncryptedStore(ObjectStore):
     def open(self, key: str) -> BinaryIO:
         if is_plain_key(key):
             return self.inner.open(key)
-        return io.BufferedReader(self._reader(self.inner.open(key), key),  # type: ignore[return-value]
-                                 buffer_size=CHUNK_SIZE)
+        # Unbuffered on purpose: each readinto copies straight out of the authenticated chunk.
+        return self._reader(self.inner.open(key), key)  # type: ignore[return-value]
 
     def read_small(self, key: str) -> tuple[bytes, str]:
         data, etag = self.inner.read_small(key)
