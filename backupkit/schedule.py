@@ -531,16 +531,36 @@ class ShipperSupervisor:
                 "backoff_s": self.backoff}
 
 
-def shipper_spawner(policy_file: str, python: str | None = None) -> Callable[[], subprocess.Popen]:
-    """Start `backupkit --policy FILE binlog ship` as a child; its output goes to our stderr."""
+def shipper_spawner(policy_file: str, python: str | None = None,
+                    extra_env: dict[str, str] | None = None,
+                    open_store: Callable[[], Any] | None = None) -> Callable[[], subprocess.Popen]:
+    """Start `backupkit --policy FILE binlog ship` as a child; its output goes to our stderr.
+
+    While the repository holds no snapshot yet, the shipper starts at the server's current
+    position (--from-current) instead of waiting for one; afterwards it resumes where the
+    repository's shipped range ends.
+    """
     cmd = [python or sys.executable, "-m", "backupkit", "--policy", str(Path(policy_file).absolute()),
            *CLI_ARGS["binlog"]]
 
     def spawn() -> subprocess.Popen:
-        return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=sys.stderr.fileno(),
-                                stderr=sys.stderr.fileno(), start_new_session=True)
+        args = list(cmd)
+        if open_store is not None and not _has_snapshot(open_store):
+            args.append("--from-current")
+        return subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=sys.stderr.fileno(),
+                                stderr=sys.stderr.fileno(), start_new_session=True,
+                                env={**os.environ, **(extra_env or {})})
 
     return spawn
+
+
+def _has_snapshot(open_store: Callable[[], Any]) -> bool:
+    from backupkit.repo.catalog import Catalog
+
+    try:
+        return bool(Catalog(open_store()).backups(kind="snapshot"))
+    except Exception:  # unreachable storage: let the shipper report it
+        return True
 
 
 # -- running one strategy (shared by the daemon and `schedule exec`) ----------------------------
@@ -653,6 +673,13 @@ def _find_int(out: dict[str, Any], key: str) -> int | None:
     return None
 
 
+def cold_downtime(m) -> float | None:
+    """The measured stop-to-accepting time of a cold backup's manifest."""
+    d = m.details.get("downtime") or {}
+    v = d.get("total_seconds", d.get("total_s"))
+    return float(v) if isinstance(v, (int, float)) else None
+
+
 def default_emit(policy_name: str, rec: RunRecord) -> None:
     """Write a run's log line to stderr (one line, flushed)."""
     sys.stderr.write(f"{iso(rec.end)} backupkit {rec.log_line(policy_name)}\n")
@@ -677,7 +704,7 @@ def catalog_describer(open_store: Callable[[], Any]) -> Callable[[dict], dict]:
             extra["stored_bytes"] = m.stored_bytes
             extra["raw_bytes"] = sum(o.raw_size for o in m.objects)
             details = dict(res.get("details") or {})
-            downtime = (m.details.get("downtime") or {}).get("total_s") if m.kind == "cold" else None
+            downtime = cold_downtime(m) if m.kind == "cold" else None
             if downtime is not None:
                 details["downtime_s"] = downtime
             extra["details"] = details
@@ -846,7 +873,9 @@ class Daemon:
 
 def serve(policy: Policy, policy_file: str, stop_timeout: float = 600.0,
           python: str | None = None, poll: float = 1.0, open_store: Callable[[], Any] | None = None,
-          emit: Callable[[str, RunRecord], None] | None = None) -> int:
+          emit: Callable[[str, RunRecord], None] | None = None,
+          extra_env: dict[str, str] | None = None,
+          event_log: Callable[[str], None] | None = None) -> int:
     """`schedule run`: the daemon in the foreground until SIGTERM or SIGINT. Returns the exit code.
 
     First SIGTERM/SIGINT: no new runs start, the shipper is told to flush and stop, running jobs
@@ -855,14 +884,16 @@ def serve(policy: Policy, policy_file: str, stop_timeout: float = 600.0,
     from apscheduler.executors.pool import ThreadPoolExecutor
     from apscheduler.schedulers.background import BackgroundScheduler
 
-    runner = CliRunner(policy_file, python)
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):
+        logging.getLogger("apscheduler").setLevel(logging.ERROR)  # our own lines say it all
+    runner = CliRunner(policy_file, python, extra_env)
     sched_cfg = scheduled_strategies(policy)
     shipper = None
     if sched_cfg.get("binlog") == "continuous":
         s = policy.schedule
-        shipper = ShipperSupervisor(shipper_spawner(policy_file, python), SystemClock(),
-                                    s.shipper_backoff_min, s.shipper_backoff_max)
-    daemon = Daemon(policy, runner, shipper=shipper, emit=emit,
+        shipper = ShipperSupervisor(shipper_spawner(policy_file, python, extra_env, open_store),
+                                    SystemClock(), s.shipper_backoff_min, s.shipper_backoff_max)
+    daemon = Daemon(policy, runner, shipper=shipper, emit=emit, event_log=event_log,
                     describe=catalog_describer(open_store) if open_store else None)
     if not daemon.schedules() and shipper is None:
         raise ConfigError(f"{policy.path}: key 'strategies': nothing to run",
@@ -902,6 +933,116 @@ def serve(policy: Policy, policy_file: str, stop_timeout: float = 600.0,
         for sig, handler in old.items():
             signal.signal(sig, handler)
     return 0
+
+
+# -- what a policy implies ------------------------------------------------------------------------
+def measured_from(catalog) -> dict[str, Any]:
+    """Durations measured in the repository: newest backup of each kind, newest restore of each."""
+    out: dict[str, Any] = {}
+    for b in catalog.backups():
+        m = {"duration_s": round(b.duration, 3), "backup_id": b.id, "at": iso(b.finished_at)}
+        if b.kind == "cold":
+            m["downtime_s"] = cold_downtime(b)
+        if b.kind == "snapshot":
+            blocked = (b.stats or {}).get("blocked_ms")
+            if isinstance(blocked, (int, float)):
+                m["blocked_ms"] = blocked
+        out[b.kind] = m  # backups() is oldest first: the newest wins
+    rto: dict[str, Any] = {}
+    for r in catalog.restore_records():
+        kind = r.get("kind")
+        if kind in ("snapshot", "cold") and isinstance(r.get("duration"), (int, float)):
+            rto[kind] = {"duration_s": r["duration"], "at": r.get("finished_at_utc"),
+                         "backup_id": r.get("backup_id")}
+    out["rto"] = rto
+    return out
+
+
+def policy_plan(policy: Policy, now: datetime | None = None, measured: dict[str, Any] | None = None,
+                n: int = 3) -> dict[str, Any]:
+    """Next runs of each strategy and the worst-case loss window and downtime each implies.
+
+    A backup's recovery point is its start, and it counts only once committed, so the worst
+    case for a scheduled strategy is the longest gap between two runs plus one run's duration.
+    """
+    tz = policy_timezone(policy)
+    now = now or datetime.now(tz)
+    measured = measured or {}
+    rto = measured.get("rto", {})
+    rows: list[dict[str, Any]] = []
+    for name, expr in scheduled_strategies(policy).items():
+        row: dict[str, Any] = {"strategy": name, "schedule": expr}
+        if expr == "continuous":
+            sync = policy.binlog.sync_interval
+            row.update(next_runs=["continuously (supervised, restarted with backoff)"],
+                       interval_s=None, loss_window_s=sync,
+                       loss_window=f"about {sync:g} s (one sync interval) while the shipper runs",
+                       downtime_s=0.0, downtime="none")
+            rows.append(row)
+            continue
+        runs = next_runs(expr, tz, now, n)
+        row["next_runs"] = [r.isoformat() for r in runs]
+        row["next_runs_text"] = [r.strftime("%a %Y-%m-%d %H:%M %Z") for r in runs]
+        interval = worst_interval(expr, tz, now)
+        row["interval_s"] = interval
+        m = measured.get(name, {})
+        dur = m.get("duration_s")
+        if name in ("cold", "snapshot") and interval is not None:
+            loss = interval + (dur or 0.0)
+            row["loss_window_s"] = loss
+            row["loss_window"] = (f"up to {_human(loss)}: the longest gap between runs "
+                                  f"({_human(interval)})" + (f" plus one run ({_human(dur)} measured)"
+                                                            if dur else " plus one run (not measured yet)"))
+            row["measured_duration_s"] = dur
+            if name == "cold":
+                down = m.get("downtime_s")
+                row["downtime_s"] = down
+                row["downtime"] = (f"{_human(down)} per run (measured stop to accepting connections)"
+                                   if down is not None else "the whole copy, every run (not measured yet)")
+            else:
+                blocked = m.get("blocked_ms")
+                row["downtime_s"] = 0.0
+                row["downtime"] = "none" + (f" ({blocked:g} ms of blocked commits measured)"
+                                            if blocked is not None else " (a few ms of blocked commits)")
+            r = rto.get(name)
+            row["rto_s"] = r["duration_s"] if r else None
+            row["rto"] = (f"{_human(r['duration_s'])} (measured {r['at']})" if r
+                          else "not measured yet: run 'backupkit verify --restore-test'")
+        rows.append(row)
+    bases = [r for r in rows if r["strategy"] in ("cold", "snapshot")]
+    binlog = next((r for r in rows if r["strategy"] == "binlog"), None)
+    if binlog and bases:
+        overall = binlog["loss_window_s"]
+        why = "binlog shipping on top of the bases"
+    elif bases:
+        overall = min(r["loss_window_s"] for r in bases)
+        why = "the most frequent base"
+    elif binlog:
+        overall = None
+        why = "binlog alone cannot be restored: schedule a snapshot or a cold backup"
+    else:
+        overall, why = None, "no backup strategy is scheduled"
+    from backupkit.retention import human_duration, parse_duration
+
+    r = policy.retention
+    window = None
+    if r.recovery_window:
+        window = parse_duration(r.recovery_window)
+    return {"policy": policy.name, "file": policy.path, "timezone": str(tz), "now": now.isoformat(),
+            "strategies": rows, "worst_case_loss_s": overall, "worst_case_loss_because": why,
+            "retention": {"keep_last": r.keep_last, "keep_daily": r.keep_daily,
+                          "keep_weekly": r.keep_weekly, "keep_monthly": r.keep_monthly,
+                          "recovery_window_s": window,
+                          "recovery_window": (f"every second of the last {human_duration(window)} "
+                                              "stays restorable" if window and binlog and bases else
+                                              (f"the backups of the last {human_duration(window)} and "
+                                               "the one before stay" if window else None))}}
+
+
+def _human(s: float | None) -> str:
+    from backupkit.cli.console import human_seconds
+
+    return human_seconds(s)
 
 
 # -- cron ---------------------------------------------------------------------------------------

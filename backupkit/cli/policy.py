@@ -1,10 +1,24 @@
-"""backupkit policy ..."""
+"""backupkit policy check | plan."""
 
 from __future__ import annotations
 
 import typer
 
 app = typer.Typer(no_args_is_help=True)
+
+
+def _load(file: str):
+    """Settings from a policy file; a policy without storage (and no --storage) is an error."""
+    from backupkit.cli.context import COMMON
+    from backupkit.config import Settings
+    from backupkit.errors import ConfigError
+    from backupkit.policy_checks import storage_problem
+
+    st = Settings.resolve(file, COMMON.storage, COMMON.source)
+    problem = storage_problem(st.policy, COMMON.storage)
+    if problem:
+        raise ConfigError(problem)
+    return st
 
 
 @app.command("check")
@@ -14,12 +28,10 @@ def check(
 ) -> None:
     """Validate a policy file, then connect to its source and its storage."""
     from backupkit.cli.common import render
-    from backupkit.cli.context import COMMON
-    from backupkit.config import Settings
     from backupkit.mysql.connection import connect
     from backupkit.mysql.server import server_facts
 
-    st = Settings.resolve(file, COMMON.storage, COMMON.source)
+    st = _load(file)
     result: dict = {"policy": st.policy.name, "file": file, "valid": True}
     if not offline:
         spec = st.source_spec()
@@ -43,3 +55,52 @@ def check(
             c.print(f"storage {result['storage']}: reachable")
 
     render(result, human)
+
+
+@app.command("plan")
+def plan(
+    file: str = typer.Argument(..., help="Policy file."),
+    runs: int = typer.Option(3, "--runs", min=1, max=50, help="How many next run times to show."),
+    offline: bool = typer.Option(False, "--offline",
+                                 help="Do not read measured durations from the repository."),
+) -> None:
+    """Next run times of each strategy, and the worst-case loss window and downtime each implies.
+
+    Durations measured in the repository (backup runs, cold downtime, restore tests) are used
+    where they exist.
+    """
+    from backupkit.cli.common import render
+    from backupkit.cli.console import human_seconds, table
+    from backupkit.errors import BackupkitError
+    from backupkit.repo.catalog import Catalog
+    from backupkit.schedule import measured_from, policy_plan
+
+    st = _load(file)
+    measured: dict = {}
+    note = None
+    if not offline:
+        try:
+            measured = measured_from(Catalog(st.open_store(create=False)))
+        except BackupkitError as exc:
+            note = f"no measured durations: {exc.one_line()}"
+    data = policy_plan(st.policy, measured=measured, n=runs)
+    if note:
+        data["note"] = note
+
+    def human(c) -> None:
+        c.print(f"policy {data['policy']!r} ({data['file']}), times in {data['timezone']}")
+        c.print(table(None, ["strategy", "schedule", "next runs", "worst-case loss", "downtime", "RTO"],
+                      [[r["strategy"], r["schedule"],
+                        "\n".join(r.get("next_runs_text", r.get("next_runs", []))),
+                        r.get("loss_window", ""), r.get("downtime", ""), r.get("rto", "")]
+                       for r in data["strategies"]]))
+        loss = data["worst_case_loss_s"]
+        c.print(f"worst-case loss window of the policy: "
+                f"{human_seconds(loss) if loss is not None else 'unbounded'} "
+                f"({data['worst_case_loss_because']})")
+        if data["retention"]["recovery_window"]:
+            c.print(f"recovery window: {data['retention']['recovery_window']}")
+        if note:
+            c.print(f"note: {note}", highlight=False)
+
+    render(data, human)

@@ -1,15 +1,224 @@
-"""backupkit schedule ..."""
+"""backupkit schedule run | status | cron (and exec, which the cron lines call)."""
 
 from __future__ import annotations
+
+import json
+import os
+import sys
 
 import typer
 
 app = typer.Typer(no_args_is_help=True)
 
 
+def _settings():
+    """Settings of the --policy file; the scheduler commands need one, with a storage target."""
+    from backupkit.cli.context import COMMON
+    from backupkit.errors import ConfigError, UsageError
+    from backupkit.policy_checks import storage_problem
+
+    if not (COMMON.policy or os.environ.get("BACKUPKIT_POLICY")):
+        raise UsageError("no policy given", "pass --policy FILE (see policies/*.toml)")
+    st = COMMON.settings()
+    problem = storage_problem(st.policy, COMMON.storage)
+    if problem:
+        raise ConfigError(problem)
+    return st
+
+
+def _child_env() -> dict[str, str]:
+    """--storage and --source given on our command line, passed on to the runs we start."""
+    from backupkit.cli.context import COMMON
+
+    env = {}
+    if COMMON.storage:
+        env["BACKUPKIT_STORAGE"] = COMMON.storage
+    if COMMON.source:
+        env["BACKUPKIT_SOURCE"] = COMMON.source
+    return env
+
+
+def _emitter():
+    from backupkit.cli.common import json_mode
+    from backupkit.schedule import default_emit
+
+    if not json_mode():
+        return default_emit
+
+    def emit(policy_name: str, rec) -> None:
+        sys.stdout.write(json.dumps({"policy": policy_name, **rec.to_dict()}, sort_keys=True) + "\n")
+        sys.stdout.flush()
+
+    return emit
+
+
+@app.command("run")
+def run(
+    stop_timeout: float = typer.Option(600.0, "--stop-timeout", min=0,
+                                       help="On SIGTERM, seconds to let running jobs finish before "
+                                            "cutting them safely."),
+) -> None:
+    """Run the policy: its cron schedules on APScheduler, and the binlog shipper, supervised.
+
+    One log line per run (start, end, result, sizes, duration); the status file feeds
+    'schedule status'. SIGTERM or Ctrl-C: no new run starts, the shipper flushes and stops,
+    running jobs finish (a second signal cuts them; a cut backup leaves no manifest).
+    """
+    from backupkit.schedule import serve
+
+    st = _settings()
+    code = serve(st.policy, st.policy.path or "", stop_timeout=stop_timeout,
+                 open_store=lambda: st.open_store(create=True), emit=_emitter(),
+                 extra_env=_child_env())
+    raise typer.Exit(code)
+
+
+@app.command("exec", hidden=True)
+def exec_(
+    strategy: str = typer.Argument(..., help="cold, snapshot, verify or prune."),
+    locked: bool = typer.Option(False, "--locked", help="The strategy lock is held by flock(1)."),
+) -> None:
+    """Run one strategy once as the daemon would: locks, one log line, the status file."""
+    from backupkit.errors import UsageError
+    from backupkit.schedule import JOB_STRATEGIES, CliRunner, StrategyExecutor, catalog_describer
+
+    if strategy not in JOB_STRATEGIES:
+        raise UsageError(f"unknown strategy {strategy!r}", f"use one of {', '.join(JOB_STRATEGIES)}")
+    st = _settings()
+    ex = StrategyExecutor(st.policy, CliRunner(st.policy.path or "", extra_env=_child_env()),
+                          emit=_emitter(), describe=catalog_describer(lambda: st.open_store(False)))
+    rec = ex.run(strategy, locked=locked)
+    if rec.result == "failed":
+        raise typer.Exit(rec.exit_code or 1)
+
+
 @app.command("status")
 def status() -> None:
-    """Not available in this build yet."""
-    from backupkit.cli.common import not_yet
+    """The last result and the next run of each job, and the state of the binlog shipper."""
+    from datetime import datetime
 
-    raise not_yet("schedule status")
+    from backupkit.cli.common import render
+    from backupkit.cli.console import human_bytes, human_seconds, table
+    from backupkit.schedule import Paths, StatusFile, iso, next_runs, policy_timezone
+    from backupkit.schedule import scheduled_strategies as strategies
+
+    st = _settings()
+    paths = Paths.of(st.policy)
+    data = StatusFile(paths.status_file).read()
+    ever = bool(data)
+    pid = data.get("pid")
+    alive = bool(pid) and data.get("state") in ("running", "stopping") and _alive(int(pid))
+    tz = policy_timezone(st.policy)
+    jobs = data.setdefault("jobs", {})
+    for name, expr in strategies(st.policy).items():
+        if name == "binlog":
+            continue
+        j = jobs.setdefault(name, {})
+        j["schedule"] = expr
+        if not alive or not j.get("next_run"):
+            nxt = next_runs(expr, tz, datetime.now(tz), 1)
+            j["next_run"] = iso(nxt[0].timestamp()) if nxt else None
+    out = {"policy": st.policy.name, "status_file": str(paths.status_file),
+           "daemon": {"state": data.get("state") if alive else ("not running" if ever else "never ran"),
+                      "pid": pid if alive else None, "started_at": data.get("started_at"),
+                      "alive": alive},
+           "jobs": jobs, "shipper": data.get("shipper"), "updated_at": data.get("updated_at")}
+
+    def human(c) -> None:
+        d = out["daemon"]
+        c.print(f"policy {out['policy']!r}: daemon {d['state']}"
+                + (f" (pid {d['pid']}, since {d['started_at']})" if d["alive"] else "")
+                + f"; status file {out['status_file']}")
+        rows = []
+        errors = []
+        for name, j in sorted(jobs.items()):
+            last = j.get("last") or {}
+            size = human_bytes(last.get("stored_bytes")) if last.get("stored_bytes") is not None else ""
+            rows.append([name, j.get("schedule", ""),
+                         "running" if j.get("running_since") else last.get("result", "-"),
+                         last.get("start") or "-",
+                         human_seconds(last.get("duration_s")) if last else "-", size,
+                         f"{j.get('runs', 0)}/{j.get('failures', 0)}/{j.get('skipped', 0)}",
+                         j.get("next_run") or "-"])
+            if last.get("error"):
+                errors.append(f"{name}: last error: {last['error']}")
+        c.print(table("jobs", ["job", "schedule", "last", "last start", "took", "stored",
+                               "runs/failed/skipped", "next run"], rows))
+        for e in errors:
+            c.print(e, highlight=False, markup=False)
+        sh = out["shipper"]
+        if sh:
+            c.print(f"binlog shipper: {sh.get('state')}"
+                    + (f", pid {sh['pid']}" if sh.get("pid") else "")
+                    + f", restarts {sh.get('restarts', 0)}"
+                    + (f", last exit {sh['last_exit']} at {sh.get('last_exit_at')}"
+                       if sh.get("last_exit") is not None else "")
+                    + (f", next start {sh['next_start_at']}" if sh.get("next_start_at") else ""))
+
+    render(out, human)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@app.command("cron")
+def cron(
+    install: bool = typer.Option(False, "--install", help="Write the lines to CRON_DIR/backupkit-<name>."),
+    cron_dir: str = typer.Option("/etc/cron.d", "--cron-dir", help="Where --install writes."),
+    user: str = typer.Option(None, "--user", help="User the jobs run as (cron.d format; default: "
+                                                  "schedule.cron_user or the current user)."),
+    crontab: bool = typer.Option(False, "--crontab",
+                                 help="Print lines for 'crontab -e' (no user column)."),
+) -> None:
+    """Print crontab lines for the policy (each run under flock, so runs never overlap)."""
+    import getpass
+
+    from backupkit.cli.common import render
+    from backupkit.cli.console import warn
+    from backupkit.errors import UsageError
+    from backupkit.schedule import Paths, cron_lines, install_cron, scheduled_strategies
+
+    st = _settings()
+    pol = st.policy
+    if not scheduled_strategies(pol):
+        raise UsageError(f"{pol.path}: key 'strategies': nothing is scheduled",
+                         "set a cron schedule for cold, snapshot, verify or prune, or binlog = "
+                         "\"continuous\"")
+    if install and crontab:
+        raise UsageError("--install writes a cron.d file; --crontab prints user crontab lines")
+    who = None if crontab else (user or pol.schedule.cron_user or getpass.getuser())
+    paths = Paths.of(pol)
+    lines = cron_lines(pol, pol.path or "", user=who, paths=paths)
+    env = _child_env()
+    if env:
+        lines[4:4] = [f"{k}={v}" for k, v in env.items()]
+    warnings = []
+    if pol.schedule.timezone:
+        warnings.append(f"schedule.timezone is {pol.schedule.timezone}, but cron reads the times in "
+                        "the system's zone")
+    if not pol.source.password_file and os.environ.get("BACKUPKIT_SOURCE_PASSWORD"):
+        warnings.append("cron does not see BACKUPKIT_SOURCE_PASSWORD: set source.password_file "
+                        "(a 0600 file) in the policy")
+    path = None
+    if install:
+        path = str(install_cron(pol, lines, cron_dir, paths))
+    data = {"policy": pol.name, "lines": lines, "installed": path, "warnings": warnings,
+            "lock_dir": str(paths.lock_dir), "log_dir": str(paths.log_dir)}
+    for w in warnings:
+        warn(w)
+
+    def human(c) -> None:
+        if path:
+            c.print(f"installed {path} ({len(lines)} lines); logs in {paths.log_dir}")
+        else:
+            for ln in lines:
+                c.print(ln, highlight=False, markup=False, soft_wrap=True)
+
+    render(data, human)
