@@ -38,6 +38,9 @@ def ship(
     from_current: bool = typer.Option(False, "--from-current",
                                       help="First run: start at the server's current position "
                                            "instead of the newest snapshot's consistent point."),
+    from_position: str = typer.Option(None, "--from-position",
+                                      help="First run: start at FILE:POS (a transaction boundary), "
+                                           "for example binlog.000001:4."),
     restart_from_current: bool = typer.Option(
         False, "--restart-from-current",
         help="After a gap (binlog purged before it was shipped): record the gap and start a new "
@@ -60,6 +63,14 @@ def ship(
 
     cfg = settings()
     pol = cfg.policy.binlog
+    start_at = None
+    if from_position:
+        file, _, pos = from_position.rpartition(":")
+        if not file or not pos.isdigit() or int(pos) < 4:
+            raise UsageError(f"bad --from-position {from_position!r}", "use FILE:POS, e.g. binlog.000001:4")
+        start_at = (file, int(pos))
+    if sum(bool(x) for x in (from_current, start_at)) > 1:
+        raise UsageError("--from-current and --from-position exclude each other")
     opts = ShipOptions(
         source_id=source_id or cfg.policy.source.source_id,
         server_id=server_id or pol.server_id,
@@ -69,6 +80,7 @@ def ship(
         lease_seconds=lease_seconds or pol.lease_seconds,
         compression_level=pol.compression_level,
         from_current=from_current,
+        from_position=start_at,
         restart_from_current=restart_from_current,
         until_current=once,
     )
