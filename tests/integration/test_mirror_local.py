@@ -204,3 +204,20 @@ def test_encrypted_sync_verifies_plaintext_checksums_and_copies_ciphertext(roots
     # Without the key the copy is still made, checked by size only.
     res2 = sync_stores([("a", LocalStore(roots[0]))], ("c", LocalStore(roots[1].parent / "c")))
     assert res2.complete and res2.verified == "sizes"
+
+
+def test_a_lagging_target_is_caught_up_on_its_own_when_the_quorum_needs_it(roots):
+    m = mirror(roots, quorum=1)
+    _break(roots[1])
+    obj = put_object(m, "backups/b1/data.zst", [b"a" * 3000])
+    m.put_if_absent(layout.backup_manifest("b1"), encode_manifest({"objects": [obj.to_dict()]}))
+    assert m.target("b").lagging
+    roots[1].unlink()  # b is back
+    m.target("b").down_until = 0
+    m.write_quorum = 2  # now both must hold the next commit: the mirror syncs b first
+    obj2 = put_object(m, "backups/b2/data.zst", [b"b" * 3000])
+    assert m.put_if_absent(layout.backup_manifest("b2"), encode_manifest({"objects": [obj2.to_dict()]}))
+    assert not m.target("b").lagging
+    assert any(e["kind"] == "caught_up" for e in m.report()["events"])
+    for key in (obj.key, layout.backup_manifest("b1"), obj2.key, layout.backup_manifest("b2")):
+        assert (roots[1] / key).exists(), key
