@@ -63,7 +63,7 @@ class SnapshotOptions:
     include_users: bool = False
     parallel: int | None = None  # default: the number of cores
     chunk_size_mb: int = 64
-    compression_level: int = 3
+    compression_level: int = 1
     checksums: bool = True  # CHECKSUM TABLE inside the snapshot, for restore --verify
     source_id: str | None = None
     backup_id: str | None = None

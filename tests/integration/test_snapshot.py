@@ -85,6 +85,8 @@ CREATE TRIGGER latin_bi BEFORE INSERT ON latin FOR EACH ROW SET NEW.note = CONCA
 CREATE PROCEDURE p_count() SELECT COUNT(*) FROM every_type;
 CREATE FUNCTION f_twice(x INT) RETURNS INT DETERMINISTIC RETURN x * 2;
 CREATE EVENT ev_noop ON SCHEDULE EVERY 1 DAY DISABLE DO SELECT 1;
+CREATE USER 'app'@'%' IDENTIFIED BY 'app-secret';
+GRANT SELECT, INSERT ON types_db.* TO 'app'@'%';
 """
 
 
@@ -130,7 +132,7 @@ def _one_line(r) -> str:
 
 def test_every_type_round_trips_exactly(source, mariadb_factory, store_url):
     snap = run_cli("snapshot", "--source", source.url, "--storage", store_url, "--databases",
-                   "types_db", "--chunk-size", "1", "--parallel", "2", "--json")
+                   "types_db", "--chunk-size", "1", "--parallel", "2", "--include-users", "--json")
     assert snap.returncode == 0, snap.stderr
     out = json.loads(snap.stdout)
     backup_id = out["backup_id"]
@@ -147,7 +149,7 @@ def test_every_type_round_trips_exactly(source, mariadb_factory, store_url):
     target = mariadb_factory(server_id=2)
     env = {"BACKUPKIT_TARGET_PASSWORD": ""}
     r = run_cli("restore", backup_id, "--storage", store_url, "--target", target.url, "--verify",
-                "--json", env=env)
+                "--include-users", "--json", env=env)
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout)
     assert result["verified_tables"] == len(tables) and result["problems"] == []
@@ -160,7 +162,8 @@ def test_every_type_round_trips_exactly(source, mariadb_factory, store_url):
     assert target.sql("SELECT COUNT(*) FROM information_schema.events WHERE event_schema='types_db'") \
         == [(1,)]
     assert target.sql("SELECT gen_s FROM types_db.every_type WHERE id=2") == [("gtab\there",)]
-    # the load was not written to the target's binlog
+    grants = "SHOW GRANTS FOR 'app'@'%'"
+    assert target.sql(grants) == source.sql(grants)
     assert not target.sql("SELECT 1 FROM information_schema.schemata WHERE schema_name LIKE 'bkrestore%'")
     records = Catalog(open_store(store_url)).restore_records()
     assert records and records[-1]["backup_id"] == backup_id and records[-1]["duration"] > 0
@@ -224,6 +227,16 @@ def test_snapshot_is_consistent_while_money_moves(mariadb_factory, local_url):
     subprocess.run(["mariadb", "-h", "127.0.0.1", "-P", str(target.port), "-uroot"], input=dump.stdout,
                    check=True)
     assert table_checksums(target, ["bank"]) == table_checksums(src, ["bank"])
+
+
+def test_table_filter_copies_only_the_selected_tables(source, local_url):
+    m = take_snapshot(source.spec, open_store(local_url),
+                      SnapshotOptions(tables=["types_db.lat*", "types_db.nopk"], parallel=1))
+    assert sorted(t["name"] for t in m.details["tables"]) == ["latin", "nopk"]
+    db = m.details["databases"][0]
+    assert (db["name"], db["views"], db["routines"], db["triggers"]) == ("types_db", 0, 0, 1)
+    assert m.details["consistency"] == {**m.details["consistency"], "method": "consistent_snapshot",
+                                        "blocked_ms": 0}
 
 
 def test_snapshot_of_unreachable_source_exits_3(local_url):
