@@ -56,7 +56,7 @@ def info() -> None:
 
 # -- several targets and encryption (storage/mirror.py, storage/crypto.py, repo/sync.py) ----------
 def _named(spec, create: bool):
-    return (spec.name, spec.open(create=create))
+    return (spec.name, spec.open_or_unavailable(create=create))
 
 
 @app.command("sync")
@@ -74,7 +74,7 @@ def sync(
 ) -> None:
     """Copy what a target lacks from the others, verified; resumable; how a new region is seeded."""
     from backupkit.cli.common import json_mode, settings
-    from backupkit.cli.console import error_line, progress
+    from backupkit.cli.console import console, emit_json, error_line, progress
     from backupkit.errors import UsageError
     from backupkit.repo.sync import sync_stores
     from backupkit.storage.targets import find_target, key_encryption_keys, target_specs
@@ -123,13 +123,18 @@ def sync(
             for k in r.held_back:
                 c.print(f"  [yellow]held back[/] {k}: some of its objects could not be copied")
 
-    render(data, human)
-    if not data["complete"] and not dry_run:
-        integrity = any("checksum" in f["error"] or "authentic" in f["error"] or "corrupt" in f["error"]
-                        for r in results for f in r.failed) or any(r.damaged for r in results)
-        if not json_mode():
-            error_line("the sync is incomplete; run it again once the problems above are fixed")
-        raise typer.Exit(5 if integrity else 4)
+    if data["complete"] or dry_run:
+        render(data, human)
+        return
+    integrity = any("checksum" in f["error"] or "authentic" in f["error"] or "corrupt" in f["error"]
+                    for r in results for f in r.failed) or any(r.damaged for r in results)
+    code = 5 if integrity else 4
+    if json_mode():
+        emit_json({"ok": False, "exit_code": code, **data})
+    else:
+        human(console)
+        error_line("the sync is incomplete; run it again once the problems above are fixed")
+    raise typer.Exit(code)
 
 
 @app.command("targets")

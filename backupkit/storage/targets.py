@@ -28,8 +28,32 @@ class TargetSpec:
     def open(self, create: bool = True) -> ObjectStore:
         from backupkit.storage import open_store
 
-        store = open_store(self.url, self.s3, create=create)
-        return store
+        return open_store(self.url, self.s3, create=create)
+
+    def open_or_unavailable(self, create: bool = True) -> ObjectStore:
+        """The target's store; one that fails every call if it cannot even be opened (a lost region
+        must not stop the others from being used)."""
+        try:
+            return self.open(create)
+        except StorageError as exc:
+            return Unavailable(self.url or self.name, exc)
+
+
+class Unavailable(ObjectStore):
+    """A target that could not be opened: every operation raises the reason."""
+
+    def __init__(self, url: str, error: StorageError) -> None:
+        self.url = url
+        self.error = error
+
+    def _fail(self, *_args: Any, **_kw: Any):
+        raise StorageError(self.error.message, self.error.hint)
+
+    put = open = stat = delete = put_if_absent = replace_if_match = read_small = check = _fail
+
+    def list(self, prefix: str = ""):
+        self._fail()
+        yield from ()
 
 
 def target_specs(settings: Settings) -> list[TargetSpec]:
@@ -106,7 +130,7 @@ def open_raw(settings: Settings, create: bool = True) -> ObjectStore:
     from backupkit.storage.mirror import MirrorStore
 
     storage = settings.policy.storage
-    return MirrorStore([(s.name, s.open(create)) for s in specs], storage.write_quorum,
+    return MirrorStore([(s.name, s.open_or_unavailable(create)) for s in specs], storage.write_quorum,
                        stall_timeout=storage.stall_timeout)
 
 

@@ -221,3 +221,46 @@ def test_a_lagging_target_is_caught_up_on_its_own_when_the_quorum_needs_it(roots
     assert any(e["kind"] == "caught_up" for e in m.report()["events"])
     for key in (obj.key, layout.backup_manifest("b1"), obj2.key, layout.backup_manifest("b2")):
         assert (roots[1] / key).exists(), key
+
+
+def _synthetic_backup(store, backup_id: str, objects) -> None:
+    import time
+
+    from backupkit.repo.catalog import BackupManifest, BinlogPoint, SourceIdentity
+
+    now = time.time()
+    Catalog(store).commit_backup(BackupManifest(
+        id=backup_id, kind="snapshot", source=SourceIdentity("src"), point=BinlogPoint("binlog.000001", 4),
+        started_at=now, finished_at=now, objects=list(objects)))
+
+
+def test_cli_lists_from_the_surviving_target_and_sync_reseeds_the_lost_one(roots, tmp_path):
+    import json
+
+    from backupkit.config import Settings
+    from tests.support import run_cli
+
+    policy = tmp_path / "p.toml"
+    policy.write_text(f'[storage]\n[[storage.targets]]\nname = "a"\nurl = "file://{roots[0]}"\n'
+                      f'[[storage.targets]]\nname = "b"\nurl = "file://{roots[1]}"\n')
+    store = Settings.resolve(str(policy), None, None).open_store()
+    obj = put_object(store, "backups/b1/data.zst", [b"row\n" * 5000])
+    _synthetic_backup(store, "b1", [obj])
+    shutil.rmtree(roots[0])
+    r = run_cli("list", "--policy", str(policy), "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert [b["id"] for b in out["backups"]] == ["b1"]
+    assert {t["name"]: t["reachable"] for t in out["targets"]} == {"a": False, "b": True}
+    r = run_cli("repo", "sync", "--policy", str(policy), "--from", "b", "--to", "a", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["results"][0]["copied"] == 3  # repo config, data, manifest
+    assert read_object(LocalStore(roots[0]), obj) == b"row\n" * 5000
+    # A damaged source copy: the sync to a third target fails with exit 5 and holds the manifest back.
+    _flip(roots[1] / obj.key, 7)
+    _flip(roots[0] / obj.key, 9)
+    r = run_cli("repo", "sync", "--policy", str(policy), "--to", str(tmp_path / "c"), "--json")
+    assert r.returncode == 5, r.stderr
+    res = json.loads(r.stdout)
+    assert res["ok"] is False and res["results"][0]["held_back"] == ["backups/b1/manifest.json"]
+    assert not (tmp_path / "c" / "backups/b1/manifest.json").exists()
