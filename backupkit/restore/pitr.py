@@ -1,0 +1,283 @@
+"""Point-in-time restore: plan, check, load the base, replay the binlog, record, report.
+
+Order matters for safety: the plan is computed and every object it needs is checked present
+before the target is touched, so a bad time, a target outside coverage or behind a gap, or a
+missing segment object leaves the target exactly as it was.
+
+- ``restore_to_point(...)``: the service function (the CLI, the scheduler and the demo call it).
+- ``restore_cli(**options)``: what ``backupkit restore --to-time/--to-gtid/...`` runs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from backupkit.errors import ObjectNotFound, UsageError
+from backupkit.mysql.connection import TARGET_PASSWORD_ENV, ConnSpec, parse_conn
+from backupkit.repo.catalog import Catalog, utc_iso
+from backupkit.restore.loss import LossReport, loss_report
+from backupkit.restore.plan import Planner, RestorePlan
+from backupkit.restore.replay import ReachedPoint, ReplayResult, replay_segments
+from backupkit.restore.targets import RestoreTarget, format_time, parse_target
+from backupkit.storage.base import ObjectStore
+
+Progress = Callable[..., None]
+
+
+@dataclass
+class PitrResult:
+    """What a point-in-time restore did."""
+
+    plan: RestorePlan
+    target: str
+    reached: ReachedPoint
+    started_at: float
+    finished_at: float = 0.0
+    base_seconds: float = 0.0
+    replay: ReplayResult | None = None
+    base: dict[str, Any] = field(default_factory=dict)
+    record_id: str | None = None
+    loss: LossReport | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def duration(self) -> float:
+        return self.finished_at - self.started_at
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "pitr", "target": self.target, "plan": self.plan.to_dict(),
+                "reached": self.reached.to_dict(), "duration": round(self.duration, 3),
+                "base_seconds": round(self.base_seconds, 3),
+                "replay": self.replay.to_dict() if self.replay else None,
+                "base": self.base, "record_id": self.record_id,
+                "loss": self.loss.to_dict() if self.loss else None, "notes": list(self.notes)}
+
+
+# -- planning from the repository ------------------------------------------------------------------
+def measured_rates(records: list[dict[str, Any]]) -> dict[str, float]:
+    """Throughputs of the latest measured restores, for the plan's estimate."""
+    rates: dict[str, float] = {}
+    for r in reversed(records):
+        kind = r.get("kind")
+        if kind in ("snapshot", "cold") and kind not in rates and r.get("duration") and r.get("raw_bytes"):
+            rates[kind] = float(r["raw_bytes"]) / max(float(r["duration"]), 0.001)
+        if kind == "pitr" and "replay" not in rates and r.get("replay_seconds") and r.get("replay_bytes"):
+            rates["replay"] = float(r["replay_bytes"]) / max(float(r["replay_seconds"]), 0.001)
+    return rates
+
+
+def make_plan(catalog: Catalog, target: RestoreTarget, backup_id: str | None = None,
+              source_id: str | None = None) -> RestorePlan:
+    """Read the manifests and plan (raises PlanError with one line when nothing reaches target)."""
+    backups = catalog.backups()
+    if backup_id:
+        chosen = [b for b in backups if b.id == backup_id]
+        if not chosen:
+            raise UsageError(f"no backup {backup_id!r} in the repository",
+                             "run 'backupkit list' to see the backups")
+        backups = chosen
+        source_id = source_id or chosen[0].source.source_id
+    sources = sorted({b.source.source_id for b in backups} | set(catalog.sources()))
+    if source_id is not None:
+        sources = [s for s in sources if s == source_id] or [source_id]
+    segs = {sid: catalog.segments(sid) for sid in sources}
+    gaps = {sid: catalog.gaps(sid) for sid in sources}
+    try:
+        records = catalog.restore_records()
+    except Exception:  # an unreadable record only costs the estimate
+        records = []
+    return Planner(backups, segs, gaps, source_id, measured_rates(records)).plan(target)
+
+
+def preflight(store: ObjectStore, plan: RestorePlan) -> None:
+    """Every object the plan reads exists (checked before anything is changed)."""
+    keys = [o.key for o in plan.base.objects] + [s.object.key for s in plan.segments]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        found = list(pool.map(store.stat, keys))
+    for key, info in zip(keys, found, strict=True):
+        if info is None:
+            what = "segment" if key.startswith("binlog/") else f"{plan.base.kind} backup {plan.base.id}"
+            raise ObjectNotFound(key, f"{store.describe()} ({what}); nothing was changed")
+
+
+# -- executing -----------------------------------------------------------------------------------
+def restore_to_point(store: ObjectStore, catalog: Catalog, target: RestoreTarget,
+                     spec: ConnSpec | None, *, backup_id: str | None = None,
+                     datadir: str | None = None, start_command: str | None = None,
+                     force: bool = False, verify: bool = False, parallel: int | None = None,
+                     log_bin: bool = False, include_users: bool = False,
+                     source_id: str | None = None, progress: Progress | None = None,
+                     notify: Callable[[str], None] | None = None, report_loss: bool = True,
+                     plan: RestorePlan | None = None) -> PitrResult:
+    """Restore the base the plan picks, replay the binlog to the exact stop, record the RTO."""
+    say = notify or (lambda msg: None)
+    report = progress or (lambda *a, **k: None)
+    started = time.time()
+    plan = plan or make_plan(catalog, target, backup_id, source_id)
+    base = plan.base
+    if base.kind == "cold":
+        if not datadir:
+            raise UsageError("the plan starts from cold backup " + base.id + "; give --datadir DIR "
+                             "(and --start-command and --target to replay the binlog)")
+        if plan.segments and not (start_command and spec):
+            raise UsageError(f"the plan replays {len(plan.segments)} binlog segment(s) after cold "
+                             f"backup {base.id}: give --start-command and --target for the server "
+                             "that runs on --datadir")
+    elif spec is None:
+        raise UsageError("a point-in-time restore needs --target mysql://user@host:port",
+                         f"the password comes from {TARGET_PASSWORD_ENV}")
+    preflight(store, plan)
+    where = spec.display() if spec else str(datadir)
+    result = PitrResult(plan, where, ReachedPoint(base.point.file, base.point.pos, base.point.gtid,
+                                                  base.point.time), started)
+    # 1. the base
+    t0 = time.monotonic()
+    say(f"restoring {base.kind} backup {base.id}")
+    if base.kind == "snapshot":
+        from backupkit.restore.load import RestoreOptions, restore_snapshot
+
+        assert spec is not None
+        options = RestoreOptions(force=force, verify=verify, parallel=parallel, log_bin=log_bin,
+                                 include_users=include_users, record=False)
+        loaded = restore_snapshot(store, base, spec, options,
+                                  progress=lambda ev, **kw: report("base", ev, **kw), catalog=catalog)
+        result.base = loaded.to_dict()
+    else:
+        from backupkit.restore.cold import restore_cold
+
+        done = restore_cold(store, base, datadir, force=force, start_command=start_command,
+                            conn=spec if start_command else None,
+                            progress=lambda n, total: report("base", "bytes", done=n, total=total),
+                            notify=say)
+        result.base = done.to_dict()
+    result.base_seconds = time.monotonic() - t0
+    # 2. the binlog
+    if plan.segments:
+        assert spec is not None
+        say(f"replaying {len(plan.segments)} binlog segment(s) to {target.describe()}")
+        result.replay = replay_segments(store, plan.segments, plan.start, target, spec,
+                                        start_point=result.reached, log_bin=log_bin,
+                                        progress=lambda ev, **kw: report("replay", ev, **kw))
+        result.notes += result.replay.notes
+    result.finished_at = time.time()
+    # 3. the record (its duration is this strategy's measured RTO) and the loss report
+    replay = result.replay
+    record = {"kind": "pitr", "base_kind": base.kind, "base_id": base.id, "backup_id": base.id,
+              "target": where, "started_at": started, "finished_at": result.finished_at,
+              "started_at_utc": utc_iso(started), "finished_at_utc": utc_iso(result.finished_at),
+              "duration": round(result.duration, 3), "base_seconds": round(result.base_seconds, 3),
+              "replay_seconds": round(replay.seconds, 3) if replay else 0.0,
+              "replay_bytes": replay.binlog_bytes if replay else 0,
+              "transactions": replay.transactions if replay else 0,
+              "segments": len(plan.segments), "restore_target": target.to_dict(),
+              "reached": result.reached.to_dict(), "source_id": plan.source_id}
+    try:
+        result.record_id = catalog.commit_restore_record(record)
+    except Exception as exc:  # the restore itself succeeded
+        result.notes.append(f"the restore record could not be written: {exc}")
+    if report_loss:
+        try:
+            result.loss = loss_report(catalog, source_id=plan.source_id, max_parse_bytes=64 << 20)
+        except Exception as exc:
+            result.notes.append(f"no loss report: {exc}")
+    return result
+
+
+# -- the command ---------------------------------------------------------------------------------------
+class _PitrView:
+    """Rich progress for the base load and the replay."""
+
+    def __init__(self, bar) -> None:
+        from backupkit.cli.snapshot import ProgressView
+
+        self.bar = bar
+        self.base = ProgressView(bar, "base") if bar is not None else None
+        self.cold_task = None
+        self.replay_task = None
+        self.transactions = 0
+        self.gtid = ""
+
+    def __call__(self, phase: str, event: str, **kw: Any) -> None:
+        if self.bar is None:
+            return
+        if phase == "base":
+            if event == "bytes":
+                if self.cold_task is None:
+                    self.cold_task = self.bar.add_task("base (cold)", total=kw.get("total") or None)
+                self.bar.update(self.cold_task, completed=kw.get("done", 0))
+            elif self.base is not None:
+                self.base(event, **kw)
+            return
+        if event == "plan":
+            self.replay_task = self.bar.add_task("replay", total=kw.get("bytes") or None)
+        elif self.replay_task is None:
+            return
+        elif event == "fetched":
+            pass
+        elif event == "applied":
+            self.transactions = kw.get("transactions", self.transactions)
+            self.gtid = kw.get("gtid") or self.gtid
+            self.bar.update(self.replay_task, advance=kw.get("bytes", 0),
+                            description=f"replay {self.transactions:,} transactions, GTID {self.gtid}")
+        elif event == "done":
+            task = self.bar.tasks[-1]
+            self.bar.update(self.replay_task, total=task.completed, completed=task.completed)
+
+
+def restore_cli(backup_id: str | None = None, target: str | None = None, datadir: str | None = None,
+                to_time: str | None = None, to_gtid: str | None = None,
+                to_position: str | None = None, stop_before_gtid: str | None = None,
+                latest: bool = False, dry_run: bool = False, force: bool = False,
+                verify: bool = False, parallel: int | None = None,
+                start_command: str | None = None, databases: list[str] | None = None,
+                include_users: bool = False, log_bin: bool = False, **_ignored: Any) -> None:
+    """backupkit restore --to-time/--to-gtid/--to-position/--stop-before-gtid/--latest."""
+    from backupkit.cli.common import json_mode, open_catalog, render
+    from backupkit.cli.console import info, progress
+
+    tgt = parse_target(to_time, to_gtid, to_position, stop_before_gtid, latest)
+    if databases:
+        raise UsageError("--databases cannot be combined with a point-in-time restore",
+                         "the binlog replay needs every database of the base")
+    spec = parse_conn(target, password_env=TARGET_PASSWORD_ENV) if target else None
+    store, catalog = open_catalog(create=False)
+    plan = make_plan(catalog, tgt, backup_id)
+    if dry_run:
+        render({"dry_run": True, **plan.to_dict(), "target_server": spec.display() if spec else None},
+               lambda console: [console.print(line, highlight=False) for line in plan.lines()])
+        return
+    quiet = json_mode()
+    with progress(enabled=not quiet, transfer=True) as bar:
+        view = _PitrView(bar)
+        result = restore_to_point(store, catalog, tgt, spec, backup_id=backup_id, datadir=datadir,
+                                  start_command=start_command, force=force, verify=verify,
+                                  parallel=parallel, log_bin=log_bin, include_users=include_users,
+                                  progress=view, notify=lambda m: info(m, quiet=quiet or bar is not None),
+                                  plan=plan)
+    render(result.to_dict(), lambda console: print_result(console, result))
+
+
+def print_result(console, result: PitrResult) -> None:
+    """The reached point, what was done, and the loss report."""
+    from backupkit.cli.console import human_bytes, human_seconds, table
+
+    r, p = result.reached, result.plan
+    console.print(f"[bold green]restored to {p.target.describe()}[/] on {result.target}")
+    rows = [("base", f"{p.base.kind} {p.base.id} ({format_time(p.base.point.time)}), "
+                     f"{human_seconds(result.base_seconds)}")]
+    if result.replay:
+        rp = result.replay
+        rows.append(("replay", f"{rp.transactions:,} transactions from {rp.segments} segment(s), "
+                               f"{human_bytes(rp.binlog_bytes)} of binlog, {human_seconds(rp.seconds)}"))
+    rows.append(("reached", f"GTID {r.gtid or '-'} at {r.file}:{r.pos}, committed "
+                            f"{format_time(r.commit_time) if r.commit_time else '-'}"))
+    rows.append(("duration (RTO)", human_seconds(result.duration)))
+    console.print(table(None, ["", ""], rows))
+    for n in result.notes:
+        console.print(f"[yellow]note:[/] {n}", highlight=False)
+    if result.loss is not None:
+        console.print(result.loss.table())
