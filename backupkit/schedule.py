@@ -805,7 +805,7 @@ class Daemon:
                 j = jobs.setdefault(name, {})
                 j["schedule"] = expr
                 job = sched.get_job(name) if sched is not None and state != "stopped" else None
-                nrt = job.next_run_time if job is not None else None
+                nrt = getattr(job, "next_run_time", None)  # pending jobs have none yet
                 j["next_run"] = iso(nrt.timestamp()) if nrt is not None else None
             if self.shipper is not None:
                 d["shipper"] = self.shipper.status()

@@ -1,0 +1,133 @@
+"""`schedule run` for real: a private mariadbd, a local repository, the daemon as a process.
+
+The daemon starts the binlog shipper at once, runs a snapshot at the next minute, restarts the
+shipper after kill -9, and on SIGTERM stops cleanly: the shipper flushes what it has, so the
+repository ends exactly at the server's binlog position.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from backupkit.repo.catalog import Catalog
+from backupkit.storage import open_store
+from tests.support import run_cli
+
+
+def _wait(what: str, cond, timeout: float, proc: subprocess.Popen, log: Path) -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = cond()
+        if got:
+            return got
+        assert proc.poll() is None, f"the daemon exited ({proc.returncode}): {log.read_text()[-3000:]}"
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}: {log.read_text()[-3000:]}")
+
+
+def _status(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is not alive
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def test_daemon_runs_snapshots_supervises_the_shipper_and_stops_cleanly(mariadb, tmp_path):
+    sb = mariadb
+    sb.sql("CREATE DATABASE app")
+    sb.sql("CREATE TABLE app.events (id INT AUTO_INCREMENT PRIMARY KEY, v INT)")
+    repo = tmp_path / "repo"
+    status_file = tmp_path / "state" / "status.json"
+    policy = tmp_path / "daemon.toml"
+    policy.write_text(f"""
+name = "daemon-test"
+[source]
+url = "{sb.url}"
+[storage]
+url = "file://{repo}"
+[strategies]
+snapshot = "* * * * *"
+binlog = "continuous"
+[binlog]
+sync_interval = 0.2
+heartbeat = 0.5
+[schedule]
+status_file = "{status_file}"
+lock_dir = "{tmp_path / 'locks'}"
+log_dir = "{tmp_path / 'log'}"
+shipper_backoff_min = 0.5
+shipper_backoff_max = 5
+""")
+    log = tmp_path / "daemon.log"
+    fh = open(log, "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen([sys.executable, "-m", "backupkit", "schedule", "run", "--policy", str(policy)],
+                            stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        st = _wait("the shipper to start", lambda: (_status(status_file).get("shipper") or {}).get("pid"),
+                   30, proc, log)
+        first_pid = int(st)
+        for i in range(20):
+            sb.sql(f"INSERT INTO app.events (v) VALUES ({i})")
+        # the snapshot of the next minute
+        _wait("a snapshot run", lambda: ((_status(status_file).get("jobs") or {}).get("snapshot") or {})
+              .get("last", {}).get("result") == "ok", 90, proc, log)
+        r = run_cli("schedule", "status", "--policy", str(policy), "--json")
+        assert r.returncode == 0, r.stderr
+        out = json.loads(r.stdout)
+        assert out["daemon"]["alive"] and out["daemon"]["pid"] == proc.pid
+        snap = out["jobs"]["snapshot"]
+        assert snap["last"]["result"] == "ok" and snap["last"]["stored_bytes"] > 0
+        assert snap["next_run"] and snap["last"]["backup_id"]
+        # kill -9 the shipper: the daemon starts a new one
+        os.kill(first_pid, signal.SIGKILL)
+        new_pid = _wait("a new shipper", lambda: (
+            (s := _status(status_file).get("shipper") or {}).get("restarts", 0) >= 1
+            and s.get("pid") not in (None, first_pid) and s["pid"]), 30, proc, log)
+        assert _alive(int(new_pid)) and not _alive(first_pid)
+        for i in range(20, 40):
+            sb.sql(f"INSERT INTO app.events (v) VALUES ({i})")
+        time.sleep(1.0)
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGTERM)
+        try:
+            rc = proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            rc = proc.wait()
+        fh.close()
+    text = log.read_text()
+    assert rc == 0, text[-3000:]
+    final = _status(status_file)
+    assert final["state"] == "stopped" and final["shipper"]["state"] == "stopped"
+    assert final["shipper"]["last_exit"] == 0, "SIGTERM: the shipper flushed and exited 0"
+    assert not _alive(int(new_pid))
+    # One log line per run, with start, end, result, sizes and duration.
+    runs = [ln for ln in text.splitlines() if "strategy=snapshot" in ln]
+    assert runs and all(p in runs[0] for p in ("result=ok", "start=", "end=", "duration=", "stored=",
+                                               "id="))
+    assert "strategy=binlog event=exit" in text and "event=stopped" in text
+    # Everything the server wrote was shipped before the shipper stopped.
+    cat = Catalog(open_store(f"file://{repo}"))
+    (sid,) = cat.sources()
+    master = sb.sql("SHOW MASTER STATUS")[0]
+    assert cat.shipped_position(sid) == (master[0], int(master[1]))
+    assert run_cli("verify", "--all", "--storage", f"file://{repo}").returncode == 0
