@@ -125,7 +125,7 @@ def test_standby_takes_over_and_the_old_holder_never_writes_again(mariadb, local
     assert info["transactions"] == writer.commits
 
 
-def test_source_restart_during_shipping(mariadb, local_url, tmp_path):
+def test_source_restart_and_a_silent_stream_during_shipping(mariadb, local_url, tmp_path):
     sb = mariadb
     make_table(sb)
     assert ship_once(sb, local_url, "--from-current").returncode == 0
@@ -135,6 +135,11 @@ def test_source_restart_during_shipping(mariadb, local_url, tmp_path):
     proc = start_shipper(sb, local_url, log)
     try:
         time.sleep(2.0)
+        # A frozen server sends nothing, not even heartbeats: the watchdog must notice.
+        os.kill(sb.pid(), signal.SIGSTOP)
+        time.sleep(4.0)
+        os.kill(sb.pid(), signal.SIGCONT)
+        time.sleep(2.0)
         sb.stop()  # a clean shutdown: STOP event, then a new binlog file at start
         time.sleep(1.0)
         sb.start()
@@ -143,6 +148,7 @@ def test_source_restart_during_shipping(mariadb, local_url, tmp_path):
         writer.stop()
     time.sleep(1.0)
     assert stop_proc(proc) == 0, log.read_text()
+    assert "no event or heartbeat" in log.read_text()
     assert "reconnecting" in log.read_text()
     info = assert_complete(sb, local_url)
     assert len(info["files"]) >= 2
