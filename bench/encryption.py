@@ -8,7 +8,11 @@ In one run, each measured without and with encryption, best of `repeat` runs eac
 The standard tools have no client-side encryption to compare with; the comparison is backupkit with
 and without it. Goal (issue 9): encrypted / plain <= 1.15x on snapshot and shipping.
 
-Usage: python bench/encryption.py [--quick] [--json]
+Unless --quick, bench/snapshot.py (against mariadb-dump and mydumper) also runs twice, plain and with
+encryption (through BACKUPKIT_POLICY), and its backupkit rows are compared. bench/ship.py opens its
+stores directly, so it cannot be switched to encryption; the shipping row above is the comparison.
+
+Usage: python bench/encryption.py [--quick] [--with-snapshot-bench] [--json]
 """
 
 from __future__ import annotations
@@ -84,8 +88,10 @@ def _codec(work: Path, mib: int, repeat: int) -> list[dict]:
         raw = results["0"][2] / MIB
         out.append(row(name, f"{label} plain", raw / plain, "MiB/s"))
         out.append(row(name, f"{label} encrypted", raw / enc, "MiB/s"))
-        out.append(row(name, f"{label} encrypted / plain time", enc / plain, "x", f"<= {GOAL}x",
-                       enc / plain, enc / plain <= GOAL))
+        # Informative: at ~500 MiB/s this path has no database or network time to hide the one
+        # copy and the AES pass per byte; the goal applies to the snapshot and shipping rows.
+        out.append(row(name, f"{label} encrypted / plain time", enc / plain, "x",
+                       "info (goal is on snapshot/ship)", enc / plain, None))
     out.append(row(name, "peak RSS encrypted", results["1"][3], "MiB", "< 200 MiB", None,
                    results["1"][3] < 200))
     return out
@@ -168,16 +174,56 @@ def _server_benches(work: Path, rows_n: int, updates: int, repeat: int) -> list[
     return out
 
 
-def run(quick: bool = False) -> list[dict]:
+def _snapshot_bench(work: Path, quick: bool) -> list[dict]:
+    """bench/snapshot.py run twice, plain and with an encryption policy (BACKUPKIT_POLICY): its
+    `backupkit snapshot` and `backupkit restore` rows compared."""
+    import os
+
+    import snapshot as snapshot_bench  # bench/snapshot.py
+
+    key = work / "snapshot-bench.key"
+    r = measure(["backupkit", "repo", "keygen", str(key)])
+    assert r.returncode == 0, r.stderr
+    policy = work / "encrypt-only.toml"
+    policy.write_text(f'[encryption]\nkey_file = "{key}"\nkey_id = "bench"\n')
+    plain = snapshot_bench.run(quick)
+    old = os.environ.get("BACKUPKIT_POLICY")
+    os.environ["BACKUPKIT_POLICY"] = str(policy)
+    try:
+        encrypted = snapshot_bench.run(quick)
+    finally:
+        if old is None:
+            os.environ.pop("BACKUPKIT_POLICY", None)
+        else:
+            os.environ["BACKUPKIT_POLICY"] = old
+    out = []
+    enc_rows = {(x["benchmark"], x["metric"]): x for x in encrypted}
+    for p in plain:
+        if p["metric"] not in ("backupkit snapshot wall", "backupkit restore wall"):
+            continue
+        e = enc_rows.get((p["benchmark"], p["metric"]))
+        if e is None:
+            continue
+        ratio = e["value"] / p["value"]
+        goal = p["metric"].startswith("backupkit snapshot")
+        out.append(row(f"{BENCH}: bench/snapshot.py {p['benchmark']}", f"{p['metric']} encrypted / plain",
+                       ratio, "x", f"<= {GOAL}x" if goal else "", ratio, (ratio <= GOAL) if goal else None))
+    return out
+
+
+def run(quick: bool = False, with_snapshot_bench: bool | None = None) -> list[dict]:
+    """Codec and server paths with and without encryption; plus bench/snapshot.py twice unless quick."""
     work = Path(tempfile.mkdtemp(prefix="backupkit-bench-encryption-"))
     try:
         rows = _codec(work, 64 if quick else 512, 2 if quick else 3)
         rows += _server_benches(work, 100_000 if quick else 1_000_000, 10_000 if quick else 100_000,
                                 1 if quick else 3)
+        if with_snapshot_bench if with_snapshot_bench is not None else not quick:
+            rows += _snapshot_bench(work, quick)
         return rows
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
-    main_for(run)
+    main_for(lambda quick: run(quick, True if "--with-snapshot-bench" in sys.argv else None))
