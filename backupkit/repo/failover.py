@@ -143,8 +143,10 @@ def iter_object_failover(store: ObjectStore, obj, read_size: int, iter_one) -> I
         if buffered:
             try:
                 with VerifyingReader(alt.open(obj.key), obj.key, obj.sha256, obj.size) as r:
-                    data = r.read()
-                    r.read()  # EOF: the checksum is checked here
+                    parts = []
+                    while block := r.read(read_size):  # at EOF the checksum is checked
+                        parts.append(block)
+                    data = b"".join(parts)
             except (IntegrityError, StorageError) as exc:
                 errors.append(exc)
                 failed.append(alt)

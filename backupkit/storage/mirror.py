@@ -139,7 +139,17 @@ def _skip(fh: BinaryIO, n: int) -> None:
         n -= len(b)
 
 
-class _DeadlineReader(io.RawIOBase):
+class _ReadAll(io.RawIOBase):
+    """readall() in 1 MiB reads (RawIOBase's default reads 8 KiB at a time)."""
+
+    def readall(self) -> bytes:
+        parts = []
+        while block := self.read(1 << 20):
+            parts.append(block)
+        return b"".join(parts)
+
+
+class _DeadlineReader(_ReadAll):
     """A target's reader whose every read must answer within the mirror's stall timeout."""
 
     def __init__(self, mirror: MirrorStore, target: Target, fh: BinaryIO, key: str) -> None:
@@ -163,7 +173,7 @@ class _DeadlineReader(io.RawIOBase):
         super().close()
 
 
-class _MirrorReader(io.RawIOBase):
+class _MirrorReader(_ReadAll):
     """Reads one object from the first target that has it; moves to the next copy when one fails.
 
     A dropped or stalled connection continues from the next target at the same offset (every target
