@@ -309,6 +309,7 @@ class Consistency:
     ddl_blocked_ms: float
     schemas: list[DatabaseSchema]
     users: list[str] | None
+    block_statement_ms: float = 0.0  # of blocked_ms: the blocking statement itself
 
 
 def _status(cur, name: str) -> str:
@@ -337,9 +338,11 @@ def open_snapshots_mariadb(coord, workers: list, facts: ServerFacts,
         cur.execute("BACKUP STAGE BLOCK_DDL")
         schemas, users = _read_schema(cur, facts, options)
         blocked = 0.0
+        block_stmt = 0.0
         if len(workers) > 1:
             t0 = time.monotonic()
-            cur.execute("BACKUP STAGE BLOCK_COMMIT")
+            cur.execute("BACKUP STAGE BLOCK_COMMIT")  # also fsyncs the binlog: see docs/snapshot.md
+            block_stmt = (time.monotonic() - t0) * 1000
         wall = time.time()
         points = []
         for w in workers:
@@ -367,7 +370,8 @@ def open_snapshots_mariadb(coord, workers: list, facts: ServerFacts,
         cur.execute("SELECT BINLOG_GTID_POS(%s, %s)", (file, pos))
         gtid = cur.fetchone()[0] or ""
     method = "backup_stage_block_commit" if len(workers) > 1 else "consistent_snapshot"
-    return Consistency(BinlogPoint(file, pos, gtid, wall), method, blocked, ddl_ms, schemas, users)
+    return Consistency(BinlogPoint(file, pos, gtid, wall), method, blocked, ddl_ms, schemas, users,
+                       block_stmt)
 
 
 def open_snapshots_mysql(coord, workers: list, facts: ServerFacts,
@@ -385,6 +389,7 @@ def open_snapshots_mysql(coord, workers: list, facts: ServerFacts,
         schemas, users = _read_schema(cur, facts, options)
         t0 = time.monotonic()
         cur.execute("FLUSH TABLES WITH READ LOCK")
+        ftwrl_ms = (time.monotonic() - t0) * 1000
         try:
             wall = time.time()
             for w in workers:
@@ -398,7 +403,8 @@ def open_snapshots_mysql(coord, workers: list, facts: ServerFacts,
     finally:
         if locked_instance:
             cur.execute("UNLOCK INSTANCE")
-    return Consistency(BinlogPoint(file, pos, gtid, wall), "ftwrl", blocked, ddl_ms, schemas, users)
+    return Consistency(BinlogPoint(file, pos, gtid, wall), "ftwrl", blocked, ddl_ms, schemas, users,
+                       ftwrl_ms)
 
 
 def _mysql_position(cur, facts: ServerFacts) -> tuple[str, int, str]:
@@ -498,6 +504,7 @@ def take_snapshot(spec: ConnSpec, store: ObjectStore, options: SnapshotOptions,
         "format": tsv.FORMAT,
         "time_zone": "+00:00",
         "consistency": {"method": cons.method, "blocked_ms": round(cons.blocked_ms, 3),
+                        "block_statement_ms": round(cons.block_statement_ms, 3),
                         "ddl_blocked_ms": round(cons.ddl_blocked_ms, 3), "workers": n},
         "checksums": ("CHECKSUM TABLE inside the consistent snapshot" if options.checksums
                       else "not taken"),
