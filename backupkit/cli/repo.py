@@ -160,15 +160,25 @@ def targets() -> None:
                       [[r["name"], "yes" if r["reachable"] else f"no: {r.get('error', '')}", r["objects"],
                         r["missing_objects"], r["missing_backups"], r["missing_segments"],
                         human_seconds(r["lag_s"]) if r["lag_s"] is not None else "-"] for r in status]))
-        rows = []
-        for s in survival:
-            newest = ", ".join(f"{k} {utc_iso(v['point_time'])}" for k, v in s["newest_backup"].items())
-            binlog = ", ".join(f"{k} until {utc_iso(v) if v else '-'}" for k, v in s["binlog_until"].items())
-            rows.append([s["lost_target"], newest or "-", binlog or "-", s.get("error", "")])
-        c.print(table("if one target is lost, the others still hold", ["lost", "newest backups",
-                                                                       "binlog", "note"], rows))
+        c.print(loss_by_target_table(survival))
 
     render(data, human)
+
+
+def loss_by_target_table(survival: list[dict]):
+    """A rich table: for each target, each strategy's newest recovery point and loss window if it is lost."""
+    from backupkit.cli.console import human_seconds, table
+
+    rows = []
+    for s in survival:
+        if s.get("error"):
+            rows.append([s["lost_target"], "-", s["error"], "-"])
+        for x in s["strategies"]:
+            point = (f"{utc_iso(x['recovery_point'])} ({x['recovery_source']})"
+                     if x["recovery_point"] else "none")
+            rows.append([s["lost_target"], x["label"], point, human_seconds(x["loss_seconds"])])
+    return table("if one storage target is lost (the others still hold)",
+                 ["lost target", "strategy", "newest recovery point", "loss window"], rows)
 
 
 @app.command("keygen")

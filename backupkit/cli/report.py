@@ -17,8 +17,9 @@ def report(
     from backupkit.restore.targets import parse_time
 
     when = parse_time(at) if at else None
-    _store, catalog = open_catalog(create=False)
+    store, catalog = open_catalog(create=False)
     result = loss_report(catalog, at=when, source_id=source_id, count=count)
+    by_target = _loss_by_target(store, when, source_id)  # several storage targets: storage/mirror.py
 
     def human(console) -> None:
         if not result.strategies:
@@ -28,5 +29,24 @@ def report(
         for s in result.strategies:
             for n in s.notes:
                 console.print(f"[yellow]note:[/] {s.label}: {n}", highlight=False)
+        if by_target:
+            from backupkit.cli.repo import loss_by_target_table
 
-    render(result.to_dict(), human)
+            console.print(loss_by_target_table(by_target))
+
+    render({**result.to_dict(), **({"if_target_lost": by_target} if by_target else {})}, human)
+
+
+def _loss_by_target(store, at: float | None, source_id: str | None) -> list[dict] | None:
+    """Each strategy's loss window if one storage target is lost (None with a single target)."""
+    from backupkit.cli.common import settings
+    from backupkit.repo.sync import survival_by_target
+    from backupkit.storage.mirror import find_mirror
+    from backupkit.storage.targets import key_encryption_keys, wrap_encryption
+
+    mirror = find_mirror(store)
+    if mirror is None or len(mirror.targets) < 2:
+        return None
+    keks = key_encryption_keys(settings())
+    return survival_by_target([(t.name, t.store) for t in mirror.targets],
+                              lambda s: wrap_encryption(s, keks), at=at, source_id=source_id)

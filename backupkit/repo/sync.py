@@ -456,34 +456,35 @@ def target_status(targets: list[Named]) -> list[dict[str, Any]]:
     return out
 
 
-def survival_by_target(targets: list[Named],
-                       wrap: Callable[[ObjectStore], ObjectStore]) -> list[dict[str, Any]]:
-    """For each target, what the repository still holds if that target is lost (the others' union).
+def survival_by_target(targets: list[Named], wrap: Callable[[ObjectStore], ObjectStore],
+                       at: float | None = None, source_id: str | None = None) -> list[dict[str, Any]]:
+    """For each target, the loss window of every strategy if that target is lost: the loss report
+    (restore/loss.py) of the union of the other targets.
 
     wrap turns a raw store into the readable one (the encryption layer, when configured).
     """
     from backupkit.repo.catalog import Catalog
+    from backupkit.restore.loss import loss_report
     from backupkit.storage.mirror import MirrorStore
 
     out = []
     for lost, _ in targets:
         others = [(n, s) for n, s in targets if n != lost]
-        row: dict[str, Any] = {"lost_target": lost, "surviving": [n for n, _ in others]}
+        row: dict[str, Any] = {"lost_target": lost, "surviving": [n for n, _ in others], "strategies": []}
         if not others:
-            row.update({"newest_backup": {}, "binlog_until": {}, "note": "no other target: nothing survives"})
+            row["error"] = "no other target: nothing survives"
             out.append(row)
             continue
         try:
-            catalog = Catalog(wrap(MirrorStore(others, write_quorum=1)))
-            newest: dict[str, dict[str, Any]] = {}
-            for b in catalog.backups():
-                newest[b.kind] = {"id": b.id, "point_time": b.point.time}
-            binlog: dict[str, float | None] = {}
-            for sid in catalog.sources():
-                runs = catalog.coverage(sid)
-                binlog[sid] = runs[-1].last.last_commit_time if runs else None
-            row.update({"newest_backup": newest, "binlog_until": binlog})
+            rep = loss_report(Catalog(wrap(MirrorStore(others, write_quorum=1))), at=at,
+                              source_id=source_id, count=False)
+            row["source_id"] = rep.source_id
+            row["strategies"] = [
+                {"strategy": x.strategy, "label": x.label, "recovery_point": x.recovery_point,
+                 "recovery_source": x.recovery_source,
+                 "loss_seconds": None if x.loss_seconds is None else round(x.loss_seconds, 3)}
+                for x in rep.strategies]
         except BackupkitError as exc:
-            row.update({"newest_backup": {}, "binlog_until": {}, "error": exc.message})
+            row["error"] = exc.message
         out.append(row)
     return out

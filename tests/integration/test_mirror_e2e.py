@@ -205,6 +205,16 @@ def test_region_stopped_while_shipping_writes_go_on_and_sync_completes_it(region
     assert r.returncode == 0, r.stdout + r.stderr
     lag = {t["name"]: t for t in json.loads(r.stdout)["targets"]}
     assert lag["west"]["missing_segments"] > 0 and lag["west"]["lag_s"] > 0
+    # The loss window of each strategy if one target is lost: losing east (complete) costs more.
+    rep = run_cli("report", "--policy", policy, "--no-count", "--json")
+    assert rep.returncode == 0, rep.stderr
+    by = {r["lost_target"]: {x["strategy"]: x for x in r["strategies"]}
+          for r in json.loads(rep.stdout)["if_target_lost"]}
+    assert by["east"]["binlog"]["loss_seconds"] > by["west"]["binlog"]["loss_seconds"]
+    assert by["east"]["snapshot"]["recovery_source"] == by["west"]["snapshot"]["recovery_source"] == backup_id
+    tg = run_cli("repo", "targets", "--policy", policy, "--json")
+    assert tg.returncode == 0, tg.stderr
+    assert [r["lost_target"] for r in json.loads(tg.stdout)["if_lost"]] == ["east", "west"]
     r = run_cli("repo", "sync", "--policy", policy, "--json")
     assert r.returncode == 0, r.stderr
     assert all(x["complete"] for x in json.loads(r.stdout)["results"])
