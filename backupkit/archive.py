@@ -174,6 +174,7 @@ class TarWriter:
         self.cancel = cancel
         self.on_bytes = on_bytes
         self.stats = WriteStats()
+        self.files_read = False
 
     # -- walking
     def _entries(self, root: Root) -> Iterator[tuple[str, Path]]:
@@ -194,6 +195,7 @@ class TarWriter:
     def __iter__(self) -> Iterator[bytes]:
         for root in self.roots:
             yield from self._root(root)
+        self.files_read = True  # every source file has been read; only the trailer remains
         yield b"\0" * (BLOCK * 2)
 
     def _root(self, root: Root) -> Iterator[bytes]:

@@ -406,7 +406,7 @@ class ServiceControl:
         for a whole second (it may be on its way down); otherwise wait for the process to exit,
         then start it."""
         if stop_sent and pid is not None:
-            deadline = time.monotonic() + self.stop_timeout
+            deadline = time.monotonic() + max(self.stop_timeout, 5 * STEADY)
             serving_since: float | None = None
             while pid_alive(pid):
                 if self.accepting(1.0):

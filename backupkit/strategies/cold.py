@@ -275,54 +275,123 @@ class _Failed:
         self.exc = exc
 
 
-def stream_roots(store: ObjectStore, key: str, roots: list[Root], *, level: int, threads: int,
-                 on_bytes: Callable[[int], None] | None = None,
-                 depth: int = 8) -> tuple[StoredObject, WriteStats]:
-    """Tar roots into one zstd object: a reader thread feeds a bounded queue the store drains."""
-    cancel = threading.Event()
-    writer = TarWriter(roots, cancel=cancel, on_bytes=on_bytes)
-    q: queue.Queue = queue.Queue(maxsize=depth)
+class ArchiveUpload:
+    """Tar roots into one zstd object, in two threads joined by a bounded queue.
 
-    def put(item) -> bool:
-        while not cancel.is_set():
+    The reader thread walks, reads and hashes the files; the upload thread compresses and
+    stores. ``wait_read()`` returns once every file has been read: from then on the source files
+    are no longer needed (a cold backup restarts the server there) while the tail of the
+    archive is compressed, stored and made durable. ``wait_done()`` gives the stored object."""
+
+    def __init__(self, store: ObjectStore, key: str, roots: list[Root], *, level: int, threads: int,
+                 on_bytes: Callable[[int], None] | None = None, depth: int = 16) -> None:
+        self.store, self.key, self.level, self.threads = store, key, level, threads
+        self.cancelled = threading.Event()
+        self.read_done = threading.Event()
+        self.finished = threading.Event()
+        self.writer = TarWriter(roots, cancel=self.cancelled, on_bytes=on_bytes)
+        self.queue: queue.Queue = queue.Queue(maxsize=depth)
+        self.error: BaseException | None = None
+        self.result: StoredObject | None = None
+        self._threads: list[threading.Thread] = []
+
+    # -- threads
+    def _put(self, item) -> bool:
+        while not self.cancelled.is_set():
             try:
-                q.put(item, timeout=0.1)
+                self.queue.put(item, timeout=0.1)
                 return True
             except queue.Full:
                 continue
         return False
 
-    def produce() -> None:
+    def _produce(self) -> None:
         try:
-            for chunk in writer:
-                if not put(chunk):
+            for chunk in self.writer:
+                if self.writer.files_read:
+                    self.read_done.set()
+                if not self._put(chunk):
                     return
-            put(_END)
+            self.read_done.set()
+            self._put(_END)
         except _Cancelled:
             return
-        except BaseException as exc:  # handed to the consumer, which raises it
-            put(_Failed(exc))
+        except BaseException as exc:  # handed to the upload thread, which raises it
+            self._put(_Failed(exc))
 
-    def consume() -> Iterator[bytes]:
+    def _consume(self) -> Iterator[bytes]:
         while True:
-            item = q.get()
+            if self.cancelled.is_set():
+                raise _Cancelled()
+            try:
+                item = self.queue.get(timeout=0.1)
+            except queue.Empty:
+                continue
             if item is _END:
                 return
             if isinstance(item, _Failed):
                 raise item.exc
             yield item
 
-    thread = threading.Thread(target=produce, name="cold-tar", daemon=True)
-    thread.start()
+    def _upload(self) -> None:
+        try:
+            self.result = put_object(self.store, self.key, self._consume(), level=self.level,
+                                     threads=self.threads)
+        except BaseException as exc:  # noqa: BLE001 - reported by wait_*()
+            self.error = exc
+            self.cancelled.set()
+        finally:
+            self.finished.set()
+
+    # -- control
+    def start(self) -> ArchiveUpload:
+        self._threads = [threading.Thread(target=self._produce, name="cold-read", daemon=True),
+                         threading.Thread(target=self._upload, name="cold-upload", daemon=True)]
+        for t in self._threads:
+            t.start()
+        return self
+
+    def _raise(self) -> None:
+        if self.error is not None and not isinstance(self.error, _Cancelled):
+            raise self.error
+
+    def wait_read(self) -> WriteStats:
+        """Block (interruptibly) until every file is read; raise what failed meanwhile."""
+        while not self.read_done.wait(0.05):
+            if self.finished.is_set():
+                self._raise()
+                raise BackupkitError("the archive ended before every file was read")
+        return self.writer.stats
+
+    def wait_done(self) -> tuple[StoredObject, WriteStats]:
+        while not self.finished.wait(0.05):
+            pass
+        self._raise()
+        if self.result is None:
+            raise BackupkitError("the archive upload was cancelled")
+        return self.result, self.writer.stats
+
+    def cancel(self) -> None:
+        """Stop both threads; a partial object is never visible (the store aborts it)."""
+        self.cancelled.set()
+
+    def join(self, timeout: float = 60) -> None:
+        for t in self._threads:
+            if t.ident is not None:  # started
+                t.join(timeout)
+
+
+def stream_roots(store: ObjectStore, key: str, roots: list[Root], *, level: int, threads: int,
+                 on_bytes: Callable[[int], None] | None = None) -> tuple[StoredObject, WriteStats]:
+    """Tar roots into one zstd object and wait until it is stored."""
+    up = ArchiveUpload(store, key, roots, level=level, threads=threads, on_bytes=on_bytes).start()
     try:
-        obj = put_object(store, key, consume(), level=level, threads=threads)
+        return up.wait_done()
+    except BaseException:
+        up.cancel()
+        raise
     finally:
-        cancel.set()
-        with contextlib.suppress(queue.Empty):
-            while True:
-                q.get_nowait()
-        thread.join(timeout=30)
-    return obj, writer.stats
+        up.join()
 
 
 def copy_roots(roots: list[Root], dest: Path, on_bytes: Callable[[int], None] | None = None) -> list[Root]:
@@ -531,198 +600,265 @@ def take_cold_backup(store: ObjectStore, spec: ConnSpec, opts: ColdOptions, *,
 
     The server is started again on every path out. On failure the raised error says what
     failed and what happened to the server; no manifest is written, so no backup exists."""
-    catalog = catalog or Catalog(store)
-    say = notify or (lambda msg: None)
-    report = progress or (lambda p: None)
-    if not opts.start_command:
-        raise UsageError("a cold backup needs a start command to bring the server back",
-                         "give --start-command or set [source] start_command in the policy")
-    ctl = ServiceControl(spec, stop_command=opts.stop_command, start_command=opts.start_command,
-                         pid_file=opts.pid_file, stop_timeout=opts.stop_timeout,
-                         start_timeout=opts.start_timeout)
-    probe = ctl.probe()
-    conn = connect(spec)
-    try:
-        facts = server_facts(conn)
-        pre_point = current_point(conn, facts) if probe.log_bin else None
-    finally:
-        conn.close()
-    source = identity(facts, opts.source_id)
-    datadir = Path(opts.datadir).expanduser().absolute() if opts.datadir else probe.datadir
-    if not datadir.is_dir() or not os.access(datadir, os.R_OK | os.X_OK):
-        raise UsageError(f"datadir {datadir} is not a readable folder on this host",
-                         "a cold backup runs on the database host, as a user that can read the datadir")
-    roots = plan_roots(probe, datadir, list(opts.paths))
-    est_files, est_bytes = scan_size(roots)
-    _check_store(store, catalog)
-    staging_dir: Path | None = None
-    backup_id = new_backup_id("cold")
-    if opts.staging:
-        staging_base = Path(opts.staging).expanduser().absolute()
-        try:
-            staging_base.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UsageError(f"cannot create staging folder {staging_base}: {exc.strerror}") from None
-        if not os.access(staging_base, os.W_OK):
-            raise UsageError(f"staging folder {staging_base} is not writable")
-        if _inside(staging_base, datadir):
-            raise UsageError(f"staging folder {staging_base} is inside the datadir")
-        free = _free_bytes(staging_base)
-        if free < est_bytes * 1.05 + (64 << 20):
-            raise UsageError(f"staging folder {staging_base} has {free >> 20} MiB free; the datadir "
-                             f"needs about {est_bytes >> 20} MiB")
-        staging_dir = staging_base / f"{backup_id}.staging"
-    config_data: bytes | None = None
-    if opts.config_file:
-        try:
-            config_data = Path(opts.config_file).expanduser().read_bytes()
-        except OSError as exc:
-            raise UsageError(f"cannot read config file {opts.config_file}: {exc.strerror}") from None
-    threads = opts.compression_threads if opts.compression_threads >= 0 else (os.cpu_count() or 1)
-    archive_key = layout.cold_archive(backup_id, 0)
-
-    preflush_info, undo_preflush = _preflush(spec, opts.preflush_timeout)
-    old_fast = ctl.prepare_clean_shutdown()
-    guardian = RestartGuardian(ctl) if opts.guardian else None
-    started_at = time.time()
-    t: dict[str, float | None] = {"stop_requested": None, "stopped": None,
-                                  "start_requested": None, "accepting": None}
-    mono: dict[str, float] = {}
-    stop_sent = False
-    failure: BaseException | None = None
-    start_failure: BackupkitError | None = None
-    check: ShutdownCheck | None = None
-    end: BinlogEnd | None = None
-    archive: StoredObject | None = None
-    stats: WriteStats | None = None
-    staged_roots: list[Root] | None = None
-    staging_info: dict = {}
-    copied = 0
-
-    def count(n: int) -> None:
-        nonlocal copied
-        copied += n
-        report(Phase("staging" if staging_dir else "copy", copied, est_bytes))
-
+    job = ColdJob(store, spec, opts, catalog or Catalog(store), progress, notify)
+    job.preflight()
     with SignalGuard() as guard:
+        job.guard = guard
+        job.downtime()  # stop, check, copy; the server is started again whatever happens
+        try:
+            job.after_restart()
+        except SignalInterrupt as exc:
+            job.abandon()
+            raise Interrupted(f"interrupted by {exc.name} while the archive was being stored; the "
+                              "server is running; no backup was written") from None
+    return job.commit()
+
+
+class ColdJob:
+    """One cold backup, phase by phase (see take_cold_backup)."""
+
+    def __init__(self, store: ObjectStore, spec: ConnSpec, opts: ColdOptions, catalog: Catalog,
+                 progress: ProgressFn | None, notify: Callable[[str], None] | None) -> None:
+        self.store, self.spec, self.opts, self.catalog = store, spec, opts, catalog
+        self.report = progress or (lambda p: None)
+        self.say = notify or (lambda msg: None)
+        self.guard = SignalGuard()
+        self.t: dict[str, float | None] = {"stop_requested": None, "stopped": None,
+                                           "start_requested": None, "accepting": None}
+        self.mono: dict[str, float] = {}
+        self.failure: BaseException | None = None
+        self.start_failure: BackupkitError | None = None
+        self.check: ShutdownCheck | None = None
+        self.end: BinlogEnd | None = None
+        self.archive: StoredObject | None = None
+        self.stats: WriteStats | None = None
+        self.upload: ArchiveUpload | None = None
+        self.staging_dir: Path | None = None
+        self.staged_roots: list[Root] | None = None
+        self.staging_info: dict = {}
+        self.copied = 0
+
+    # -- before the stop: everything that can fail is checked here --------------------
+    def preflight(self) -> None:
+        opts = self.opts
+        if not opts.start_command:
+            raise UsageError("a cold backup needs a start command to bring the server back",
+                             "give --start-command or set [source] start_command in the policy")
+        self.ctl = ServiceControl(self.spec, stop_command=opts.stop_command,
+                                  start_command=opts.start_command, pid_file=opts.pid_file,
+                                  stop_timeout=opts.stop_timeout, start_timeout=opts.start_timeout)
+        self.probe = probe = self.ctl.probe()
+        conn = connect(self.spec)
+        try:
+            facts = server_facts(conn)
+            self.pre_point = current_point(conn, facts) if probe.log_bin else None
+        finally:
+            conn.close()
+        self.source = identity(facts, opts.source_id)
+        self.datadir = Path(opts.datadir).expanduser().absolute() if opts.datadir else probe.datadir
+        if not self.datadir.is_dir() or not os.access(self.datadir, os.R_OK | os.X_OK):
+            raise UsageError(f"datadir {self.datadir} is not a readable folder on this host",
+                             "a cold backup runs on the database host, as a user that can read it")
+        self.roots = plan_roots(probe, self.datadir, list(opts.paths))
+        _, self.est_bytes = scan_size(self.roots)
+        _check_store(self.store, self.catalog)
+        self.backup_id = new_backup_id("cold")
+        self.archive_key = layout.cold_archive(self.backup_id, 0)
+        if opts.staging:
+            self.staging_dir = self._check_staging(Path(opts.staging).expanduser().absolute())
+        self.config_data: bytes | None = None
+        if opts.config_file:
+            try:
+                self.config_data = Path(opts.config_file).expanduser().read_bytes()
+            except OSError as exc:
+                raise UsageError(f"cannot read config file {opts.config_file}: {exc.strerror}") from None
+        self.threads = opts.compression_threads if opts.compression_threads >= 0 else (os.cpu_count() or 1)
+
+    def _check_staging(self, base: Path) -> Path:
+        try:
+            base.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"cannot create staging folder {base}: {exc.strerror}") from None
+        if not os.access(base, os.W_OK):
+            raise UsageError(f"staging folder {base} is not writable")
+        if _inside(base, self.datadir):
+            raise UsageError(f"staging folder {base} is inside the datadir")
+        free = _free_bytes(base)
+        if free < self.est_bytes * 1.05 + (64 << 20):
+            raise UsageError(f"staging folder {base} has {free >> 20} MiB free; the datadir needs "
+                             f"about {self.est_bytes >> 20} MiB")
+        return base / f"{self.backup_id}.staging"
+
+    def _count(self, n: int) -> None:
+        self.copied += n
+        self.report(Phase("staging" if self.staging_dir else "copy", self.copied, self.est_bytes))
+
+    # -- the downtime ------------------------------------------------------------------
+    def downtime(self) -> None:
+        """Stop, confirm, copy (or read everything into the archive), and always start again."""
+        t, mono, ctl, probe = self.t, self.mono, self.ctl, self.probe
+        self.preflush_info, undo_preflush = _preflush(self.spec, self.opts.preflush_timeout)
+        old_fast = ctl.prepare_clean_shutdown()
+        guardian = RestartGuardian(ctl) if self.opts.guardian else None
+        self.started_at = time.time()
+        stop_sent = False
         try:
             if guardian is not None:
                 guardian.start()
                 guardian.arm(probe.pid)
-            guard.raise_pending()
-            say("stopping the server")
+            self.guard.raise_pending()
+            self.say("stopping the server")
             stop_sent = True
             t["stop_requested"], mono["stop_requested"] = time.time(), time.monotonic()
             ctl.request_stop()
-            if not ctl.wait_exit(probe.pid, opts.stop_timeout):
+            if not ctl.wait_exit(probe.pid, self.opts.stop_timeout):
                 raise ServerControlError(f"the server (pid {probe.pid}) did not stop within "
-                                         f"{opts.stop_timeout:.0f} s")
+                                         f"{self.opts.stop_timeout:.0f} s")
             t["stopped"], mono["stopped"] = time.time(), time.monotonic()
-            check = ctl.check_shutdown(probe.pid)
-            end = binlog_end(probe)
-            if end is not None and end.closed is False:
-                check.binlog_closed = False
-            elif end is not None:
-                check.binlog_closed = True
+            self.check = check = ctl.check_shutdown(probe.pid)
+            self.end = binlog_end(probe)
+            if self.end is not None:
+                check.binlog_closed = bool(self.end.closed)
             if not check.clean:
                 raise ServerControlError("the server did not stop cleanly ("
                                          + "; ".join(check.problems()) + "), so nothing was copied")
-            say("copying the datadir" + (" to staging" if staging_dir else ""))
-            if staging_dir is not None:
+            self.say("copying the datadir" + (" to staging" if self.staging_dir else ""))
+            if self.staging_dir is not None:
                 c0 = time.monotonic()
-                staged_roots = copy_roots(roots, staging_dir, count)
-                staging_info = {"path": str(staging_dir), "copy_seconds": round(time.monotonic() - c0, 3),
-                                "bytes": copied}
+                self.staged_roots = copy_roots(self.roots, self.staging_dir, self._count)
+                self.staging_info = {"path": str(self.staging_dir),
+                                     "copy_seconds": round(time.monotonic() - c0, 3),
+                                     "bytes": self.copied}
             else:
-                archive, stats = stream_roots(store, archive_key, roots, level=opts.compression_level,
-                                              threads=threads, on_bytes=count)
+                self.upload = ArchiveUpload(self.store, self.archive_key, self.roots,
+                                            level=self.opts.compression_level, threads=self.threads,
+                                            on_bytes=self._count)
+                self.upload.start()  # (assigned first: a signal inside start() still cancels it)
+                self.upload.wait_read()  # every file is read: the rest needs no downtime
+                mono["read"] = time.monotonic()
         except BaseException as exc:  # noqa: BLE001 - every path out restarts the server
-            failure = exc
+            self.failure = exc
+            if self.upload is not None:
+                self.upload.cancel()
         finally:
-            with guard.deferred():
+            with self.guard.deferred():
                 if stop_sent:
-                    try:
-                        started = ctl.ensure_running(stop_sent=True, pid=probe.pid,
-                                                     on_start=lambda: say("starting the server"))
-                        if started is not None:
-                            t["start_requested"] = started.requested_at
-                            t["accepting"] = started.accepting_at
-                            mono["start_requested"] = started.requested_mono
-                            mono["accepting"] = started.accepting_mono
-                    except BackupkitError as exc:
-                        start_failure = exc
-                    except BaseException as exc:  # noqa: BLE001
-                        start_failure = ServerControlError(f"THE SERVER IS DOWN: restart failed: {exc}",
-                                                           "START THE SERVER BY HAND")
+                    self._restart()
                 else:
                     ctl.undo_prepare(old_fast)
                     undo_preflush()
-                if guardian is not None and start_failure is None:
+                if guardian is not None and self.start_failure is None:
                     guardian.done()
                 elif guardian is not None:
                     guardian.close()  # it will try once more on its own
-        downtime = _downtime(t, mono)
-        if start_failure is not None:
-            if staging_dir is not None and staged_roots is not None:
-                start_failure.message += f"; the datadir copy is kept in {staging_dir}"
-            elif archive is not None and stats is not None and failure is None and end is not None:
-                manifest = _manifest(backup_id, source, end, pre_point, probe, roots, datadir, stats,
-                                     [archive], downtime, check, opts, preflush_info, staging_info,
-                                     started_at, {"checked": False, "reason": "the server did not start"})
-                catalog.commit_backup(manifest)
-                start_failure.message += f"; backup {backup_id} was written"
-            raise start_failure
-        if failure is not None:
-            if staging_dir is not None:
-                shutil.rmtree(staging_dir, ignore_errors=True)
-            raise _explain(failure, downtime, went_down=t["stopped"] is not None or
-                           t["accepting"] is not None) from failure
 
-        # The server runs again. A staged copy is uploaded now; a signal only aborts the upload.
+    def _restart(self) -> None:
         try:
-            if staging_dir is not None and staged_roots is not None:
-                say("uploading the staged copy")
-                u0 = time.monotonic()
-                copied = 0
+            started = self.ctl.ensure_running(stop_sent=True, pid=self.probe.pid,
+                                              on_start=lambda: self.say("starting the server"))
+            if started is not None:
+                self.t["start_requested"], self.t["accepting"] = started.requested_at, started.accepting_at
+                self.mono["start_requested"] = started.requested_mono
+                self.mono["accepting"] = started.accepting_mono
+        except BackupkitError as exc:
+            self.start_failure = exc
+        except BaseException as exc:  # noqa: BLE001
+            self.start_failure = ServerControlError(f"THE SERVER IS DOWN: restart failed: {exc}",
+                                                    "START THE SERVER BY HAND")
 
-                def upload_count(n: int) -> None:
-                    nonlocal copied
-                    copied += n
-                    report(Phase("upload", copied, staging_info.get("bytes", 0)))
+    # -- after the restart ----------------------------------------------------------------
+    def abandon(self) -> None:
+        """Stop any upload still running and remove the staging copy (ours)."""
+        if self.upload is not None:
+            self.upload.cancel()
+            self.upload.join()
+        if self.staging_dir is not None:
+            shutil.rmtree(self.staging_dir, ignore_errors=True)
 
-                archive, stats = stream_roots(store, archive_key, staged_roots,
-                                              level=opts.compression_level, threads=threads,
-                                              on_bytes=upload_count)
-                staging_info["upload_seconds"] = round(time.monotonic() - u0, 3)
-            guard.raise_pending()
-        except SignalInterrupt as exc:
-            raise Interrupted(f"interrupted by {exc.name} during the upload of the staged copy; the "
-                              "server is running; no backup was written") from None
-        finally:
-            if staging_dir is not None:
-                shutil.rmtree(staging_dir, ignore_errors=True)
-    if archive is None or stats is None:
-        raise BackupkitError("internal error: the copy produced no archive")
-    objects = [archive]
-    if config_data is not None:
-        objects.append(put_object(store, layout.cold_config(backup_id), config_data,
-                                  level=opts.compression_level))
-    point_check = check_point_after_restart(spec, end, probe.flavor) if end else {"checked": False}
-    if end is not None and not end.gtid and probe.flavor == "mariadb":
-        if point_check.get("checked"):
-            end.gtid = point_check["binlog_gtid_pos"]
-            end.gtid_source = "BINLOG_GTID_POS after the restart"
-        else:
-            end.gtid = scan_gtid_pos(Path(end.path), end.pos)
-            end.gtid_source = "binlog events"
-    manifest = _manifest(backup_id, source, end, pre_point, probe, roots, datadir, stats,  # type: ignore
-                         objects, downtime, check, opts, preflush_info, staging_info, started_at,
-                         point_check)
-    catalog.commit_backup(manifest)
-    if point_check.get("checked") and not point_check.get("equal"):
-        log.warning("recorded GTID %s differs from BINLOG_GTID_POS %s", end.gtid if end else "",
-                    point_check.get("binlog_gtid_pos"))
-    return manifest
+    def after_restart(self) -> None:
+        """Finish storing the archive (the tail of a direct copy, or the staged copy)."""
+        if self.upload is not None and self.failure is None:
+            try:
+                self.archive, self.stats = self.upload.wait_done()
+            except BaseException as exc:  # noqa: BLE001
+                self.failure = exc
+        if self.upload is not None:
+            self.upload.cancel()  # a no-op when it is done
+            self.upload.join()
+        self.downtime_record = _downtime(self.t, self.mono)
+        if "read" in self.mono and "stopped" in self.mono:
+            self.downtime_record["read_seconds"] = round(self.mono["read"] - self.mono["stopped"], 4)
+        if self.start_failure is not None:
+            self._raise_start_failure()
+        if self.failure is not None:
+            self.abandon()
+            went_down = self.t["stopped"] is not None or self.t["accepting"] is not None
+            raise _explain(self.failure, self.downtime_record, went_down) from self.failure
+        self.guard.raise_pending()
+        if self.staging_dir is not None and self.staged_roots is not None:
+            try:
+                self._upload_staged()
+            finally:
+                shutil.rmtree(self.staging_dir, ignore_errors=True)
+
+    def _raise_start_failure(self) -> None:
+        exc = self.start_failure
+        assert exc is not None
+        if self.staging_dir is not None and self.staged_roots is not None:
+            exc.message += f"; the datadir copy is kept in {self.staging_dir}"
+        elif self.archive is not None and self.failure is None:
+            point_check = {"checked": False, "reason": "the server did not start"}
+            self.catalog.commit_backup(self._manifest([self.archive], point_check))
+            exc.message += f"; backup {self.backup_id} was written"
+        raise exc
+
+    def _upload_staged(self) -> None:
+        self.say("uploading the staged copy")
+        u0 = time.monotonic()
+        done = 0
+
+        def count(n: int) -> None:
+            nonlocal done
+            done += n
+            self.report(Phase("upload", done, self.staging_info.get("bytes", 0)))
+
+        assert self.staged_roots is not None
+        self.archive, self.stats = stream_roots(self.store, self.archive_key, self.staged_roots,
+                                                level=self.opts.compression_level,
+                                                threads=self.threads, on_bytes=count)
+        self.staging_info["upload_seconds"] = round(time.monotonic() - u0, 3)
+
+    def commit(self) -> BackupManifest:
+        """Check the point against the running server, then write the manifest: the commit."""
+        if self.archive is None or self.stats is None:
+            raise BackupkitError("internal error: the copy produced no archive")
+        objects = [self.archive]
+        if self.config_data is not None:
+            objects.append(put_object(self.store, layout.cold_config(self.backup_id), self.config_data,
+                                      level=self.opts.compression_level))
+        end = self.end
+        point_check = check_point_after_restart(self.spec, end, self.probe.flavor) if end \
+            else {"checked": False, "reason": "binlog disabled"}
+        if end is not None and not end.gtid and self.probe.flavor == "mariadb":
+            if point_check.get("checked"):
+                end.gtid = point_check["binlog_gtid_pos"]
+                end.gtid_source = "BINLOG_GTID_POS after the restart"
+            else:
+                end.gtid = scan_gtid_pos(Path(end.path), end.pos)
+                end.gtid_source = "binlog events"
+            point_check["equal"] = True if point_check.get("checked") else None
+        manifest = self._manifest(objects, point_check)
+        self.catalog.commit_backup(manifest)
+        if point_check.get("checked") and not point_check.get("equal"):
+            log.warning("recorded GTID %s differs from BINLOG_GTID_POS %s", end.gtid if end else "",
+                        point_check.get("binlog_gtid_pos"))
+        return manifest
+
+    def _manifest(self, objects: list[StoredObject], point_check: dict) -> BackupManifest:
+        assert self.stats is not None
+        return _manifest(self.backup_id, self.source, self.end, self.pre_point, self.probe, self.roots,
+                         self.datadir, self.stats, objects, self.downtime_record, self.check, self.opts,
+                         self.preflush_info, self.staging_info, self.started_at, point_check)
 
 
 def _downtime(t: dict[str, float | None], mono: dict[str, float]) -> dict:
