@@ -113,6 +113,7 @@ class ColdSection(_Section):
     staging: str | None = None
     paths: list[str] = Field(default_factory=list)
     compression_level: int = Field(default=1, ge=-7, le=22)
+    preflush_timeout: float = Field(default=30.0, ge=0, le=3600)  # 0: no pre-flush of dirty pages
 
 
 class RetentionSection(_Section):
