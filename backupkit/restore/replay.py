@@ -63,6 +63,7 @@ CHUNK_BYTES = 8 * MIB  # raw event bytes per round trip (base64 keeps a packet u
 #: slows down sharply with many statements in one BINLOG when it writes its own binlog.
 STATEMENTS_PER_BINLOG = 16
 STMT_END_F = 1
+MAX_STATEMENT_BYTES = 700 * MIB  # base64 of it stays under the server's 1 GiB packet limit
 SENTINEL = b"bk~applied"
 SESSION_SETUP = (b"SET @@SESSION.PSEUDO_SLAVE_MODE=1", b"SET @@session.max_delayed_threads=0",
                  b"SET @@session.completion_type=0",
@@ -633,12 +634,18 @@ class Parser:
                 if t in _NATIVE_TYPES:
                     txn.rows.append(raw)
                     txn.rows_bytes += len(raw)
+                    # A BINLOG statement must hold whole source statements: the server forgets
+                    # its table maps at the end of each one, and would skip rows mapped earlier.
                     if t != be.TABLE_MAP_EVENT and len(raw) > 26 and raw[25] & STMT_END_F:
                         txn.stmt_ends += 1
-                        if txn.stmt_ends >= self.per_binlog:
+                        if txn.stmt_ends >= self.per_binlog or txn.rows_bytes >= self.chunk_bytes:
                             self._close_binlog(txn)
-                    if txn.rows_bytes + txn.binlogs_bytes >= self.chunk_bytes:
-                        self._stream_rows(txn)
+                        if txn.binlogs_bytes >= self.chunk_bytes:
+                            self._stream_rows(txn)
+                    elif txn.rows_bytes > MAX_STATEMENT_BYTES:
+                        raise ReplayError(f"{txn.info.where()} has one statement with more than "
+                                          f"{MAX_STATEMENT_BYTES >> 20} MiB of row events",
+                                          "a BINLOG statement cannot carry it (max_allowed_packet)")
                 elif not (t == be.XID_EVENT or (t in be.QUERY_TYPES and _is_commit(hdr, raw, cks,
                                                                                      self.fde))):
                     self._to_text(txn)
@@ -684,8 +691,7 @@ class Parser:
         txn.rows, txn.rows_bytes, txn.stmt_ends = [], 0, 0
 
     def _stream_rows(self, txn: _Txn) -> None:
-        """Send what a big native transaction has so far (BEGIN first)."""
-        self._close_binlog(txn)
+        """Send the finished BINLOG statements of a big native transaction (BEGIN first)."""
         if not txn.streamed:
             self._flush_text()
             self.emit(("begin", txn.head, txn.info), len(txn.head))
@@ -717,6 +723,7 @@ class Parser:
         if txn.native:
             txn.close()
             if txn.streamed:
+                self._close_binlog(txn)
                 self._stream_rows(txn)
                 self.emit(("commit", txn.info), 0)
             else:
