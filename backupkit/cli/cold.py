@@ -71,7 +71,7 @@ def cold(
         stop_timeout=_pick(stop_timeout, src.stop_timeout),
         start_timeout=_pick(start_timeout, src.start_timeout),
         compression_level=_pick(compression_level, pol.compression_level),
-        preflush_timeout=_pick(preflush_timeout, getattr(pol, "preflush_timeout", 30.0)),
+        preflush_timeout=_pick(preflush_timeout, pol.preflush_timeout),
         source_id=src.source_id)
     spec = cfg.source_spec()
     store = cfg.open_store()
