@@ -40,10 +40,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("backupkit.schedule")
 
-JOB_STRATEGIES = ("cold", "snapshot", "verify", "prune")
-GROUPS = {"cold": "source", "snapshot": "source", "verify": "repository", "prune": "repository"}
+JOB_STRATEGIES = ("cold", "snapshot", "verify", "prune", "sync")
+# sync (several storage targets) shares the repository lock: it must not copy what prune deletes.
+GROUPS = {"cold": "source", "snapshot": "source", "verify": "repository", "prune": "repository",
+          "sync": "repository"}
 CLI_ARGS = {"cold": ["cold"], "snapshot": ["snapshot"], "verify": ["verify", "--all"],
-            "prune": ["prune"], "binlog": ["binlog", "ship"]}
+            "prune": ["prune"], "binlog": ["binlog", "ship"], "sync": ["repo", "sync"]}
 MACROS = {"@yearly": "0 0 1 1 *", "@annually": "0 0 1 1 *", "@monthly": "0 0 1 * *",
           "@weekly": "0 0 * * 0", "@daily": "0 0 * * *", "@midnight": "0 0 * * *",
           "@hourly": "0 * * * *"}
@@ -152,11 +154,11 @@ def cron_trigger(expr: str, tz: tzinfo | str | None = None):
 
 
 def next_runs(expr: str, tz: tzinfo, after: datetime, n: int = 3) -> list[datetime]:
-    """The next n times a cron expression fires after a moment."""
+    """The next n times a cron expression fires, strictly after a moment."""
     trig = cron_trigger(expr, tz)
     out: list[datetime] = []
     prev = None
-    now = after
+    now = after + timedelta(microseconds=1)
     while len(out) < n:
         nxt = trig.get_next_fire_time(prev, now)
         if nxt is None:
@@ -188,7 +190,7 @@ def worst_interval(expr: str, tz: tzinfo, after: datetime, horizon_days: int = 4
 def scheduled_strategies(policy: Policy) -> dict[str, str]:
     """Strategy -> cron expression (or "continuous" for the binlog shipper)."""
     out: dict[str, str] = {}
-    for name in ("cold", "snapshot", "binlog", "verify", "prune"):
+    for name in ("cold", "snapshot", "binlog", "verify", "prune", "sync"):
         expr = getattr(policy.strategies, name)
         if expr and expr != "off":
             out[name] = expr
@@ -897,7 +899,7 @@ def serve(policy: Policy, policy_file: str, stop_timeout: float = 600.0,
                     describe=catalog_describer(open_store) if open_store else None)
     if not daemon.schedules() and shipper is None:
         raise ConfigError(f"{policy.path}: key 'strategies': nothing to run",
-                          "set a cron schedule for cold, snapshot, verify or prune, "
+                          "set a cron schedule for cold, snapshot, verify, prune or sync, "
                           "or binlog = \"continuous\"")
     scheduler = BackgroundScheduler(
         timezone=daemon.tz, executors={"default": ThreadPoolExecutor(max_workers=8)},
