@@ -88,6 +88,7 @@ class StrategiesSection(_Section):
     binlog: str | None = None
     verify: str | None = None
     prune: str | None = None
+    sync: str | None = None  # `repo sync` of several storage targets, for example "*/10 * * * *"
 
 
 class SnapshotSection(_Section):

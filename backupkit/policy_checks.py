@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from backupkit.config import Policy
 
-CRON_STRATEGIES = ("cold", "snapshot", "verify", "prune")
+CRON_STRATEGIES = ("cold", "snapshot", "verify", "prune", "sync")
 CRON_HELP = "a cron expression 'minute hour day-of-month month day-of-week' like '0 3 * * 0'"
 STORAGE_FIX = ("add a [storage] section with url = \"file:///var/backups/mysql\" or "
                "\"s3://bucket/prefix\" (or pass --storage)")
@@ -83,7 +83,28 @@ def semantic_problems(policy: Policy, path: Path) -> list[str]:
         if why:
             problems.append(f"{path}: key '{i}': expected a storage URL file:///path or "
                             f"s3://bucket/prefix, found {url!r} ({why})")
+    problems += _targets_problems(policy, path)
     return problems
+
+
+def _targets_problems(policy: Policy, path: Path) -> list[str]:
+    """Several storage targets, their write quorum, their sync schedule, and the encryption key."""
+    st = policy.storage
+    out = []
+    count = len(st.targets) or 1
+    if st.write_quorum is not None and st.write_quorum > count:
+        out.append(f"{path}: key 'storage.write_quorum': expected at most {count} (the number of "
+                   f"storage targets), found {st.write_quorum}")
+    names = [t.name or t.url for t in st.targets]
+    for dup in sorted({n for n in names if names.count(n) > 1}):
+        out.append(f"{path}: key 'storage.targets': expected distinct names, found {dup!r} twice")
+    if policy.strategies.sync and len(st.targets) < 2:
+        out.append(f"{path}: key 'strategies.sync': expected at least two [[storage.targets]] to sync, "
+                   f"found {len(st.targets)}")
+    enc = policy.encryption
+    if enc is not None and not (enc.key_file or enc.key_env):
+        out.append(f"{path}: key 'encryption': expected key_file (a 0600 file) or key_env, found neither")
+    return out
 
 
 def _retention_set(policy: Policy) -> bool:

@@ -100,7 +100,8 @@ def sync(
                 if bar is not None:
                     bar.update(task, completed=done, total=total or None)
 
-            res = sync_stores([_named(s, False) for s in srcs], _named(d, True), keks=keks,
+            # A local target folder that does not exist yet is an empty target, not a lost one.
+            res = sync_stores([_named(s, True) for s in srcs], _named(d, True), keks=keks,
                               dry_run=dry_run, repair=repair, deep=deep, parallel=parallel, progress=tick)
         results.append(res)
     data = {"results": [r.to_dict() for r in results], "complete": all(r.complete for r in results)}

@@ -75,7 +75,7 @@ def run(
 
 @app.command("exec", hidden=True)
 def exec_(
-    strategy: str = typer.Argument(..., help="cold, snapshot, verify or prune."),
+    strategy: str = typer.Argument(..., help="cold, snapshot, verify, prune or sync."),
     locked: bool = typer.Option(False, "--locked", help="The strategy lock is held by flock(1)."),
 ) -> None:
     """Run one strategy once as the daemon would: locks, one log line, the status file."""
@@ -189,7 +189,7 @@ def cron(
     pol = st.policy
     if not scheduled_strategies(pol):
         raise UsageError(f"{pol.path}: key 'strategies': nothing is scheduled",
-                         "set a cron schedule for cold, snapshot, verify or prune, or binlog = "
+                         "set a cron schedule for cold, snapshot, verify, prune or sync, or binlog = "
                          "\"continuous\"")
     if install and crontab:
         raise UsageError("--install writes a cron.d file; --crontab prints user crontab lines")

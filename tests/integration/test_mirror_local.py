@@ -264,3 +264,28 @@ def test_cli_lists_from_the_surviving_target_and_sync_reseeds_the_lost_one(roots
     res = json.loads(r.stdout)
     assert res["ok"] is False and res["results"][0]["held_back"] == ["backups/b1/manifest.json"]
     assert not (tmp_path / "c" / "backups/b1/manifest.json").exists()
+
+
+def test_policy_check_and_the_daemon_sync_job(roots, tmp_path):
+    import json
+
+    from tests.support import run_cli
+
+    targets = (f'[[storage.targets]]\nname = "a"\nurl = "file://{roots[0]}"\n'
+               f'[[storage.targets]]\nname = "b"\nurl = "file://{roots[1]}"\n')
+    bad = tmp_path / "bad.toml"
+    bad.write_text(f'[storage]\nwrite_quorum = 3\n{targets}[encryption]\nkey_id = "x"\n')
+    r = run_cli("policy", "check", str(bad))
+    assert r.returncode == 2
+    assert "storage.write_quorum" in r.stderr and "key_file" in r.stderr
+    good = tmp_path / "good.toml"
+    good.write_text(f'[strategies]\nsync = "*/10 * * * *"\n[storage]\nwrite_quorum = 1\n{targets}')
+    a = LocalStore(roots[0])
+    obj = put_object(a, "backups/b1/data.zst", [b"daemon" * 1000])
+    _synthetic_backup(a, "b1", [obj])
+    r = run_cli("schedule", "exec", "sync", "--policy", str(good), "--json",
+                env={"BACKUPKIT_STATE_DIR": str(tmp_path / "state")})
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert json.loads(r.stdout)
+    assert read_object(LocalStore(roots[1]), obj) == b"daemon" * 1000
+    assert (roots[1] / "backups/b1/manifest.json").exists()
