@@ -1,0 +1,150 @@
+"""The accident scenario through the CLI, and bad input: one line, and the target left alone."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+
+import pytest
+
+from backupkit.mysql.sandbox import Sandbox
+from backupkit.repo.catalog import Catalog
+from backupkit.storage import open_store
+from tests.support import run_cli, table_checksums
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def _cross_second() -> None:
+    time.sleep(1 - (time.time() % 1) + 0.05)
+
+
+def _ok(r):
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout) if r.stdout.strip().startswith("{") else r.stdout
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory):
+    """Orders written, snapshotted, shipped in three runs; then `DROP TABLE orders` by accident."""
+    repo = tmp_path_factory.mktemp("accident") / "repo"
+    src = Sandbox(name="accident-src").start()
+    env = {"BACKUPKIT_STORAGE": f"file://{repo}", "BACKUPKIT_SOURCE": src.url}
+    try:
+        src.sql("CREATE DATABASE shop")
+        src.sql("CREATE TABLE shop.orders (id INT PRIMARY KEY, customer INT, amount DECIMAL(10,2), "
+                "note VARCHAR(100), created DATETIME(6))")
+        src.sql("CREATE TABLE shop.customers (id INT PRIMARY KEY, name VARCHAR(50), orders INT)")
+        src.sql("INSERT INTO shop.customers SELECT seq, CONCAT('c', seq), 0 FROM shop.seq_1_to_40")
+        src.sql("INSERT INTO shop.orders SELECT seq, seq % 40 + 1, seq * 1.25, REPEAT('n', seq % 90), "
+                "'2026-01-01' + INTERVAL seq MINUTE FROM shop.seq_1_to_500")
+        _ok(run_cli("snapshot", "--json", env=env))
+        conn = src.connect(database="shop")
+        cur = conn.cursor()
+        for i in range(501, 551):  # orders after the snapshot, one commit each
+            cur.execute("INSERT INTO orders VALUES (%s, %s, %s, 'late', NOW(6))", (i, i % 40 + 1, i))
+            cur.execute("UPDATE customers SET orders = orders + 1 WHERE id = %s", (i % 40 + 1,))
+        _ok(run_cli("binlog", "ship", "--once", "--server-id", "555", "--json", env=env))
+        cur.execute("UPDATE orders SET amount = amount * 2 WHERE id % 7 = 0")
+        _ok(run_cli("binlog", "ship", "--once", "--server-id", "555", "--json", env=env))
+        before_drop = table_checksums(src, ["shop"])
+        rows_before = src.sql("SELECT COUNT(*) FROM shop.orders")[0][0]
+        cur.execute("DROP TABLE orders")  # the accident
+        _cross_second()
+        t_after_drop = time.time()
+        _cross_second()
+        for i in range(5):
+            cur.execute("UPDATE customers SET name = CONCAT(name, '!') WHERE id = %s", (i + 1,))
+        conn.close()
+        _ok(run_cli("binlog", "ship", "--once", "--server-id", "555", "--json", env=env))
+        store = open_store(f"file://{repo}")
+        catalog = Catalog(store)
+        (sid,) = catalog.sources()
+        yield {"repo": repo, "env": env, "before_drop": before_drop, "rows_before": rows_before,
+               "t_after_drop": t_after_drop, "catalog": catalog, "source_id": sid,
+               "snapshot": catalog.backups()[0]}
+    finally:
+        src.destroy()
+
+
+def test_accident_drop_table_is_found_and_undone_with_stop_before_gtid(shop):
+    found = _ok(run_cli("binlog", "events", "--grep", "DROP TABLE", "--json", env=shop["env"]))
+    assert found["count"] == 1
+    gtid = found["transactions"][0]["gtid"]
+    tgt = Sandbox(name="accident-t").start()
+    try:
+        out = _ok(run_cli("restore", "--stop-before-gtid", gtid, "--target", tgt.url, "--json",
+                          env=shop["env"]))
+        assert table_checksums(tgt, ["shop"]) == shop["before_drop"]
+        assert tgt.sql("SELECT COUNT(*) FROM shop.orders")[0][0] == shop["rows_before"] == 550
+        assert out["replay"]["stopped_by"] == "target"
+        assert out["reached"]["gtid"] != gtid
+        domain, server, seq = gtid.split("-")
+        assert out["reached"]["gtid"] == f"{domain}-{server}-{int(seq) - 1}"
+    finally:
+        tgt.destroy()
+
+
+@pytest.fixture(scope="module")
+def bystander():
+    """A target server that every refused restore must leave exactly as it was."""
+    sb = Sandbox(name="bystander").start()
+    sb.sql("CREATE DATABASE keep")
+    sb.sql("CREATE TABLE keep.t (id INT PRIMARY KEY)")
+    sb.sql("INSERT INTO keep.t VALUES (1), (2)")
+    yield sb
+    sb.destroy()
+
+
+def _state(sb: Sandbox) -> tuple:
+    return (sb.sql("SHOW DATABASES"), sb.sql("SELECT @@gtid_binlog_pos"), table_checksums(sb))
+
+
+def _one_line(r) -> str:
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, r.stderr
+    assert "Traceback" not in r.stderr
+    return lines[0]
+
+
+def _damaged_copy(shop, tmp_path, damage: str) -> dict[str, str]:
+    """A copy of the repository with the middle segment's index entry or data object removed."""
+    repo = tmp_path / "repo"
+    shutil.copytree(shop["repo"], repo)
+    store = open_store(f"file://{repo}")
+    segs = [s for s in Catalog(store).segments(shop["source_id"]) if s.end_pos > s.start_pos]
+    assert len(segs) >= 3
+    middle = segs[1]
+    store.delete([middle.key] if damage == "index" else [middle.object.key])
+    return {**shop["env"], "BACKUPKIT_STORAGE": f"file://{repo}"}
+
+
+@pytest.mark.parametrize("case", ["bad-time", "before-oldest-base", "after-newest-commit", "gap",
+                                  "missing-object"])
+def test_bad_input_is_one_line_and_leaves_the_target_untouched(shop, bystander, tmp_path, case):
+    env = shop["env"]
+    snap_time = shop["snapshot"].point.time
+    fmt = "@{:.6f}"
+    args = {"bad-time": ["--to-time", "2026-13-45 25:61:00"],
+            "before-oldest-base": ["--to-time", fmt.format(snap_time - 3600)],
+            "after-newest-commit": ["--to-time", fmt.format(time.time() + 3600)],
+            "gap": ["--to-time", fmt.format(shop["t_after_drop"])],
+            "missing-object": ["--to-time", fmt.format(shop["t_after_drop"])]}[case]
+    if case == "gap":
+        env = _damaged_copy(shop, tmp_path, "index")
+    elif case == "missing-object":
+        env = _damaged_copy(shop, tmp_path, "object")
+    before = _state(bystander)
+    r = run_cli("restore", *args, "--target", bystander.url, "--force", env=env)
+    line = _one_line(r)
+    expect = {"bad-time": (2, "cannot read the time"),
+              "before-oldest-base": (2, "earlier than the oldest base"),
+              "after-newest-commit": (2, "later than the newest shipped commit"),
+              "gap": (2, "behind a gap"),
+              "missing-object": (4, "not found")}[case]
+    assert r.returncode == expect[0], line
+    assert expect[1] in line
+    if case in ("before-oldest-base", "after-newest-commit", "gap"):
+        assert "nearest reachable" in line
+    assert _state(bystander) == before
