@@ -42,9 +42,7 @@ def check(
             conn.close()
         result["source"] = {"url": spec.display(), "flavor": facts.flavor, "version": facts.version,
                             "log_bin": facts.log_bin, "binlog_format": facts.binlog_format}
-        store = st.open_store(create=False)
-        store.check()
-        result["storage"] = store.describe()
+        result["storage"] = _check_storage(st)
 
     def human(c) -> None:
         c.print(f"{file}: policy {st.policy.name!r} is valid")
@@ -52,9 +50,32 @@ def check(
             s = result["source"]
             c.print(f"source  {s['url']}: {s['version']}, log_bin={s['log_bin']}, "
                     f"binlog_format={s['binlog_format']}")
-            c.print(f"storage {result['storage']}: reachable")
+            c.print(f"storage {result['storage']}")
 
     render(result, human)
+
+
+def _check_storage(st) -> str:
+    """Reach the storage; a local folder that does not exist yet is fine if it can be created."""
+    import os
+    from pathlib import Path
+    from urllib.parse import unquote, urlparse
+
+    from backupkit.errors import StorageError
+
+    try:
+        store = st.open_store(create=False)
+        store.check()
+        return f"{store.describe()}: reachable"
+    except StorageError:
+        url = st.storage_url or ""
+        if url.startswith("s3://"):
+            raise
+        path = Path(unquote(urlparse(url).path) if "://" in url else url).expanduser()
+        parent = next((p for p in path.parents if p.exists()), None)
+        if path.exists() or parent is None or not os.access(parent, os.W_OK):
+            raise
+        return f"file://{path}: does not exist yet; created on the first backup (under {parent})"
 
 
 @app.command("plan")
