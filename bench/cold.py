@@ -1,0 +1,175 @@
+"""Cold backup downtime against a plain stop, `cp -a` and start of the same datadir, in one run.
+
+On a private mariadbd with a datadir of about 1 GB (four 1,000,000-row sysbench tables; --quick:
+one table of 200,000 rows), each round measures, on the same server and datadir:
+- baseline: SQL SHUTDOWN, wait for the process to exit, `cp -a` the datadir to a folder on the same
+  disk, run the start command and wait until it accepts a connection;
+- `backupkit cold` straight to a local repository on the same disk (zstd at the policy's level 1,
+  per-file sha256), downtime as recorded in the manifest; peak RSS of the backupkit process;
+- `backupkit cold` with zstd level -1 (fast), same measure;
+- `backupkit cold --staging DIR`: copy to a local folder while down, restart, then upload.
+The best round of each is kept (the machine is shared; best-of is fair to every side).
+Goals (issue 6): direct downtime <= 1.2x the baseline; with --staging, downtime <= the staging
+copy + stop + start of the same run (allowing 5% for the shutdown checks between them).
+
+Usage: python bench/cold.py [--quick] [--json]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import main_for, measure, row  # noqa: E402
+
+from backupkit.mysql.control import ServiceControl  # noqa: E402
+from backupkit.mysql.sandbox import Sandbox  # noqa: E402
+
+BENCH = "cold"
+SERVER_ARGS = ["--innodb-buffer-pool-size=512M", "--innodb-log-file-size=256M",
+               "--innodb-flush-log-at-trx-commit=2"]
+
+
+def _digits(n: int) -> str:
+    """SQL for sysbench-like groups of 11 random digits joined by '-'."""
+    part = "LPAD(FLOOR(RAND() * 100000000000), 11, '0')"
+    return "CONCAT(" + ", '-', ".join([part] * n) + ")"
+
+
+def build(sb: Sandbox, tables: int, rows: int) -> None:
+    """sysbench-like tables, generated in the server (not written to the binlog)."""
+    sb.sql("CREATE DATABASE sbtest")
+    conn = sb.connect(database="sbtest")
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SET SESSION sql_log_bin = 0")
+            for i in range(1, tables + 1):
+                cur.execute(f"CREATE TABLE sbtest{i} (id INT NOT NULL PRIMARY KEY, k INT NOT NULL, "
+                            f"c CHAR(120) NOT NULL, pad CHAR(60) NOT NULL, KEY k_1 (k)) ENGINE=InnoDB")
+                cur.execute(f"INSERT INTO sbtest{i} SELECT seq, FLOOR(RAND(seq) * {rows}), "
+                            f"{_digits(10)}, {_digits(5)} FROM seq_1_to_{rows}")
+    finally:
+        conn.close()
+
+
+def du(path: Path) -> int:
+    total = 0
+    for d, _, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.lstat(os.path.join(d, f)).st_blocks * 512
+            except OSError:
+                pass
+    return total
+
+
+def warm(path: Path) -> None:
+    """Read every file once so that each measure starts from the same (warm) page cache."""
+    for d, _, files in os.walk(path):
+        for f in files:
+            try:
+                with open(os.path.join(d, f), "rb") as fh:
+                    while fh.read(8 << 20):
+                        pass
+            except OSError:
+                pass
+
+
+def baseline(sb: Sandbox, dest: Path) -> dict:
+    """Plain stop (SQL SHUTDOWN), cp -a, start; the same wait-for-connections as backupkit."""
+    ctl = ServiceControl(sb.spec, start_command=sb.start_command(), pid_file=sb.pid_file,
+                         stop_timeout=600, start_timeout=600)
+    probe = ctl.probe()
+    shutil.rmtree(dest, ignore_errors=True)
+    t0 = time.monotonic()
+    ctl.request_stop()
+    ctl.wait_exit(probe.pid, 600)
+    t1 = time.monotonic()
+    cp = measure(["cp", "-a", str(sb.datadir), str(dest)])
+    t2 = time.monotonic()
+    ctl.start()
+    t3 = time.monotonic()
+    shutil.rmtree(dest, ignore_errors=True)
+    if cp.returncode != 0:
+        raise RuntimeError(f"cp -a failed: {cp.stderr}")
+    return {"total": t3 - t0, "stop": t1 - t0, "copy": t2 - t1, "start": t3 - t2,
+            "rss": cp.peak_rss_mib}
+
+
+def cold(sb: Sandbox, repo: Path, *extra: str) -> dict:
+    shutil.rmtree(repo, ignore_errors=True)
+    m = measure(["backupkit", "cold", "--source", sb.url, "--storage", f"file://{repo}",
+                 "--start-command", sb.start_command(), "--pid-file", str(sb.pid_file),
+                 "--json", *extra])
+    if m.returncode != 0:
+        raise RuntimeError(f"backupkit cold failed: {m.stderr.strip()}")
+    out = json.loads(m.stdout)
+    d = out["downtime"]
+    staged = out.get("staging") or {}
+    shutil.rmtree(repo, ignore_errors=True)
+    return {"total": d["total_seconds"], "stop": d["stop_seconds"], "copy": d["copy_seconds"],
+            "start": d["start_seconds"], "rss": m.peak_rss_mib, "wall": m.wall,
+            "stored": out["stats"]["stored_bytes"], "logical": out["stats"]["logical_bytes"],
+            "staging_copy": staged.get("copy_seconds"), "upload": staged.get("upload_seconds")}
+
+
+def run(quick: bool = False) -> list[dict]:
+    tables, rows, rounds = (1, 200_000, 1) if quick else (4, 1_000_000, 2)
+    work = Path(tempfile.mkdtemp(prefix="backupkit-bench-cold-"))
+    sb = Sandbox(base=work / "server", name="bench-cold", extra_args=SERVER_ARGS)
+    try:
+        sb.start()
+        build(sb, tables, rows)
+        size = du(sb.datadir)
+        results: dict[str, list[dict]] = {"base": [], "cold": [], "fast": [], "staging": []}
+        for _ in range(rounds):
+            warm(sb.datadir)
+            results["base"].append(baseline(sb, work / "cp-copy"))
+            warm(sb.datadir)
+            results["cold"].append(cold(sb, work / "repo"))
+            warm(sb.datadir)
+            results["fast"].append(cold(sb, work / "repo", "--compression-level", "-1"))
+            warm(sb.datadir)
+            results["staging"].append(cold(sb, work / "repo", "--staging", str(work / "staging")))
+    finally:
+        sb.destroy()
+        shutil.rmtree(work, ignore_errors=True)
+
+    best = {k: min(v, key=lambda r: r["total"]) for k, v in results.items()}
+    base, direct, fast, staged = best["base"], best["cold"], best["fast"], best["staging"]
+    mib = size / (1 << 20)
+    out = [
+        row(BENCH, f"datadir size ({tables} x {rows:,} rows)", mib, "MiB"),
+        row(BENCH, "baseline downtime: stop + cp -a + start", base["total"], "s"),
+        row(BENCH, "baseline cp -a alone", base["copy"], "s"),
+    ]
+    r = direct["total"] / base["total"]
+    out.append(row(BENCH, "downtime: cold, zstd 1 (policy default)", direct["total"], "s",
+                   "<= 1.2x stop + cp -a + start", r, r <= 1.2))
+    out.append(row(BENCH, "  of which copy while down (zstd 1)", direct["copy"], "s"))
+    r = fast["total"] / base["total"]
+    out.append(row(BENCH, "downtime: cold, zstd -1", fast["total"], "s",
+                   "<= 1.2x stop + cp -a + start", r, r <= 1.2))
+    parts = (staged["staging_copy"] or 0) + (staged["stop"] or 0) + (staged["start"] or 0)
+    r = staged["total"] / parts if parts else None
+    out.append(row(BENCH, "downtime: cold --staging", staged["total"], "s",
+                   "<= staging copy + stop + start (+5%)", r, r is not None and r <= 1.05))
+    out.append(row(BENCH, "downtime: cold --staging vs baseline", staged["total"], "s",
+                   "informative", staged["total"] / base["total"], None))
+    out.append(row(BENCH, "staging: upload after the restart", staged["upload"] or 0, "s"))
+    out.append(row(BENCH, "copy rate while down (zstd 1)", mib / direct["copy"] if direct["copy"] else 0,
+                   "MiB/s"))
+    out.append(row(BENCH, "stored / datadir bytes (zstd 1)", direct["stored"] / max(1, size), "ratio"))
+    rss = max(direct["rss"], fast["rss"], staged["rss"])
+    out.append(row(BENCH, "peak RSS of backupkit cold", rss, "MiB", "bounded: < 300 MiB", None, rss < 300))
+    return out
+
+
+if __name__ == "__main__":
+    main_for(run)
