@@ -196,3 +196,22 @@ def consume_object(store: ObjectStore, obj, consume: Callable[[Iterator[bytes]],
             log.warning("object %s: %s; starting it over from another copy", obj.key, exc)
     assert last is not None
     raise last
+
+
+def retry_on_other_copy(store: ObjectStore, key: str, fn: Callable[[], T]) -> T:
+    """fn() again (once per other copy of key) when it fails on a bad copy of key.
+
+    For a step that reads key with iter_object and undoes its own effects when it raises (a chunk
+    loaded in a transaction that is rolled back): the failed copy is remembered by the mirror, so the
+    next attempt reads another one. Without several copies this is just fn().
+    """
+    tries = len(store.alternatives(key)) if has_copies(store, key) else 1
+    for attempt in range(tries):
+        try:
+            return fn()
+        except (IntegrityError, StorageError) as exc:
+            if attempt + 1 >= tries or key not in exc.message:
+                raise
+            log.warning("object %s: %s; starting it over from another copy", key, exc.message)
+    raise AssertionError("unreachable")
+

@@ -31,6 +31,7 @@ from backupkit.mysql import infile, tsv
 from backupkit.mysql.connection import ConnSpec, connect, qualified, quote_ident
 from backupkit.repo.catalog import BackupManifest, Catalog, utc_iso
 from backupkit.repo.codec import StoredObject, iter_object, read_object
+from backupkit.repo.failover import retry_on_other_copy
 from backupkit.storage.base import ObjectStore
 
 SESSION_SQL = ("SET SESSION time_zone='+00:00', sql_mode='NO_AUTO_VALUE_ON_ZERO', "
@@ -300,7 +301,8 @@ def _load_chunks(target: ConnSpec, store: ObjectStore, chunks: list[_Chunk], opt
                     c = work.get_nowait()
                 except queue.Empty:
                     return
-                load_one(conn, c)
+                # A bad copy on one storage target: load the chunk again from another (repo/failover.py).
+                retry_on_other_copy(store, c.obj.key, lambda c=c: load_one(conn, c))
         except BaseException as exc:  # noqa: BLE001 - handed to the caller
             with lock:
                 errors.append(exc)

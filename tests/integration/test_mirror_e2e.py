@@ -232,3 +232,36 @@ def test_region_stopped_while_shipping_writes_go_on_and_sync_completes_it(region
     assert west_only.backup(backup_id).id == backup_id
     for seg in west_only.segments(sid):
         verify_object(west_only.store, seg.object)  # every byte checked against its index entry
+
+
+def test_large_corrupt_chunk_is_loaded_again_from_the_other_region(regions, source, mariadb_factory,
+                                                                   tmp_path, monkeypatch):
+    """A chunk too big to verify before loading: the load fails on the bad copy, is rolled back, and
+    is loaded again from the other region (the snapshot loader retries on another copy)."""
+    from backupkit.restore.load import RestoreOptions, restore_snapshot
+    from backupkit.storage.mirror import find_mirror
+
+    monkeypatch.setattr("backupkit.repo.failover.BUFFER_LIMIT", 1024)  # every chunk streams
+    source.sql("CREATE TABLE shop.blobs (id INT PRIMARY KEY, b VARBINARY(1000))")
+    source.sql("INSERT INTO shop.blobs SELECT seq, RANDOM_BYTES(1000) FROM shop.seq_1_to_4000")
+    east, west = regions
+    p, eb, wb = _policy(tmp_path, east, west, quorum="all")
+    policy = _with_source(p, source)
+    backup_id, _ = _snapshot(policy)
+    at_snapshot = table_checksums(source, ["shop"])
+    c = _client(east)
+    sizes = _keys(east, eb)
+    chunk = next(k for k in sizes if "/blobs/" in k and k.endswith(".tsv.zst"))
+    assert sizes[chunk] > 2 << 20  # more than the codec reads at once: bytes flow before the end
+    data = bytearray(c.get_object(Bucket=eb, Key=chunk)["Body"].read())
+    data[len(data) - 1000] ^= 0x01
+    c.put_object(Bucket=eb, Key=chunk, Body=bytes(data))
+    store = Settings.resolve(policy, None, None).open_store()
+    target = mariadb_factory(server_id=2)
+    result = restore_snapshot(store, Catalog(store).backup(backup_id), target.spec,
+                              RestoreOptions(parallel=2, record=False))
+    assert result.rows == 24000
+    assert table_checksums(target, ["shop"]) == at_snapshot
+    events = find_mirror(store).report()["events"]
+    key = chunk.removeprefix("repo/")
+    assert any(e["kind"] == "read_failover" and e["target"] == "east" and e["key"] == key for e in events)
