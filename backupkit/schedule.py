@@ -4,9 +4,9 @@ Each scheduled strategy runs as its own process, `backupkit --policy FILE schedu
 work, so that the daemon and system cron behave the same way:
 - a run of a strategy holds a lock file (`flock`), so two runs of one strategy never overlap,
   whether they come from the daemon, from cron or from a person;
-- cold and snapshot share a "source" lock (a snapshot cannot read a stopped server), and verify
-  and prune share a "repository" lock (verify must not read what prune is deleting): the second
-  one waits for the first;
+- cold and snapshot share a "source" lock (a snapshot cannot read a stopped server); verify,
+  prune and sync share a "repository" lock (verify must not read, nor sync copy, what prune is
+  deleting): the second one waits for the first;
 - every run ends with one log line (start, end, result, sizes, duration) and updates the status
   file that `schedule status` shows.
 The binlog shipper is a long-running child that the daemon restarts with exponential backoff.
