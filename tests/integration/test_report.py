@@ -64,6 +64,8 @@ def test_report_matches_cold_snapshot_and_shipped_binlog(tmp_path):
         t0 = cold.point.time
         _txns(src, 3, 2, "after-t0")  # 3 transactions, 6 rows
         _cross_second()
+        t_cold_mark = time.time()  # only the cold backup is at or before this moment
+        _cross_second()
         snap = take_snapshot(src.spec, store, SnapshotOptions(source_id=SID, parallel=1))
         t1 = snap.point.time
         _cross_second()
@@ -118,6 +120,20 @@ def test_report_matches_cold_snapshot_and_shipped_binlog(tmp_path):
         assert after["binlog"]["rto_seconds"] == pytest.approx(rec["duration"], abs=0.001)
         assert after["snapshot"]["rto_seconds"] == pytest.approx(rec["base_seconds"], abs=0.001)
         assert after["cold"]["rto_seconds"] is None
+
+        # a moment before the snapshot: the cold backup is the base, then the binlog is replayed
+        cold_tgt = Sandbox(name="report-cold")
+        (cold_tgt.base / "tmp").mkdir(parents=True, exist_ok=True)
+        try:
+            r = run_cli("restore", "--to-time", f"@{t_cold_mark:.6f}", "--datadir", str(cold_tgt.datadir),
+                        "--start-command", cold_tgt.start_command(), "--target", cold_tgt.url, "--json",
+                        env=env)
+            assert r.returncode == 0, r.stderr
+            out = json.loads(r.stdout)
+            assert out["plan"]["base"]["id"] == cold.id and out["replay"]["transactions"] == 3
+            assert cold_tgt.sql("SELECT COUNT(*) FROM app.t")[0][0] == 4 + 6
+        finally:
+            cold_tgt.destroy()
 
         human = run_cli("report", "--at", f"@{at:.6f}", env={**env, "COLUMNS": "250"})
         assert human.returncode == 0, human.stderr
