@@ -336,6 +336,7 @@ class _Uploader(threading.Thread):
         self.store_fn = store_fn
         self.queue: queue.Queue[_Pending | None] = queue.Queue(maxsize=depth)
         self.error: BaseException | None = None
+        self.aborted = threading.Event()
 
     def run(self) -> None:
         while True:
@@ -343,7 +344,7 @@ class _Uploader(threading.Thread):
             try:
                 if item is None:
                     return
-                if self.error is None:
+                if self.error is None and not self.aborted.is_set():
                     self.store_fn(item)
             except BaseException as exc:  # handed to the main thread
                 self.error = exc
@@ -373,10 +374,24 @@ class _Uploader(threading.Thread):
             time.sleep(0.005)
         self.check()
 
-    def close(self) -> None:
-        if self.is_alive():
-            self.queue.put(None)
-            self.join(timeout=60)
+    def close(self, abort: bool = False) -> None:
+        """Stop the thread; with abort, segments still waiting are dropped, not committed."""
+        if abort:
+            self.aborted.set()
+        while self.is_alive():
+            try:
+                self.queue.put(None, timeout=0.2)
+                break
+            except queue.Full:
+                if self.aborted.is_set():
+                    try:
+                        dropped = self.queue.get_nowait()
+                        if dropped is not None:
+                            dropped.close()
+                        self.queue.task_done()
+                    except queue.Empty:
+                        pass
+        self.join(timeout=60)
 
 
 class Shipper:
@@ -447,17 +462,20 @@ class Shipper:
                 keeper.start()
                 self.uploader = _Uploader(self._store)
                 self.uploader.start()
+                clean = False
                 try:
                     self._ship()
                     self.uploader.drain()
+                    clean = True
                     break
                 except LeaseLost as exc:
                     self.notify(f"warning: {exc.message}; standing by")
+                    self.uploader.close(abort=True)
                     self._discard_buffer()
                     if not self.opts.wait_for_lease or self.opts.until_current:
                         raise
                 finally:
-                    self.uploader.close()
+                    self.uploader.close(abort=not clean)
                     keeper.stop()
         finally:
             if self.lease.held:
@@ -768,9 +786,12 @@ class Shipper:
             return  # the announcement at connect
         # The server moved on to another file: the current one has ended (STOP, crash, restart).
         if self.tracker.in_txn or len(self.buf) != self.boundary_len:
-            raise IntegrityError(f"{self.file} ended inside a transaction at "
-                                 f"{self.seg_start + self.boundary_len}",
-                                 "the source's binlog is damaged")
+            # Only after a crash: a transaction not wholly in the binlog was rolled back by the
+            # server's recovery, so it is not part of the history to ship.
+            self.notify(f"warning: {self.file} ends with an incomplete transaction at "
+                        f"{self.seg_start + self.boundary_len} ({len(self.buf) - self.boundary_len} "
+                        "bytes); the server rolled it back at recovery, it is not shipped")
+            self._drop_partial()
         if rot.next_file != next_binlog_name(self.file) or rot.position != 4:
             raise IntegrityError(f"the source moved from {self.file} to {rot.next_file}:{rot.position}, "
                                  "not to the next file", "check the source's binlog index")
@@ -840,7 +861,7 @@ class Shipper:
                 self._commit(info)
                 break
             except StorageError as exc:
-                if self.stopping and attempt >= 5:
+                if (self.stopping and attempt >= 5) or (self.uploader and self.uploader.aborted.is_set()):
                     raise
                 self.notify(f"warning: storing segment {f['binlog_file']}:{f['start_pos']}-{f['end_pos']} "
                             f"failed: {exc.message}; retrying in {backoff:.1f}s")
