@@ -79,6 +79,11 @@ CREATE TABLE parted (id INT, created DATE, v VARCHAR(20), PRIMARY KEY (id, creat
 INSERT INTO parted VALUES (1, '2019-05-01', 'old'), (2, '2024-05-01', 'new');
 CREATE TABLE wide (id INT PRIMARY KEY, payload LONGBLOB);
 INSERT INTO wide VALUES (1, REPEAT(UNHEX('000A095C'), 1000000)), (2, NULL);
+CREATE TABLE parent (id INT PRIMARY KEY);
+CREATE TABLE child (id INT PRIMARY KEY, pid INT,
+  CONSTRAINT fk_child FOREIGN KEY (pid) REFERENCES parent (id) ON DELETE CASCADE);
+INSERT INTO parent VALUES (1), (2);
+INSERT INTO child VALUES (10, 1), (20, 2);
 CREATE VIEW v_every AS SELECT id, vc FROM every_type WHERE id < 5;
 CREATE VIEW v_of_view AS SELECT COUNT(*) AS n FROM v_every;
 CREATE TRIGGER latin_bi BEFORE INSERT ON latin FOR EACH ROW SET NEW.note = CONCAT('t:', NEW.note);
@@ -162,6 +167,8 @@ def test_every_type_round_trips_exactly(source, mariadb_factory, store_url):
     assert target.sql("SELECT COUNT(*) FROM information_schema.events WHERE event_schema='types_db'") \
         == [(1,)]
     assert target.sql("SELECT gen_s FROM types_db.every_type WHERE id=2") == [("gtab\there",)]
+    target.sql("DELETE FROM types_db.parent WHERE id = 1")  # the foreign key came back and works
+    assert target.sql("SELECT id FROM types_db.child") == [(20,)]
     grants = "SHOW GRANTS FOR 'app'@'%'"
     assert target.sql(grants) == source.sql(grants)
     assert not target.sql("SELECT 1 FROM information_schema.schemata WHERE schema_name LIKE 'bkrestore%'")
