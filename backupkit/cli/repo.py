@@ -173,7 +173,7 @@ def loss_by_target_table(survival: list[dict]):
     rows = []
     for s in survival:
         if s.get("error"):
-            rows.append([s["lost_target"], "-", s["error"], "-"])
+            rows.append([s["lost_target"], "all", s["error"], "-"])
         for x in s["strategies"]:
             point = (f"{utc_iso(x['recovery_point'])} ({x['recovery_source']})"
                      if x["recovery_point"] else "none")

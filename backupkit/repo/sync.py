@@ -484,6 +484,8 @@ def survival_by_target(targets: list[Named], wrap: Callable[[ObjectStore], Objec
                  "recovery_source": x.recovery_source,
                  "loss_seconds": None if x.loss_seconds is None else round(x.loss_seconds, 3)}
                 for x in rep.strategies]
+            if not rep.strategies:
+                row["error"] = "the other targets hold no backup and no binlog: everything is lost"
         except BackupkitError as exc:
             row["error"] = exc.message
         out.append(row)
