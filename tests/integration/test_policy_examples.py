@@ -110,5 +110,15 @@ def test_example_policy_runs_every_strategy_it_schedules(name, mariadb, tmp_path
     assert status.returncode == 0
     jobs = json.loads(status.stdout)["jobs"]
     assert all(jobs[s]["last"]["result"] == "ok" for s in want if s != "binlog")
-    r = run_cli("verify", "--all", "--policy", str(policy), env=env)
-    assert r.returncode == 0, r.stderr
+    if name == "cold-only.toml":  # the restore test of a cold backup: a private server on it
+        r = run_cli("verify", "--all", "--restore-test", "--json", "--policy", str(policy), env=env,
+                    timeout=300)
+        assert r.returncode == 0, r.stderr + r.stdout
+        (t,) = json.loads(r.stdout)["restore_tests"]
+        assert t["kind"] == "cold" and t["server_started"] and t["tables"] >= 1 and t["duration_s"] > 0
+        r = run_cli("policy", "plan", str(policy), "--json", env=env)
+        cold = next(s for s in json.loads(r.stdout)["strategies"] if s["strategy"] == "cold")
+        assert cold["rto_s"] == t["duration_s"] and cold["downtime_s"] > 0
+    else:
+        r = run_cli("verify", "--all", "--policy", str(policy), env=env)
+        assert r.returncode == 0, r.stderr
