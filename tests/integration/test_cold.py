@@ -45,7 +45,7 @@ def _fill(sb: Sandbox) -> None:
     sb.sql("CREATE TABLE shop.orders (id INT PRIMARY KEY, customer VARCHAR(64), amount DECIMAL(10,2),"
            " note TEXT, created DATETIME(6)) ENGINE=InnoDB")
     sb.sql("INSERT INTO shop.orders SELECT seq, CONCAT('c', seq % 97), seq / 7, REPEAT('n', seq % 300),"
-           " '2026-01-01' + INTERVAL seq SECOND FROM seq_1_to_30000", database="shop")
+           " '2026-01-01' + INTERVAL seq SECOND FROM seq_1_to_10000", database="shop")
     sb.sql("CREATE TABLE shop.aria_log (id INT PRIMARY KEY, msg VARCHAR(200)) ENGINE=Aria")
     sb.sql("INSERT INTO shop.aria_log SELECT seq, MD5(seq) FROM seq_1_to_3000", database="shop")
     sb.sql("CREATE TABLE shop.legacy (id INT PRIMARY KEY, b BLOB) ENGINE=MyISAM")
@@ -157,13 +157,24 @@ def test_cold_point_is_exact_for_binlog_replay(mariadb, local_url, spare):
     """Restore the base, replay the source's own binlog from the recorded point with the
     standard tools, and get the source's exact tables (the PITR engine relies on this)."""
     _fill(mariadb)
-    mariadb.sql("SET GLOBAL gtid_domain_id = 0")
+    conn = mariadb.connect()
+    with conn.cursor() as cur:  # several domains and server ids: a multi-line binlog state
+        cur.execute("SET SESSION gtid_domain_id = 5")
+        cur.execute("INSERT INTO shop.aria_log VALUES (5001, 'domain 5')")
+        cur.execute("SET SESSION server_id = 77")
+        cur.execute("INSERT INTO shop.aria_log VALUES (5002, 'domain 5, server 77')")
+        cur.execute("SET SESSION gtid_domain_id = 0")
+        cur.execute("INSERT INTO shop.aria_log VALUES (5003, 'domain 0, server 77')")
+    conn.close()
+    mariadb.sql("INSERT INTO shop.aria_log VALUES (5004, 'domain 0, server 1')")
     store = open_store(local_url)
     manifest = take_cold_backup(store, mariadb.spec, _options(mariadb))
     binlog = manifest.details["binlog"]
     before = binlog["before_stop"]
     assert (manifest.point.file, manifest.point.pos) == (before["file"], before["pos"])
-    assert manifest.point.gtid == before["gtid"]
+    gtids = set(manifest.point.gtid.split(","))
+    assert gtids == set(before["gtid"].split(","))
+    assert {g.split("-")[0] for g in gtids} == {"0", "5"} and "5-77-2" in gtids
     assert binlog["point_check"] == {"checked": True, "binlog_gtid_pos": manifest.point.gtid,
                                      "equal": True}
     assert binlog["end"]["stop_event"] and binlog["end"]["closed"]
