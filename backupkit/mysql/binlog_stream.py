@@ -91,9 +91,11 @@ class BinlogStream:
         self.bytes_read = 0
 
     # -- setup ---------------------------------------------------------------------
-    def open(self) -> BinlogStream:
-        """Connect, announce ourselves as a replica and send COM_BINLOG_DUMP."""
-        conn = connect(self.spec, connect_timeout=int(max(1, self.connect_timeout)))
+    def open(self, conn: pymysql.connections.Connection | None = None) -> BinlogStream:
+        """Connect (or take over an open connection), announce ourselves as a replica and send
+        COM_BINLOG_DUMP."""
+        if conn is None or not conn.open:
+            conn = connect(self.spec, connect_timeout=int(max(1, self.connect_timeout)))
         try:
             self.facts = server_facts(conn)
             with conn.cursor() as cur:

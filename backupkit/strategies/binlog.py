@@ -283,15 +283,17 @@ class ShipResult:
         return dict(self.__dict__)
 
 
-def resolve_source(spec: ConnSpec, source_id: str | None) -> tuple[ServerFacts, str]:
+def resolve_source(spec: ConnSpec, source_id: str | None, conn=None) -> tuple[ServerFacts, str]:
     """The source's facts and its source id (given, or derived like the snapshot's)."""
     from backupkit.mysql.server import default_source_id
 
-    conn = connect(spec)
+    own = conn is None
+    conn = conn or connect(spec)
     try:
         facts = server_facts(conn)
     finally:
-        conn.close()
+        if own:
+            conn.close()
     if not facts.log_bin:
         raise SourceError(f"the source {spec.display()} has no binary log enabled",
                           "start it with --log-bin and --binlog-format=ROW")
@@ -430,6 +432,7 @@ class Shipper:
         self._connected_once = False
         self._anchor = False  # a new range starts: commit an empty segment to record where
         self.uploader: _Uploader | None = None
+        self._ctl: Any = None  # the control connection while setting up
 
     # -- control -------------------------------------------------------------------
     def stop(self, *_args: Any) -> None:
@@ -445,7 +448,9 @@ class Shipper:
 
     # -- main loop -------------------------------------------------------------------
     def run(self) -> ShipResult:
-        self.facts, self.source_id = resolve_source(self.spec, self.opts.source_id)
+        # One control connection serves the set-up and then carries the first dump.
+        self._ctl = connect(self.spec)
+        self.facts, self.source_id = resolve_source(self.spec, self.opts.source_id, self._ctl)
         self.server_id = self.opts.server_id or default_server_id(self.source_id)
         if self.server_id == self.facts.server_id:
             raise UsageError(f"server_id {self.server_id} is the source's own server_id",
@@ -478,12 +483,27 @@ class Shipper:
                     self.uploader.close(abort=not clean)
                     keeper.stop()
         finally:
+            self._close_control()
             if self.lease.held:
                 self.lease.release()
             self.buf.close()
         if self.stopping and not self.result.stopped_by:
             self.result.stopped_by = "signal"
         return self.result
+
+    def _control(self):
+        """The set-up connection (opened again if the first session already took it)."""
+        if self._ctl is None or not self._ctl.open:
+            self._ctl = connect(self.spec)
+        return self._ctl
+
+    def _close_control(self) -> None:
+        if self._ctl is not None:
+            try:
+                self._ctl.close()
+            except Exception:
+                pass
+            self._ctl = None
 
     def _acquire_lease(self) -> bool:
         assert self.lease is not None
@@ -508,6 +528,7 @@ class Shipper:
                                 "only one shipper per source; this one would wait as a standby "
                                 "without --once")
             if not announced:
+                self._close_control()  # a standby may wait for hours: hold no idle connection
                 holder = rec.holder if rec else "another shipper"
                 self.notify(f"standby: {holder} holds the shipper lease of {self.source_id}; "
                             "waiting to take over")
@@ -545,19 +566,11 @@ class Shipper:
             return
         if self.opts.from_position:
             file, pos = self.opts.from_position
-            conn = connect(self.spec)
-            try:
-                gtid = gtid_position(conn, self.facts, file, pos)
-            finally:
-                conn.close()
+            gtid = gtid_position(self._control(), self.facts, file, pos)
             point = BinlogPoint(file=file, pos=pos, gtid=gtid)
             where = "the given position"
         elif self.opts.from_current or self.opts.restart_from_current:
-            conn = connect(self.spec)
-            try:
-                point = current_point(conn, self.facts)
-            finally:
-                conn.close()
+            point = current_point(self._control(), self.facts)
             where = "the server's current position"
         else:
             snaps = [b for b in self.catalog.backups(kind="snapshot")
@@ -627,7 +640,8 @@ class Shipper:
         assert self.result is not None and self.uploader is not None
         stream = BinlogStream(self.spec, self.server_id, self.file, self._resume_pos(),
                               heartbeat=self.opts.heartbeat, non_blocking=self.opts.until_current)
-        stream.open()
+        ctl, self._ctl = self._ctl, None
+        stream.open(ctl)
         self._connected_once = True
         watchdog = max(2.0, self.opts.heartbeat * self.opts.watchdog_periods)
         try:
