@@ -873,6 +873,7 @@ def _downtime(t: dict[str, float | None], mono: dict[str, float]) -> dict:
     out["copy_seconds"] = span("stopped", "start_requested")
     out["start_seconds"] = span("start_requested", "accepting")
     out["total_seconds"] = span("stop_requested", "accepting")
+    out["total_s"] = out["total_seconds"]  # the name `backupkit list` reads
     return out
 
 
