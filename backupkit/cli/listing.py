@@ -44,6 +44,15 @@ def repository_listing(catalog) -> dict:
     }
 
 
+def targets_table(targets: list[dict]):
+    """Each storage target: reachable, and what it lacks (its lag)."""
+    return table("storage targets", ["target", "reachable", "missing objects", "missing backups",
+                                     "missing segments", "lag"],
+                 [[t["name"], "yes" if t["reachable"] else "no", t["missing_objects"],
+                   t["missing_backups"], t["missing_segments"],
+                   human_seconds(t["lag_s"]) if t["lag_s"] is not None else "-"] for t in targets])
+
+
 def _targets(store) -> dict:
     """{"targets": lag of each storage target} when the repository has several (storage/mirror.py)."""
     from backupkit.repo.sync import target_status
@@ -77,12 +86,7 @@ def list_cmd(
                       [[r["source_id"], r["start"], r["end"], r["first_commit"], r["last_commit"],
                         r["segments"], human_bytes(r["stored_bytes"])] for r in data["binlog_coverage"]]))
         if data.get("targets"):
-            c.print(table("storage targets", ["target", "reachable", "missing objects", "missing backups",
-                                              "missing segments", "lag"],
-                          [[t["name"], "yes" if t["reachable"] else "no", t["missing_objects"],
-                            t["missing_backups"], t["missing_segments"],
-                            human_seconds(t["lag_s"]) if t["lag_s"] is not None else "-"]
-                           for t in data["targets"]]))
+            c.print(targets_table(data["targets"]))
         if data["gaps"]:
             c.print(table("gaps", ["source", "after", "resumed at", "detected", "reason"],
                           [[g["source_id"], g["after"], g["resume"], g["detected_at"], g["reason"]]

@@ -20,6 +20,9 @@ def report(
     store, catalog = open_catalog(create=False)
     result = loss_report(catalog, at=when, source_id=source_id, count=count)
     by_target = _loss_by_target(store, when, source_id)  # several storage targets: storage/mirror.py
+    from backupkit.cli.listing import _targets
+
+    lag = _targets(store).get("targets")  # each target's lag (what it lacks)
 
     def human(console) -> None:
         if not result.strategies:
@@ -29,12 +32,17 @@ def report(
         for s in result.strategies:
             for n in s.notes:
                 console.print(f"[yellow]note:[/] {s.label}: {n}", highlight=False)
+        if lag:
+            from backupkit.cli.listing import targets_table
+
+            console.print(targets_table(lag))
         if by_target:
             from backupkit.cli.repo import loss_by_target_table
 
             console.print(loss_by_target_table(by_target))
 
-    render({**result.to_dict(), **({"if_target_lost": by_target} if by_target else {})}, human)
+    extra = {"targets": lag, "if_target_lost": by_target} if by_target else {}
+    render({**result.to_dict(), **extra}, human)
 
 
 def _loss_by_target(store, at: float | None, source_id: str | None) -> list[dict] | None:

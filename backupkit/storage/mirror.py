@@ -335,7 +335,7 @@ class MirrorStore(ObjectStore):
                                 "reason": reason, **extra})
 
     def _mark_down(self, t: Target, exc: BaseException | str) -> None:
-        msg = exc.message if isinstance(exc, StorageError) else str(exc)
+        msg = exc.one_line() if isinstance(exc, StorageError) else str(exc)
         first = not t.is_down()
         t.down_until = time.monotonic() + self.retry_after
         t.last_error = msg

@@ -213,8 +213,9 @@ def test_region_stopped_while_shipping_writes_go_on_and_sync_completes_it(region
     # The loss window of each strategy if one target is lost: losing east (complete) costs more.
     rep = run_cli("report", "--policy", policy, "--no-count", "--json")
     assert rep.returncode == 0, rep.stderr
-    by = {r["lost_target"]: {x["strategy"]: x for x in r["strategies"]}
-          for r in json.loads(rep.stdout)["if_target_lost"]}
+    report = json.loads(rep.stdout)
+    assert {t["name"]: t["missing_segments"] > 0 for t in report["targets"]} == {"east": False, "west": True}
+    by = {r["lost_target"]: {x["strategy"]: x for x in r["strategies"]} for r in report["if_target_lost"]}
     assert by["east"]["binlog"]["loss_seconds"] > by["west"]["binlog"]["loss_seconds"]
     assert by["east"]["snapshot"]["recovery_source"] == by["west"]["snapshot"]["recovery_source"] == backup_id
     tg = run_cli("repo", "targets", "--policy", policy, "--json")

@@ -219,3 +219,27 @@ def test_storage_class_and_server_side_encryption_are_passed_through(regions, tm
             head = _client(server).head_object(Bucket=bucket, Key="repo/" + o.key)
             assert head.get("StorageClass") == "STANDARD_IA", head
             assert head.get("ServerSideEncryption") == "AES256", head
+
+
+def test_each_target_has_its_own_credentials(regions, tmp_path, monkeypatch):
+    east, west = regions
+    policy, eb, wb = _policy(tmp_path, east, west, quorum=1)
+    text = policy.read_text()
+    for name in ("east", "west"):
+        text = text.replace(f'name = "{name}"\n', f'name = "{name}"\naccess_key_env = "{name.upper()}_AK"\n'
+                            f'secret_key_env = "{name.upper()}_SK"\n')
+    policy.write_text(text)
+    monkeypatch.setenv("EAST_AK", "east-key")
+    monkeypatch.setenv("EAST_SK", "east-secret")
+    store = _open(policy)
+    mirror = find_mirror(store)
+    assert mirror.target("east").store.client._request_signer._credentials.access_key == "east-key"
+    # West's variables are not set: west cannot be used, east still takes the backup (quorum 1).
+    obj = put_object(store, "backups/b1/data.zst", [b"only east" * 100])
+    assert mirror.target("west").lagging and "WEST_AK" in mirror.target("west").last_error
+    assert "repo/" + obj.key in _keys(east, eb) and not _keys(west, wb)
+    monkeypatch.setenv("WEST_AK", "west-key")
+    monkeypatch.setenv("WEST_SK", "west-secret")
+    west_store = find_mirror(_open(policy)).target("west").store
+    assert west_store.client._request_signer._credentials.access_key == "west-key"
+
