@@ -9,6 +9,12 @@ import traceback
 import click
 import typer
 
+
+from backupkit import __version__
+from backupkit.cli import context
+from backupkit.cli.console import emit_json, error_line
+from backupkit.errors import BackupkitError
+
 try:  # typer >= 0.2x vendors its own copy of click
     from typer._click import exceptions as _vendored
 except ImportError:  # pragma: no cover - older typer uses click itself
@@ -16,11 +22,8 @@ except ImportError:  # pragma: no cover - older typer uses click itself
 _EXIT = (click.exceptions.Exit, typer.Exit)
 _ABORT = (click.exceptions.Abort, typer.Abort)
 _CLICK_ERROR = (click.ClickException, _vendored.ClickException)
-
-from backupkit import __version__
-from backupkit.cli import context
-from backupkit.cli.console import emit_json, error_line
-from backupkit.errors import BackupkitError
+_NO_ARGS: tuple[type[BaseException], ...] = tuple(
+    c for c in (getattr(_vendored, "NoArgsIsHelpError", None),) if c is not None)
 
 COMMON_HELP = ("Common options, before or after the command: --policy FILE, --storage URL, "
                "--source URL, --json, --debug.")
@@ -118,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         error_line("interrupted")
         return 130
-    except _vendored.NoArgsIsHelpError if hasattr(_vendored, "NoArgsIsHelpError") else ():
+    except _NO_ARGS:
         return 0
     except _CLICK_ERROR as exc:
         msg = exc.format_message().replace("\n", " ")

@@ -9,10 +9,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from backupkit.cli.context import extract_common
-from backupkit.errors import ConfigError, IntegrityError, UsageError
+from backupkit.errors import ConfigError, IntegrityError, StorageError, UsageError
 from backupkit.mysql.connection import parse_conn, quote_ident
 from backupkit.repo import layout
-from backupkit.repo.catalog import BackupManifest, BinlogPoint, SourceIdentity, decode_manifest, encode_manifest
+from backupkit.repo.catalog import (
+    BackupManifest,
+    BinlogPoint,
+    SourceIdentity,
+    decode_manifest,
+    encode_manifest,
+)
 from backupkit.repo.codec import StoredObject
 from backupkit.storage import open_store
 from backupkit.storage.local import check_key
@@ -98,5 +104,5 @@ def test_storage_url_query_sets_s3_options():
 
 @pytest.mark.parametrize("key", ["../x", "/abs", "a//b", "a/.tmp/x", ""])
 def test_local_keys_cannot_escape(key):
-    with pytest.raises(Exception):
+    with pytest.raises(StorageError, match="invalid object key"):
         check_key(key)
