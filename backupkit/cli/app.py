@@ -9,7 +9,6 @@ import traceback
 import click
 import typer
 
-
 from backupkit import __version__
 from backupkit.cli import context
 from backupkit.cli.console import emit_json, error_line
