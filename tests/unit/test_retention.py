@@ -63,6 +63,12 @@ def histories(draw):
             slots.append((file, (pos + end) // 2, t + dur / 2 + 0.25))
         s = seg(file, pos, end, t, t + dur, f"binlog.{file_no + 1:06d}" if rotate else "",
                 range_id=f"r{ranges}")
+        if fate > 2 and (not segs or segs[-1].range_id != s.range_id) and draw(st.booleans()):
+            # The shipper starts a range with an empty anchor segment [p, p).
+            anchor = seg(file, pos, pos, 0, 0, range_id=s.range_id)
+            anchor.transactions = anchor.events = 0
+            anchor.first_commit_time = anchor.last_commit_time = 0.0
+            segs.append(anchor)
         if fate > 2:
             segs.append(s)
         if fate in (0, 1):
