@@ -27,11 +27,27 @@ def open_catalog(create: bool = True):
 
 
 def render(data: dict[str, Any], human) -> None:
-    """JSON in --json mode, otherwise call human(console) to print rich output."""
+    """JSON in --json mode, otherwise call human(console) to print rich output.
+
+    With several storage targets, which target served what is added when a read fell back to
+    another target or a target missed a write (storage/mirror.py).
+    """
+    from backupkit.storage.mirror import session_report
+
+    targets = session_report()
     if json_mode():
-        emit_json({"ok": True, **data})
-    else:
-        human(console)
+        emit_json({"ok": True, **data, **({"storage_targets": targets} if targets else {})})
+        return
+    human(console)
+    if targets:
+        served = ", ".join(f"{name} {n}" for name, n in targets["objects_served"].items())
+        console.print(f"storage targets: objects read from {served}", highlight=False)
+        for e in targets["events"][:10]:
+            what = {"read_failover": f"read from {e.get('served_by') or 'no other target'}",
+                    "write_failed": "not written there (lagging)", "caught_up": "caught up"}[e["kind"]]
+            console.print(f"  {e['target']}: {e['key'] or ''} {e['reason']}: {what}", highlight=False)
+        if len(targets["events"]) > 10:
+            console.print(f"  ... and {len(targets['events']) - 10} more", highlight=False)
 
 
 def not_yet(what: str) -> BackupkitError:

@@ -29,6 +29,7 @@ import logging
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, TypeVar
@@ -321,6 +322,7 @@ class MirrorStore(ObjectStore):
         self.events: collections.deque[dict[str, Any]] = collections.deque(maxlen=1000)
         self._lock = threading.Lock()
         self._last_list_error: StorageError | None = None
+        _OPENED.add(self)
 
     # -- bookkeeping ---------------------------------------------------------------------------
     def target(self, name: str) -> Target:
@@ -787,6 +789,25 @@ class MirrorStore(ObjectStore):
     def close(self) -> None:
         for t in self.targets:
             t.store.close()
+
+
+_OPENED: weakref.WeakSet[MirrorStore] = weakref.WeakSet()
+
+
+def session_report() -> dict[str, Any] | None:
+    """What the mirrors this process opened saw: objects served per target and every fallback or
+    failed write (for the output of any command; None when nothing noteworthy happened)."""
+    served: dict[str, int] = {}
+    events: list[dict[str, Any]] = []
+    for m in list(_OPENED):
+        if len(m.targets) < 2:
+            continue
+        for t in m.targets:
+            served[t.name] = served.get(t.name, 0) + t.served
+        events += [e for e in m.events if e["kind"] in ("read_failover", "write_failed", "caught_up")]
+    if not events:
+        return None
+    return {"objects_served": served, "events": sorted(events, key=lambda e: e["time"])}
 
 
 def find_mirror(store: ObjectStore) -> MirrorStore | None:

@@ -142,6 +142,10 @@ def test_corrupt_object_in_the_first_region_is_restored_from_the_second_and_said
     assert table_checksums(target, ["shop"]) == at_snapshot
     said = [ln for ln in r.stderr.splitlines() if chunk.removeprefix("repo/") in ln]
     assert said and "corrupt" in said[0] and "east" in said[0] and "read from target west" in said[0]
+    served = json.loads(r.stdout)["storage_targets"]  # the command's own output says it too
+    assert served["objects_served"]["west"] >= 1
+    assert [(e["target"], e["key"], e["served_by"]) for e in served["events"]] == \
+        [("east", chunk.removeprefix("repo/"), "west")]
     # Each target on its own: verify finds the damaged copy in east and none in west.
     v = run_cli("verify", "--all", "--policy", policy, "--storage", "east")
     assert v.returncode == 5 and chunk.removeprefix("repo/") in v.stdout + v.stderr
