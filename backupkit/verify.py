@@ -98,31 +98,37 @@ class _Checker:
         return [p for p in results if p is not None]
 
 
-def _read_backups(catalog: Catalog, ids: list[str] | None, report: VerifyReport) -> list[BackupManifest]:
-    out = []
-    for bid in ids if ids is not None else catalog.backup_ids():
-        key = layout.backup_manifest(bid)
+def _read_all(catalog: Catalog, keys: list[str], report: VerifyReport, parallel: int
+              ) -> list[dict[str, Any]]:
+    """Read manifests in parallel; a damaged one is a problem naming it, a vanished one a note."""
+    def one(key: str) -> dict[str, Any] | None:
         try:
-            out.append(catalog.backup(bid) if ids is not None else
-                       BackupManifest.from_dict(catalog.read_manifest(key)))
+            return catalog.read_manifest(key)
         except IntegrityError as exc:
             report.problems.append(Problem("manifest", key, exc.message))
         except ObjectNotFound:  # listed a moment ago: pruned meanwhile
-            report.notes.append(f"backup {bid} disappeared while verify ran (pruned?)")
-    return out
+            report.notes.append(f"{key} disappeared while verify ran (pruned?)")
+        return None
+
+    if not keys:
+        return []
+    with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(keys)))) as pool:
+        return [d for d in pool.map(one, keys) if d is not None]
 
 
-def _read_segments(catalog: Catalog, source_id: str, report: VerifyReport) -> list[SegmentInfo]:
-    segs = []
-    for info in catalog.store.list(layout.binlog_prefix(source_id)):
-        if not layout.is_segment_index(info.key):
-            continue
-        try:
-            segs.append(SegmentInfo.from_dict(catalog.read_manifest(info.key)))
-        except IntegrityError as exc:
-            report.problems.append(Problem("manifest", info.key, exc.message))
-        except ObjectNotFound:
-            report.notes.append(f"segment {info.key} disappeared while verify ran (pruned?)")
+def _read_backups(catalog: Catalog, ids: list[str] | None, report: VerifyReport,
+                  parallel: int) -> list[BackupManifest]:
+    if ids is not None:
+        return [catalog.backup(bid) for bid in ids]  # an unknown id is a usage error
+    keys = [layout.backup_manifest(b) for b in catalog.backup_ids()]
+    return [BackupManifest.from_dict(d) for d in _read_all(catalog, keys, report, parallel)]
+
+
+def _read_segments(catalog: Catalog, source_id: str, report: VerifyReport,
+                   parallel: int) -> list[SegmentInfo]:
+    keys = [i.key for i in catalog.store.list(layout.binlog_prefix(source_id))
+            if layout.is_segment_index(i.key)]
+    segs = [SegmentInfo.from_dict(d) for d in _read_all(catalog, keys, report, parallel)]
     return sorted(segs, key=lambda s: (s.binlog_file, s.start_pos, s.end_pos))
 
 
@@ -165,7 +171,7 @@ def verify_repository(store: ObjectStore, backup_ids: list[str] | None = None, *
     started = time.monotonic()
     catalog = Catalog(store)
     report = VerifyReport(storage=store.describe())
-    backups = _read_backups(catalog, backup_ids, report)
+    backups = _read_backups(catalog, backup_ids, report, parallel)
     items: list[tuple[str, StoredObject]] = []
     for b in backups:
         items += [(f"backup {b.id}", o) for o in b.objects]
@@ -174,7 +180,7 @@ def verify_repository(store: ObjectStore, backup_ids: list[str] | None = None, *
     per_source: dict[str, tuple[list[SegmentInfo], list[GapInfo]]] = {}
     if binlog:
         for sid in catalog.sources():
-            segs = _read_segments(catalog, sid, report)
+            segs = _read_segments(catalog, sid, report, parallel)
             gaps = catalog.gaps(sid)
             per_source[sid] = (segs, gaps)
             items += [(f"segment {s.key}", s.object) for s in segs]

@@ -89,7 +89,8 @@ def verify(
         return
     lines = [p.message for p in report.problems]
     if json_mode():
-        emit_json({"ok": False, **data, "exit_code": 5})
+        more = f" (and {len(lines) - 1} more)" if len(lines) > 1 else ""
+        emit_json({"ok": False, **data, "exit_code": 5, "error": lines[0] + more})
         raise typer.Exit(5)
     from backupkit.cli.console import console
 

@@ -189,3 +189,15 @@ def test_verify_on_s3_detects_a_flipped_byte(golden, moto, s3_url):
     assert r.returncode == 5
     lines = _error_lines(r)
     assert len(lines) == 1 and seg.object.key in lines[0]
+
+
+def test_a_damaged_manifest_is_exit_5_naming_it(repo):
+    cat = _catalog(repo)
+    (sid,) = cat.sources()
+    seg = cat.segments(sid)[1]
+    path = repo / seg.key
+    path.write_text(path.read_text().replace('"events": ', '"events": 1'))
+    r = _verify(repo, "--all")
+    assert r.returncode == 5
+    lines = _error_lines(r)
+    assert any(seg.key in ln and "checksum mismatch in manifest" in ln for ln in lines), lines
