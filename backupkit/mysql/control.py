@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shlex
 import signal
 import subprocess
 import tempfile
@@ -486,9 +485,6 @@ def run_command(command: str, timeout: float) -> CommandResult:
         with contextlib.suppress(OSError):
             os.unlink(out_path)
 
-
-def quote_command(args: list[str]) -> str:
-    return " ".join(shlex.quote(a) for a in args)
 
 
 # -- the guardian: restarts the server if this process dies while the server is down ------

@@ -32,10 +32,10 @@ from pathlib import Path
 
 from backupkit import __version__
 from backupkit.archive import FileRecord, Root, TarWriter, WriteStats, _Cancelled, data_segments, scan_size
-from backupkit.errors import BackupkitError, ServerControlError, StorageError, UsageError
+from backupkit.errors import BackupkitError, ServerControlError, UsageError
 from backupkit.mysql import binlog_events as be
 from backupkit.mysql.connection import ConnSpec, connect
-from backupkit.mysql.control import RestartGuardian, ServerProbe, ServiceControl, ShutdownCheck, pid_alive
+from backupkit.mysql.control import RestartGuardian, ServerProbe, ServiceControl, ShutdownCheck
 from backupkit.mysql.server import current_point, identity, server_facts
 from backupkit.repo import layout
 from backupkit.repo.catalog import BackupManifest, BinlogPoint, Catalog, new_backup_id, utc_iso
@@ -946,9 +946,5 @@ def _manifest(backup_id: str, source, end: BinlogEnd | None, pre_point: BinlogPo
                           stats=wstats, details=details, tool_version=__version__)
 
 
-def is_running_pid(pid: int | None) -> bool:
-    return pid is not None and pid_alive(pid)
-
-
-__all__ = ["ColdOptions", "Interrupted", "StorageError", "take_cold_backup", "binlog_end",
-           "gtid_pos_from_state", "stream_roots", "copy_roots", "plan_roots"]
+__all__ = ["ArchiveUpload", "ColdOptions", "Interrupted", "binlog_end", "copy_roots",
+           "gtid_pos_from_state", "plan_roots", "stream_roots", "take_cold_backup"]

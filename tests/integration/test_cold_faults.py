@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import signal
 import subprocess
@@ -278,6 +279,13 @@ def test_restore_over_a_non_empty_datadir_needs_force_and_moves_it_aside(tmp_pat
     assert r.returncode == 2
     errors = _error_lines(r.stderr)
     assert len(errors) == 1 and "is not empty; nothing was changed" in errors[0] and "--force" in errors[0]
+    assert _tree_state(tmp_path) == state
+
+    r = run_cli("restore", bid, "--storage", local_url, "--datadir", str(datadir), "--force",
+                "--dry-run", "--json")
+    assert r.returncode == 0, r.stderr
+    plan = json.loads(r.stdout)
+    assert plan["dry_run"] and list(plan["moved_aside"]) == [str(datadir)] and plan["files"] == 2
     assert _tree_state(tmp_path) == state
 
     r = run_cli("restore", bid, "--storage", local_url, "--datadir", str(datadir), "--force", "--json")
