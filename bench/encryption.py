@@ -138,7 +138,7 @@ def _server_benches(work: Path, rows_n: int, updates: int, repeat: int) -> list[
         walls: dict[str, dict[str, list[float]]] = {"snapshot": {}, "restore": {}, "ship": {}}
         rss: dict[str, float] = {}
         for i in range(repeat):
-            for enc in (False, True):
+            for enc in ((False, True) if i % 2 == 0 else (True, False)):  # alternate: no warm-up bias
                 tag = "encrypted" if enc else "plain"
                 policy = _policy(work, f"repo-{tag}-{i}", enc, src.url)
                 snap = measure(["backupkit", "snapshot", "--policy", policy, "--parallel", "2", "--json"])
@@ -217,7 +217,7 @@ def run(quick: bool = False, with_snapshot_bench: bool | None = None) -> list[di
     try:
         rows = _codec(work, 64 if quick else 512, 2 if quick else 3)
         rows += _server_benches(work, 100_000 if quick else 1_000_000, 10_000 if quick else 100_000,
-                                1 if quick else 3)
+                                2 if quick else 4)
         if with_snapshot_bench if with_snapshot_bench is not None else not quick:
             rows += _snapshot_bench(work, quick)
         return rows
