@@ -251,7 +251,7 @@ class ShipOptions:
     max_segment_bytes: int = 16 * MIB
     heartbeat: float = 1.0
     lease_seconds: float = 15.0
-    compression_level: int = 3
+    compression_level: int = 1
     from_current: bool = False
     from_position: tuple[str, int] | None = None  # first run: start at these coordinates
     restart_from_current: bool = False
