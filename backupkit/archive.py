@@ -232,7 +232,7 @@ class TarWriter:
 
     def _check_cancel(self) -> None:
         if self.cancel is not None and self.cancel.is_set():
-            raise _Cancelled()
+            raise CopyCancelled()
 
     def _info(self, name: str, st: os.stat_result, kind: bytes) -> tuple[tarfile.TarInfo, FileRecord]:
         info = tarfile.TarInfo(name)
@@ -342,7 +342,7 @@ class TarWriter:
             yield block
 
 
-class _Cancelled(Exception):
+class CopyCancelled(Exception):  # noqa: N818
     """The consumer of a tar stream has gone away."""
 
 

@@ -31,7 +31,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from backupkit import __version__
-from backupkit.archive import FileRecord, Root, TarWriter, WriteStats, _Cancelled, data_segments, scan_size
+from backupkit.archive import (
+    CopyCancelled,
+    FileRecord,
+    Root,
+    Skipped,
+    TarWriter,
+    WriteStats,
+    data_segments,
+    link_stays_inside,
+    scan_size,
+)
 from backupkit.errors import BackupkitError, ServerControlError, UsageError
 from backupkit.mysql import binlog_events as be
 from backupkit.mysql.connection import ConnSpec, connect
@@ -314,7 +324,7 @@ class ArchiveUpload:
                     return
             self.read_done.set()
             self._put(_END)
-        except _Cancelled:
+        except CopyCancelled:
             return
         except BaseException as exc:  # handed to the upload thread, which raises it
             self._put(_Failed(exc))
@@ -322,7 +332,7 @@ class ArchiveUpload:
     def _consume(self) -> Iterator[bytes]:
         while True:
             if self.cancelled.is_set():
-                raise _Cancelled()
+                raise CopyCancelled()
             try:
                 item = self.queue.get(timeout=0.1)
             except queue.Empty:
@@ -352,7 +362,7 @@ class ArchiveUpload:
         return self
 
     def _raise(self) -> None:
-        if self.error is not None and not isinstance(self.error, _Cancelled):
+        if self.error is not None and not isinstance(self.error, CopyCancelled):
             raise self.error
 
     def wait_read(self) -> WriteStats:
@@ -394,15 +404,16 @@ def stream_roots(store: ObjectStore, key: str, roots: list[Root], *, level: int,
         up.join()
 
 
-def copy_roots(roots: list[Root], dest: Path, on_bytes: Callable[[int], None] | None = None) -> list[Root]:
+def copy_roots(roots: list[Root], dest: Path, on_bytes: Callable[[int], None] | None = None
+               ) -> tuple[list[Root], list[Skipped]]:
     """A faithful local copy of roots under dest (modes, owners, times, symlinks, holes);
-    returns the same roots pointing at the copies."""
-    out = []
+    returns the same roots pointing at the copies, and what was left out (as TarWriter does)."""
+    out, skipped = [], []
     for root in roots:
         target = dest / root.name
-        _copy_tree(root, target, on_bytes)
+        _copy_tree(root, target, on_bytes, skipped)
         out.append(Root(root.name, target, root.files))
-    return out
+    return out, skipped
 
 
 def _copy_meta(src_st: os.stat_result, dst: Path, link: bool = False) -> None:
@@ -441,9 +452,8 @@ def _copy_file(src: Path, dst: Path, on_bytes: Callable[[int], None] | None) -> 
         os.close(sfd)
 
 
-def _copy_tree(root: Root, target: Path, on_bytes: Callable[[int], None] | None) -> None:
-    from backupkit.archive import link_stays_inside
-
+def _copy_tree(root: Root, target: Path, on_bytes: Callable[[int], None] | None,
+               skipped: list[Skipped]) -> None:
     st = os.stat(root.path)
     target.mkdir(parents=True, exist_ok=False)
     dirs: list[tuple[os.stat_result, Path]] = [(st, target)]
@@ -463,10 +473,16 @@ def _copy_tree(root: Root, target: Path, on_bytes: Callable[[int], None] | None)
             if link_stays_inside(rel, link):
                 os.symlink(link, dst)
                 _copy_meta(sst, dst, link=True)
+            else:
+                skipped.append(Skipped(f"{root.name}/{rel}", "symlink leads outside its folder", link))
         elif stat.S_ISREG(sst.st_mode):
             dst.parent.mkdir(parents=True, exist_ok=True)
             _copy_file(src, dst, on_bytes)
             _copy_meta(sst, dst)
+        else:
+            kind = ("socket" if stat.S_ISSOCK(sst.st_mode) else "fifo" if stat.S_ISFIFO(sst.st_mode)
+                    else "device")
+            skipped.append(Skipped(f"{root.name}/{rel}", kind))
     for sst, d in reversed(dirs):
         _copy_meta(sst, d)
 
@@ -635,6 +651,7 @@ class ColdJob:
         self.upload: ArchiveUpload | None = None
         self.staging_dir: Path | None = None
         self.staged_roots: list[Root] | None = None
+        self.staging_skipped: list[Skipped] = []
         self.staging_info: dict = {}
         self.copied = 0
 
@@ -725,7 +742,8 @@ class ColdJob:
             self.say("copying the datadir" + (" to staging" if self.staging_dir else ""))
             if self.staging_dir is not None:
                 c0 = time.monotonic()
-                self.staged_roots = copy_roots(self.roots, self.staging_dir, self._count)
+                self.staged_roots, self.staging_skipped = copy_roots(self.roots, self.staging_dir,
+                                                                     self._count)
                 self.staging_info = {"path": str(self.staging_dir),
                                      "copy_seconds": round(time.monotonic() - c0, 3),
                                      "bytes": self.copied}
@@ -827,6 +845,7 @@ class ColdJob:
                                                 level=self.opts.compression_level,
                                                 threads=self.threads, on_bytes=count)
         self.staging_info["upload_seconds"] = round(time.monotonic() - u0, 3)
+        self.stats.skipped[:0] = self.staging_skipped
 
     def commit(self) -> BackupManifest:
         """Check the point against the running server, then write the manifest: the commit."""

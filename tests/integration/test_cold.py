@@ -128,6 +128,7 @@ def test_restore_through_the_cli_gives_equal_checksums_s3_and_staging(mariadb, s
     conf = tmp_path / "my.cnf"
     conf.write_text("[mariadbd]\ninnodb_buffer_pool_size=64M\n")
     staging = tmp_path / "staging"
+    (mariadb.datadir / "outside-link").symlink_to(conf)  # recorded as skipped, never followed
     r = run_cli("cold", "--source", mariadb.url, "--storage", s3_url,
                 "--start-command", mariadb.start_command(), "--pid-file", str(mariadb.pid_file),
                 "--staging", str(staging), "--config-file", str(conf), "--json")
@@ -149,6 +150,10 @@ def test_restore_through_the_cli_gives_equal_checksums_s3_and_staging(mariadb, s
     assert res["point"]["file"] == out["point"]["file"] and res["point"]["pos"] == out["point"]["pos"]
     assert table_checksums(target) == before
     assert Path(res["config_file"]).read_text() == conf.read_text()
+    assert not (target.datadir / "outside-link").exists()
+    manifest = Catalog(open_store(s3_url)).backup(out["backup_id"])
+    assert manifest.details["skipped"] == [{"path": "data/outside-link", "target": str(conf),
+                                            "reason": "symlink leads outside its folder"}]
     records = Catalog(open_store(s3_url)).restore_records()
     assert [x["backup_id"] for x in records] == [out["backup_id"]]
 
