@@ -10,7 +10,7 @@ from typing import Any
 import typer
 
 from backupkit.cli.common import json_mode, open_catalog, render, settings
-from backupkit.cli.console import human_bytes, human_seconds, info, table
+from backupkit.cli.console import human_bytes, human_seconds, info, progress, table
 from backupkit.errors import UsageError
 from backupkit.repo.catalog import utc_iso
 
@@ -91,7 +91,18 @@ def ship(
     previous = {s: signal.signal(s, shipper.stop) for s in (signal.SIGTERM, signal.SIGINT)}
     t0 = time.monotonic()
     try:
-        result = shipper.run()
+        with progress(enabled=not quiet) as bar:
+            if bar is not None:
+                task = bar.add_task("shipping", total=None)
+
+                def committed(seg) -> None:
+                    r = shipper.result
+                    bar.update(task, advance=seg.end_pos - seg.start_pos,
+                               description=f"shipped to {seg.binlog_file}:{seg.end_pos}, "
+                                           f"{r.transactions if r else 0:,} tx")
+
+                shipper.on_commit = committed
+            result = shipper.run()
     finally:
         for s, h in previous.items():
             signal.signal(s, h)

@@ -365,3 +365,22 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_first_run_starts_at_the_newest_snapshot(mariadb, local_url):
+    sb = mariadb
+    make_table(sb)
+    sb.sql("INSERT INTO w.t (k) VALUES (1)")
+    env = cli_env(sb, local_url)
+    r = run_cli("snapshot", "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    point = json.loads(r.stdout)["point"]
+    sb.sql("INSERT INTO w.t (k) VALUES (2)")
+    r = ship_once(sb, local_url)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["start"] == f"{point['file']}:{point['pos']}"
+    cat, sid, segs = segments_of(local_url)
+    assert (segs[0].binlog_file, segs[0].start_pos) == (point["file"], point["pos"])
+    assert segs[0].gtid_state == point["gtid"]  # the anchor carries the snapshot's GTID position
+    assert sum(s.transactions for s in segs) == 1
+    assert segs[-1].gtid_state == sb.sql("SELECT @@gtid_binlog_pos")[0][0]
