@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 from typing import Any
@@ -198,8 +199,10 @@ def _matches(row: dict[str, Any], table_filter: str | None, grep: str | None) ->
     if table_filter:
         want = table_filter.lower()
         in_tables = any(t.lower() == want for t in row["tables"])
-        name = want.split(".", 1)[-1]
-        in_text = any(name in s.lower() for s in row["ddl"])
+        # DDL names its tables only in its text: match the table name as a whole word
+        name = re.escape(want.split(".", 1)[-1])
+        pattern = re.compile(rf"(?<![\w$]){name}`?(?![\w$])", re.IGNORECASE)
+        in_text = any(pattern.search(s) for s in row["ddl"])
         if not (in_tables or in_text):
             return False
     if grep:
