@@ -33,6 +33,14 @@ class LeaseHeld(BackupkitError):
     """Another live shipper holds the lease."""
 
 
+def _pid_namespace() -> str:
+    """This process's PID namespace (containers on one host may share a hostname)."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
 @dataclass
 class LeaseRecord:
     """The lease object's content."""
@@ -46,6 +54,7 @@ class LeaseRecord:
     expires_at: float
     lease_seconds: float
     released: bool = False
+    pidns: str = ""  # the holder's PID namespace: pids compare only within one
 
     def encode(self) -> bytes:
         return (json.dumps({"type": "lease", **asdict(self)}, sort_keys=True) + "\n").encode()
@@ -62,8 +71,9 @@ class LeaseRecord:
         """True when another shipper may take this lease."""
         if self.released or now > self.expires_at + grace:
             return True
-        # A holder on this very host whose process is gone cannot write any more.
-        if self.host == socket.gethostname() and self.pid and self.pid != os.getpid():
+        # A holder on this very host (and PID namespace) whose process is gone cannot write.
+        if self.host == socket.gethostname() and self.pidns and self.pidns == _pid_namespace() \
+                and self.pid and self.pid != os.getpid():
             try:
                 os.kill(self.pid, 0)
             except ProcessLookupError:
@@ -104,7 +114,7 @@ class Lease:
         now = self.clock()
         return LeaseRecord(self.source_id, self.holder, socket.gethostname(), os.getpid(),
                            self.acquired_at or now, now, 0.0 if released else now + self.lease_seconds,
-                           self.lease_seconds, released)
+                           self.lease_seconds, released, _pid_namespace())
 
     def current(self) -> tuple[LeaseRecord | None, str]:
         """The stored lease and its tag (None, "" when there is none)."""

@@ -67,12 +67,13 @@ def test_lease_is_exclusive_renewable_and_taken_over_only_after_expiry(tmp_path)
 
 def test_lease_of_a_dead_process_on_this_host_is_free(tmp_path):
     import json
+    import os
     import socket
 
     store = LocalStore(tmp_path)
     rec = {"source_id": "src", "holder": "dead", "host": socket.gethostname(), "pid": 2 ** 22 + 17,
            "acquired_at": time.time(), "renewed_at": time.time(), "expires_at": time.time() + 600,
-           "lease_seconds": 600}
+           "lease_seconds": 600, "pidns": os.readlink("/proc/self/ns/pid")}
     store.put(layout.shipper_lease("src"), json.dumps(rec).encode())
     assert Lease(store, "src", lease_seconds=5).try_acquire()
 
@@ -104,3 +105,15 @@ def test_segment_keys_parse_back():
     key = layout.segment_index("db/1", "binlog.000007", 4, 1234)
     assert layout.segment_of(key) == ("binlog.000007", 4, 1234)
     assert layout.segment_of(layout.gap_record("db/1", "binlog.000007", 4)) is None
+
+
+def test_lease_of_a_process_in_another_pid_namespace_waits_for_expiry(tmp_path):
+    import json
+    import socket
+
+    store = LocalStore(tmp_path)
+    rec = {"source_id": "src", "holder": "other", "host": socket.gethostname(), "pid": 2 ** 22 + 17,
+           "acquired_at": time.time(), "renewed_at": time.time(), "expires_at": time.time() + 600,
+           "lease_seconds": 600, "pidns": "pid:[1]"}
+    store.put(layout.shipper_lease("src"), json.dumps(rec).encode())
+    assert not Lease(store, "src", lease_seconds=5).try_acquire()
