@@ -107,8 +107,10 @@ class Sandbox:
             return
         self.datadir.mkdir(parents=True, exist_ok=True)
         (self.base / "tmp").mkdir(exist_ok=True)
-        cmd = ["mariadb-install-db", "--no-defaults", f"--datadir={self.datadir}", "--skip-test-db",
-               "--auth-root-authentication-method=normal"]
+        # A private tmpdir: concurrent installs sharing /tmp collide on temporary tables
+        # ("Unknown table 'mysql.tmp_user_sys'", then Aborting).
+        cmd = ["mariadb-install-db", "--no-defaults", f"--datadir={self.datadir}",
+               f"--tmpdir={self.base / 'tmp'}", "--skip-test-db", "--auth-root-authentication-method=normal"]
         if os.geteuid() == 0:
             cmd.insert(2, "--user=root")
         r = subprocess.run(cmd, capture_output=True, text=True)
