@@ -641,7 +641,8 @@ class BoundaryTracker:
     """Tells, event by event, whether the stream is between transactions.
 
     A transaction ends with an XID event, a QUERY "COMMIT"/"ROLLBACK" (non-transactional
-    engines), an XA PREPARE/COMMIT/ROLLBACK, or the single statement after a standalone
+    engines), an XA PREPARE/COMMIT/ROLLBACK, a MySQL transaction payload (binlog transaction
+    compression: the whole transaction in one event), or the single statement after a standalone
     MariaDB GTID (DDL) or after a MySQL GTID not followed by BEGIN."""
 
     def __init__(self) -> None:
@@ -691,7 +692,8 @@ class BoundaryTracker:
                 self.reset()
                 return True
             return not self.in_txn
-        if t in (XID_EVENT, XA_PREPARE_LOG_EVENT):
+        if t in (XID_EVENT, XA_PREPARE_LOG_EVENT, TRANSACTION_PAYLOAD_EVENT):
+            # A MySQL transaction payload holds the whole (compressed) transaction.
             self.reset()
             return True
         if t in NON_TRANSACTION_TYPES:
