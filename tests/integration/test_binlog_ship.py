@@ -384,3 +384,42 @@ def test_first_run_starts_at_the_newest_snapshot(mariadb, local_url):
     assert segs[0].gtid_state == point["gtid"]  # the anchor carries the snapshot's GTID position
     assert sum(s.transactions for s in segs) == 1
     assert segs[-1].gtid_state == sb.sql("SELECT @@gtid_binlog_pos")[0][0]
+
+
+def test_a_transaction_larger_than_memory_spills_to_disk_and_stays_whole(mariadb, local_url,
+                                                                          monkeypatch):
+    import tempfile
+
+    from backupkit.strategies import binlog as shipper_mod
+    from backupkit.strategies.binlog import ShipOptions, Shipper
+
+    spilled = []
+    real = tempfile.TemporaryFile
+
+    def counting(*a, **kw):
+        spilled.append(1)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(shipper_mod.tempfile, "TemporaryFile", counting)
+    sb = mariadb
+    make_table(sb)
+    opts = ShipOptions(from_current=True, until_current=True, max_segment_bytes=256 << 10,
+                       spill_bytes=512 << 10)
+    store = open_store(local_url)
+    assert Shipper(store, sb.spec, opts).run().segments == 1
+    sb.sql("INSERT INTO w.t (k) VALUES (1)")
+    conn = sb.connect(database="w")
+    with conn.cursor() as cur:
+        cur.execute("BEGIN")
+        cur.execute("INSERT INTO w.t (k, v) SELECT seq, REPEAT('s', 1000) FROM seq_1_to_4000")
+        cur.execute("COMMIT")
+    conn.close()
+    sb.sql("INSERT INTO w.t (k) VALUES (2)")
+    opts.from_current = False
+    result = Shipper(store, sb.spec, opts).run()
+    assert result.transactions == 3
+    assert_complete(sb, local_url)
+    _, _, segs = segments_of(local_url)
+    big = [s for s in segs if s.end_pos - s.start_pos > 1 << 20]
+    assert len(big) == 1 and big[0].transactions == 1
+    assert spilled  # the big transaction went through a temporary file
