@@ -36,7 +36,7 @@ def repository_listing(catalog) -> dict:
             "point_time": utc_iso(b.point.time), "binlog": f"{b.point.file}:{b.point.pos}",
             "gtid": b.point.gtid, "duration_s": round(b.duration, 3),
             "stored_bytes": b.stored_bytes,
-            "downtime_s": b.details.get("downtime", {}).get("total_s") if b.kind == "cold" else None,
+            "downtime_s": b.details.get("downtime", {}).get("total_seconds") if b.kind == "cold" else None,
         } for b in backups],
         "binlog_coverage": coverage,
         "gaps": gaps,
