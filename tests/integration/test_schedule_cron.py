@@ -90,8 +90,9 @@ log_dir = "{tmp_path / 'log'}"
             held = subprocess.run(["sh", "-c", command], capture_output=True, timeout=60)
         finally:
             os.close(fd)
-        assert held.returncode == 1 and not repo.exists()
+        assert held.returncode == 1 and not repo.exists()  # nothing ran
 
+        repo.mkdir()  # an empty repository, so the first verify run has one to read
         if _running_cron() is None:
             cron_proc = subprocess.Popen(["cron", "-f", "-L", "15"], stdout=subprocess.DEVNULL,
                                          stderr=subprocess.DEVNULL, start_new_session=True)
