@@ -27,7 +27,7 @@ def repository_listing(catalog) -> dict:
             })
         for g in catalog.gaps(sid):
             gaps.append({"source_id": sid, "after": f"{g.after_file}:{g.after_pos}",
-                         "resume": f"{g.resume_file}:{g.resume_pos}",
+                         "resume": f"{g.resume_file}:{g.resume_pos}" if g.resume_file else "not resumed",
                          "detected_at": utc_iso(g.detected_at), "reason": g.reason})
     return {
         "storage": catalog.store.describe(),
