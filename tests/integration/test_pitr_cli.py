@@ -148,3 +148,29 @@ def test_bad_input_is_one_line_and_leaves_the_target_untouched(shop, bystander, 
     if case in ("before-oldest-base", "after-newest-commit", "gap"):
         assert "nearest reachable" in line
     assert _state(bystander) == before
+
+
+def test_replay_stops_at_the_first_error_naming_gtid_and_position(shop):
+    """A target that already holds a row the binlog inserts: the replay stops right there."""
+    from backupkit.errors import SourceError
+    from backupkit.restore.load import RestoreOptions, restore_snapshot
+    from backupkit.restore.pitr import make_plan
+    from backupkit.restore.replay import replay_segments
+    from backupkit.restore.targets import parse_target
+
+    catalog = shop["catalog"]
+    target = parse_target(latest=True)
+    plan = make_plan(catalog, target)
+    tgt = Sandbox(name="accident-err").start()
+    try:
+        restore_snapshot(catalog.store, plan.base, tgt.spec, RestoreOptions(record=False))
+        tgt.sql("INSERT INTO shop.orders VALUES (520, 1, 1, 'in the way', NOW())")
+        with pytest.raises(SourceError) as err:
+            replay_segments(catalog.store, plan.segments, plan.start, target, tgt.spec)
+        msg = err.value.one_line()
+        assert "replay failed at GTID 0-1-" in msg and "binlog.000001:" in msg and "1062" in msg
+        # every transaction before the failing one is applied, nothing after it
+        assert tgt.sql("SELECT MAX(id) FROM shop.orders WHERE note = 'late'")[0][0] == 519
+        assert tgt.sql("SELECT COUNT(*) FROM shop.orders")[0][0] == 520
+    finally:
+        tgt.destroy()
