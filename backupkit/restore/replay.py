@@ -484,6 +484,11 @@ class _Window:
         self.off += size
         return raw
 
+    def peek(self, n: int) -> bytes:
+        if len(self.buf) - self.off < n:
+            self._fill(n)
+        return self.buf[self.off:self.off + n]
+
     def skip(self, n: int) -> None:
         have = len(self.buf) - self.off
         if n <= have:
@@ -613,12 +618,14 @@ class Parser:
         txn: _Txn | None = None
         first = True
         while pos < seg.end_pos:
+            if first:  # where replay starts must be an event boundary (the base's point)
+                peek = be.parse_header(win.peek(be.HEADER_LEN))
+                if peek.log_pos and peek.log_pos - peek.event_size != pos:
+                    raise IntegrityError(f"position {seg.binlog_file}:{pos} is not an event boundary "
+                                         f"in segment {seg.object.key!r}")
+                first = False
             raw = win.next_event()
             hdr = be.parse_header(raw)
-            if first and hdr.log_pos and hdr.log_pos - hdr.event_size != pos:
-                raise IntegrityError(f"position {seg.binlog_file}:{pos} is not an event boundary in "
-                                     f"segment {seg.object.key!r}")
-            first = False
             pos += hdr.event_size
             t = hdr.type
             if txn is None:
