@@ -62,7 +62,8 @@ BEGIN
     START TRANSACTION;
     SET j = 0;
     WHILE j < per DO
-      UPDATE sbtest.sbtest1 SET k = k + 1 WHERE id = 1 + FLOOR(RAND() * maxid);
+      SET @id = 1 + FLOOR(RAND() * maxid);
+      UPDATE sbtest.sbtest1 SET k = k + 1 WHERE id = @id;
       SET j = j + 1;
     END WHILE;
     COMMIT;

@@ -107,6 +107,10 @@ def _restore_snapshot(store, catalog, manifest, target: str | None, dry_run: boo
     with progress_view("restore") as view:
         result = restore_snapshot(store, manifest, spec, options, progress=view, catalog=catalog)
     data = result.to_dict()
+    from backupkit.restore.loss import loss_after_restore
+
+    loss = loss_after_restore(catalog, manifest.source.source_id)
+    data["loss"] = loss.to_dict() if loss else None
     if not json_mode():
         for p in result.problems:
             warn(p)
@@ -120,5 +124,7 @@ def _restore_snapshot(store, catalog, manifest, target: str | None, dry_run: boo
                 ("duration", human_seconds(result.duration))]
         rows += [(f"moved aside: {db}", aside) for db, aside in result.moved_aside.items()]
         console.print(table(None, ["", ""], rows))
+        if loss is not None:
+            console.print(loss.table())
 
     render(data, human)

@@ -124,9 +124,13 @@ class LossReport:
             lost_t = "-" if s.transactions_lost is None else \
                 f"{'' if s.complete else '>= '}{s.transactions_lost:,}"
             lost_r = "-" if s.rows_lost is None else f"{'' if s.complete else '>= '}{s.rows_lost:,}"
-            down = human_seconds(s.downtime_seconds) if s.downtime_seconds is not None else "-"
-            if s.downtime_note:
-                down += f" ({s.downtime_note})"
+            if s.downtime_seconds is None:
+                down = "-"
+            elif s.downtime_seconds == 0:
+                down = "none" + (f" ({s.downtime_note})" if s.downtime_note != "none" else "")
+            else:
+                note = f" ({s.downtime_note})" if s.downtime_note else ""
+                down = human_seconds(s.downtime_seconds) + note
             rto = human_seconds(s.rto_seconds) if s.rto_seconds is not None else "never measured"
             rows.append((s.label, point, human_seconds(s.loss_seconds), lost_t, lost_r, down, rto))
         return table(f"Loss window for a disaster at {format_time(self.at)} (source {self.source_id})",
@@ -311,10 +315,21 @@ def loss_report(catalog: Catalog, at: float | None = None, source_id: str | None
     if count:
         windows = [s.window for s in report.strategies if s.window is not None]
         count_losses(catalog.store, segs.get(report.source_id, []), windows, max_parse_bytes)
+    shipped = bool(segs.get(report.source_id))
     for s in report.strategies:
         w = s.window
-        if w is not None and (count or s.strategy == "binlog"):
+        if w is not None and not shipped:
+            s.notes.append("no shipped binlog to count lost transactions from")
+        elif w is not None and (count or s.strategy == "binlog"):
             s.transactions_lost = w.transactions if count else None
             s.rows_lost = w.rows if count else None
             s.counted_through, s.complete = w.counted_through, w.complete
     return report
+
+
+def loss_after_restore(catalog: Catalog, source_id: str | None = None) -> LossReport | None:
+    """The report printed after a restore: never fails the restore (None if it cannot be made)."""
+    try:
+        return loss_report(catalog, source_id=source_id, max_parse_bytes=64 << 20)
+    except Exception:
+        return None

@@ -19,7 +19,7 @@ from typing import Any
 from backupkit.errors import ObjectNotFound, UsageError
 from backupkit.mysql.connection import TARGET_PASSWORD_ENV, ConnSpec, parse_conn
 from backupkit.repo.catalog import Catalog, utc_iso
-from backupkit.restore.loss import LossReport, loss_report
+from backupkit.restore.loss import LossReport, loss_after_restore
 from backupkit.restore.plan import Planner, RestorePlan
 from backupkit.restore.replay import ReachedPoint, ReplayResult, replay_segments
 from backupkit.restore.targets import RestoreTarget, format_time, parse_target
@@ -180,10 +180,7 @@ def restore_to_point(store: ObjectStore, catalog: Catalog, target: RestoreTarget
     except Exception as exc:  # the restore itself succeeded
         result.notes.append(f"the restore record could not be written: {exc}")
     if report_loss:
-        try:
-            result.loss = loss_report(catalog, source_id=plan.source_id, max_parse_bytes=64 << 20)
-        except Exception as exc:
-            result.notes.append(f"no loss report: {exc}")
+        result.loss = loss_after_restore(catalog, plan.source_id)
     return result
 
 
