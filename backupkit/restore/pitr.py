@@ -221,8 +221,9 @@ class _PitrView:
             self.bar.update(self.replay_task, advance=kw.get("bytes", 0),
                             description=f"replay {self.transactions:,} transactions, GTID {self.gtid}")
         elif event == "done":
-            task = self.bar.tasks[-1]
-            self.bar.update(self.replay_task, total=task.completed, completed=task.completed)
+            task = next((t for t in self.bar.tasks if t.id == self.replay_task), None)
+            if task is not None:
+                self.bar.update(self.replay_task, total=task.completed, completed=task.completed)
 
 
 def restore_cli(backup_id: str | None = None, target: str | None = None, datadir: str | None = None,

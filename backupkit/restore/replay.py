@@ -794,7 +794,7 @@ def open_replay_connection(spec: ConnSpec, log_bin: bool = False):
 def replay_segments(store: ObjectStore, segments: Sequence[SegmentInfo], start: tuple[str, int],
                     target: RestoreTarget, spec: ConnSpec, *, start_point: ReachedPoint | None = None,
                     log_bin: bool = False, progress: Progress | None = None, prefetch: int = 2,
-                    queue_bytes: int = 64 * MIB, chunk_bytes: int = CHUNK_BYTES) -> ReplayResult:
+                    queue_bytes: int = 32 * MIB, chunk_bytes: int = CHUNK_BYTES) -> ReplayResult:
     """Apply segments from start (the base's binlog coordinates) up to the target's stop point."""
     report = progress or (lambda *a, **k: None)
     t0 = time.monotonic()
