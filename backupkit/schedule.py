@@ -377,6 +377,7 @@ class CliRunner:
         self.extra_env = extra_env or {}
         self._procs: set[subprocess.Popen] = set()
         self._lock = threading.Lock()
+        self._cut_at: float | None = None
 
     def command(self, strategy: str) -> list[str]:
         return [self.python, "-m", "backupkit", "--policy", self.policy_file, "--json",
@@ -390,7 +391,17 @@ class CliRunner:
         with self._lock:
             self._procs.add(proc)
         try:
-            out, err = proc.communicate()
+            while True:
+                try:
+                    out, err = proc.communicate(timeout=1.0)
+                    break
+                except subprocess.TimeoutExpired:
+                    # After a cut, stray grandchildren may hold the pipes open: stop reading
+                    # once the child itself has exited.
+                    if proc.poll() is not None and self._cut_at is not None and \
+                            time.monotonic() - self._cut_at > 10:
+                        out, err = "", f"error: cut by the daemon's stop (exit {proc.returncode})"
+                        break
         finally:
             with self._lock:
                 self._procs.discard(proc)
@@ -400,6 +411,7 @@ class CliRunner:
         """SIGTERM every running child: each stops safely (no manifest, service restarted)."""
         with self._lock:
             procs = list(self._procs)
+        self._cut_at = time.monotonic()
         for p in procs:
             with contextlib.suppress(ProcessLookupError):
                 p.send_signal(signal.SIGTERM)
@@ -753,6 +765,7 @@ class Daemon:
         self.scheduler: BaseScheduler | None = None
         self.event_log = event_log or (lambda line: (sys.stderr.write(line + "\n"), sys.stderr.flush()))
         self.binlog_lock: FileLock | None = None
+        self._dirty = threading.Event()
 
     # -- configuration -------------------------------------------------------------------
     def schedules(self) -> dict[str, str]:
@@ -774,7 +787,9 @@ class Daemon:
         if self.stopping.is_set():
             return
         self.executor.run(name)
-        self.write_status()
+        # The next run time is written by the main thread (tick): a job thread must not call the
+        # scheduler, whose shutdown holds its job-store lock while it waits for running jobs.
+        self._dirty.set()
 
     def _on_skip(self, event) -> None:
         from apscheduler.events import EVENT_JOB_MISSED
@@ -806,7 +821,9 @@ class Daemon:
             for name, expr in self.schedules().items():
                 j = jobs.setdefault(name, {})
                 j["schedule"] = expr
-                job = sched.get_job(name) if sched is not None and state != "stopped" else None
+                job = None
+                if sched is not None and not self.stopping.is_set():  # see _job
+                    job = sched.get_job(name)
                 nrt = getattr(job, "next_run_time", None)  # pending jobs have none yet
                 j["next_run"] = iso(nrt.timestamp()) if nrt is not None else None
             if self.shipper is not None:
@@ -835,8 +852,12 @@ class Daemon:
         self.shipper.tick()
 
     def tick(self) -> None:
+        """The main thread's periodic work: the shipper, and the status after finished runs."""
         if self.shipper is not None:
             self.shipper.tick()
+        if self._dirty.is_set() and not self.stopping.is_set():
+            self._dirty.clear()
+            self.write_status()
 
     def shutdown(self, wait_jobs: float, cut: Callable[[], None] | None = None,
                  shipper_timeout: float = 60.0) -> None:
