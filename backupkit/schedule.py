@@ -45,7 +45,7 @@ JOB_STRATEGIES = ("cold", "snapshot", "verify", "prune", "sync")
 GROUPS = {"cold": "source", "snapshot": "source", "verify": "repository", "prune": "repository",
           "sync": "repository"}
 CLI_ARGS = {"cold": ["cold"], "snapshot": ["snapshot"], "verify": ["verify", "--all"],
-            "prune": ["prune"], "binlog": ["binlog", "ship"], "sync": ["repo", "sync"]}
+            "prune": ["prune", "--force"], "binlog": ["binlog", "ship"], "sync": ["repo", "sync"]}
 MACROS = {"@yearly": "0 0 1 1 *", "@annually": "0 0 1 1 *", "@monthly": "0 0 1 * *",
           "@weekly": "0 0 * * 0", "@daily": "0 0 * * *", "@midnight": "0 0 * * *",
           "@hourly": "0 * * * *"}

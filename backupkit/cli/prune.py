@@ -7,6 +7,9 @@ import typer
 
 def prune(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print what would be removed; remove nothing."),
+    force: bool = typer.Option(False, "--force",
+                               help="Really remove (the scheduler and cron lines pass it); without it, "
+                                    "prune only shows what it would remove."),
     keep_last: int = typer.Option(None, "--keep-last", min=0, help="Override retention.keep_last."),
     keep_daily: int = typer.Option(None, "--keep-daily", min=0, help="Override retention.keep_daily."),
     keep_weekly: int = typer.Option(None, "--keep-weekly", min=0, help="Override retention.keep_weekly."),
@@ -18,7 +21,8 @@ def prune(
     """Remove the backups and binlog segments the retention policy no longer keeps.
 
     Never removes a base or a segment needed to restore any second of the recovery window, or
-    to replay from any kept base. Backups disappear manifest first, data after.
+    to replay from any kept base. Backups disappear manifest first, data after. Nothing is
+    removed without --force: without it (or with --dry-run) prune prints what it would remove.
     """
     from backupkit.cli.common import render, settings
     from backupkit.cli.console import human_bytes
@@ -47,10 +51,16 @@ def prune(
                           "remove nothing",
                           "set keep_last, keep_daily, keep_weekly, keep_monthly or recovery_window "
                           "in [retention], or pass --keep-last N / --recovery-window '7 days'")
+    if not force and not dry_run:
+        from backupkit.cli.console import warn
+
+        warn("showing what prune would remove; nothing is removed without --force")
+        dry_run = True
     store = st.open_store(create=False)
     result = run_prune(store, rules, dry_run=dry_run, tz=policy_timezone(st.policy))
     data = result.to_dict()
     data["storage"] = store.describe()
+    data["dry_run"] = dry_run
 
     def human(c) -> None:
         verb = "would remove" if dry_run else "removed"

@@ -98,10 +98,20 @@ def test_dry_run_prints_what_goes_and_why_and_changes_nothing(repo):
     assert "binlog segment(s)" in r.stdout and f"ends before kept base {backups[2].id}" in r.stdout
 
 
+def test_prune_without_force_only_shows_and_removes_nothing(repo):
+    before = sorted(p.relative_to(repo) for p in repo.rglob("*") if p.is_file())
+    r = run_cli("prune", "--keep-last", "1", "--json", "--storage", f"file://{repo}")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["dry_run"] is True and out["removed_backups"]
+    assert "nothing is removed without --force" in r.stderr
+    assert sorted(p.relative_to(repo) for p in repo.rglob("*") if p.is_file()) == before
+
+
 def test_keep_last_removes_old_bases_and_their_binlog_and_the_rest_verifies(repo):
     backups, segs, _ = _state(repo)
     newest = backups[-1]
-    r = run_cli("prune", "--keep-last", "1", "--json", "--storage", f"file://{repo}")
+    r = run_cli("prune", "--keep-last", "1", "--force", "--json", "--storage", f"file://{repo}")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert [b["id"] for b in out["removed_backups"]] == [b.id for b in backups[:2]]
@@ -125,7 +135,8 @@ def test_recovery_window_keeps_the_base_before_its_start(repo):
     # A window that starts between the second and the third base.
     start = (backups[1].point.time + backups[2].point.time) / 2
     seconds = time.time() - start
-    r = run_cli("prune", "--recovery-window", f"{seconds:.3f}s", "--json", "--storage", f"file://{repo}")
+    r = run_cli("prune", "--recovery-window", f"{seconds:.3f}s", "--force", "--json",
+                "--storage", f"file://{repo}")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert [b["id"] for b in out["removed_backups"]] == [backups[0].id]
@@ -142,7 +153,7 @@ def test_old_orphans_go_recent_ones_stay(repo):
     store.put("backups/20991231T000000Z-snapshot-busy/data/x/y/000000.tsv.zst", b"in progress")
     old = time.time() - 3 * 86400
     os.utime(repo / "backups/20200101T000000Z-snapshot-dead/data/x/y/000000.tsv.zst", (old, old))
-    r = run_cli("prune", "--keep-last", "5", "--json", "--storage", f"file://{repo}")
+    r = run_cli("prune", "--keep-last", "5", "--force", "--json", "--storage", f"file://{repo}")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["orphans"] == ["backups/20200101T000000Z-snapshot-dead/data/x/y/000000.tsv.zst"]
@@ -204,7 +215,7 @@ def test_prune_without_any_rule_is_a_one_line_error(repo, tmp_path):
 def test_prune_on_s3(server, moto, s3_url):
     env = {"BACKUPKIT_S3_ENDPOINT": moto.endpoint}
     _snapshot_and_ship(server, s3_url, 2, env)
-    r = run_cli("prune", "--keep-last", "1", "--json", "--storage", s3_url, env=env)
+    r = run_cli("prune", "--keep-last", "1", "--force", "--json", "--storage", s3_url, env=env)
     assert r.returncode == 0, r.stderr
     assert len(json.loads(r.stdout)["removed_backups"]) == 1
     cat = Catalog(open_store(s3_url, create=False))
