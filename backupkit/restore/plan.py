@@ -62,6 +62,7 @@ class Run:
 
     segments: list[SegmentInfo]
     states: list[GtidPosition | None] = field(default_factory=list)  # GTID position after each
+    _suffix: list[float] | None = field(default=None, repr=False)  # newest commit from i on
 
     @property
     def start(self) -> tuple[str, int]:
@@ -81,7 +82,12 @@ class Run:
 
     def end_time(self, from_index: int = 0) -> float:
         """Newest commit time from segment from_index to the end of the run (0 if none)."""
-        return max((self.commit_time(i) for i in range(from_index, len(self.segments))), default=0.0)
+        if self._suffix is None or len(self._suffix) != len(self.segments) + 1:
+            suffix = [0.0] * (len(self.segments) + 1)
+            for i in range(len(self.segments) - 1, -1, -1):
+                suffix[i] = max(suffix[i + 1], self.commit_time(i))
+            self._suffix = suffix
+        return self._suffix[min(max(from_index, 0), len(self.segments))]
 
 
 def _ends_at(s: SegmentInfo, point: tuple[str, int]) -> bool:
