@@ -93,7 +93,11 @@ def exec_(
 
 
 @app.command("status")
-def status() -> None:
+def status(
+    check: bool = typer.Option(False, "--check",
+                               help="Exit 1 unless healthy: the daemon runs, no job's last run failed, "
+                                    "and the shipper (if any) is running. For HEALTHCHECK and monitoring."),
+) -> None:
     """The last result and the next run of each job, and the state of the binlog shipper."""
     from datetime import datetime
 
@@ -146,6 +150,8 @@ def status() -> None:
                                "runs/failed/skipped", "next run"], rows))
         for e in errors:
             c.print(e, highlight=False, markup=False)
+        for p in out.get("problems", []):
+            c.print(f"unhealthy: {p}", highlight=False, markup=False)
         sh = out["shipper"]
         if sh:
             c.print(f"binlog shipper: {sh.get('state')}"
@@ -155,7 +161,19 @@ def status() -> None:
                        if sh.get("last_exit") is not None else "")
                     + (f", next start {sh['next_start_at']}" if sh.get("next_start_at") else ""))
 
+    problems = []
+    if not alive:
+        problems.append("the daemon is not running" + ("" if ever else " (it never ran)"))
+    for name, j in sorted(jobs.items()):
+        if (j.get("last") or {}).get("result") == "failed":
+            problems.append(f"the last {name} run failed")
+    if alive and out["shipper"] and out["shipper"].get("state") != "running":
+        problems.append(f"the binlog shipper is {out['shipper'].get('state')}")
+    out["healthy"] = not problems
+    out["problems"] = problems
     render(out, human)
+    if check and problems:
+        raise typer.Exit(1)
 
 
 def _alive(pid: int) -> bool:

@@ -96,6 +96,8 @@ shipper_backoff_max = 5
         snap = out["jobs"]["snapshot"]
         assert snap["last"]["result"] == "ok" and snap["last"]["stored_bytes"] > 0
         assert snap["next_run"] and snap["last"]["backup_id"]
+        assert out["healthy"] is True
+        assert run_cli("schedule", "status", "--policy", str(policy), "--check").returncode == 0
         # kill -9 the shipper: the daemon starts a new one
         os.kill(first_pid, signal.SIGKILL)
         new_pid = _wait("a new shipper", lambda: (
@@ -119,6 +121,8 @@ shipper_backoff_max = 5
     final = _status(status_file)
     assert final["state"] == "stopped" and final["shipper"]["state"] == "stopped"
     assert final["shipper"]["last_exit"] == 0, "SIGTERM: the shipper flushed and exited 0"
+    down = run_cli("schedule", "status", "--policy", str(policy), "--check")
+    assert down.returncode == 1 and "unhealthy: the daemon is not running" in down.stdout
     assert not _alive(int(new_pid))
     # One log line per run, with start, end, result, sizes and duration.
     runs = [ln for ln in text.splitlines() if "strategy=snapshot" in ln]
