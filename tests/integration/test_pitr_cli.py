@@ -174,3 +174,21 @@ def test_replay_stops_at_the_first_error_naming_gtid_and_position(shop):
         assert tgt.sql("SELECT COUNT(*) FROM shop.orders")[0][0] == 520
     finally:
         tgt.destroy()
+
+
+def test_point_in_time_restore_streams_from_s3(shop, s3_url):
+    """The same repository on a real S3 server (moto_server): plan, fetch ahead, replay."""
+    local = open_store(f"file://{shop['repo']}")
+    remote = open_store(s3_url)
+    for info in local.list(""):
+        remote.put(info.key, local.get_bytes(info.key))
+    env = {**shop["env"], "BACKUPKIT_STORAGE": s3_url}
+    found = _ok(run_cli("binlog", "events", "--grep", "DROP TABLE", "--json", env=env))
+    tgt = Sandbox(name="accident-s3").start()
+    try:
+        out = _ok(run_cli("restore", "--stop-before-gtid", found["transactions"][0]["gtid"],
+                          "--target", tgt.url, "--json", env=env))
+        assert out["replay"]["segments"] >= 2
+        assert table_checksums(tgt, ["shop"]) == shop["before_drop"]
+    finally:
+        tgt.destroy()
