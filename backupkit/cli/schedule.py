@@ -103,6 +103,7 @@ def status(
 
     from backupkit.cli.common import render
     from backupkit.cli.console import human_bytes, human_seconds, table
+    from backupkit.mysql.control import pid_alive
     from backupkit.schedule import Paths, StatusFile, iso, next_runs, policy_timezone
     from backupkit.schedule import scheduled_strategies as strategies
 
@@ -111,7 +112,7 @@ def status(
     data = StatusFile(paths.status_file).read()
     ever = bool(data)
     pid = data.get("pid")
-    alive = bool(pid) and data.get("state") in ("running", "stopping") and _alive(int(pid))
+    alive = bool(pid) and data.get("state") in ("running", "stopping") and pid_alive(int(pid))
     tz = policy_timezone(st.policy)
     jobs = data.setdefault("jobs", {})
     for name, expr in strategies(st.policy).items():
@@ -174,16 +175,6 @@ def status(
     render(out, human)
     if check and problems:
         raise typer.Exit(1)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @app.command("cron")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from backupkit.errors import BackupkitError
 from backupkit.mysql.connection import ConnSpec, connect
+from backupkit.mysql.control import pid_alive
 
 MARIADBD_CANDIDATES = ("/usr/sbin/mariadbd", "/usr/sbin/mysqld", "/usr/libexec/mariadbd")
 
@@ -32,22 +33,12 @@ def find_mariadbd() -> str:
 
 
 def _pid_alive(pid: int) -> bool:
+    """pid_alive, reaping the process first if it is an exited child of ours."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie child still answers kill(0); reap it if it is ours.
-    try:
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        return done == 0
+        os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
-        try:
-            with open(f"/proc/{pid}/stat") as fh:
-                return fh.read().split()[2] != "Z"
-        except OSError:
-            return False
+        pass
+    return pid_alive(pid)
 
 
 class Sandbox:

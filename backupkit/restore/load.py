@@ -33,6 +33,7 @@ from backupkit.repo.catalog import BackupManifest, Catalog, utc_iso
 from backupkit.repo.codec import StoredObject, iter_object, read_object
 from backupkit.repo.failover import retry_on_other_copy
 from backupkit.storage.base import ObjectStore
+from backupkit.workers import run_workers
 
 SESSION_SQL = ("SET SESSION time_zone='+00:00', sql_mode='NO_AUTO_VALUE_ON_ZERO', "
                "foreign_key_checks=0, unique_checks=0, net_read_timeout=600, net_write_timeout=600")
@@ -315,19 +316,7 @@ def _load_chunks(target: ConnSpec, store: ObjectStore, chunks: list[_Chunk], opt
 
     conns = [_open(target, options.log_bin, autocommit=False)
              for _ in range(min(options.workers(), max(1, len(chunks))))]
-    threads = [threading.Thread(target=run, args=(c,), name=f"load-{i}", daemon=True)
-               for i, c in enumerate(conns)]
-    for th in threads:
-        th.start()
-    try:
-        for th in threads:
-            while th.is_alive():
-                th.join(0.2)
-    except BaseException:
-        stop.set()
-        for th in threads:
-            th.join(30)
-        raise
+    run_workers(run, conns, stop, "load")
     if errors:
         raise errors[0]
     return loaded, warnings

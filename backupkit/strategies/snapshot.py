@@ -44,6 +44,7 @@ from backupkit.strategies.snapshot_schema import (
     read_database,
     read_users,
 )
+from backupkit.workers import run_workers
 
 MIB = 1 << 20
 BATCH_BYTES = 2 * MIB  # aim of one GROUP_CONCAT batch
@@ -590,19 +591,7 @@ def _run_workers(store: ObjectStore, backup_id: str, workers: list, tasks: list[
                 stop.set()
                 return
 
-    threads = [threading.Thread(target=run, args=(w,), name=f"snapshot-{i}", daemon=True)
-               for i, w in enumerate(workers)]
-    for th in threads:
-        th.start()
-    try:
-        for th in threads:
-            while th.is_alive():
-                th.join(0.2)
-    except BaseException:
-        stop.set()
-        for th in threads:
-            th.join(30)
-        raise
+    run_workers(run, workers, stop, "snapshot")
     if errors:
         primary = [e for e in errors if "another worker failed" not in str(e)]
         raise (primary or errors)[0]
