@@ -90,6 +90,9 @@ class S3Store(ObjectStore):
         import boto3
         from botocore.config import Config
 
+        from backupkit.memory import bound_heap
+
+        bound_heap()
         self.bucket = bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self.options = options or S3Options()
