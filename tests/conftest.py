@@ -68,3 +68,41 @@ def store_url(request, tmp_path):
     if request.param == "local":
         return f"file://{tmp_path / 'repo'}"
     return request.getfixturevalue("s3_url")
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            out.append(int(entry))
+    return out
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_process_left_behind():
+    """A safety net: whatever a failed test left running (a shipper, a server) is stopped."""
+    yield
+    import signal
+    import time
+
+    left = _children(os.getpid())
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(p in _children(os.getpid()) for p in left):
+        time.sleep(0.1)
+    for pid in _children(os.getpid()):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

@@ -260,12 +260,14 @@ def test_s3_outage_of_10s_during_shipping(mariadb, moto, s3_url, tmp_path):
             time.sleep(9.0)
             assert segment_count(s3_url) == during  # nothing reached the storage
             proxy.up()
-            wait_for(lambda: segment_count(s3_url) > during + 2, 20, "shipping to resume")
+            # The shipper's own backoff tops out at 5 s, botocore's retries add a few more.
+            wait_for(lambda: segment_count(s3_url) > during + 2, 45, "shipping to resume")
             time.sleep(2.0)
         finally:
             writer.stop()
-        time.sleep(1.0)
-        assert stop_proc(proc) == 0, log.read_text()
+            time.sleep(1.0)
+            rc = stop_proc(proc)  # never leave a shipper behind, whatever failed above
+        assert rc == 0, log.read_text()
     finally:
         proxy.close()
     info = assert_complete(sb, s3_url)
