@@ -103,9 +103,6 @@ def _setup_logging(debug: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    from backupkit.memory import bound_heap
-
-    bound_heap()
     as_json = "--json" in argv
     debug = "--debug" in argv
     try:

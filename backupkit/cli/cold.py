@@ -145,6 +145,13 @@ def restore_cold_cli(store, catalog, manifest, *, datadir: str | None, force: bo
                               catalog=catalog)
     wall = time.monotonic() - t0
     data = result.to_dict() | {"kind": "cold", "duration": round(wall, 3)}
+    loss = None
+    if not dry_run:
+        from backupkit.restore.loss import loss_after_restore
+
+        loss = loss_after_restore(catalog, manifest.source.source_id)
+        data["loss"] = loss.to_dict() if loss else None
+
     def human(console) -> None:
         verb = "would restore" if dry_run else "restored"
         console.print(f"[bold green]{verb} cold backup {manifest.id}[/] into {result.datadir}")
@@ -163,5 +170,7 @@ def restore_cold_cli(store, catalog, manifest, *, datadir: str | None, force: bo
             rows.append(("binlog replay continues at",
                          f"{p['file']}:{p['pos']}  gtid {p.get('gtid') or '-'}"))
         console.print(table(None, ["", ""], rows))
+        if loss is not None:
+            console.print(loss.table())
 
     render(data, human)

@@ -7,7 +7,6 @@ from typing import Any
 from backupkit.cli.console import console, emit_json
 from backupkit.cli.context import COMMON
 from backupkit.config import Settings
-from backupkit.errors import BackupkitError
 
 
 def settings() -> Settings:
@@ -48,7 +47,3 @@ def render(data: dict[str, Any], human) -> None:
             console.print(f"  {e['target']}: {e['key'] or ''} {e['reason']}: {what}", highlight=False)
         if len(targets["events"]) > 10:
             console.print(f"  ... and {len(targets['events']) - 10} more", highlight=False)
-
-
-def not_yet(what: str) -> BackupkitError:
-    return BackupkitError(f"'{what}' is not available in this build yet")

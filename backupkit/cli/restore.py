@@ -7,12 +7,11 @@ loader: "snapshot" -> backupkit.restore.load, "cold" -> backupkit.restore.cold.
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 import typer
 
-from backupkit.cli.common import json_mode, not_yet, open_catalog, render
+from backupkit.cli.common import json_mode, open_catalog, render
 from backupkit.cli.console import human_bytes, human_seconds, table, warn
 from backupkit.errors import BackupkitError, UsageError
 
@@ -67,12 +66,9 @@ def restore(
 
 def _restore_pitr(args: dict[str, Any]) -> None:
     """Point-in-time restore lives in backupkit.restore.pitr (its own command code)."""
-    try:
-        pitr = importlib.import_module("backupkit.restore.pitr")
-        run = pitr.restore_cli
-    except (ImportError, AttributeError):
-        raise not_yet("point-in-time restore") from None
-    return run(**args)
+    from backupkit.restore.pitr import restore_cli
+
+    return restore_cli(**args)
 
 
 def _restore_snapshot(store, catalog, manifest, target: str | None, dry_run: bool, force: bool,
