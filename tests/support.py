@@ -13,6 +13,23 @@ from pathlib import Path
 
 from backupkit.mysql.sandbox import free_port
 
+#: One table with a column of every type the exactness tests cover (snapshot and point in time).
+EVERY_TYPE_TABLE = r"""CREATE TABLE every_type (
+  id INT NOT NULL PRIMARY KEY,
+  vc VARCHAR(200) NULL, txt TEXT NULL, ch CHAR(10) NULL,
+  bin VARBINARY(300) NULL, blb LONGBLOB NULL, fixbin BINARY(4) NULL,
+  emoji VARCHAR(50) CHARACTER SET utf8mb4 NULL,
+  dec65 DECIMAL(65,30) NULL, f FLOAT NULL, d DOUBLE NULL,
+  dt DATE NULL, tm TIME(6) NULL, dtm DATETIME(6) NULL, ts TIMESTAMP(6) NULL DEFAULT NULL,
+  yr YEAR NULL, bt BIT(64) NULL, bt3 BIT(3) NULL,
+  en ENUM('a','b','tab\there','') NULL, st SET('x','y','z') NULL,
+  js JSON NULL, geo GEOMETRY NULL, pt POINT NULL,
+  ti TINYINT NULL, usb BIGINT UNSIGNED NULL, sb BIGINT NULL,
+  gen_v INT AS (id * 2) VIRTUAL,
+  gen_s VARCHAR(210) AS (CONCAT('g', vc)) STORED
+) ENGINE=InnoDB;
+"""
+
 
 class MotoServer:
     """A real S3-compatible HTTP server process (moto_server) on a loopback port."""

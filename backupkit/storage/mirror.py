@@ -240,14 +240,6 @@ class _MirrorReader(_ReadAll):
             return header if header_len else b"-"
         return None
 
-    def close(self) -> None:
-        if not self.closed:
-            try:
-                self.fh.close()
-            except Exception:
-                pass
-        super().close()
-
 
 class _Feed:
     """The upload of one object to one target, fed through a bounded queue by the writing thread."""

@@ -23,7 +23,7 @@ from backupkit.restore.targets import parse_target, time_target
 from backupkit.storage import open_store
 from backupkit.strategies.binlog import ShipOptions, Shipper
 from backupkit.strategies.snapshot import SnapshotOptions, take_snapshot
-from tests.support import run_cli, table_checksums
+from tests.support import EVERY_TYPE_TABLE, run_cli, table_checksums
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -31,20 +31,7 @@ SOURCE = "camp"
 DB = "camp"
 
 SCHEMA = """
-CREATE TABLE every_type (
-  id INT NOT NULL PRIMARY KEY,
-  vc VARCHAR(200) NULL, txt TEXT NULL, ch CHAR(10) NULL,
-  bin VARBINARY(300) NULL, blb LONGBLOB NULL, fixbin BINARY(4) NULL,
-  emoji VARCHAR(50) CHARACTER SET utf8mb4 NULL,
-  dec65 DECIMAL(65,30) NULL, f FLOAT NULL, d DOUBLE NULL,
-  dt DATE NULL, tm TIME(6) NULL, dtm DATETIME(6) NULL, ts TIMESTAMP(6) NULL DEFAULT NULL,
-  yr YEAR NULL, bt BIT(64) NULL, bt3 BIT(3) NULL,
-  en ENUM('a','b','tab\\there','') NULL, st SET('x','y','z') NULL,
-  js JSON NULL, geo GEOMETRY NULL, pt POINT NULL,
-  ti TINYINT NULL, usb BIGINT UNSIGNED NULL, sb BIGINT NULL,
-  gen_v INT AS (id * 2) VIRTUAL,
-  gen_s VARCHAR(210) AS (CONCAT('g', vc)) STORED
-) ENGINE=InnoDB;
+""" + EVERY_TYPE_TABLE + """
 CREATE TABLE latin (id INT PRIMARY KEY, name VARCHAR(50), note TEXT) CHARACTER SET latin1;
 CREATE TABLE nopk (a INT, b VARCHAR(10));
 CREATE TABLE ledger (id INT PRIMARY KEY AUTO_INCREMENT, acct INT, amount DECIMAL(12,2),
