@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import uuid
 
 import pytest
@@ -48,6 +49,17 @@ def moto():
     server.stop()
 
 
+@pytest.fixture(scope="module")
+def regions():
+    """Two S3 server processes, the regions east and west (a test may SIGSTOP one)."""
+    east, west = MotoServer().start(), MotoServer().start()
+    yield east, west
+    for s in (east, west):
+        if s.proc and s.proc.poll() is None:
+            os.killpg(s.proc.pid, signal.SIGCONT)
+        s.stop()
+
+
 @pytest.fixture
 def s3_url(moto, monkeypatch):
     """A fresh bucket on the S3 server and the storage URL of a prefix inside it."""
@@ -89,7 +101,6 @@ def _children(pid: int) -> list[int]:
 def _no_process_left_behind():
     """A safety net: whatever a failed test left running (a shipper, a server) is stopped."""
     yield
-    import signal
     import time
 
     left = _children(os.getpid())

@@ -20,21 +20,10 @@ from backupkit.repo import layout
 from backupkit.repo.catalog import Catalog
 from backupkit.repo.codec import verify_object
 from tests.integration.test_mirror_s3 import _client, _keys, _policy
-from tests.support import MotoServer, run_cli, table_checksums
+from tests.support import run_cli, table_checksums
 
 pytestmark = pytest.mark.timeout(400)
 ENV = {"BACKUPKIT_TARGET_PASSWORD": ""}
-
-
-@pytest.fixture(scope="module")
-def regions():
-    """Two S3 server processes: the regions east and west."""
-    east, west = MotoServer().start(), MotoServer().start()
-    yield east, west
-    for s in (east, west):
-        if s.proc and s.proc.poll() is None:
-            os.killpg(s.proc.pid, signal.SIGCONT)
-        s.stop()
 
 
 def _replicated(keys: dict[str, int]) -> dict[str, int]:

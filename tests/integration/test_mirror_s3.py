@@ -11,7 +11,6 @@ import time
 import uuid
 
 import boto3
-import pytest
 
 from backupkit.config import Settings
 from backupkit.repo import layout
@@ -21,16 +20,6 @@ from backupkit.storage.mirror import find_mirror
 from tests.support import MotoServer, run_cli
 
 MIB = 1 << 20
-
-
-@pytest.fixture(scope="module")
-def regions():
-    east, west = MotoServer().start(), MotoServer().start()
-    yield east, west
-    for s in (east, west):
-        if s.proc and s.proc.poll() is None:
-            os.killpg(s.proc.pid, signal.SIGCONT)
-        s.stop()
 
 
 def _client(server: MotoServer):
