@@ -516,7 +516,8 @@ class RestartGuardian:
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
             env=env, start_new_session=True, close_fds=True)
         config = {"host": c.spec.host, "port": c.spec.port, "user": c.spec.user,
-                  "socket": c.spec.socket, "start_command": c.start_command,
+                  "socket": c.spec.socket, "tls": c.spec.tls, "tls_ca": c.spec.tls_ca,
+                  "start_command": c.start_command,
                   "stop_timeout": c.stop_timeout, "start_timeout": c.start_timeout,
                   "pid_file": str(c.pid_file or (c.probe_result.pid_file if c.probe_result else "")),
                   "log": str(self.log_path)}
@@ -570,6 +571,7 @@ def _guard_main() -> int:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     cfg = json.loads(sys.stdin.readline())
     spec = ConnSpec(host=cfg["host"], port=cfg["port"], user=cfg["user"], socket=cfg["socket"],
+                    tls=cfg.get("tls", "auto"), tls_ca=cfg.get("tls_ca"),
                     password=os.environ.get(GUARD_PASSWORD_ENV))
     ctl = ServiceControl(spec, start_command=cfg["start_command"], pid_file=cfg["pid_file"] or None,
                          stop_timeout=cfg["stop_timeout"], start_timeout=cfg["start_timeout"])

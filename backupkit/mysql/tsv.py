@@ -90,8 +90,9 @@ def _escaped(expr: str) -> str:
             f"'\\t','\\\\t'),'\\n','\\\\n')")
 
 
-def field_expression(col: Column) -> str:
-    """SQL giving one column's field bytes, with NULL as \\N."""
+def field_expression(col: Column, escaped: bool = True) -> str:
+    """SQL giving one column's field bytes, with NULL as \\N; escaped=False leaves text columns
+    unescaped (the optimistic form: see ``plain_form_ok``)."""
     q = quote_ident(col.name)
     if col.kind == "plain":
         inner = q
@@ -102,16 +103,44 @@ def field_expression(col: Column) -> str:
     elif col.kind in ("hex", "geometry", "json"):
         inner = f"HEX({q})"
     else:  # text: raw bytes of the column's own character set, escaped
-        inner = _escaped(f"CAST({q} AS BINARY)")
+        inner = f"CAST({q} AS BINARY)"
+        if escaped:
+            inner = _escaped(inner)
     return f"IFNULL({inner},'\\\\N')"
 
 
-def row_expression(columns: Sequence[Column]) -> str:
+def row_expression(columns: Sequence[Column], escaped: bool = True) -> str:
     """SQL giving one whole row (without its LF) as a binary string."""
     if not columns:
         raise ValueError("a table with no stored columns has no row form")
-    parts = ",'\\t',".join(field_expression(c) for c in columns)
+    parts = ",'\\t',".join(field_expression(c, escaped) for c in columns)
     return f"CAST(CONCAT({parts}) AS BINARY)"
+
+
+def has_text(columns: Sequence[Column]) -> bool:
+    """Whether any column is escaped with REPLACE() (the only ones the plain form changes)."""
+    return any(c.kind == "text" for c in columns)
+
+
+def null_count_expression(columns: Sequence[Column]) -> str:
+    """SQL counting the NULL fields of one row."""
+    return "+".join(f"ISNULL({quote_ident(c.name)})" for c in columns)
+
+
+def plain_form_ok(blob: bytes, rows: int, columns: int, nulls: int) -> bool:
+    """Whether rows formatted by ``row_expression(escaped=False)`` and joined by LF are exactly
+    the escaped form: true when no text field holds TAB, LF or backslash.
+
+    Only text fields can hold those bytes unescaped (every other kind is digits, signs, dots,
+    letters or hex), so the form is exact when the counts are the format's own: ``columns - 1``
+    TABs a row, ``rows - 1`` LFs, and one backslash for each NULL (its ``\\N``). A data TAB, LF or
+    backslash adds to a count and can never take one away. The caller rules out truncation
+    (GROUP_CONCAT cut at group_concat_max_len) by the length."""
+    if rows == 0:
+        return True
+    if blob.count(b"\n") != rows - 1 or blob.count(b"\t") != rows * (columns - 1):
+        return False
+    return blob.count(b"\\") == nulls if nulls else b"\\" not in blob
 
 
 def load_statement(table_sql: str, infile: str, columns: Sequence[Column]) -> str:

@@ -307,3 +307,61 @@ def test_corrupted_chunk_exits_5_naming_it_and_leaves_target_unchanged(source, m
     assert r.returncode == 5, r.stderr
     assert bad in _one_line(r)
     assert _databases(target) == dbs
+
+
+def _table_bytes(store_url: str, backup_id: str, table: str) -> bytes:
+    from backupkit.repo.codec import StoredObject, iter_object
+
+    store = open_store(store_url)
+    manifest = Catalog(store).backup(backup_id)
+    objects = {o.key: o for o in manifest.objects}
+    (t,) = [t for t in manifest.details["tables"] if t["name"] == table]
+    out = []
+    for chunk in sorted(t["chunks"], key=lambda c: c["index"]):
+        obj: StoredObject = objects[chunk["key"]]
+        out.append(b"".join(iter_object(store, obj)))
+    return b"".join(out)
+
+
+def test_plain_form_batches_equal_the_escaped_form(source, local_url, monkeypatch):
+    """Batches without TAB, LF or backslash are read unescaped; batches with them are read
+    again escaped; the stored bytes are exactly what the escaped form gives."""
+    from backupkit.mysql import tsv
+    from backupkit.strategies import snapshot as snap_mod
+
+    source.sql("CREATE DATABASE mix_db")
+    source.sql("CREATE TABLE mix_db.mix (id INT PRIMARY KEY, t VARCHAR(40), l VARCHAR(20) "
+               "CHARACTER SET latin1, n INT)")
+    source.sql("INSERT INTO mix_db.mix SELECT seq, IF(seq % 7 = 0, NULL, CONCAT('row ', seq, ' é😀')), "
+               "IF(seq % 11 = 0, NULL, 'caf\\xe9'), IF(seq % 5 = 0, NULL, seq) FROM seq_1_to_60000",
+               database="mix_db")
+    # special bytes in a few places only: the batches around them are read escaped
+    source.sql("UPDATE mix_db.mix SET t = CONCAT('tab\\there ', id) WHERE id IN (20001, 20002)")
+    source.sql("UPDATE mix_db.mix SET l = 'back\\\\slash' WHERE id = 40000")
+    source.sql("UPDATE mix_db.mix SET t = 'line\\nbreak', l = '\\\\N' WHERE id = 59999")
+
+    readers: list = []
+    init = snap_mod.ChunkReader.__init__
+
+    def keep(self, *a, **k):
+        init(self, *a, **k)
+        readers.append(self)
+
+    monkeypatch.setattr(snap_mod.ChunkReader, "__init__", keep)
+    monkeypatch.setattr(snap_mod, "BATCH_BYTES", 64 << 10)  # many batches from a small table
+    spec = source.spec
+    opts = dict(databases=["mix_db"], parallel=2, chunk_size_mb=1)
+    fast = take_snapshot(spec, open_store(local_url), SnapshotOptions(**opts))
+    plain = sum(r.plain_batches for r in readers)
+    escaped = sum(r.escaped_batches for r in readers)
+    assert plain > escaped > 0, (plain, escaped)
+
+    monkeypatch.setattr(tsv, "has_text", lambda cols: False)  # the escaped form only
+    readers.clear()
+    slow = take_snapshot(spec, open_store(local_url), SnapshotOptions(**opts))
+    assert sum(r.plain_batches for r in readers) == 0
+    data = _table_bytes(local_url, fast.id, "mix")
+    assert data == _table_bytes(local_url, slow.id, "mix")
+    assert data.count(b"\n") == 60000 and b"tab\\there 20001" in data and b"line\\nbreak\t\\\\N" in data
+    assert {t["name"]: t["checksum"] for t in fast.details["tables"]} == \
+        {t["name"]: t["checksum"] for t in slow.details["tables"]}

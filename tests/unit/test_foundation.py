@@ -106,3 +106,21 @@ def test_storage_url_query_sets_s3_options():
 def test_local_keys_cannot_escape(key):
     with pytest.raises(StorageError, match="invalid object key"):
         check_key(key)
+
+
+def test_tls_setting_in_the_connection_url():
+    assert parse_conn("mysql://u@db.example:3306").tls == "auto"
+    assert not parse_conn("mysql://u@db.example:3306").loopback()
+    assert parse_conn("mysql://u@127.0.0.1:3306").loopback() and parse_conn("/run/m.sock").loopback()
+    spec = parse_conn("mysql://u@db.example:3306?tls=on&tls_ca=/etc/mysql/ca.pem")
+    assert (spec.tls, spec.tls_ca) == ("on", "/etc/mysql/ca.pem")
+    with pytest.raises(UsageError, match="tls=auto, tls=on or tls=off"):
+        parse_conn("mysql://u@db.example:3306?tls=maybe")
+
+
+def test_tls_on_with_an_unreadable_ca_file_is_a_config_error(tmp_path):
+    from backupkit.mysql.connection import connect
+
+    spec = parse_conn(f"mysql://u@127.0.0.1:1?tls=on&tls_ca={tmp_path / 'missing.pem'}")
+    with pytest.raises(ConfigError, match="cannot read TLS CA file"):
+        connect(spec)
