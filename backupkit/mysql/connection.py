@@ -118,7 +118,9 @@ def connect(spec: ConnSpec, *, database: str | None = None, autocommit: bool = T
         try:
             return pymysql.connect(**args)
         except pymysql.err.OperationalError as exc:
-            if spec.tls != "auto" or not args.get("ssl_disabled") or "insecure transport" not in str(exc):
+            # MariaDB refuses insecure transport as "access denied" (1045), MySQL with 3159
+            refused = exc.args and exc.args[0] in (1045, 3159) or "insecure transport" in str(exc)
+            if spec.tls != "auto" or not args.get("ssl_disabled") or not refused:
                 raise
             args.pop("ssl_disabled")
             return pymysql.connect(**args)
