@@ -112,7 +112,8 @@ class BinlogSection(_Section):
 
 
 class ColdSection(_Section):
-    staging: str | None = None
+    # "auto": a hidden folder beside the datadir when it is safe; "none": stream while down; a folder
+    staging: str = Field(default="auto", min_length=1)
     paths: list[str] = Field(default_factory=list)
     compression_level: int = Field(default=1, ge=-7, le=22)
     preflush_timeout: float = Field(default=30.0, ge=0, le=3600)  # 0: no pre-flush of dirty pages

@@ -4,13 +4,16 @@ On a private mariadbd with a datadir of about 1 GB (four 1,000,000-row sysbench 
 one table of 200,000 rows), each round measures, on the same server and datadir:
 - baseline: SQL SHUTDOWN, wait for the process to exit, `cp -a` the datadir to a folder on the same
   disk, run the start command and wait until it accepts a connection;
-- `backupkit cold` straight to a local repository on the same disk (zstd at the policy's level 1,
-  per-file sha256), downtime as recorded in the manifest; peak RSS of the backupkit process;
-- `backupkit cold` with zstd level -1 (fast), same measure;
-- `backupkit cold --staging DIR`: copy to a local folder while down, restart, then upload.
-The best round of each is kept (the machine is shared; best-of is fair to every side).
-Goals (issue 6): direct downtime <= 1.2x the baseline; with --staging, downtime <= the staging
-copy + stop + start of the same run (allowing 5% for the shutdown checks between them).
+- `backupkit cold` as it runs by default (`--staging auto`): copy into a hidden folder beside the
+  datadir while down, restart, then archive and upload to a local repository on the same disk;
+  downtime as recorded in the manifest; peak RSS of the backupkit process;
+- `backupkit cold --staging none` (direct: zstd at the policy's level 1 and per-file sha256 while
+  the server is down), and the same with zstd level -1 (fast): informative;
+- `backupkit cold --staging DIR`: copy to a folder given explicitly while down, restart, then upload.
+The best round of each is kept (the machine is shared; best-of is fair to every side); each round
+runs the measures in another order, each from a written-back, warm page cache.
+Goals (issue 6): default downtime <= 1.2x the baseline; with --staging DIR, downtime <= the
+staging copy + stop + start of the same run (allowing 5% for the shutdown checks between them).
 
 Usage: python bench/cold.py [--quick] [--json]
 """
@@ -23,6 +26,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -70,7 +74,9 @@ def du(path: Path) -> int:
 
 
 def warm(path: Path) -> None:
-    """Read every file once so that each measure starts from the same (warm) page cache."""
+    """Write back what the previous measure left dirty, and read every file once, so that each
+    measure starts from the same (warm, clean) page cache."""
+    os.sync()
     for d, _, files in os.walk(path):
         for f in files:
             try:
@@ -116,6 +122,7 @@ def cold(sb: Sandbox, repo: Path, *extra: str) -> dict:
     return {"total": d["total_seconds"], "stop": d["stop_seconds"], "copy": d["copy_seconds"],
             "start": d["start_seconds"], "rss": m.peak_rss_mib, "wall": m.wall,
             "stored": out["stats"]["stored_bytes"], "logical": out["stats"]["logical_bytes"],
+            "mode": staged.get("mode"), "reason": staged.get("reason"),
             "staging_copy": staged.get("copy_seconds"), "upload": staged.get("upload_seconds")}
 
 
@@ -127,46 +134,58 @@ def run(quick: bool = False) -> list[dict]:
         sb.start()
         build(sb, tables, rows)
         size = du(sb.datadir)
-        results: dict[str, list[dict]] = {"base": [], "cold": [], "fast": [], "staging": []}
-        for _ in range(rounds):
-            warm(sb.datadir)
-            results["base"].append(baseline(sb, work / "cp-copy"))
-            warm(sb.datadir)
-            results["cold"].append(cold(sb, work / "repo"))
-            warm(sb.datadir)
-            results["fast"].append(cold(sb, work / "repo", "--compression-level", "-1"))
-            warm(sb.datadir)
-            results["staging"].append(cold(sb, work / "repo", "--staging", str(work / "staging")))
+        repo = work / "repo"
+        measures: list[tuple[str, Callable[[], dict]]] = [
+            ("base", lambda: baseline(sb, work / "cp-copy")),
+            ("auto", lambda: cold(sb, repo)),  # the default: --staging auto
+            ("cold", lambda: cold(sb, repo, "--staging", "none")),
+            ("fast", lambda: cold(sb, repo, "--staging", "none", "--compression-level", "-1")),
+            ("staging", lambda: cold(sb, repo, "--staging", str(work / "staging"))),
+        ]
+        results: dict[str, list[dict]] = {name: [] for name, _ in measures}
+        for i in range(rounds):
+            # another order each round, so that no measure always follows the same one (a copy
+            # that follows another's 1 GB of writes and deletes can be slower)
+            for name, fn in measures[i % len(measures):] + measures[:i % len(measures)]:
+                warm(sb.datadir)
+                results[name].append(fn())
     finally:
         sb.destroy()
         shutil.rmtree(work, ignore_errors=True)
 
     best = {k: min(v, key=lambda r: r["total"]) for k, v in results.items()}
-    base, direct, fast, staged = best["base"], best["cold"], best["fast"], best["staging"]
+    base, auto, direct, fast, staged = (best["base"], best["auto"], best["cold"], best["fast"],
+                                        best["staging"])
     mib = size / (1 << 20)
     out = [
         row(BENCH, f"datadir size ({tables} x {rows:,} rows)", mib, "MiB"),
         row(BENCH, "baseline downtime: stop + cp -a + start", base["total"], "s"),
         row(BENCH, "baseline cp -a alone", base["copy"], "s"),
     ]
-    r = direct["total"] / base["total"]
-    out.append(row(BENCH, "downtime: cold, zstd 1 (policy default)", direct["total"], "s",
-                   "<= 1.2x stop + cp -a + start", r, r <= 1.2))
+    modes = sorted({r["mode"] for r in results["auto"]})
+    r = auto["total"] / base["total"]
+    out.append(row(BENCH, f"downtime: cold (default, staging {'/'.join(modes)})", auto["total"], "s",
+                   "<= 1.2x stop + cp -a + start", r, r <= 1.2 and modes == ["auto"]))
+    if modes != ["auto"]:  # the goal is about the staging copy: say why it did not happen
+        print(f"cold: the default run did not stage beside the datadir: {auto['reason']}", file=sys.stderr)
+    out.append(row(BENCH, "  of which copy while down (default)", auto["copy"], "s"))
+    out.append(row(BENCH, "default: upload after the restart", auto["upload"] or 0, "s"))
+    out.append(row(BENCH, "downtime: cold --staging none, zstd 1", direct["total"], "s",
+                   "informative", direct["total"] / base["total"], None))
     out.append(row(BENCH, "  of which copy while down (zstd 1)", direct["copy"], "s"))
-    r = fast["total"] / base["total"]
-    out.append(row(BENCH, "downtime: cold, zstd -1", fast["total"], "s",
-                   "<= 1.2x stop + cp -a + start", r, r <= 1.2))
+    out.append(row(BENCH, "downtime: cold --staging none, zstd -1", fast["total"], "s",
+                   "informative", fast["total"] / base["total"], None))
     parts = (staged["staging_copy"] or 0) + (staged["stop"] or 0) + (staged["start"] or 0)
     r = staged["total"] / parts if parts else None
-    out.append(row(BENCH, "downtime: cold --staging", staged["total"], "s",
+    out.append(row(BENCH, "downtime: cold --staging DIR", staged["total"], "s",
                    "<= staging copy + stop + start (+5%)", r, r is not None and r <= 1.05))
-    out.append(row(BENCH, "downtime: cold --staging vs baseline", staged["total"], "s",
+    out.append(row(BENCH, "downtime: cold --staging DIR vs baseline", staged["total"], "s",
                    "informative", staged["total"] / base["total"], None))
-    out.append(row(BENCH, "staging: upload after the restart", staged["upload"] or 0, "s"))
-    out.append(row(BENCH, "copy rate while down (zstd 1)", mib / direct["copy"] if direct["copy"] else 0,
-                   "MiB/s"))
+    out.append(row(BENCH, "staging DIR: upload after the restart", staged["upload"] or 0, "s"))
+    out.append(row(BENCH, "copy rate while down (--staging none, zstd 1)",
+                   mib / direct["copy"] if direct["copy"] else 0, "MiB/s"))
     out.append(row(BENCH, "stored / datadir bytes (zstd 1)", direct["stored"] / max(1, size), "ratio"))
-    rss = max(direct["rss"], fast["rss"], staged["rss"])
+    rss = max(auto["rss"], direct["rss"], fast["rss"], staged["rss"])
     out.append(row(BENCH, "peak RSS of backupkit cold", rss, "MiB", "bounded: < 300 MiB", None, rss < 300))
     return out
 

@@ -44,8 +44,11 @@ def cold(
                                       help="Command that starts the server (required here or in the "
                                            "policy)."),
     pid_file: str = typer.Option(None, "--pid-file", help="The server's pid file (default: its @@pid_file)."),
-    staging: str = typer.Option(None, "--staging",
-                                help="Copy to this local folder while the server is down, upload after."),
+    staging: str = typer.Option(None, "--staging", metavar="auto|none|DIR",
+                                help="auto (default): copy beside the datadir while the server is down "
+                                     "and upload after the restart, when there is room (else none); "
+                                     "none: compress and store while it is down; DIR: copy to this "
+                                     "folder."),
     paths: list[str] = typer.Option(None, "--paths",
                                     help="Other files or folders to copy too (repeat)."),
     config_file: str = typer.Option(None, "--config-file",
@@ -103,9 +106,14 @@ def cold(
                          f"{human_seconds(d['stop_seconds'])} + copy {human_seconds(d['copy_seconds'])}"
                          f" + start {human_seconds(d['start_seconds'])}"),
         ]
-        if staged:
-            rows.append(("staging", f"copy {human_seconds(staged.get('copy_seconds'))} (server down), "
-                                    f"upload {human_seconds(staged.get('upload_seconds'))} (server up)"))
+        if staged.get("mode") in ("auto", "dir"):
+            rows.append(("staging", f"{staged['mode']}: copy {human_seconds(staged.get('copy_seconds'))} "
+                                    f"(server down), upload {human_seconds(staged.get('upload_seconds'))}"
+                                    " (server up)"))
+        elif staged:
+            rows.append(("staging", f"none: stored while the server was down ({staged.get('reason')})"))
+        for path in staged.get("removed_leftovers") or []:
+            rows.append(("removed", f"leftover staging copy {path}"))
         rows += [
             ("binlog point", f"{manifest.point.file}:{manifest.point.pos}  gtid {manifest.point.gtid or '-'}"
              if manifest.point.file else "binlog disabled: no replay from this base"),

@@ -9,6 +9,12 @@ a connection again, and stored in the manifest with each phase. Everything that 
 the stop is checked before the stop: the store is writable, the start command is set, the
 staging folder has room, the pid file is readable.
 
+By default (staging "auto") the files are copied while the server is down into a hidden folder
+beside the datadir (same filesystem: an in-kernel copy, a reflink on XFS or btrfs), the server is
+started, and the copy is archived and uploaded while it serves. When that folder is unsafe (no
+room above a reserve, not writable, another filesystem), the archive is streamed to the store
+while the server is down instead, and the manifest says why.
+
 The manifest's point is exact: after a clean shutdown the last binlog file ends with a Stop
 event, and the position where that event begins is the end of the last committed transaction;
 the GTID position comes from the ``<binlog>.state`` file the server writes at shutdown, and is
@@ -18,11 +24,14 @@ checked after the restart against ``BINLOG_GTID_POS(file, pos)``.
 from __future__ import annotations
 
 import contextlib
+import errno
+import json
 import logging
 import os
 import queue
 import shutil
 import signal
+import socket
 import stat
 import threading
 import time
@@ -45,7 +54,7 @@ from backupkit.archive import (
 from backupkit.errors import BackupkitError, ServerControlError, UsageError
 from backupkit.mysql import binlog_events as be
 from backupkit.mysql.connection import ConnSpec, connect
-from backupkit.mysql.control import RestartGuardian, ServerProbe, ServiceControl, ShutdownCheck
+from backupkit.mysql.control import RestartGuardian, ServerProbe, ServiceControl, ShutdownCheck, pid_alive
 from backupkit.mysql.server import current_point, identity, server_facts
 from backupkit.repo import layout
 from backupkit.repo.catalog import BackupManifest, BinlogPoint, Catalog, new_backup_id, utc_iso
@@ -92,7 +101,7 @@ class ColdOptions:
     stop_command: str | None = None
     start_command: str | None = None
     pid_file: str | None = None
-    staging: str | None = None
+    staging: str = "auto"  # "auto": beside the datadir when safe; "none": stream while down; or a folder
     paths: list[str] = field(default_factory=list)
     config_file: str | None = None
     stop_timeout: float = 300.0
@@ -496,6 +505,142 @@ def _inside(path: Path, folder: Path) -> bool:
         return False
 
 
+# -- staging ---------------------------------------------------------------------------
+#: The automatic staging location: a hidden folder beside the datadir (on its filesystem).
+AUTO_STAGING = ".backupkit-staging"
+#: The file in each ``<backup id>.staging`` folder that names the process that owns it.
+STAGING_OWNER = "backupkit-owner.json"
+GiB = 1 << 30
+
+
+def disk_space(path: Path) -> tuple[int, int]:
+    """(bytes free for this user, size) of the filesystem that holds path."""
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
+
+
+def staging_reserve(fs_size: int) -> int:
+    """What must stay free on the database's filesystem after an automatic staging copy: the
+    server keeps writing (redo, binlog, temp tables) while the copy is uploaded."""
+    return max(GiB, fs_size // 10)
+
+
+def _gib(n: float) -> str:
+    return f"{n / GiB:.1f} GiB"
+
+
+def auto_staging_location(datadir: Path) -> Path:
+    """Where automatic staging copies go: ``<parent of the real datadir>/.backupkit-staging``."""
+    return Path(os.path.realpath(datadir)).parent / AUTO_STAGING
+
+
+def _own_folder(path: Path) -> bool:
+    """A real folder (not a symlink) owned by this user."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid()
+
+
+def auto_staging_folder(datadir: Path, roots: list[Root], est_bytes: int) -> tuple[Path | None, str]:
+    """The automatic staging location when it is safe to copy est_bytes there, else None and why.
+
+    Safe means: on the datadir's filesystem (not across a mount point), not inside anything
+    that is copied, writable, and after the copy at least staging_reserve() stays free."""
+    real = Path(os.path.realpath(datadir))
+    folder = auto_staging_location(datadir)
+    parent = folder.parent
+    if parent == real:
+        return None, f"the datadir {real} has no parent folder"
+    try:
+        if os.stat(parent).st_dev != os.stat(real).st_dev:
+            return None, (f"the datadir {real} is a mount point: the folder beside it is on "
+                          "another filesystem")
+    except OSError as exc:
+        return None, f"cannot inspect {parent}: {exc.strerror}"
+    for root in roots:
+        if root.files is None and _inside(folder, root.path):
+            return None, f"{folder} would be inside {root.path}, which is copied"
+    if os.path.lexists(folder):
+        if not _own_folder(folder):
+            return None, f"{folder} exists and is not a folder owned by this user"
+        if not os.access(folder, os.W_OK | os.X_OK):
+            return None, f"{folder} is not writable"
+    elif not os.access(parent, os.W_OK | os.X_OK):
+        return None, f"{parent} is not writable"
+    free, size = disk_space(parent)
+    need, reserve = int(est_bytes * 1.05), staging_reserve(size)
+    if free - need < reserve:
+        return None, (f"not enough room beside the datadir: {parent} has {_gib(free)} free, the "
+                      f"copy needs about {_gib(need)} and {_gib(reserve)} must stay free")
+    return folder, ""
+
+
+def _process_start(pid: int) -> int | None:
+    """The start time of a process (clock ticks since boot), to tell a reused pid apart."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return int(fh.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def make_staging_folder(base: Path, backup_id: str) -> Path:
+    """Create ``base/<backup id>.staging`` (0700) with an owner file naming this process."""
+    folder = base / f"{backup_id}.staging"
+    folder.mkdir(mode=0o700)
+    os.chmod(folder, 0o700)
+    owner = {"pid": os.getpid(), "start": _process_start(os.getpid()), "host": socket.gethostname(),
+             "backup_id": backup_id, "created": utc_iso(time.time())}
+    (folder / STAGING_OWNER).write_text(json.dumps(owner) + "\n")
+    return folder
+
+
+def keep_staging_folder(folder: Path, why: str) -> None:
+    """Mark a staged copy as kept on purpose: leftover cleanup never removes it."""
+    with contextlib.suppress(OSError):
+        owner = json.loads((folder / STAGING_OWNER).read_text())
+        owner["kept"] = why
+        (folder / STAGING_OWNER).write_text(json.dumps(owner) + "\n")
+
+
+def _owner_gone(owner: dict) -> bool:
+    """True when the process that made a staging folder is certainly gone (on this host)."""
+    pid = owner.get("pid")
+    if owner.get("kept") or not isinstance(pid, int) or owner.get("host") != socket.gethostname():
+        return False
+    if not pid_alive(pid):
+        return True
+    start = owner.get("start")
+    now = _process_start(pid)
+    return start is not None and now is not None and now != start  # the pid was reused
+
+
+def remove_leftover_staging(base: Path) -> list[str]:
+    """Remove the ``*.staging`` folders in base whose owner process is gone: temp copies of a
+    backupkit that was killed. Folders without a readable owner file, kept ones (the server did
+    not start) and anything else in base are left alone. Returns what was removed."""
+    if not _own_folder(base):
+        return []
+    removed = []
+    for entry in sorted(base.glob("*.staging")):
+        if not _own_folder(entry):
+            continue
+        try:
+            owner = json.loads((entry / STAGING_OWNER).read_text())
+        except (OSError, ValueError):
+            continue
+        if not isinstance(owner, dict) or not _owner_gone(owner):
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        if not os.path.lexists(entry):
+            log.warning("removed leftover staging copy %s (its backupkit process %s is gone)",
+                        entry, owner.get("pid"))
+            removed.append(str(entry))
+    return removed
+
+
 def plan_roots(probe: ServerProbe, datadir: Path, paths: list[str],
                binlog_files: list[str] | None = None) -> list[Root]:
     """The datadir, plus binlog and InnoDB files that live outside it, plus --paths."""
@@ -604,11 +749,6 @@ def _check_store(store: ObjectStore, catalog: Catalog) -> None:
     catalog.ensure_repo()  # writes the repository config on first use: proves we can write
 
 
-def _free_bytes(path: Path) -> int:
-    st = os.statvfs(path)
-    return st.f_bavail * st.f_frsize
-
-
 def take_cold_backup(store: ObjectStore, spec: ConnSpec, opts: ColdOptions, *,
                      catalog: Catalog | None = None, progress: ProgressFn | None = None,
                      notify: Callable[[str], None] | None = None) -> BackupManifest:
@@ -617,17 +757,20 @@ def take_cold_backup(store: ObjectStore, spec: ConnSpec, opts: ColdOptions, *,
     The server is started again on every path out. On failure the raised error says what
     failed and what happened to the server; no manifest is written, so no backup exists."""
     job = ColdJob(store, spec, opts, catalog or Catalog(store), progress, notify)
-    job.preflight()
-    with SignalGuard() as guard:
-        job.guard = guard
-        job.downtime()  # stop, check, copy; the server is started again whatever happens
-        try:
-            job.after_restart()
-        except SignalInterrupt as exc:
-            job.abandon()
-            raise Interrupted(f"interrupted by {exc.name} while the archive was being stored; the "
-                              "server is running; no backup was written") from None
-    return job.commit()
+    try:
+        job.preflight()
+        with SignalGuard() as guard:
+            job.guard = guard
+            job.downtime()  # stop, check, copy; the server is started again whatever happens
+            try:
+                job.after_restart()
+            except SignalInterrupt as exc:
+                job.abandon()
+                raise Interrupted(f"interrupted by {exc.name} while the archive was being stored; "
+                                  "the server is running; no backup was written") from None
+        return job.commit()
+    finally:
+        job.remove_staged()  # gone after the upload or a failure; kept only when the start failed
 
 
 class ColdJob:
@@ -649,7 +792,9 @@ class ColdJob:
         self.archive: StoredObject | None = None
         self.stats: WriteStats | None = None
         self.upload: ArchiveUpload | None = None
-        self.staging_dir: Path | None = None
+        self.staging_mode = "direct"  # auto | dir | direct
+        self.staging_dir: Path | None = None  # <backup id>.staging, ours
+        self.staging_kept = False
         self.staged_roots: list[Root] | None = None
         self.staging_skipped: list[Skipped] = []
         self.staging_info: dict = {}
@@ -681,8 +826,11 @@ class ColdJob:
         _check_store(self.store, self.catalog)
         self.backup_id = new_backup_id("cold")
         self.archive_key = layout.cold_archive(self.backup_id, 0)
-        if opts.staging:
-            self.staging_dir = self._check_staging(Path(opts.staging).expanduser().absolute())
+        staging = (opts.staging or "auto").strip()
+        if staging.lower() in ("auto", "none"):
+            staging, base = staging.lower(), None
+        else:
+            base = self._check_staging(Path(staging).expanduser().absolute())
         self.config_data: bytes | None = None
         if opts.config_file:
             try:
@@ -690,21 +838,63 @@ class ColdJob:
             except OSError as exc:
                 raise UsageError(f"cannot read config file {opts.config_file}: {exc.strerror}") from None
         self.threads = opts.compression_threads if opts.compression_threads >= 0 else (os.cpu_count() or 1)
+        # last: nothing after this can fail, so the staging folder made here cannot be left behind
+        self._choose_staging(staging, base)
+
+    def _choose_staging(self, staging: str, base: Path | None) -> None:
+        """auto: beside the datadir when safe, else direct (and why); none: direct; a folder: there."""
+        removed = remove_leftover_staging(auto_staging_location(self.datadir))
+        if base is not None:
+            try:
+                self.staging_dir = make_staging_folder(base, self.backup_id)
+            except OSError as exc:
+                raise UsageError(f"cannot create a folder in staging folder {base}: {exc.strerror}") from None
+            self.staging_mode = "dir"
+        elif staging == "auto":
+            folder, why = auto_staging_folder(self.datadir, self.roots, self.est_bytes)
+            if folder is not None:
+                try:
+                    folder.mkdir(mode=0o700, exist_ok=True)
+                    os.chmod(folder, 0o700)
+                    self.staging_dir = make_staging_folder(folder, self.backup_id)
+                    self.staging_mode = "auto"
+                except OSError as exc:
+                    why = f"cannot create a staging folder in {folder}: {exc.strerror}"
+            if self.staging_dir is None:
+                self._go_direct(f"automatic staging is not safe here: {why}")
+        else:
+            self._go_direct("staging none was asked")
+        self.staging_info["mode"] = self.staging_mode
+        if self.staging_dir is not None:
+            self.staging_info["path"] = str(self.staging_dir)
+        if removed:
+            self.staging_info["removed_leftovers"] = removed
+
+    def _go_direct(self, reason: str) -> None:
+        """Stream the archive while the server is down, and record why."""
+        self.staging_mode, self.staging_dir = "direct", None
+        self.staging_info.pop("path", None)
+        self.staging_info.update(mode="direct", reason=reason)
+        if not reason.startswith("staging none"):
+            log.warning("cold backup without staging (the downtime includes compressing and "
+                        "storing the archive): %s", reason)
 
     def _check_staging(self, base: Path) -> Path:
+        """An explicit staging folder: strict, a UsageError before anything is stopped."""
         try:
             base.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise UsageError(f"cannot create staging folder {base}: {exc.strerror}") from None
         if not os.access(base, os.W_OK):
             raise UsageError(f"staging folder {base} is not writable")
-        if _inside(base, self.datadir):
-            raise UsageError(f"staging folder {base} is inside the datadir")
-        free = _free_bytes(base)
+        for root in self.roots:
+            if root.files is None and _inside(base, root.path):
+                raise UsageError(f"staging folder {base} is inside {root.path}, which is copied")
+        free, _ = disk_space(base)
         if free < self.est_bytes * 1.05 + (64 << 20):
             raise UsageError(f"staging folder {base} has {free >> 20} MiB free; the datadir needs "
                              f"about {self.est_bytes >> 20} MiB")
-        return base / f"{self.backup_id}.staging"
+        return base
 
     def _count(self, n: int) -> None:
         self.copied += n
@@ -741,13 +931,8 @@ class ColdJob:
                                          + "; ".join(check.problems()) + "), so nothing was copied")
             self.say("copying the datadir" + (" to staging" if self.staging_dir else ""))
             if self.staging_dir is not None:
-                c0 = time.monotonic()
-                self.staged_roots, self.staging_skipped = copy_roots(self.roots, self.staging_dir,
-                                                                     self._count)
-                self.staging_info = {"path": str(self.staging_dir),
-                                     "copy_seconds": round(time.monotonic() - c0, 3),
-                                     "bytes": self.copied}
-            else:
+                self._stage()
+            if self.staging_dir is None:
                 self.upload = ArchiveUpload(self.store, self.archive_key, self.roots,
                                             level=self.opts.compression_level, threads=self.threads,
                                             on_bytes=self._count)
@@ -770,6 +955,27 @@ class ColdJob:
                 elif guardian is not None:
                     guardian.close()  # it will try once more on its own
 
+    def _stage(self) -> None:
+        """Copy the roots into the staging folder. An automatic staging copy that runs out of
+        room is removed at once (the database needs its disk) and the direct copy follows."""
+        assert self.staging_dir is not None
+        c0 = time.monotonic()
+        try:
+            self.staged_roots, self.staging_skipped = copy_roots(self.roots, self.staging_dir,
+                                                                 self._count)
+        except OSError as exc:
+            if self.staging_mode != "auto" or exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            copied, seconds = self.copied, round(time.monotonic() - c0, 3)
+            self.remove_staged()
+            self.staged_roots, self.staging_skipped, self.copied = None, [], 0
+            self._go_direct(f"the staging copy beside the datadir ran out of room after "
+                            f"{copied >> 20} MiB ({exc.strerror}); it was removed")
+            self.staging_info["lost_seconds"] = seconds
+            self.say("copying the datadir")
+            return
+        self.staging_info.update(copy_seconds=round(time.monotonic() - c0, 3), bytes=self.copied)
+
     def _restart(self) -> None:
         try:
             started = self.ctl.ensure_running(stop_sent=True, pid=self.probe.pid,
@@ -790,7 +996,11 @@ class ColdJob:
         if self.upload is not None:
             self.upload.cancel()
             self.upload.join()
-        if self.staging_dir is not None:
+        self.remove_staged()
+
+    def remove_staged(self) -> None:
+        """Remove our staging folder, unless it is kept because the server did not start."""
+        if self.staging_dir is not None and not self.staging_kept:
             shutil.rmtree(self.staging_dir, ignore_errors=True)
 
     def after_restart(self) -> None:
@@ -816,13 +1026,17 @@ class ColdJob:
         if self.staging_dir is not None and self.staged_roots is not None:
             try:
                 self._upload_staged()
+            except Exception as exc:  # the server runs; say so in the one line
+                raise _explain(exc, self.downtime_record, True) from exc
             finally:
-                shutil.rmtree(self.staging_dir, ignore_errors=True)
+                self.remove_staged()
 
     def _raise_start_failure(self) -> None:
         exc = self.start_failure
         assert exc is not None
         if self.staging_dir is not None and self.staged_roots is not None:
+            self.staging_kept = True
+            keep_staging_folder(self.staging_dir, "the server did not start after the copy")
             exc.message += f"; the datadir copy is kept in {self.staging_dir}"
         elif self.archive is not None and self.failure is None:
             point_check = {"checked": False, "reason": "the server did not start"}

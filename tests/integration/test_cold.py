@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
+import stat
 import subprocess
 import threading
 import time
@@ -15,6 +18,7 @@ from backupkit.mysql.sandbox import Sandbox
 from backupkit.repo.catalog import Catalog
 from backupkit.restore.cold import restore_cold
 from backupkit.storage import open_store
+from backupkit.strategies import cold as cold_mod
 from backupkit.strategies.cold import ColdOptions, take_cold_backup
 from tests.support import run_cli, table_checksums
 
@@ -204,3 +208,57 @@ def test_cold_point_is_exact_for_binlog_replay(mariadb, local_url, spare):
     subprocess.run(["mariadb", "-h", "127.0.0.1", "-P", str(target.port), "-u", "root"],
                    input=dump.stdout, capture_output=True, check=True)
     assert table_checksums(target) == expected
+
+
+def _planted(base: Path, name: str, owner: dict | None) -> Path:
+    """A staging folder as a killed (or running, or failed) backupkit would leave it."""
+    folder = base / f"{name}.staging"
+    (folder / "data").mkdir(parents=True)
+    (folder / "data" / "ibdata1").write_bytes(b"x" * 4096)
+    if owner is not None:
+        (folder / cold_mod.STAGING_OWNER).write_text(json.dumps(owner))
+    return folder
+
+
+def test_default_cold_backup_stages_beside_the_datadir_and_cleans_up_after_killed_runs(
+        mariadb, local_url, spare):
+    _fill(mariadb)
+    base = cold_mod.auto_staging_location(mariadb.datadir)
+    assert base == mariadb.datadir.parent / ".backupkit-staging"
+    base.mkdir()
+    os.chmod(base, 0o755)
+    host = socket.gethostname()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    me = {"pid": os.getpid(), "start": cold_mod._process_start(os.getpid()), "host": host}
+    gone = _planted(base, "gone", {"pid": dead.pid, "start": None, "host": host})
+    reused = _planted(base, "reused", {**me, "start": me["start"] - 1})  # same pid, another process
+    _planted(base, "live", me)
+    _planted(base, "kept", {"pid": dead.pid, "host": host, "kept": "the server did not start"})
+    _planted(base, "elsewhere", {"pid": dead.pid, "host": f"{host}-other"})
+    _planted(base, "unowned", None)
+    (base / "notes.txt").write_text("not ours")
+
+    r = run_cli("cold", "--source", mariadb.url, "--storage", local_url,
+                "--start-command", mariadb.start_command(), "--pid-file", str(mariadb.pid_file), "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    staged = out["staging"]
+    assert staged["mode"] == "auto" and Path(staged["path"]).parent == base
+    assert staged["copy_seconds"] > 0 and staged["upload_seconds"] > 0 and staged["bytes"] > 0
+    assert staged["removed_leftovers"] == [str(gone), str(reused)]
+    assert f"removed leftover staging copy {gone}" in r.stderr
+    # our own copy is gone; only what is not ours to remove is left
+    assert sorted(p.name for p in base.iterdir()) == [
+        "elsewhere.staging", "kept.staging", "live.staging", "notes.txt", "unowned.staging"]
+    assert stat.S_IMODE(base.stat().st_mode) == 0o700
+    manifest = Catalog(open_store(local_url)).backup(out["backup_id"])
+    assert manifest.details["staging"] == staged
+    assert "read_seconds" not in manifest.details["downtime"]  # nothing was compressed while down
+    before = table_checksums(mariadb)
+    assert mariadb.sql("SELECT COUNT(*) FROM shop.orders") == [(10000,)]
+
+    target = spare()
+    restore_cold(open_store(local_url), manifest, target.datadir, start_command=target.start_command(),
+                 conn=target.spec, start_timeout=60)
+    assert table_checksums(target) == before

@@ -3,6 +3,7 @@ Restore safety: crafted archives and non-empty datadirs."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -13,14 +14,17 @@ import tarfile
 import time
 from pathlib import Path
 
+import boto3
 import pytest
 
 from backupkit.archive import FileRecord, Root
+from backupkit.errors import UsageError
 from backupkit.mysql.sandbox import Sandbox
 from backupkit.repo import layout
 from backupkit.repo.catalog import BackupManifest, BinlogPoint, Catalog, SourceIdentity, new_backup_id
 from backupkit.repo.codec import put_object
 from backupkit.storage import open_store
+from backupkit.strategies import cold as cold_mod
 from backupkit.strategies.cold import ColdOptions, stream_roots, take_cold_backup
 from tests.support import MotoServer, run_cli
 
@@ -67,6 +71,20 @@ def _running(sb: Sandbox, within: float = 0.0) -> bool:
 def _cold_args(sb: Sandbox, storage: str, *extra: str) -> list[str]:
     return ["cold", "--source", sb.url, "--storage", storage, "--start-command", sb.start_command(),
             "--pid-file", str(sb.pid_file), "--stop-timeout", "60", "--start-timeout", "60", *extra]
+
+
+def _opts(sb: Sandbox, **kw) -> ColdOptions:
+    return ColdOptions(start_command=sb.start_command(), pid_file=str(sb.pid_file), stop_timeout=60,
+                       start_timeout=60, **kw)
+
+
+def _storage_failure_line(err: BaseException) -> str:
+    """The one line of a storage failure after which the server runs again."""
+    assert getattr(err, "exit_code", None) == 4  # a storage error
+    line = err.one_line()  # type: ignore[attr-defined]
+    assert "\n" not in line and "no backup was written" in line
+    assert "the server was restarted and accepts connections" in line
+    return line
 
 
 def _error_lines(stderr: str) -> list[str]:
@@ -120,8 +138,14 @@ def _popen_cli(*args: str) -> subprocess.Popen:
                             env={**os.environ, "COLUMNS": "200"})
 
 
+def _staged_copies(sb: Sandbox) -> list[Path]:
+    """The staging copies left in the automatic location beside the datadir."""
+    return sorted(cold_mod.auto_staging_location(sb.datadir).glob("*.staging"))
+
+
 def test_sigint_during_the_copy_restarts_the_server(server, ballast, local_url):
-    proc = _popen_cli(*_cold_args(server, local_url))
+    # --staging none: the archive is compressed and stored while the server is down
+    proc = _popen_cli(*_cold_args(server, local_url, "--staging", "none"))
     _wait_for_line(proc, "copying the datadir")
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
@@ -135,7 +159,7 @@ def test_sigint_during_the_copy_restarts_the_server(server, ballast, local_url):
 
 
 def test_sigkill_during_the_copy_the_guardian_restarts_the_server(server, ballast, local_url):
-    proc = _popen_cli(*_cold_args(server, local_url))
+    proc = _popen_cli(*_cold_args(server, local_url, "--staging", "none"))
     _wait_for_line(proc, "copying the datadir")
     proc.kill()
     proc.communicate(timeout=30)
@@ -156,38 +180,107 @@ def test_storage_dying_mid_copy_restarts_the_server(server, ballast, monkeypatch
                 killed.append(phase.done)
                 moto.stop()
 
-        opts = ColdOptions(start_command=server.start_command(), pid_file=str(server.pid_file),
-                           stop_timeout=60, start_timeout=60)
-        with pytest.raises(Exception) as info:
-            take_cold_backup(store, server.spec, opts, progress=kill_storage_midway)
+        with pytest.raises(Exception) as info:  # direct: the storage is written while the server is down
+            take_cold_backup(store, server.spec, _opts(server, staging="none"),
+                             progress=kill_storage_midway)
     finally:
         moto.stop()
     assert killed, "the storage was never killed"
-    err = info.value
-    assert getattr(err, "exit_code", None) == 4  # a storage error
-    line = err.one_line()
-    assert "\n" not in line
+    line = _storage_failure_line(info.value)
     assert "cannot reach S3 endpoint" in line or "lost during" in line
-    assert "the server was restarted and accepts connections" in line
     assert _running(server)
 
 
-def test_failed_start_is_loud_and_the_copy_is_kept(server, local_url):
+@pytest.mark.parametrize("staging", ["none", "auto"])
+def test_failed_start_is_loud_and_the_copy_is_kept(server, local_url, staging):
     r = run_cli("cold", "--source", server.url, "--storage", local_url,
                 "--start-command", "echo no way to start >&2; exit 7", "--pid-file", str(server.pid_file),
-                "--start-timeout", "20")
+                "--start-timeout", "20", "--staging", staging)
+    kept = _staged_copies(server)
     try:
         assert r.returncode == 6
         errors = _error_lines(r.stderr)
         assert len(errors) == 1
         assert "THE SERVER IS DOWN" in errors[0] and "exited 7" in errors[0]
         assert "no way to start" in errors[0] and "START THE SERVER BY HAND" in errors[0]
-        assert "was written" in errors[0]  # the copy was complete: the backup exists
-        assert len(Catalog(open_store(local_url)).backup_ids()) == 1
+        if staging == "none":
+            assert "was written" in errors[0]  # the copy was complete: the backup exists
+            assert len(Catalog(open_store(local_url)).backup_ids()) == 1
+            assert kept == []
+        else:  # the staged copy is kept and named; it is not a leftover for the next run
+            assert len(kept) == 1 and f"the datadir copy is kept in {kept[0]}" in errors[0]
+            assert (kept[0] / "data" / "app" / "t.ibd").is_file()
+            assert cold_mod.remove_leftover_staging(kept[0].parent) == [] and kept[0].is_dir()
+            assert _no_backups(local_url)
     finally:
+        for k in kept:
+            subprocess.run(["rm", "-rf", str(k)], check=True)
         server.proc = None
         server.start()
     assert _running(server)
+
+
+def test_auto_staging_falls_back_to_direct_when_the_disk_has_no_room(server, local_url, monkeypatch,
+                                                                      tmp_path, caplog):
+    # 32 MiB free on a 20 GiB filesystem: less than the datadir, and far below the 2 GiB reserve
+    monkeypatch.setattr(cold_mod, "disk_space", lambda path: (32 * MiB, 20 << 30))
+    store = open_store(local_url)
+    pid = server.pid()
+    with pytest.raises(UsageError, match="has 32 MiB free"):  # an explicit folder is strict
+        take_cold_backup(store, server.spec, _opts(server, staging=str(tmp_path / "stage")))
+    assert server.pid() == pid and list((tmp_path / "stage").iterdir()) == []  # nothing stopped
+    caplog.set_level("WARNING", logger="backupkit.strategies.cold")
+    manifest = take_cold_backup(store, server.spec, _opts(server))
+    staging = manifest.details["staging"]
+    assert staging["mode"] == "direct" and "not enough room beside the datadir" in staging["reason"]
+    assert "2.0 GiB must stay free" in staging["reason"]
+    assert "not enough room beside the datadir" in caplog.text
+    assert manifest.details["downtime"]["read_seconds"] > 0  # stored while down: the direct copy
+    assert _staged_copies(server) == [] and _running(server)
+
+
+def test_auto_staging_that_runs_out_of_room_is_removed_and_the_copy_goes_direct(server, ballast,
+                                                                               local_url):
+    seen: list[int] = []
+
+    def disk_full(phase) -> None:
+        if phase.name == "staging" and phase.done > 60 * MiB:
+            seen.extend(p.stat().st_size for p in _staged_copies(server)[0].rglob("ballast.bin"))
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    manifest = take_cold_backup(open_store(local_url), server.spec, _opts(server), progress=disk_full)
+    assert seen and seen[0] > 0  # it was staging when the disk filled
+    staging = manifest.details["staging"]
+    assert staging["mode"] == "direct" and "ran out of room" in staging["reason"]
+    assert _staged_copies(server) == [] and _running(server)
+    files = {f["path"]: f for f in manifest.details["files"]}
+    assert files["data/ballast.bin"]["sha256"] == hashlib.sha256(ballast.read_bytes()).hexdigest()
+
+
+def test_storage_failing_during_the_upload_after_the_restart(server, s3_url, moto):
+    small = server.datadir / "ballast-small.bin"  # several upload parts, a short upload
+    small.write_bytes(os.urandom(24 * MiB))
+    bucket = s3_url.split("/")[2]
+    client = boto3.client("s3", endpoint_url=moto.endpoint, region_name="us-east-1",
+                          aws_access_key_id="test", aws_secret_access_key="test")
+    aborted: list[str] = []
+
+    def abort_uploads(phase) -> None:  # as a lifecycle rule or another operator would
+        if phase.name == "upload" and phase.done > 12 * MiB and not aborted:
+            for up in client.list_multipart_uploads(Bucket=bucket).get("Uploads", []):
+                client.abort_multipart_upload(Bucket=bucket, Key=up["Key"], UploadId=up["UploadId"])
+                aborted.append(up["Key"])
+
+    store = open_store(f"{s3_url}?max_attempts=1")  # moto answers 500 to a part of an aborted upload
+    try:
+        with pytest.raises(Exception) as info:
+            take_cold_backup(store, server.spec, _opts(server), progress=abort_uploads)
+    finally:
+        small.unlink()
+    assert aborted, "the upload was never aborted"
+    assert "upload part of" in _storage_failure_line(info.value)
+    assert _running(server) and _no_backups(s3_url)
+    assert _staged_copies(server) == []  # the staged copy is removed
 
 
 def test_unclean_stop_is_not_copied_and_the_server_restarts(server, local_url):
