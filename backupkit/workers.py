@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import queue
 import threading
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 def run_workers(target: Callable[[Any], None], items: Sequence[Any], stop: threading.Event,
@@ -25,3 +28,53 @@ def run_workers(target: Callable[[Any], None], items: Sequence[Any], stop: threa
         for th in threads:
             th.join(30)
         raise
+
+
+class _Failed:
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+_DONE = object()
+
+
+def prefetched(items: Iterable[T], depth: int = 2, name: str = "prefetch") -> Iterator[T]:
+    """Iterate items in a helper thread, up to depth items ahead, so that producing the next item
+    (a query in the server, say) overlaps consuming this one (compressing and storing it).
+
+    The producer's exception is raised here. Closing the iterator early (or an exception in the
+    consumer) stops the producer and waits for it: whatever it uses is free again afterwards."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    return
+            put(_DONE)
+        except BaseException as exc:  # noqa: BLE001 - raised in the consumer
+            put(_Failed(exc))
+
+    thread = threading.Thread(target=produce, name=name, daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is _DONE:
+                return
+            if isinstance(item, _Failed):
+                raise item.exc
+            yield item  # type: ignore[misc]
+    finally:
+        stop.set()
+        thread.join()

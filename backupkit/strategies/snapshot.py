@@ -44,7 +44,7 @@ from backupkit.strategies.snapshot_schema import (
     read_database,
     read_users,
 )
-from backupkit.workers import run_workers
+from backupkit.workers import prefetched, run_workers
 
 MIB = 1 << 20
 BATCH_BYTES = 2 * MIB  # aim of one GROUP_CONCAT batch
@@ -617,7 +617,12 @@ def _run_workers(store: ObjectStore, backup_id: str, workers: list, tasks: list[
                 t0 = time.monotonic()
                 reader = ChunkReader(conn, item, on_data, stop)
                 key = layout.snapshot_chunk(backup_id, item.table.db, item.table.name, item.index)
-                obj = put_object(store, key, iter(reader), options.compression_level)
+                # the next batch is read while this one is compressed and stored
+                blocks = prefetched(reader, depth=2, name=f"read-{item.table.name}-{item.index}")
+                try:
+                    obj = put_object(store, key, blocks, options.compression_level)
+                finally:
+                    blocks.close()
                 res = ChunkResult(item.table.full_name, item.index, obj, reader.rows,
                                   item.describe(), time.monotonic() - t0)
                 with lock:

@@ -124,3 +124,32 @@ def test_tls_on_with_an_unreadable_ca_file_is_a_config_error(tmp_path):
     spec = parse_conn(f"mysql://u@127.0.0.1:1?tls=on&tls_ca={tmp_path / 'missing.pem'}")
     with pytest.raises(ConfigError, match="cannot read TLS CA file"):
         connect(spec)
+
+
+def test_prefetched_keeps_order_raises_the_producers_error_and_stops_on_close():
+    import threading
+
+    from backupkit.workers import prefetched
+
+    assert list(prefetched(iter(range(50)), depth=2)) == list(range(50))
+
+    def failing():
+        yield 1
+        raise ValueError("producer broke")
+
+    it = prefetched(failing())
+    assert next(it) == 1
+    with pytest.raises(ValueError, match="producer broke"):
+        next(it)
+
+    produced = []
+
+    def endless():
+        for i in range(10_000):
+            produced.append(i)
+            yield i
+
+    it = prefetched(endless(), depth=2)
+    assert next(it) == 0
+    it.close()  # the consumer stops early: the producer is stopped and joined
+    assert len(produced) <= 4 and not any(t.name == "prefetch" for t in threading.enumerate())
