@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import itertools
 import logging
+import os
+import socket
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -41,6 +43,8 @@ class S3Options:
     connect_timeout: float = 3.0
     read_timeout: float = 60.0
 
+
+_PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
 
 _RETRYABLE_STREAM_ERRORS: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError)
 
@@ -129,6 +133,8 @@ class S3Store(ObjectStore):
         self.client = session.client("s3", endpoint_url=o.endpoint_url, config=cfg,
                                      region_name=o.region or "us-east-1")
         self._stream_errors = _botocore_stream_errors()
+        self._probed = False
+        self._unreachable: tuple[StorageError, float] | None = None
 
     def describe(self) -> str:
         ep = f" at {self.options.endpoint_url}" if self.options.endpoint_url else ""
@@ -161,8 +167,8 @@ class S3Store(ObjectStore):
         what = f"{action} {key!r}" if key else action
         where = self.describe()
         if isinstance(exc, EndpointConnectionError):
-            return StorageError(f"cannot reach S3 endpoint for {where}",
-                                "check endpoint_url and that the server is up")
+            return self._remember_unreachable(StorageError(
+                f"cannot reach S3 endpoint for {where}", "check endpoint_url and that the server is up"))
         if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
             return StorageError(f"no S3 credentials for {where}",
                                 "set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile")
@@ -188,9 +194,49 @@ class S3Store(ObjectStore):
                                 "the storage is unreachable; retry later")
         return StorageError(f"S3 failure on {what} at {where}: {exc}")
 
+    #: After an endpoint was found unreachable, calls fail at once for this long (botocore would
+    #: retry each for ~12 s): a command that makes several calls reports in seconds, not minutes.
+    UNREACHABLE_MEMORY = 5.0
+
+    def _reachable(self) -> None:
+        """Fail fast when nothing listens at an explicit endpoint: one TCP connect (three tries
+        over ~1 s) before the first call, instead of botocore's retries with back-off. Not done
+        through a proxy (the endpoint may be reachable only through it)."""
+        now = time.monotonic()
+        if self._unreachable is not None and now < self._unreachable[1]:
+            raise self._unreachable[0]
+        ep = self.options.endpoint_url
+        if self._probed or not ep or any(os.environ.get(v) for v in _PROXY_VARS):
+            return
+        from urllib.parse import urlparse
+
+        u = urlparse(ep)
+        host, port = u.hostname or "", u.port or (443 if u.scheme == "https" else 80)
+        last: OSError | None = None
+        for attempt in range(3):
+            try:
+                socket.create_connection((host, port), timeout=self.options.connect_timeout).close()
+                self._probed = True
+                return
+            except socket.gaierror as exc:  # the name does not resolve: no use in trying again now
+                last = exc
+                break
+            except OSError as exc:
+                last = exc
+                if attempt < 2:
+                    time.sleep(0.5)
+        raise self._remember_unreachable(StorageError(
+            f"cannot reach S3 endpoint for {self.describe()}: {getattr(last, 'strerror', None) or last}",
+            "check endpoint_url and that the server is up"))
+
+    def _remember_unreachable(self, err: StorageError) -> StorageError:
+        self._unreachable = (err, time.monotonic() + self.UNREACHABLE_MEMORY)
+        return err
+
     def _call(self, fn, action: str, key: str | None = None, **kw):
         from botocore.exceptions import BotoCoreError, ClientError
 
+        self._reachable()
         try:
             return fn(**kw)
         except (ClientError, BotoCoreError, *self._stream_errors) as exc:
@@ -290,6 +336,7 @@ class S3Store(ObjectStore):
     def stat(self, key: str) -> ObjectInfo | None:
         from botocore.exceptions import ClientError
 
+        self._reachable()
         try:
             r = self.client.head_object(Bucket=self.bucket, Key=self._k(key))
         except ClientError as exc:
@@ -306,6 +353,7 @@ class S3Store(ObjectStore):
                           r["LastModified"].timestamp())
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        self._reachable()
         paginator = self.client.get_paginator("list_objects_v2")
         try:
             for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix):
