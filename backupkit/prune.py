@@ -14,6 +14,7 @@ Bases go before segments so that a visible base never loses the binlog it replay
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ from backupkit.repo import layout
 from backupkit.repo.catalog import Catalog, SegmentInfo, utc_iso
 from backupkit.retention import PrunePlan, RetentionCheckError, RetentionRules, plan_prune
 from backupkit.storage.base import ObjectStore
+
+log = logging.getLogger(__name__)
 
 ORPHAN_GRACE = 24 * 3600.0
 
@@ -38,6 +41,7 @@ class PruneResult:
     orphans: list[str] = field(default_factory=list)
     freed_bytes: int = 0
     deleted_objects: int = 0
+    rollups_written: int = 0
     order: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -65,6 +69,7 @@ class PruneResult:
             "orphans": self.orphans,
             "freed_bytes": self.freed_bytes,
             "deleted_objects": self.deleted_objects,
+            "rollups_written": self.rollups_written,
         }
 
 
@@ -154,6 +159,15 @@ def prune(store: ObjectStore, rules: RetentionRules, *, dry_run: bool = False,
     if result.orphans:
         store.delete(result.orphans)
         deleted += len(result.orphans)
+    # 6. the roll-ups of the index (a cache: see Catalog.segments): up to date for what is left.
+    for sid in sources:
+        try:
+            rolled = catalog.roll_up(sid)
+        except BackupkitError as exc:  # a cache: what was pruned stays pruned; say it and go on
+            log.warning("roll-up of %s not brought up to date: %s", sid, exc.message)
+            continue
+        deleted += len(rolled["deleted"])
+        result.rollups_written += len(rolled["written"])
     result.deleted_objects = deleted
     return result
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from collections.abc import Iterable
@@ -11,11 +12,14 @@ from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 
+import zstandard
+
 from backupkit.errors import IntegrityError, ObjectNotFound, StorageError
 from backupkit.repo import layout
 from backupkit.repo.codec import StoredObject, sha256_bytes
 from backupkit.storage.base import ObjectStore
 
+log = logging.getLogger(__name__)
 
 def utc_iso(ts: float | None) -> str | None:
     """An epoch time as ISO 8601 UTC with microseconds."""
@@ -333,11 +337,113 @@ class Catalog:
         return sorted(seen)
 
     def segments(self, source_id: str) -> list[SegmentInfo]:
-        """Every committed segment of a source, in binlog order."""
-        keys = [i.key for i in self.store.list(layout.binlog_prefix(source_id))
-                if layout.is_segment_index(i.key)]
-        segs = [SegmentInfo.from_dict(d) for d in self._read_many(keys)]
+        """Every committed segment of a source, in binlog order.
+
+        The listed index entries decide which segments exist; roll-ups (one object per finished
+        binlog file) only save reading those entries one by one. An entry a roll-up lacks is read
+        itself; a roll-up entry without a listed index entry (pruned) is ignored; a damaged or
+        unreadable roll-up is skipped with a warning."""
+        keys, rollups = [], []
+        for info in self.store.list(layout.binlog_prefix(source_id)):
+            if layout.is_segment_index(info.key):
+                keys.append(info.key)
+            elif layout.rollup_file_of(info.key) is not None:
+                rollups.append(info.key)
+        known = self._rolled_up(rollups, set(keys))
+        segs = [known[k] for k in keys if k in known]
+        segs += [SegmentInfo.from_dict(d) for d in self._read_many([k for k in keys if k not in known])]
         return sorted(segs, key=lambda s: (s.binlog_file, s.start_pos, s.end_pos))
+
+    def _read_rollup(self, key: str) -> dict[str, Any]:
+        from backupkit.repo.failover import read_checked
+
+        def parse(data: bytes) -> dict[str, Any]:
+            try:
+                raw = zstandard.ZstdDecompressor().decompress(data)
+            except zstandard.ZstdError as exc:
+                raise IntegrityError(f"roll-up {key!r} is not valid zstd",
+                                     "the stored copy is damaged") from exc
+            return decode_manifest(key, raw)
+
+        return read_checked(self.store, key, parse)
+
+    def _rolled_up(self, rollups: list[str], wanted: set[str]) -> dict[str, SegmentInfo]:
+        """Index entries found in roll-ups, for the wanted keys only."""
+        if not rollups or not wanted:
+            return {}
+
+        def one(key: str) -> dict[str, Any] | None:
+            try:
+                return self._read_rollup(key)
+            except (IntegrityError, StorageError) as exc:
+                log.warning("ignoring roll-up %s (its segments are read one by one): %s", key,
+                            getattr(exc, "message", exc))
+                return None
+
+        with ThreadPoolExecutor(max_workers=min(self.parallel, len(rollups))) as pool:
+            bodies = list(pool.map(one, rollups))
+        out: dict[str, SegmentInfo] = {}
+        for body in bodies:
+            for d in (body or {}).get("segments", []):
+                try:
+                    seg = SegmentInfo.from_dict(d)
+                except (KeyError, TypeError, ValueError):
+                    continue
+                if seg.key in wanted:  # the key is computed from the entry: it must match
+                    out[seg.key] = seg
+        return out
+
+    def roll_up_file(self, source_id: str, binlog_file: str,
+                     known: dict[str, SegmentInfo] | None = None) -> str | None:
+        """Write the roll-up of one binlog file from its current index entries; known entries
+        (key -> SegmentInfo, e.g. what a shipper just committed) are not read again. Returns
+        the roll-up's key, or None when the file has fewer than two segments."""
+        keys = sorted(i.key for i in self.store.list(layout.segment_file_prefix(source_id, binlog_file))
+                      if layout.is_segment_index(i.key))
+        if len(keys) < 2:
+            return None
+        have = {k: v for k, v in (known or {}).items() if k in set(keys)}
+        missing = [k for k in keys if k not in have]
+        for d in self._read_many(missing):
+            seg = SegmentInfo.from_dict(d)
+            have[seg.key] = seg
+        body = {"type": "segment_rollup", "source_id": source_id, "binlog_file": binlog_file,
+                "created_at": time.time(), "segments": [have[k].to_dict() for k in keys if k in have]}
+        key = layout.segment_rollup(source_id, binlog_file)
+        self.store.put(key, zstandard.ZstdCompressor(level=3).compress(encode_manifest(body)))
+        return key
+
+    def roll_up(self, source_id: str) -> dict[str, list[str]]:
+        """Bring the roll-ups of a source up to date: every finished binlog file (one with a later
+        file after it) whose roll-up is missing or lacks an entry gets one; a roll-up whose file
+        has no segment left (pruned) is deleted. The newest file is left alone: it still grows."""
+        by_file: dict[str, set[str]] = {}
+        rollups: dict[str, str] = {}
+        for info in self.store.list(layout.binlog_prefix(source_id)):
+            pos = layout.segment_of(info.key)
+            if pos is not None:
+                by_file.setdefault(pos[0], set()).add(info.key)
+            elif (f := layout.rollup_file_of(info.key)) is not None:
+                rollups[f] = info.key
+        out: dict[str, list[str]] = {"written": [], "deleted": []}
+        gone = [k for f, k in rollups.items() if f not in by_file]
+        if gone:
+            self.store.delete(gone)
+            out["deleted"] = gone
+        if len(by_file) < 2:
+            return out
+        newest = max(by_file, key=lambda f: binlog_order(f, 0))
+        for f in sorted(by_file):
+            if f == newest or len(by_file[f]) < 2:
+                continue
+            if f in rollups:
+                covered = set(self._rolled_up([rollups[f]], by_file[f]))
+                if covered == by_file[f]:
+                    continue
+            key = self.roll_up_file(source_id, f)
+            if key:
+                out["written"].append(key)
+        return out
 
     def commit_segment(self, info: SegmentInfo) -> None:
         """Write a segment's index entry after its data object."""

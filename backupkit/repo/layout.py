@@ -85,6 +85,31 @@ def segment_index(source_id: str, binlog_file: str, start: int, end: int) -> str
     return f"{BINLOG}{enc(source_id)}/{enc(binlog_file)}/{start:012d}-{end:012d}.json"
 
 
+ROLLUP_DIR = "_rollup"
+ROLLUP_SUFFIX = ".rollup.zst"
+
+
+def segment_file_prefix(source_id: str, binlog_file: str) -> str:
+    """Every segment (data and index entry) of one binlog file."""
+    return f"{BINLOG}{enc(source_id)}/{enc(binlog_file)}/"
+
+
+def segment_rollup(source_id: str, binlog_file: str) -> str:
+    """The index entries of one finished binlog file in one object: a cache, so that reading the
+    catalog costs one GET per file rather than one per segment. The entries stay the commit
+    markers; a roll-up never makes a segment exist."""
+    return f"{BINLOG}{enc(source_id)}/{ROLLUP_DIR}/{enc(binlog_file)}{ROLLUP_SUFFIX}"
+
+
+def rollup_file_of(key: str) -> str | None:
+    """The binlog file of a roll-up key, or None for any other key."""
+    parts = key.split("/")
+    if len(parts) == 4 and parts[0] + "/" == BINLOG and parts[2] == ROLLUP_DIR \
+            and parts[3].endswith(ROLLUP_SUFFIX):
+        return dec(parts[3].removesuffix(ROLLUP_SUFFIX))
+    return None
+
+
 def is_segment_index(key: str) -> bool:
     parts = key.split("/")
     return len(parts) == 4 and parts[0] + "/" == BINLOG and parts[3].endswith(".json") \

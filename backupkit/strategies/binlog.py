@@ -433,6 +433,8 @@ class Shipper:
         self._anchor = False  # a new range starts: commit an empty segment to record where
         self.uploader: _Uploader | None = None
         self._ctl: Any = None  # the control connection while setting up
+        self._committed: dict[str, SegmentInfo] = {}  # this run's entries of the file being shipped
+        self._rollups: list[threading.Thread] = []
 
     # -- control -------------------------------------------------------------------
     def stop(self, *_args: Any) -> None:
@@ -483,6 +485,8 @@ class Shipper:
                     self.uploader.close(abort=not clean)
                     keeper.stop()
         finally:
+            for t in self._rollups:  # let a roll-up in progress land (it is small)
+                t.join(30)
             self._close_control()
             if self.lease.held:
                 self.lease.release()
@@ -887,8 +891,29 @@ class Shipper:
         self.result.stored_bytes += obj.size
         self.result.transactions += info.transactions
         self.result.end = "{}:{}".format(*info.next_point())
+        self._committed[info.key] = info
+        if info.file_closed:
+            self._roll_up(info.binlog_file)
         if self.on_commit is not None:
             self.on_commit(info)
+
+    def _roll_up(self, binlog_file: str) -> None:
+        """A file is finished: write its roll-up (one object with every index entry of it) in the
+        background, from the entries this run committed plus any it did not. Only a cache for
+        readers of the catalog; a failure is logged and costs nothing else."""
+        known = {k: v for k, v in self._committed.items() if v.binlog_file == binlog_file}
+        self._committed = {k: v for k, v in self._committed.items() if v.binlog_file != binlog_file}
+
+        def work() -> None:
+            try:
+                self.catalog.roll_up_file(self.source_id, binlog_file, known)
+            except Exception as exc:  # noqa: BLE001 - a cache; never stops shipping
+                log.warning("roll-up of %s not written: %s", binlog_file, exc)
+
+        self._rollups = [t for t in self._rollups if t.is_alive()]
+        t = threading.Thread(target=work, name=f"rollup-{binlog_file}", daemon=True)
+        self._rollups.append(t)
+        t.start()
 
     def _commit(self, info: SegmentInfo) -> None:
         """Commit the index entry once; an earlier attempt that landed counts as done."""

@@ -3,6 +3,7 @@ complete (the server's bytes, nothing missing, nothing doubled)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -193,10 +194,12 @@ class FlakyProxy:
             ls.close()
         with self.lock:
             for c in self.conns:
-                try:
+                # shutdown first: close() alone does not end a connection whose socket another
+                # thread is blocked reading, and the client would wait for its read timeout (60 s)
+                with contextlib.suppress(OSError):
+                    c.shutdown(socket.SHUT_RDWR)
+                with contextlib.suppress(OSError):
                     c.close()
-                except OSError:
-                    pass
             self.conns.clear()
 
     def close(self) -> None:

@@ -20,7 +20,8 @@ import pymysql
 import pytest
 
 from backupkit.mysql import binlog_events as be
-from backupkit.repo.catalog import Catalog
+from backupkit.repo import layout
+from backupkit.repo.catalog import Catalog, SegmentInfo
 from backupkit.repo.codec import read_object
 from backupkit.storage import open_store
 from tests.support import run_cli
@@ -423,3 +424,30 @@ def test_a_transaction_larger_than_memory_spills_to_disk_and_stays_whole(mariadb
     big = [s for s in segs if s.end_pos - s.start_pos > 1 << 20]
     assert len(big) == 1 and big[0].transactions == 1
     assert spilled  # the big transaction went through a temporary file
+
+
+def test_a_finished_binlog_file_is_rolled_up_and_read_from_its_roll_up(mariadb, local_url):
+    """When the shipper passes a rotation it writes the file's roll-up; the catalog then reads
+    that one object instead of every index entry, and finds the same segments."""
+    sb = mariadb
+    make_table(sb)
+    assert ship_once(sb, local_url, "--from-current").returncode == 0
+    first = sb.sql("SHOW MASTER STATUS")[0][0]
+    for batch in range(3):  # three runs: three segments in this file at least
+        sb.sql("INSERT INTO w.t (k, v) VALUES (%s, 'x')", (batch,))
+        assert ship_once(sb, local_url).returncode == 0
+    sb.sql("FLUSH BINARY LOGS")
+    sb.sql("INSERT INTO w.t (k, v) VALUES (99, 'after the rotation')")
+    r = ship_once(sb, local_url)
+    assert r.returncode == 0, r.stderr
+    cat, sid, segs = segments_of(local_url)
+    key = layout.segment_rollup(sid, first)
+    assert cat.store.stat(key) is not None, "no roll-up after the rotation"
+    body = cat._read_rollup(key)
+    in_file = sorted(s.key for s in segs if s.binlog_file == first)
+    assert len(in_file) >= 3 and sorted(SegmentInfo.from_dict(d).key for d in body["segments"]) == in_file
+    index = [i.key for i in cat.store.list(layout.binlog_prefix(sid)) if layout.is_segment_index(i.key)]
+    plain = sorted((SegmentInfo.from_dict(cat.read_manifest(k)) for k in index),
+                   key=lambda s: (s.binlog_file, s.start_pos))
+    assert [s.to_dict() for s in segs] == [s.to_dict() for s in plain]
+    assert_complete(sb, local_url)

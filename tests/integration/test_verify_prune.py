@@ -17,7 +17,7 @@ import pytest
 from backupkit.mysql.sandbox import Sandbox
 from backupkit.prune import prune
 from backupkit.repo import layout
-from backupkit.repo.catalog import Catalog
+from backupkit.repo.catalog import Catalog, SegmentInfo
 from backupkit.restore.plan import Planner
 from backupkit.restore.targets import time_target
 from backupkit.retention import RetentionRules
@@ -35,6 +35,8 @@ def _snapshot_and_ship(sb: Sandbox, url: str, n: int, env_extra: dict | None = N
             sb.sql(f"UPDATE shop.t SET v = v + 1 WHERE id % 2 = {j}")
             r = run_cli("binlog", "ship", "--once", "--json", env=env, timeout=120)
             assert r.returncode == 0, r.stderr
+        if i == 0:
+            sb.sql("FLUSH BINARY LOGS")  # the first file is finished: the shipper rolls it up
         if i < n - 1:
             time.sleep(1.2)  # bases a second or more apart
 
@@ -109,7 +111,8 @@ def test_prune_without_force_only_shows_and_removes_nothing(repo):
 
 
 def test_keep_last_removes_old_bases_and_their_binlog_and_the_rest_verifies(repo):
-    backups, segs, _ = _state(repo)
+    backups, segs, before = _state(repo)
+    assert [layout.rollup_file_of(k) for k in before if layout.rollup_file_of(k)] == ["binlog.000001"]
     newest = backups[-1]
     r = run_cli("prune", "--keep-last", "1", "--force", "--json", "--storage", f"file://{repo}")
     assert r.returncode == 0, r.stderr
@@ -128,6 +131,13 @@ def test_keep_last_removes_old_bases_and_their_binlog_and_the_rest_verifies(repo
     v = run_cli("verify", "--all", "--storage", f"file://{repo}")
     assert v.returncode == 0, v.stderr + v.stdout
     _restorable_from_oldest_to_newest(repo)
+    # roll-ups: the shipper wrote one for the finished first file; prune keeps each one equal to
+    # the index entries left of its file and deletes those of files pruned whole
+    cat = Catalog(LocalStore(repo))
+    for k in (k for k in keys if layout.rollup_file_of(k)):
+        listed = {i.key for i in cat.store.list(layout.segment_file_prefix(sid, layout.rollup_file_of(k)))
+                  if layout.is_segment_index(i.key)}
+        assert listed and {SegmentInfo.from_dict(d).key for d in cat._read_rollup(k)["segments"]} == listed
 
 
 def test_recovery_window_keeps_the_base_before_its_start(repo):
