@@ -21,6 +21,7 @@ from backupkit.storage.base import ObjectStore
 
 log = logging.getLogger(__name__)
 
+
 def utc_iso(ts: float | None) -> str | None:
     """An epoch time as ISO 8601 UTC with microseconds."""
     if ts is None:
@@ -343,13 +344,15 @@ class Catalog:
         binlog file) only save reading those entries one by one. An entry a roll-up lacks is read
         itself; a roll-up entry without a listed index entry (pruned) is ignored; a damaged or
         unreadable roll-up is skipped with a warning."""
-        keys, rollups = [], []
+        listed: dict[str, float] = {}  # index entry -> its mtime
+        rollups: list[tuple[str, float]] = []
         for info in self.store.list(layout.binlog_prefix(source_id)):
             if layout.is_segment_index(info.key):
-                keys.append(info.key)
+                listed[info.key] = info.mtime
             elif layout.rollup_file_of(info.key) is not None:
-                rollups.append(info.key)
-        known = self._rolled_up(rollups, set(keys))
+                rollups.append((info.key, info.mtime))
+        keys = list(listed)
+        known = self._rolled_up(rollups, listed)
         segs = [known[k] for k in keys if k in known]
         segs += [SegmentInfo.from_dict(d) for d in self._read_many([k for k in keys if k not in known])]
         return sorted(segs, key=lambda s: (s.binlog_file, s.start_pos, s.end_pos))
@@ -367,8 +370,11 @@ class Catalog:
 
         return read_checked(self.store, key, parse)
 
-    def _rolled_up(self, rollups: list[str], wanted: set[str]) -> dict[str, SegmentInfo]:
-        """Index entries found in roll-ups, for the wanted keys only."""
+    def _rolled_up(self, rollups: list[tuple[str, float]], wanted: dict[str, float]
+                   ) -> dict[str, SegmentInfo]:
+        """Index entries found in roll-ups (key, mtime), for the wanted keys (key -> mtime) only,
+        and only where the entry is older than the roll-up: an entry written again after it (its
+        file pruned, then shipped anew under the same name) is read itself."""
         if not rollups or not wanted:
             return {}
 
@@ -381,15 +387,16 @@ class Catalog:
                 return None
 
         with ThreadPoolExecutor(max_workers=min(self.parallel, len(rollups))) as pool:
-            bodies = list(pool.map(one, rollups))
+            bodies = list(pool.map(one, [k for k, _ in rollups]))
         out: dict[str, SegmentInfo] = {}
-        for body in bodies:
+        for (_, written), body in zip(rollups, bodies, strict=True):
             for d in (body or {}).get("segments", []):
                 try:
                     seg = SegmentInfo.from_dict(d)
                 except (KeyError, TypeError, ValueError):
                     continue
-                if seg.key in wanted:  # the key is computed from the entry: it must match
+                # the key is computed from the entry itself, so it must be a listed one
+                if seg.key in wanted and wanted[seg.key] <= written:
                     out[seg.key] = seg
         return out
 
@@ -417,16 +424,16 @@ class Catalog:
         """Bring the roll-ups of a source up to date: every finished binlog file (one with a later
         file after it) whose roll-up is missing or lacks an entry gets one; a roll-up whose file
         has no segment left (pruned) is deleted. The newest file is left alone: it still grows."""
-        by_file: dict[str, set[str]] = {}
-        rollups: dict[str, str] = {}
+        by_file: dict[str, dict[str, float]] = {}  # file -> index entry -> mtime
+        rollups: dict[str, tuple[str, float]] = {}
         for info in self.store.list(layout.binlog_prefix(source_id)):
             pos = layout.segment_of(info.key)
             if pos is not None:
-                by_file.setdefault(pos[0], set()).add(info.key)
+                by_file.setdefault(pos[0], {})[info.key] = info.mtime
             elif (f := layout.rollup_file_of(info.key)) is not None:
-                rollups[f] = info.key
+                rollups[f] = (info.key, info.mtime)
         out: dict[str, list[str]] = {"written": [], "deleted": []}
-        gone = [k for f, k in rollups.items() if f not in by_file]
+        gone = [k for f, (k, _) in rollups.items() if f not in by_file]
         if gone:
             self.store.delete(gone)
             out["deleted"] = gone
@@ -436,10 +443,8 @@ class Catalog:
         for f in sorted(by_file):
             if f == newest or len(by_file[f]) < 2:
                 continue
-            if f in rollups:
-                covered = set(self._rolled_up([rollups[f]], by_file[f]))
-                if covered == by_file[f]:
-                    continue
+            if f in rollups and set(self._rolled_up([rollups[f]], by_file[f])) == set(by_file[f]):
+                continue
             key = self.roll_up_file(source_id, f)
             if key:
                 out["written"].append(key)

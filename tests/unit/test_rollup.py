@@ -101,3 +101,23 @@ def test_roll_up_keys_are_not_index_entries_or_data():
     assert layout.commit_marker_of(key) is None and not layout.is_commit_marker(key)
     assert layout.rollup_file_of(key) == "binlog.000001"
     assert layout.rollup_file_of(layout.segment_index(SRC, "binlog.000001", 4, 5)) is None
+
+
+def test_an_entry_written_again_after_the_roll_up_is_read_itself(catalog):
+    """A file pruned and then shipped anew under the same name (a rebuilt server keeping its
+    source id) has entries with the same keys: the newer entry wins over the older roll-up."""
+    import os
+    import time
+
+    catalog.roll_up(SRC)
+    old = _seg("binlog.000001", 4, 104)
+    catalog.store.delete([old.key])
+    new = _seg("binlog.000001", 4, 104)
+    new.transactions = 7
+    catalog.commit_segment(new)
+    path = catalog.store.root / old.key
+    later = time.time() + 5  # the storage's clock: newer than the roll-up, whatever the resolution
+    os.utime(path, (later, later))
+    (got,) = [s for s in catalog.segments(SRC) if s.key == old.key]
+    assert got.transactions == 7
+    assert [s.to_dict() for s in catalog.segments(SRC)] == _plain(catalog)
