@@ -30,6 +30,18 @@ def run_workers(target: Callable[[Any], None], items: Sequence[Any], stop: threa
         raise
 
 
+def put_unless_stopped(q: queue.Queue, item: object, stop: threading.Event, poll: float = 0.1) -> bool:
+    """Put item on a bounded queue, waiting while it is full, unless stop is set first (then
+    False): a producer thread never blocks for good on a consumer that has gone away."""
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=poll)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
 class _Failed:
     def __init__(self, exc: BaseException) -> None:
         self.exc = exc
@@ -48,13 +60,7 @@ def prefetched(items: Iterable[T], depth: int = 2, name: str = "prefetch") -> It
     stop = threading.Event()
 
     def put(item: object) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
+        return put_unless_stopped(q, item, stop)
 
     def produce() -> None:
         try:

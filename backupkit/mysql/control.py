@@ -44,6 +44,15 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
+def process_start(pid: int) -> int | None:
+    """The start time of a process (clock ticks since boot), to tell a reused pid apart."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return int(fh.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def read_pid(pid_file: Path) -> int | None:
     try:
         text = pid_file.read_text().strip()

@@ -401,15 +401,20 @@ class Catalog:
         return out
 
     def roll_up_file(self, source_id: str, binlog_file: str,
-                     known: dict[str, SegmentInfo] | None = None) -> str | None:
-        """Write the roll-up of one binlog file from its current index entries; known entries
-        (key -> SegmentInfo, e.g. what a shipper just committed) are not read again. Returns
-        the roll-up's key, or None when the file has fewer than two segments."""
-        keys = sorted(i.key for i in self.store.list(layout.segment_file_prefix(source_id, binlog_file))
-                      if layout.is_segment_index(i.key))
+                     known: dict[str, SegmentInfo] | None = None,
+                     keys: Iterable[str] | None = None) -> str | None:
+        """Write the roll-up of one binlog file from its current index entries (keys: as just
+        listed, else listed here); known entries (key -> SegmentInfo, e.g. what a shipper just
+        committed) are not read again. Returns the roll-up's key, or None when the file has
+        fewer than two segments."""
+        if keys is None:
+            keys = (i.key for i in self.store.list(layout.segment_file_prefix(source_id, binlog_file))
+                    if layout.is_segment_index(i.key))
+        keys = sorted(keys)
         if len(keys) < 2:
             return None
-        have = {k: v for k, v in (known or {}).items() if k in set(keys)}
+        listed = set(keys)
+        have = {k: v for k, v in (known or {}).items() if k in listed}
         missing = [k for k in keys if k not in have]
         for d in self._read_many(missing):
             seg = SegmentInfo.from_dict(d)
@@ -443,9 +448,10 @@ class Catalog:
         for f in sorted(by_file):
             if f == newest or len(by_file[f]) < 2:
                 continue
-            if f in rollups and set(self._rolled_up([rollups[f]], by_file[f])) == set(by_file[f]):
+            covered = self._rolled_up([rollups[f]], by_file[f]) if f in rollups else {}
+            if set(covered) == set(by_file[f]):
                 continue
-            key = self.roll_up_file(source_id, f)
+            key = self.roll_up_file(source_id, f, known=covered, keys=by_file[f])
             if key:
                 out["written"].append(key)
         return out

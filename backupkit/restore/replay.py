@@ -54,6 +54,7 @@ from backupkit.repo.catalog import SegmentInfo
 from backupkit.repo.codec import iter_object
 from backupkit.restore.targets import Gtid, RestoreTarget, format_time, try_parse_gtid
 from backupkit.storage.base import ObjectStore
+from backupkit.workers import put_unless_stopped
 
 MIB = 1 << 20
 Progress = Callable[..., None]
@@ -183,13 +184,7 @@ class Fetcher(threading.Thread):
             self._put(exc)
 
     def _put(self, item: Any) -> bool:
-        while not self._stop_evt.is_set():
-            try:
-                self.out.put(item, timeout=0.2)
-                return True
-            except queue.Full:
-                continue
-        return False
+        return put_unless_stopped(self.out, item, self._stop_evt, poll=0.2)
 
     def get(self) -> _Fetched | None:
         item = self.out.get()

@@ -37,6 +37,7 @@ from typing import Any, BinaryIO, TypeVar
 from backupkit.errors import ObjectNotFound, StorageError, UsageError
 from backupkit.repo import layout
 from backupkit.storage.base import Chunks, ObjectInfo, ObjectStore, iter_chunks
+from backupkit.workers import put_unless_stopped
 
 log = logging.getLogger(__name__)
 
@@ -473,13 +474,7 @@ class MirrorStore(ObjectStore):
         stop = threading.Event()
 
         def give(item: object) -> bool:
-            while not stop.is_set():
-                try:
-                    q.put(item, timeout=0.5)
-                    return True
-                except queue.Full:
-                    continue
-            return False
+            return put_unless_stopped(q, item, stop, poll=0.5)
 
         def work() -> None:
             batch: list[ObjectInfo] = []

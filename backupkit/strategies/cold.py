@@ -54,12 +54,20 @@ from backupkit.archive import (
 from backupkit.errors import BackupkitError, ServerControlError, UsageError
 from backupkit.mysql import binlog_events as be
 from backupkit.mysql.connection import ConnSpec, connect
-from backupkit.mysql.control import RestartGuardian, ServerProbe, ServiceControl, ShutdownCheck, pid_alive
+from backupkit.mysql.control import (
+    RestartGuardian,
+    ServerProbe,
+    ServiceControl,
+    ShutdownCheck,
+    pid_alive,
+    process_start,
+)
 from backupkit.mysql.server import current_point, identity, server_facts
 from backupkit.repo import layout
 from backupkit.repo.catalog import BackupManifest, BinlogPoint, Catalog, new_backup_id, utc_iso
 from backupkit.repo.codec import StoredObject, put_object
 from backupkit.storage.base import ObjectStore
+from backupkit.workers import put_unless_stopped
 
 log = logging.getLogger(__name__)
 
@@ -316,13 +324,7 @@ class ArchiveUpload:
 
     # -- threads
     def _put(self, item) -> bool:
-        while not self.cancelled.is_set():
-            try:
-                self.queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
+        return put_unless_stopped(self.queue, item, self.cancelled)
 
     def _produce(self) -> None:
         try:
@@ -577,21 +579,12 @@ def auto_staging_folder(datadir: Path, roots: list[Root], est_bytes: int) -> tup
     return folder, ""
 
 
-def _process_start(pid: int) -> int | None:
-    """The start time of a process (clock ticks since boot), to tell a reused pid apart."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return int(fh.read().rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
 def make_staging_folder(base: Path, backup_id: str) -> Path:
     """Create ``base/<backup id>.staging`` (0700) with an owner file naming this process."""
     folder = base / f"{backup_id}.staging"
     folder.mkdir(mode=0o700)
     os.chmod(folder, 0o700)
-    owner = {"pid": os.getpid(), "start": _process_start(os.getpid()), "host": socket.gethostname(),
+    owner = {"pid": os.getpid(), "start": process_start(os.getpid()), "host": socket.gethostname(),
              "backup_id": backup_id, "created": utc_iso(time.time())}
     (folder / STAGING_OWNER).write_text(json.dumps(owner) + "\n")
     return folder
@@ -613,7 +606,7 @@ def _owner_gone(owner: dict) -> bool:
     if not pid_alive(pid):
         return True
     start = owner.get("start")
-    now = _process_start(pid)
+    now = process_start(pid)
     return start is not None and now is not None and now != start  # the pid was reused
 
 

@@ -230,7 +230,7 @@ def test_default_cold_backup_stages_beside_the_datadir_and_cleans_up_after_kille
     host = socket.gethostname()
     dead = subprocess.Popen(["true"])
     dead.wait()
-    me = {"pid": os.getpid(), "start": cold_mod._process_start(os.getpid()), "host": host}
+    me = {"pid": os.getpid(), "start": cold_mod.process_start(os.getpid()), "host": host}
     gone = _planted(base, "gone", {"pid": dead.pid, "start": None, "host": host})
     reused = _planted(base, "reused", {**me, "start": me["start"] - 1})  # same pid, another process
     _planted(base, "live", me)
