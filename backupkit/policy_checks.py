@@ -50,7 +50,7 @@ def semantic_problems(policy: Policy, path: Path) -> list[str]:
         problems.append(f"{path}: key 'strategies.binlog': expected \"continuous\" or \"off\", "
                         f"found {strat.binlog!r}")
     if policy.retention.recovery_window is not None:
-        from backupkit.retention import parse_duration
+        from backupkit.operations.retention import parse_duration
 
         try:
             parse_duration(policy.retention.recovery_window)

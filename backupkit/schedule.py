@@ -1045,7 +1045,7 @@ def policy_plan(policy: Policy, now: datetime | None = None, measured: dict[str,
         why = "binlog alone cannot be restored: schedule a snapshot or a cold backup"
     else:
         overall, why = None, "no backup strategy is scheduled"
-    from backupkit.retention import human_duration, parse_duration
+    from backupkit.operations.retention import human_duration, parse_duration
 
     r = policy.retention
     window = None

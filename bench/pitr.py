@@ -43,7 +43,7 @@ from backupkit.repo.catalog import Catalog
 from backupkit.mysql.connection import ConnSpec
 from backupkit.restore.pitr import make_plan
 from backupkit.restore.replay import replay_segments
-from backupkit.restore.targets import parse_target
+from backupkit.restore.stoppoint import parse_target
 store = open_store(sys.argv[1])
 target = parse_target(latest=True)
 plan = make_plan(Catalog(store), target)

@@ -235,7 +235,7 @@ def events(
     the DROP or the bad DELETE to stop a point-in-time restore before."""
     from backupkit.mysql import binlog_events as be
     from backupkit.repo.codec import iter_object
-    from backupkit.restore.targets import parse_time
+    from backupkit.restore.stoppoint import parse_time
     from backupkit.storage.base import ChunkReader
 
     t1 = parse_time(from_) if from_ else None

@@ -27,8 +27,8 @@ def prune(
     from backupkit.cli.common import render, settings
     from backupkit.cli.console import human_bytes
     from backupkit.errors import ConfigError, UsageError
-    from backupkit.prune import prune as run_prune
-    from backupkit.retention import RetentionRules, parse_duration
+    from backupkit.operations.prune import prune as run_prune
+    from backupkit.operations.retention import RetentionRules, parse_duration
     from backupkit.schedule import policy_timezone
 
     st = settings()

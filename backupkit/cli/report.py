@@ -14,7 +14,7 @@ def report(
     """Loss window, lost transactions and rows, downtime and RTO of every strategy present."""
     from backupkit.cli.common import open_catalog, render
     from backupkit.restore.loss import loss_report
-    from backupkit.restore.targets import parse_time
+    from backupkit.restore.stoppoint import parse_time
 
     when = parse_time(at) if at else None
     store, catalog = open_catalog(create=False)

@@ -21,9 +21,9 @@ def verify(
     from backupkit.cli.common import json_mode, render, settings
     from backupkit.cli.console import emit_json, human_bytes, human_seconds, info, progress, table
     from backupkit.errors import IntegrityError, UsageError
+    from backupkit.operations.verify import restore_test as run_restore_test
+    from backupkit.operations.verify import verify_repository
     from backupkit.repo.catalog import Catalog
-    from backupkit.verify import restore_test as run_restore_test
-    from backupkit.verify import verify_repository
 
     if backup_id and all_:
         raise UsageError("give a backup id or --all, not both")
@@ -57,7 +57,7 @@ def verify(
                 report.restore_tests.append(run_restore_test(store, m, parallel,
                                                              say=lambda s: info(s, json_mode())))
             except IntegrityError as exc:
-                from backupkit.verify import Problem
+                from backupkit.operations.verify import Problem
 
                 report.problems.append(Problem("restore", m.id, exc.message))
     data = report.to_dict()

@@ -33,7 +33,7 @@ from backupkit.repo.catalog import BackupManifest, Catalog, utc_iso
 from backupkit.repo.codec import StoredObject, iter_object, read_object
 from backupkit.repo.failover import retry_on_other_copy
 from backupkit.storage.base import ObjectStore
-from backupkit.workers import run_workers
+from backupkit.util.workers import run_workers
 
 SESSION_SQL = ("SET SESSION time_zone='+00:00', sql_mode='NO_AUTO_VALUE_ON_ZERO', "
                "foreign_key_checks=0, unique_checks=0, net_read_timeout=600, net_write_timeout=600")

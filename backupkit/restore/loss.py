@@ -28,7 +28,7 @@ from backupkit.mysql import binlog_events as be
 from backupkit.repo.catalog import BackupManifest, Catalog, GapInfo, SegmentInfo
 from backupkit.repo.codec import iter_object
 from backupkit.restore.plan import Planner
-from backupkit.restore.targets import format_time
+from backupkit.restore.stoppoint import format_time
 from backupkit.storage.base import ChunkReader, ObjectStore
 
 STRATEGIES = ("cold", "snapshot", "binlog")

@@ -22,7 +22,7 @@ from backupkit.repo.catalog import Catalog, utc_iso
 from backupkit.restore.loss import LossReport, loss_after_restore
 from backupkit.restore.plan import Planner, RestorePlan
 from backupkit.restore.replay import ReachedPoint, ReplayResult, replay_segments
-from backupkit.restore.targets import RestoreTarget, format_time, parse_target
+from backupkit.restore.stoppoint import RestoreTarget, format_time, parse_target
 from backupkit.storage.base import ObjectStore
 
 Progress = Callable[..., None]

@@ -37,7 +37,7 @@ from typing import Any
 
 from backupkit.errors import PlanError
 from backupkit.repo.catalog import BackupManifest, GapInfo, SegmentInfo, continues
-from backupkit.restore.targets import (
+from backupkit.restore.stoppoint import (
     Gtid,
     GtidPosition,
     RestoreTarget,

@@ -52,9 +52,9 @@ from backupkit.mysql import binlog_events as be
 from backupkit.mysql.connection import ConnSpec, connect
 from backupkit.repo.catalog import SegmentInfo
 from backupkit.repo.codec import iter_object
-from backupkit.restore.targets import Gtid, RestoreTarget, format_time, try_parse_gtid
+from backupkit.restore.stoppoint import Gtid, RestoreTarget, format_time, try_parse_gtid
 from backupkit.storage.base import ObjectStore
-from backupkit.workers import put_unless_stopped
+from backupkit.util.workers import put_unless_stopped
 
 MIB = 1 << 20
 Progress = Callable[..., None]

@@ -37,7 +37,7 @@ from typing import Any, BinaryIO, TypeVar
 from backupkit.errors import ObjectNotFound, StorageError, UsageError
 from backupkit.repo import layout
 from backupkit.storage.base import Chunks, ObjectInfo, ObjectStore, iter_chunks
-from backupkit.workers import put_unless_stopped
+from backupkit.util.workers import put_unless_stopped
 
 log = logging.getLogger(__name__)
 

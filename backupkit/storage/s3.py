@@ -94,7 +94,7 @@ class S3Store(ObjectStore):
         import boto3
         from botocore.config import Config
 
-        from backupkit.memory import bound_heap
+        from backupkit.util.memory import bound_heap
 
         bound_heap()
         self.bucket = bucket

@@ -67,7 +67,7 @@ from backupkit.repo import layout
 from backupkit.repo.catalog import BackupManifest, BinlogPoint, Catalog, new_backup_id, utc_iso
 from backupkit.repo.codec import StoredObject, put_object
 from backupkit.storage.base import ObjectStore
-from backupkit.workers import put_unless_stopped
+from backupkit.util.workers import put_unless_stopped
 
 log = logging.getLogger(__name__)
 

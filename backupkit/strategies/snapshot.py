@@ -44,7 +44,7 @@ from backupkit.strategies.snapshot_schema import (
     read_database,
     read_users,
 )
-from backupkit.workers import prefetched, run_workers
+from backupkit.util.workers import prefetched, run_workers
 
 MIB = 1 << 20
 BATCH_BYTES = 2 * MIB  # aim of one GROUP_CONCAT batch

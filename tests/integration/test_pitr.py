@@ -19,7 +19,7 @@ import pytest
 from backupkit.mysql.sandbox import Sandbox
 from backupkit.repo.catalog import Catalog
 from backupkit.restore.pitr import restore_to_point
-from backupkit.restore.targets import parse_target, time_target
+from backupkit.restore.stoppoint import parse_target, time_target
 from backupkit.storage import open_store
 from backupkit.strategies.binlog import ShipOptions, Shipper
 from backupkit.strategies.snapshot import SnapshotOptions, take_snapshot

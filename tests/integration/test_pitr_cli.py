@@ -156,7 +156,7 @@ def test_replay_stops_at_the_first_error_naming_gtid_and_position(shop):
     from backupkit.restore.load import RestoreOptions, restore_snapshot
     from backupkit.restore.pitr import make_plan
     from backupkit.restore.replay import replay_segments
-    from backupkit.restore.targets import parse_target
+    from backupkit.restore.stoppoint import parse_target
 
     catalog = shop["catalog"]
     target = parse_target(latest=True)

@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 
 from backupkit.mysql.sandbox import Sandbox
-from backupkit.prune import prune
+from backupkit.operations.prune import prune
+from backupkit.operations.retention import RetentionRules
 from backupkit.repo import layout
 from backupkit.repo.catalog import Catalog, SegmentInfo
 from backupkit.restore.plan import Planner
-from backupkit.restore.targets import time_target
-from backupkit.retention import RetentionRules
+from backupkit.restore.stoppoint import time_target
 from backupkit.storage import open_store
 from backupkit.storage.local import LocalStore
 from tests.support import run_cli
@@ -188,7 +188,7 @@ class CrashingStore(LocalStore):
 
 
 def test_a_crash_at_any_step_leaves_only_whole_backups_and_an_unbroken_binlog(golden, tmp_path):
-    from backupkit.verify import verify_repository
+    from backupkit.operations.verify import verify_repository
 
     count = tmp_path / "count"
     shutil.copytree(golden, count)

@@ -129,7 +129,7 @@ def test_tls_on_with_an_unreadable_ca_file_is_a_config_error(tmp_path):
 def test_prefetched_keeps_order_raises_the_producers_error_and_stops_on_close():
     import threading
 
-    from backupkit.workers import prefetched
+    from backupkit.util.workers import prefetched
 
     assert list(prefetched(iter(range(50)), depth=2)) == list(range(50))
 

@@ -16,7 +16,7 @@ from backupkit.restore.plan import (
     plan_restore,
     restorable_intervals,
 )
-from backupkit.restore.targets import format_time, parse_target, time_target
+from backupkit.restore.stoppoint import format_time, parse_target, time_target
 
 SRC = "src"
 

@@ -12,7 +12,7 @@ from backupkit.mysql import binlog_events as be
 from backupkit.repo.catalog import SegmentInfo
 from backupkit.repo.codec import StoredObject
 from backupkit.restore.replay import Applier, Parser, ReplayError, _ByteQueue, _Fetched
-from backupkit.restore.targets import parse_target, time_target
+from backupkit.restore.stoppoint import parse_target, time_target
 
 START = 1000  # the segment holds events [START, ...) of binlog.000001
 

@@ -10,11 +10,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from backupkit.errors import PlanError
+from backupkit.operations.retention import RetentionRules, human_duration, parse_duration, plan_prune
 from backupkit.repo.catalog import BackupManifest, BinlogPoint, GapInfo, SegmentInfo, SourceIdentity
 from backupkit.repo.codec import StoredObject
 from backupkit.restore.plan import Planner
-from backupkit.restore.targets import time_target
-from backupkit.retention import RetentionRules, human_duration, parse_duration, plan_prune
+from backupkit.restore.stoppoint import time_target
 
 SRC = "db1"
 EPOCH = 1_780_000_000.0  # 2026-05-28

@@ -22,9 +22,9 @@ from datetime import tzinfo
 from typing import Any
 
 from backupkit.errors import BackupkitError
+from backupkit.operations.retention import PrunePlan, RetentionCheckError, RetentionRules, plan_prune
 from backupkit.repo import layout
 from backupkit.repo.catalog import Catalog, SegmentInfo, utc_iso
-from backupkit.retention import PrunePlan, RetentionCheckError, RetentionRules, plan_prune
 from backupkit.storage.base import ObjectStore
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import pytest
 
 from backupkit.errors import UsageError
-from backupkit.restore.targets import (
+from backupkit.restore.stoppoint import (
     format_time,
     parse_gtid,
     parse_gtid_position,

@@ -1,0 +1,1 @@
+"""Operations on a whole repository: verify, retention, prune, and the demo."""
