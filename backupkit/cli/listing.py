@@ -7,6 +7,7 @@ import typer
 from backupkit.cli.common import open_catalog, render
 from backupkit.cli.console import human_bytes, human_seconds, table
 from backupkit.repo.catalog import utc_iso
+from backupkit.repo.coverage import build_runs
 
 
 def repository_listing(catalog) -> dict:
@@ -16,14 +17,14 @@ def repository_listing(catalog) -> dict:
     coverage, gaps = [], []
     for sid in sources:
         segs = catalog.segments(sid)
-        for run in catalog.coverage(sid, segs):
+        for run in build_runs(segs, catalog.gaps(sid)):
             coverage.append({
                 "source_id": sid, "range_id": run.range_id,
                 "start": f"{run.start[0]}:{run.start[1]}", "end": f"{run.end[0]}:{run.end[1]}",
                 "first_commit": utc_iso(run.first.first_commit_time or None),
                 "last_commit": utc_iso(run.last.last_commit_time or None),
                 "last_gtid": run.last.gtid_state,
-                "segments": run.segments, "stored_bytes": run.stored_bytes,
+                "segments": run.count, "stored_bytes": run.stored_bytes,
             })
         for g in catalog.gaps(sid):
             gaps.append({"source_id": sid, "after": f"{g.after_file}:{g.after_pos}",

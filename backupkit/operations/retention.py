@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 
 from backupkit.repo.catalog import BackupManifest, GapInfo, SegmentInfo
-from backupkit.restore.plan import Planner, build_runs
+from backupkit.repo.coverage import build_runs, ends_at
+from backupkit.restore.plan import Planner
 
 _UNITS = {
     "s": 1, "sec": 1, "secs": 1, "second": 1, "seconds": 1,
@@ -263,7 +264,7 @@ def _plan_segments(plan: PrunePlan, planner: Planner, segs: list[SegmentInfo],
         if loc is None:
             continue
         run = planner.runs[loc.run].segments
-        if loc.index > 0 and _ends_at(run[loc.index - 1], (b.point.file, b.point.pos)):
+        if loc.index > 0 and ends_at(run[loc.index - 1], (b.point.file, b.point.pos)):
             # The point sits at this segment's end: the planner finds the base through it.
             needed.setdefault(run[loc.index - 1].key, f"locates kept base {b.id} in the binlog")
         for s in run[loc.index:]:
@@ -325,10 +326,6 @@ def _segment_reason(s: SegmentInfo, planner: Planner, kept: list[BackupManifest]
         return (f"it ends before kept base {oldest.id} ({oldest.point.file}:{oldest.point.pos}); "
                 "no kept base replays through it")
     return "no kept base lies in its unbroken run of segments, so no restore can use it"
-
-
-def _ends_at(s: SegmentInfo, point: tuple[str, int]) -> bool:
-    return s.next_point() == point or (s.binlog_file, s.end_pos) == point
 
 
 class RetentionCheckError(Exception):

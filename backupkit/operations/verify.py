@@ -21,6 +21,7 @@ from backupkit.errors import BackupkitError, IntegrityError, ObjectNotFound
 from backupkit.repo import layout
 from backupkit.repo.catalog import BackupManifest, Catalog, GapInfo, SegmentInfo, utc_iso
 from backupkit.repo.codec import StoredObject, verify_object
+from backupkit.repo.coverage import build_runs
 from backupkit.storage.base import ObjectStore
 
 
@@ -135,8 +136,6 @@ def _read_segments(catalog: Catalog, source_id: str, report: VerifyReport,
 def coverage_problems(source_id: str, segs: list[SegmentInfo], gaps: list[GapInfo]
                       ) -> tuple[list[Problem], list[str]]:
     """Holes between runs of segments: recorded gaps are notes, the others are problems."""
-    from backupkit.restore.plan import build_runs
-
     problems: list[Problem] = []
     notes: list[str] = []
     runs = build_runs(segs, gaps)

@@ -204,45 +204,6 @@ class GapInfo:
         return d
 
 
-@dataclass
-class Coverage:
-    """A continuous run of segments for one source."""
-
-    source_id: str
-    range_id: str
-    first: SegmentInfo
-    last: SegmentInfo
-    segments: int
-    stored_bytes: int
-
-    @property
-    def start(self) -> tuple[str, int]:
-        return (self.first.binlog_file, self.first.start_pos)
-
-    @property
-    def end(self) -> tuple[str, int]:
-        return self.last.next_point()
-
-
-def next_binlog_name(name: str) -> str:
-    """The file the server creates after name: binlog.000041 -> binlog.000042."""
-    base, dot, num = name.rpartition(".")
-    if not dot or not num.isdigit():
-        return ""
-    return f"{base}.{int(num) + 1:0{len(num)}d}"
-
-
-def continues(prev: SegmentInfo, seg: SegmentInfo) -> bool:
-    """True when seg starts exactly where prev ends. Across files: a segment at the first event
-    (pos 4) of the file after prev's file continues prev's range (same range_id), because the
-    shipper streams every file to its end before the server moves it to the next one (after a
-    ROTATE, a STOP at shutdown, or a crash)."""
-    if prev.next_point() == (seg.binlog_file, seg.start_pos):
-        return True
-    return (seg.start_pos == 4 and not prev.next_file and seg.range_id == prev.range_id
-            and seg.binlog_file == next_binlog_name(prev.binlog_file))
-
-
 def binlog_order(file: str, pos: int) -> tuple[str, int]:
     """Sort key for binlog coordinates (files are zero-padded, so names order correctly)."""
     return (file, pos)
@@ -473,20 +434,6 @@ class Catalog:
     def record_gap(self, gap: GapInfo) -> None:
         key = layout.gap_record(gap.source_id, gap.after_file, gap.after_pos)
         self.store.put_if_absent(key, encode_manifest(gap.to_dict()))
-
-    def coverage(self, source_id: str, segments: Iterable[SegmentInfo] | None = None) -> list[Coverage]:
-        """Continuous runs of segments; a break in positions starts a new run."""
-        segs = list(segments) if segments is not None else self.segments(source_id)
-        runs: list[Coverage] = []
-        for s in segs:
-            if runs and continues(runs[-1].last, s):
-                r = runs[-1]
-                r.last = s
-                r.segments += 1
-                r.stored_bytes += s.object.size
-            else:
-                runs.append(Coverage(source_id, s.range_id, s, s, 1, s.object.size))
-        return runs
 
     def last_segment(self, source_id: str) -> SegmentInfo | None:
         """The newest committed segment, reading only its own index entry."""

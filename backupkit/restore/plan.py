@@ -17,7 +17,8 @@ No I/O: every function takes manifests already read from the catalog, so a plan 
   for callers that plan many targets (``planner.plan(target)``, ``planner.intervals()``).
 
 Rules:
-- Segments are contiguous when one starts exactly where the previous ends (``catalog.continues``:
+- Runs of segments come from ``repo.coverage.build_runs``, the one definition of coverage
+  (contiguous when one starts exactly where the previous ends, ``coverage.continues``:
   ``SegmentInfo.next_point()``, or position 4 of the next file in the same range); a break in
   positions or a recorded gap ends a run.
 - A base is usable for time T when its consistent point time <= T; replay applies every
@@ -36,7 +37,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from backupkit.errors import PlanError
-from backupkit.repo.catalog import BackupManifest, GapInfo, SegmentInfo, continues
+from backupkit.repo.catalog import BackupManifest, GapInfo, SegmentInfo
+from backupkit.repo.coverage import Run, build_runs
 from backupkit.restore.stoppoint import (
     Gtid,
     GtidPosition,
@@ -53,74 +55,6 @@ DEFAULT_RATES = {
     "replay": 4 * 1024 * 1024,  # mariadb-binlog | mariadb: 53.6 MB of row events in ~12.5 s
     "fixed": 3.0,  # server start, connections, bookkeeping
 }
-
-
-# -- segment runs -----------------------------------------------------------------------------
-@dataclass
-class Run:
-    """An unbroken sequence of segments of one source."""
-
-    segments: list[SegmentInfo]
-    states: list[GtidPosition | None] = field(default_factory=list)  # GTID position after each
-    _suffix: list[float] | None = field(default=None, repr=False)  # newest commit from i on
-
-    @property
-    def start(self) -> tuple[str, int]:
-        s = self.segments[0]
-        return (s.binlog_file, s.start_pos)
-
-    @property
-    def end(self) -> tuple[str, int]:
-        return self.segments[-1].next_point()
-
-    def commit_time(self, i: int) -> float:
-        """Newest commit time in segment i (0 when it holds no transaction)."""
-        s = self.segments[i]
-        if s.last_commit_time:
-            return s.last_commit_time
-        return s.last_event_time if s.transactions else 0.0
-
-    def end_time(self, from_index: int = 0) -> float:
-        """Newest commit time from segment from_index to the end of the run (0 if none)."""
-        if self._suffix is None or len(self._suffix) != len(self.segments) + 1:
-            suffix = [0.0] * (len(self.segments) + 1)
-            for i in range(len(self.segments) - 1, -1, -1):
-                suffix[i] = max(suffix[i + 1], self.commit_time(i))
-            self._suffix = suffix
-        return self._suffix[min(max(from_index, 0), len(self.segments))]
-
-
-def _ends_at(s: SegmentInfo, point: tuple[str, int]) -> bool:
-    return s.next_point() == point or (s.binlog_file, s.end_pos) == point
-
-
-def _gap_between(gaps: Sequence[GapInfo], prev: SegmentInfo, nxt: SegmentInfo) -> bool:
-    for g in gaps:
-        if _ends_at(prev, (g.after_file, g.after_pos)) and \
-                (g.resume_file, g.resume_pos) == (nxt.binlog_file, nxt.start_pos) and \
-                (g.resume_file, g.resume_pos) != (g.after_file, g.after_pos):
-            return True
-    return False
-
-
-def build_runs(segments: Iterable[SegmentInfo], gaps: Sequence[GapInfo] = ()) -> list[Run]:
-    """Split a source's segments (any order) into unbroken runs, in binlog order."""
-    segs = sorted(segments, key=lambda s: (s.binlog_file, s.start_pos, s.end_pos))
-    runs: list[Run] = []
-    for s in segs:
-        if runs:
-            prev = runs[-1].segments[-1]
-            if (prev.binlog_file, prev.start_pos) == (s.binlog_file, s.start_pos) \
-                    and prev.end_pos != prev.start_pos:
-                continue  # the same stretch committed twice: keep the first
-            # (an empty anchor segment [p, p) that starts a range is continued by [p, q))
-            if continues(prev, s) and not _gap_between(gaps, prev, s):
-                runs[-1].segments.append(s)
-                continue
-        runs.append(Run([s]))
-    for r in runs:
-        r.states = [_state(s) for s in r.segments]
-    return runs
 
 
 def _state(s: SegmentInfo) -> GtidPosition | None:
@@ -265,7 +199,9 @@ class Planner:
         self.source_id = source_id
         self.bases = sorted((b for b in backups if b.source.source_id == source_id),
                             key=lambda b: (b.point.time, b.id))
-        self.runs = build_runs(segs.get(source_id, []), gap_map.get(source_id, []))
+        self.runs: list[Run] = build_runs(segs.get(source_id, []), gap_map.get(source_id, []))
+        # GTID position after each segment of each run (None when unknown)
+        self.states = [[_state(s) for s in r.segments] for r in self.runs]
         self.gaps = gap_map.get(source_id, [])
         # file -> sorted [(start_pos, end_pos, run, index)] for locating points
         self._by_file: dict[str, list[tuple[int, int, int, int]]] = {}
@@ -458,7 +394,7 @@ class Planner:
                 first, last = try_parse_gtid(s.gtid_first), try_parse_gtid(s.gtid_last)
                 if first and last and first.key == last.key == g.key and first.seq <= g.seq <= last.seq:
                     return Location(ri, si)
-                st = run.states[si]
+                st = self.states[ri][si]
                 if st is None or not st.contains(g):
                     continue
                 if si == 0 and first is not None and first.key == g.key and first.seq > g.seq:

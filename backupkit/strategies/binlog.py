@@ -35,9 +35,9 @@ from backupkit.repo.catalog import (
     GapInfo,
     SegmentInfo,
     encode_manifest,
-    next_binlog_name,
 )
 from backupkit.repo.codec import put_object
+from backupkit.repo.coverage import build_runs, next_binlog_name
 from backupkit.storage.base import ObjectStore
 from backupkit.strategies.lease import Lease, LeaseHeld, LeaseKeeper, LeaseLost
 
@@ -1009,17 +1009,18 @@ def shipping_status(catalog: Catalog, source_id: str, spec: ConnSpec | None = No
     """Shipped range, lag in seconds and bytes behind the server, and the current loss window."""
     now = time.time() if now is None else now
     segs = catalog.segments(source_id)
-    runs = catalog.coverage(source_id, segs)
+    gaps = catalog.gaps(source_id)
+    runs = build_runs(segs, gaps)
     out: dict[str, Any] = {"source_id": source_id, "segments": len(segs),
                            "stored_bytes": sum(s.object.size for s in segs),
                            "ranges": [], "gaps": [], "lease": None, "server": None}
     for r in runs:
         out["ranges"].append({
             "range_id": r.range_id, "start": f"{r.start[0]}:{r.start[1]}",
-            "end": f"{r.end[0]}:{r.end[1]}", "segments": r.segments,
+            "end": f"{r.end[0]}:{r.end[1]}", "segments": r.count,
             "first_commit_time": r.first.first_commit_time or None,
             "last_commit_time": r.last.last_commit_time or None, "gtid_state": r.last.gtid_state})
-    out["gaps"] = [g.to_dict() for g in catalog.gaps(source_id)]
+    out["gaps"] = [g.to_dict() for g in gaps]
     last = segs[-1] if segs else None
     out["last_segment_at"] = last.created_at if last else None
     out["shipped_to"] = "{}:{}".format(*last.next_point()) if last else None

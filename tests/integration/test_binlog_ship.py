@@ -23,6 +23,7 @@ from backupkit.mysql import binlog_events as be
 from backupkit.repo import layout
 from backupkit.repo.catalog import Catalog, SegmentInfo
 from backupkit.repo.codec import read_object
+from backupkit.repo.coverage import build_runs
 from backupkit.storage import open_store
 from tests.support import run_cli
 
@@ -145,7 +146,7 @@ def assert_complete(sandbox, storage_url: str, until_server_end: bool = True) ->
     Returns counts for further checks."""
     cat, sid, segs = segments_of(storage_url)
     assert segs, "no segments"
-    runs = cat.coverage(sid, segs)
+    runs = build_runs(segs, cat.gaps(sid))
     assert len(runs) == 1, [(r.start, r.end) for r in runs]
     # no overlap: each segment starts where the previous ended (within a file)
     by_file: dict[str, list[tuple[int, bytes]]] = {}

@@ -8,8 +8,9 @@ import time
 import pytest
 
 from backupkit.repo import layout
-from backupkit.repo.catalog import Catalog, SegmentInfo, continues, next_binlog_name
+from backupkit.repo.catalog import SegmentInfo
 from backupkit.repo.codec import StoredObject
+from backupkit.repo.coverage import build_runs, continues, next_binlog_name
 from backupkit.storage.local import LocalStore
 from backupkit.strategies.binlog import GtidState, SpillBuffer
 from backupkit.strategies.lease import Lease, LeaseLost
@@ -94,9 +95,8 @@ def test_continuity_across_rotation_stop_and_new_ranges(tmp_path):
     assert not continues(a, _seg("binlog.000002", 4, 100, range_id="other"))
     rot = _seg("binlog.000001", 4, 500, next_file="binlog.000002")
     assert continues(rot, _seg("binlog.000002", 4, 100, range_id="x"))
-    cat = Catalog(LocalStore(tmp_path))
-    runs = cat.coverage("s", [a, _seg("binlog.000002", 4, 100), _seg("binlog.000002", 300, 400)])
-    assert [(r.start, r.end, r.segments) for r in runs] == [
+    runs = build_runs([a, _seg("binlog.000002", 4, 100), _seg("binlog.000002", 300, 400)])
+    assert [(r.start, r.end, r.count) for r in runs] == [
         (("binlog.000001", 4), ("binlog.000002", 100), 2),
         (("binlog.000002", 300), ("binlog.000002", 400), 1)]
 

@@ -9,9 +9,9 @@ import pytest
 from backupkit.errors import PlanError
 from backupkit.repo.catalog import BackupManifest, BinlogPoint, GapInfo, SegmentInfo, SourceIdentity
 from backupkit.repo.codec import StoredObject
+from backupkit.repo.coverage import build_runs
 from backupkit.restore.plan import (
     Planner,
-    build_runs,
     is_restorable,
     plan_restore,
     restorable_intervals,

@@ -1,0 +1,135 @@
+"""THE definition of continuous binlog coverage: which shipped segments form unbroken runs.
+
+Every view of restorable history is built from ``build_runs``: ``list`` and ``binlog status``
+(through ``Catalog.coverage``), the restore plan, the loss report, retention and ``verify``.
+There is no second definition, so they cannot disagree.
+
+Rules (pure, no I/O; segments may come in any order):
+- Segments are sorted in binlog order (file, start, end).
+- The same stretch committed twice (same file and start, non-empty) counts once: the first.
+  An empty anchor segment ``[p, p)`` that starts a range is continued by ``[p, q)``.
+- A segment continues a run when it starts exactly where the run ends (``continues``: the
+  previous segment's ``next_point()``, or position 4 of the next binlog file in the same range).
+- A recorded gap whose ``after`` point is the run's end and whose ``resume`` point is the
+  segment's start breaks the run even when the positions would join.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from backupkit.repo.catalog import GapInfo, SegmentInfo
+
+
+def next_binlog_name(name: str) -> str:
+    """The file the server creates after name: binlog.000041 -> binlog.000042."""
+    base, dot, num = name.rpartition(".")
+    if not dot or not num.isdigit():
+        return ""
+    return f"{base}.{int(num) + 1:0{len(num)}d}"
+
+
+def continues(prev: SegmentInfo, seg: SegmentInfo) -> bool:
+    """True when seg starts exactly where prev ends. Across files: a segment at the first event
+    (pos 4) of the file after prev's file continues prev's range (same range_id), because the
+    shipper streams every file to its end before the server moves it to the next one (after a
+    ROTATE, a STOP at shutdown, or a crash)."""
+    if prev.next_point() == (seg.binlog_file, seg.start_pos):
+        return True
+    return (seg.start_pos == 4 and not prev.next_file and seg.range_id == prev.range_id
+            and seg.binlog_file == next_binlog_name(prev.binlog_file))
+
+
+@dataclass
+class Run:
+    """An unbroken sequence of segments of one source, in binlog order."""
+
+    segments: list[SegmentInfo]
+    _suffix: list[float] | None = field(default=None, repr=False)  # newest commit from i on
+
+    @property
+    def first(self) -> SegmentInfo:
+        return self.segments[0]
+
+    @property
+    def last(self) -> SegmentInfo:
+        return self.segments[-1]
+
+    @property
+    def source_id(self) -> str:
+        return self.segments[0].source_id
+
+    @property
+    def range_id(self) -> str:
+        return self.segments[0].range_id
+
+    @property
+    def count(self) -> int:
+        return len(self.segments)
+
+    @property
+    def stored_bytes(self) -> int:
+        return sum(s.object.size for s in self.segments)
+
+    @property
+    def start(self) -> tuple[str, int]:
+        s = self.segments[0]
+        return (s.binlog_file, s.start_pos)
+
+    @property
+    def end(self) -> tuple[str, int]:
+        return self.segments[-1].next_point()
+
+    @property
+    def first_commit_time(self) -> float:
+        """Oldest commit time in the run (0 when it holds no transaction)."""
+        return next((s.first_commit_time or s.first_event_time for s in self.segments
+                     if s.transactions or s.first_commit_time), 0.0)
+
+    def commit_time(self, i: int) -> float:
+        """Newest commit time in segment i (0 when it holds no transaction)."""
+        s = self.segments[i]
+        if s.last_commit_time:
+            return s.last_commit_time
+        return s.last_event_time if s.transactions else 0.0
+
+    def end_time(self, from_index: int = 0) -> float:
+        """Newest commit time from segment from_index to the end of the run (0 if none)."""
+        if self._suffix is None or len(self._suffix) != len(self.segments) + 1:
+            suffix = [0.0] * (len(self.segments) + 1)
+            for i in range(len(self.segments) - 1, -1, -1):
+                suffix[i] = max(suffix[i + 1], self.commit_time(i))
+            self._suffix = suffix
+        return self._suffix[min(max(from_index, 0), len(self.segments))]
+
+
+def ends_at(s: SegmentInfo, point: tuple[str, int]) -> bool:
+    return s.next_point() == point or (s.binlog_file, s.end_pos) == point
+
+
+def gap_between(gaps: Sequence[GapInfo], prev: SegmentInfo, nxt: SegmentInfo) -> GapInfo | None:
+    """The recorded gap that separates prev from nxt, if any."""
+    for g in gaps:
+        if ends_at(prev, (g.after_file, g.after_pos)) and \
+                (g.resume_file, g.resume_pos) == (nxt.binlog_file, nxt.start_pos) and \
+                (g.resume_file, g.resume_pos) != (g.after_file, g.after_pos):
+            return g
+    return None
+
+
+def build_runs(segments: Iterable[SegmentInfo], gaps: Sequence[GapInfo] = ()) -> list[Run]:
+    """Split a source's segments (any order) into unbroken runs, in binlog order."""
+    segs = sorted(segments, key=lambda s: (s.binlog_file, s.start_pos, s.end_pos))
+    runs: list[Run] = []
+    for s in segs:
+        if runs:
+            prev = runs[-1].segments[-1]
+            if (prev.binlog_file, prev.start_pos) == (s.binlog_file, s.start_pos) \
+                    and prev.end_pos != prev.start_pos:
+                continue  # the same stretch committed twice: keep the first
+            if continues(prev, s) and gap_between(gaps, prev, s) is None:
+                runs[-1].segments.append(s)
+                continue
+        runs.append(Run([s]))
+    return runs
