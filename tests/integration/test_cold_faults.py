@@ -18,7 +18,7 @@ import boto3
 import pytest
 
 from backupkit.archive import FileRecord, Root
-from backupkit.errors import UsageError
+from backupkit.errors import BackupkitError, UsageError
 from backupkit.mysql.sandbox import Sandbox
 from backupkit.repo import layout
 from backupkit.repo.catalog import BackupManifest, BinlogPoint, Catalog, SourceIdentity, new_backup_id
@@ -180,7 +180,7 @@ def test_storage_dying_mid_copy_restarts_the_server(server, ballast, monkeypatch
                 killed.append(phase.done)
                 moto.stop()
 
-        with pytest.raises(Exception) as info:  # direct: the storage is written while the server is down
+        with pytest.raises(BackupkitError) as info:  # direct: the storage is written while the server is down
             take_cold_backup(store, server.spec, _opts(server, staging="none"),
                              progress=kill_storage_midway)
     finally:
@@ -273,7 +273,7 @@ def test_storage_failing_during_the_upload_after_the_restart(server, s3_url, mot
 
     store = open_store(f"{s3_url}?max_attempts=1")  # moto answers 500 to a part of an aborted upload
     try:
-        with pytest.raises(Exception) as info:
+        with pytest.raises(BackupkitError) as info:
             take_cold_backup(store, server.spec, _opts(server), progress=abort_uploads)
     finally:
         small.unlink()

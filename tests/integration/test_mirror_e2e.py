@@ -91,7 +91,6 @@ def test_snapshot_and_shipping_reach_both_regions_and_the_second_restores_alone(
 
 
 def test_point_in_time_restore_from_the_second_region(regions, source, mariadb_factory, tmp_path):
-    pytest.importorskip("backupkit.restore.pitr", reason="point-in-time restore has not landed yet")
     east, west = regions
     p, eb, wb = _policy(tmp_path, east, west, quorum="all")
     policy = _with_source(p, source)
