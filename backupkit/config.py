@@ -140,6 +140,28 @@ class ScheduleSection(_Section):
     cron_user: str | None = None
 
 
+class MetricsSection(_Section):
+    """Prometheus metrics and the status page of `schedule run` (monitor/, docs/monitoring.md)."""
+
+    listen: str | None = None  # "127.0.0.1:9108" serves /metrics and the page; default off
+    refresh_interval: float = Field(default=30.0, ge=1, le=86400)  # seconds between repository reads
+    lag_threshold: float = Field(default=60.0, gt=0)  # shipper lag (s) that counts as lagging
+    target_lag_threshold: float = Field(default=900.0, gt=0)  # a storage target this far behind
+    grace: float | None = Field(default=None, ge=0)  # s after a schedule's interval before overdue
+    loss_objective: dict[str, float] = Field(default_factory=dict)  # strategy -> seconds
+
+
+class NotifySection(_Section):
+    """Notifications on a job failure, a gap, lag over the threshold, and recovery."""
+
+    webhook: str | None = None  # gets a JSON POST (Slack's incoming-webhook body fits)
+    command: str | None = None  # run with the event in BACKUPKIT_EVENT_* environment variables
+    events: list[Literal["failure", "gap", "lag", "recovery"]] = Field(
+        default_factory=lambda: ["failure", "gap", "lag", "recovery"])
+    timeout: float = Field(default=5.0, gt=0, le=300)
+    retries: int = Field(default=3, ge=0, le=10)
+
+
 class EncryptionSection(_Section):
     """Client-side encryption: the key that wraps the repository's data keys (never stored)."""
 
@@ -163,6 +185,8 @@ class Policy(_Section):
     retention: RetentionSection = Field(default_factory=RetentionSection)
     schedule: ScheduleSection = Field(default_factory=ScheduleSection)
     encryption: EncryptionSection | None = None
+    metrics: MetricsSection = Field(default_factory=MetricsSection)
+    notify: NotifySection = Field(default_factory=NotifySection)
 
     @field_validator("name")
     @classmethod

@@ -110,3 +110,77 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600,
     full_env = {**os.environ, "COLUMNS": "200", **(env or {})}
     return subprocess.run([exe, *args], capture_output=True, text=True, env=full_env,
                           timeout=timeout, input=input)
+
+
+class PrometheusServer:
+    """A real Prometheus (Debian's /usr/bin/prometheus) on loopback, with a temporary config and
+    data folder, scraping the given targets every second and evaluating rules every second."""
+
+    def __init__(self, base: Path, targets: list[str], rules: Path | None = None,
+                 job: str = "backupkit") -> None:
+        self.base = Path(base)
+        self.port = free_port()
+        self.targets = targets
+        self.rules = rules
+        self.job = job
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30) -> PrometheusServer:
+        import json
+
+        self.base.mkdir(parents=True, exist_ok=True)
+        cfg = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "900ms"},
+               "rule_files": [str(self.rules)] if self.rules else [],
+               "scrape_configs": [{"job_name": self.job, "static_configs": [{"targets": self.targets}]}]}
+        (self.base / "prometheus.yml").write_text(json.dumps(cfg))  # JSON is YAML
+        self.log = open(self.base / "prometheus.log", "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            ["/usr/bin/prometheus", f"--config.file={self.base / 'prometheus.yml'}",
+             f"--storage.tsdb.path={self.base / 'data'}", f"--web.listen-address=127.0.0.1:{self.port}",
+             "--storage.tsdb.retention.time=1h"],
+            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("prometheus exited: " + (self.base / "prometheus.log").read_text()[-2000:])
+            try:
+                urllib.request.urlopen(self.url + "/-/ready", timeout=1).read()
+                return self
+            except Exception:
+                time.sleep(0.2)
+        raise RuntimeError("prometheus did not become ready")
+
+    def get(self, path: str) -> dict:
+        import json
+
+        with urllib.request.urlopen(self.url + path, timeout=5) as r:
+            return json.loads(r.read())
+
+    def firing(self) -> dict[str, list[dict]]:
+        """Alert name -> the labels of each of its firing alerts."""
+        out: dict[str, list[dict]] = {}
+        for a in self.get("/api/v1/alerts")["data"]["alerts"]:
+            if a["state"] == "firing":
+                out.setdefault(a["labels"]["alertname"], []).append(a["labels"])
+        return out
+
+    def query(self, expr: str) -> list[dict]:
+        from urllib.parse import quote
+
+        return self.get("/api/v1/query?query=" + quote(expr))["data"]["result"]
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.proc = None
+        if getattr(self, "log", None):
+            self.log.close()

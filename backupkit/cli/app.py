@@ -62,6 +62,7 @@ def _register() -> None:
         cold,
         demo,
         listing,
+        monitor,
         policy,
         prune,
         repo,
@@ -84,6 +85,8 @@ def _register() -> None:
     app.add_typer(policy.app, name="policy", help="Check policy files and show what they imply.")
     app.command("demo", epilog=COMMON_HELP)(demo.demo)
     app.add_typer(repo.app, name="repo", help="The repository: info and sync between targets.")
+    app.command("status", epilog=COMMON_HELP)(monitor.status)
+    app.command("metrics", epilog=COMMON_HELP)(monitor.metrics)
 
 
 _register()

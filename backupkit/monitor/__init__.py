@@ -1,0 +1,1 @@
+"""Monitoring: the protection status model, Prometheus metrics, the status page, notifications."""

@@ -1,0 +1,111 @@
+"""Read a RepositoryView from the repository: the expensive part of the status, done now and
+then by the daemon (never on a scrape) and once by `backupkit status` and `backupkit metrics`."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from backupkit.errors import BackupkitError, ObjectNotFound, StorageError
+from backupkit.monitor.status import (
+    Base,
+    Drill,
+    Gap,
+    LeaseInfo,
+    RepositoryView,
+    SourceTimeline,
+    TargetHealth,
+)
+from backupkit.repo import layout
+from backupkit.repo.catalog import Catalog
+from backupkit.restore.plan import restorable_intervals
+
+
+def read_repository(catalog: Catalog, targets: bool = True, now: float | None = None) -> RepositoryView:
+    """Intervals, gaps and bases per source, drills, leases and storage targets."""
+    t0 = time.monotonic()
+    now = time.time() if now is None else now
+    view = RepositoryView(read_at=now, storage=catalog.store.describe())
+    try:
+        backups = catalog.backups()
+        sources = sorted({b.source.source_id for b in backups} | set(catalog.sources()))
+        for sid in sources:
+            view.sources.append(_timeline(catalog, sid, [b for b in backups if b.source.source_id == sid]))
+            lease = _lease(catalog, sid, now)
+            if lease is not None:
+                view.leases.append(lease)
+        view.drills = drills(catalog.restore_records())
+        if targets:
+            view.targets = target_health(catalog.store)
+    except BackupkitError as exc:
+        view.error = exc.one_line()
+    view.read_seconds = round(time.monotonic() - t0, 3)
+    return view
+
+
+def _timeline(catalog: Catalog, sid: str, backups: list) -> SourceTimeline:
+    segs = catalog.segments(sid)
+    gaps = catalog.gaps(sid)
+    tl = SourceTimeline(sid, segments=len(segs), binlog_stored_bytes=sum(s.object.size for s in segs))
+    tl.intervals = restorable_intervals(backups, {sid: segs}, {sid: gaps}, sid)
+    tl.bases = [Base(b.id, b.kind, b.point.time, b.stored_bytes, round(b.duration, 3), b.finished_at)
+                for b in backups]
+    tl.newest_commit = max((s.last_commit_time for s in segs), default=0.0) or None
+    runs = catalog.coverage(sid, segs)
+    tl.binlog_runs = [(r.first.first_commit_time or r.first.first_event_time or r.first.created_at,
+                       r.last.last_commit_time or r.last.last_event_time or r.last.created_at) for r in runs]
+    for a, z in zip(runs, runs[1:], strict=False):
+        rec = next((g for g in gaps if (g.after_file, g.after_pos) == a.end), None)
+        why = rec.reason if rec else f"binlog {a.end[0]}:{a.end[1]} to {z.start[0]}:{z.start[1]} not shipped"
+        # a new range begins with an empty anchor segment: it starts when shipping resumed
+        end = (z.first.first_commit_time or z.first.first_event_time or (rec.detected_at if rec else 0)
+               or z.first.created_at or None)
+        tl.gaps.append(Gap(a.last.last_commit_time or a.last.last_event_time, end, why,
+                           rec.detected_at if rec else 0.0))
+    if runs:  # a gap recorded after the newest range: shipping stopped there
+        end = runs[-1].end
+        for g in gaps:
+            if (g.after_file, g.after_pos) == end and not g.resume_file:
+                tl.gaps.append(Gap(g.last_time_before or runs[-1].last.last_commit_time, None,
+                                   g.reason, g.detected_at))
+    return tl
+
+
+def drills(records: list[dict[str, Any]]) -> list[Drill]:
+    """Restore drills and measured restores, oldest first."""
+    out = []
+    for r in records:
+        at = r.get("finished_at")
+        if not isinstance(at, (int, float)):
+            continue
+        ok = r.get("verified", True) is not False and not r.get("error")
+        out.append(Drill(float(at), str(r.get("kind", "")), bool(ok),
+                         float(r["duration"]) if isinstance(r.get("duration"), (int, float)) else None,
+                         str(r.get("backup_id") or ""), str(r.get("id") or "")))
+    return sorted(out, key=lambda d: d.at)
+
+
+def _lease(catalog: Catalog, sid: str, now: float) -> LeaseInfo | None:
+    try:
+        data, _ = catalog.store.read_small(layout.shipper_lease(sid))
+        d = json.loads(data)
+    except (ObjectNotFound, StorageError, ValueError):
+        return None
+    if not isinstance(d, dict):
+        return None
+    exp = float(d.get("expires_at") or 0.0)
+    return LeaseInfo(sid, str(d.get("holder", "")), exp, not d.get("released") and exp > now)
+
+
+def target_health(store) -> list[TargetHealth]:
+    """Each storage target of a mirrored repository: reachable, and how far behind."""
+    from backupkit.repo.sync import target_status
+    from backupkit.storage.mirror import find_mirror
+
+    mirror = find_mirror(store)
+    if mirror is None or len(mirror.targets) < 2:
+        return []
+    return [TargetHealth(t["name"], t.get("url", ""), bool(t["reachable"]), t.get("lag_s"),
+                         t.get("missing_objects"), t.get("error", "") or "")
+            for t in target_status([(t.name, t.store) for t in mirror.targets])]

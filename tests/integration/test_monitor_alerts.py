@@ -1,0 +1,63 @@
+"""The alert rules, checked by the real promtool and evaluated by a real Prometheus.
+
+A MetricsServer serves a status with every fault at once (and then a healthy one); Prometheus
+scrapes it every second with docs/alerts.yml (its `for:` shortened) and every alert fires;
+none fires on the healthy status.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+from pathlib import Path
+
+from backupkit.monitor.server import MetricsServer
+from tests.support import PrometheusServer
+from tests.unit.monitor.helpers import faulty, healthy
+
+RULES = Path(__file__).parents[2] / "docs" / "alerts.yml"
+EXPECTED = {"BackupkitShipperLagging", "BackupkitBinlogGap", "BackupkitBackupOverdue", "BackupkitJobFailed",
+            "BackupkitRestoreDrillFailed", "BackupkitStorageTargetBehind", "BackupkitLossWindowOverObjective"}
+
+
+def test_promtool_accepts_the_rules():
+    r = subprocess.run(["promtool", "check", "rules", str(RULES)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "SUCCESS: 9 rules found" in r.stdout
+
+
+def test_every_fault_fires_its_alert_in_a_real_prometheus(tmp_path):
+    import time as _t
+
+    rules = tmp_path / "alerts.yml"
+    rules.write_text(re.sub(r"for: \S+", "for: 0s", RULES.read_text()))
+    state = {"st": faulty}
+
+    def status():
+        st = state["st"]()
+        st.now = _t.time()  # the fixtures are dated; keep scrapes current
+        return st
+
+    srv = MetricsServer("127.0.0.1:0", status).start()
+    prom = PrometheusServer(tmp_path / "prom", [srv.url.removeprefix("http://")], rules).start()
+    try:
+        deadline = time.monotonic() + 60
+        got: dict = {}
+        while time.monotonic() < deadline:
+            got = prom.firing()
+            if EXPECTED <= set(got):
+                break
+            time.sleep(0.5)
+        assert EXPECTED <= set(got), f"missing {EXPECTED - set(got)}; firing {sorted(got)}"
+        assert {a["target"] for a in got["BackupkitStorageTargetBehind"]} == {"west"}
+        assert {a["strategy"] for a in got["BackupkitJobFailed"]} == {"cold"}
+        # healthy again: every alert resolves
+        state["st"] = healthy
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and prom.firing():
+            time.sleep(0.5)
+        assert prom.firing() == {}
+    finally:
+        prom.stop()
+        srv.stop()
