@@ -19,6 +19,7 @@ from backupkit.monitor.status import (
 )
 from backupkit.repo import layout
 from backupkit.repo.catalog import Catalog
+from backupkit.repo.coverage import build_runs, ends_at, gap_between
 from backupkit.restore.plan import restorable_intervals
 
 
@@ -52,23 +53,20 @@ def _timeline(catalog: Catalog, sid: str, backups: list) -> SourceTimeline:
     tl.bases = [Base(b.id, b.kind, b.point.time, b.stored_bytes, round(b.duration, 3), b.finished_at)
                 for b in backups]
     tl.newest_commit = max((s.last_commit_time for s in segs), default=0.0) or None
-    runs = catalog.coverage(sid, segs)
-    tl.binlog_runs = [(r.first.first_commit_time or r.first.first_event_time or r.first.created_at,
-                       r.last.last_commit_time or r.last.last_event_time or r.last.created_at) for r in runs]
+    runs = build_runs(segs, gaps)
+    tl.binlog_runs = [(r.first_commit_time or r.first.created_at, r.end_time() or r.last.created_at)
+                      for r in runs]
     for a, z in zip(runs, runs[1:], strict=False):
-        rec = next((g for g in gaps if (g.after_file, g.after_pos) == a.end), None)
+        rec = gap_between(gaps, a.last, z.first) or next(
+            (g for g in gaps if ends_at(a.last, (g.after_file, g.after_pos))), None)
         why = rec.reason if rec else f"binlog {a.end[0]}:{a.end[1]} to {z.start[0]}:{z.start[1]} not shipped"
-        # a new range begins with an empty anchor segment: it starts when shipping resumed
-        end = (z.first.first_commit_time or z.first.first_event_time or (rec.detected_at if rec else 0)
-               or z.first.created_at or None)
-        tl.gaps.append(Gap(a.last.last_commit_time or a.last.last_event_time, end, why,
-                           rec.detected_at if rec else 0.0))
+        # a range after a gap begins with an empty anchor segment: it starts when shipping resumed
+        end = z.first_commit_time or (rec.detected_at if rec else 0) or z.first.created_at or None
+        tl.gaps.append(Gap(a.end_time() or a.last.last_event_time, end, why, rec.detected_at if rec else 0.0))
     if runs:  # a gap recorded after the newest range: shipping stopped there
-        end = runs[-1].end
         for g in gaps:
-            if (g.after_file, g.after_pos) == end and not g.resume_file:
-                tl.gaps.append(Gap(g.last_time_before or runs[-1].last.last_commit_time, None,
-                                   g.reason, g.detected_at))
+            if ends_at(runs[-1].last, (g.after_file, g.after_pos)) and not g.resume_file:
+                tl.gaps.append(Gap(g.last_time_before or runs[-1].end_time(), None, g.reason, g.detected_at))
     return tl
 
 
