@@ -288,11 +288,28 @@ class Settings:
             return {}
         return primary.s3_settings()
 
+    def repository_spec(self):
+        """The repository to open, as plain specs (repo/targets.py knows no policy)."""
+        from backupkit.repo.targets import EncryptionSpec, RepositorySpec, TargetSpec  # start-up: boto3
+
+        storage, enc = self.policy.storage, self.policy.encryption
+        configured = tuple(TargetSpec(t.name or t.url, t.url, t.s3_settings()) for t in storage.targets)
+        targets = configured
+        if not configured:
+            url = self.storage_url or ""
+            targets = (TargetSpec(url or "default", url, self.storage_settings()),)
+        elif self.storage_explicit and self.storage_url:
+            chosen = [s for s in configured if self.storage_url in (s.url, s.name)]
+            targets = (chosen[0] if chosen else TargetSpec(self.storage_url, self.storage_url, {}),)
+        encryption = None if enc is None else EncryptionSpec(
+            enc.key_file, enc.key_env, enc.key_id, tuple(enc.old_key_files), tuple(enc.old_key_envs))
+        return RepositorySpec(targets, configured, storage.write_quorum, storage.stall_timeout, encryption)
+
     def open_store(self, create: bool = True):
         """The repository: one target or a mirror of the policy's targets, encrypted when configured."""
-        from backupkit.storage.targets import open_repository
+        from backupkit.repo.targets import open_repository  # start-up: boto3, cryptography
 
-        return open_repository(self, create=create)
+        return open_repository(self.repository_spec(), create=create)
 
     def source_spec(self):
         from backupkit.mysql.connection import parse_conn

@@ -34,12 +34,13 @@ CODEC_CHILD = r'''
 import hashlib, os, random, sys, time
 sys.path.insert(0, {root!r})
 from backupkit.storage import LocalStore
-from backupkit.storage.crypto import EncryptedStore, KeyEncryptionKey
+from backupkit.repo.keyring import open_encrypted
+from backupkit.storage.crypto import KeyEncryptionKey
 from backupkit.repo.codec import put_object, iter_object
 path, mib, encrypted = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
 store = LocalStore(path)
 if encrypted:
-    store = EncryptedStore(store, [KeyEncryptionKey(bytes(range(32)), "bench", "bench")])
+    store = open_encrypted(store, [KeyEncryptionKey(bytes(range(32)), "bench", "bench")])
 rnd = random.Random(1)
 def digits(n):
     return "-".join("%011d" % rnd.randrange(10**11) for _ in range(n))

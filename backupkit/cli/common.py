@@ -29,7 +29,7 @@ def render(data: dict[str, Any], human) -> None:
     """JSON in --json mode, otherwise call human(console) to print rich output.
 
     With several storage targets, which target served what is added when a read fell back to
-    another target or a target missed a write (storage/mirror.py).
+    another target or a target missed a write (storage/mirror/).
     """
     from backupkit.storage.mirror import session_report
 

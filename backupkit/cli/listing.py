@@ -55,7 +55,7 @@ def targets_table(targets: list[dict]):
 
 
 def _targets(store) -> dict:
-    """{"targets": lag of each storage target} when the repository has several (storage/mirror.py)."""
+    """{"targets": lag of each storage target} when the repository has several (storage/mirror/)."""
     from backupkit.repo.sync import target_status
     from backupkit.storage.mirror import find_mirror
 

@@ -54,7 +54,7 @@ def info() -> None:
     render(data, human)
 
 
-# -- several targets and encryption (storage/mirror.py, storage/crypto.py, repo/sync.py) ----------
+# -- several targets and encryption (storage/mirror/, storage/crypto.py, repo/sync.py) ----------
 def _named(spec, create: bool):
     return (spec.name, spec.open_or_unavailable(create=create))
 
@@ -77,18 +77,19 @@ def sync(
     from backupkit.cli.console import console, emit_json, error_line, progress
     from backupkit.errors import UsageError
     from backupkit.repo.sync import sync_stores
-    from backupkit.storage.targets import find_target, key_encryption_keys, target_specs
+    from backupkit.repo.targets import find_target, key_encryption_keys, target_specs
 
     cfg = settings()
-    policy_targets = target_specs(cfg) if cfg.policy.storage.targets else []
-    dests = [find_target(cfg, d) for d in dest] if dest else policy_targets
+    spec = cfg.repository_spec()
+    policy_targets = target_specs(spec) if spec.configured else []
+    dests = [find_target(spec, d) for d in dest] if dest else policy_targets
     if not dests:
         raise UsageError("nothing to sync: the policy has no storage targets",
                          "give --from and --to, or list [[storage.targets]] in the policy")
-    keks = key_encryption_keys(cfg)
+    keks = key_encryption_keys(spec)
     results = []
     for d in dests:
-        srcs = [find_target(cfg, s) for s in source] if source else \
+        srcs = [find_target(spec, s) for s in source] if source else \
             [t for t in policy_targets if t.url != d.url]
         srcs = [s for s in srcs if s.url != d.url]
         if not srcs:
@@ -144,14 +145,16 @@ def targets() -> None:
     from backupkit.cli.common import settings
     from backupkit.cli.console import human_seconds, table
     from backupkit.repo.sync import survival_by_target, target_status
-    from backupkit.storage.targets import key_encryption_keys, target_specs, wrap_encryption
+    from backupkit.repo.targets import key_encryption_keys, target_specs, wrap_encryption
+    from backupkit.restore.loss import loss_report
 
     cfg = settings()
-    specs = target_specs(cfg)
+    spec = cfg.repository_spec()
+    specs = target_specs(spec)
     named = [_named(s, False) for s in specs]
     status = target_status(named)
-    keks = key_encryption_keys(cfg)
-    survival = survival_by_target(named, lambda s: wrap_encryption(s, keks))
+    keks = key_encryption_keys(spec)
+    survival = survival_by_target(named, lambda s: wrap_encryption(s, keks), loss_report)
     data = {"write_quorum": cfg.policy.storage.write_quorum or len(specs), "targets": status,
             "if_lost": survival}
 
@@ -210,17 +213,18 @@ def rotate_key_cmd(
     """Re-wrap the repository's data keys with a new key; no data is re-encrypted."""
     from backupkit.cli.common import settings
     from backupkit.errors import ConfigError, UsageError
-    from backupkit.storage.crypto import load_key_env, load_key_file, rotate_key
-    from backupkit.storage.targets import key_encryption_keys, open_raw
+    from backupkit.repo.keyring import rotate_key
+    from backupkit.repo.targets import key_encryption_keys, open_raw
+    from backupkit.storage.crypto import load_key_env, load_key_file
 
     if bool(new_key_file) == bool(new_key_env):
         raise UsageError("give exactly one of --new-key-file and --new-key-env")
     cfg = settings()
-    current = key_encryption_keys(cfg)
+    current = key_encryption_keys(cfg.repository_spec())
     if not current:
         raise ConfigError("the policy has no encryption section", "configure the current key first")
     new = load_key_file(new_key_file, new_key_id) if new_key_file else load_key_env(new_key_env, new_key_id)
-    store = open_raw(cfg, create=False)
+    store = open_raw(cfg.repository_spec(), create=False)
     result = rotate_key(store, current, new, retire_old=retire_old, new_data_key=new_data_key)
     data = {"storage": store.describe(), **result, "new_key_fingerprint": new.fingerprint,
             "retired_old": retire_old}

@@ -19,7 +19,7 @@ def report(
     when = parse_time(at) if at else None
     store, catalog = open_catalog(create=False)
     result = loss_report(catalog, at=when, source_id=source_id, count=count)
-    by_target = _loss_by_target(store, when, source_id)  # several storage targets: storage/mirror.py
+    by_target = _loss_by_target(store, when, source_id)  # several storage targets: storage/mirror/
     from backupkit.cli.listing import _targets
 
     lag = _targets(store).get("targets")  # each target's lag (what it lacks)
@@ -49,12 +49,13 @@ def _loss_by_target(store, at: float | None, source_id: str | None) -> list[dict
     """Each strategy's loss window if one storage target is lost (None with a single target)."""
     from backupkit.cli.common import settings
     from backupkit.repo.sync import survival_by_target
+    from backupkit.repo.targets import key_encryption_keys, wrap_encryption
+    from backupkit.restore.loss import loss_report
     from backupkit.storage.mirror import find_mirror
-    from backupkit.storage.targets import key_encryption_keys, wrap_encryption
 
     mirror = find_mirror(store)
     if mirror is None or len(mirror.targets) < 2:
         return None
-    keks = key_encryption_keys(settings())
+    keks = key_encryption_keys(settings().repository_spec())
     return survival_by_target([(t.name, t.store) for t in mirror.targets],
-                              lambda s: wrap_encryption(s, keks), at=at, source_id=source_id)
+                              lambda s: wrap_encryption(s, keks), loss_report, at=at, source_id=source_id)

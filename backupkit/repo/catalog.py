@@ -14,9 +14,11 @@ from typing import Any
 
 import zstandard
 
-from backupkit.errors import IntegrityError, ObjectNotFound, StorageError
+from backupkit import __version__
+from backupkit.errors import IntegrityError, ObjectNotFound, StorageError, UsageError
 from backupkit.repo import layout
 from backupkit.repo.codec import StoredObject, sha256_bytes
+from backupkit.repo.failover import read_checked
 from backupkit.storage.base import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -229,8 +231,6 @@ class Catalog:
         cfg = self.repo_config()
         if cfg is not None:
             return cfg
-        from backupkit import __version__
-
         body = {"type": "repository", "format": layout.FORMAT_VERSION,
                 "repository_id": uuid.uuid4().hex, "created_at": time.time(),
                 "created_by": f"backupkit {__version__}"}
@@ -239,8 +239,6 @@ class Catalog:
 
     # -- reading manifests -----------------------------------------------------
     def read_manifest(self, key: str) -> dict[str, Any]:
-        from backupkit.repo.failover import read_checked
-
         # From another target when this copy is missing or damaged (a mirror); else just this one.
         return read_checked(self.store, key, lambda data: decode_manifest(key, data))
 
@@ -272,8 +270,6 @@ class Catalog:
         try:
             return BackupManifest.from_dict(self.read_manifest(key))
         except ObjectNotFound:
-            from backupkit.errors import UsageError
-
             raise UsageError(f"no backup {backup_id!r} in {self.store.describe()}",
                              "run 'backupkit list' to see the backups") from None
 
@@ -286,8 +282,8 @@ class Catalog:
 
     def _encryption(self) -> dict[str, Any]:
         """{"encryption": key ids} when the repository is encrypted (never the key itself)."""
-        info = getattr(self.store, "encryption_info", None)
-        return {"encryption": info()} if info is not None else {}
+        info = self.store.encryption_info()
+        return {"encryption": info} if info is not None else {}
 
     # -- binlog ---------------------------------------------------------------------
     def sources(self) -> list[str]:
@@ -319,8 +315,6 @@ class Catalog:
         return sorted(segs, key=lambda s: (s.binlog_file, s.start_pos, s.end_pos))
 
     def _read_rollup(self, key: str) -> dict[str, Any]:
-        from backupkit.repo.failover import read_checked
-
         def parse(data: bytes) -> dict[str, Any]:
             try:
                 raw = zstandard.ZstdDecompressor().decompress(data)
@@ -344,7 +338,7 @@ class Catalog:
                 return self._read_rollup(key)
             except (IntegrityError, StorageError) as exc:
                 log.warning("ignoring roll-up %s (its segments are read one by one): %s", key,
-                            getattr(exc, "message", exc))
+                            exc.message)
                 return None
 
         with ThreadPoolExecutor(max_workers=min(self.parallel, len(rollups))) as pool:

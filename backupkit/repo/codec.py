@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import hashlib
 import io
-from collections.abc import Iterable, Iterator
+import logging
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 import zstandard
 
-from backupkit.errors import IntegrityError
+from backupkit.errors import IntegrityError, StorageError
+from backupkit.repo.failover import has_copies, iter_object_failover
 from backupkit.storage.base import ObjectStore, iter_chunks
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 DEFAULT_LEVEL = 3
 READ_SIZE = 1 << 20
@@ -128,12 +133,19 @@ def iter_object(store: ObjectStore, obj: StoredObject, read_size: int = READ_SIZ
     With several copies (a mirror), a missing, unreachable or corrupt copy is replaced by another one
     where that is safe: see repo/failover.py.
     """
-    alternatives = getattr(store, "alternatives", None)
-    if alternatives is not None and len(alternatives(obj.key)) > 1:
-        from backupkit.repo.failover import iter_object_failover
-
-        return iter_object_failover(store, obj, read_size, _iter_one)
+    if has_copies(store, obj.key):
+        return iter_object_failover(store, obj, read_size, _iter_one,
+                                    lambda alt: _read_verified(alt, obj, read_size))
     return _iter_one(store, obj, read_size)
+
+
+def _read_verified(store: ObjectStore, obj: StoredObject, read_size: int) -> bytes:
+    """The stored bytes of one copy, read whole; IntegrityError unless size and checksum match."""
+    with VerifyingReader(store.open(obj.key), obj.key, obj.sha256, obj.size) as r:
+        parts = []
+        while block := r.read(read_size):  # at EOF the checksum is checked
+            parts.append(block)
+        return b"".join(parts)
 
 
 def _iter_one(store: ObjectStore, obj: StoredObject, read_size: int = READ_SIZE) -> Iterator[bytes]:
@@ -165,6 +177,27 @@ def _iter_one(store: ObjectStore, obj: StoredObject, read_size: int = READ_SIZE)
             raise IntegrityError(f"object {obj.key!r} is truncated", "the stored copy is damaged")
     finally:
         reader.close()
+
+
+def consume_object(store: ObjectStore, obj: StoredObject, consume: Callable[[Iterator[bytes]], T],
+                   attempts: int = 0) -> T:
+    """consume(decoded chunks) of an object, started over on the next copy when a copy fails.
+
+    consume must undo its own effects when it raises (a transaction it rolls back), because a read
+    that fails at the end may already have handed it bytes. Returns what consume returns.
+    """
+    tries = attempts or max(1, len(store.alternatives(obj.key)))
+    last: BaseException | None = None
+    for _ in range(tries):
+        try:
+            return consume(iter_object(store, obj))
+        except (IntegrityError, StorageError) as exc:
+            last = exc
+            if not has_copies(store, obj.key):
+                raise
+            log.warning("object %s: %s; starting it over from another copy", obj.key, exc)
+    assert last is not None
+    raise last
 
 
 def read_object(store: ObjectStore, obj: StoredObject) -> bytes:

@@ -1,6 +1,7 @@
 """Verified reads that use another copy of an object when one copy is missing, unreachable or corrupt.
 
-A store with several copies (a mirror, see storage/mirror.py) lists them with `alternatives(key)`.
+A store with several copies (a mirror, see storage/mirror/) lists them with `alternatives(key)`.
+This module knows nothing of the object format: repo/codec.py hands it the functions that read one copy.
 Corruption of an unencrypted object shows only at the end of its stream (the SHA-256 in the manifest),
 so a consumer must never act on bytes before the end. The rules:
 
@@ -8,7 +9,7 @@ so a consumer must never act on bytes before the end. The rules:
   a bad copy is replaced by the next one transparently;
 - a larger object streams; if a copy fails before any byte was delivered, the next copy is used; if it
   fails after, IntegrityError is raised (naming the object) and the bad copy is remembered, so reading
-  again uses another target. `consume_object(store, obj, consume)` does that retry for a consumer that
+  again uses another target. `codec.consume_object(store, obj, consume)` does that retry for a consumer that
   can start over (a loader that commits only after the read verified);
 - an encrypted repository authenticates every 1 MiB chunk before releasing it, so the mirror moves to
   the next copy in the middle of the stream and the consumer never sees a bad byte.
@@ -32,12 +33,7 @@ BUFFER_LIMIT = 16 << 20
 
 def has_copies(store: ObjectStore, key: str) -> bool:
     """True when key has more than one copy to read from."""
-    alts = getattr(store, "alternatives", None)
-    return alts is not None and len(alts(key)) > 1
-
-
-def _name(store: ObjectStore) -> str:
-    return getattr(store, "target_name", None) or store.describe()
+    return len(store.alternatives(key)) > 1
 
 
 def _reason(exc: BaseException) -> str:
@@ -52,13 +48,8 @@ def _reason(exc: BaseException) -> str:
 
 def _note(store: ObjectStore, key: str, bad: ObjectStore, good: ObjectStore | None,
           exc: BaseException) -> None:
-    note = getattr(store, "note_failover", None)
-    reason = _reason(exc)
-    if note is not None:
-        note(key, _name(bad), _name(good) if good is not None else None, reason,
-             isinstance(exc, IntegrityError))
-    else:
-        log.warning("object %s: %s on %s", key, reason, _name(bad))
+    store.note_failover(key, bad.target_name, good.target_name if good is not None else None,
+                        _reason(exc), isinstance(exc, IntegrityError))
 
 
 def _raise_best(key: str, errors: list[BaseException]) -> None:
@@ -72,7 +63,7 @@ def _raise_best(key: str, errors: list[BaseException]) -> None:
 
 def _candidates(store: ObjectStore, key: str) -> list[ObjectStore]:
     alts = store.alternatives(key)
-    if getattr(store, "authenticated_reads", False):
+    if store.capabilities().authenticated_reads:
         # Through the whole store first: it switches copies chunk by chunk on its own.
         return [store, *alts[1:]]
     return alts
@@ -127,13 +118,16 @@ def read_checked(store: ObjectStore, key: str, check: Callable[[bytes], T]) -> T
     raise AssertionError("unreachable")
 
 
-def iter_object_failover(store: ObjectStore, obj, read_size: int, iter_one) -> Iterator[bytes]:
-    """iter_object over a store with several copies (see the module docstring for the rules)."""
-    from backupkit.repo.codec import VerifyingReader
+def iter_object_failover(store: ObjectStore, obj, read_size: int,
+                         iter_one: Callable[[ObjectStore, object, int], Iterator[bytes]],
+                         read_verified: Callable[[ObjectStore], bytes]) -> Iterator[bytes]:
+    """codec.iter_object over a store with several copies (see the module docstring for the rules).
 
+    iter_one(store, obj, read_size) decodes one copy; read_verified(store) returns one copy's stored
+    bytes, read whole and verified (so a small object is never decoded from a bad copy)."""
     errors: list[BaseException] = []
     failed: list[ObjectStore] = []
-    buffered = obj.size <= BUFFER_LIMIT and not getattr(store, "authenticated_reads", False)
+    buffered = obj.size <= BUFFER_LIMIT and not store.capabilities().authenticated_reads
 
     def settle(good: ObjectStore) -> None:
         for bad, exc in zip(failed, errors, strict=True):
@@ -142,11 +136,7 @@ def iter_object_failover(store: ObjectStore, obj, read_size: int, iter_one) -> I
     for alt in _candidates(store, obj.key):
         if buffered:
             try:
-                with VerifyingReader(alt.open(obj.key), obj.key, obj.sha256, obj.size) as r:
-                    parts = []
-                    while block := r.read(read_size):  # at EOF the checksum is checked
-                        parts.append(block)
-                    data = b"".join(parts)
+                data = read_verified(alt)
             except (IntegrityError, StorageError) as exc:
                 errors.append(exc)
                 failed.append(alt)
@@ -174,28 +164,6 @@ def iter_object_failover(store: ObjectStore, obj, read_size: int, iter_one) -> I
         settle(alt)
         return
     _raise_best(obj.key, errors)
-
-
-def consume_object(store: ObjectStore, obj, consume: Callable[[Iterator[bytes]], T], attempts: int = 0) -> T:
-    """consume(decoded chunks) of an object, started over on the next copy when a copy fails.
-
-    consume must undo its own effects when it raises (a transaction it rolls back), because a read
-    that fails at the end may already have handed it bytes. Returns what consume returns.
-    """
-    from backupkit.repo.codec import iter_object
-
-    tries = attempts or max(1, len(store.alternatives(obj.key)) if hasattr(store, "alternatives") else 1)
-    last: BaseException | None = None
-    for _ in range(tries):
-        try:
-            return consume(iter_object(store, obj))
-        except (IntegrityError, StorageError) as exc:
-            last = exc
-            if not has_copies(store, obj.key):
-                raise
-            log.warning("object %s: %s; starting it over from another copy", obj.key, exc)
-    assert last is not None
-    raise last
 
 
 def retry_on_other_copy(store: ObjectStore, key: str, fn: Callable[[], T]) -> T:

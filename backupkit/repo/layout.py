@@ -155,7 +155,7 @@ def restore_record(record_id: str) -> str:
     return f"{RESTORES}{record_id}.json"
 
 
-# -- replication (storage/mirror.py, repo/sync.py) ------------------------------------
+# -- replication (repo/placement.py, repo/sync.py) ------------------------------------
 def is_commit_marker(key: str) -> bool:
     """Objects whose existence commits something: copied last, and only after their data."""
     return (key == REPO_CONFIG or backup_id_of(key) is not None or is_segment_index(key)

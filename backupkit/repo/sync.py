@@ -29,7 +29,12 @@ from typing import Any, BinaryIO
 
 from backupkit.errors import BackupkitError, IntegrityError, ObjectNotFound, StorageError
 from backupkit.repo import layout
+from backupkit.repo.catalog import Catalog, decode_manifest
+from backupkit.repo.keyring import Keyring, is_plain_key
+from backupkit.repo.placement import PLACEMENT
 from backupkit.storage.base import ObjectInfo, ObjectStore
+from backupkit.storage.crypto import DecryptingReader
+from backupkit.storage.mirror import MirrorStore
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +119,6 @@ class ContentCheck:
 
     def prepare(self, stores: list[Named]) -> None:
         """Whether the repository is encrypted; its keyring from the first store that has one."""
-        from backupkit.storage.crypto import Keyring
-
         for _, store in stores:
             try:
                 info = store.stat(layout.KEYRING)
@@ -144,10 +147,8 @@ class ContentCheck:
 
     def plaintext(self, key: str, stored: bytes) -> bytes:
         """The plaintext of a whole small object."""
-        if not self.encrypted or key.startswith(layout.KEYS):
+        if not self.encrypted or is_plain_key(key):
             return stored
-        from backupkit.storage.crypto import DecryptingReader
-
         with DecryptingReader(io.BytesIO(stored), key, self._dek) as r:  # type: ignore[arg-type]
             return b"".join(r.read_chunks())
 
@@ -157,9 +158,7 @@ class ContentCheck:
         sha = hashlib.sha256()
         size = 0
         try:
-            if self.encrypted and not key.startswith(layout.KEYS) and self.can_verify:
-                from backupkit.storage.crypto import DecryptingReader
-
+            if self.encrypted and not is_plain_key(key) and self.can_verify:
                 reader = DecryptingReader(tee, key, self._dek)  # type: ignore[arg-type]
                 for plain in reader.read_chunks():
                     sha.update(plain)
@@ -351,8 +350,6 @@ def sync_stores(sources: list[Named], dest: Named, *, keks: list | None = None, 
 
 
 def _decode_marker(key: str, data: bytes, check: ContentCheck) -> dict[str, Any]:
-    from backupkit.repo.catalog import decode_manifest
-
     return decode_manifest(key, check.plaintext(key, data))
 
 
@@ -362,8 +359,6 @@ def _read_marker(store: ObjectStore, key: str, check: ContentCheck) -> dict[str,
 
 def _update_keyring(sources: list[Named], held, dest: Named, check: ContentCheck, result: SyncResult) -> None:
     """Replace dest's keyring with the source's when the source's is newer (a rotation dest missed)."""
-    from backupkit.repo.catalog import decode_manifest
-
     dname, dstore = dest
     for name, store in sources:
         if layout.KEYRING not in held.get(name, {}):
@@ -457,16 +452,15 @@ def target_status(targets: list[Named]) -> list[dict[str, Any]]:
 
 
 def survival_by_target(targets: list[Named], wrap: Callable[[ObjectStore], ObjectStore],
-                       at: float | None = None, source_id: str | None = None) -> list[dict[str, Any]]:
+                       loss_report: Callable[..., Any], at: float | None = None,
+                       source_id: str | None = None) -> list[dict[str, Any]]:
     """For each target, the loss window of every strategy if that target is lost: the loss report
-    (restore/loss.py) of the union of the other targets.
+    of the union of the other targets.
 
-    wrap turns a raw store into the readable one (the encryption layer, when configured).
+    wrap turns a raw store into the readable one (the encryption layer, when configured);
+    loss_report(catalog, at=, source_id=, count=) is restore/loss.loss_report (passed in: the
+    repository sits below the restore services).
     """
-    from backupkit.repo.catalog import Catalog
-    from backupkit.restore.loss import loss_report
-    from backupkit.storage.mirror import MirrorStore
-
     out = []
     for lost, _ in targets:
         others = [(n, s) for n, s in targets if n != lost]
@@ -476,7 +470,7 @@ def survival_by_target(targets: list[Named], wrap: Callable[[ObjectStore], Objec
             out.append(row)
             continue
         try:
-            rep = loss_report(Catalog(wrap(MirrorStore(others, write_quorum=1))), at=at,
+            rep = loss_report(Catalog(wrap(MirrorStore(others, write_quorum=1, placement=PLACEMENT))), at=at,
                               source_id=source_id, count=False)
             row["source_id"] = rep.source_id
             row["strategies"] = [

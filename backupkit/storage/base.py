@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import abc
 import io
+import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Any, BinaryIO
+
+log = logging.getLogger(__name__)
 
 Chunks = Iterable[bytes]
 
@@ -40,8 +43,24 @@ def iter_chunks(source: BinaryIO | Chunks | bytes, size: int = 1 << 20) -> Itera
                 yield bytes(block)
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What a store offers beyond the basic interface (declared, never probed)."""
+
+    #: Every chunk is authenticated before it is returned (the encryption layer): a reader may
+    #: switch copies in the middle of a stream and the consumer never sees a bad byte.
+    authenticated_reads: bool = False
+    #: Several stores hold a copy of each object (a mirror): see alternatives().
+    several_copies: bool = False
+
+
 class ObjectStore(abc.ABC):
-    """A flat key space of immutable objects; a key is visible only once complete."""
+    """A flat key space of immutable objects; a key is visible only once complete.
+
+    Wrappers (mirror, encryption) declare what they add through capabilities(), unwrap(),
+    alternatives(), target_name, note_failover() and encryption_info(); the defaults here describe
+    a plain store with one copy of everything.
+    """
 
     #: The URL this store was opened from, with no credentials in it.
     url: str
@@ -97,12 +116,43 @@ class ObjectStore(abc.ABC):
         """A short human-readable name of the target."""
         return self.url
 
+    def capabilities(self) -> Capabilities:
+        """What this store (with the stores under it) offers; a plain store offers nothing extra."""
+        return Capabilities()
+
+    def unwrap(self) -> ObjectStore | None:
+        """The store this one wraps (the encryption layer over a mirror), or None for a target itself."""
+        return None
+
     def alternatives(self, key: str) -> list[ObjectStore]:
         """Stores that each hold a copy of key, preferred first (a mirror has several; see repo/failover)."""
         return [self]
 
+    @property
+    def target_name(self) -> str:
+        """The name of the storage target behind this store, for messages about copies."""
+        return self.describe()
+
+    def note_failover(self, key: str, bad: str, good: str | None, reason: str,
+                      corrupt: bool = False) -> None:
+        """Record that key could not be read from target bad (and came from good, if any)."""
+        log.warning("object %s: %s on %s", key, reason, bad)
+
+    def encryption_info(self) -> dict[str, Any] | None:
+        """What a manifest records about the encryption of this store (ids, never a key), or None."""
+        return None
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
+
+
+class FailoverReader(io.RawIOBase):
+    """A reader over several copies of one object that can continue from another copy."""
+
+    @abc.abstractmethod
+    def switch_target(self, offset: int, header_len: int) -> bytes | None:
+        """Continue from the next copy at stored offset; returns that copy's first header_len bytes
+        (or a non-empty marker when header_len is 0), None when no copy is left."""
 
 
 class ChunkReader(io.RawIOBase):

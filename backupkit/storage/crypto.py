@@ -10,13 +10,15 @@ final flag are in the nonce and the object's name and header are authenticated d
 extended, renamed or flipped bytes all fail authentication, chunk by chunk, before any plaintext of the bad
 chunk is released. Streams are bounded in memory (one chunk in, one chunk out).
 
-The data keys (DEKs) live in one keyring object (layout.KEYRING), each wrapped by one or more key-encryption
-keys (KEKs) that come from a 0600 file or an environment variable and are never stored. Rotation adds a wrap
-under a new KEK (and may drop the old ones): no data is re-encrypted.
+The data keys (DEKs) come from a `DataKeys` source: the repository's keyring (repo/keyring.py), where each
+is wrapped by one or more key-encryption keys (KEKs) that come from a 0600 file or an environment variable
+and are never stored. Rotation adds a wrap under a new KEK (and may drop the old ones): no data is
+re-encrypted. This module holds the primitives and the store wrapper only; it knows no repository key.
 """
 
 from __future__ import annotations
 
+import abc
 import base64
 import hashlib
 import hmac
@@ -25,8 +27,6 @@ import logging
 import os
 import secrets
 import stat as stat_mod
-import threading
-import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,9 +37,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from backupkit.errors import ConfigError, IntegrityError, ObjectNotFound, StorageError
-from backupkit.repo import layout
-from backupkit.storage.base import Chunks, ObjectInfo, ObjectStore, iter_chunks
+from backupkit.errors import ConfigError, IntegrityError
+from backupkit.storage.base import Capabilities, Chunks, FailoverReader, ObjectInfo, ObjectStore, iter_chunks
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +52,7 @@ SALT_LEN = 16
 HEADER_LEN = len(MAGIC) + 2 + DEK_ID_LEN + SALT_LEN  # 32
 KEY_LEN = 32
 _HKDF_INFO = b"backupkit object key v1"
-_WRAP_AAD = b"backupkit data key v1 "
+WRAP_AAD = b"backupkit data key v1 "
 _FP_LABEL = b"backupkit key fingerprint v1"
 
 
@@ -167,151 +166,6 @@ def write_key_file(path: str | Path) -> KeyEncryptionKey:
     return KeyEncryptionKey(bytes.fromhex(text), "", f"file {p}")
 
 
-# -- the keyring ---------------------------------------------------------------------
-def _b64(b: bytes) -> str:
-    return base64.b64encode(b).decode()
-
-
-def _unb64(s: str) -> bytes:
-    return base64.b64decode(s)
-
-
-class Keyring:
-    """The repository's data keys, unwrapped with the configured key-encryption keys."""
-
-    def __init__(self, body: dict[str, Any], etag: str, keys: dict[str, bytes]) -> None:
-        self.body = body
-        self.etag = etag
-        self.keys = keys  # dek id (hex) -> data key
-
-    @property
-    def current_id(self) -> str:
-        """The data key new objects are written with: the newest one."""
-        deks = self.body["data_keys"]
-        return max(deks, key=lambda d: (d["created_at"], d["id"]))["id"]
-
-    def wrapped_by(self) -> list[dict[str, str]]:
-        """Which key ids and fingerprints wrap the data keys (no secrets)."""
-        seen: dict[str, dict[str, str]] = {}
-        for d in self.body["data_keys"]:
-            for w in d["wraps"]:
-                seen[w["fingerprint"]] = {"key_id": w.get("key_id", ""), "fingerprint": w["fingerprint"]}
-        return list(seen.values())
-
-    # -- wrapping -------------------------------------------------------------------------
-    @staticmethod
-    def wrap(dek_id: str, dek: bytes, kek: KeyEncryptionKey) -> dict[str, Any]:
-        nonce = secrets.token_bytes(12)
-        wrapped = AESGCM(kek.key).encrypt(nonce, dek, _WRAP_AAD + dek_id.encode())
-        return {"key_id": kek.key_id, "fingerprint": kek.fingerprint, "nonce": _b64(nonce),
-                "wrapped": _b64(wrapped), "created_at": time.time()}
-
-    @staticmethod
-    def unwrap(dek_id: str, wrap: dict[str, Any], kek: KeyEncryptionKey) -> bytes:
-        try:
-            return AESGCM(kek.key).decrypt(_unb64(wrap["nonce"]), _unb64(wrap["wrapped"]),
-                                           _WRAP_AAD + dek_id.encode())
-        except (InvalidTag, KeyError, ValueError) as exc:
-            raise IntegrityError(f"data key {dek_id} in object {layout.KEYRING!r} does not authenticate "
-                                 f"under key {kek.key_id or kek.fingerprint}",
-                                 "the keyring was tampered with or damaged") from exc
-
-    # -- load / create ------------------------------------------------------------------
-    @classmethod
-    def parse(cls, data: bytes, etag: str, keks: list[KeyEncryptionKey]) -> Keyring:
-        from backupkit.repo.catalog import decode_manifest
-
-        body = decode_manifest(layout.KEYRING, data)
-        if body.get("type") != "keyring" or body.get("cipher") != CIPHER:
-            raise IntegrityError(f"object {layout.KEYRING!r} is not a backupkit keyring")
-        keys: dict[str, bytes] = {}
-        for d in body.get("data_keys", []):
-            by_fp = {w["fingerprint"]: w for w in d.get("wraps", [])}
-            for kek in keks:
-                w = by_fp.get(kek.fingerprint)
-                if w is not None:
-                    keys[d["id"]] = cls.unwrap(d["id"], w, kek)
-                    break
-        ring = cls(body, etag, keys)
-        if not keys:
-            have = ", ".join(f"{w['key_id'] or '?'} ({w['fingerprint']})" for w in ring.wrapped_by())
-            given = ", ".join(f"{k.key_id or '?'} ({k.fingerprint})" for k in keks)
-            raise IntegrityError(
-                f"wrong key: {given} does not open the data keys in object {layout.KEYRING!r}",
-                f"they are wrapped by {have}")
-        return ring
-
-    @classmethod
-    def load(cls, store: ObjectStore, keks: list[KeyEncryptionKey]) -> Keyring | None:
-        """The keyring of the repository, or None when it has none yet."""
-        try:
-            data, etag = store.read_small(layout.KEYRING)
-        except ObjectNotFound:
-            return None
-        return cls.parse(data, etag, keks)
-
-    @classmethod
-    def create(cls, store: ObjectStore, kek: KeyEncryptionKey) -> Keyring:
-        """Make the first data key, wrapped by kek; a concurrent creator's keyring wins."""
-        from backupkit.repo.catalog import encode_manifest
-
-        if store.stat(layout.REPO_CONFIG) is not None:
-            raise ConfigError(f"{store.describe()} already holds an unencrypted repository",
-                              "encryption is chosen when a repository is created; use a new target")
-        dek_id = secrets.token_bytes(DEK_ID_LEN).hex()
-        dek = secrets.token_bytes(KEY_LEN)
-        now = time.time()
-        body = {"type": "keyring", "cipher": CIPHER, "chunk_size": CHUNK_SIZE, "created_at": now,
-                "updated_at": now,
-                "data_keys": [{"id": dek_id, "created_at": now, "wraps": [cls.wrap(dek_id, dek, kek)]}]}
-        if store.put_if_absent(layout.KEYRING, encode_manifest(body)):
-            log.info("created data key %s wrapped by key %s", dek_id, kek.fingerprint)
-        ring = cls.load(store, [kek])
-        if ring is None:
-            raise StorageError(f"keyring {layout.KEYRING!r} vanished right after it was written")
-        return ring
-
-    # -- rotation -----------------------------------------------------------------------
-    def rotated(self, new: KeyEncryptionKey, retire_old: bool = False,
-                new_data_key: bool = False) -> dict[str, Any]:
-        """A new keyring body: every data key also wrapped by `new`; old wraps dropped if retire_old."""
-        missing = [d["id"] for d in self.body["data_keys"] if d["id"] not in self.keys]
-        if missing:
-            raise IntegrityError(f"cannot rotate: data keys {', '.join(missing)} in {layout.KEYRING!r} are "
-                                 "not opened by the configured keys", "add the key that wraps them")
-        body = {k: v for k, v in self.body.items() if k not in ("checksum", "format")}
-        deks = []
-        for d in self.body["data_keys"]:
-            wraps = [] if retire_old else [w for w in d["wraps"] if w["fingerprint"] != new.fingerprint]
-            wraps.append(self.wrap(d["id"], self.keys[d["id"]], new))
-            deks.append({**d, "wraps": wraps})
-        if new_data_key:
-            dek_id = secrets.token_bytes(DEK_ID_LEN).hex()
-            deks.append({"id": dek_id, "created_at": time.time(),
-                         "wraps": [self.wrap(dek_id, secrets.token_bytes(KEY_LEN), new)]})
-        body["data_keys"] = deks
-        body["updated_at"] = time.time()
-        return body
-
-
-def rotate_key(store: ObjectStore, current: list[KeyEncryptionKey], new: KeyEncryptionKey,
-               retire_old: bool = False, new_data_key: bool = False) -> dict[str, Any]:
-    """Re-wrap every data key with `new` in one conditional update of the keyring; no data is touched."""
-    from backupkit.repo.catalog import encode_manifest
-
-    ring = Keyring.load(store, current)
-    if ring is None:
-        raise ConfigError(f"{store.describe()} has no keyring", "it is not an encrypted repository yet")
-    body = ring.rotated(new, retire_old=retire_old, new_data_key=new_data_key)
-    if not store.replace_if_match(layout.KEYRING, encode_manifest(body), ring.etag):
-        raise StorageError(f"{layout.KEYRING!r} changed while rotating", "run the rotation again")
-    # Read back with the new key alone: a rotation that cannot be opened must not go unnoticed.
-    after = Keyring.load(store, [new])
-    assert after is not None
-    return {"data_keys": [d["id"] for d in body["data_keys"]], "current_data_key": after.current_id,
-            "wrapped_by": after.wrapped_by()}
-
-
 # -- streams ----------------------------------------------------------------------------
 def _object_key(dek: bytes, salt: bytes) -> AESGCM:
     okm = HKDF(algorithm=hashes.SHA256(), length=KEY_LEN, salt=salt, info=_HKDF_INFO).derive(dek)
@@ -378,7 +232,7 @@ def _read_exact(raw: BinaryIO, n: int) -> bytes:
 class DecryptingReader(io.RawIOBase):
     """Plaintext of an encrypted object; each chunk is authenticated before any of it is returned.
 
-    When the raw stream comes from a mirror (it has `switch_target(offset, header_len)`), a chunk that fails
+    When the raw stream comes from a mirror (a FailoverReader), a chunk that fails
     authentication is read again from the next copy, provided that copy has the same header: no
     unauthenticated byte is ever returned, and nothing already returned is read twice.
     """
@@ -433,8 +287,9 @@ class DecryptingReader(io.RawIOBase):
 
     def _switch(self) -> bool:
         """Continue from another copy of the object (a mirror), at the chunk that failed here."""
-        switch = getattr(self._raw, "switch_target", None)
-        if switch is None or switch(self._offset, HEADER_LEN) != self.header:
+        if not isinstance(self._raw, FailoverReader):
+            return False
+        if self._raw.switch_target(self._offset, HEADER_LEN) != self.header:
             return False
         self._next = _read_exact(self._raw, self.chunk_size + TAG)
         return True
@@ -468,71 +323,53 @@ class DecryptingReader(io.RawIOBase):
                 super().close()
 
 
-def is_plain_key(key: str) -> bool:
-    """Objects stored unencrypted: only the keyring (it holds wrapped keys, never plaintext data)."""
-    return key.startswith(layout.KEYS)
+class DataKeys(abc.ABC):
+    """Where an EncryptedStore gets its data keys (the repository's keyring: repo/keyring.py)."""
+
+    @abc.abstractmethod
+    def for_write(self) -> tuple[str, bytes]:
+        """The id and the key new objects are written with (made on first use when allowed)."""
+
+    @abc.abstractmethod
+    def for_read(self, dek_id: str, key: str) -> bytes:
+        """The data key dek_id, which object key is encrypted with; IntegrityError if not opened."""
+
+    @abc.abstractmethod
+    def is_plain(self, key: str) -> bool:
+        """Objects stored unencrypted (the keyring itself: it holds wrapped keys, never plaintext)."""
+
+    @abc.abstractmethod
+    def info(self) -> dict[str, Any]:
+        """What a manifest records about its encryption: ids and fingerprints, never a key."""
 
 
 class EncryptedStore(ObjectStore):
     """An ObjectStore that encrypts on put and decrypts and authenticates on open, over any store."""
 
-    def __init__(self, inner: ObjectStore, keks: list[KeyEncryptionKey], create_keyring: bool = True) -> None:
-        if not keks:
-            raise ConfigError("encryption needs a key", "set encryption.key_file or encryption.key_env")
+    def __init__(self, inner: ObjectStore, keys: DataKeys) -> None:
         self.inner = inner
-        self.keks = keks  # the first one wraps new data keys
-        self.create_keyring = create_keyring
+        self.keys = keys
         self.url = inner.url
-        self._ring: Keyring | None = None
-        self._lock = threading.Lock()
-
-    # -- keys ----------------------------------------------------------------------------
-    def keyring(self, for_write: bool = False) -> Keyring:
-        with self._lock:
-            if self._ring is None:
-                ring = Keyring.load(self.inner, self.keks)
-                if ring is None:
-                    if not (for_write and self.create_keyring):
-                        raise ConfigError(f"{self.inner.describe()} is not an encrypted repository "
-                                          f"(no {layout.KEYRING})",
-                                          "remove the encryption section or write a backup first")
-                    ring = Keyring.create(self.inner, self.keks[0])
-                self._ring = ring
-            return self._ring
-
-    def _dek(self, dek_id: str, key: str) -> bytes:
-        ring = self._ring or self.keyring()
-        dek = ring.keys.get(dek_id)
-        if dek is None:
-            self._ring = None  # maybe rotated since: read again once
-            ring = self.keyring()
-            dek = ring.keys.get(dek_id)
-        if dek is None:
-            raise IntegrityError(f"object {key!r} is encrypted with data key {dek_id}, which the configured "
-                                 "keys do not open", "wrong key, or the keyring lacks this data key")
-        return dek
 
     def encryption_info(self) -> dict[str, Any]:
-        """What a manifest records about its encryption: ids and fingerprints, never a key."""
-        ring = self.keyring(for_write=True)
-        kek = self.keks[0]
-        return {"cipher": CIPHER, "chunk_size": CHUNK_SIZE, "data_key_id": ring.current_id,
-                "key_id": kek.key_id, "key_fingerprint": kek.fingerprint}
+        return self.keys.info()
+
+    def _dek(self, dek_id: str, key: str) -> bytes:
+        return self.keys.for_read(dek_id, key)
 
     # -- interface -------------------------------------------------------------------------
     def _seal(self, key: str, data: BinaryIO | Chunks | bytes) -> Iterator[bytes]:
-        ring = self.keyring(for_write=True)
-        dek_id = ring.current_id
-        return encrypt_stream(iter_chunks(data), key, dek_id, ring.keys[dek_id])
+        dek_id, dek = self.keys.for_write()
+        return encrypt_stream(iter_chunks(data), key, dek_id, dek)
 
     def put(self, key: str, data: BinaryIO | Chunks | bytes) -> ObjectInfo:
-        if is_plain_key(key):
+        if self.keys.is_plain(key):
             return self.inner.put(key, data)
         info = self.inner.put(key, self._seal(key, data))
         return ObjectInfo(key, plain_size(info.size), info.etag, info.mtime)
 
     def _sealed_bytes(self, key: str, data: bytes) -> bytes:
-        return data if is_plain_key(key) else b"".join(self._seal(key, data))
+        return data if self.keys.is_plain(key) else b"".join(self._seal(key, data))
 
     def put_if_absent(self, key: str, data: bytes) -> bool:
         return self.inner.put_if_absent(key, self._sealed_bytes(key, data))
@@ -548,14 +385,14 @@ class EncryptedStore(ObjectStore):
             raise
 
     def open(self, key: str) -> BinaryIO:
-        if is_plain_key(key):
+        if self.keys.is_plain(key):
             return self.inner.open(key)
         # Unbuffered on purpose: each readinto copies straight out of the authenticated chunk.
         return self._reader(self.inner.open(key), key)  # type: ignore[return-value]
 
     def read_small(self, key: str) -> tuple[bytes, str]:
         data, etag = self.inner.read_small(key)
-        if is_plain_key(key):
+        if self.keys.is_plain(key):
             return data, etag
         return self.decrypt_bytes(key, data), etag
 
@@ -569,7 +406,7 @@ class EncryptedStore(ObjectStore):
             return fh.read()
 
     def _info(self, info: ObjectInfo) -> ObjectInfo:
-        if is_plain_key(info.key):
+        if self.keys.is_plain(info.key):
             return info
         return ObjectInfo(info.key, max(plain_size(info.size), 0), info.etag, info.mtime)
 
@@ -590,28 +427,26 @@ class EncryptedStore(ObjectStore):
     def describe(self) -> str:
         return f"{self.inner.describe()} (encrypted, {CIPHER})"
 
-    #: Every chunk is authenticated before it is returned (repo/failover streams through us directly).
-    authenticated_reads = True
+    # -- capabilities: every chunk is authenticated before it is returned ---------------------
+    def capabilities(self) -> Capabilities:
+        return Capabilities(authenticated_reads=True,
+                            several_copies=self.inner.capabilities().several_copies)
+
+    def unwrap(self) -> ObjectStore:
+        return self.inner
 
     @property
     def target_name(self) -> str:
-        return getattr(self.inner, "target_name", self.inner.describe())
+        return self.inner.target_name
 
     def note_failover(self, key: str, bad: str, good: str | None, reason: str, corrupt: bool = False) -> None:
-        note = getattr(self.inner, "note_failover", None)
-        if note is not None:
-            note(key, bad, good, reason, corrupt)
+        self.inner.note_failover(key, bad, good, reason, corrupt)
 
     def alternatives(self, key: str) -> list[ObjectStore]:
         alts = self.inner.alternatives(key)
         if len(alts) <= 1:
             return [self]
-        out: list[ObjectStore] = []
-        for alt in alts:
-            view = EncryptedStore(alt, self.keks, create_keyring=False)
-            view._ring = self._ring
-            out.append(view)
-        return out
+        return [EncryptedStore(alt, self.keys) for alt in alts]
 
     def close(self) -> None:
         self.inner.close()

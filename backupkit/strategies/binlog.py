@@ -38,8 +38,8 @@ from backupkit.repo.catalog import (
 )
 from backupkit.repo.codec import put_object
 from backupkit.repo.coverage import build_runs, next_binlog_name
+from backupkit.repo.lease import Lease, LeaseHeld, LeaseKeeper, LeaseLost
 from backupkit.storage.base import ObjectStore
-from backupkit.strategies.lease import Lease, LeaseHeld, LeaseKeeper, LeaseLost
 
 log = logging.getLogger(__name__)
 

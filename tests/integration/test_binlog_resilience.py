@@ -16,8 +16,8 @@ import time
 import pytest
 
 from backupkit.repo.catalog import Catalog
+from backupkit.repo.lease import LeaseRecord
 from backupkit.storage import open_store
-from backupkit.strategies.lease import LeaseRecord
 from tests.integration.test_binlog_ship import (
     Writer,
     assert_complete,

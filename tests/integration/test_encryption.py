@@ -12,8 +12,9 @@ import zstandard
 
 from backupkit.repo import layout
 from backupkit.repo.catalog import Catalog
+from backupkit.repo.keyring import open_encrypted
 from backupkit.storage import open_store
-from backupkit.storage.crypto import EncryptedStore, load_key_file
+from backupkit.storage.crypto import load_key_file
 from tests.support import run_cli, table_checksums
 
 pytestmark = pytest.mark.timeout(300)
@@ -105,7 +106,7 @@ def test_no_stored_object_holds_plaintext_and_the_right_key_restores_exactly(sou
     assert any(marker in _readable(d) for d in _raw_objects(plain_url).values())
 
     # Manifests record the key id and fingerprint, never the key.
-    store = EncryptedStore(open_store(s3_url), [load_key_file(key, "k1")])
+    store = open_encrypted(open_store(s3_url), [load_key_file(key, "k1")])
     enc = Catalog(store).read_manifest(layout.backup_manifest(backup_id))["encryption"]
     assert enc["key_id"] == "k1" and enc["cipher"] == "AES-256-GCM"
     assert enc["key_fingerprint"] == load_key_file(key).fingerprint

@@ -11,10 +11,11 @@ import pytest
 from backupkit.errors import IntegrityError, StorageError
 from backupkit.repo import layout
 from backupkit.repo.catalog import Catalog, decode_manifest, encode_manifest
-from backupkit.repo.codec import iter_object, put_object, read_object
-from backupkit.repo.failover import consume_object
+from backupkit.repo.codec import consume_object, iter_object, put_object, read_object
+from backupkit.repo.keyring import open_encrypted
 from backupkit.repo.sync import sync_stores, target_status
-from backupkit.storage.crypto import EncryptedStore, KeyEncryptionKey
+from backupkit.repo.targets import open_mirror
+from backupkit.storage.crypto import KeyEncryptionKey
 from backupkit.storage.local import LocalStore
 from backupkit.storage.mirror import MirrorStore
 
@@ -28,7 +29,7 @@ def roots(tmp_path):
 
 def mirror(roots, quorum=None, **kw) -> MirrorStore:
     a, b = roots
-    return MirrorStore([("a", LocalStore(a)), ("b", LocalStore(b))], quorum, stall_timeout=5, **kw)
+    return open_mirror([("a", LocalStore(a)), ("b", LocalStore(b))], quorum, stall_timeout=5, **kw)
 
 
 def _break(root) -> None:
@@ -142,7 +143,7 @@ def test_large_corrupt_object_is_never_delivered_silently_and_a_retry_uses_the_g
 
 def test_encrypted_mirror_moves_to_the_good_copy_in_mid_stream(roots):
     k = KeyEncryptionKey(os.urandom(32), "k", "test")
-    store = EncryptedStore(mirror(roots), [k])
+    store = open_encrypted(mirror(roots), [k])
     data = os.urandom(5 * MIB)
     obj = put_object(store, "backups/b1/big.zst", [data], level=None)
     _flip(roots[0] / obj.key, 3 * MIB)
@@ -194,13 +195,13 @@ def test_sync_repairs_a_damaged_copy_only_when_asked(roots):
 
 def test_encrypted_sync_verifies_plaintext_checksums_and_copies_ciphertext(roots):
     k = KeyEncryptionKey(os.urandom(32), "k", "test")
-    a = EncryptedStore(LocalStore(roots[0]), [k])
+    a = open_encrypted(LocalStore(roots[0]), [k])
     obj = put_object(a, "backups/b1/data.zst", [b"secret" * 10000])
     a.put_if_absent(layout.backup_manifest("b1"), encode_manifest({"objects": [obj.to_dict()]}))
     res = sync_stores([("a", LocalStore(roots[0]))], ("b", LocalStore(roots[1])), keks=[k])
     assert res.complete and res.verified == "checksums" and res.copied == 3
     assert (roots[0] / obj.key).read_bytes() == (roots[1] / obj.key).read_bytes()
-    assert read_object(EncryptedStore(LocalStore(roots[1]), [k]), obj) == b"secret" * 10000
+    assert read_object(open_encrypted(LocalStore(roots[1]), [k]), obj) == b"secret" * 10000
     # Without the key the copy is still made, checked by size only.
     res2 = sync_stores([("a", LocalStore(roots[0]))], ("c", LocalStore(roots[1].parent / "c")))
     assert res2.complete and res2.verified == "sizes"

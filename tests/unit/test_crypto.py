@@ -12,20 +12,18 @@ import pytest
 from backupkit.errors import ConfigError, IntegrityError
 from backupkit.repo import layout
 from backupkit.repo.codec import put_object, read_object
+from backupkit.repo.keyring import Keyring, open_encrypted, rotate_key
 from backupkit.storage.crypto import (
     CHUNK_SIZE,
     HEADER_LEN,
     TAG,
     DecryptingReader,
-    EncryptedStore,
     KeyEncryptionKey,
-    Keyring,
     encrypt_stream,
     load_key_env,
     load_key_file,
     parse_key_text,
     plain_size,
-    rotate_key,
     stored_size,
     write_key_file,
 )
@@ -169,7 +167,7 @@ def test_key_repr_never_shows_the_key():
 # -- the store -------------------------------------------------------------------------------
 def test_no_stored_object_holds_plaintext_and_the_keyring_holds_no_key(tmp_path):
     k = kek()
-    store = EncryptedStore(LocalStore(tmp_path / "r"), [k])
+    store = open_encrypted(LocalStore(tmp_path / "r"), [k])
     put_object(store, "backups/b/data.zst", [MARKER * 50_000], level=None)
     store.put("backups/b/manifest.json", b'{"note": "' + MARKER + b'"}')
     files = [p for p in (tmp_path / "r").rglob("*") if p.is_file()]
@@ -185,14 +183,14 @@ def test_no_stored_object_holds_plaintext_and_the_keyring_holds_no_key(tmp_path)
 
 def test_right_key_reads_wrong_key_fails_naming_the_keyring(tmp_path):
     k = kek()
-    obj = put_object(EncryptedStore(LocalStore(tmp_path), [k]), "x/y.zst", [b"abc" * 1000])
-    assert read_object(EncryptedStore(LocalStore(tmp_path), [k]), obj) == b"abc" * 1000
+    obj = put_object(open_encrypted(LocalStore(tmp_path), [k]), "x/y.zst", [b"abc" * 1000])
+    assert read_object(open_encrypted(LocalStore(tmp_path), [k]), obj) == b"abc" * 1000
     with pytest.raises(IntegrityError, match="wrong key.*keys/keyring.json"):
-        read_object(EncryptedStore(LocalStore(tmp_path), [kek("other")]), obj)
+        read_object(open_encrypted(LocalStore(tmp_path), [kek("other")]), obj)
 
 
 def test_stat_and_list_report_plaintext_sizes(tmp_path):
-    store = EncryptedStore(LocalStore(tmp_path), [kek()])
+    store = open_encrypted(LocalStore(tmp_path), [kek()])
     store.put("a/b", os.urandom(CHUNK_SIZE + 3))
     assert store.stat("a/b").size == CHUNK_SIZE + 3
     assert [i.size for i in store.list("a/")] == [CHUNK_SIZE + 3]
@@ -201,31 +199,31 @@ def test_stat_and_list_report_plaintext_sizes(tmp_path):
 def test_encryption_refuses_an_existing_unencrypted_repository(tmp_path):
     LocalStore(tmp_path).put(layout.REPO_CONFIG, b"{}")
     with pytest.raises(ConfigError, match="unencrypted"):
-        EncryptedStore(LocalStore(tmp_path), [kek()]).put("x", b"1")
+        open_encrypted(LocalStore(tmp_path), [kek()]).put("x", b"1")
 
 
 def test_rotation_rewraps_without_touching_data(tmp_path):
     old, new = kek("old"), kek("new")
-    store = EncryptedStore(LocalStore(tmp_path), [old])
+    store = open_encrypted(LocalStore(tmp_path), [old])
     obj = put_object(store, "d/o.zst", [MARKER * 1000])
     before = (tmp_path / "d" / "o.zst").read_bytes()
     rotate_key(LocalStore(tmp_path), [old], new)
-    assert read_object(EncryptedStore(LocalStore(tmp_path), [old]), obj) == MARKER * 1000
-    assert read_object(EncryptedStore(LocalStore(tmp_path), [new]), obj) == MARKER * 1000
+    assert read_object(open_encrypted(LocalStore(tmp_path), [old]), obj) == MARKER * 1000
+    assert read_object(open_encrypted(LocalStore(tmp_path), [new]), obj) == MARKER * 1000
     out = rotate_key(LocalStore(tmp_path), [new], new, retire_old=True, new_data_key=True)
     assert [w["key_id"] for w in out["wrapped_by"]] == ["new"]
     assert (tmp_path / "d" / "o.zst").read_bytes() == before
     with pytest.raises(IntegrityError, match="wrong key"):
-        read_object(EncryptedStore(LocalStore(tmp_path), [old]), obj)
-    fresh = EncryptedStore(LocalStore(tmp_path), [new])
+        read_object(open_encrypted(LocalStore(tmp_path), [old]), obj)
+    fresh = open_encrypted(LocalStore(tmp_path), [new])
     assert read_object(fresh, obj) == MARKER * 1000
     obj2 = put_object(fresh, "d/o2.zst", [b"after"])
-    assert read_object(EncryptedStore(LocalStore(tmp_path), [new]), obj2) == b"after"
+    assert read_object(open_encrypted(LocalStore(tmp_path), [new]), obj2) == b"after"
     assert fresh.encryption_info()["data_key_id"] == out["current_data_key"]
 
 
 def test_old_keys_still_open_the_repository_for_reading(tmp_path):
     old, new = kek("old"), kek("new")
-    obj = put_object(EncryptedStore(LocalStore(tmp_path), [old]), "d/o.zst", [b"x" * 10])
+    obj = put_object(open_encrypted(LocalStore(tmp_path), [old]), "d/o.zst", [b"x" * 10])
     # A policy that names the new key but keeps the old one: reads work before the rotation ran.
-    assert read_object(EncryptedStore(LocalStore(tmp_path), [new, old]), obj) == b"x" * 10
+    assert read_object(open_encrypted(LocalStore(tmp_path), [new, old]), obj) == b"x" * 10

@@ -1,33 +1,36 @@
 """The repository a policy describes: one target or a mirror of several, encrypted when configured.
 
-Settings.open_store() calls open_repository(); every command goes through it.
+It works from plain specs (RepositorySpec), which config.Settings.repository_spec() builds from the
+policy and the command line; Settings.open_store() calls open_repository() and every command goes
+through it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
 
 from backupkit.errors import ConfigError, StorageError, UsageError
 from backupkit.repo import layout
-from backupkit.storage.base import ObjectStore
+from backupkit.repo.keyring import open_encrypted
+from backupkit.repo.placement import PLACEMENT
+from backupkit.repo.sync import sync_stores
+from backupkit.storage import open_store
+from backupkit.storage.base import ObjectInfo, ObjectStore
+from backupkit.storage.crypto import KeyEncryptionKey, load_key_env, load_key_file
+from backupkit.storage.mirror import MirrorStore
 
-if TYPE_CHECKING:
-    from backupkit.config import Settings
-    from backupkit.storage.crypto import KeyEncryptionKey
 
-
-@dataclass
+@dataclass(frozen=True)
 class TargetSpec:
     """One storage target as the policy (or the command line) gives it."""
 
     name: str
     url: str
-    s3: dict[str, Any]
+    s3: dict[str, Any] = field(default_factory=dict)
 
     def open(self, create: bool = True) -> ObjectStore:
-        from backupkit.storage import open_store
-
         return open_store(self.url, self.s3, create=create)
 
     def open_or_unavailable(self, create: bool = True) -> ObjectStore:
@@ -37,6 +40,30 @@ class TargetSpec:
             return self.open(create)
         except StorageError as exc:
             return Unavailable(self.url or self.name, exc)
+
+
+@dataclass(frozen=True)
+class EncryptionSpec:
+    """Where the key-encryption keys come from (the policy's [encryption] section)."""
+
+    key_file: str | None = None
+    key_env: str | None = None
+    key_id: str | None = None
+    old_key_files: tuple[str, ...] = ()
+    old_key_envs: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RepositorySpec:
+    """Everything needed to open the repository, with no policy object in it."""
+
+    #: The targets to use: the policy's, or the one given with --storage / BACKUPKIT_STORAGE.
+    targets: tuple[TargetSpec, ...]
+    #: Every target the policy lists (for `repo sync` and naming a target by name or number).
+    configured: tuple[TargetSpec, ...] = ()
+    write_quorum: int | None = None
+    stall_timeout: float = 30.0
+    encryption: EncryptionSpec | None = None
 
 
 class Unavailable(ObjectStore):
@@ -51,30 +78,19 @@ class Unavailable(ObjectStore):
 
     put = open = stat = delete = put_if_absent = replace_if_match = read_small = check = _fail
 
-    def list(self, prefix: str = ""):
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         self._fail()
         yield from ()
 
 
-def target_specs(settings: Settings) -> list[TargetSpec]:
+def target_specs(spec: RepositorySpec) -> list[TargetSpec]:
     """The targets to use: the policy's, or the one given with --storage / BACKUPKIT_STORAGE."""
-    storage = settings.policy.storage
-    specs = [TargetSpec(t.name or t.url, t.url, t.s3_settings()) for t in storage.targets]
-    if not specs:
-        url = settings.storage_url or ""
-        return [TargetSpec(url or "default", url, settings.storage_settings())]
-    explicit = getattr(settings, "storage_explicit", False)
-    if explicit and settings.storage_url:
-        for s in specs:
-            if settings.storage_url in (s.url, s.name):
-                return [s]
-        return [TargetSpec(settings.storage_url, settings.storage_url, {})]
-    return specs
+    return list(spec.targets)
 
 
-def find_target(settings: Settings, ref: str) -> TargetSpec:
+def find_target(spec: RepositorySpec, ref: str) -> TargetSpec:
     """A policy target by name, URL or 1-based number; any other URL is a target of its own."""
-    specs = [TargetSpec(t.name or t.url, t.url, t.s3_settings()) for t in settings.policy.storage.targets]
+    specs = list(spec.configured)
     for s in specs:
         if ref in (s.name, s.url):
             return s
@@ -86,11 +102,9 @@ def find_target(settings: Settings, ref: str) -> TargetSpec:
     raise UsageError(f"no storage target {ref!r}", f"use a target name, number or URL (targets: {names})")
 
 
-def key_encryption_keys(settings: Settings) -> list[KeyEncryptionKey]:
+def key_encryption_keys(spec: RepositorySpec) -> list[KeyEncryptionKey]:
     """The configured key first (it wraps new data keys), then older keys kept for reading."""
-    from backupkit.storage.crypto import load_key_env, load_key_file
-
-    enc = settings.policy.encryption
+    enc = spec.encryption
     if enc is None:
         return []
     keys = []
@@ -109,9 +123,7 @@ def key_encryption_keys(settings: Settings) -> list[KeyEncryptionKey]:
 def wrap_encryption(store: ObjectStore, keks: list[KeyEncryptionKey]) -> ObjectStore:
     """The encryption layer over store when keys are configured; else refuse an encrypted repository."""
     if keks:
-        from backupkit.storage.crypto import EncryptedStore
-
-        return EncryptedStore(store, keks)
+        return open_encrypted(store, keks)
     try:
         encrypted = store.stat(layout.KEYRING) is not None
     except StorageError:
@@ -122,18 +134,27 @@ def wrap_encryption(store: ObjectStore, keks: list[KeyEncryptionKey]) -> ObjectS
     return store
 
 
-def open_raw(settings: Settings, create: bool = True) -> ObjectStore:
+def _catch_up(sources: list[tuple[str, ObjectStore]], dest: tuple[str, ObjectStore],
+              progress: Callable[[int, int], None] | None):
+    return sync_stores(sources, dest, progress=progress)
+
+
+def open_mirror(targets: list[tuple[str, ObjectStore]], write_quorum: int | None = None,
+                **kw: Any) -> MirrorStore:
+    """A mirror of the repository over targets: its placement rule, and repo sync to catch a
+    lagging target up when the write quorum needs it."""
+    return MirrorStore(targets, write_quorum, placement=PLACEMENT, catch_up=_catch_up, **kw)
+
+
+def open_raw(spec: RepositorySpec, create: bool = True) -> ObjectStore:
     """The storage of the repository without the encryption layer: one target or a mirror."""
-    specs = target_specs(settings)
+    specs = target_specs(spec)
     if len(specs) == 1:
         return specs[0].open(create)
-    from backupkit.storage.mirror import MirrorStore
-
-    storage = settings.policy.storage
-    return MirrorStore([(s.name, s.open_or_unavailable(create)) for s in specs], storage.write_quorum,
-                       stall_timeout=storage.stall_timeout)
+    return open_mirror([(s.name, s.open_or_unavailable(create)) for s in specs], spec.write_quorum,
+                       stall_timeout=spec.stall_timeout)
 
 
-def open_repository(settings: Settings, create: bool = True) -> ObjectStore:
+def open_repository(spec: RepositorySpec, create: bool = True) -> ObjectStore:
     """What every command reads and writes: targets, mirrored if several, encrypted if configured."""
-    return wrap_encryption(open_raw(settings, create), key_encryption_keys(settings))
+    return wrap_encryption(open_raw(spec, create), key_encryption_keys(spec))
