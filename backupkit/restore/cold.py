@@ -4,7 +4,7 @@ Refuses while a server runs on that datadir (a process with that --datadir, a li
 it, or a server answering at the given connection), and refuses a non-empty datadir unless
 ``force``: then the old datadir is renamed to ``<datadir>.before-<UTC time>``, never deleted.
 The archive is extracted into ``<datadir>.partial-<UTC time>`` with every safety check of
-backupkit.archive.extract, every file's sha256 is checked against the manifest, and only then
+backupkit.strategies.cold.untar.extract, every file's sha256 is checked against the manifest, and only then
 is the folder renamed into place. The manifest's point (binlog file, position, GTID) is where
 binlog replay continues.
 """
@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from backupkit.archive import FileRecord, check_records, extract
 from backupkit.errors import BackupkitError, UsageError
 from backupkit.mysql.connection import ConnSpec, connect
 from backupkit.mysql.control import ServiceControl, pid_alive, read_pid, servers_using
@@ -29,6 +28,8 @@ from backupkit.repo.catalog import BackupManifest, Catalog, utc_iso
 from backupkit.repo.codec import StoredObject, iter_object
 from backupkit.storage.base import ObjectStore
 from backupkit.storage.local import fsync_dir
+from backupkit.strategies.cold.tar import FileRecord
+from backupkit.strategies.cold.untar import check_records, extract
 
 
 @dataclass

@@ -14,12 +14,13 @@ from pathlib import Path
 import pymysql
 import pytest
 
+from backupkit.mysql.control import process_start
 from backupkit.mysql.sandbox import Sandbox
 from backupkit.repo.catalog import Catalog
 from backupkit.restore.cold import restore_cold
 from backupkit.storage import open_store
-from backupkit.strategies import cold as cold_mod
 from backupkit.strategies.cold import ColdOptions, take_cold_backup
+from backupkit.strategies.cold import staging as staging_mod
 from tests.support import run_cli, table_checksums
 
 
@@ -216,21 +217,21 @@ def _planted(base: Path, name: str, owner: dict | None) -> Path:
     (folder / "data").mkdir(parents=True)
     (folder / "data" / "ibdata1").write_bytes(b"x" * 4096)
     if owner is not None:
-        (folder / cold_mod.STAGING_OWNER).write_text(json.dumps(owner))
+        (folder / staging_mod.STAGING_OWNER).write_text(json.dumps(owner))
     return folder
 
 
 def test_default_cold_backup_stages_beside_the_datadir_and_cleans_up_after_killed_runs(
         mariadb, local_url, spare):
     _fill(mariadb)
-    base = cold_mod.auto_staging_location(mariadb.datadir)
+    base = staging_mod.auto_staging_location(mariadb.datadir)
     assert base == mariadb.datadir.parent / ".backupkit-staging"
     base.mkdir()
     os.chmod(base, 0o755)
     host = socket.gethostname()
     dead = subprocess.Popen(["true"])
     dead.wait()
-    me = {"pid": os.getpid(), "start": cold_mod.process_start(os.getpid()), "host": host}
+    me = {"pid": os.getpid(), "start": process_start(os.getpid()), "host": host}
     gone = _planted(base, "gone", {"pid": dead.pid, "start": None, "host": host})
     reused = _planted(base, "reused", {**me, "start": me["start"] - 1})  # same pid, another process
     _planted(base, "live", me)

@@ -17,15 +17,16 @@ from pathlib import Path
 import boto3
 import pytest
 
-from backupkit.archive import FileRecord, Root
 from backupkit.errors import BackupkitError, UsageError
 from backupkit.mysql.sandbox import Sandbox
 from backupkit.repo import layout
 from backupkit.repo.catalog import BackupManifest, BinlogPoint, Catalog, SourceIdentity, new_backup_id
 from backupkit.repo.codec import put_object
 from backupkit.storage import open_store
-from backupkit.strategies import cold as cold_mod
-from backupkit.strategies.cold import ColdOptions, stream_roots, take_cold_backup
+from backupkit.strategies.cold import ColdOptions, take_cold_backup
+from backupkit.strategies.cold import staging as staging_mod
+from backupkit.strategies.cold.tar import FileRecord, Root
+from backupkit.strategies.cold.upload import stream_roots
 from tests.support import MotoServer, run_cli
 
 MiB = 1 << 20
@@ -140,7 +141,7 @@ def _popen_cli(*args: str) -> subprocess.Popen:
 
 def _staged_copies(sb: Sandbox) -> list[Path]:
     """The staging copies left in the automatic location beside the datadir."""
-    return sorted(cold_mod.auto_staging_location(sb.datadir).glob("*.staging"))
+    return sorted(staging_mod.auto_staging_location(sb.datadir).glob("*.staging"))
 
 
 def test_sigint_during_the_copy_restarts_the_server(server, ballast, local_url):
@@ -210,7 +211,7 @@ def test_failed_start_is_loud_and_the_copy_is_kept(server, local_url, staging):
         else:  # the staged copy is kept and named; it is not a leftover for the next run
             assert len(kept) == 1 and f"the datadir copy is kept in {kept[0]}" in errors[0]
             assert (kept[0] / "data" / "app" / "t.ibd").is_file()
-            assert cold_mod.remove_leftover_staging(kept[0].parent) == [] and kept[0].is_dir()
+            assert staging_mod.remove_leftover_staging(kept[0].parent) == [] and kept[0].is_dir()
             assert _no_backups(local_url)
     finally:
         for k in kept:
@@ -223,7 +224,7 @@ def test_failed_start_is_loud_and_the_copy_is_kept(server, local_url, staging):
 def test_auto_staging_falls_back_to_direct_when_the_disk_has_no_room(server, local_url, monkeypatch,
                                                                       tmp_path, caplog):
     # 32 MiB free on a 20 GiB filesystem: less than the datadir, and far below the 2 GiB reserve
-    monkeypatch.setattr(cold_mod, "disk_space", lambda path: (32 * MiB, 20 << 30))
+    monkeypatch.setattr(staging_mod, "disk_space", lambda path: (32 * MiB, 20 << 30))
     store = open_store(local_url)
     pid = server.pid()
     with pytest.raises(UsageError, match="has 32 MiB free"):  # an explicit folder is strict

@@ -1,4 +1,4 @@
-"""The streamed tar writer and the safe extractor (backupkit.archive), on real files."""
+"""The streamed tar writer and the safe extractor (backupkit.strategies.cold.tar and untar), on real files."""
 
 from __future__ import annotations
 
@@ -12,16 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from backupkit.archive import (
-    FileRecord,
-    Root,
-    TarWriter,
-    UnsafeArchive,
-    check_records,
-    extract,
-    link_stays_inside,
-)
 from backupkit.errors import IntegrityError
+from backupkit.strategies.cold.tar import FileRecord, Root, TarWriter, link_stays_inside
+from backupkit.strategies.cold.untar import UnsafeArchive, check_records, extract
 
 MiB = 1 << 20
 
