@@ -392,8 +392,8 @@ def test_a_transaction_larger_than_memory_spills_to_disk_and_stays_whole(mariadb
                                                                           monkeypatch):
     import tempfile
 
-    from backupkit.strategies import binlog as shipper_mod
     from backupkit.strategies.binlog import ShipOptions, Shipper
+    from backupkit.strategies.binlog import spill as spill_mod
 
     spilled = []
     real = tempfile.TemporaryFile
@@ -402,7 +402,7 @@ def test_a_transaction_larger_than_memory_spills_to_disk_and_stays_whole(mariadb
         spilled.append(1)
         return real(*a, **kw)
 
-    monkeypatch.setattr(shipper_mod.tempfile, "TemporaryFile", counting)
+    monkeypatch.setattr(spill_mod.tempfile, "TemporaryFile", counting)
     sb = mariadb
     make_table(sb)
     opts = ShipOptions(from_current=True, until_current=True, max_segment_bytes=256 << 10,

@@ -7,13 +7,14 @@ import time
 
 import pytest
 
+from backupkit.mysql.gtid import GtidState
 from backupkit.repo import layout
 from backupkit.repo.catalog import SegmentInfo
 from backupkit.repo.codec import StoredObject
 from backupkit.repo.coverage import build_runs, continues, next_binlog_name
 from backupkit.repo.lease import Lease, LeaseLost
 from backupkit.storage.local import LocalStore
-from backupkit.strategies.binlog import GtidState, SpillBuffer
+from backupkit.strategies.binlog.spill import SpillBuffer
 
 
 def test_mariadb_gtid_state_tracks_each_domain():

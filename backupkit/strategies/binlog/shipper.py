@@ -1,0 +1,404 @@
+"""Continuous binlog shipping: stream the source's raw binlog into repository segments.
+
+The shipper connects as a replica (COM_BINLOG_DUMP), keeps the raw event bytes, and cuts a
+segment at a transaction boundary every sync interval (or when it reaches the size limit).
+Each segment is a valid binlog file: the magic, the file's format description event, then the
+events [start_pos, end_pos) of ONE binlog file, byte-identical to the server's file. The data
+object is written first, its index entry last (the commit). The resume point is read back from
+the repository, so a shipper killed at any moment restarts without a gap or a duplicate.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from backupkit.errors import SourceError, StorageError, UsageError
+from backupkit.mysql import binlog_events as be
+from backupkit.mysql.binlog_stream import DumpError, StreamLost, default_server_id
+from backupkit.mysql.connection import ConnSpec, connect
+from backupkit.mysql.gtid import GtidState
+from backupkit.mysql.server import ServerFacts, current_point, gtid_position, server_facts
+from backupkit.repo import layout
+from backupkit.repo.catalog import (
+    BinlogPoint,
+    Catalog,
+    GapInfo,
+    SegmentInfo,
+    encode_manifest,
+)
+from backupkit.repo.coverage import next_binlog_name
+from backupkit.repo.lease import Lease, LeaseHeld, LeaseKeeper, LeaseLost
+from backupkit.storage.base import ObjectStore
+from backupkit.strategies.binlog.spill import MIB, SpillBuffer
+from backupkit.strategies.binlog.stream import EventStats, StreamReader
+from backupkit.strategies.binlog.upload import SegmentUploader, SegmentWriter
+
+log = logging.getLogger(__name__)
+
+
+class BinlogGapError(SourceError):
+    """The source no longer has binlog the repository still needs (purged before shipping)."""
+
+
+# -- options and results ------------------------------------------------------------------
+@dataclass
+class ShipOptions:
+    """How the shipper runs (the CLI fills this from options and the [binlog] policy)."""
+
+    source_id: str | None = None
+    server_id: int | None = None
+    sync_interval: float = 1.0
+    max_segment_bytes: int = 16 * MIB
+    heartbeat: float = 1.0
+    lease_seconds: float = 15.0
+    compression_level: int = 1
+    from_current: bool = False
+    from_position: tuple[str, int] | None = None  # first run: start at these coordinates
+    restart_from_current: bool = False
+    until_current: bool = False
+    wait_for_lease: bool = True
+    watchdog_periods: float = 4.0
+    max_backoff: float = 5.0
+    spill_bytes: int = 64 * MIB
+
+
+@dataclass
+class ShipResult:
+    """What a shipper run did."""
+
+    source_id: str
+    server_id: int
+    range_id: str = ""
+    start: str = ""
+    end: str = ""
+    segments: int = 0
+    bytes: int = 0
+    stored_bytes: int = 0
+    transactions: int = 0
+    reconnects: int = 0
+    gaps: list[dict[str, Any]] = field(default_factory=list)
+    stopped_by: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def resolve_source(spec: ConnSpec, source_id: str | None, conn=None) -> tuple[ServerFacts, str]:
+    """The source's facts and its source id (given, or derived like the snapshot's)."""
+    from backupkit.mysql.server import default_source_id
+
+    own = conn is None
+    conn = conn or connect(spec)
+    try:
+        facts = server_facts(conn)
+    finally:
+        if own:
+            conn.close()
+    if not facts.log_bin:
+        raise SourceError(f"the source {spec.display()} has no binary log enabled",
+                          "start it with --log-bin and --binlog-format=ROW")
+    return facts, source_id or default_source_id(facts)
+
+
+class Shipper(StreamReader, SegmentWriter):
+    """Ships one source's binlog into one repository. Call run(); stop() from a signal handler."""
+
+    def __init__(self, store: ObjectStore, spec: ConnSpec, options: ShipOptions,
+                 notify: Callable[[str], None] | None = None) -> None:
+        self.store = store
+        self.catalog = Catalog(store)
+        self.spec = spec
+        self.opts = options
+        self.notify = notify or (lambda msg: log.info("%s", msg))
+        self._stop = threading.Event()
+        self.facts: ServerFacts | None = None
+        self.source_id = ""
+        self.server_id = 0
+        self.lease: Lease | None = None
+        self.result: ShipResult | None = None
+        # stream position and buffer
+        self.file = ""
+        self.seg_start = 0
+        self.buf = SpillBuffer(options.spill_bytes)
+        self.boundary_len = 0
+        self.fde: bytes | None = None  # the current file's FDE as stored at its offset 4
+        self.tracker = be.BoundaryTracker()
+        self.seg = EventStats()
+        self.txn = EventStats()
+        self.txn_gtid = ""
+        self.txn_gtid_time = 0
+        self.gtid = GtidState()
+        self.seg_gtid_state = ""
+        self.range_id = ""
+        self.pending_since: float | None = None  # monotonic time the oldest unflushed commit arrived
+        self.on_commit: Callable[[SegmentInfo], None] | None = None
+        self._last_closed = False
+        self._connected_once = False
+        self._anchor = False  # a new range starts: commit an empty segment to record where
+        self.uploader: SegmentUploader | None = None
+        self._ctl: Any = None  # the control connection while setting up
+        self._committed: dict[str, SegmentInfo] = {}  # this run's entries of the file being shipped
+        self._rollups: list[threading.Thread] = []
+
+    # -- control -------------------------------------------------------------------
+    def stop(self, *_args: Any) -> None:
+        """Ask the shipper to flush complete transactions and return (signal-safe)."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def _sleep(self, seconds: float) -> None:
+        self._stop.wait(seconds)
+
+    # -- main loop -------------------------------------------------------------------
+    def run(self) -> ShipResult:
+        # One control connection serves the set-up and then carries the first dump.
+        self._ctl = connect(self.spec)
+        self.facts, self.source_id = resolve_source(self.spec, self.opts.source_id, self._ctl)
+        self.server_id = self.opts.server_id or default_server_id(self.source_id)
+        if self.server_id == self.facts.server_id:
+            raise UsageError(f"server_id {self.server_id} is the source's own server_id",
+                             "give the shipper another --server-id")
+        self.gtid = GtidState(self.facts.flavor)
+        self.result = ShipResult(self.source_id, self.server_id)
+        self.catalog.ensure_repo()
+        self.lease = Lease(self.store, self.source_id, self.opts.lease_seconds)
+        try:
+            while not self.stopping:
+                if not self._acquire_lease():
+                    break
+                keeper = LeaseKeeper(self.lease)
+                keeper.start()
+                self.uploader = SegmentUploader(self._store)
+                self.uploader.start()
+                clean = False
+                try:
+                    self._ship()
+                    self.uploader.drain()
+                    clean = True
+                    break
+                except LeaseLost as exc:
+                    self.notify(f"warning: {exc.message}; standing by")
+                    self.uploader.close(abort=True)
+                    self._discard_buffer()
+                    if not self.opts.wait_for_lease or self.opts.until_current:
+                        raise
+                finally:
+                    self.uploader.close(abort=not clean)
+                    keeper.stop()
+        finally:
+            for t in self._rollups:  # let a roll-up in progress land (it is small)
+                t.join(30)
+            self._close_control()
+            if self.lease.held:
+                self.lease.release()
+            self.buf.close()
+        if self.stopping and not self.result.stopped_by:
+            self.result.stopped_by = "signal"
+        return self.result
+
+    def _control(self):
+        """The set-up connection (opened again if the first session already took it)."""
+        if self._ctl is None or not self._ctl.open:
+            self._ctl = connect(self.spec)
+        return self._ctl
+
+    def _close_control(self) -> None:
+        if self._ctl is not None:
+            try:
+                self._ctl.close()
+            except Exception:
+                pass
+            self._ctl = None
+
+    def _acquire_lease(self) -> bool:
+        assert self.lease is not None
+        announced = False
+        while not self.stopping:
+            try:
+                if self.lease.try_acquire():
+                    if announced:
+                        self.notify(f"took over the shipper lease of {self.source_id}")
+                    return True
+            except StorageError as exc:
+                if not self.opts.wait_for_lease or self.opts.until_current:
+                    raise
+                self.notify(f"warning: cannot reach the repository for the lease: {exc.message}")
+            rec, _ = self._lease_record()
+            if not self.opts.wait_for_lease or self.opts.until_current:
+                who = "another shipper"
+                if rec is not None:
+                    until = time.strftime("%H:%M:%S", time.localtime(rec.expires_at))
+                    who = f"{rec.holder}, valid until {until}"
+                raise LeaseHeld(f"the binlog of {self.source_id} is being shipped by {who}",
+                                "only one shipper per source; this one would wait as a standby "
+                                "without --once")
+            if not announced:
+                self._close_control()  # a standby may wait for hours: hold no idle connection
+                holder = rec.holder if rec else "another shipper"
+                self.notify(f"standby: {holder} holds the shipper lease of {self.source_id}; "
+                            "waiting to take over")
+                announced = True
+            self._sleep(max(0.2, min(1.0, self.opts.lease_seconds / 5)))
+        return False
+
+    def _lease_record(self):
+        assert self.lease is not None
+        try:
+            return self.lease.current()
+        except StorageError:
+            return None, ""
+
+    def _discard_buffer(self) -> None:
+        self.buf.truncate(0)
+        self.boundary_len = 0
+        self.seg = EventStats()
+        self.txn = EventStats()
+        self.tracker.reset()
+        self.pending_since = None
+
+    # -- start point ----------------------------------------------------------------
+    def _start_point(self) -> None:
+        """Resume where the repository ends, or start at the snapshot's or server's position."""
+        assert self.facts is not None and self.result is not None
+        last = self.catalog.last_segment(self.source_id)
+        if last is not None:
+            self.file, self.seg_start = last.next_point()
+            self.range_id = last.range_id or uuid.uuid4().hex[:12]
+            self.gtid = GtidState(self.facts.flavor, last.gtid_state)
+            self.seg_gtid_state = last.gtid_state
+            self._last_closed = last.file_closed and not last.next_file
+            self.notify(f"resuming {self.source_id} at {self.file}:{self.seg_start}")
+            return
+        if self.opts.from_position:
+            file, pos = self.opts.from_position
+            gtid = gtid_position(self._control(), self.facts, file, pos)
+            point = BinlogPoint(file=file, pos=pos, gtid=gtid)
+            where = "the given position"
+        elif self.opts.from_current or self.opts.restart_from_current:
+            point = current_point(self._control(), self.facts)
+            where = "the server's current position"
+        else:
+            snaps = [b for b in self.catalog.backups(kind="snapshot")
+                     if b.source.source_id == self.source_id and b.point.file]
+            if not snaps:
+                raise UsageError(f"no snapshot of {self.source_id} in {self.store.describe()} to start "
+                                 "shipping from", "take a snapshot first, or start with --from-current")
+            point = snaps[-1].point
+            where = f"snapshot {snaps[-1].id}"
+        self.file, self.seg_start = point.file, point.pos
+        self.range_id = uuid.uuid4().hex[:12]
+        self.gtid = GtidState(self.facts.flavor, point.gtid)
+        self.seg_gtid_state = point.gtid
+        self._last_closed = False
+        self._anchor = True
+        self.notify(f"starting {self.source_id} at {self.file}:{self.seg_start} ({where})")
+
+    # -- shipping -----------------------------------------------------------------------
+    def _ship(self) -> None:
+        assert self.result is not None
+        self._start_point()
+        if not self.result.start:
+            self.result.start = f"{self.file}:{self.seg_start}"
+        self.result.range_id = self.range_id
+        backoff = 0.5
+        while not self.stopping:
+            try:
+                done = self._session()
+                if done:
+                    return
+                backoff = 0.5
+            except (StreamLost, SourceError) as exc:
+                if isinstance(exc, DumpError):
+                    if exc.purged:
+                        self._purged(exc)
+                        continue
+                    if self.lease is not None and self.lease.lost:
+                        raise LeaseLost(f"the shipper lease of {self.source_id} was taken by another "
+                                        "shipper") from None
+                    if not exc.replaced:
+                        raise
+                if isinstance(exc, BinlogGapError) or not (
+                        self._connected_once or isinstance(exc, StreamLost)):
+                    raise
+                self.result.reconnects += 1
+                self.notify(f"warning: {exc.message}; reconnecting in {backoff:.1f}s")
+                self._drop_partial()
+                self._sleep(backoff)
+                backoff = min(backoff * 2, self.opts.max_backoff)
+        # stopping: complete transactions are flushed by _session; flush any left
+        self._flush(force=True)
+        assert self.uploader is not None
+        self.uploader.drain()
+
+    # -- gaps -------------------------------------------------------------------------------
+    def _purged(self, exc: DumpError) -> None:
+        """The server no longer has the file we need: record the gap; restart or stop loudly."""
+        assert self.facts is not None and self.result is not None
+        assert self.uploader is not None
+        self.uploader.drain()
+        after_file, after_pos = self.file, self._resume_pos()
+        if self._last_closed and after_pos == self.seg_start and self.boundary_len == 0:
+            # The last shipped segment ended the file; the next file is the true resume point.
+            nxt = next_binlog_name(after_file)
+            if nxt and self._server_has(nxt):
+                self._switch_file(nxt, 4)
+                return
+        self._flush(force=True)
+        self.uploader.drain()
+        conn = connect(self.spec)
+        try:
+            point = current_point(conn, self.facts)
+            if self.opts.restart_from_current:
+                point.gtid = gtid_position(conn, self.facts, point.file, point.pos)
+        finally:
+            conn.close()
+        last_time = self.seg.last_commit_time
+        last = self.catalog.last_segment(self.source_id)
+        if last is not None:
+            last_time = last.last_commit_time or last.last_event_time
+        if not self.opts.restart_from_current:
+            gap = GapInfo(self.source_id, after_file, after_pos, "", 0, time.time(),
+                          f"{after_file} was purged from the source before it was shipped "
+                          f"({exc.server_message}); shipping stopped", last_time)
+            self.catalog.record_gap(gap)
+            self.result.gaps.append(gap.to_dict())
+            raise BinlogGapError(
+                f"GAP: the source no longer has {after_file} (purged) at {after_file}:{after_pos}; "
+                "binlog after that point is lost for point-in-time restore",
+                "take a new snapshot and run 'backupkit binlog ship --restart-from-current'")
+        gap = GapInfo(self.source_id, after_file, after_pos, point.file, point.pos, time.time(),
+                      f"{after_file} was purged from the source before it was shipped "
+                      f"({exc.server_message}); restarted at the current position", last_time)
+        # Overwrite a record left by an earlier run that stopped at this gap.
+        self.store.put(layout.gap_record(gap.source_id, gap.after_file, gap.after_pos),
+                       encode_manifest(gap.to_dict()))
+        self.result.gaps.append(gap.to_dict())
+        self.notify(f"GAP recorded: {after_file}:{after_pos} -> {point.file}:{point.pos}; "
+                    "a new continuous range starts here")
+        self._switch_file(point.file, point.pos)
+        self.range_id = uuid.uuid4().hex[:12]
+        self.result.range_id = self.range_id
+        self.gtid = GtidState(self.facts.flavor, point.gtid)
+        self.seg_gtid_state = point.gtid
+        self._anchor = True
+        self.tracker.reset()
+        self.seg = EventStats()
+        self.txn = EventStats()
+
+    def _server_has(self, name: str) -> bool:
+        from backupkit.mysql.server import binary_logs
+
+        conn = connect(self.spec)
+        try:
+            return name in {n for n, _ in binary_logs(conn)}
+        finally:
+            conn.close()

@@ -1,0 +1,188 @@
+"""The storing side of the shipper: cut segments are compressed, uploaded and committed in
+order by one thread (data first, index entry last), while the stream keeps being read."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from backupkit.errors import IntegrityError, StorageError
+from backupkit.repo import layout
+from backupkit.repo.catalog import (
+    SegmentInfo,
+)
+from backupkit.repo.codec import put_object
+from backupkit.strategies.binlog.spill import SpillBuffer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PendingSegment:
+    """A cut segment waiting for the uploader."""
+
+    head: bytes
+    data: bytes | bytearray | SpillBuffer
+    n: int
+    fields: dict[str, Any]
+
+    def chunks(self) -> Iterator[bytes]:
+        yield self.head
+        if not isinstance(self.data, SpillBuffer):
+            yield self.data
+        else:
+            yield from self.data.chunks(self.n)
+
+    def close(self) -> None:
+        if isinstance(self.data, SpillBuffer):
+            self.data.close()
+        self.data = b""
+
+
+class SegmentUploader(threading.Thread):
+    """Compresses, uploads and commits segments in order, while the main thread keeps reading
+    the stream. The queue is short, so memory stays bounded."""
+
+    def __init__(self, store_fn: Callable[[PendingSegment], None], depth: int = 2) -> None:
+        super().__init__(name="segment-uploader", daemon=True)
+        self.store_fn = store_fn
+        self.queue: queue.Queue[PendingSegment | None] = queue.Queue(maxsize=depth)
+        self.error: BaseException | None = None
+        self.aborted = threading.Event()
+
+    def run(self) -> None:
+        while True:
+            item = self.queue.get()
+            try:
+                if item is None:
+                    return
+                if self.error is None and not self.aborted.is_set():
+                    self.store_fn(item)
+            except BaseException as exc:  # handed to the main thread
+                self.error = exc
+            finally:
+                if item is not None:
+                    item.close()
+                self.queue.task_done()
+
+    def check(self) -> None:
+        """Raise the uploader's error in the calling thread."""
+        if self.error is not None:
+            raise self.error
+
+    def submit(self, item: PendingSegment) -> None:
+        while True:
+            self.check()
+            try:
+                self.queue.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def drain(self) -> None:
+        """Wait until every submitted segment is committed (or failed)."""
+        while self.queue.unfinished_tasks:
+            self.check()
+            time.sleep(0.005)
+        self.check()
+
+    def close(self, abort: bool = False) -> None:
+        """Stop the thread; with abort, segments still waiting are dropped, not committed."""
+        if abort:
+            self.aborted.set()
+        while self.is_alive():
+            try:
+                self.queue.put(None, timeout=0.2)
+                break
+            except queue.Full:
+                if self.aborted.is_set():
+                    try:
+                        dropped = self.queue.get_nowait()
+                        if dropped is not None:
+                            dropped.close()
+                        self.queue.task_done()
+                    except queue.Empty:
+                        pass
+        self.join(timeout=60)
+
+
+class SegmentWriter:
+    """The Shipper's storing half (a mixin): upload one segment, commit it, roll a finished
+    file's index entries up."""
+
+    def _store(self, item: PendingSegment) -> None:
+        """Upload one segment and commit its index entry (in the uploader thread); retries
+        while the storage is unreachable; never commits without a valid lease."""
+        assert self.result is not None and self.lease is not None
+        f = item.fields
+        data_key = layout.segment_data(self.source_id, f["binlog_file"], f["start_pos"], f["end_pos"])
+        backoff = 0.5
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                self.lease.ensure()
+                obj = put_object(self.store, data_key, item.chunks(), level=self.opts.compression_level)
+                info = SegmentInfo(object=obj, **f)
+                self.lease.ensure()  # fencing: never commit without a valid lease
+                self._commit(info)
+                break
+            except StorageError as exc:
+                if (self.stopping and attempt >= 5) or (self.uploader and self.uploader.aborted.is_set()):
+                    raise
+                self.notify(f"warning: storing segment {f['binlog_file']}:{f['start_pos']}-{f['end_pos']} "
+                            f"failed: {exc.message}; retrying in {backoff:.1f}s")
+                time.sleep(backoff)
+                backoff = min(backoff * 2, self.opts.max_backoff)
+        item.close()
+        self.result.segments += 1
+        self.result.bytes += item.n
+        self.result.stored_bytes += obj.size
+        self.result.transactions += info.transactions
+        self.result.end = "{}:{}".format(*info.next_point())
+        self._committed[info.key] = info
+        if info.file_closed:
+            self._roll_up(info.binlog_file)
+        if self.on_commit is not None:
+            self.on_commit(info)
+
+    def _roll_up(self, binlog_file: str) -> None:
+        """A file is finished: write its roll-up (one object with every index entry of it) in the
+        background, from the entries this run committed plus any it did not. Only a cache for
+        readers of the catalog; a failure is logged and costs nothing else."""
+        known = {k: v for k, v in self._committed.items() if v.binlog_file == binlog_file}
+        self._committed = {k: v for k, v in self._committed.items() if v.binlog_file != binlog_file}
+
+        def work() -> None:
+            try:
+                self.catalog.roll_up_file(self.source_id, binlog_file, known)
+            except Exception as exc:  # noqa: BLE001 - a cache; never stops shipping
+                log.warning("roll-up of %s not written: %s", binlog_file, exc)
+
+        self._rollups = [t for t in self._rollups if t.is_alive()]
+        t = threading.Thread(target=work, name=f"rollup-{binlog_file}", daemon=True)
+        self._rollups.append(t)
+        t.start()
+
+    def _commit(self, info: SegmentInfo) -> None:
+        """Commit the index entry once; an earlier attempt that landed counts as done."""
+        try:
+            self.catalog.commit_segment(info)
+            return
+        except StorageError:
+            pass
+        try:
+            existing = self.catalog.read_manifest(info.key)
+        except StorageError:
+            existing = None
+        if existing is None:
+            self.catalog.commit_segment(info)  # raises again if the storage is still down
+            return
+        if existing.get("object", {}).get("sha256") != info.object.sha256:
+            raise IntegrityError(f"segment {info.key} was committed by another writer",
+                                 "two shippers wrote the same source; check the lease")
