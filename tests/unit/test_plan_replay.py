@@ -11,7 +11,10 @@ from backupkit.errors import IntegrityError
 from backupkit.mysql import binlog_events as be
 from backupkit.repo.catalog import SegmentInfo
 from backupkit.repo.codec import StoredObject
-from backupkit.restore.replay import Applier, Parser, ReplayError, _ByteQueue, _Fetched
+from backupkit.restore.replay.apply import Applier
+from backupkit.restore.replay.fetch import Fetched
+from backupkit.restore.replay.parse import Parser
+from backupkit.restore.replay.units import ByteQueue, ReplayError
 from backupkit.restore.stoppoint import parse_target, time_target
 
 START = 1000  # the segment holds events [START, ...) of binlog.000001
@@ -60,11 +63,11 @@ class Binlog:
         self._add(be.QUERY_EVENT, ts, struct.pack("<IIBHH", 7, 0, 1, 0, 0) + b"d\0" + sql)
         self.txns.append((f"0-1-{seq}", start, self.pos, ts))
 
-    def fetched(self) -> _Fetched:
+    def fetched(self) -> Fetched:
         data = be.MAGIC + _fde() + self.raw
         seg = SegmentInfo("src", "binlog.000001", START, self.pos,
                           StoredObject("k", len(data), "x", len(data)))
-        return _Fetched(0, seg, io.BytesIO(data), len(data))
+        return Fetched(0, seg, io.BytesIO(data), len(data))
 
 
 def _binlog() -> Binlog:
@@ -195,9 +198,9 @@ ROLLBACK /* added by mysqlbinlog */;
 
 
 def _applier(conn) -> Applier:
-    from backupkit.restore.replay import TxnInfo
+    from backupkit.restore.replay.units import TxnInfo
 
-    app = Applier(conn, _ByteQueue(1 << 20), None, lambda info, native: None)
+    app = Applier(conn, ByteQueue(1 << 20), None, lambda info, native: None)
     return app, [TxnInfo("0-1-7", "binlog.000001", 325, 462)]
 
 
