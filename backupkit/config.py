@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -234,8 +235,15 @@ def _problem_line(path: Path, err: dict[str, Any]) -> str:
     return f"{path}: key '{key}': expected {err.get('msg', 'a valid value')}, found {found_s}"
 
 
-def load_policy(path: str | Path) -> Policy:
-    """Read and validate a policy file; every problem is one line of the ConfigError."""
+#: The semantic checks of a loaded policy: one line per problem.
+PolicyChecks = Callable[["Policy", Path], list[str]]
+
+
+def load_policy(path: str | Path, checks: PolicyChecks | None = None) -> Policy:
+    """Read and validate a policy file; every problem is one line of the ConfigError.
+
+    ``checks`` finds the problems beyond the types (schedule.checks.semantic_problems): the
+    callers pass it, so that config imports nothing above it."""
     p = Path(path).expanduser()
     if not p.is_file():
         raise ConfigError(f"policy file {p} not found", "check the path given to --policy")
@@ -251,9 +259,7 @@ def load_policy(path: str | Path) -> Policy:
         lines = [_problem_line(p, e) for e in exc.errors()]
         raise ConfigError("\n".join(lines)) from None
     policy.path = str(p)
-    from backupkit.policy_checks import semantic_problems
-
-    problems = semantic_problems(policy, p)
+    problems = checks(policy, p) if checks is not None else []
     if problems:
         raise ConfigError("\n".join(problems))
     return policy
@@ -272,9 +278,9 @@ class Settings:
 
     @classmethod
     def resolve(cls, policy_path: str | None, storage: str | None, source: str | None,
-                json: bool = False, debug: bool = False) -> Settings:
+                json: bool = False, debug: bool = False, checks: PolicyChecks | None = None) -> Settings:
         policy_path = policy_path or os.environ.get("BACKUPKIT_POLICY")
-        policy = load_policy(policy_path) if policy_path else Policy()
+        policy = load_policy(policy_path, checks) if policy_path else Policy()
         primary = policy.storage.primary()
         storage_url = storage or os.environ.get("BACKUPKIT_STORAGE") or (primary.url if primary else None)
         source_url = source or os.environ.get("BACKUPKIT_SOURCE") or policy.source.url

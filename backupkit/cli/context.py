@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from backupkit.config import Settings
+from backupkit.schedule.checks import semantic_problems
 
 VALUE_OPTIONS = ("--policy", "--storage", "--source")
 FLAG_OPTIONS = ("--json", "--debug")
@@ -23,7 +24,7 @@ class Common:
         """Resolved settings (loads the policy file once)."""
         if self._settings is None:
             self._settings = Settings.resolve(self.policy, self.storage, self.source,
-                                              self.json, self.debug)
+                                              self.json, self.debug, semantic_problems)
         return self._settings
 
 

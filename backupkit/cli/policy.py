@@ -12,9 +12,9 @@ def _load(file: str):
     from backupkit.cli.context import COMMON
     from backupkit.config import Settings
     from backupkit.errors import ConfigError
-    from backupkit.policy_checks import storage_problem
+    from backupkit.schedule.checks import semantic_problems, storage_problem
 
-    st = Settings.resolve(file, COMMON.storage, COMMON.source)
+    st = Settings.resolve(file, COMMON.storage, COMMON.source, checks=semantic_problems)
     problem = storage_problem(st.policy, COMMON.storage)
     if problem:
         raise ConfigError(problem)
@@ -94,7 +94,7 @@ def plan(
     from backupkit.cli.console import human_seconds, table
     from backupkit.errors import BackupkitError
     from backupkit.repo.catalog import Catalog
-    from backupkit.schedule import measured_from, policy_plan
+    from backupkit.schedule.plan import measured_from, policy_plan
 
     st = _load(file)
     measured: dict = {}

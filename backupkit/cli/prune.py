@@ -29,7 +29,7 @@ def prune(
     from backupkit.errors import ConfigError, UsageError
     from backupkit.operations.prune import prune as run_prune
     from backupkit.operations.retention import RetentionRules, parse_duration
-    from backupkit.schedule import policy_timezone
+    from backupkit.schedule.cron import policy_timezone
 
     st = settings()
     r = st.policy.retention

@@ -15,7 +15,7 @@ def _settings():
     """Settings of the --policy file; the scheduler commands need one, with a storage target."""
     from backupkit.cli.context import COMMON
     from backupkit.errors import ConfigError, UsageError
-    from backupkit.policy_checks import storage_problem
+    from backupkit.schedule.checks import storage_problem
 
     if not (COMMON.policy or os.environ.get("BACKUPKIT_POLICY")):
         raise UsageError("no policy given", "pass --policy FILE (see policies/*.toml)")
@@ -40,7 +40,7 @@ def _child_env() -> dict[str, str]:
 
 def _emitter():
     from backupkit.cli.common import json_mode
-    from backupkit.schedule import default_emit
+    from backupkit.schedule.runner import default_emit
 
     if not json_mode():
         return default_emit
@@ -64,7 +64,7 @@ def run(
     'schedule status'. SIGTERM or Ctrl-C: no new run starts, the shipper flushes and stops,
     running jobs finish (a second signal cuts them; a cut backup leaves no manifest).
     """
-    from backupkit.schedule import serve
+    from backupkit.schedule.daemon import serve
 
     st = _settings()
     code = serve(st.policy, st.policy.path or "", stop_timeout=stop_timeout,
@@ -80,7 +80,7 @@ def exec_(
 ) -> None:
     """Run one strategy once as the daemon would: locks, one log line, the status file."""
     from backupkit.errors import UsageError
-    from backupkit.schedule import JOB_STRATEGIES, CliRunner, StrategyExecutor, catalog_describer
+    from backupkit.schedule.runner import JOB_STRATEGIES, CliRunner, StrategyExecutor, catalog_describer
 
     if strategy not in JOB_STRATEGIES:
         raise UsageError(f"unknown strategy {strategy!r}", f"use one of {', '.join(JOB_STRATEGIES)}")
@@ -104,8 +104,9 @@ def status(
     from backupkit.cli.common import render
     from backupkit.cli.console import human_bytes, human_seconds, table
     from backupkit.mysql.control import pid_alive
-    from backupkit.schedule import Paths, StatusFile, iso, next_runs, policy_timezone
-    from backupkit.schedule import scheduled_strategies as strategies
+    from backupkit.schedule.cron import iso, next_runs, policy_timezone
+    from backupkit.schedule.cron import scheduled_strategies as strategies
+    from backupkit.schedule.state import Paths, StatusFile
 
     st = _settings()
     paths = Paths.of(st.policy)
@@ -192,7 +193,9 @@ def cron(
     from backupkit.cli.common import render
     from backupkit.cli.console import warn
     from backupkit.errors import UsageError
-    from backupkit.schedule import Paths, cron_lines, install_cron, scheduled_strategies
+    from backupkit.schedule.cron import scheduled_strategies
+    from backupkit.schedule.crontab import cron_lines, install_cron
+    from backupkit.schedule.state import Paths
 
     st = _settings()
     pol = st.policy

@@ -6,7 +6,7 @@ import pytest
 
 from backupkit.config import load_policy
 from backupkit.errors import ConfigError
-from backupkit.policy_checks import storage_problem
+from backupkit.schedule.checks import semantic_problems, storage_problem
 
 GOOD = """
 name = "t"
@@ -30,7 +30,7 @@ def _problems(tmp_path, text: str) -> list[str]:
     p = tmp_path / "p.toml"
     p.write_text(text)
     with pytest.raises(ConfigError) as exc:
-        load_policy(p)
+        load_policy(p, semantic_problems)
     lines = exc.value.message.splitlines()
     assert all(ln.startswith(f"{p}: ") for ln in lines)
     return lines
@@ -39,7 +39,7 @@ def _problems(tmp_path, text: str) -> list[str]:
 def test_a_good_policy_loads(tmp_path):
     p = tmp_path / "p.toml"
     p.write_text(GOOD)
-    pol = load_policy(p)
+    pol = load_policy(p, semantic_problems)
     assert pol.path == str(p) and pol.strategies.binlog == "continuous"
 
 
@@ -98,7 +98,7 @@ def test_a_missing_storage_section_names_the_key_and_the_fix(tmp_path, monkeypat
     monkeypatch.delenv("BACKUPKIT_STORAGE", raising=False)
     p = tmp_path / "p.toml"
     p.write_text(GOOD.replace('[storage]\nurl = "file:///var/backups/t"\n', ""))
-    pol = load_policy(p)
+    pol = load_policy(p, semantic_problems)
     msg = storage_problem(pol)
     assert msg == (f"{p}: missing key 'storage.url': add a [storage] section with url = "
                    "\"file:///var/backups/mysql\" or \"s3://bucket/prefix\" (or pass --storage)")

@@ -9,8 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backupkit.policy_checks import cron_problem
-from backupkit.schedule import cron_lines, cron_trigger, next_runs, worst_interval
+from backupkit.schedule.checks import cron_problem
+from backupkit.schedule.cron import cron_trigger, next_runs, worst_interval
+from backupkit.schedule.crontab import cron_lines
 
 NAMES = {"sun": 0, "mon": 1, "tue": 2, "wed": 3, "thu": 4, "fri": 5, "sat": 6,
          "jan": 1, "feb": 2, "mar": 3, "apr": 4, "may": 5, "jun": 6, "jul": 7, "aug": 8, "sep": 9,
@@ -105,7 +106,7 @@ def test_bad_expressions_say_why(expr, why):
 
 def test_cron_lines_lock_each_strategy_and_escape_percent(tmp_path):
     from backupkit.config import Policy
-    from backupkit.schedule import Paths
+    from backupkit.schedule.state import Paths
 
     pol = Policy.model_validate({"name": "p1", "strategies": {"snapshot": "0 */6 * * *",
                                                               "binlog": "continuous"}})

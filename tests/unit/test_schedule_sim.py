@@ -22,7 +22,9 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.base import BaseScheduler
 
 from backupkit.config import Policy
-from backupkit.schedule import Daemon, Paths, RunRecord, ShipperSupervisor
+from backupkit.schedule.daemon import Daemon, ShipperSupervisor
+from backupkit.schedule.runner import RunRecord
+from backupkit.schedule.state import Paths
 
 START = datetime(2026, 1, 5, 0, 0, 30, tzinfo=UTC)  # a Monday
 DAY = 86400.0

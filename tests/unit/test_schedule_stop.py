@@ -12,7 +12,9 @@ from datetime import UTC, datetime
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from backupkit.config import Policy
-from backupkit.schedule import CliRunner, Daemon, Paths
+from backupkit.schedule.daemon import Daemon
+from backupkit.schedule.runner import CliRunner
+from backupkit.schedule.state import Paths
 
 FAKE = """#!/bin/sh
 # Stands in for `python -m backupkit ... snapshot`: works for {secs} s, or stops on SIGTERM.

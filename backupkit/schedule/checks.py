@@ -5,8 +5,11 @@ Every problem is one line: the file, the key, what was expected and what was fou
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from backupkit.schedule.cron import cron_trigger
 
 if TYPE_CHECKING:
     from backupkit.config import Policy
@@ -19,10 +22,6 @@ STORAGE_FIX = ("add a [storage] section with url = \"file:///var/backups/mysql\"
 
 def cron_problem(expr: str) -> str | None:
     """Why a cron expression is not usable, or None when it is."""
-    from datetime import UTC, datetime, timedelta
-
-    from backupkit.schedule import cron_trigger
-
     try:
         trig = cron_trigger(expr, UTC)
     except ValueError as exc:
