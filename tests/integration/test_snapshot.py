@@ -327,7 +327,7 @@ def test_plain_form_batches_equal_the_escaped_form(source, local_url, monkeypatc
     """Batches without TAB, LF or backslash are read unescaped; batches with them are read
     again escaped; the stored bytes are exactly what the escaped form gives."""
     from backupkit.mysql import tsv
-    from backupkit.strategies import snapshot as snap_mod
+    from backupkit.strategies.snapshot import chunks as snap_mod
 
     source.sql("CREATE DATABASE mix_db")
     source.sql("CREATE TABLE mix_db.mix (id INT PRIMARY KEY, t VARCHAR(40), l VARCHAR(20) "

@@ -1,0 +1,40 @@
+"""What a snapshot is asked to copy, and how."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+Progress = Callable[..., None]
+
+
+@dataclass
+class SnapshotOptions:
+    """What to copy and how; the CLI fills it from flags and the policy's [snapshot] section."""
+
+    databases: list[str] = field(default_factory=list)
+    tables: list[str] = field(default_factory=list)  # db.table, fnmatch patterns allowed
+    include_users: bool = False
+    parallel: int | None = None  # default: the number of cores
+    chunk_size_mb: int = 64
+    compression_level: int = 1
+    checksums: bool = True  # CHECKSUM TABLE inside the snapshot, for restore --verify
+    source_id: str | None = None
+    backup_id: str | None = None
+
+    @classmethod
+    def from_policy(cls, section, **overrides: Any) -> SnapshotOptions:
+        """Options from a config.SnapshotSection, with non-None overrides on top."""
+        opts = cls(databases=list(section.databases), tables=list(section.tables),
+                   include_users=section.include_users, parallel=section.parallel,
+                   chunk_size_mb=section.chunk_size_mb,
+                   compression_level=section.compression_level)
+        for k, v in overrides.items():
+            if v is not None and v != [] and hasattr(opts, k):
+                setattr(opts, k, v)
+        return opts
+
+    def workers(self) -> int:
+        return max(1, int(self.parallel or os.cpu_count() or 1))
