@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from typing import Any
 
 from backupkit.errors import BackupkitError
 from backupkit.mysql.sandbox import Sandbox
+from backupkit.mysql.workload import WriteLoad
 
 SCHEMA = [
     "CREATE DATABASE shop",
@@ -45,61 +45,23 @@ SCHEMA = [
 ]
 
 
-class Workload(threading.Thread):
-    """A small, steady write load: new orders, payments, customer updates. Survives downtime."""
+class ShopLoad:
+    """The demo's application: new orders and customer updates, ~``rate`` transactions/s."""
 
-    def __init__(self, sandbox: Sandbox, rate: float = 40.0) -> None:
-        super().__init__(daemon=True, name="demo-workload")
-        self.sandbox = sandbox
+    def __init__(self, rate: float = 40.0) -> None:
         self.rate = rate
-        self.stop_event = threading.Event()
-        self.paused = threading.Event()
-        self.idle = threading.Event()
         self.orders_dropped = False
-        self.commits = 0
-        self.failed_attempts = 0
+        self._rnd = random.Random(42)
 
-    def run(self) -> None:
-        rnd = random.Random(42)
-        conn = None
-        while not self.stop_event.is_set():
-            if self.paused.is_set():
-                self.idle.set()
-                time.sleep(0.01)
-                continue
-            self.idle.clear()
-            try:
-                if conn is None:
-                    conn = self.sandbox.connect()
-                with conn.cursor() as cur:
-                    cid = rnd.randint(1, 500)
-                    cur.execute("BEGIN")
-                    if not self.orders_dropped:
-                        cur.execute("INSERT INTO shop.orders (customer_id, amount, status, note, payload, "
-                                    "placed) VALUES (%s, %s, 'new', %s, JSON_OBJECT('demo', TRUE), NOW(6))",
-                                    (cid, round(rnd.uniform(1, 500), 2), f"live order {self.commits}"))
-                    cur.execute("UPDATE shop.customers SET balance = balance + 1 WHERE id = %s", (cid,))
-                    cur.execute("COMMIT")
-                self.commits += 1
-            except Exception:
-                self.failed_attempts += 1
-                try:
-                    if conn is not None:
-                        conn.close()
-                except Exception:
-                    pass
-                conn = None
-                time.sleep(0.05)
-            time.sleep(1.0 / self.rate)
-        if conn is not None:
-            conn.close()
-
-    def pause(self) -> None:
-        self.paused.set()
-        self.idle.wait(5)
-
-    def resume(self) -> None:
-        self.paused.clear()
+    def __call__(self, cur: Any, n: int) -> None:
+        cid = self._rnd.randint(1, 500)
+        cur.execute("BEGIN")
+        if not self.orders_dropped:
+            cur.execute("INSERT INTO shop.orders (customer_id, amount, status, note, payload, "
+                        "placed) VALUES (%s, %s, 'new', %s, JSON_OBJECT('demo', TRUE), NOW(6))",
+                        (cid, round(self._rnd.uniform(1, 500), 2), f"live order {n}"))
+        cur.execute("UPDATE shop.customers SET balance = balance + 1 WHERE id = %s", (cid,))
+        cur.execute("COMMIT")
 
 
 @dataclass
@@ -164,18 +126,19 @@ def run_demo(say: Callable[[str], None], keep: bool = False,
     source = Sandbox(base / "source", server_id=1, name="demo-source")
     target = Sandbox(base / "target", server_id=2, name="demo-target")
     result = DemoResult(repo, source.url, target.url)
-    workload: Workload | None = None
+    workload: WriteLoad | None = None
+    shop = ShopLoad()
     shipper: subprocess.Popen | None = None
     try:
         say("[bold]1. A production database[/]: a private MariaDB with a shop and a steady write load")
         source.start()
         for i, stmt in enumerate(SCHEMA):
             source.sql(stmt, database="shop" if i else None)
-        workload = Workload(source)
+        workload = WriteLoad(source.connect, shop, pause=1.0 / shop.rate, name="demo-workload")
         workload.start()
         time.sleep(1.0)
         say(f"   source {source.url}, {source.sql('SELECT COUNT(*) FROM shop.orders')[0][0]} orders, "
-            f"~{workload.rate:.0f} transactions/s")
+            f"~{shop.rate:.0f} transactions/s")
 
         say("\n[bold]2. Cold file copy[/]: stop the server, copy the datadir, start it again")
         cold = _backupkit(["cold", "--source", source.url, "--start-command", source.start_command(),
@@ -184,7 +147,7 @@ def run_demo(say: Callable[[str], None], keep: bool = False,
         down = float((cold.get("downtime") or {}).get("total_seconds") or 0.0)
         result.steps["cold"] = {"backup_id": cold.get("backup_id"), "downtime_s": down}
         say(f"   cold backup {cold.get('backup_id')}: the service was down for "
-            f"[bold red]{down:.2f} s[/] (writes failed meanwhile: {workload.failed_attempts})")
+            f"[bold red]{down:.2f} s[/] (writes failed meanwhile: {workload.errors})")
 
         say("\n[bold]3. Hot snapshot[/] while writes go on, then [bold]continuous binlog shipping[/]")
         snap = _backupkit(["snapshot", "--source", source.url], repo, say)
@@ -207,7 +170,7 @@ def run_demo(say: Callable[[str], None], keep: bool = False,
         result.checksum_before_drop, result.rows_before_drop = _checksum(source, "shop.orders")
         # A second boundary between the last good write and the drop keeps the story readable.
         time.sleep(1.05 - (time.time() % 1.0))
-        workload.orders_dropped = True
+        shop.orders_dropped = True
         source.sql("DROP TABLE shop.orders")
         workload.resume()
         say(f"   shop.orders had {result.rows_before_drop} rows (CHECKSUM {result.checksum_before_drop}); "

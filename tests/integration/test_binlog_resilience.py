@@ -18,11 +18,12 @@ import pytest
 from backupkit.repo.catalog import Catalog
 from backupkit.repo.lease import LeaseRecord
 from backupkit.storage import open_store
-from tests.integration.test_binlog_ship import (
-    Writer,
+from tests.support import wait_for
+from tests.support.shipping import (
     assert_complete,
     make_table,
     ship_once,
+    shipping_writer,
     start_shipper,
     stop_proc,
 )
@@ -43,20 +44,11 @@ def segment_count(storage_url: str) -> int:
     return sum(len(cat.segments(s)) for s in cat.sources())
 
 
-def wait_for(cond, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_kill9_at_20_random_moments_loses_and_doubles_nothing(mariadb, local_url, tmp_path):
     sb = mariadb
     make_table(sb)
     assert ship_once(sb, local_url, "--from-current").returncode == 0
-    writer = Writer(sb, rotate_every=2.5)
+    writer = shipping_writer(sb, rotate_every=2.5)
     writer.start()
     rng = random.Random(4)
     log = tmp_path / "ship.log"
@@ -83,7 +75,7 @@ def test_standby_takes_over_and_the_old_holder_never_writes_again(mariadb, local
     sb = mariadb
     make_table(sb)
     assert ship_once(sb, local_url, "--from-current").returncode == 0
-    writer = Writer(sb, pause=0.01)
+    writer = shipping_writer(sb, pause=0.01)
     writer.start()
     log = tmp_path / "ship.log"
     a = start_shipper(sb, local_url, log, "--lease-seconds", "3")
@@ -130,7 +122,7 @@ def test_source_restart_and_a_silent_stream_during_shipping(mariadb, local_url, 
     sb = mariadb
     make_table(sb)
     assert ship_once(sb, local_url, "--from-current").returncode == 0
-    writer = Writer(sb, pause=0.005)
+    writer = shipping_writer(sb, pause=0.005)
     writer.start()
     log = tmp_path / "ship.log"
     proc = start_shipper(sb, local_url, log)
@@ -251,7 +243,7 @@ def test_s3_outage_of_10s_during_shipping(mariadb, moto, s3_url, tmp_path):
     try:
         r = ship_once(sb, s3_url, "--from-current", env=env)
         assert r.returncode == 0, r.stderr
-        writer = Writer(sb, pause=0.01)
+        writer = shipping_writer(sb, pause=0.01)
         writer.start()
         log = tmp_path / "ship.log"
         proc = start_shipper(sb, s3_url, log, env=env)

@@ -1,204 +1,35 @@
 """Binlog shipping against a real mariadbd: segments are the server's bytes, readable by
-mariadb-binlog; listing, status and gaps. Helpers here are shared by test_binlog_resilience.py."""
+mariadb-binlog; listing, status and gaps. Helpers: tests/support/shipping.py."""
 
 from __future__ import annotations
 
-import io
 import json
-import os
-import random
-import shutil
 import signal
 import socket
-import subprocess
-import sys
-import threading
 import time
-from pathlib import Path
 
-import pymysql
 import pytest
 
-from backupkit.mysql import binlog_events as be
 from backupkit.repo import layout
-from backupkit.repo.catalog import Catalog, SegmentInfo
+from backupkit.repo.catalog import SegmentInfo
 from backupkit.repo.codec import read_object
-from backupkit.repo.coverage import build_runs
 from backupkit.storage import open_store
 from tests.support import run_cli
+from tests.support.shipping import (
+    assert_complete,
+    cli_env,
+    make_table,
+    mariadb_binlog_reads,
+    segments_of,
+    ship_once,
+    start_shipper,
+    stop_proc,
+)
 
 pytestmark = pytest.mark.timeout(300)
 
 
 # -- helpers -------------------------------------------------------------------------
-def cli_env(sandbox, storage_url: str, **extra: str) -> dict[str, str]:
-    env = {"BACKUPKIT_SOURCE": sandbox.url, "BACKUPKIT_STORAGE": storage_url}
-    endpoint = os.environ.get("BACKUPKIT_S3_ENDPOINT")
-    if endpoint:
-        env["BACKUPKIT_S3_ENDPOINT"] = endpoint
-    env.update(extra)
-    return env
-
-
-def ship_once(sandbox, storage_url: str, *args: str, env: dict[str, str] | None = None):
-    r = run_cli("binlog", "ship", "--once", "--json", *args,
-                env={**cli_env(sandbox, storage_url), **(env or {})}, timeout=120)
-    return r
-
-
-def start_shipper(sandbox, storage_url: str, log_path: Path, *args: str,
-                  env: dict[str, str] | None = None) -> subprocess.Popen:
-    """A continuous `backupkit binlog ship` process."""
-    exe = shutil.which("backupkit") or str(Path(sys.executable).parent / "backupkit")
-    full_env = {**os.environ, **cli_env(sandbox, storage_url), **(env or {})}
-    fh = open(log_path, "ab")  # noqa: SIM115 - closed with the process
-    proc = subprocess.Popen([exe, "binlog", "ship", "--sync-interval", "0.2", "--heartbeat", "0.5",
-                             *args], stdout=fh, stderr=fh, env=full_env, start_new_session=True)
-    proc._log = fh  # type: ignore[attr-defined]
-    return proc
-
-
-def stop_proc(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
-    if proc.poll() is None:
-        os.kill(proc.pid, sig)
-    try:
-        rc = proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        os.kill(proc.pid, signal.SIGKILL)
-        rc = proc.wait()
-    proc._log.close()  # type: ignore[attr-defined]
-    return rc
-
-
-class Writer(threading.Thread):
-    """Commits small transactions continuously (and a few multi-statement ones); survives a
-    server restart by reconnecting."""
-
-    def __init__(self, sandbox, rotate_every: float | None = None, pause: float = 0.002) -> None:
-        super().__init__(daemon=True)
-        self.sandbox = sandbox
-        self.rotate_every = rotate_every
-        self.pause = pause
-        self.stop_event = threading.Event()
-        self.commits = 0
-        self.errors = 0
-
-    def run(self) -> None:
-        conn = None
-        last_rotate = time.monotonic()
-        i = 0
-        while not self.stop_event.is_set():
-            try:
-                if conn is None:
-                    conn = self.sandbox.connect()
-                with conn.cursor() as cur:
-                    i += 1
-                    if i % 17 == 0:
-                        cur.execute("BEGIN")
-                        for _ in range(5):
-                            cur.execute("INSERT INTO w.t (k, v) VALUES (%s, REPEAT('x', 200))", (i,))
-                        cur.execute("UPDATE w.t SET k = k + 1 WHERE id = %s", (i // 2 + 1,))
-                        cur.execute("COMMIT")
-                    else:
-                        cur.execute("INSERT INTO w.t (k, v) VALUES (%s, 'v')", (i,))
-                    self.commits += 1
-                    if self.rotate_every and time.monotonic() - last_rotate > self.rotate_every:
-                        cur.execute("FLUSH BINARY LOGS")
-                        last_rotate = time.monotonic()
-                time.sleep(self.pause)
-            except pymysql.err.MySQLError:
-                self.errors += 1
-                try:
-                    if conn is not None:
-                        conn.close()
-                except Exception:
-                    pass
-                conn = None
-                time.sleep(0.2)
-            except Exception:
-                self.errors += 1
-                conn = None
-                time.sleep(0.2)
-        if conn is not None:
-            conn.close()
-
-    def stop(self) -> None:
-        self.stop_event.set()
-        self.join(30)
-
-
-def make_table(sandbox) -> None:
-    sandbox.sql("CREATE DATABASE IF NOT EXISTS w")
-    sandbox.sql("CREATE TABLE IF NOT EXISTS w.t (id INT PRIMARY KEY AUTO_INCREMENT, k INT, v TEXT)")
-
-
-def segments_of(storage_url: str) -> tuple[Catalog, str, list]:
-    store = open_store(storage_url)
-    cat = Catalog(store)
-    sources = cat.sources()
-    assert len(sources) == 1, sources
-    return cat, sources[0], cat.segments(sources[0])
-
-
-def assert_complete(sandbox, storage_url: str, until_server_end: bool = True) -> dict:
-    """The shipped events, concatenated in order, equal the server's binlog byte for byte
-    (only the in-use flag of the live file's FDE may differ): nothing missing, nothing doubled.
-    Returns counts for further checks."""
-    cat, sid, segs = segments_of(storage_url)
-    assert segs, "no segments"
-    runs = build_runs(segs, cat.gaps(sid))
-    assert len(runs) == 1, [(r.start, r.end) for r in runs]
-    # no overlap: each segment starts where the previous ended (within a file)
-    by_file: dict[str, list[tuple[int, bytes]]] = {}
-    prev = None
-    for s in segs:
-        if prev is not None and prev.binlog_file == s.binlog_file:
-            assert s.start_pos == prev.end_pos, f"overlap or hole: {prev.key} then {s.key}"
-        prev = s
-        data = read_object(cat.store, s.object)
-        assert data[:4] == be.MAGIC
-        events = list(be.iter_events(io.BytesIO(data), verify_checksums=True))
-        if s.start_pos != 4:
-            assert events and events[0][0].type == be.FORMAT_DESCRIPTION_EVENT
-            assert not events[0][0].flags & be.LOG_EVENT_BINLOG_IN_USE_F
-            events = events[1:]
-        body = b"".join(raw for _, raw in events)
-        assert len(body) == s.end_pos - s.start_pos, s.key
-        by_file.setdefault(s.binlog_file, []).append((s.start_pos, body))
-    files = sorted(by_file)
-    total = 0
-    for n, f in enumerate(files):
-        parts = by_file[f]
-        start = parts[0][0]
-        got = b"".join(p for _, p in parts)
-        real = (sandbox.datadir / f).read_bytes()
-        if n > 0:
-            assert start == 4, f"{f} does not start at its first event"
-        if n < len(files) - 1 or until_server_end:
-            assert start + len(got) == len(real), f"{f}: shipped to {start + len(got)}, file has {len(real)}"
-        exp = bytearray(real[start:start + len(got)])
-        got_b = bytearray(got)
-        if start == 4:  # only the in-use flag of the FDE may differ
-            exp[17] &= ~be.LOG_EVENT_BINLOG_IN_USE_F & 0xFF
-            got_b[17] &= ~be.LOG_EVENT_BINLOG_IN_USE_F & 0xFF
-        assert got_b == exp, f"{f}: shipped bytes differ from the server's"
-        total += len(got)
-    # every file between the first and the last shipped is there
-    for a, b in zip(files, files[1:], strict=False):
-        assert int(b.rsplit(".", 1)[1]) == int(a.rsplit(".", 1)[1]) + 1, (a, b)
-    txns = sum(s.transactions for s in segs)
-    return {"segments": len(segs), "files": files, "bytes": total, "transactions": txns,
-            "source_id": sid}
-
-
-def mariadb_binlog_reads(data: bytes, tmp_path: Path) -> str:
-    path = tmp_path / f"seg-{random.randrange(1 << 30)}.bin"
-    path.write_bytes(data)
-    r = subprocess.run(["mariadb-binlog", str(path)], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    return r.stdout
-
-
 # -- tests ------------------------------------------------------------------------------
 @pytest.mark.parametrize("checksum", ["CRC32", "NONE"])
 def test_segments_are_the_servers_bytes_and_valid_binlog_files(mariadb_factory, local_url, tmp_path,

@@ -7,7 +7,6 @@ import os
 import socket
 import stat
 import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 
 from backupkit.mysql.control import process_start
 from backupkit.mysql.sandbox import Sandbox
+from backupkit.mysql.workload import WriteLoad
 from backupkit.repo.catalog import Catalog
 from backupkit.restore.cold import restore_cold
 from backupkit.storage import open_store
@@ -60,49 +60,24 @@ def _fill(sb: Sandbox) -> None:
     sb.sql("INSERT INTO `we``ird db`.`t-1` VALUES (1, '{\"a\": 1}'), (2, NULL)")
 
 
-class Writer(threading.Thread):
+def retrying_writer(sb: Sandbox) -> WriteLoad:
     """A client that inserts row after row and retries through the downtime."""
 
-    def __init__(self, sb: Sandbox) -> None:
-        super().__init__(daemon=True)
-        self.sb = sb
-        self.stop_flag = threading.Event()
-        self.acks: list[tuple[int, float]] = []
+    def connect():
+        return pymysql.connect(host="127.0.0.1", port=sb.port, user="root", autocommit=True,
+                               connect_timeout=2, read_timeout=5, write_timeout=5)
 
-    def run(self) -> None:
-        n = 1
-        conn = None
-        while not self.stop_flag.is_set():
-            try:
-                if conn is None:
-                    conn = pymysql.connect(host="127.0.0.1", port=self.sb.port, user="root",
-                                           autocommit=True, connect_timeout=2, read_timeout=5,
-                                           write_timeout=5)
-                with conn.cursor() as cur:
-                    # IGNORE: a retried row that did commit before the shutdown is not doubled
-                    cur.execute("INSERT IGNORE INTO app.w VALUES (%s, NOW(6))", (n,))
-                self.acks.append((n, time.time()))
-                n += 1
-            except pymysql.Error:
-                if conn is not None:
-                    try:
-                        conn.close()
-                    except Exception:
-                        pass
-                conn = None
-                time.sleep(0.01)
-            time.sleep(0.003)
+    def step(cur, n: int) -> None:
+        # IGNORE: a retried row that did commit before the shutdown is not doubled
+        cur.execute("INSERT IGNORE INTO app.w VALUES (%s, NOW(6))", (n,))
 
-    def outage(self) -> tuple[float, int]:
-        """The longest time between two acknowledged writes, and the last id before it."""
-        gaps = [(b[1] - a[1], a[0]) for a, b in zip(self.acks, self.acks[1:], strict=False)]
-        return max(gaps)
+    return WriteLoad(connect, step, pause=0.003, record_acks=True)
 
 
 def test_downtime_matches_the_outage_a_retrying_client_sees(mariadb, local_url, spare):
     mariadb.sql("CREATE DATABASE app")
     mariadb.sql("CREATE TABLE app.w (id INT PRIMARY KEY, at DATETIME(6))")
-    writer = Writer(mariadb)
+    writer = retrying_writer(mariadb)
     writer.start()
     try:
         time.sleep(0.5)
@@ -110,8 +85,7 @@ def test_downtime_matches_the_outage_a_retrying_client_sees(mariadb, local_url, 
         manifest = take_cold_backup(store, mariadb.spec, _options(mariadb))
         time.sleep(0.5)
     finally:
-        writer.stop_flag.set()
-        writer.join(10)
+        writer.stop(10)
     down = manifest.details["downtime"]
     gap, last_before = writer.outage()
     assert down["total_seconds"] == pytest.approx(gap, abs=0.5)

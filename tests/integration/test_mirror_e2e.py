@@ -19,8 +19,8 @@ from backupkit.config import Settings
 from backupkit.repo import layout
 from backupkit.repo.catalog import Catalog
 from backupkit.repo.codec import verify_object
-from tests.integration.test_mirror_s3 import _client, _keys, _policy
-from tests.support import run_cli, table_checksums
+from tests.support import run_cli, table_checksums, wait_for
+from tests.support.regions import bucket_keys, s3_client, two_region_policy
 
 pytestmark = pytest.mark.timeout(400)
 ENV = {"BACKUPKIT_TARGET_PASSWORD": ""}
@@ -58,25 +58,25 @@ def _ship_once(policy: str):
 
 
 def _commit_markers(server, bucket) -> set[str]:
-    return {k for k in _keys(server, bucket) if layout.is_commit_marker(k.removeprefix("repo/"))}
+    return {k for k in bucket_keys(server, bucket) if layout.is_commit_marker(k.removeprefix("repo/"))}
 
 
 def test_snapshot_and_shipping_reach_both_regions_and_the_second_restores_alone(regions, source,
                                                                                  mariadb_factory, tmp_path):
     east, west = regions
-    p, eb, wb = _policy(tmp_path, east, west, quorum="all")
+    p, eb, wb = two_region_policy(tmp_path, east, west, quorum="all")
     policy = _with_source(p, source)
     backup_id, _ = _snapshot(policy)
     at_snapshot = table_checksums(source, ["shop"])
     source.sql("UPDATE shop.orders SET qty = qty + 1 WHERE id <= 100")
     _ship_once(policy)
-    keys_e, keys_w = _keys(east, eb), _keys(west, wb)
+    keys_e, keys_w = bucket_keys(east, eb), bucket_keys(west, wb)
     assert _replicated(keys_e) == keys_w
     assert any(layout.is_segment_index(k.removeprefix("repo/")) for k in keys_w)
     assert "repo/" + layout.backup_manifest(backup_id) in keys_w
 
     # The first region is lost entirely.
-    c = _client(east)
+    c = s3_client(east)
     c.delete_objects(Bucket=eb, Delete={"Objects": [{"Key": k} for k in keys_e]})
     c.delete_bucket(Bucket=eb)
     target = mariadb_factory(server_id=2)
@@ -92,7 +92,7 @@ def test_snapshot_and_shipping_reach_both_regions_and_the_second_restores_alone(
 
 def test_point_in_time_restore_from_the_second_region(regions, source, mariadb_factory, tmp_path):
     east, west = regions
-    p, eb, wb = _policy(tmp_path, east, west, quorum="all")
+    p, eb, wb = two_region_policy(tmp_path, east, west, quorum="all")
     policy = _with_source(p, source)
     _snapshot(policy)
     source.sql("UPDATE shop.orders SET qty = 100 WHERE id <= 50")
@@ -102,8 +102,8 @@ def test_point_in_time_restore_from_the_second_region(regions, source, mariadb_f
     time.sleep(1.2)
     source.sql("DELETE FROM shop.orders WHERE id > 19000")
     _ship_once(policy)
-    c = _client(east)
-    c.delete_objects(Bucket=eb, Delete={"Objects": [{"Key": k} for k in _keys(east, eb)]})
+    c = s3_client(east)
+    c.delete_objects(Bucket=eb, Delete={"Objects": [{"Key": k} for k in bucket_keys(east, eb)]})
     c.delete_bucket(Bucket=eb)
     target = mariadb_factory(server_id=2)
     r = run_cli("restore", "--to-time", moment, "--policy", policy, "--target", target.url, "--json",
@@ -115,12 +115,12 @@ def test_point_in_time_restore_from_the_second_region(regions, source, mariadb_f
 def test_corrupt_object_in_the_first_region_is_restored_from_the_second_and_said(regions, source,
                                                                                   mariadb_factory, tmp_path):
     east, west = regions
-    p, eb, wb = _policy(tmp_path, east, west, quorum="all")
+    p, eb, wb = two_region_policy(tmp_path, east, west, quorum="all")
     policy = _with_source(p, source)
     backup_id, _ = _snapshot(policy)
     at_snapshot = table_checksums(source, ["shop"])
-    chunk = next(k for k in _keys(east, eb) if k.endswith(".tsv.zst"))
-    c = _client(east)
+    chunk = next(k for k in bucket_keys(east, eb) if k.endswith(".tsv.zst"))
+    c = s3_client(east)
     data = bytearray(c.get_object(Bucket=eb, Key=chunk)["Body"].read())
     data[len(data) // 2] ^= 0x01
     c.put_object(Bucket=eb, Key=chunk, Body=bytes(data))
@@ -162,38 +162,29 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 def _segments(server, bucket) -> int:
-    return sum(1 for k in _keys(server, bucket) if layout.is_segment_index(k.removeprefix("repo/")))
-
-
-def _wait(cond, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
+    return sum(1 for k in bucket_keys(server, bucket) if layout.is_segment_index(k.removeprefix("repo/")))
 
 
 def test_region_stopped_while_shipping_writes_go_on_and_sync_completes_it(regions, source, tmp_path):
     east, west = regions
-    p, eb, wb = _policy(tmp_path, east, west, quorum=1)
+    p, eb, wb = two_region_policy(tmp_path, east, west, quorum=1)
     policy = _with_source(p, source)
     backup_id, _ = _snapshot(policy)
     log = tmp_path / "shipper.log"
     shipper = _start_shipper(policy, log)
     try:
-        _wait(lambda: _segments(west, wb) >= 1, 60, "the first segment in both regions")
+        wait_for(lambda: _segments(west, wb) >= 1, 60, "the first segment in both regions")
         os.killpg(west.proc.pid, signal.SIGSTOP)  # the west region freezes while shipping goes on
         try:
             before = _segments(east, eb)
             for i in range(6):
                 source.sql(f"UPDATE shop.orders SET qty = qty + {i + 1} WHERE id % 7 = {i}")
                 time.sleep(0.4)
-            _wait(lambda: _segments(east, eb) >= before + 3, 90, "segments in east while west is stopped")
+            wait_for(lambda: _segments(east, eb) >= before + 3, 90, "segments in east while west is stopped")
         finally:
             os.killpg(west.proc.pid, signal.SIGCONT)
         source.sql("UPDATE shop.orders SET qty = 0 WHERE id = 1")
-        _wait(lambda: _segments(east, eb) >= before + 4, 60, "the last change shipped")
+        wait_for(lambda: _segments(east, eb) >= before + 4, 60, "the last change shipped")
         assert shipper.poll() is None, log.read_text()
     finally:
         _stop(shipper)
@@ -238,12 +229,12 @@ def test_large_corrupt_chunk_is_loaded_again_from_the_other_region(regions, sour
     source.sql("CREATE TABLE shop.blobs (id INT PRIMARY KEY, b VARBINARY(1000))")
     source.sql("INSERT INTO shop.blobs SELECT seq, RANDOM_BYTES(1000) FROM shop.seq_1_to_4000")
     east, west = regions
-    p, eb, wb = _policy(tmp_path, east, west, quorum="all")
+    p, eb, wb = two_region_policy(tmp_path, east, west, quorum="all")
     policy = _with_source(p, source)
     backup_id, _ = _snapshot(policy)
     at_snapshot = table_checksums(source, ["shop"])
-    c = _client(east)
-    sizes = _keys(east, eb)
+    c = s3_client(east)
+    sizes = bucket_keys(east, eb)
     chunk = next(k for k in sizes if "/blobs/" in k and k.endswith(".tsv.zst"))
     assert sizes[chunk] > 2 << 20  # more than the codec reads at once: bytes flow before the end
     data = bytearray(c.get_object(Bucket=eb, Key=chunk)["Body"].read())

@@ -8,65 +8,16 @@ import logging
 import os
 import signal
 import time
-import uuid
-
-import boto3
 
 from backupkit.config import Settings
 from backupkit.repo import layout
 from backupkit.repo.catalog import BackupManifest, BinlogPoint, Catalog, SourceIdentity
 from backupkit.repo.codec import put_object, read_object
 from backupkit.storage.mirror import find_mirror
-from tests.support import MotoServer, run_cli
+from tests.support import run_cli
+from tests.support.regions import bucket_keys, s3_client, two_region_policy
 
 MIB = 1 << 20
-
-
-def _client(server: MotoServer):
-    return boto3.client("s3", endpoint_url=server.endpoint, region_name="us-east-1",
-                        aws_access_key_id="test", aws_secret_access_key="test")
-
-
-def _keys(server: MotoServer, bucket: str) -> dict[str, int]:
-    out = {}
-    for page in _client(server).get_paginator("list_objects_v2").paginate(Bucket=bucket):
-        for o in page.get("Contents", []):
-            out[o["Key"]] = o["Size"]
-    return out
-
-
-def _policy(tmp_path, east: MotoServer, west: MotoServer, quorum: int | str = 1, extra: str = "") -> tuple:
-    """A policy with two targets (fresh buckets); returns (path, east bucket, west bucket)."""
-    eb, wb = f"east-{uuid.uuid4().hex[:8]}", f"west-{uuid.uuid4().hex[:8]}"
-    east.create_bucket(eb)
-    west.create_bucket(wb)
-    q = f"write_quorum = {quorum}\n" if quorum != "all" else ""
-    text = f"""
-[storage]
-{q}stall_timeout = 3
-
-[[storage.targets]]
-name = "east"
-url = "s3://{eb}/repo"
-endpoint_url = "{east.endpoint}"
-region = "us-east-1"
-connect_timeout = 2
-read_timeout = 4
-max_attempts = 1
-
-[[storage.targets]]
-name = "west"
-url = "s3://{wb}/repo"
-endpoint_url = "{west.endpoint}"
-region = "us-west-2"
-connect_timeout = 2
-read_timeout = 4
-max_attempts = 1
-{extra}
-"""
-    p = tmp_path / f"policy-{uuid.uuid4().hex[:6]}.toml"
-    p.write_text(text)
-    return p, eb, wb
 
 
 def _open(policy):
@@ -85,21 +36,21 @@ def _commit(store, backup_id: str, objects) -> str:
 
 def test_every_object_reaches_both_regions(regions, tmp_path):
     east, west = regions
-    policy, eb, wb = _policy(tmp_path, east, west, quorum="all")
+    policy, eb, wb = two_region_policy(tmp_path, east, west, quorum="all")
     store = _open(policy)
     assert "write quorum 2 of 2" in store.describe()
     obj = put_object(store, "backups/b1/data/t/000001.tsv.zst", (os.urandom(MIB) for _ in range(12)),
                      level=None)
     _commit(store, "b1", [obj])
     for server, bucket in ((east, eb), (west, wb)):
-        keys = _keys(server, bucket)
+        keys = bucket_keys(server, bucket)
         assert keys["repo/" + obj.key] == obj.size
         assert "repo/" + layout.backup_manifest("b1") in keys
 
 
 def test_region_stopped_mid_stream_writes_go_on_and_sync_completes_it(regions, tmp_path, caplog):
     east, west = regions
-    policy, eb, wb = _policy(tmp_path, east, west, quorum=1)
+    policy, eb, wb = two_region_policy(tmp_path, east, west, quorum=1)
     store = _open(policy)
     payload = [os.urandom(MIB) for _ in range(16)]
 
@@ -122,7 +73,7 @@ def test_region_stopped_mid_stream_writes_go_on_and_sync_completes_it(regions, t
         assert read_object(store, obj) == b"".join(payload)
     finally:
         os.killpg(west.proc.pid, signal.SIGCONT)
-    assert not any(k.endswith("manifest.json") for k in _keys(west, wb))  # no half-visible backup there
+    assert not any(k.endswith("manifest.json") for k in bucket_keys(west, wb))  # no half-visible backup there
     lst = run_cli("list", "--policy", str(policy), "--json")
     assert lst.returncode == 0, lst.stderr
     lag = {t["name"]: t for t in json.loads(lst.stdout)["targets"]}
@@ -131,7 +82,7 @@ def test_region_stopped_mid_stream_writes_go_on_and_sync_completes_it(regions, t
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)["results"][0]
     assert res["complete"] and res["copied"] >= 4 and res["verified"] == "checksums"
-    assert _keys(west, wb) == _keys(east, eb)
+    assert bucket_keys(west, wb) == bucket_keys(east, eb)
     # Resumable and idempotent: a second run has nothing to do.
     again = json.loads(run_cli("repo", "sync", "--policy", str(policy), "--json").stdout)
     assert all(x["copied"] == 0 and x["complete"] for x in again["results"])
@@ -142,13 +93,13 @@ def test_region_stopped_mid_stream_writes_go_on_and_sync_completes_it(regions, t
 
 def test_first_region_lost_entirely_everything_reads_from_the_second(regions, tmp_path):
     east, west = regions
-    policy, eb, wb = _policy(tmp_path, east, west, quorum="all")
+    policy, eb, wb = two_region_policy(tmp_path, east, west, quorum="all")
     store = _open(policy)
     blobs = {f"backups/b1/data/t/{i:06d}.tsv.zst": os.urandom(200_000 + i) for i in range(5)}
     objs = [put_object(store, k, [v]) for k, v in blobs.items()]
     _commit(store, "b1", objs)
-    c = _client(east)
-    keys = list(_keys(east, eb))
+    c = s3_client(east)
+    keys = list(bucket_keys(east, eb))
     c.delete_objects(Bucket=eb, Delete={"Objects": [{"Key": k} for k in keys]})
     c.delete_bucket(Bucket=eb)
     store = _open(policy)
@@ -167,17 +118,17 @@ def test_first_region_lost_entirely_everything_reads_from_the_second(regions, tm
     east.create_bucket(eb)
     s = run_cli("repo", "sync", "--policy", str(policy), "--from", "west", "--to", "east", "--json")
     assert s.returncode == 0, s.stderr
-    assert _keys(east, eb) == _keys(west, wb)
+    assert bucket_keys(east, eb) == bucket_keys(west, wb)
 
 
 def test_corrupt_object_in_first_region_is_read_from_second_and_said(regions, tmp_path, caplog):
     east, west = regions
-    policy, eb, wb = _policy(tmp_path, east, west, quorum="all")
+    policy, eb, wb = two_region_policy(tmp_path, east, west, quorum="all")
     store = _open(policy)
     data = os.urandom(3 * MIB)
     obj = put_object(store, "backups/b1/data.zst", [data])
     full = "repo/" + obj.key
-    c = _client(east)
+    c = s3_client(east)
     bad = bytearray(c.get_object(Bucket=eb, Key=full)["Body"].read())
     bad[len(bad) // 2] ^= 0x01
     c.put_object(Bucket=eb, Key=full, Body=bytes(bad))
@@ -191,12 +142,12 @@ def test_corrupt_object_in_first_region_is_read_from_second_and_said(regions, tm
     assert r.returncode == 0, r.stdout + r.stderr
     assert json.loads(r.stdout)["results"][0]["repaired"] == [obj.key]
     assert c.get_object(Bucket=eb, Key=full)["Body"].read() == \
-        _client(west).get_object(Bucket=wb, Key=full)["Body"].read()
+        s3_client(west).get_object(Bucket=wb, Key=full)["Body"].read()
 
 
 def test_storage_class_and_server_side_encryption_are_passed_through(regions, tmp_path):
     east, west = regions
-    policy, eb, wb = _policy(tmp_path, east, west, quorum="all")
+    policy, eb, wb = two_region_policy(tmp_path, east, west, quorum="all")
     text = policy.read_text().replace("max_attempts = 1\n", 'max_attempts = 1\nsse = "AES256"\n'
                                       'storage_class = "STANDARD_IA"\n')
     policy.write_text(text)
@@ -205,14 +156,14 @@ def test_storage_class_and_server_side_encryption_are_passed_through(regions, tm
     big = put_object(store, "backups/b1/big.zst", (os.urandom(MIB) for _ in range(11)), level=None)
     for server, bucket in ((east, eb), (west, wb)):
         for o in (small, big):
-            head = _client(server).head_object(Bucket=bucket, Key="repo/" + o.key)
+            head = s3_client(server).head_object(Bucket=bucket, Key="repo/" + o.key)
             assert head.get("StorageClass") == "STANDARD_IA", head
             assert head.get("ServerSideEncryption") == "AES256", head
 
 
 def test_each_target_has_its_own_credentials(regions, tmp_path, monkeypatch):
     east, west = regions
-    policy, eb, wb = _policy(tmp_path, east, west, quorum=1)
+    policy, eb, wb = two_region_policy(tmp_path, east, west, quorum=1)
     text = policy.read_text()
     for name in ("east", "west"):
         text = text.replace(f'name = "{name}"\n', f'name = "{name}"\naccess_key_env = "{name.upper()}_AK"\n'
@@ -226,7 +177,7 @@ def test_each_target_has_its_own_credentials(regions, tmp_path, monkeypatch):
     # West's variables are not set: west cannot be used, east still takes the backup (quorum 1).
     obj = put_object(store, "backups/b1/data.zst", [b"only east" * 100])
     assert mirror.target("west").lagging and "WEST_AK" in mirror.target("west").last_error
-    assert "repo/" + obj.key in _keys(east, eb) and not _keys(west, wb)
+    assert "repo/" + obj.key in bucket_keys(east, eb) and not bucket_keys(west, wb)
     monkeypatch.setenv("WEST_AK", "west-key")
     monkeypatch.setenv("WEST_SK", "west-secret")
     west_store = find_mirror(_open(policy)).target("west").store

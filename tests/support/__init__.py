@@ -1,4 +1,6 @@
-"""Shared test helpers: real S3 server processes, table checksums, CLI runs."""
+"""Shared test helpers: real S3 server processes, table checksums, CLI runs, waiting.
+
+More in this package: shipping.py (binlog shipping), regions.py (two S3 regions)."""
 
 from __future__ import annotations
 
@@ -184,3 +186,14 @@ class PrometheusServer:
         self.proc = None
         if getattr(self, "log", None):
             self.log.close()
+
+
+def wait_for(cond, timeout: float, what: str, interval: float = 0.1):
+    """Poll cond() until it returns something true (returned), or fail after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = cond()
+        if got:
+            return got
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
