@@ -11,9 +11,9 @@ from typing import Any
 import typer
 
 from backupkit.cli.common import json_mode, open_catalog, render, settings
-from backupkit.cli.console import human_bytes, human_seconds, info, progress, table
+from backupkit.cli.console import info, progress, table
 from backupkit.errors import UsageError
-from backupkit.repo.catalog import utc_iso
+from backupkit.util.units import human_bytes, human_seconds, utc_iso
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -235,8 +235,8 @@ def events(
     the DROP or the bad DELETE to stop a point-in-time restore before."""
     from backupkit.mysql import binlog_events as be
     from backupkit.repo.codec import iter_object
-    from backupkit.restore.stoppoint import parse_time
     from backupkit.storage.base import ChunkReader
+    from backupkit.util.units import parse_time
 
     t1 = parse_time(from_) if from_ else None
     t2 = parse_time(to) if to else None

@@ -9,7 +9,8 @@ from typing import Any
 import typer
 
 from backupkit.cli.common import json_mode, render, settings
-from backupkit.cli.console import human_bytes, human_seconds, info, progress, table
+from backupkit.cli.console import as_progress, info, loss_table, progress, table
+from backupkit.util.units import human_bytes, human_seconds
 
 
 def _pick(cli_value, policy_value):
@@ -139,17 +140,11 @@ def restore_cold_cli(store, catalog, manifest, *, datadir: str | None, force: bo
     cfg = settings()
     spec = parse_conn(target, password_env=TARGET_PASSWORD_ENV) if target else None
     with progress(enabled=not json_mode() and not dry_run) as bar:
-        task = bar.add_task("extract", total=manifest.stats.get("logical_bytes") or None) if bar else None
-
-        def update(done: int, total: int) -> None:
-            if bar is not None and task is not None:
-                bar.update(task, completed=done)
-
         t0 = time.monotonic()
         result = restore_cold(store, manifest, datadir, force=force,
                               start_command=start_command or None, conn=spec,
                               start_timeout=cfg.policy.source.start_timeout, dry_run=dry_run,
-                              progress=update, notify=lambda m: info(m, quiet=json_mode()),
+                              progress=as_progress(bar), notify=lambda m: info(m, quiet=json_mode()),
                               catalog=catalog)
     wall = time.monotonic() - t0
     data = result.to_dict() | {"kind": "cold", "duration": round(wall, 3)}
@@ -179,6 +174,6 @@ def restore_cold_cli(store, catalog, manifest, *, datadir: str | None, force: bo
                          f"{p['file']}:{p['pos']}  gtid {p.get('gtid') or '-'}"))
         console.print(table(None, ["", ""], rows))
         if loss is not None:
-            console.print(loss.table())
+            console.print(loss_table(loss))
 
     render(data, human)

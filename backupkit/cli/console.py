@@ -21,6 +21,10 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from backupkit.util.progress import NullProgress
+from backupkit.util.progress import Progress as ProgressSink
+from backupkit.util.units import human_bytes, human_seconds  # noqa: F401  (schedule.py until it moves)
+
 console = Console()
 err_console = Console(stderr=True)
 
@@ -38,6 +42,12 @@ def table(title: str | None, columns: Iterable[str], rows: Iterable[Iterable[Any
     for r in rows:
         t.add_row(*["" if v is None else str(v) for v in r])
     return t
+
+
+def loss_table(report) -> Table:
+    """A restore.loss.LossReport as a rich table."""
+    title, columns, rows = report.table_data()
+    return table(title, columns, rows)
 
 
 def error_line(message: str) -> None:
@@ -69,26 +79,28 @@ def progress(enabled: bool = True, transfer: bool = True) -> Iterator[Progress |
         yield p
 
 
-def human_bytes(n: float | int | None) -> str:
-    if n is None:
-        return "-"
-    n = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
+class BarProgress:
+    """util.progress.Progress drawn as rich bars."""
+
+    def __init__(self, bar: Progress) -> None:
+        self.bar = bar
+
+    def start(self, description: str, total: float | None = None) -> int:
+        return self.bar.add_task(description, total=total)
+
+    def advance(self, task: int, amount: float = 0, *, description: str | None = None) -> None:
+        self.bar.update(task, advance=amount, description=description)
+
+    def update(self, task: int, *, completed: float | None = None, total: float | None = None,
+               description: str | None = None) -> None:
+        self.bar.update(task, completed=completed, total=total, description=description)
+
+    def finish(self, task: int) -> None:
+        t = next((t for t in self.bar.tasks if t.id == task), None)
+        if t is not None:
+            self.bar.update(task, total=t.completed, completed=t.completed)
 
 
-def human_seconds(s: float | None) -> str:
-    if s is None:
-        return "-"
-    if s < 1:
-        return f"{s * 1000:.0f} ms"
-    if s < 120:
-        return f"{s:.1f} s"
-    if s < 7200:
-        return f"{s / 60:.1f} min"
-    if s < 172800:
-        return f"{s / 3600:.1f} h"
-    return f"{s / 86400:.1f} d"
+def as_progress(bar: Progress | None) -> ProgressSink:
+    """What a service reports to: the bars of progress(), or nowhere when there are none."""
+    return BarProgress(bar) if bar is not None else NullProgress()

@@ -5,9 +5,9 @@ from __future__ import annotations
 import typer
 
 from backupkit.cli.common import open_catalog, render
-from backupkit.cli.console import human_bytes, human_seconds, table
-from backupkit.repo.catalog import utc_iso
+from backupkit.cli.console import table
 from backupkit.repo.coverage import build_runs
+from backupkit.util.units import human_bytes, human_seconds, utc_iso
 
 
 def repository_listing(catalog) -> dict:

@@ -91,10 +91,11 @@ def plan(
     where they exist.
     """
     from backupkit.cli.common import render
-    from backupkit.cli.console import human_seconds, table
+    from backupkit.cli.console import table
     from backupkit.errors import BackupkitError
     from backupkit.repo.catalog import Catalog
     from backupkit.schedule.plan import measured_from, policy_plan
+    from backupkit.util.units import human_seconds
 
     st = _load(file)
     measured: dict = {}

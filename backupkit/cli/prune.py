@@ -25,11 +25,11 @@ def prune(
     removed without --force: without it (or with --dry-run) prune prints what it would remove.
     """
     from backupkit.cli.common import render, settings
-    from backupkit.cli.console import human_bytes
     from backupkit.errors import ConfigError, UsageError
     from backupkit.operations.prune import prune as run_prune
-    from backupkit.operations.retention import RetentionRules, parse_duration
+    from backupkit.operations.retention import RetentionRules
     from backupkit.schedule.cron import policy_timezone
+    from backupkit.util.units import human_bytes, parse_duration
 
     st = settings()
     r = st.policy.retention

@@ -5,9 +5,8 @@ from __future__ import annotations
 import typer
 
 from backupkit.cli.common import open_catalog, render
-from backupkit.cli.console import human_bytes
 from backupkit.repo import layout
-from backupkit.repo.catalog import utc_iso
+from backupkit.util.units import human_bytes, utc_iso
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -143,10 +142,11 @@ def sync(
 def targets() -> None:
     """Each storage target: reachable or not, what it lacks (its lag), and what survives its loss."""
     from backupkit.cli.common import settings
-    from backupkit.cli.console import human_seconds, table
+    from backupkit.cli.console import table
     from backupkit.repo.sync import survival_by_target, target_status
     from backupkit.repo.targets import key_encryption_keys, target_specs, wrap_encryption
     from backupkit.restore.loss import loss_report
+    from backupkit.util.units import human_seconds
 
     cfg = settings()
     spec = cfg.repository_spec()
@@ -171,7 +171,8 @@ def targets() -> None:
 
 def loss_by_target_table(survival: list[dict]):
     """A rich table: for each target, each strategy's newest recovery point and loss window if it is lost."""
-    from backupkit.cli.console import human_seconds, table
+    from backupkit.cli.console import table
+    from backupkit.util.units import human_seconds
 
     rows = []
     for s in survival:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import typer
 
+from backupkit.cli.console import loss_table
+
 
 def report(
     at: str = typer.Option(None, "--at", help="Disaster time (default now; local zone unless a zone or Z)."),
@@ -14,7 +16,7 @@ def report(
     """Loss window, lost transactions and rows, downtime and RTO of every strategy present."""
     from backupkit.cli.common import open_catalog, render
     from backupkit.restore.loss import loss_report
-    from backupkit.restore.stoppoint import parse_time
+    from backupkit.util.units import parse_time
 
     when = parse_time(at) if at else None
     store, catalog = open_catalog(create=False)
@@ -28,7 +30,7 @@ def report(
         if not result.strategies:
             console.print("the repository holds no backup and no shipped binlog yet")
             return
-        console.print(result.table())
+        console.print(loss_table(result))
         for s in result.strategies:
             for n in s.notes:
                 console.print(f"[yellow]note:[/] {s.label}: {n}", highlight=False)

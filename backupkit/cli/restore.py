@@ -12,8 +12,9 @@ from typing import Any
 import typer
 
 from backupkit.cli.common import json_mode, open_catalog, render
-from backupkit.cli.console import human_bytes, human_seconds, table, warn
+from backupkit.cli.console import loss_table, table, warn
 from backupkit.errors import BackupkitError, UsageError
+from backupkit.util.units import human_bytes, human_seconds
 
 
 def restore(
@@ -65,8 +66,8 @@ def restore(
 
 
 def _restore_pitr(args: dict[str, Any]) -> None:
-    """Point-in-time restore lives in backupkit.restore.pitr (its own command code)."""
-    from backupkit.restore.pitr import restore_cli
+    """Point-in-time restore: its command is backupkit.cli.pitr."""
+    from backupkit.cli.pitr import restore_cli  # lazy: start-up time
 
     return restore_cli(**args)
 
@@ -121,6 +122,6 @@ def _restore_snapshot(store, catalog, manifest, target: str | None, dry_run: boo
         rows += [(f"moved aside: {db}", aside) for db, aside in result.moved_aside.items()]
         console.print(table(None, ["", ""], rows))
         if loss is not None:
-            console.print(loss.table())
+            console.print(loss_table(loss))
 
     render(data, human)

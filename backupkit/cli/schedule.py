@@ -102,11 +102,12 @@ def status(
     from datetime import datetime
 
     from backupkit.cli.common import render
-    from backupkit.cli.console import human_bytes, human_seconds, table
+    from backupkit.cli.console import table
     from backupkit.mysql.control import pid_alive
     from backupkit.schedule.cron import iso, next_runs, policy_timezone
     from backupkit.schedule.cron import scheduled_strategies as strategies
     from backupkit.schedule.state import Paths, StatusFile
+    from backupkit.util.units import human_bytes, human_seconds
 
     st = _settings()
     paths = Paths.of(st.policy)

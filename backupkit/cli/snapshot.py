@@ -9,7 +9,8 @@ from typing import Any
 import typer
 
 from backupkit.cli.common import json_mode, render, settings
-from backupkit.cli.console import human_bytes, human_seconds, progress, table
+from backupkit.cli.console import progress, table
+from backupkit.util.units import human_bytes, human_seconds
 
 
 def _split(values: list[str] | None) -> list[str]:

@@ -19,11 +19,12 @@ def verify(
     Exit code 5 when anything is wrong; each problem names the object.
     """
     from backupkit.cli.common import json_mode, render, settings
-    from backupkit.cli.console import emit_json, human_bytes, human_seconds, info, progress, table
+    from backupkit.cli.console import as_progress, emit_json, info, progress, table
     from backupkit.errors import IntegrityError, UsageError
     from backupkit.operations.verify import restore_test as run_restore_test
     from backupkit.operations.verify import verify_repository
     from backupkit.repo.catalog import Catalog
+    from backupkit.util.units import human_bytes, human_seconds
 
     if backup_id and all_:
         raise UsageError("give a backup id or --all, not both")
@@ -31,18 +32,8 @@ def verify(
     store = st.open_store(create=False)
     ids = [backup_id] if backup_id else None
     with progress(enabled=not json_mode()) as bar:
-        task = bar.add_task("verifying", total=None) if bar is not None else None
-
-        def on_total(n: int) -> None:
-            if bar is not None:
-                bar.update(task, total=n)
-
-        def on_bytes(n: int) -> None:
-            if bar is not None:
-                bar.update(task, advance=n)
-
         report = verify_repository(store, ids, binlog=ids is None, parallel=parallel or 8,
-                                   on_bytes=on_bytes, on_total=on_total)
+                                   progress=as_progress(bar))
     if restore_test and report.ok:
         catalog = Catalog(store)
         if backup_id:

@@ -1,12 +1,43 @@
-"""Facts about a running server: flavor, version, identity, binlog coordinates, GTID."""
+"""Facts about a running server: flavor, version, identity, binlog coordinates, GTID.
+
+SourceIdentity and BinlogPoint are plain descriptions of a server and a point in its history;
+the repository's manifests (repo/catalog.py) embed them.
+"""
 
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 
 from backupkit.errors import SourceError
-from backupkit.repo.catalog import BinlogPoint, SourceIdentity
+
+
+@dataclass
+class SourceIdentity:
+    """Which server a backup or segment came from."""
+
+    source_id: str
+    flavor: str = "mariadb"  # mariadb | mysql
+    version: str = ""
+    server_id: int = 0
+    server_uuid: str = ""  # MySQL; MariaDB has none
+    hostname: str = ""
+    port: int = 0
+    gtid_domain_id: int | None = None  # MariaDB
+
+
+@dataclass
+class BinlogPoint:
+    """A point in the source's history: binlog coordinates, GTID position, wall time (UTC epoch)."""
+
+    file: str = ""
+    pos: int = 0
+    gtid: str = ""
+    time: float = 0.0
+
+    def key(self) -> tuple[str, int]:
+        return (self.file, self.pos)
 
 
 @dataclass
@@ -92,8 +123,6 @@ def gtid_position(conn, facts: ServerFacts, file: str | None = None, pos: int | 
 
 def current_point(conn, facts: ServerFacts) -> BinlogPoint:
     """Binlog coordinates and GTID position of now."""
-    import time
-
     file, pos = master_status(conn, facts)
     return BinlogPoint(file=file, pos=pos, gtid=gtid_position(conn, facts, file, pos), time=time.time())
 

@@ -24,8 +24,9 @@ from typing import Any
 from backupkit.errors import BackupkitError
 from backupkit.operations.retention import PrunePlan, RetentionCheckError, RetentionRules, plan_prune
 from backupkit.repo import layout
-from backupkit.repo.catalog import Catalog, SegmentInfo, utc_iso
+from backupkit.repo.catalog import Catalog, SegmentInfo
 from backupkit.storage.base import ObjectStore
+from backupkit.util.units import utc_iso
 
 log = logging.getLogger(__name__)
 

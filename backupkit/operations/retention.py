@@ -16,7 +16,6 @@ The rules, applied per source:
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -25,36 +24,7 @@ from datetime import UTC, datetime, tzinfo
 from backupkit.repo.catalog import BackupManifest, GapInfo, SegmentInfo
 from backupkit.repo.coverage import build_runs, ends_at
 from backupkit.restore.plan import Planner
-
-_UNITS = {
-    "s": 1, "sec": 1, "secs": 1, "second": 1, "seconds": 1,
-    "m": 60, "min": 60, "mins": 60, "minute": 60, "minutes": 60,
-    "h": 3600, "hr": 3600, "hrs": 3600, "hour": 3600, "hours": 3600,
-    "d": 86400, "day": 86400, "days": 86400,
-    "w": 604800, "week": 604800, "weeks": 604800,
-}
-_PART = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-z]+)\s*,?", re.IGNORECASE)
-
-
-def parse_duration(text: str | int | float) -> float:
-    """Seconds in a duration like "7 days", "36h", "1d 12h" or "90 min"; ValueError if malformed."""
-    if isinstance(text, (int, float)) and not isinstance(text, bool):
-        if text <= 0:
-            raise ValueError("a duration must be positive")
-        return float(text)
-    s = str(text).strip()
-    if not s:
-        raise ValueError("empty duration")
-    total, pos = 0.0, 0
-    while pos < len(s):
-        m = _PART.match(s, pos)
-        if not m or m.group(2).lower() not in _UNITS:
-            raise ValueError(f"cannot read {s!r} as a duration")
-        total += float(m.group(1)) * _UNITS[m.group(2).lower()]
-        pos = m.end()
-    if total <= 0:
-        raise ValueError("a duration must be positive")
-    return total
+from backupkit.util.units import human_duration, parse_duration
 
 
 # -- rules ---------------------------------------------------------------------------
@@ -87,17 +57,6 @@ class RetentionRules:
         if self.window:
             parts.append(f"recovery_window={human_duration(self.window)}")
         return ", ".join(parts) or "no rules"
-
-
-def human_duration(seconds: float) -> str:
-    """A duration as the largest whole unit that fits: 7 days, 36 h, 90 min, 20 s."""
-    for unit, size in (("days", 86400), ("h", 3600), ("min", 60)):
-        if seconds >= size and seconds % size == 0:
-            n = int(seconds // size)
-            return f"{n} {'day' if unit == 'days' and n == 1 else unit}"
-    if seconds >= 3600:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds:g} s"
 
 
 # -- decisions -------------------------------------------------------------------------

@@ -19,10 +19,12 @@ from typing import Any
 
 from backupkit.errors import BackupkitError, IntegrityError, ObjectNotFound
 from backupkit.repo import layout
-from backupkit.repo.catalog import BackupManifest, Catalog, GapInfo, SegmentInfo, utc_iso
+from backupkit.repo.catalog import BackupManifest, Catalog, GapInfo, SegmentInfo
 from backupkit.repo.codec import StoredObject, verify_object
 from backupkit.repo.coverage import build_runs
 from backupkit.storage.base import ObjectStore
+from backupkit.util.progress import NullProgress, Progress
+from backupkit.util.units import utc_iso
 
 
 @dataclass
@@ -62,16 +64,13 @@ class VerifyReport:
                 "restore_tests": self.restore_tests, "seconds": round(self.seconds, 3)}
 
 
-Progress = Callable[[int], None]
-
-
 class _Checker:
     """Re-reads objects in parallel and collects problems (thread-safe)."""
 
-    def __init__(self, store: ObjectStore, parallel: int, on_bytes: Progress | None) -> None:
+    def __init__(self, store: ObjectStore, parallel: int, on_bytes: Callable[[int], None]) -> None:
         self.store = store
         self.parallel = max(1, parallel)
-        self.on_bytes = on_bytes or (lambda n: None)
+        self.on_bytes = on_bytes
         self.lock = threading.Lock()
         self.objects = 0
         self.bytes = 0
@@ -164,10 +163,12 @@ def coverage_problems(source_id: str, segs: list[SegmentInfo], gaps: list[GapInf
 
 
 def verify_repository(store: ObjectStore, backup_ids: list[str] | None = None, *,
-                      binlog: bool = True, parallel: int = 8, on_bytes: Progress | None = None,
-                      on_total: Callable[[int], None] | None = None) -> VerifyReport:
+                      binlog: bool = True, parallel: int = 8,
+                      progress: Progress | None = None) -> VerifyReport:
     """Check the given backups (all when None) and, with binlog, every shipped segment."""
     started = time.monotonic()
+    bar = progress or NullProgress()
+    task = bar.start("verifying")
     catalog = Catalog(store)
     report = VerifyReport(storage=store.describe())
     backups = _read_backups(catalog, backup_ids, report, parallel)
@@ -183,9 +184,8 @@ def verify_repository(store: ObjectStore, backup_ids: list[str] | None = None, *
             gaps = catalog.gaps(sid)
             per_source[sid] = (segs, gaps)
             items += [(f"segment {s.key}", s.object) for s in segs]
-    if on_total is not None:
-        on_total(sum(o.size for _, o in items))
-    checker = _Checker(store, parallel, on_bytes)
+    bar.update(task, total=sum(o.size for _, o in items))
+    checker = _Checker(store, parallel, lambda n: bar.advance(task, n))
     report.problems += checker.check_all(items)
     report.objects, report.bytes = checker.objects, checker.bytes
     for sid, (segs, gaps) in per_source.items():

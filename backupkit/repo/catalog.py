@@ -9,31 +9,25 @@ import uuid
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
-from datetime import UTC, datetime
 from typing import Any
 
 import zstandard
 
 from backupkit import __version__
 from backupkit.errors import IntegrityError, ObjectNotFound, StorageError, UsageError
+from backupkit.mysql.server import BinlogPoint, SourceIdentity  # manifest parts; re-exported
 from backupkit.repo import layout
 from backupkit.repo.codec import StoredObject, sha256_bytes
 from backupkit.repo.failover import read_checked
 from backupkit.storage.base import ObjectStore
+from backupkit.util.units import utc_iso, utc_stamp
 
 log = logging.getLogger(__name__)
 
 
-def utc_iso(ts: float | None) -> str | None:
-    """An epoch time as ISO 8601 UTC with microseconds."""
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 def new_backup_id(kind: str, at: float | None = None) -> str:
     """A sortable, unique backup id: 20261126T101500Z-snapshot-1a2b."""
-    stamp = datetime.fromtimestamp(at or time.time(), UTC).strftime("%Y%m%dT%H%M%SZ")
+    stamp = utc_stamp(at or time.time())
     return f"{stamp}-{kind}-{uuid.uuid4().hex[:4]}"
 
 
@@ -73,33 +67,6 @@ def _from_dict(cls, d: dict[str, Any]):
 
 
 # -- records ---------------------------------------------------------------------
-@dataclass
-class SourceIdentity:
-    """Which server a backup or segment came from."""
-
-    source_id: str
-    flavor: str = "mariadb"  # mariadb | mysql
-    version: str = ""
-    server_id: int = 0
-    server_uuid: str = ""  # MySQL; MariaDB has none
-    hostname: str = ""
-    port: int = 0
-    gtid_domain_id: int | None = None  # MariaDB
-
-
-@dataclass
-class BinlogPoint:
-    """A point in the source's history: binlog coordinates, GTID position, wall time (UTC epoch)."""
-
-    file: str = ""
-    pos: int = 0
-    gtid: str = ""
-    time: float = 0.0
-
-    def key(self) -> tuple[str, int]:
-        return (self.file, self.pos)
-
-
 @dataclass
 class BackupManifest:
     """The commit marker of a snapshot or cold backup; written after all its objects."""

@@ -17,19 +17,20 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 from backupkit.errors import BackupkitError, UsageError
 from backupkit.mysql.connection import ConnSpec, connect
 from backupkit.mysql.control import ServiceControl, pid_alive, read_pid, servers_using
 from backupkit.repo import layout
-from backupkit.repo.catalog import BackupManifest, Catalog, utc_iso
+from backupkit.repo.catalog import BackupManifest, Catalog
 from backupkit.repo.codec import StoredObject, iter_object
 from backupkit.storage.base import ObjectStore
 from backupkit.storage.local import fsync_dir
 from backupkit.strategies.cold.tar import FileRecord
 from backupkit.strategies.cold.untar import check_records, extract
+from backupkit.util.progress import NullProgress, Progress
+from backupkit.util.units import utc_iso, utc_stamp
 
 
 @dataclass
@@ -56,7 +57,7 @@ class ColdRestoreResult:
 
 
 def _stamp() -> str:
-    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    return utc_stamp(time.time())
 
 
 def _non_empty(path: Path) -> bool:
@@ -111,7 +112,8 @@ def restore_cold(store: ObjectStore, manifest: BackupManifest, datadir: str | Pa
                  force: bool = False, start_command: str | None = None,
                  conn: ConnSpec | None = None, pid_file: str | Path | None = None,
                  start_timeout: float = 300.0, extra_dirs: dict[str, str | Path] | None = None,
-                 dry_run: bool = False, progress: Callable[[int, int], None] | None = None,
+                 dry_run: bool = False, progress: Progress | None = None,
+                 progress_label: str = "extract",
                  notify: Callable[[str], None] | None = None,
                  catalog: Catalog | None = None,
                  error_log: str | Path | None = None) -> ColdRestoreResult:
@@ -185,13 +187,11 @@ def restore_cold(store: ObjectStore, manifest: BackupManifest, datadir: str | Pa
             created.append(tmp)
             work[name] = tmp
     total = sum(r.size for r in records if r.type == "file")
-    done = 0
+    bar = progress or NullProgress()
+    task = bar.start(progress_label, total=manifest.stats.get("logical_bytes") or total or None)
 
     def count(n: int) -> None:
-        nonlocal done
-        done += n
-        if progress is not None:
-            progress(done, total)
+        bar.advance(task, n)
 
     say(f"extracting {manifest.id} into {target}")
     t0 = time.monotonic()

@@ -29,10 +29,11 @@ import pymysql
 from backupkit.errors import BackupkitError, IntegrityError, SourceError, UsageError
 from backupkit.mysql import infile, tsv
 from backupkit.mysql.connection import ConnSpec, connect, qualified, quote_ident
-from backupkit.repo.catalog import BackupManifest, Catalog, utc_iso
+from backupkit.repo.catalog import BackupManifest, Catalog
 from backupkit.repo.codec import StoredObject, iter_object, read_object
 from backupkit.repo.failover import retry_on_other_copy
 from backupkit.storage.base import ObjectStore
+from backupkit.util.units import utc_iso
 from backupkit.util.workers import run_workers
 
 SESSION_SQL = ("SET SESSION time_zone='+00:00', sql_mode='NO_AUTO_VALUE_ON_ZERO', "

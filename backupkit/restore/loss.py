@@ -28,8 +28,8 @@ from backupkit.mysql import binlog_events as be
 from backupkit.repo.catalog import BackupManifest, Catalog, GapInfo, SegmentInfo
 from backupkit.repo.codec import iter_object
 from backupkit.restore.plan import Planner
-from backupkit.restore.stoppoint import format_time
 from backupkit.storage.base import ChunkReader, ObjectStore
+from backupkit.util.units import format_time, human_seconds
 
 STRATEGIES = ("cold", "snapshot", "binlog")
 LABELS = {"cold": "cold file copy", "snapshot": "hot snapshot", "binlog": "binlog shipping"}
@@ -111,11 +111,9 @@ class LossReport:
     def get(self, strategy: str) -> StrategyLoss | None:
         return next((s for s in self.strategies if s.strategy == strategy), None)
 
-    def table(self):
-        """A rich table of the report."""
-        from backupkit.cli.console import human_seconds, table
-
-        rows = []
+    def table_data(self) -> tuple[str, list[str], list[tuple[str, ...]]]:
+        """The report as a table for people: (title, columns, rows of text)."""
+        rows: list[tuple[str, ...]] = []
         for s in self.strategies:
             if s.recovery_point is None:
                 point = "none" + (f" ({s.notes[0]})" if s.notes else "")
@@ -133,9 +131,9 @@ class LossReport:
                 down = human_seconds(s.downtime_seconds) + note
             rto = human_seconds(s.rto_seconds) if s.rto_seconds is not None else "never measured"
             rows.append((s.label, point, human_seconds(s.loss_seconds), lost_t, lost_r, down, rto))
-        return table(f"Loss window for a disaster at {format_time(self.at)} (source {self.source_id})",
-                     ["strategy", "newest recovery point", "loss window", "transactions lost",
-                      "rows lost", "service downtime", "RTO (latest restore)"], rows)
+        return (f"Loss window for a disaster at {format_time(self.at)} (source {self.source_id})",
+                ["strategy", "newest recovery point", "loss window", "transactions lost",
+                 "rows lost", "service downtime", "RTO (latest restore)"], rows)
 
 
 # -- building the report ------------------------------------------------------------------------

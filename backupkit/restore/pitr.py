@@ -5,7 +5,7 @@ before the target is touched, so a bad time, a target outside coverage or behind
 missing segment object leaves the target exactly as it was.
 
 - ``restore_to_point(...)``: the service function (the CLI, the scheduler and the demo call it).
-- ``restore_cli(**options)``: what ``backupkit restore --to-time/--to-gtid/...`` runs.
+- the command and its progress view are in ``backupkit.cli.pitr``.
 """
 
 from __future__ import annotations
@@ -17,15 +17,44 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from backupkit.errors import ObjectNotFound, UsageError
-from backupkit.mysql.connection import TARGET_PASSWORD_ENV, ConnSpec, parse_conn
-from backupkit.repo.catalog import Catalog, utc_iso
+from backupkit.mysql.connection import TARGET_PASSWORD_ENV, ConnSpec
+from backupkit.repo.catalog import Catalog
 from backupkit.restore.loss import LossReport, loss_after_restore
 from backupkit.restore.plan import Planner, RestorePlan
 from backupkit.restore.replay import ReachedPoint, ReplayResult, replay_segments
-from backupkit.restore.stoppoint import RestoreTarget, format_time, parse_target
+from backupkit.restore.stoppoint import RestoreTarget
 from backupkit.storage.base import ObjectStore
+from backupkit.util.units import utc_iso
 
-Progress = Callable[..., None]
+PitrProgress = Callable[..., None]
+"""Called as (phase, event, **details): phase "base" gets the loader's events (and "bytes" with
+done/total for a cold base), phase "replay" the replay's."""
+
+
+class _BaseBytes:
+    """util.progress.Progress for the cold loader, passed on as phase "base" "bytes" events."""
+
+    def __init__(self, report: PitrProgress) -> None:
+        self.report = report
+        self.done = 0.0
+        self.total: float | None = None
+
+    def start(self, description: str, total: float | None = None) -> int:
+        self.total = total
+        return 0
+
+    def advance(self, task: int, amount: float = 0, *, description: str | None = None) -> None:
+        self.done += amount
+        self.report("base", "bytes", done=self.done, total=self.total)
+
+    def update(self, task: int, *, completed: float | None = None, total: float | None = None,
+               description: str | None = None) -> None:
+        self.done = self.done if completed is None else completed
+        self.total = self.total if total is None else total
+        self.report("base", "bytes", done=self.done, total=self.total)
+
+    def finish(self, task: int) -> None:
+        pass
 
 
 @dataclass
@@ -110,7 +139,7 @@ def restore_to_point(store: ObjectStore, catalog: Catalog, target: RestoreTarget
                      datadir: str | None = None, start_command: str | None = None,
                      force: bool = False, verify: bool = False, parallel: int | None = None,
                      log_bin: bool = False, include_users: bool = False,
-                     source_id: str | None = None, progress: Progress | None = None,
+                     source_id: str | None = None, progress: PitrProgress | None = None,
                      notify: Callable[[str], None] | None = None, report_loss: bool = True,
                      plan: RestorePlan | None = None) -> PitrResult:
     """Restore the base the plan picks, replay the binlog to the exact stop, record the RTO."""
@@ -151,7 +180,7 @@ def restore_to_point(store: ObjectStore, catalog: Catalog, target: RestoreTarget
 
         done = restore_cold(store, base, datadir, force=force, start_command=start_command,
                             conn=spec if start_command else None,
-                            progress=lambda n, total: report("base", "bytes", done=n, total=total),
+                            progress=_BaseBytes(report),
                             notify=say)
         result.base = done.to_dict()
     result.base_seconds = time.monotonic() - t0
@@ -182,100 +211,3 @@ def restore_to_point(store: ObjectStore, catalog: Catalog, target: RestoreTarget
     if report_loss:
         result.loss = loss_after_restore(catalog, plan.source_id)
     return result
-
-
-# -- the command ---------------------------------------------------------------------------------------
-class _PitrView:
-    """Rich progress for the base load and the replay."""
-
-    def __init__(self, bar) -> None:
-        from backupkit.cli.snapshot import ProgressView
-
-        self.bar = bar
-        self.base = ProgressView(bar, "base") if bar is not None else None
-        self.cold_task = None
-        self.replay_task = None
-        self.transactions = 0
-        self.gtid = ""
-
-    def __call__(self, phase: str, event: str, **kw: Any) -> None:
-        if self.bar is None:
-            return
-        if phase == "base":
-            if event == "bytes":
-                if self.cold_task is None:
-                    self.cold_task = self.bar.add_task("base (cold)", total=kw.get("total") or None)
-                self.bar.update(self.cold_task, completed=kw.get("done", 0))
-            elif self.base is not None:
-                self.base(event, **kw)
-            return
-        if event == "plan":
-            self.replay_task = self.bar.add_task("replay", total=kw.get("bytes") or None)
-        elif self.replay_task is None:
-            return
-        elif event == "fetched":
-            pass
-        elif event == "applied":
-            self.transactions = kw.get("transactions", self.transactions)
-            self.gtid = kw.get("gtid") or self.gtid
-            self.bar.update(self.replay_task, advance=kw.get("bytes", 0),
-                            description=f"replay {self.transactions:,} transactions, GTID {self.gtid}")
-        elif event == "done":
-            task = next((t for t in self.bar.tasks if t.id == self.replay_task), None)
-            if task is not None:
-                self.bar.update(self.replay_task, total=task.completed, completed=task.completed)
-
-
-def restore_cli(backup_id: str | None = None, target: str | None = None, datadir: str | None = None,
-                to_time: str | None = None, to_gtid: str | None = None,
-                to_position: str | None = None, stop_before_gtid: str | None = None,
-                latest: bool = False, dry_run: bool = False, force: bool = False,
-                verify: bool = False, parallel: int | None = None,
-                start_command: str | None = None, databases: list[str] | None = None,
-                include_users: bool = False, log_bin: bool = False, **_ignored: Any) -> None:
-    """backupkit restore --to-time/--to-gtid/--to-position/--stop-before-gtid/--latest."""
-    from backupkit.cli.common import json_mode, open_catalog, render
-    from backupkit.cli.console import info, progress
-
-    tgt = parse_target(to_time, to_gtid, to_position, stop_before_gtid, latest)
-    if databases:
-        raise UsageError("--databases cannot be combined with a point-in-time restore",
-                         "the binlog replay needs every database of the base")
-    spec = parse_conn(target, password_env=TARGET_PASSWORD_ENV) if target else None
-    store, catalog = open_catalog(create=False)
-    plan = make_plan(catalog, tgt, backup_id)
-    if dry_run:
-        render({"dry_run": True, **plan.to_dict(), "target_server": spec.display() if spec else None},
-               lambda console: [console.print(line, highlight=False) for line in plan.lines()])
-        return
-    quiet = json_mode()
-    with progress(enabled=not quiet, transfer=True) as bar:
-        view = _PitrView(bar)
-        result = restore_to_point(store, catalog, tgt, spec, backup_id=backup_id, datadir=datadir,
-                                  start_command=start_command, force=force, verify=verify,
-                                  parallel=parallel, log_bin=log_bin, include_users=include_users,
-                                  progress=view, notify=lambda m: info(m, quiet=quiet or bar is not None),
-                                  plan=plan)
-    render(result.to_dict(), lambda console: print_result(console, result))
-
-
-def print_result(console, result: PitrResult) -> None:
-    """The reached point, what was done, and the loss report."""
-    from backupkit.cli.console import human_bytes, human_seconds, table
-
-    r, p = result.reached, result.plan
-    console.print(f"[bold green]restored to {p.target.describe()}[/] on {result.target}")
-    rows = [("base", f"{p.base.kind} {p.base.id} ({format_time(p.base.point.time)}), "
-                     f"{human_seconds(result.base_seconds)}")]
-    if result.replay:
-        rp = result.replay
-        rows.append(("replay", f"{rp.transactions:,} transactions from {rp.segments} segment(s), "
-                               f"{human_bytes(rp.binlog_bytes)} of binlog, {human_seconds(rp.seconds)}"))
-    rows.append(("reached", f"GTID {r.gtid or '-'} at {r.file}:{r.pos}, committed "
-                            f"{format_time(r.commit_time) if r.commit_time else '-'}"))
-    rows.append(("duration (RTO)", human_seconds(result.duration)))
-    console.print(table(None, ["", ""], rows))
-    for n in result.notes:
-        console.print(f"[yellow]note:[/] {n}", highlight=False)
-    if result.loss is not None:
-        console.print(result.loss.table())

@@ -39,14 +39,8 @@ from typing import Any
 from backupkit.errors import PlanError
 from backupkit.repo.catalog import BackupManifest, GapInfo, SegmentInfo
 from backupkit.repo.coverage import Run, build_runs
-from backupkit.restore.stoppoint import (
-    Gtid,
-    GtidPosition,
-    RestoreTarget,
-    format_time,
-    parse_gtid_position,
-    try_parse_gtid,
-)
+from backupkit.restore.stoppoint import Gtid, GtidPosition, RestoreTarget, parse_gtid_position, try_parse_gtid
+from backupkit.util.units import format_time
 
 #: Throughput assumed when no restore has been measured yet (bytes per second of raw data).
 DEFAULT_RATES = {
@@ -124,7 +118,7 @@ class RestorePlan:
 
     def lines(self) -> list[str]:
         """The plan for people (--dry-run)."""
-        from backupkit.cli.console import human_bytes, human_seconds
+        from backupkit.util.units import human_bytes, human_seconds
 
         b = self.base
         out = [f"target:    {self.target.describe()}",

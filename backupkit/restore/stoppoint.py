@@ -12,79 +12,10 @@ GTIDs: MariaDB ``domain-server-seq`` (positions ``0-1-100,1-2-7``) and MySQL ``u
 from __future__ import annotations
 
 import re
-import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta, timezone
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from backupkit.errors import UsageError
-
-TIME_HELP = ("use 'YYYY-MM-DD HH:MM:SS[.ffffff]' (local zone), optionally followed by Z, UTC, "
-             "+HH:MM or a zone name like Europe/Berlin; or @EPOCH")
-
-_TIME_RE = re.compile(
-    r"^(?P<date>\d{4}-\d{2}-\d{2})(?:[T ](?P<clock>\d{1,2}:\d{2}(?::\d{2}(?:[.,]\d{1,9})?)?))?"
-    r"\s*(?P<zone>Z|z|UTC|utc|GMT|[+-]\d{2}(?::?\d{2})?|[A-Za-z_]+(?:/[A-Za-z0-9_+-]+)+)?$")
-
-
-def parse_time(text: str, now: float | None = None) -> float:
-    """A user's time as a UTC epoch float; raises UsageError naming the bad text."""
-    raw = (text or "").strip()
-    if not raw:
-        raise UsageError("empty time", TIME_HELP)
-    low = raw.lower()
-    if low == "now":
-        return time.time() if now is None else now
-    if raw.startswith("@"):
-        try:
-            return float(raw[1:])
-        except ValueError:
-            raise UsageError(f"cannot read the time {text!r}", TIME_HELP) from None
-    m = _TIME_RE.match(raw)
-    if not m:
-        raise UsageError(f"cannot read the time {text!r}", TIME_HELP)
-    clock = m.group("clock") or "00:00:00"
-    if clock.count(":") == 1:
-        clock += ":00"
-    hms, _, frac = clock.replace(",", ".").partition(".")
-    try:
-        naive = datetime.strptime(f"{m.group('date')} {hms}", "%Y-%m-%d %H:%M:%S")
-    except ValueError:
-        raise UsageError(f"cannot read the time {text!r}: no such date or time", TIME_HELP) from None
-    micro = int((frac + "000000")[:6]) if frac else 0
-    rest = float("0." + frac) - micro / 1e6 if frac and len(frac) > 6 else 0.0
-    naive = naive.replace(microsecond=micro)
-    zone = m.group("zone")
-    if zone is None:
-        aware = naive.astimezone()  # the local zone, DST-aware
-    elif zone.upper() in ("Z", "UTC", "GMT"):
-        aware = naive.replace(tzinfo=UTC)
-    elif zone[0] in "+-":
-        digits = zone[1:].replace(":", "")
-        hours, minutes = int(digits[:2]), int(digits[2:4] or 0)
-        if hours > 23 or minutes > 59:
-            raise UsageError(f"cannot read the time {text!r}: bad zone offset {zone}", TIME_HELP)
-        delta = timedelta(hours=hours, minutes=minutes)
-        aware = naive.replace(tzinfo=timezone(delta if zone[0] == "+" else -delta))
-    else:
-        try:
-            aware = naive.replace(tzinfo=ZoneInfo(zone))
-        except (ZoneInfoNotFoundError, ValueError):
-            raise UsageError(f"cannot read the time {text!r}: unknown zone {zone!r}", TIME_HELP) from None
-    return aware.timestamp() + rest
-
-
-def format_time(ts: float | None, utc: bool = False) -> str:
-    """An epoch time for people: local zone with its offset (or UTC), microseconds only if any."""
-    if ts is None:
-        return "-"
-    dt = datetime.fromtimestamp(ts, UTC) if utc else datetime.fromtimestamp(ts).astimezone()
-    text = dt.strftime("%Y-%m-%d %H:%M:%S")
-    if dt.microsecond:
-        text += f".{dt.microsecond:06d}".rstrip("0")
-    off = dt.strftime("%z")
-    return text + ("Z" if utc or off == "+0000" else f"{off[:3]}:{off[3:]}")
-
+from backupkit.util.units import format_time, parse_time
 
 # -- GTIDs ------------------------------------------------------------------------------
 _MARIA_GTID = re.compile(r"^(\d+)-(\d+)-(\d+)$")

@@ -16,7 +16,8 @@ from backupkit.restore.plan import (
     plan_restore,
     restorable_intervals,
 )
-from backupkit.restore.stoppoint import format_time, parse_target, time_target
+from backupkit.restore.stoppoint import parse_target, time_target
+from backupkit.util.units import format_time
 
 SRC = "src"
 

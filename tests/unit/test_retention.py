@@ -10,11 +10,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from backupkit.errors import PlanError
-from backupkit.operations.retention import RetentionRules, human_duration, parse_duration, plan_prune
+from backupkit.operations.retention import RetentionRules, plan_prune
 from backupkit.repo.catalog import BackupManifest, BinlogPoint, GapInfo, SegmentInfo, SourceIdentity
 from backupkit.repo.codec import StoredObject
 from backupkit.restore.plan import Planner
 from backupkit.restore.stoppoint import time_target
+from backupkit.util.units import human_duration, parse_duration
 
 SRC = "db1"
 EPOCH = 1_780_000_000.0  # 2026-05-28

@@ -8,14 +8,8 @@ from datetime import UTC, datetime
 import pytest
 
 from backupkit.errors import UsageError
-from backupkit.restore.stoppoint import (
-    format_time,
-    parse_gtid,
-    parse_gtid_position,
-    parse_position,
-    parse_target,
-    parse_time,
-)
+from backupkit.restore.stoppoint import parse_gtid, parse_gtid_position, parse_position, parse_target
+from backupkit.util.units import format_time, parse_time
 
 
 @pytest.fixture
