@@ -10,7 +10,22 @@ import click
 import typer
 
 from backupkit import __version__
-from backupkit.cli import context
+from backupkit.cli import (
+    binlog,
+    cold,
+    context,
+    demo,
+    listing,
+    monitor,
+    policy,
+    prune,
+    repo,
+    report,
+    restore,
+    schedule,
+    snapshot,
+    verify,
+)
 from backupkit.cli.console import emit_json, error_line
 from backupkit.errors import BackupkitError
 
@@ -57,22 +72,6 @@ def _root(
 
 
 def _register() -> None:
-    from backupkit.cli import (
-        binlog,
-        cold,
-        demo,
-        listing,
-        monitor,
-        policy,
-        prune,
-        repo,
-        report,
-        restore,
-        schedule,
-        snapshot,
-        verify,
-    )
-
     app.command("snapshot", epilog=COMMON_HELP)(snapshot.snapshot)
     app.command("cold", epilog=COMMON_HELP)(cold.cold)
     app.add_typer(binlog.app, name="binlog", help="Ship, inspect and check the binlog.")

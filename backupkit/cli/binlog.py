@@ -12,8 +12,9 @@ import typer
 
 from backupkit.cli.common import json_mode, open_catalog, render, settings
 from backupkit.cli.console import info, progress, table
+from backupkit.cli.context import COMMON
 from backupkit.errors import UsageError
-from backupkit.util.units import human_bytes, human_seconds, utc_iso
+from backupkit.util.units import human_bytes, human_seconds, parse_time, utc_iso
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -21,8 +22,6 @@ app = typer.Typer(no_args_is_help=True)
 def _source_given() -> bool:
     """True when the user named a source (option, environment or policy), so it is safe to ask
     it for its position; otherwise status only reads the repository."""
-    from backupkit.cli.context import COMMON
-
     cfg = settings()
     return bool(COMMON.source or os.environ.get("BACKUPKIT_SOURCE") or cfg.policy.path)
 
@@ -60,7 +59,7 @@ def ship(
 
     Runs until SIGTERM/SIGINT (then flushes complete transactions and exits 0). A second
     shipper of the same source waits as a hot standby and takes over when the first dies."""
-    from backupkit.strategies.binlog import ShipOptions, Shipper
+    from backupkit.strategies.binlog import ShipOptions, Shipper  # lazy: start-up time
 
     cfg = settings()
     pol = cfg.policy.binlog
@@ -132,7 +131,7 @@ def status(
     source_id: str = typer.Option(None, "--source-id", help="Only this source."),
 ) -> None:
     """Shipped range, lag behind the server (seconds and bytes) and the current loss window."""
-    from backupkit.strategies.binlog import resolve_source, shipping_status
+    from backupkit.strategies.binlog import resolve_source, shipping_status  # lazy: start-up time
 
     cfg = settings()
     store, catalog = open_catalog(create=False)
@@ -233,10 +232,9 @@ def events(
 
     Reads the segments in the repository, so it works with the source gone. It is how you find
     the DROP or the bad DELETE to stop a point-in-time restore before."""
-    from backupkit.mysql import binlog_events as be
-    from backupkit.repo.codec import iter_object
-    from backupkit.storage.base import ChunkReader
-    from backupkit.util.units import parse_time
+    from backupkit.mysql import binlog_events as be  # lazy: start-up time
+    from backupkit.repo.codec import iter_object  # lazy: start-up time
+    from backupkit.storage.base import ChunkReader  # lazy: start-up time
 
     t1 = parse_time(from_) if from_ else None
     t2 = parse_time(to) if to else None

@@ -63,7 +63,7 @@ def cold(
                                            help="Seconds to flush dirty pages before the stop (0: off)."),
 ) -> None:
     """Stop the server, copy its datadir to the repository, and start it again (always)."""
-    from backupkit.strategies.cold import ColdOptions, take_cold_backup
+    from backupkit.strategies.cold import ColdOptions, take_cold_backup  # lazy: start-up time
 
     cfg = settings()
     src, pol = cfg.policy.source, cfg.policy.cold
@@ -134,8 +134,8 @@ def cold(
 def restore_cold_cli(store, catalog, manifest, *, datadir: str | None, force: bool,
                      start_command: str | None, target: str | None, dry_run: bool) -> None:
     """`backupkit restore COLD_ID --datadir DIR [--start-command ...] [--target URL]`."""
-    from backupkit.mysql.connection import TARGET_PASSWORD_ENV, parse_conn
-    from backupkit.restore.cold import restore_cold
+    from backupkit.mysql.connection import TARGET_PASSWORD_ENV, parse_conn  # lazy: start-up time
+    from backupkit.restore.cold import restore_cold  # lazy: start-up time
 
     cfg = settings()
     spec = parse_conn(target, password_env=TARGET_PASSWORD_ENV) if target else None
@@ -150,7 +150,7 @@ def restore_cold_cli(store, catalog, manifest, *, datadir: str | None, force: bo
     data = result.to_dict() | {"kind": "cold", "duration": round(wall, 3)}
     loss = None
     if not dry_run:
-        from backupkit.restore.loss import loss_after_restore
+        from backupkit.restore.loss import loss_after_restore  # lazy: start-up time
 
         loss = loss_after_restore(catalog, manifest.source.source_id)
         data["loss"] = loss.to_dict() if loss else None

@@ -19,7 +19,7 @@ def json_mode() -> bool:
 
 def open_catalog(create: bool = True):
     """The store and catalog of the configured repository."""
-    from backupkit.repo.catalog import Catalog
+    from backupkit.repo.catalog import Catalog  # lazy: start-up time
 
     store = settings().open_store(create=create)
     return store, Catalog(store)
@@ -31,7 +31,7 @@ def render(data: dict[str, Any], human) -> None:
     With several storage targets, which target served what is added when a read fell back to
     another target or a target missed a write (storage/mirror/).
     """
-    from backupkit.storage.mirror import session_report
+    from backupkit.storage.mirror import session_report  # lazy: start-up time
 
     targets = session_report()
     if json_mode():

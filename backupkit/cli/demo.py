@@ -22,7 +22,7 @@ def demo(
 
     Needs only the MariaDB server binaries: it starts private servers on free ports and a
     repository in a temp folder, and cleans everything up, even on Ctrl-C."""
-    from backupkit.operations.demo import run_demo
+    from backupkit.operations.demo import run_demo  # lazy: start-up time
 
     quiet = json_mode()
     out = err_console if quiet else console

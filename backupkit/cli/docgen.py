@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+import click
 import typer
 
 from backupkit.cli.app import COMMON_HELP, app
@@ -22,8 +23,6 @@ def _param_line(p) -> str:
 
 
 def _walk(cmd, path: list[str], out: list[str]) -> None:
-    import click
-
     if path:
         out.append(f"{'#' * min(len(path) + 1, 4)} `backupkit {' '.join(path)}`\n")
         if cmd.help:

@@ -56,8 +56,8 @@ def targets_table(targets: list[dict]):
 
 def _targets(store) -> dict:
     """{"targets": lag of each storage target} when the repository has several (storage/mirror/)."""
-    from backupkit.repo.sync import target_status
-    from backupkit.storage.mirror import find_mirror
+    from backupkit.repo.sync import target_status  # lazy: start-up time
+    from backupkit.storage.mirror import find_mirror  # lazy: start-up time
 
     mirror = find_mirror(store)
     if mirror is None or len(mirror.targets) < 2:

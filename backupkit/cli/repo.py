@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import typer
 
-from backupkit.cli.common import open_catalog, render
+from backupkit.cli.common import json_mode, open_catalog, render, settings
+from backupkit.cli.console import console, emit_json, error_line, progress, table
+from backupkit.errors import ConfigError, UsageError
 from backupkit.repo import layout
-from backupkit.util.units import human_bytes, utc_iso
+from backupkit.util.units import human_bytes, human_seconds, utc_iso
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -72,11 +74,8 @@ def sync(
     parallel: int = typer.Option(4, "--parallel", min=1, max=64, help="Objects copied at once."),
 ) -> None:
     """Copy what a target lacks from the others, verified; resumable; how a new region is seeded."""
-    from backupkit.cli.common import json_mode, settings
-    from backupkit.cli.console import console, emit_json, error_line, progress
-    from backupkit.errors import UsageError
-    from backupkit.repo.sync import sync_stores
-    from backupkit.repo.targets import find_target, key_encryption_keys, target_specs
+    from backupkit.repo.sync import sync_stores  # lazy: start-up time
+    from backupkit.repo.targets import find_target, key_encryption_keys, target_specs  # lazy: start-up time
 
     cfg = settings()
     spec = cfg.repository_spec()
@@ -141,12 +140,13 @@ def sync(
 @app.command("targets")
 def targets() -> None:
     """Each storage target: reachable or not, what it lacks (its lag), and what survives its loss."""
-    from backupkit.cli.common import settings
-    from backupkit.cli.console import table
-    from backupkit.repo.sync import survival_by_target, target_status
-    from backupkit.repo.targets import key_encryption_keys, target_specs, wrap_encryption
-    from backupkit.restore.loss import loss_report
-    from backupkit.util.units import human_seconds
+    from backupkit.repo.sync import survival_by_target, target_status  # lazy: start-up time
+    from backupkit.repo.targets import (  # lazy: start-up time
+        key_encryption_keys,
+        target_specs,
+        wrap_encryption,
+    )
+    from backupkit.restore.loss import loss_report  # lazy: start-up time
 
     cfg = settings()
     spec = cfg.repository_spec()
@@ -171,9 +171,6 @@ def targets() -> None:
 
 def loss_by_target_table(survival: list[dict]):
     """A rich table: for each target, each strategy's newest recovery point and loss window if it is lost."""
-    from backupkit.cli.console import table
-    from backupkit.util.units import human_seconds
-
     rows = []
     for s in survival:
         if s.get("error"):
@@ -189,7 +186,7 @@ def loss_by_target_table(survival: list[dict]):
 @app.command("keygen")
 def keygen(path: str = typer.Argument(..., help="New key file (mode 0600; never overwritten).")) -> None:
     """Create a random 256-bit key file for encryption.key_file (or a rotation)."""
-    from backupkit.storage.crypto import write_key_file
+    from backupkit.storage.crypto import write_key_file  # lazy: start-up time
 
     kek = write_key_file(path)
     data = {"key_file": path, "fingerprint": kek.fingerprint}
@@ -212,11 +209,9 @@ def rotate_key_cmd(
                                       "objects (old objects keep theirs)."),
 ) -> None:
     """Re-wrap the repository's data keys with a new key; no data is re-encrypted."""
-    from backupkit.cli.common import settings
-    from backupkit.errors import ConfigError, UsageError
-    from backupkit.repo.keyring import rotate_key
-    from backupkit.repo.targets import key_encryption_keys, open_raw
-    from backupkit.storage.crypto import load_key_env, load_key_file
+    from backupkit.repo.keyring import rotate_key  # lazy: start-up time
+    from backupkit.repo.targets import key_encryption_keys, open_raw  # lazy: start-up time
+    from backupkit.storage.crypto import load_key_env, load_key_file  # lazy: start-up time
 
     if bool(new_key_file) == bool(new_key_env):
         raise UsageError("give exactly one of --new-key-file and --new-key-env")

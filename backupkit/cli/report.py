@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import typer
 
+from backupkit.cli.common import open_catalog, render, settings
 from backupkit.cli.console import loss_table
+from backupkit.cli.listing import _targets, targets_table
+from backupkit.cli.repo import loss_by_target_table
+from backupkit.util.units import parse_time
 
 
 def report(
@@ -14,15 +18,12 @@ def report(
                                help="Count lost transactions and rows from the shipped binlog."),
 ) -> None:
     """Loss window, lost transactions and rows, downtime and RTO of every strategy present."""
-    from backupkit.cli.common import open_catalog, render
-    from backupkit.restore.loss import loss_report
-    from backupkit.util.units import parse_time
+    from backupkit.restore.loss import loss_report  # lazy: start-up time
 
     when = parse_time(at) if at else None
     store, catalog = open_catalog(create=False)
     result = loss_report(catalog, at=when, source_id=source_id, count=count)
     by_target = _loss_by_target(store, when, source_id)  # several storage targets: storage/mirror/
-    from backupkit.cli.listing import _targets
 
     lag = _targets(store).get("targets")  # each target's lag (what it lacks)
 
@@ -35,12 +36,8 @@ def report(
             for n in s.notes:
                 console.print(f"[yellow]note:[/] {s.label}: {n}", highlight=False)
         if lag:
-            from backupkit.cli.listing import targets_table
-
             console.print(targets_table(lag))
         if by_target:
-            from backupkit.cli.repo import loss_by_target_table
-
             console.print(loss_by_target_table(by_target))
 
     extra = {"targets": lag, "if_target_lost": by_target} if by_target else {}
@@ -49,11 +46,10 @@ def report(
 
 def _loss_by_target(store, at: float | None, source_id: str | None) -> list[dict] | None:
     """Each strategy's loss window if one storage target is lost (None with a single target)."""
-    from backupkit.cli.common import settings
-    from backupkit.repo.sync import survival_by_target
-    from backupkit.repo.targets import key_encryption_keys, wrap_encryption
-    from backupkit.restore.loss import loss_report
-    from backupkit.storage.mirror import find_mirror
+    from backupkit.repo.sync import survival_by_target  # lazy: start-up time
+    from backupkit.repo.targets import key_encryption_keys, wrap_encryption  # lazy: start-up time
+    from backupkit.restore.loss import loss_report  # lazy: start-up time
+    from backupkit.storage.mirror import find_mirror  # lazy: start-up time
 
     mirror = find_mirror(store)
     if mirror is None or len(mirror.targets) < 2:

@@ -11,8 +11,10 @@ from typing import Any
 
 import typer
 
+from backupkit.cli.cold import restore_cold_cli
 from backupkit.cli.common import json_mode, open_catalog, render
 from backupkit.cli.console import loss_table, table, warn
+from backupkit.cli.snapshot import progress_view
 from backupkit.errors import BackupkitError, UsageError
 from backupkit.util.units import human_bytes, human_seconds
 
@@ -58,8 +60,6 @@ def restore(
                                  [x.strip() for d in databases or [] for x in d.split(",") if x.strip()],
                                  include_users, log_bin)
     if manifest.kind == "cold":
-        from backupkit.cli.cold import restore_cold_cli  # renders; --target: where it will answer
-
         return restore_cold_cli(store, catalog, manifest, datadir=datadir, force=force,
                                 start_command=start_command, target=target, dry_run=dry_run)
     raise BackupkitError(f"backup {backup_id} has unknown kind {manifest.kind!r}", "upgrade backupkit")
@@ -75,9 +75,8 @@ def _restore_pitr(args: dict[str, Any]) -> None:
 def _restore_snapshot(store, catalog, manifest, target: str | None, dry_run: bool, force: bool,
                       verify: bool, parallel: int | None, databases: list[str], include_users: bool,
                       log_bin: bool) -> None:
-    from backupkit.cli.snapshot import progress_view
-    from backupkit.mysql.connection import TARGET_PASSWORD_ENV, parse_conn
-    from backupkit.restore.load import RestoreOptions, restore_snapshot
+    from backupkit.mysql.connection import TARGET_PASSWORD_ENV, parse_conn  # lazy: start-up time
+    from backupkit.restore.load import RestoreOptions, restore_snapshot  # lazy: start-up time
 
     if not target:
         raise UsageError("a snapshot restore needs --target mysql://user@host:port",
@@ -104,7 +103,7 @@ def _restore_snapshot(store, catalog, manifest, target: str | None, dry_run: boo
     with progress_view("restore") as view:
         result = restore_snapshot(store, manifest, spec, options, progress=view, catalog=catalog)
     data = result.to_dict()
-    from backupkit.restore.loss import loss_after_restore
+    from backupkit.restore.loss import loss_after_restore  # lazy: start-up time
 
     loss = loss_after_restore(catalog, manifest.source.source_id)
     data["loss"] = loss.to_dict() if loss else None

@@ -82,7 +82,7 @@ def snapshot(
                                    help="CHECKSUM TABLE inside the snapshot, for restore --verify."),
 ) -> None:
     """Take a consistent snapshot of the source while it keeps serving writes."""
-    from backupkit.strategies.snapshot import SnapshotOptions, take_snapshot
+    from backupkit.strategies.snapshot import SnapshotOptions, take_snapshot  # lazy: start-up time
 
     cfg = settings()
     section = cfg.policy.snapshot

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import typer
 
+from backupkit.cli.common import json_mode, render, settings
+from backupkit.cli.console import as_progress, console, emit_json, info, progress, table
+from backupkit.errors import IntegrityError, UsageError
+from backupkit.util.units import human_bytes, human_seconds
+
 
 def verify(
     backup_id: str = typer.Argument(None, help="Backup to verify; omit (or --all) for everything."),
@@ -18,13 +23,9 @@ def verify(
 
     Exit code 5 when anything is wrong; each problem names the object.
     """
-    from backupkit.cli.common import json_mode, render, settings
-    from backupkit.cli.console import as_progress, emit_json, info, progress, table
-    from backupkit.errors import IntegrityError, UsageError
-    from backupkit.operations.verify import restore_test as run_restore_test
-    from backupkit.operations.verify import verify_repository
-    from backupkit.repo.catalog import Catalog
-    from backupkit.util.units import human_bytes, human_seconds
+    from backupkit.operations.verify import restore_test as run_restore_test  # lazy: start-up time
+    from backupkit.operations.verify import verify_repository  # lazy: start-up time
+    from backupkit.repo.catalog import Catalog  # lazy: start-up time
 
     if backup_id and all_:
         raise UsageError("give a backup id or --all, not both")
@@ -48,7 +49,7 @@ def verify(
                 report.restore_tests.append(run_restore_test(store, m, parallel,
                                                              say=lambda s: info(s, json_mode())))
             except IntegrityError as exc:
-                from backupkit.operations.verify import Problem
+                from backupkit.operations.verify import Problem  # lazy: start-up time
 
                 report.problems.append(Problem("restore", m.id, exc.message))
     data = report.to_dict()
@@ -83,7 +84,6 @@ def verify(
         more = f" (and {len(lines) - 1} more)" if len(lines) > 1 else ""
         emit_json({"ok": False, **data, "exit_code": 5, "error": lines[0] + more})
         raise typer.Exit(5)
-    from backupkit.cli.console import console
 
     human(console)
     raise IntegrityError("\n".join(lines))

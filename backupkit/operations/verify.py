@@ -18,10 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from backupkit.errors import BackupkitError, IntegrityError, ObjectNotFound
+from backupkit.mysql.sandbox import Sandbox
 from backupkit.repo import layout
 from backupkit.repo.catalog import BackupManifest, Catalog, GapInfo, SegmentInfo
 from backupkit.repo.codec import StoredObject, verify_object
 from backupkit.repo.coverage import build_runs
+from backupkit.restore.cold import restore_cold
+from backupkit.restore.load import RestoreOptions, restore_snapshot
 from backupkit.storage.base import ObjectStore
 from backupkit.util.progress import NullProgress, Progress
 from backupkit.util.units import utc_iso
@@ -211,8 +214,6 @@ def restore_test(store: ObjectStore, manifest: BackupManifest, parallel: int | N
     the snapshot. Cold: extracted (every file's sha256 checked) and the server started on it.
     The private server and its files are removed afterwards, whatever happens.
     """
-    from backupkit.mysql.sandbox import Sandbox
-
     say = say or (lambda m: None)
     catalog = Catalog(store)
     base = Path(tempfile.mkdtemp(prefix="backupkit-verify-"))
@@ -222,8 +223,6 @@ def restore_test(store: ObjectStore, manifest: BackupManifest, parallel: int | N
     checks: dict[str, Any] = {}
     try:
         if manifest.kind == "snapshot":
-            from backupkit.restore.load import RestoreOptions, restore_snapshot
-
             say(f"restore test of {manifest.id}: starting a private server")
             sandbox.start()
             t0 = time.time()
@@ -232,8 +231,6 @@ def restore_test(store: ObjectStore, manifest: BackupManifest, parallel: int | N
             checks = {"tables": res.tables, "rows": res.rows, "checksums_compared": res.verified_tables,
                       "load_seconds": round(time.time() - t0, 3)}
         elif manifest.kind == "cold":
-            from backupkit.restore.cold import restore_cold
-
             say(f"restore test of {manifest.id}: extracting into a private datadir")
             res = restore_cold(store, manifest, sandbox.datadir, start_command=sandbox.start_command(),
                                conn=sandbox.spec, pid_file=sandbox.pid_file,

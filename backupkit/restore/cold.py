@@ -21,7 +21,7 @@ from pathlib import Path
 
 from backupkit.errors import BackupkitError, UsageError
 from backupkit.mysql.connection import ConnSpec, connect
-from backupkit.mysql.control import ServiceControl, pid_alive, read_pid, servers_using
+from backupkit.mysql.control import ServiceControl, pid_alive, read_pid, run_command, servers_using
 from backupkit.repo import layout
 from backupkit.repo.catalog import BackupManifest, Catalog
 from backupkit.repo.codec import StoredObject, iter_object
@@ -220,8 +220,6 @@ def restore_cold(store: ObjectStore, manifest: BackupManifest, datadir: str | Pa
             result.start_seconds = round(report.seconds, 3)
             result.start_verified = True
         else:
-            from backupkit.mysql.control import run_command
-
             res = run_command(start_command, timeout=start_timeout)
             if res.returncode != 0:
                 raise BackupkitError(f"start command failed: {res.describe()}")

@@ -19,6 +19,8 @@ from typing import Any
 from backupkit.errors import ObjectNotFound, UsageError
 from backupkit.mysql.connection import TARGET_PASSWORD_ENV, ConnSpec
 from backupkit.repo.catalog import Catalog
+from backupkit.restore.cold import restore_cold
+from backupkit.restore.load import RestoreOptions, restore_snapshot
 from backupkit.restore.loss import LossReport, loss_after_restore
 from backupkit.restore.plan import Planner, RestorePlan
 from backupkit.restore.replay import ReachedPoint, ReplayResult, replay_segments
@@ -167,8 +169,6 @@ def restore_to_point(store: ObjectStore, catalog: Catalog, target: RestoreTarget
     t0 = time.monotonic()
     say(f"restoring {base.kind} backup {base.id}")
     if base.kind == "snapshot":
-        from backupkit.restore.load import RestoreOptions, restore_snapshot
-
         assert spec is not None
         options = RestoreOptions(force=force, verify=verify, parallel=parallel, log_bin=log_bin,
                                  include_users=include_users, record=False)
@@ -176,8 +176,6 @@ def restore_to_point(store: ObjectStore, catalog: Catalog, target: RestoreTarget
                                   progress=lambda ev, **kw: report("base", ev, **kw), catalog=catalog)
         result.base = loaded.to_dict()
     else:
-        from backupkit.restore.cold import restore_cold
-
         done = restore_cold(store, base, datadir, force=force, start_command=start_command,
                             conn=spec if start_command else None,
                             progress=_BaseBytes(report),

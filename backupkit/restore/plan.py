@@ -40,7 +40,7 @@ from backupkit.errors import PlanError
 from backupkit.repo.catalog import BackupManifest, GapInfo, SegmentInfo
 from backupkit.repo.coverage import Run, build_runs
 from backupkit.restore.stoppoint import Gtid, GtidPosition, RestoreTarget, parse_gtid_position, try_parse_gtid
-from backupkit.util.units import format_time
+from backupkit.util.units import format_time, human_bytes, human_seconds
 
 #: Throughput assumed when no restore has been measured yet (bytes per second of raw data).
 DEFAULT_RATES = {
@@ -118,8 +118,6 @@ class RestorePlan:
 
     def lines(self) -> list[str]:
         """The plan for people (--dry-run)."""
-        from backupkit.util.units import human_bytes, human_seconds
-
         b = self.base
         out = [f"target:    {self.target.describe()}",
                f"base:      {b.kind} {b.id} at {format_time(b.point.time)} "
