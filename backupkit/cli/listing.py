@@ -6,12 +6,13 @@ import typer
 
 from backupkit.cli.common import open_catalog, render
 from backupkit.cli.console import table
-from backupkit.repo.coverage import build_runs
 from backupkit.util.units import human_bytes, human_seconds, utc_iso
 
 
 def repository_listing(catalog) -> dict:
     """Backups, binlog coverage and gaps as plain data (shared by list, report and the demo)."""
+    from backupkit.repo.coverage import build_runs  # lazy: start-up time
+
     backups = catalog.backups()
     sources = catalog.sources()
     coverage, gaps = [], []
