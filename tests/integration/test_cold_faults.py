@@ -354,6 +354,40 @@ def test_crafted_archive_is_refused_and_nothing_is_written_outside(tmp_path, loc
     assert _tree_state(tmp_path) == state  # nothing anywhere, not even a partial datadir
 
 
+def _link_member(name: str, target: str) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.SYMTYPE
+    info.linkname = target
+    return info
+
+
+def test_chained_symlinks_leading_outside_are_refused_by_restore(tmp_path, local_url):
+    """The forged archive of issue 14 (defect 4): each link's text stays inside, the chain does not."""
+    store = open_store(local_url)
+    members: list[tuple[tarfile.TarInfo, bytes | None]] = []
+    records = []
+    for name in ("data", "data/d1", "data/d1/d2"):
+        info = tarfile.TarInfo(name)
+        info.type = tarfile.DIRTYPE
+        info.mode = 0o755
+        members.append((info, None))
+        records.append(FileRecord(path=name, type="dir", mode=0o755).to_dict())
+    for name, target in (("data/d1/d2/l2", "../.."), ("data/aria_log_control", "d1/d2/l2/../OUTSIDE")):
+        members.append((_link_member(name, target), None))
+        records.append(FileRecord(path=name, type="symlink", target=target).to_dict())
+    bid = _commit(store, members, records)
+    work = tmp_path / "work"
+    work.mkdir()
+    state = _tree_state(tmp_path)
+    r = run_cli("restore", bid, "--storage", local_url, "--datadir", str(work / "data"))
+    assert r.returncode == 5, r.stderr
+    errors = _error_lines(r.stderr)
+    assert len(errors) == 1 and "Traceback" not in r.stderr
+    assert "aria_log_control" in errors[0] and "outside" in errors[0]
+    assert _tree_state(tmp_path) == state
+    assert not (work / "OUTSIDE").exists() and not (tmp_path / "OUTSIDE").exists()
+
+
 def test_restore_over_a_non_empty_datadir_needs_force_and_moves_it_aside(tmp_path, local_url):
     store = open_store(local_url)
     src = tmp_path / "src"

@@ -6,6 +6,7 @@ import hashlib
 import io
 import os
 import shutil
+import stat
 import subprocess
 import tarfile
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 
 from backupkit.errors import IntegrityError
 from backupkit.strategies.cold.tar import FileRecord, Root, TarWriter, link_stays_inside
-from backupkit.strategies.cold.untar import UnsafeArchive, check_records, extract
+from backupkit.strategies.cold.untar import UnsafeArchive, check_records, extract, resolve_link
 
 MiB = 1 << 20
 
@@ -213,3 +214,72 @@ def test_damaged_content_and_missing_members_are_integrity_errors(tmp_path):
     out.mkdir()
     with pytest.raises(IntegrityError, match="not in the manifest"):
         extract(_chunks(data), {"data": out}, [root_rec])
+
+
+def _link(name: str, target: str) -> tuple[tarfile.TarInfo, None]:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.SYMTYPE
+    info.linkname = target
+    return info, None
+
+
+def _dir(name: str) -> tuple[tarfile.TarInfo, None]:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.DIRTYPE
+    info.mode = 0o755
+    return info, None
+
+
+def test_chained_links_leading_outside_are_refused(tmp_path):
+    """data/d1/d2/l2 -> ../.. makes d1/d2/l2/../OUTSIDE the folder above data (issue 14, defect 4)."""
+    out = tmp_path / "target" / "data"
+    out.mkdir(parents=True)
+    root_member, root_rec = _root_rec()
+    members = [root_member, _dir("data/d1"), _dir("data/d1/d2"), _link("data/d1/d2/l2", "../.."),
+               _link("data/aria_log_control", "d1/d2/l2/../OUTSIDE")]
+    records = [root_rec, FileRecord(path="data/d1", type="dir", mode=0o755),
+               FileRecord(path="data/d1/d2", type="dir", mode=0o755),
+               FileRecord(path="data/d1/d2/l2", type="symlink", target="../.."),
+               FileRecord(path="data/aria_log_control", type="symlink", target="d1/d2/l2/../OUTSIDE")]
+    assert link_stays_inside("aria_log_control", "d1/d2/l2/../OUTSIDE")  # the old, textual check
+    with pytest.raises(UnsafeArchive, match="through other links"):
+        check_records(records, ["data"])
+    with pytest.raises(UnsafeArchive):
+        extract(_chunks(_crafted(members)), {"data": out}, records)
+    assert list(out.iterdir()) == []
+    assert sorted(p.name for p in (tmp_path / "target").iterdir()) == ["data"]
+
+
+@pytest.mark.parametrize(("links", "bad"), [
+    ({"a": "b", "b": "a"}, "a"),                      # a loop
+    ({"x/l": "..", "y": "x/l/.."}, "y"),              # x/l is the root, so y is its parent
+    ({"x/l": "../..", "y": "x/l/z"}, "y"),
+    ({"l1": "x", "x": "../out"}, "l1"),                # a link to a link that leaves
+])
+def test_resolve_link_follows_links_like_the_kernel(links, bad):
+    assert resolve_link(bad, links) is None
+
+
+def test_resolve_link_keeps_links_that_stay_inside():
+    links = {"d/l": "..", "y": "d/l/d/f", "z": "y", "w": "./d/../d"}
+    assert resolve_link("d/l", links) == ""
+    assert resolve_link("y", links) == "d/f"
+    assert resolve_link("z", links) == "d/f"
+    assert resolve_link("w", links) == "d"
+
+
+def test_setuid_and_setgid_bits_are_dropped(tmp_path):
+    out = tmp_path / "data"
+    out.mkdir()
+    root_member, root_rec = _root_rec()
+    info, payload = _file("data/suid", b"#!/bin/sh\n")
+    info.mode = 0o6755
+    sub = tarfile.TarInfo("data/sub")
+    sub.type = tarfile.DIRTYPE
+    sub.mode = 0o2775
+    rec = _rec("data/suid", payload)
+    rec.mode = 0o6755
+    extract(_chunks(_crafted([root_member, (info, payload), (sub, None)])), {"data": out},
+            [root_rec, rec, FileRecord(path="data/sub", type="dir", mode=0o2775)])
+    assert stat.S_IMODE(os.stat(out / "suid").st_mode) == 0o755
+    assert stat.S_IMODE(os.stat(out / "sub").st_mode) == 0o775

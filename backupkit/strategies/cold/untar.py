@@ -2,8 +2,10 @@
 
 ``extract`` reads a tar stream (tarfile in stream mode) and writes only what the manifest
 lists, into folders it owns: no absolute names, no ``..``, no link that leads out of its root,
-no devices, fifos or hard links, no writing through a symlink. Modes, times and (when run as
-root) owners are kept; holes of sparse files stay holes.
+no devices, fifos or hard links, no writing through a symlink. Every link is resolved the way
+the kernel would, against the links already listed, so a chain of links cannot lead out either.
+Modes (without setuid/setgid), times and (when run as root) owners are kept; holes of sparse
+files stay holes.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import grp
 import hashlib
 import io
 import os
+import posixpath
 import pwd
 import stat
 import tarfile
@@ -44,6 +47,45 @@ def check_member_name(name: str, roots: Iterable[str]) -> tuple[str, str]:
     return root, rel
 
 
+MAX_LINK_HOPS = 40  # what Linux allows before ELOOP
+_NO_SUID = ~(stat.S_ISUID | stat.S_ISGID) & 0o7777
+
+
+def restored_mode(mode: int) -> int:
+    """The permission bits written on extraction: setuid and setgid are never restored."""
+    return mode & _NO_SUID
+
+
+def resolve_link(rel: str, links: dict[str, str]) -> str | None:
+    """Where the symlink at rel leads inside its root, resolving the links of that root as the
+    kernel would (links: relative path -> target); None when it leaves the root, is absolute,
+    or loops."""
+    parts = [p for p in posixpath.dirname(rel).split("/") if p]
+    pending = list(links.get(rel, "").split("/"))
+    if not links.get(rel) or links[rel].startswith("/") or "\0" in links[rel]:
+        return None
+    hops = 0
+    while pending:
+        comp = pending.pop(0)
+        if comp in ("", "."):
+            continue
+        if comp == "..":
+            if not parts:
+                return None
+            parts.pop()
+            continue
+        here = "/".join([*parts, comp])
+        target = links.get(here)
+        if target is None:
+            parts.append(comp)
+            continue
+        hops += 1
+        if hops > MAX_LINK_HOPS or not target or target.startswith("/") or "\0" in target:
+            return None
+        pending[:0] = target.split("/")  # resolved relative to the folder holding that link
+    return "/".join(parts)
+
+
 # -- reading -------------------------------------------------------------------------
 @dataclass
 class ExtractStats:
@@ -56,6 +98,8 @@ class ExtractStats:
 def check_records(records: Iterable[FileRecord], roots: Iterable[str]) -> None:
     """Refuse a manifest file list with any unsafe name or link, before anything is written."""
     roots = set(roots)
+    records = list(records)
+    links: dict[str, dict[str, str]] = {}
     for rec in records:
         if rec.path in roots:
             if rec.type != "dir":
@@ -66,6 +110,21 @@ def check_records(records: Iterable[FileRecord], roots: Iterable[str]) -> None:
             raise UnsafeArchive(f"archive member {rec.path!r} has type {rec.type!r}")
         if rec.type == "symlink" and not link_stays_inside(rel, rec.target):
             raise UnsafeArchive(f"symlink {rec.path!r} -> {rec.target!r} leads outside its folder")
+        if rec.type == "symlink":
+            links.setdefault(_root, {})[rel] = rec.target
+    for root, root_links in links.items():
+        for rel in root_links:
+            if resolve_link(rel, root_links) is None:
+                raise UnsafeArchive(f"symlink {root}/{rel} -> {root_links[rel]!r} leads outside "
+                                    "its folder through other links",
+                                    "a link's path is resolved through the archive's links")
+    for rec in records:  # nothing is written through a listed link (extract checks it again)
+        parent = posixpath.dirname(rec.path)
+        while parent and parent not in roots:
+            root, _, rel = parent.partition("/")
+            if rel in links.get(root, {}):
+                raise UnsafeArchive(f"archive member {rec.path!r} lies under the symlink {parent!r}")
+            parent = posixpath.dirname(parent)
 
 
 def _ensure_real_dir(base: Path, rel: str, made: list[tuple[Path, FileRecord | None]]) -> Path:
@@ -176,7 +235,7 @@ def extract(chunks: Iterable[bytes], targets: dict[str, Path], records: list[Fil
                 path = _ensure_real_dir(base, rel, dirs)
                 _write_member(tar, member, path, rec, on_bytes)
                 owner.apply(path, rec)
-                os.chmod(path, rec.mode)
+                os.chmod(path, restored_mode(rec.mode))  # after chown, which may clear them anyway
                 os.utime(path, (rec.mtime, rec.mtime))
                 stats.files += 1
                 stats.bytes += rec.size
@@ -191,7 +250,7 @@ def extract(chunks: Iterable[bytes], targets: dict[str, Path], records: list[Fil
         if rec is None:
             continue
         owner.apply(path, rec)
-        os.chmod(path, rec.mode)
+        os.chmod(path, restored_mode(rec.mode))
         os.utime(path, (rec.mtime, rec.mtime))
     return stats
 
