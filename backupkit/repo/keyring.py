@@ -135,9 +135,21 @@ class Keyring:
         return ring
 
     # -- rotation -----------------------------------------------------------------------
+    def writable_id(self) -> str:
+        """The data key this host writes with: the newest one its keys open.
+
+        A keyring whose newest data key was wrapped by a new key only (a rotation with
+        --new-data-key by an older backupkit) still leaves hosts on the old key writing."""
+        deks = [d for d in self.body["data_keys"] if d["id"] in self.keys]
+        return max(deks, key=lambda d: (d["created_at"], d["id"]))["id"]
+
     def rotated(self, new: KeyEncryptionKey, retire_old: bool = False,
-                new_data_key: bool = False) -> dict[str, Any]:
-        """A new keyring body: every data key also wrapped by `new`; old wraps dropped if retire_old."""
+                new_data_key: bool = False,
+                current: list[KeyEncryptionKey] | None = None) -> dict[str, Any]:
+        """A new keyring body: every data key also wrapped by `new`; old wraps dropped if retire_old.
+
+        A new data key is wrapped by `new` and, unless retire_old, by every current key that
+        wraps the existing ones, so hosts still on an old key keep reading what new hosts write."""
         missing = [d["id"] for d in self.body["data_keys"] if d["id"] not in self.keys]
         if missing:
             raise IntegrityError(f"cannot rotate: data keys {', '.join(missing)} in {layout.KEYRING!r} are "
@@ -150,8 +162,12 @@ class Keyring:
             deks.append({**d, "wraps": wraps})
         if new_data_key:
             dek_id = secrets.token_bytes(DEK_ID_LEN).hex()
+            dek = secrets.token_bytes(KEY_LEN)
+            wrapping = {w["fingerprint"] for w in self.wrapped_by()}
+            keeps = [] if retire_old else [k for k in current or [] if k.fingerprint in wrapping
+                                           and k.fingerprint != new.fingerprint]
             deks.append({"id": dek_id, "created_at": time.time(),
-                         "wraps": [self.wrap(dek_id, secrets.token_bytes(KEY_LEN), new)]})
+                         "wraps": [self.wrap(dek_id, dek, kek) for kek in [new, *keeps]]})
         body["data_keys"] = deks
         body["updated_at"] = time.time()
         return body
@@ -163,7 +179,7 @@ def rotate_key(store: ObjectStore, current: list[KeyEncryptionKey], new: KeyEncr
     ring = Keyring.load(store, current)
     if ring is None:
         raise ConfigError(f"{store.describe()} has no keyring", "it is not an encrypted repository yet")
-    body = ring.rotated(new, retire_old=retire_old, new_data_key=new_data_key)
+    body = ring.rotated(new, retire_old=retire_old, new_data_key=new_data_key, current=current)
     if not store.replace_if_match(layout.KEYRING, encode_manifest(body), ring.etag):
         raise StorageError(f"{layout.KEYRING!r} changed while rotating", "run the rotation again")
     # Read back with the new key alone: a rotation that cannot be opened must not go unnoticed.
@@ -209,7 +225,8 @@ class RepositoryKeys(DataKeys):
 
     def for_write(self) -> tuple[str, bytes]:
         ring = self.keyring(for_write=True)
-        return ring.current_id, ring.keys[ring.current_id]
+        dek_id = ring.writable_id()
+        return dek_id, ring.keys[dek_id]
 
     def for_read(self, dek_id: str, key: str) -> bytes:
         ring = self._ring or self.keyring()
@@ -229,7 +246,7 @@ class RepositoryKeys(DataKeys):
     def info(self) -> dict[str, Any]:
         ring = self.keyring(for_write=True)
         kek = self.keks[0]
-        return {"cipher": CIPHER, "chunk_size": CHUNK_SIZE, "data_key_id": ring.current_id,
+        return {"cipher": CIPHER, "chunk_size": CHUNK_SIZE, "data_key_id": ring.writable_id(),
                 "key_id": kek.key_id, "key_fingerprint": kek.fingerprint}
 
 

@@ -170,3 +170,38 @@ def test_after_key_rotation_old_backups_still_restore(source, mariadb_factory, t
     assert table_checksums(target, ["secret_db"]) == source.at_snapshot
     r = run_cli("list", "--policy", policy1)
     assert r.returncode == 5 and "wrong key" in _one_line(r)
+
+
+def test_rotation_with_a_new_data_key_keeps_hosts_on_the_old_key_working(source, mariadb_factory,
+                                                                          tmp_path, s3_url):
+    """Issue 14, defect 5: both keys work until --retire-old, on two hosts sharing the repository."""
+    k1, k2 = _keygen(tmp_path, "k1.key"), _keygen(tmp_path, "k2.key")
+    host1 = _policy(tmp_path, s3_url, k1)
+    host2 = _policy(tmp_path, s3_url, k2, "k2", name="host2")
+    first = _snapshot_and_ship(source, host1)
+    r = run_cli("repo", "rotate-key", "--policy", host1, "--new-key-file", k2, "--new-key-id", "k2",
+                "--new-data-key", "--json")
+    assert r.returncode == 0, r.stderr
+    assert sorted(w["key_id"] for w in json.loads(r.stdout)["wrapped_by"]) == ["k1", "k2"]
+    ids = [first]
+    for host in (host1, host2, host1):  # the old host writes, the new one writes, the old one again
+        snap = run_cli("snapshot", "--policy", host, "--source", source.url, "--databases", "secret_db",
+                       "--json")
+        assert snap.returncode == 0, snap.stderr
+        ids.append(json.loads(snap.stdout)["backup_id"])
+    at_k2_snapshot = table_checksums(source, ["secret_db"])
+    for host in (host1, host2):
+        lst = run_cli("list", "--policy", host, "--json")
+        assert lst.returncode == 0, lst.stderr
+        assert {b["id"] for b in json.loads(lst.stdout)["backups"]} >= set(ids)
+    target = mariadb_factory(server_id=2)
+    r = run_cli("restore", ids[2], "--policy", host1, "--target", target.url, "--json", env=ENV)
+    assert r.returncode == 0, r.stderr  # written by the k2 host, read by the k1 host
+    assert table_checksums(target, ["secret_db"]) == at_k2_snapshot
+    # retiring the old key is what ends it
+    r = run_cli("repo", "rotate-key", "--policy", host2, "--new-key-file", k2, "--new-key-id", "k2",
+                "--retire-old", "--json")
+    assert r.returncode == 0, r.stderr
+    r = run_cli("list", "--policy", host1)
+    assert r.returncode == 5 and "wrong key" in _one_line(r)
+    assert run_cli("list", "--policy", host2).returncode == 0

@@ -11,6 +11,7 @@ import pytest
 
 from backupkit.errors import ConfigError, IntegrityError
 from backupkit.repo import layout
+from backupkit.repo.catalog import encode_manifest
 from backupkit.repo.codec import put_object, read_object
 from backupkit.repo.keyring import Keyring, open_encrypted, rotate_key
 from backupkit.storage.crypto import (
@@ -227,3 +228,16 @@ def test_old_keys_still_open_the_repository_for_reading(tmp_path):
     obj = put_object(open_encrypted(LocalStore(tmp_path), [old]), "d/o.zst", [b"x" * 10])
     # A policy that names the new key but keeps the old one: reads work before the rotation ran.
     assert read_object(open_encrypted(LocalStore(tmp_path), [new, old]), obj) == b"x" * 10
+
+
+def test_a_keyring_whose_newest_data_key_only_the_new_key_opens_still_lets_old_hosts_write(tmp_path):
+    """A keyring rotated with --new-data-key by an older backupkit (new data key wrapped by k2 only)."""
+    k1, k2 = kek("k1"), kek("k2")
+    put_object(open_encrypted(LocalStore(tmp_path), [k1]), "d/o.zst", [b"one"])
+    ring = Keyring.load(LocalStore(tmp_path), [k1])
+    body = ring.rotated(k2, new_data_key=True)  # no current keys given: the new data key has k2 only
+    assert LocalStore(tmp_path).replace_if_match(layout.KEYRING, encode_manifest(body), ring.etag)
+    old_host = open_encrypted(LocalStore(tmp_path), [k1])
+    obj = put_object(old_host, "d/o2.zst", [b"two"])  # was KeyError: the newest key is not k1's
+    assert read_object(open_encrypted(LocalStore(tmp_path), [k1]), obj) == b"two"
+    assert old_host.encryption_info()["data_key_id"] != Keyring.load(LocalStore(tmp_path), [k2]).current_id
