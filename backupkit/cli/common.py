@@ -25,6 +25,13 @@ def open_catalog(create: bool = True):
     return store, Catalog(store)
 
 
+def open_repo(create: bool = True):
+    """The configured repository (repo/repository.py)."""
+    from backupkit.repo.repository import Repository
+
+    return Repository(settings().open_store(create=create))
+
+
 def render(data: dict[str, Any], human) -> None:
     """JSON in --json mode, otherwise call human(console) to print rich output.
 

@@ -4,21 +4,24 @@ from __future__ import annotations
 
 import typer
 
-from backupkit.cli.common import open_catalog, render
+from backupkit.cli.common import open_repo, render
 from backupkit.cli.console import table
 from backupkit.util.units import human_bytes, human_seconds, utc_iso
 
 
-def repository_listing(catalog) -> dict:
-    """Backups, binlog coverage and gaps as plain data (shared by list, report and the demo)."""
+def repository_listing(repo) -> dict:
+    """Backups, binlog coverage and gaps as plain data (shared by list, report and the demo).
+
+    repo: a Repository (or a Catalog: the same reading methods)."""
     from backupkit.repo.coverage import build_runs  # lazy: start-up time
 
-    backups = catalog.backups()
-    sources = catalog.sources()
+    backups = repo.backups()
+    sources = repo.sources()
     coverage, gaps = [], []
     for sid in sources:
-        segs = catalog.segments(sid)
-        for run in build_runs(segs, catalog.gaps(sid)):
+        segs = repo.segments(sid)
+        source_gaps = repo.gaps(sid)
+        for run in build_runs(segs, source_gaps):
             coverage.append({
                 "source_id": sid, "range_id": run.range_id,
                 "start": f"{run.start[0]}:{run.start[1]}", "end": f"{run.end[0]}:{run.end[1]}",
@@ -27,12 +30,12 @@ def repository_listing(catalog) -> dict:
                 "last_gtid": run.last.gtid_state,
                 "segments": run.count, "stored_bytes": run.stored_bytes,
             })
-        for g in catalog.gaps(sid):
+        for g in source_gaps:
             gaps.append({"source_id": sid, "after": f"{g.after_file}:{g.after_pos}",
                          "resume": f"{g.resume_file}:{g.resume_pos}" if g.resume_file else "not resumed",
                          "detected_at": utc_iso(g.detected_at), "reason": g.reason})
     return {
-        "storage": catalog.store.describe(),
+        "storage": repo.store.describe(),
         "backups": [{
             "id": b.id, "kind": b.kind, "source_id": b.source.source_id,
             "point_time": utc_iso(b.point.time), "binlog": f"{b.point.file}:{b.point.pos}",
@@ -42,7 +45,7 @@ def repository_listing(catalog) -> dict:
         } for b in backups],
         "binlog_coverage": coverage,
         "gaps": gaps,
-        **_targets(catalog.store),
+        **_targets(repo.store),
     }
 
 
@@ -70,8 +73,7 @@ def list_cmd(
     kind: str = typer.Option(None, "--kind", help="Only backups of this kind: snapshot or cold."),
 ) -> None:
     """Show backups and binlog coverage."""
-    store, catalog = open_catalog(create=False)
-    data = repository_listing(catalog)
+    data = repository_listing(open_repo(create=False))
     if kind:
         data["backups"] = [b for b in data["backups"] if b["kind"] == kind]
 

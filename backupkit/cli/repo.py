@@ -26,11 +26,11 @@ def info() -> None:
         totals["bytes"] += obj.size
         if layout.backup_id_of(obj.key):
             totals["backups"] += 1
-        if obj.key.startswith(layout.BACKUPS):
+        if layout.is_backup_key(obj.key):
             totals["backup_bytes"] += obj.size
         if layout.is_segment_index(obj.key):
             totals["segments"] += 1
-        elif obj.key.startswith(layout.BINLOG):
+        elif layout.is_binlog_key(obj.key):
             totals["segment_bytes"] += obj.size
     data = {
         "storage": store.describe(),

@@ -23,8 +23,8 @@ from typing import Any
 
 from backupkit.errors import BackupkitError
 from backupkit.operations.retention import PrunePlan, RetentionCheckError, RetentionRules, plan_prune
-from backupkit.repo import layout
-from backupkit.repo.catalog import Catalog, SegmentInfo
+from backupkit.repo.catalog import SegmentInfo
+from backupkit.repo.repository import Repository
 from backupkit.storage.base import ObjectStore
 from backupkit.util.units import utc_iso
 
@@ -102,11 +102,11 @@ def prune(store: ObjectStore, rules: RetentionRules, *, dry_run: bool = False,
           orphan_grace: float = ORPHAN_GRACE) -> PruneResult:
     """Apply retention rules to the repository in store (see the module doc for the order)."""
     now = time.time() if now is None else now
-    catalog = Catalog(store)
-    backups = catalog.backups()  # a damaged manifest stops prune before it deletes anything
-    sources = sorted(set(catalog.sources()) | {b.source.source_id for b in backups})
-    segments = {sid: catalog.segments(sid) for sid in sources}
-    gaps = {sid: catalog.gaps(sid) for sid in sources}
+    repo = Repository(store)
+    backups = repo.backups()  # a damaged manifest stops prune before it deletes anything
+    sources = sorted(set(repo.sources()) | {b.source.source_id for b in backups})
+    segments = {sid: repo.segments(sid) for sid in sources}
+    gaps = {sid: repo.gaps(sid) for sid in sources}
     try:
         plan = plan_prune(backups, segments, rules, now, tz, gaps)
     except RetentionCheckError as exc:
@@ -116,26 +116,26 @@ def prune(store: ObjectStore, rules: RetentionRules, *, dry_run: bool = False,
     result = PruneResult(plan, dry_run)
     for segs in segments.values():
         result.order.update({x.key: i for i, x in enumerate(segs)})
-    result.orphans = find_orphans(store, catalog, now - orphan_grace, set(plan.remove_backups),
+    result.orphans = repo.orphans(now - orphan_grace, plan.remove_backups,
                                   {s.key for s, _ in plan.remove_segments})
     sizes: dict[str, int] = {}
     backup_data: dict[str, list[str]] = {}
     for bid in plan.remove_backups:
         keys = []
-        for info in store.list(layout.backup_prefix(bid)):
+        for info in repo.backup_objects(bid):
             sizes[info.key] = info.size
-            if info.key != layout.backup_manifest(bid):
+            if not repo.is_manifest(info):
                 keys.append(info.key)
         backup_data[bid] = keys
     result.freed_bytes = (sum(sizes.values())
                           + sum(s.object.size for s, _ in plan.remove_segments)
-                          + sum(_size(store, k) for k in result.orphans))
+                          + sum(repo.size_of(k) for k in result.orphans))
     if dry_run:
         return result
     deleted = 0
     # 1. backup manifests: each backup vanishes whole.
     for bid in sorted(plan.remove_backups):
-        store.delete([layout.backup_manifest(bid)])
+        repo.uncommit_backup(bid)
         deleted += 1
     # 2. segment index entries, oldest first, one at a time.
     by_source: dict[str, list[SegmentInfo]] = defaultdict(list)
@@ -143,27 +143,24 @@ def prune(store: ObjectStore, rules: RetentionRules, *, dry_run: bool = False,
         by_source[s.source_id].append(s)
     for sid in sorted(by_source):
         for s in sorted(by_source[sid], key=lambda s: (s.binlog_file, s.start_pos, s.end_pos)):
-            store.delete([s.key])
+            repo.uncommit_segment(s)
             deleted += 1
     # 3. gap records before every kept segment.
-    gap_keys = [layout.gap_record(g.source_id, g.after_file, g.after_pos) for g, _ in plan.remove_gaps]
-    if gap_keys:
-        store.delete(gap_keys)
-        deleted += len(gap_keys)
+    deleted += repo.forget_gaps(g for g, _ in plan.remove_gaps)
     # 4. data objects nothing refers to any more.
     data = [k for keys in backup_data.values() for k in keys] + \
         [s.object.key for s, _ in plan.remove_segments]
     if data:
-        store.delete(data)
+        repo.delete(data)
         deleted += len(data)
     # 5. old orphans.
     if result.orphans:
-        store.delete(result.orphans)
+        repo.delete(result.orphans)
         deleted += len(result.orphans)
     # 6. the roll-ups of the index (a cache: see Catalog.segments): up to date for what is left.
     for sid in sources:
         try:
-            rolled = catalog.roll_up(sid)
+            rolled = repo.roll_up(sid)
         except BackupkitError as exc:  # a cache: what was pruned stays pruned; say it and go on
             log.warning("roll-up of %s not brought up to date: %s", sid, exc.message)
             continue
@@ -171,37 +168,3 @@ def prune(store: ObjectStore, rules: RetentionRules, *, dry_run: bool = False,
         result.rollups_written += len(rolled["written"])
     result.deleted_objects = deleted
     return result
-
-
-def _size(store: ObjectStore, key: str) -> int:
-    info = store.stat(key)
-    return info.size if info else 0
-
-
-def find_orphans(store: ObjectStore, catalog: Catalog, older_than: float, removing: set[str],
-                 removing_segments: set[str]) -> list[str]:
-    """Data objects whose manifest or index entry does not exist, last written before older_than."""
-    present = set()
-    candidates: dict[str, list[tuple[str, float]]] = defaultdict(list)
-    for prefix in (layout.BACKUPS, layout.BINLOG):
-        for info in store.list(prefix):
-            if layout.is_commit_marker(info.key):
-                present.add(info.key)
-                continue
-            marker = layout.commit_marker_of(info.key)
-            if marker is not None:
-                candidates[marker].append((info.key, info.mtime))
-    out: list[str] = []
-    for marker, objs in candidates.items():
-        if marker in present:
-            continue
-        bid = layout.backup_id_of(marker)
-        if bid is not None and bid in removing:
-            continue  # removed in step 4 already
-        if marker in removing_segments:
-            continue
-        # A backup still being written has recent objects: leave the whole group alone.
-        if max(m for _, m in objs) >= older_than:
-            continue
-        out.extend(k for k, _ in objs)
-    return sorted(out)

@@ -37,6 +37,11 @@ def backup_manifest(backup_id: str) -> str:
     return f"{BACKUPS}{backup_id}/{MANIFEST}"
 
 
+def is_backup_key(key: str) -> bool:
+    """True for every object of a backup (data and manifest)."""
+    return key.startswith(BACKUPS)
+
+
 def backup_id_of(key: str) -> str | None:
     """The backup id of a manifest key, or None for any other key."""
     parts = key.split("/")
@@ -71,6 +76,11 @@ def cold_config(backup_id: str) -> str:
 
 
 # -- binlog --------------------------------------------------------------------
+def is_binlog_key(key: str) -> bool:
+    """True for every object of the shipped binlog (segments, index entries, roll-ups, gaps)."""
+    return key.startswith(BINLOG)
+
+
 def binlog_prefix(source_id: str) -> str:
     return f"{BINLOG}{enc(source_id)}/"
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from backupkit.errors import ObjectNotFound, UsageError
 from backupkit.mysql.connection import TARGET_PASSWORD_ENV, ConnSpec
+from backupkit.repo import layout
 from backupkit.repo.catalog import Catalog
 from backupkit.restore.cold import restore_cold
 from backupkit.restore.load import RestoreOptions, restore_snapshot
@@ -131,7 +132,7 @@ def preflight(store: ObjectStore, plan: RestorePlan) -> None:
         found = list(pool.map(store.stat, keys))
     for key, info in zip(keys, found, strict=True):
         if info is None:
-            what = "segment" if key.startswith("binlog/") else f"{plan.base.kind} backup {plan.base.id}"
+            what = "segment" if layout.is_binlog_key(key) else f"{plan.base.kind} backup {plan.base.id}"
             raise ObjectNotFound(key, f"{store.describe()} ({what}); nothing was changed")
 
 

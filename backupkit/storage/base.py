@@ -94,8 +94,8 @@ class ObjectStore(abc.ABC):
         """Overwrite a small object only if its tag is still etag; False otherwise."""
 
     def check(self) -> None:
-        """Raise StorageError unless the target is reachable and usable."""
-        self.stat("backupkit.json")
+        """Raise StorageError unless the target is reachable and usable (stores override this)."""
+        self.stat("check")
 
     def get_bytes(self, key: str) -> bytes:
         """The whole content of a small object."""

@@ -342,9 +342,6 @@ class S3Store(ObjectStore):
         except ClientError as exc:
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
             if status == 404 and self._code(exc) != "NoSuchBucket":
-                # HEAD has no body, so a missing bucket looks like a missing key: ask once.
-                if key == "backupkit.json":
-                    self.check_bucket()
                 return None
             raise self._error(exc, "stat", key) from exc
         except Exception as exc:

@@ -53,6 +53,9 @@ class TargetStore(ObjectStore):
     def read_small(self, key: str) -> tuple[bytes, str]:
         return self.mirror.call(self.target, self.target.store.read_small, key)
 
+    def check(self) -> None:
+        self.mirror.call(self.target, self.target.store.check)
+
     def describe(self) -> str:
         return self.target.describe()
 
