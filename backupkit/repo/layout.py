@@ -75,6 +75,11 @@ def cold_config(backup_id: str) -> str:
     return f"{BACKUPS}{backup_id}/server.cnf.zst"
 
 
+def physical_part(backup_id: str, part: int) -> str:
+    """One bounded-size piece of a physical backup's mbstream (mariadb-backup --stream), zstd."""
+    return f"{BACKUPS}{backup_id}/physical.{part:05d}.mbstream.zst"
+
+
 # -- binlog --------------------------------------------------------------------
 def is_binlog_key(key: str) -> bool:
     """True for every object of the shipped binlog (segments, index entries, roll-ups, gaps)."""

@@ -1,0 +1,349 @@
+"""Restore a physical backup (a mariadb-backup chain) into a datadir, then start the server on it.
+
+The steps, in an order that never loses what is there:
+1. the chain (full backup first, then each incremental) is read and every object checked present;
+   a missing link or object is an error (exit 5 for a broken chain) before anything is touched;
+2. each link's stored parts are streamed (checksums verified) into ``mbstream -x`` in a staging
+   folder beside the datadir (``<datadir>.partial-<UTC time>``, so the final move is a rename);
+3. ``mariadb-backup --prepare`` makes the full backup consistent, then applies each incremental in
+   order with ``--incremental-dir``;
+4. only then is an existing datadir moved aside (``--force``; renamed to
+   ``<datadir>.before-<UTC time>``, never deleted) and the prepared folder renamed into place,
+   owned like the datadir it replaces;
+5. ``--start-command`` starts the server; the manifest's point is where binlog replay continues.
+
+A failure or Ctrl-C in steps 1-3 removes the staging folder and leaves the datadir untouched.
+``prepare_chain`` (steps 1-3 into any folder) is what ``verify --restore-test`` uses as well.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from backupkit.errors import BackupkitError, IntegrityError, ObjectNotFound, StorageError, UsageError
+from backupkit.mysql.connection import ConnSpec
+from backupkit.mysql.control import ServiceControl
+from backupkit.mysql.mariabackup import find_mbstream, find_tool
+from backupkit.repo.catalog import BackupManifest, Catalog, utc_iso
+from backupkit.repo.chain import PHYSICAL, chain_of, chain_raw_bytes
+from backupkit.repo.codec import iter_object
+from backupkit.restore.cold import _non_empty, _server_running, _stamp, _unique
+from backupkit.storage.base import ObjectStore
+from backupkit.storage.local import fsync_dir
+
+#: Files mariadb-backup leaves in a backup that a server's datadir does not need.
+BACKUP_ONLY = ("xtrabackup_checkpoints", "xtrabackup_info", "xtrabackup_binlog_info",
+               "mariadb_backup_binlog_info", "xtrabackup_binlog_pos_innodb", "backup-my.cnf",
+               "xtrabackup_tablespaces", "xtrabackup_slave_info", "xtrabackup_galera_info")
+#: Extra room asked of the staging disk beyond the extracted bytes (prepare writes a redo log).
+SPACE_MARGIN = 256 * 1024 * 1024
+
+
+class ToolFailed(BackupkitError):
+    """mbstream or mariadb-backup --prepare failed."""
+
+
+@dataclass
+class PhysicalRestoreResult:
+    """What a physical restore did."""
+
+    backup_id: str
+    datadir: str
+    chain: list[str]
+    moved_aside: dict[str, str] = field(default_factory=dict)
+    bytes: int = 0  # mbstream bytes extracted
+    extract_seconds: float = 0.0
+    prepare_seconds: float = 0.0
+    seconds: float = 0.0
+    started: bool = False
+    start_seconds: float | None = None
+    start_verified: bool = False
+    owner: str | None = None
+    point: dict = field(default_factory=dict)
+    dry_run: bool = False
+    record_id: str | None = None
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def _tool(name: str) -> str:
+    return find_mbstream() if name == "mbstream" else find_tool()
+
+
+def load_chain(catalog: Catalog, manifest: BackupManifest) -> list[BackupManifest]:
+    """The chain of a physical backup from the repository; a missing link is exit 5, named."""
+    def get(bid: str) -> BackupManifest | None:
+        try:
+            return catalog.backup(bid)
+        except UsageError:
+            return None
+
+    return chain_of(manifest, get)
+
+
+def check_objects(store: ObjectStore, chain: list[BackupManifest]) -> None:
+    """Every part of every link exists (before anything is changed); a missing one is named."""
+    keys = [(b.id, o.key) for b in chain for o in b.objects]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        found = list(pool.map(lambda k: store.stat(k[1]), keys))
+    for (bid, key), info in zip(keys, found, strict=True):
+        if info is None:
+            raise IntegrityError(f"object {key!r} of physical backup {bid} is missing from "
+                                 f"{store.describe()}", "nothing was changed; restore another backup")
+
+
+def _last_error(path: Path) -> str:
+    try:
+        lines = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "(no output)"
+    for line in reversed(lines):
+        if any(k in line for k in ("rror", "failed", "No space", "annot", "denied")):
+            return line.strip()
+    return lines[-1].strip() if lines else "(no output)"
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=30)
+
+
+def _no_space(folder: Path) -> bool:
+    with contextlib.suppress(OSError):
+        return shutil.disk_usage(folder).free < 1024 * 1024
+    return False
+
+
+def extract_link(store: ObjectStore, link: BackupManifest, dest: Path, mbstream: str,
+                 on_bytes: Callable[[int], None] | None = None) -> int:
+    """Stream one backup's parts (verified) into ``mbstream -x -C dest``; returns the bytes fed."""
+    dest.mkdir(mode=0o700)
+    log = dest.with_name(dest.name + ".mbstream.log")
+    fed = 0
+    with open(log, "wb") as err:
+        proc = subprocess.Popen([mbstream, "-x", "-C", str(dest)], stdin=subprocess.PIPE,
+                                stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+        try:
+            assert proc.stdin is not None
+            try:
+                for obj in link.objects:
+                    for block in iter_object(store, obj):
+                        proc.stdin.write(block)
+                        fed += len(block)
+                        if on_bytes is not None:
+                            on_bytes(len(block))
+                proc.stdin.close()
+            except BrokenPipeError:
+                pass  # mbstream stopped reading: its status and log say why
+            rc = proc.wait()
+        except BaseException:
+            _kill(proc)
+            raise
+    if rc != 0:
+        if _no_space(dest):
+            raise StorageError(f"the staging disk of {dest} is full (mbstream -x stopped): "
+                               f"{_last_error(log)}", "free space there, or restore elsewhere; "
+                               "nothing was changed")
+        raise ToolFailed(f"mbstream -x of physical backup {link.id} failed (status {rc}): "
+                         f"{_last_error(log)}", "nothing was changed")
+    log.unlink(missing_ok=True)
+    return fed
+
+
+def _prepare(binary: str, target: Path, incremental: Path | None, log: Path,
+             use_memory_mb: int) -> None:
+    cmd = [binary, "--prepare", f"--target-dir={target}", f"--use-memory={use_memory_mb}M"]
+    if incremental is not None:
+        cmd.append(f"--incremental-dir={incremental}")
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                start_new_session=True)
+        try:
+            rc = proc.wait()
+        except BaseException:  # Ctrl-C: the staging folder goes, the datadir was never touched
+            _kill(proc)
+            raise
+    if rc != 0:
+        what = f"applying incremental {incremental.name}" if incremental else "preparing the full backup"
+        if _no_space(target):
+            raise StorageError(f"the staging disk of {target} is full while {what}",
+                               "free space there; nothing was changed")
+        raise ToolFailed(f"mariadb-backup --prepare failed while {what} (status {rc}): "
+                         f"{_last_error(log)}", "nothing was changed")
+
+
+def prepare_chain(store: ObjectStore, chain: list[BackupManifest], staging: Path, *,
+                  use_memory_mb: int = 256, say: Callable[[str], None] | None = None,
+                  on_bytes: Callable[[int], None] | None = None) -> tuple[Path, dict]:
+    """Extract every link into staging and prepare: returns (the prepared folder, timings).
+
+    staging must exist and be empty; the caller removes it on failure."""
+    say = say or (lambda msg: None)
+    mbstream, binary = _tool("mbstream"), _tool("mariadb-backup")
+    need = chain_raw_bytes(chain) + SPACE_MARGIN
+    free = shutil.disk_usage(staging).free
+    if free < need:
+        raise StorageError(f"the staging disk of {staging} has {free / 2**30:.1f} GiB free; the "
+                           f"restore needs about {need / 2**30:.1f} GiB",
+                           "free space there, or restore to a datadir on another disk; nothing was "
+                           "changed")
+    timings = {"extract_seconds": 0.0, "prepare_seconds": 0.0, "bytes": 0}
+    base = staging / "data"
+    log = staging / "prepare.log"
+    for i, link in enumerate(chain):
+        dest = base if i == 0 else staging / f"incremental-{i:03d}"
+        say(f"extracting {'incremental' if i else 'full'} backup {link.id}")
+        t0 = time.monotonic()
+        timings["bytes"] += extract_link(store, link, dest, mbstream, on_bytes)
+        timings["extract_seconds"] += time.monotonic() - t0
+        t0 = time.monotonic()
+        if i == 0:
+            say("preparing the full backup (mariadb-backup --prepare)")
+            _prepare(binary, base, None, log, use_memory_mb)
+        else:
+            say(f"applying incremental {link.id}")
+            _prepare(binary, base, dest, log, use_memory_mb)
+            shutil.rmtree(dest, ignore_errors=True)
+        timings["prepare_seconds"] += time.monotonic() - t0
+    for name in BACKUP_ONLY:
+        (base / name).unlink(missing_ok=True)
+    log.unlink(missing_ok=True)
+    return base, timings
+
+
+def _owner_of(*paths: Path) -> tuple[int, int] | None:
+    for p in paths:
+        with contextlib.suppress(OSError):
+            st = p.stat()
+            return st.st_uid, st.st_gid
+    return None
+
+
+def _chown_tree(root: Path, uid: int, gid: int) -> None:
+    os.chown(root, uid, gid)
+    for folder, dirs, files in os.walk(root):
+        for n in dirs + files:
+            os.chown(os.path.join(folder, n), uid, gid, follow_symlinks=False)
+
+
+def restore_physical(store: ObjectStore, manifest: BackupManifest, datadir: str | Path | None, *,
+                     catalog: Catalog, force: bool = False, start_command: str | None = None,
+                     conn: ConnSpec | None = None, pid_file: str | Path | None = None,
+                     start_timeout: float = 300.0, dry_run: bool = False,
+                     use_memory_mb: int = 256, record: bool = True,
+                     progress: Callable[[int, int], None] | None = None,
+                     notify: Callable[[str], None] | None = None,
+                     error_log: str | Path | None = None) -> PhysicalRestoreResult:
+    """Extract and prepare a physical backup's chain, move it into datadir, start the server."""
+    say = notify or (lambda msg: None)
+    if manifest.kind != PHYSICAL:
+        raise UsageError(f"backup {manifest.id} is a {manifest.kind} backup, not a physical one")
+    if not datadir:
+        raise UsageError("a physical restore needs --datadir DIR")
+    target = Path(datadir).expanduser().absolute()
+    chain = load_chain(catalog, manifest)
+    result = PhysicalRestoreResult(manifest.id, str(target), [b.id for b in chain],
+                                   point={"file": manifest.point.file, "pos": manifest.point.pos,
+                                          "gtid": manifest.point.gtid, "time": manifest.point.time},
+                                   dry_run=dry_run)
+    why = _server_running(target, Path(pid_file) if pid_file else None, conn)
+    if why:
+        raise UsageError(f"a server is running: {why}", "stop it before restoring a datadir")
+    busy = _non_empty(target)
+    if busy and not force:
+        raise UsageError(f"{target} is not empty; nothing was changed",
+                         "use --force to move it aside (it is renamed, never deleted)")
+    check_objects(store, chain)
+    total = chain_raw_bytes(chain)
+    if dry_run:
+        if busy:
+            result.moved_aside = {str(target): str(target.with_name(f"{target.name}.before-{_stamp()}"))}
+        result.bytes = total
+        return result
+    _tool("mbstream")
+    _tool("mariadb-backup")
+    started_at = time.time()
+    t_all = time.monotonic()
+    stamp = _stamp()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = _unique(target.with_name(f"{target.name}.partial-{stamp}"))
+    staging.mkdir(mode=0o700)
+    done = 0
+
+    def count(n: int) -> None:
+        nonlocal done
+        done += n
+        if progress is not None:
+            progress(done, total)
+
+    try:
+        prepared, timings = prepare_chain(store, chain, staging, use_memory_mb=use_memory_mb,
+                                          say=say, on_bytes=count)
+        owner = _owner_of(target, target.parent) if os.geteuid() == 0 else None
+        if busy:
+            aside = _unique(target.with_name(f"{target.name}.before-{stamp}"))
+            try:
+                os.rename(target, aside)
+            except OSError as exc:
+                raise UsageError(f"cannot move {target} aside to {aside}: {exc.strerror}",
+                                 "is it a mount point? empty it by hand") from None
+            fsync_dir(aside.parent)
+            result.moved_aside[str(target)] = str(aside)
+            say(f"moved {target} aside to {aside}")
+        if target.is_dir():  # exists and is empty (a mount point, say): move the contents in
+            for entry in os.listdir(prepared):
+                os.rename(prepared / entry, target / entry)
+        else:
+            os.rename(prepared, target)
+        fsync_dir(target.parent)
+        if owner is not None and owner != (0, 0):
+            _chown_tree(target, *owner)
+            result.owner = f"{owner[0]}:{owner[1]}"
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    result.bytes = int(timings["bytes"])
+    result.extract_seconds = round(timings["extract_seconds"], 3)
+    result.prepare_seconds = round(timings["prepare_seconds"], 3)
+    result.seconds = round(time.monotonic() - t_all, 3)
+    if start_command:
+        say("starting the server")
+        ctl = ServiceControl(conn or ConnSpec(), start_command=start_command, pid_file=pid_file,
+                             start_timeout=start_timeout, error_log=error_log)
+        if conn is not None:
+            report = ctl.start()
+            result.start_seconds = round(report.seconds, 3)
+            result.start_verified = True
+        else:
+            from backupkit.mysql.control import run_command  # only this path needs it
+
+            res = run_command(start_command, timeout=start_timeout)
+            if res.returncode != 0:
+                raise BackupkitError(f"start command failed: {res.describe()}")
+            result.start_seconds = round(res.seconds, 3)
+        result.started = True
+    finished = time.time()
+    if record:
+        rec = {"kind": PHYSICAL, "backup_id": manifest.id, "chain": result.chain,
+               "target": str(target), "started_at": started_at, "finished_at": finished,
+               "started_at_utc": utc_iso(started_at), "finished_at_utc": utc_iso(finished),
+               "duration": round(finished - started_at, 3), "raw_bytes": result.bytes,
+               "extract_seconds": result.extract_seconds, "prepare_seconds": result.prepare_seconds,
+               "started_server": result.started, "moved_aside": result.moved_aside}
+        try:
+            result.record_id = catalog.commit_restore_record(rec)
+        except (StorageError, ObjectNotFound):  # the restore itself succeeded
+            pass
+    return result
