@@ -95,7 +95,8 @@ def measured_rates(records: list[dict[str, Any]]) -> dict[str, float]:
     rates: dict[str, float] = {}
     for r in reversed(records):
         kind = r.get("kind")
-        if kind in ("snapshot", "cold") and kind not in rates and r.get("duration") and r.get("raw_bytes"):
+        if kind in ("snapshot", "cold", "physical") and kind not in rates and r.get("duration") \
+                and r.get("raw_bytes"):
             rates[kind] = float(r["raw_bytes"]) / max(float(r["duration"]), 0.001)
         if kind == "pitr" and "replay" not in rates and r.get("replay_seconds") and r.get("replay_bytes"):
             rates["replay"] = float(r["replay_bytes"]) / max(float(r["replay_seconds"]), 0.001)
@@ -151,12 +152,12 @@ def restore_to_point(store: ObjectStore, catalog: Catalog, target: RestoreTarget
     started = time.time()
     plan = plan or make_plan(catalog, target, backup_id, source_id)
     base = plan.base
-    if base.kind == "cold":
+    if base.kind in ("cold", "physical"):
         if not datadir:
-            raise UsageError("the plan starts from cold backup " + base.id + "; give --datadir DIR "
+            raise UsageError(f"the plan starts from {base.kind} backup {base.id}; give --datadir DIR "
                              "(and --start-command and --target to replay the binlog)")
         if plan.segments and not (start_command and spec):
-            raise UsageError(f"the plan replays {len(plan.segments)} binlog segment(s) after cold "
+            raise UsageError(f"the plan replays {len(plan.segments)} binlog segment(s) after {base.kind} "
                              f"backup {base.id}: give --start-command and --target for the server "
                              "that runs on --datadir")
     elif spec is None:
@@ -176,6 +177,14 @@ def restore_to_point(store: ObjectStore, catalog: Catalog, target: RestoreTarget
         loaded = restore_snapshot(store, base, spec, options,
                                   progress=lambda ev, **kw: report("base", ev, **kw), catalog=catalog)
         result.base = loaded.to_dict()
+    elif base.kind == "physical":
+        from backupkit.restore.physical import restore_physical
+
+        done = restore_physical(store, base, datadir, catalog=catalog, force=force,
+                                start_command=start_command, conn=spec if start_command else None,
+                                record=False, notify=say,
+                                progress=lambda n, total: report("base", "bytes", done=n, total=total))
+        result.base = done.to_dict()
     else:
         done = restore_cold(store, base, datadir, force=force, start_command=start_command,
                             conn=spec if start_command else None,

@@ -46,6 +46,7 @@ from backupkit.util.units import format_time, human_bytes, human_seconds
 DEFAULT_RATES = {
     "snapshot": 40 * 1024 * 1024,  # LOAD DATA of the snapshot's rows (FACTS.md: 256 MB in ~6.7 s)
     "cold": 150 * 1024 * 1024,  # tar extraction of a datadir
+    "physical": 80 * 1024 * 1024,  # mbstream -x + mariadb-backup --prepare (FACTS.md: 270 MB in ~3 s)
     "replay": 4 * 1024 * 1024,  # mariadb-binlog | mariadb: 53.6 MB of row events in ~12.5 s
     "fixed": 3.0,  # server start, connections, bookkeeping
 }
@@ -64,6 +65,10 @@ class Location:
 
     run: int
     index: int  # the first segment that holds events after the point (== len if at the end)
+
+
+#: Bases a plan compares (newest first) when several reach the target.
+MAX_CANDIDATES = 8
 
 
 # -- the plan ---------------------------------------------------------------------------------
@@ -291,6 +296,8 @@ class Planner:
               stop_time: float | None = None, expected_end: float | None = None) -> RestorePlan:
         base_bytes = sum(o.size for o in base.objects)
         base_raw = sum(o.raw_size for o in base.objects)
+        if base.kind == "physical":  # a chain restores every link: the full backup and its incrementals
+            base_raw = int(base.details.get("chain_raw_bytes", base_raw))
         seg_bytes = sum(s.object.size for s in segs)
         seg_raw = sum(s.object.raw_size for s in segs)
         rate = self.rates.get(base.kind, self.rates["snapshot"])
@@ -302,18 +309,30 @@ class Planner:
                            segment_raw_bytes=seg_raw, estimated_seconds=est,
                            notes=list(self.notes))
 
+    def _choose(self, plans: list[RestorePlan]) -> RestorePlan:
+        """The plan with the smallest estimated restore time; plans come newest base first, so a
+        tie keeps the newest. The plan says why (--dry-run prints it)."""
+        best = min(plans, key=lambda p: p.estimated_seconds)
+        others = [p for p in plans if p is not best]
+        if others:
+            alt = ", ".join(f"{p.base.kind} {p.base.id} ~{p.estimated_seconds:.1f} s" for p in others)
+            best.notes.append(f"{best.base.kind} base chosen: the smallest estimated restore time "
+                              f"(~{best.estimated_seconds:.1f} s); other bases reaching the target: {alt}")
+        return best
+
     def _fail(self, target: RestoreTarget, why: str, hint: str | None = None) -> PlanError:
         return PlanError(f"cannot restore to {target.describe()}: {why}", hint)
 
     def _plan_time(self, target: RestoreTarget) -> RestorePlan:
         t = float(target.time or 0.0)
+        plans: list[RestorePlan] = []
         for base in reversed(self.bases):
-            if base.point.time > t:
+            if base.point.time > t or len(plans) >= MAX_CANDIDATES:
                 continue
             loc = self.base_location(base)
             if loc is None:
                 if base.point.time == t:
-                    return self._make(target, base, [], t, base.point.time)
+                    plans.append(self._make(target, base, [], t, base.point.time))
                 continue
             run = self.runs[loc.run]
             if max(base.point.time, run.end_time(loc.index)) < t:
@@ -323,7 +342,9 @@ class Planner:
                 stop += 1
             # segments loc.index..stop inclusive; stop may be len (everything to the end)
             segs = run.segments[loc.index:min(stop + 1, len(run.segments))]
-            return self._make(target, base, segs, t, run.end_time(loc.index))
+            plans.append(self._make(target, base, segs, t, run.end_time(loc.index)))
+        if plans:
+            return self._choose(plans)
         oldest = self.bases[0].point.time
         newest = max(self.newest_commit(), self.bases[-1].point.time)
         if t < oldest:
@@ -336,36 +357,39 @@ class Planner:
 
     def _plan_latest(self, target: RestoreTarget) -> RestorePlan:
         newest = self.newest_commit()
-        best: tuple[float, BackupManifest] | None = None
-        for base in self.bases:
-            end = self.reach_end(base)
-            if best is None or end >= best[0]:
-                best = (end, base)
-        assert best is not None
-        end, base = best
+        end = max(self.reach_end(b) for b in self.bases)
         if self.runs and newest > end:
             raise self._fail(target, f"the newest shipped commit ({format_time(newest)}) is behind a "
                              f"gap" + self._gap_near(newest) + f"; {self._nearest(newest)}",
                              "restore --to-time the newest reachable moment")
-        loc = self.base_location(base)
-        segs = self.runs[loc.run].segments[loc.index:] if loc else []
-        return self._make(target, base, segs, None, end)
+        plans: list[RestorePlan] = []
+        for base in reversed(self.bases):  # every base reaching the newest moment, newest first
+            if self.reach_end(base) < end or len(plans) >= MAX_CANDIDATES:
+                continue
+            loc = self.base_location(base)
+            segs = self.runs[loc.run].segments[loc.index:] if loc else []
+            plans.append(self._make(target, base, segs, None, end))
+        return self._choose(plans)
 
     def _plan_position(self, target: RestoreTarget) -> RestorePlan:
         want = (target.file or "", int(target.pos or 0))
         tloc = self._locate_target_pos(*want)
+        plans: list[RestorePlan] = []
         for base in reversed(self.bases):
             p = (base.point.file, base.point.pos)
-            if not base.point.file or p > want:
+            if not base.point.file or p > want or len(plans) >= MAX_CANDIDATES:
                 continue
             if p == want:
-                return self._make(target, base, [], None, base.point.time)
+                plans.append(self._make(target, base, [], None, base.point.time))
+                continue
             loc = self.base_location(base)
             if loc is None or tloc is None or loc.run != tloc.run or loc.index > tloc.index:
                 continue
             run = self.runs[loc.run]
             segs = run.segments[loc.index:tloc.index + 1]
-            return self._make(target, base, segs, None, None)
+            plans.append(self._make(target, base, segs, None, None))
+        if plans:
+            return self._choose(plans)
         if tloc is None:
             cover = ", ".join(f"{r.start[0]}:{r.start[1]}..{r.end[0]}:{r.end[1]}" for r in self.runs)
             raise self._fail(target, "that position is not in the shipped binlog"
@@ -399,18 +423,24 @@ class Planner:
         assert g is not None
         before = target.kind == "before_gtid"
         tloc = self._gtid_segment(g)
+        plans: list[RestorePlan] = []
         for base in reversed(self.bases):
+            if len(plans) >= MAX_CANDIDATES:
+                break
             pos = parse_gtid_position(base.point.gtid)
             has = pos.contains(g)
             if has and (before or pos.last_seq(g.key) != g.seq):
                 continue  # the base already holds the transaction (or later ones of its domain)
             if has:  # --to-gtid exactly at the base
-                return self._make(target, base, [], None, base.point.time)
+                plans.append(self._make(target, base, [], None, base.point.time))
+                continue
             loc = self.base_location(base)
             if loc is None or tloc is None or loc.run != tloc.run or loc.index > tloc.index:
                 continue
             segs = self.runs[loc.run].segments[loc.index:tloc.index + 1]
-            return self._make(target, base, segs, None, None)
+            plans.append(self._make(target, base, segs, None, None))
+        if plans:
+            return self._choose(plans)
         if tloc is None:
             shipped = [(r.segments[0].gtid_first, r.segments[-1].gtid_last) for r in self.runs]
             text = ", ".join(f"{a or '?'}..{b or '?'}" for a, b in shipped)
