@@ -93,6 +93,8 @@ class StrategiesSection(_Section):
 
 
 class SnapshotSection(_Section):
+    # logical: rows through SQL (any host); physical: mariadb-backup on the database host
+    engine: Literal["logical", "physical"] = "logical"
     parallel: int | None = Field(default=None, ge=1, le=64)
     # zstd level 1: on row text about 3x less CPU than level 3 and no bigger (bench/snapshot.py)
     compression_level: int = Field(default=1, ge=-7, le=22)

@@ -14,6 +14,7 @@ import typer
 from backupkit.cli.cold import restore_cold_cli
 from backupkit.cli.common import json_mode, open_catalog, render
 from backupkit.cli.console import loss_table, table, warn
+from backupkit.cli.physical import restore_physical_cli
 from backupkit.cli.snapshot import progress_view
 from backupkit.errors import BackupkitError, UsageError
 from backupkit.util.units import human_bytes, human_seconds
@@ -23,7 +24,7 @@ def restore(
     backup_id: str = typer.Argument(None, help="Backup to restore (snapshot or cold); omit with --to-*."),
     target: str = typer.Option(None, "--target",
         help="Target server for a logical restore: mysql://user@host:port."),
-    datadir: str = typer.Option(None, "--datadir", help="Target datadir for a cold restore."),
+    datadir: str = typer.Option(None, "--datadir", help="Target datadir for a cold or physical restore."),
     to_time: str = typer.Option(None, "--to-time",
         help="Restore to this moment (local zone unless a zone or Z is given)."),
     to_gtid: str = typer.Option(None, "--to-gtid", help="Restore up to and including this GTID."),
@@ -39,7 +40,7 @@ def restore(
         help="Compare CHECKSUM TABLE with the values recorded at backup time."),
     parallel: int = typer.Option(None, "--parallel", help="Parallel load workers (default: cores)."),
     start_command: str = typer.Option(None, "--start-command",
-        help="Cold restore: command that starts the server."),
+        help="Cold or physical restore: command that starts the server."),
     databases: list[str] = typer.Option(None, "--databases", "-d",
         help="Snapshot restore: only these databases."),
     include_users: bool = typer.Option(False, "--include-users",
@@ -62,6 +63,9 @@ def restore(
     if manifest.kind == "cold":
         return restore_cold_cli(store, catalog, manifest, datadir=datadir, force=force,
                                 start_command=start_command, target=target, dry_run=dry_run)
+    if manifest.kind == "physical":
+        return restore_physical_cli(store, catalog, manifest, datadir=datadir, force=force,
+                                    start_command=start_command, target=target, dry_run=dry_run)
     raise BackupkitError(f"backup {backup_id} has unknown kind {manifest.kind!r}", "upgrade backupkit")
 
 

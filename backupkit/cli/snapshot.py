@@ -10,6 +10,7 @@ import typer
 
 from backupkit.cli.common import json_mode, render, settings
 from backupkit.cli.console import progress, table
+from backupkit.errors import UsageError
 from backupkit.util.units import human_bytes, human_seconds
 
 
@@ -80,8 +81,23 @@ def snapshot(
                                           help="zstd level (default from the policy)."),
     checksums: bool = typer.Option(True, "--checksums/--no-checksums",
                                    help="CHECKSUM TABLE inside the snapshot, for restore --verify."),
+    engine: str = typer.Option(None, "--engine",
+                               help="logical (rows, the default) or physical (mariadb-backup; runs on "
+                                    "the database host). Policy: [snapshot] engine."),
+    incremental: bool = typer.Option(False, "--incremental",
+                                     help="Physical: only pages changed since the newest physical backup."),
 ) -> None:
     """Take a consistent snapshot of the source while it keeps serving writes."""
+    engine = (engine or settings().policy.snapshot.engine).lower()
+    if engine not in ("logical", "physical"):
+        raise UsageError(f"unknown engine {engine!r}", "use --engine logical or --engine physical")
+    if engine == "physical":
+        from backupkit.cli.physical import snapshot_physical_cli  # lazy: start-up time
+
+        return snapshot_physical_cli(incremental=incremental, parallel=parallel,
+                                     compression_level=compression_level)
+    if incremental:
+        raise UsageError("--incremental needs the physical engine", "add --engine physical")
     from backupkit.strategies.snapshot import SnapshotOptions, take_snapshot  # lazy: start-up time
 
     cfg = settings()

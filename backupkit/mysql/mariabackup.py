@@ -24,7 +24,7 @@ class ToolMissing(BackupkitError):
 
 
 def find_tool(names: tuple[str, ...] = BACKUP_NAMES, package: str = PACKAGE) -> str:
-    """The path of the first of names on PATH (or in /usr/bin, /usr/sbin); else ToolMissing."""
+    """The path of the first of names on PATH; else ToolMissing naming the package."""
     override = os.environ.get("BACKUPKIT_MARIADB_BACKUP") if names == BACKUP_NAMES else None
     if override:
         if os.access(override, os.X_OK):
@@ -32,8 +32,7 @@ def find_tool(names: tuple[str, ...] = BACKUP_NAMES, package: str = PACKAGE) -> 
         raise ToolMissing(f"BACKUPKIT_MARIADB_BACKUP={override} is not an executable",
                           f"install the {package} package or fix the variable")
     for name in names:
-        found = shutil.which(name) or next(
-            (p for p in (f"/usr/bin/{name}", f"/usr/sbin/{name}") if os.access(p, os.X_OK)), None)
+        found = shutil.which(name)
         if found:
             return found
     raise ToolMissing(f"{names[0]} is not installed on this host",

@@ -89,12 +89,17 @@ def _local_names() -> set[str]:
     return names
 
 
-def check_local(spec: ConnSpec, datadir: str) -> Path:
-    """The source's datadir, if this host can read it; else a one-line error."""
+def check_remote(spec: ConnSpec) -> None:
+    """Refuse a source on another host before connecting to it."""
     if not (spec.loopback() or spec.host in _local_names()):
         raise UsageError(f"the source {spec.display()} is not on this host: mariadb-backup copies the "
                          "server's datadir, so a physical backup runs on the database host",
                          "run backupkit there, or take a logical snapshot (--engine logical)")
+
+
+def check_local(spec: ConnSpec, datadir: str) -> Path:
+    """The source's datadir, if this host can read it; else a one-line error."""
+    check_remote(spec)
     path = Path(datadir.rstrip("/") or "/")
     if not path.is_dir():
         raise UsageError(f"the server's datadir {path} is not a folder on this host",
@@ -218,6 +223,7 @@ def take_physical_backup(spec: ConnSpec, store: ObjectStore, opts: PhysicalOptio
     report = progress or (lambda *a, **k: None)
     binary = find_tool()
     catalog = catalog or Catalog(store)
+    check_remote(spec)
     conn = connect(spec)
     try:
         facts = server_facts(conn)

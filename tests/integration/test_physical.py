@@ -1,0 +1,318 @@
+"""Physical backups with mariadb-backup on real private mariadbd servers and a real S3 server.
+
+A writer commits one numbered transaction after another (a new row and a counter update), and
+notes each one's GTID. A backup is consistent at its point exactly when a server started on its
+restored datadir holds rows 1..M and counter M, where M is the writer's last transaction whose
+GTID the manifest's point includes, and those rows equal the source's.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pymysql
+import pytest
+
+from backupkit.errors import IntegrityError, UsageError
+from backupkit.mysql.connection import ConnSpec
+from backupkit.mysql.sandbox import Sandbox
+from backupkit.repo import layout
+from backupkit.repo.catalog import Catalog
+from backupkit.restore.physical import restore_physical
+from backupkit.restore.pitr import restore_to_point
+from backupkit.restore.stoppoint import time_target
+from backupkit.storage import open_store
+from backupkit.strategies.binlog import ShipOptions, Shipper
+from backupkit.strategies.physical import PhysicalOptions, take_physical_backup
+from backupkit.strategies.physical.engine import PhysicalBackupFailed
+from tests.support import run_cli, table_checksums
+
+pytestmark = pytest.mark.timeout(600)
+
+
+@pytest.fixture
+def spare():
+    """Empty sandboxes (never installed) to restore a datadir into and start."""
+    boxes: list[Sandbox] = []
+
+    def make() -> Sandbox:
+        sb = Sandbox(name="phys-restore")
+        (sb.base / "tmp").mkdir(parents=True, exist_ok=True)
+        boxes.append(sb)
+        return sb
+
+    yield make
+    for sb in boxes:
+        sb.destroy()
+
+
+def _fill(sb: Sandbox, rows: int = 20000) -> None:
+    sb.sql("CREATE DATABASE app")
+    sb.sql("CREATE TABLE app.items (id INT PRIMARY KEY, v VARCHAR(100), pad CHAR(100)) ENGINE=InnoDB")
+    sb.sql(f"INSERT INTO app.items SELECT seq, MD5(seq), REPEAT('p', seq % 100) FROM seq_1_to_{rows}",
+           database="app")
+    sb.sql("CREATE TABLE app.log (id INT PRIMARY KEY, note VARCHAR(64)) ENGINE=InnoDB")
+    sb.sql("CREATE TABLE app.counter (id INT PRIMARY KEY, n INT) ENGINE=InnoDB")
+    sb.sql("INSERT INTO app.counter VALUES (1, 0)")
+    sb.sql("CREATE TABLE app.aria (id INT PRIMARY KEY, v VARCHAR(40)) ENGINE=Aria")
+    sb.sql("INSERT INTO app.aria SELECT seq, MD5(seq) FROM seq_1_to_500", database="app")
+
+
+class Writer(threading.Thread):
+    """Transaction k inserts app.log row k and sets the counter to k; its GTID seq is noted."""
+
+    def __init__(self, sb: Sandbox) -> None:
+        super().__init__(daemon=True)
+        self.sb = sb
+        self.stop_flag = threading.Event()
+        self.seq_of: dict[int, int] = {}
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            conn = pymysql.connect(host="127.0.0.1", port=self.sb.port, user="root", database="app",
+                                   autocommit=False)
+            k = 0
+            with conn.cursor() as cur:
+                while not self.stop_flag.is_set():
+                    k += 1
+                    cur.execute("INSERT INTO log VALUES (%s, MD5(%s))", (k, k))
+                    cur.execute("UPDATE counter SET n = %s WHERE id = 1", (k,))
+                    conn.commit()
+                    cur.execute("SELECT @@last_gtid")
+                    self.seq_of[k] = int(cur.fetchone()[0].rsplit("-", 1)[1])
+                    if k % 50 == 0:
+                        cur.execute("UPDATE items SET v = MD5(RAND()) WHERE id = %s", (k % 20000 + 1,))
+                        conn.commit()
+            conn.close()
+        except BaseException as exc:  # reported by the test
+            self.error = exc
+
+    def halt(self) -> None:
+        self.stop_flag.set()
+        self.join(30)
+        assert self.error is None, self.error
+
+
+def _log_state(conn_or_sb, upto: int | None = None) -> tuple:
+    sql = "SELECT COUNT(*), MAX(id), BIT_XOR(CRC32(CONCAT(id, ':', note))) FROM app.log"
+    if upto is not None:
+        sql += f" WHERE id <= {upto}"
+    rows = conn_or_sb.sql(sql)
+    return tuple(rows[0])
+
+
+def _expected_rows(writer: Writer, gtid: str) -> int:
+    seq = int(gtid.split(",")[0].rsplit("-", 1)[1])
+    return max((k for k, s in writer.seq_of.items() if s <= seq), default=0)
+
+
+def test_full_and_two_incrementals_under_load_restore_to_each_point(mariadb, s3_url, spare):
+    _fill(mariadb)
+    # Flush eagerly, so the checkpoint (where the next incremental starts) keeps up with writes
+    mariadb.sql("SET GLOBAL innodb_max_dirty_pages_pct = 0")
+    store = open_store(s3_url)
+    writer = Writer(mariadb)
+    writer.start()
+    time.sleep(0.5)
+    opts = dict(source_id="src", part_size_mb=4, parallel=2)
+    full = take_physical_backup(mariadb.spec, store, PhysicalOptions(**opts))
+    time.sleep(0.5)
+    inc1 = take_physical_backup(mariadb.spec, store, PhysicalOptions(incremental=True, **opts))
+    mariadb.sql("UPDATE app.items SET pad = 'changed' WHERE id % 100 = 0")
+    inc2 = take_physical_backup(mariadb.spec, store, PhysicalOptions(incremental=True, **opts))
+    time.sleep(0.3)
+    writer.halt()
+    assert full.stats["parts"] > 1  # cut into bounded parts
+    assert inc1.details["parent"] == full.id and inc2.details["chain"] == [full.id, inc1.id, inc2.id]
+    assert inc1.details["lsn"]["from"] == full.details["lsn"]["to"]
+    assert inc2.stats["stored_bytes"] < full.stats["stored_bytes"]
+    for m in (full, inc1, inc2):
+        assert m.point.file.startswith("binlog.") and m.point.gtid
+        assert m.details["tool_version"].startswith("10.")
+        assert m.details["consistency"]["blocked_ms"] is not None
+    catalog = Catalog(store)
+    source_items = table_checksums(mariadb, ["app"])
+    for m in (full, inc1, inc2):
+        box = spare()
+        result = restore_physical(store, m, box.datadir, catalog=catalog, conn=box.spec,
+                                  start_command=box.start_command(), pid_file=box.pid_file)
+        assert result.started and result.chain[-1] == m.id
+        want = _expected_rows(writer, m.point.gtid)
+        assert want > 0
+        got = _log_state(box)
+        assert got == _log_state(mariadb, want), f"{m.id}: rows differ from the source at the point"
+        assert got[0] == got[1] == want
+        assert box.sql("SELECT n FROM app.counter")[0][0] == want
+        assert box.sql("CHECKSUM TABLE app.aria")[0][1] == source_items["app.aria"]
+        if m is inc2:
+            assert box.sql("SELECT COUNT(*) FROM app.items WHERE pad = 'changed'")[0][0] == 200
+        box.stop()
+    records = [r for r in catalog.restore_records() if r.get("kind") == "physical"]
+    assert len(records) == 3 and all(r["duration"] > 0 for r in records)
+
+
+def _ship(store, spec) -> None:
+    Shipper(store, spec, ShipOptions(source_id="src", until_current=True, server_id=778,
+                                     sync_interval=0.2)).run()
+
+
+def _cross_second(extra: float = 0.05) -> None:
+    time.sleep(1 - (time.time() % 1) + extra)
+
+
+def test_restore_to_time_with_physical_base_and_shipped_binlog(mariadb, s3_url, spare):
+    _fill(mariadb, rows=5000)
+    store = open_store(s3_url)
+    take_physical_backup(mariadb.spec, store, PhysicalOptions(source_id="src"))
+    _ship(store, mariadb.spec)
+    mariadb.sql("INSERT INTO app.log SELECT seq, 'after' FROM seq_1_to_300", database="app")
+    mariadb.sql("UPDATE app.items SET v = 'moved' WHERE id < 1000")
+    _cross_second()
+    t = time.time()
+    want = table_checksums(mariadb, ["app"])
+    _cross_second()
+    mariadb.sql("DELETE FROM app.items WHERE id < 2000")
+    mariadb.sql("INSERT INTO app.log SELECT seq, 'later' FROM seq_301_to_400", database="app")
+    _ship(store, mariadb.spec)
+    box = spare()
+    catalog = Catalog(store)
+    result = restore_to_point(store, catalog, time_target(t), box.spec, datadir=str(box.datadir),
+                              start_command=box.start_command(), report_loss=False)
+    assert result.plan.base.kind == "physical"
+    assert result.replay is not None and result.replay.transactions >= 2
+    assert table_checksums(box, ["app"]) == want
+    assert result.reached.commit_time <= t
+
+
+# -- faults -----------------------------------------------------------------------------------------
+def test_missing_mariadb_backup_names_the_package(mariadb, local_url, monkeypatch, tmp_path):
+    store = open_store(local_url)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(Exception) as err:
+        take_physical_backup(mariadb.spec, store, PhysicalOptions())
+    assert "mariadb-backup" in str(err.value) and "apt-get install mariadb-backup" in str(err.value)
+
+
+def test_remote_source_is_refused(local_url):
+    store = open_store(local_url)
+    with pytest.raises(UsageError, match="not on this host"):
+        take_physical_backup(ConnSpec(host="192.0.2.7", port=3306), store, PhysicalOptions())
+
+
+def _child_named(name: str) -> int | None:
+    me = os.getpid()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        comm = stat[stat.index("(") + 1:stat.rindex(")")]
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == me and comm.startswith(name[:15]):
+            return int(entry)
+    return None
+
+
+def test_killed_mid_stream_leaves_no_manifest_and_no_objects(mariadb, local_url, tmp_path):
+    _fill(mariadb, rows=150000)
+    store = open_store(local_url)
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            # --throttle: about one 1 MiB read per second, so the stream is still running when killed
+            take_physical_backup(mariadb.spec, store, PhysicalOptions(
+                part_size_mb=1, parallel=1, extra_args=["--throttle=2"]))
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    th = threading.Thread(target=run)
+    th.start()
+    deadline = time.monotonic() + 60
+    pid = None
+    while time.monotonic() < deadline:
+        pid = _child_named("mariadb-backup")
+        parts = [i for i in store.list(layout.BACKUPS) if ".mbstream." in i.key]
+        if pid and parts:
+            break
+        time.sleep(0.05)
+    assert pid and parts, "the backup never got going"
+    os.kill(pid, signal.SIGKILL)
+    th.join(60)
+    err = outcome.get("error")
+    assert isinstance(err, PhysicalBackupFailed) and "SIGKILL" in str(err)
+    assert [i.key for i in store.list(layout.BACKUPS)] == []
+    assert Catalog(store).backups() == []
+
+
+def _full_and_incremental(sb: Sandbox, store) -> tuple:
+    _fill(sb, rows=3000)
+    full = take_physical_backup(sb.spec, store, PhysicalOptions(part_size_mb=1))
+    sb.sql("UPDATE app.items SET v = 'x' WHERE id < 100")
+    inc = take_physical_backup(sb.spec, store, PhysicalOptions(incremental=True))
+    return full, inc
+
+
+def test_corrupted_object_and_missing_link_exit_5_naming_them(mariadb, tmp_path, spare):
+    url = f"file://{tmp_path / 'repo'}"
+    store = open_store(url)
+    full, inc = _full_and_incremental(mariadb, store)
+    catalog = Catalog(store)
+    box = spare()
+    # a flipped byte in a part of the full backup
+    key = full.objects[1].key
+    path = tmp_path / "repo" / key
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError) as err:
+        restore_physical(store, inc, box.datadir, catalog=catalog)
+    assert err.value.exit_code == 5 and key in str(err.value)
+    assert not box.datadir.exists()
+    assert not list(box.base.glob("data.partial-*"))
+    r = run_cli("restore", inc.id, "--datadir", str(box.datadir), env={"BACKUPKIT_STORAGE": url})
+    assert r.returncode == 5 and key in r.stderr
+    # a missing link: the full backup's manifest is gone
+    (tmp_path / "repo" / layout.backup_manifest(full.id)).unlink()
+    with pytest.raises(IntegrityError) as err:
+        restore_physical(store, inc, box.datadir, catalog=catalog)
+    assert err.value.exit_code == 5 and full.id in str(err.value)
+    r = run_cli("restore", inc.id, "--datadir", str(box.datadir), env={"BACKUPKIT_STORAGE": url})
+    assert r.returncode == 5 and full.id in r.stderr
+
+
+def test_non_empty_datadir_refused_then_force_moves_it_aside(mariadb, local_url, spare, tmp_path):
+    store = open_store(local_url)
+    full, _ = _full_and_incremental(mariadb, store)
+    catalog = Catalog(store)
+    box = spare()
+    box.datadir.mkdir(parents=True)
+    (box.datadir / "precious").write_text("keep me")
+    with pytest.raises(UsageError, match="not empty"):
+        restore_physical(store, full, box.datadir, catalog=catalog)
+    assert (box.datadir / "precious").read_text() == "keep me"
+    # a prepare that fails (as Ctrl-C would stop it) leaves the old datadir exactly where it was
+    fake = tmp_path / "mariadb-backup"
+    real = os.popen("command -v mariadb-backup").read().strip()
+    fake.write_text(f'#!/bin/sh\nfor a in "$@"; do [ "$a" = --prepare ] && exit 3; done\nexec {real} "$@"\n')
+    fake.chmod(0o755)
+    os.environ["BACKUPKIT_MARIADB_BACKUP"] = str(fake)
+    try:
+        with pytest.raises(Exception, match="prepare"):
+            restore_physical(store, full, box.datadir, catalog=catalog, force=True)
+    finally:
+        del os.environ["BACKUPKIT_MARIADB_BACKUP"]
+    assert (box.datadir / "precious").read_text() == "keep me"
+    assert not list(box.base.glob("data.partial-*")) and not list(box.base.glob("data.before-*"))
+    result = restore_physical(store, full, box.datadir, catalog=catalog, force=True,
+                              start_command=box.start_command(), conn=box.spec)
+    aside = Path(result.moved_aside[str(box.datadir)])
+    assert (aside / "precious").read_text() == "keep me"
+    assert box.sql("SELECT COUNT(*) FROM app.items")[0][0] == 3000
