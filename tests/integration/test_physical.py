@@ -19,10 +19,11 @@ import pytest
 
 from backupkit.errors import IntegrityError, UsageError
 from backupkit.mysql.connection import ConnSpec
+from backupkit.mysql.mariabackup import ToolMissing
 from backupkit.mysql.sandbox import Sandbox
 from backupkit.repo import layout
 from backupkit.repo.catalog import Catalog
-from backupkit.restore.physical import restore_physical
+from backupkit.restore.physical import ToolFailed, restore_physical
 from backupkit.restore.pitr import restore_to_point
 from backupkit.restore.stoppoint import time_target
 from backupkit.storage import open_store
@@ -193,7 +194,7 @@ def test_restore_to_time_with_physical_base_and_shipped_binlog(mariadb, s3_url, 
 def test_missing_mariadb_backup_names_the_package(mariadb, local_url, monkeypatch, tmp_path):
     store = open_store(local_url)
     monkeypatch.setenv("PATH", str(tmp_path))
-    with pytest.raises(Exception) as err:
+    with pytest.raises(ToolMissing) as err:
         take_physical_backup(mariadb.spec, store, PhysicalOptions())
     assert "mariadb-backup" in str(err.value) and "apt-get install mariadb-backup" in str(err.value)
 
@@ -305,7 +306,7 @@ def test_non_empty_datadir_refused_then_force_moves_it_aside(mariadb, local_url,
     fake.chmod(0o755)
     os.environ["BACKUPKIT_MARIADB_BACKUP"] = str(fake)
     try:
-        with pytest.raises(Exception, match="prepare"):
+        with pytest.raises(ToolFailed, match="prepare"):
             restore_physical(store, full, box.datadir, catalog=catalog, force=True)
     finally:
         del os.environ["BACKUPKIT_MARIADB_BACKUP"]

@@ -287,13 +287,13 @@ class Shipper(StreamReader, SegmentWriter):
             point = current_point(self._control(), self.facts)
             where = "the server's current position"
         else:
-            snaps = [b for b in self.catalog.backups(kind="snapshot")
-                     if b.source.source_id == self.source_id and b.point.file]
+            snaps = [b for b in self.catalog.backups() if b.kind in ("snapshot", "physical")
+                     and b.source.source_id == self.source_id and b.point.file]
             if not snaps:
                 raise UsageError(f"no snapshot of {self.source_id} in {self.store.describe()} to start "
                                  "shipping from", "take a snapshot first, or start with --from-current")
             point = snaps[-1].point
-            where = f"snapshot {snaps[-1].id}"
+            where = f"{snaps[-1].kind} backup {snaps[-1].id}"
         self.file, self.seg_start = point.file, point.pos
         self.range_id = uuid.uuid4().hex[:12]
         self.gtid = GtidState(self.facts.flavor, point.gtid)
