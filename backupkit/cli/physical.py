@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 from backupkit.cli.common import json_mode, render, settings
-from backupkit.cli.console import info, loss_table, progress, table
+from backupkit.cli.console import as_progress, info, loss_table, progress, table
 from backupkit.util.units import human_bytes, human_seconds
 
 
@@ -73,17 +73,11 @@ def restore_physical_cli(store, catalog, manifest, *, datadir: str | None, force
     cfg = settings()
     spec = parse_conn(target, password_env=TARGET_PASSWORD_ENV) if target else None
     with progress(enabled=not json_mode() and not dry_run, transfer=True) as bar:
-        task = bar.add_task("extract + prepare", total=None) if bar else None
-
-        def update(done: int, total: int) -> None:
-            if bar is not None and task is not None:
-                bar.update(task, completed=done, total=total)
-
         t0 = time.monotonic()
         result = restore_physical(store, manifest, datadir, catalog=catalog, force=force,
                                   start_command=start_command or None, conn=spec,
                                   start_timeout=cfg.policy.source.start_timeout, dry_run=dry_run,
-                                  progress=update, notify=lambda m: info(m, quiet=json_mode()))
+                                  progress=as_progress(bar), notify=lambda m: info(m, quiet=json_mode()))
     wall = time.monotonic() - t0
     data = result.to_dict() | {"kind": "physical", "duration": round(wall, 3)}
     loss = None

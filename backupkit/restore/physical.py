@@ -33,12 +33,14 @@ from backupkit.errors import BackupkitError, IntegrityError, ObjectNotFound, Sto
 from backupkit.mysql.connection import ConnSpec
 from backupkit.mysql.control import ServiceControl
 from backupkit.mysql.mariabackup import find_mbstream, find_tool
-from backupkit.repo.catalog import BackupManifest, Catalog, utc_iso
+from backupkit.repo.catalog import BackupManifest, Catalog
 from backupkit.repo.chain import PHYSICAL, chain_of, chain_raw_bytes
 from backupkit.repo.codec import iter_object
 from backupkit.restore.cold import _non_empty, _server_running, _stamp, _unique
 from backupkit.storage.base import ObjectStore
 from backupkit.storage.local import fsync_dir
+from backupkit.util.progress import NullProgress, Progress
+from backupkit.util.units import utc_iso
 
 #: Files mariadb-backup leaves in a backup that a server's datadir does not need.
 BACKUP_ONLY = ("xtrabackup_checkpoints", "xtrabackup_info", "xtrabackup_binlog_info",
@@ -244,7 +246,7 @@ def restore_physical(store: ObjectStore, manifest: BackupManifest, datadir: str 
                      conn: ConnSpec | None = None, pid_file: str | Path | None = None,
                      start_timeout: float = 300.0, dry_run: bool = False,
                      use_memory_mb: int = 256, record: bool = True,
-                     progress: Callable[[int, int], None] | None = None,
+                     progress: Progress | None = None,
                      notify: Callable[[str], None] | None = None,
                      error_log: str | Path | None = None) -> PhysicalRestoreResult:
     """Extract and prepare a physical backup's chain, move it into datadir, start the server."""
@@ -281,13 +283,11 @@ def restore_physical(store: ObjectStore, manifest: BackupManifest, datadir: str 
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = _unique(target.with_name(f"{target.name}.partial-{stamp}"))
     staging.mkdir(mode=0o700)
-    done = 0
+    bar = progress or NullProgress()
+    task = bar.start("extract + prepare", total=total or None)
 
     def count(n: int) -> None:
-        nonlocal done
-        done += n
-        if progress is not None:
-            progress(done, total)
+        bar.advance(task, n)
 
     try:
         prepared, timings = prepare_chain(store, chain, staging, use_memory_mb=use_memory_mb,
@@ -314,6 +314,7 @@ def restore_physical(store: ObjectStore, manifest: BackupManifest, datadir: str 
             result.owner = f"{owner[0]}:{owner[1]}"
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    bar.finish(task)
     result.bytes = int(timings["bytes"])
     result.extract_seconds = round(timings["extract_seconds"], 3)
     result.prepare_seconds = round(timings["prepare_seconds"], 3)
@@ -327,7 +328,7 @@ def restore_physical(store: ObjectStore, manifest: BackupManifest, datadir: str 
             result.start_seconds = round(report.seconds, 3)
             result.start_verified = True
         else:
-            from backupkit.mysql.control import run_command  # only this path needs it
+            from backupkit.mysql.control import run_command  # lazy: only this path needs it
 
             res = run_command(start_command, timeout=start_timeout)
             if res.returncode != 0:

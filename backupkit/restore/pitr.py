@@ -23,6 +23,7 @@ from backupkit.repo.catalog import Catalog
 from backupkit.restore.cold import restore_cold
 from backupkit.restore.load import RestoreOptions, restore_snapshot
 from backupkit.restore.loss import LossReport, loss_after_restore
+from backupkit.restore.physical import restore_physical
 from backupkit.restore.plan import Planner, RestorePlan
 from backupkit.restore.replay import ReachedPoint, ReplayResult, replay_segments
 from backupkit.restore.stoppoint import RestoreTarget
@@ -178,12 +179,9 @@ def restore_to_point(store: ObjectStore, catalog: Catalog, target: RestoreTarget
                                   progress=lambda ev, **kw: report("base", ev, **kw), catalog=catalog)
         result.base = loaded.to_dict()
     elif base.kind == "physical":
-        from backupkit.restore.physical import restore_physical
-
         done = restore_physical(store, base, datadir, catalog=catalog, force=force,
                                 start_command=start_command, conn=spec if start_command else None,
-                                record=False, notify=say,
-                                progress=lambda n, total: report("base", "bytes", done=n, total=total))
+                                record=False, notify=say, progress=_BaseBytes(report))
         result.base = done.to_dict()
     else:
         done = restore_cold(store, base, datadir, force=force, start_command=start_command,
