@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 import tomllib
 from collections.abc import Callable
@@ -203,8 +204,6 @@ class Policy(_Section):
 
 def _near_key(loc: tuple) -> str | None:
     """The known key closest to an unknown one, for "did you mean" hints."""
-    import difflib
-
     model: Any = Policy
     for part in loc[:-1]:
         field = getattr(model, "model_fields", {}).get(part) if isinstance(part, str) else None
@@ -298,7 +297,7 @@ class Settings:
 
     def repository_spec(self):
         """The repository to open, as plain specs (repo/targets.py knows no policy)."""
-        from backupkit.repo.targets import EncryptionSpec, RepositorySpec, TargetSpec  # start-up: boto3
+        from backupkit.repo.targets import EncryptionSpec, RepositorySpec, TargetSpec  # lazy: start-up time
 
         storage, enc = self.policy.storage, self.policy.encryption
         configured = tuple(TargetSpec(t.name or t.url, t.url, t.s3_settings()) for t in storage.targets)
@@ -315,11 +314,11 @@ class Settings:
 
     def open_store(self, create: bool = True):
         """The repository: one target or a mirror of the policy's targets, encrypted when configured."""
-        from backupkit.repo.targets import open_repository  # start-up: boto3, cryptography
+        from backupkit.repo.targets import open_repository  # lazy: start-up time
 
         return open_repository(self.repository_spec(), create=create)
 
     def source_spec(self):
-        from backupkit.mysql.connection import parse_conn
+        from backupkit.mysql.connection import parse_conn  # lazy: start-up time
 
         return parse_conn(self.source_url, password_file=self.policy.source.password_file)

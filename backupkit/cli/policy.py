@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
 import typer
+
+from backupkit.cli.common import render
+from backupkit.cli.console import table
+from backupkit.cli.context import COMMON
+from backupkit.config import Settings
+from backupkit.errors import BackupkitError, ConfigError, StorageError
+from backupkit.mysql.server import server_facts
+from backupkit.schedule.checks import semantic_problems, storage_problem
+from backupkit.util.units import human_seconds
 
 app = typer.Typer(no_args_is_help=True)
 
 
 def _load(file: str):
     """Settings from a policy file; a policy without storage (and no --storage) is an error."""
-    from backupkit.cli.context import COMMON
-    from backupkit.config import Settings
-    from backupkit.errors import ConfigError
-    from backupkit.schedule.checks import semantic_problems, storage_problem
 
     st = Settings.resolve(file, COMMON.storage, COMMON.source, checks=semantic_problems)
     problem = storage_problem(st.policy, COMMON.storage)
@@ -27,9 +36,7 @@ def check(
     offline: bool = typer.Option(False, "--offline", help="Validate only; do not connect."),
 ) -> None:
     """Validate a policy file, then connect to its source and its storage."""
-    from backupkit.cli.common import render
-    from backupkit.mysql.connection import connect
-    from backupkit.mysql.server import server_facts
+    from backupkit.mysql.connection import connect  # lazy: start-up time
 
     st = _load(file)
     result: dict = {"policy": st.policy.name, "file": file, "valid": True}
@@ -57,12 +64,6 @@ def check(
 
 def _check_storage(st) -> str:
     """Reach the storage; a local folder that does not exist yet is fine if it can be created."""
-    import os
-    from pathlib import Path
-    from urllib.parse import unquote, urlparse
-
-    from backupkit.errors import StorageError
-
     try:
         store = st.open_store(create=False)
         store.check()
@@ -90,12 +91,8 @@ def plan(
     Durations measured in the repository (backup runs, cold downtime, restore tests) are used
     where they exist.
     """
-    from backupkit.cli.common import render
-    from backupkit.cli.console import table
-    from backupkit.errors import BackupkitError
-    from backupkit.repo.catalog import Catalog
-    from backupkit.schedule.plan import measured_from, policy_plan
-    from backupkit.util.units import human_seconds
+    from backupkit.repo.catalog import Catalog  # lazy: start-up time
+    from backupkit.schedule.plan import measured_from, policy_plan  # lazy: start-up time
 
     st = _load(file)
     measured: dict = {}

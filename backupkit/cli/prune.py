@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import typer
 
+from backupkit.cli.common import render, settings
+from backupkit.cli.console import warn
+from backupkit.errors import ConfigError, UsageError
+from backupkit.schedule.cron import policy_timezone
+from backupkit.util.units import human_bytes, parse_duration
+
 
 def prune(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print what would be removed; remove nothing."),
@@ -24,12 +30,8 @@ def prune(
     to replay from any kept base. Backups disappear manifest first, data after. Nothing is
     removed without --force: without it (or with --dry-run) prune prints what it would remove.
     """
-    from backupkit.cli.common import render, settings
-    from backupkit.errors import ConfigError, UsageError
-    from backupkit.operations.prune import prune as run_prune
-    from backupkit.operations.retention import RetentionRules
-    from backupkit.schedule.cron import policy_timezone
-    from backupkit.util.units import human_bytes, parse_duration
+    from backupkit.operations.prune import prune as run_prune  # lazy: start-up time
+    from backupkit.operations.retention import RetentionRules  # lazy: start-up time
 
     st = settings()
     r = st.policy.retention
@@ -52,8 +54,6 @@ def prune(
                           "set keep_last, keep_daily, keep_weekly, keep_monthly or recovery_window "
                           "in [retention], or pass --keep-last N / --recovery-window '7 days'")
     if not force and not dry_run:
-        from backupkit.cli.console import warn
-
         warn("showing what prune would remove; nothing is removed without --force")
         dry_run = True
     store = st.open_store(create=False)
