@@ -43,7 +43,7 @@ def verify(
             newest = {}
             for b in catalog.backups():
                 newest[b.kind] = b  # oldest first: the last one of each kind wins
-            targets = [newest[k] for k in ("snapshot", "cold") if k in newest]
+            targets = [newest[k] for k in ("snapshot", "cold", "physical") if k in newest]
         for m in targets:
             try:
                 report.restore_tests.append(run_restore_test(store, m, parallel,

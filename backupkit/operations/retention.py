@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 
 from backupkit.repo.catalog import BackupManifest, GapInfo, SegmentInfo
+from backupkit.repo.chain import needed_by
 from backupkit.repo.coverage import build_runs, ends_at
 from backupkit.restore.plan import Planner
 from backupkit.util.units import human_duration, parse_duration
@@ -113,6 +114,15 @@ def gfs_keep(bases: list[BackupManifest], rules: RetentionRules, tz: tzinfo) -> 
     return keep
 
 
+def keep_chains(bases: list[BackupManifest], keep: dict[str, list[str]]) -> None:
+    """A kept physical incremental keeps every link it is built on: a chain is pruned as a unit."""
+    needs = needed_by(bases)
+    for b in bases:
+        if keep.get(b.id):
+            for pid in sorted(needs[b.id] - {b.id}):
+                keep.setdefault(pid, []).append(f"a link of the chain of kept incremental {b.id}")
+
+
 def _clip(ivs: Iterable[tuple[float, float]], lo: float, hi: float) -> list[tuple[float, float]]:
     return [(max(a, lo), min(z, hi)) for a, z in ivs if z >= lo and a <= hi]
 
@@ -193,6 +203,7 @@ def plan_prune(backups: Iterable[BackupManifest], segments: dict[str, list[Segme
             keep = gfs_keep(bases, rules, tz)
             if plan.window_start is not None:
                 _window_keep(bases, planner, plan.window_start, now, keep)
+            keep_chains(bases, keep)
         for b in bases:
             if keep.get(b.id):
                 plan.keep_backups[b.id] = keep[b.id]

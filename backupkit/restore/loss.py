@@ -1,15 +1,15 @@
 """The loss window of every protection strategy, for a disaster at a given moment.
 
-For each strategy present in the repository (cold file copy, hot snapshot, binlog shipping) and
-a disaster at T (default now), ``loss_report`` gives:
+For each strategy present in the repository (cold file copy, hot snapshot, physical hot backup,
+binlog shipping) and a disaster at T (default now), ``loss_report`` gives:
 
 - the newest recovery point at or before T, from what the repository held at T (backups that
   had finished by T, segments committed by T);
 - the loss window: T minus that point, in seconds;
 - the transactions and rows that would be lost, counted from the shipped binlog where it covers
   that stretch (``counted_through`` says how far it does; ``complete`` is True when it reaches T);
-- the service downtime the strategy costs (cold: the measured stop-to-start time; snapshot: the
-  milliseconds commits were blocked; shipping: none);
+- the service downtime the strategy costs (cold: the measured stop-to-start time; snapshot and
+  physical: the milliseconds commits were blocked; shipping: none);
 - the RTO: the measured duration of its latest restore (``Catalog.restore_records()``).
 
 ``build_loss_report`` is pure (manifests in, report out); ``count_losses`` reads segments.
@@ -31,8 +31,9 @@ from backupkit.restore.plan import Planner
 from backupkit.storage.base import ChunkReader, ObjectStore
 from backupkit.util.units import format_time, human_seconds
 
-STRATEGIES = ("cold", "snapshot", "binlog")
-LABELS = {"cold": "cold file copy", "snapshot": "hot snapshot", "binlog": "binlog shipping"}
+STRATEGIES = ("cold", "snapshot", "physical", "binlog")
+LABELS = {"cold": "cold file copy", "snapshot": "hot snapshot", "physical": "physical hot backup",
+          "binlog": "binlog shipping"}
 #: Read at most this much binlog to count rows; beyond it, transactions come from the index.
 DEFAULT_PARSE_BYTES = 512 * 1024 * 1024
 
@@ -141,7 +142,7 @@ def _rto(records: Sequence[dict[str, Any]], strategy: str) -> tuple[float | None
     """Duration of the latest restore that measures this strategy's RTO."""
     for r in reversed(list(records)):
         kind = r.get("kind")
-        if strategy in ("cold", "snapshot"):
+        if strategy in ("cold", "snapshot", "physical"):
             if kind == strategy and r.get("duration") is not None:
                 return float(r["duration"]), str(r.get("id", ""))
             if kind == "pitr" and r.get("base_kind") == strategy and r.get("base_seconds") is not None:
@@ -174,7 +175,7 @@ def build_loss_report(backups: Sequence[BackupManifest],
     bases = [b for b in backups if b.source.source_id == sid]
     segs = list(segments_by_source.get(sid, []))
     out: list[StrategyLoss] = []
-    for kind in ("cold", "snapshot"):
+    for kind in ("cold", "snapshot", "physical"):
         of_kind = [b for b in bases if b.kind == kind]
         if not of_kind:
             continue

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from backupkit.errors import BackupkitError, IntegrityError, ObjectNotFound, StorageError, UsageError
-from backupkit.mysql.connection import ConnSpec
+from backupkit.mysql.connection import ConnSpec, connect, qualified
 from backupkit.mysql.control import ServiceControl
 from backupkit.mysql.mariabackup import find_mbstream, find_tool
 from backupkit.repo.catalog import BackupManifest, Catalog
@@ -239,6 +239,24 @@ def _chown_tree(root: Path, uid: int, gid: int) -> None:
     for folder, dirs, files in os.walk(root):
         for n in dirs + files:
             os.chown(os.path.join(folder, n), uid, gid, follow_symlinks=False)
+
+
+def server_checksums(spec: ConnSpec) -> dict[str, int | None]:
+    """CHECKSUM TABLE of every user base table of a started server: reads every row once."""
+    conn = connect(spec)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT table_schema, table_name FROM information_schema.tables "
+                        "WHERE table_type = 'BASE TABLE' AND table_schema NOT IN "
+                        "('mysql', 'information_schema', 'performance_schema', 'sys') ORDER BY 1, 2")
+            names = list(cur.fetchall())
+            out: dict[str, int | None] = {}
+            for db, table in names:
+                cur.execute(f"CHECKSUM TABLE {qualified(db, table)}")
+                out[f"{db}.{table}"] = cur.fetchone()[1]
+            return out
+    finally:
+        conn.close()
 
 
 def restore_physical(store: ObjectStore, manifest: BackupManifest, datadir: str | Path | None, *,

@@ -317,3 +317,35 @@ def test_non_empty_datadir_refused_then_force_moves_it_aside(mariadb, local_url,
     aside = Path(result.moved_aside[str(box.datadir)])
     assert (aside / "precious").read_text() == "keep me"
     assert box.sql("SELECT COUNT(*) FROM app.items")[0][0] == 3000
+
+
+def test_cli_physical_chain_verify_restore_test_report_and_prune(mariadb, local_url):
+    import json
+
+    _fill(mariadb, rows=3000)
+    env = {"BACKUPKIT_SOURCE": mariadb.url, "BACKUPKIT_STORAGE": local_url}
+    r = run_cli("snapshot", "--engine", "physical", "--incremental", "--json", env=env)
+    assert r.returncode == 2 and "no physical backup" in r.stderr
+    r = run_cli("snapshot", "--incremental", "--json", env=env)
+    assert r.returncode == 2 and "--engine physical" in r.stderr
+    r = run_cli("snapshot", "--engine", "physical", "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    full = json.loads(r.stdout)
+    assert full["kind"] == "physical" and not full["incremental"] and full["point"]["gtid"]
+    mariadb.sql("UPDATE app.items SET v = 'cli' WHERE id < 50")
+    r = run_cli("snapshot", "--engine", "physical", "--incremental", "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    inc = json.loads(r.stdout)
+    assert inc["chain"] == [full["backup_id"], inc["backup_id"]]
+    r = run_cli("verify", inc["backup_id"], "--restore-test", "--json", env=env, timeout=300)
+    assert r.returncode == 0, r.stderr + r.stdout
+    tests = json.loads(r.stdout)["restore_tests"]
+    assert tests[0]["kind"] == "physical" and tests[0]["server_started"] and tests[0]["tables"] >= 4
+    r = run_cli("report", "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    rows = {s["strategy"]: s for s in json.loads(r.stdout)["strategies"]}
+    assert rows["physical"]["recovery_source"] == inc["backup_id"]
+    assert rows["physical"]["rto_seconds"] == tests[0]["duration_s"]
+    r = run_cli("prune", "--keep-last", "1", "--force", "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    assert {b.id for b in Catalog(open_store(local_url)).backups()} == {full["backup_id"], inc["backup_id"]}
