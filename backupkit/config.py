@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from backupkit.errors import ConfigError
+from backupkit.errors import ConfigError, UsageError
 
 
 class _Section(BaseModel):
@@ -280,6 +280,9 @@ class Settings:
     @classmethod
     def resolve(cls, policy_path: str | None, storage: str | None, source: str | None,
                 json: bool = False, debug: bool = False, checks: PolicyChecks | None = None) -> Settings:
+        for option, value in (("--policy", policy_path), ("--storage", storage), ("--source", source)):
+            if value is not None and not value.strip():  # "" must not quietly mean the default
+                raise UsageError(f"{option} is empty", f"give a value or leave {option} out")
         policy_path = policy_path or os.environ.get("BACKUPKIT_POLICY")
         policy = load_policy(policy_path, checks) if policy_path else Policy()
         primary = policy.storage.primary()

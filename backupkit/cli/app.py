@@ -28,6 +28,7 @@ from backupkit.cli import (
 )
 from backupkit.cli.console import emit_json, error_line
 from backupkit.errors import BackupkitError
+from backupkit.util.redact import redact_text
 
 try:  # typer >= 0.2x vendors its own copy of click
     from typer._click import exceptions as _vendored
@@ -130,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
         error_line(msg + hint)
         if as_json:
-            emit_json({"ok": False, "error": msg, "exit_code": 2})
+            emit_json({"ok": False, "error": redact_text(msg), "exit_code": 2})
         return 2
     except BackupkitError as exc:
         lines = exc.one_line() if "\n" not in exc.message else exc.message
@@ -139,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             traceback.print_exc()
         if as_json:
-            emit_json({"ok": False, "error": exc.message, "hint": exc.hint,
+            emit_json({"ok": False, "error": redact_text(exc.message),
+                       "hint": redact_text(exc.hint) if exc.hint else exc.hint,
                        "exit_code": exc.exit_code, "kind": type(exc).__name__})
         return exc.exit_code
     except Exception as exc:  # a bug: still one line unless --debug
@@ -147,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             traceback.print_exc()
         if as_json:
-            emit_json({"ok": False, "error": f"{type(exc).__name__}: {exc}", "exit_code": 1})
+            emit_json({"ok": False, "error": redact_text(f"{type(exc).__name__}: {exc}"), "exit_code": 1})
         return 1
 
 

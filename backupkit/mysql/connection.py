@@ -11,6 +11,7 @@ from urllib.parse import parse_qs, unquote, urlparse
 import pymysql
 
 from backupkit.errors import ConfigError, SourceError, UsageError
+from backupkit.util.redact import redact_url
 
 PASSWORD_ENV = "BACKUPKIT_SOURCE_PASSWORD"
 TARGET_PASSWORD_ENV = "BACKUPKIT_TARGET_PASSWORD"
@@ -65,27 +66,36 @@ def parse_conn(url: str | None, password_env: str = PASSWORD_ENV,
                password_file: str | None = None) -> ConnSpec:
     """mysql://user@host:port[/db][?socket=/path][&tls=auto|on|off][&tls_ca=FILE] or a socket path;
     the password comes from the environment or a 0600 file."""
+    if url is not None and not url.strip():
+        raise UsageError("empty connection URL", "use mysql://user@host:port or a socket path")
     url = (url or DEFAULT_URL).strip()
+    shown = redact_url(url)  # every message shows this: never the password
     if url.startswith("/") or url.endswith(".sock"):
         spec = ConnSpec(socket=url, host="localhost", port=0)
     else:
-        parsed = urlparse(url)
-        if parsed.scheme not in ("mysql", "mariadb"):
-            raise UsageError(f"bad connection URL {url!r}",
-                             "use mysql://user@host:port or a socket path")
-        if parsed.password is not None:
-            raise UsageError("connection URLs must not contain a password",
-                             f"put it in {password_env} or a 0600 password_file")
-        query = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
         try:
+            parsed = urlparse(url)
             port = parsed.port or 3306
-        except ValueError:
-            raise UsageError(f"bad port in connection URL {url!r}") from None
+            has_password = parsed.password is not None
+            user, host = parsed.username, parsed.hostname
+        except ValueError as exc:  # an unclosed [ or a port that is not a number
+            raise UsageError(f"bad connection URL {shown!r}: {exc}",
+                             "use mysql://user@host:port or a socket path") from None
+        if parsed.scheme not in ("mysql", "mariadb"):
+            raise UsageError(f"bad connection URL {shown!r}",
+                             "use mysql://user@host:port or a socket path")
+        if has_password:
+            raise UsageError(f"connection URLs must not contain a password: {shown!r}",
+                             f"put it in {password_env} or a 0600 password_file")
+        if not 0 < port < 65536:
+            raise UsageError(f"bad port in connection URL {shown!r}")
+        query = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
         tls = query.get("tls", "auto").lower()
         if tls not in ("auto", "on", "off"):
-            raise UsageError(f"bad tls={tls!r} in connection URL {url!r}", "use tls=auto, tls=on or tls=off")
-        spec = ConnSpec(host=parsed.hostname or "127.0.0.1", port=port,
-                        user=unquote(parsed.username or "root"), socket=query.get("socket"),
+            raise UsageError(f"bad tls={tls!r} in connection URL {shown!r}",
+                             "use tls=auto, tls=on or tls=off")
+        spec = ConnSpec(host=host or "127.0.0.1", port=port,
+                        user=unquote(user or "root"), socket=query.get("socket"),
                         database=parsed.path.lstrip("/") or None, tls=tls, tls_ca=query.get("tls_ca"))
         password_file = password_file or query.get("password_file")
     password = os.environ.get(password_env)

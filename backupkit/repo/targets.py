@@ -31,7 +31,7 @@ class TargetSpec:
     s3: dict[str, Any] = field(default_factory=dict)
 
     def open(self, create: bool = True) -> ObjectStore:
-        return open_store(self.url, self.s3, create=create)
+        return open_store(self.url or None, self.s3, create=create)  # "": nothing configured
 
     def open_or_unavailable(self, create: bool = True) -> ObjectStore:
         """The target's store; one that fails every call if it cannot even be opened (a lost region

@@ -9,7 +9,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from backupkit.errors import UsageError
 from backupkit.schedule.cron import cron_trigger
+from backupkit.util.redact import redact_url
 
 if TYPE_CHECKING:
     from backupkit.config import Policy
@@ -81,7 +83,7 @@ def semantic_problems(policy: Policy, path: Path) -> list[str]:
         why = _storage_url_problem(url)
         if why:
             problems.append(f"{path}: key '{i}': expected a storage URL file:///path or "
-                            f"s3://bucket/prefix, found {url!r} ({why})")
+                            f"s3://bucket/prefix, found {redact_url(url)!r} ({why})")
     problems += _targets_problems(policy, path)
     return problems
 
@@ -121,16 +123,13 @@ def _storage_urls(policy: Policy) -> list[tuple[str, str]]:
 
 
 def _storage_url_problem(url: str) -> str | None:
-    from urllib.parse import urlparse
+    from backupkit.storage import parse_storage_url  # start-up: only policies with URLs need it
 
-    if "://" not in url:
-        return None if url.startswith(("/", ".", "~")) else "no scheme"
-    u = urlparse(url)
-    if u.scheme == "file":
-        return None if (u.netloc or u.path) else "no path"
-    if u.scheme == "s3":
-        return None if u.netloc else "no bucket"
-    return f"unknown scheme {u.scheme!r}"
+    try:
+        parse_storage_url(url)
+    except UsageError as exc:
+        return exc.one_line()
+    return None
 
 
 def storage_problem(policy: Policy, override: str | None = None) -> str | None:

@@ -11,11 +11,12 @@ from backupkit.errors import UsageError
 from backupkit.storage.base import ObjectInfo, ObjectStore
 from backupkit.storage.local import LocalStore
 from backupkit.storage.s3 import S3Options, S3Store
+from backupkit.util.redact import redact_url
 
 DEFAULT_URL = "file://./backupkit-repo"
 
 __all__ = ["DEFAULT_URL", "LocalStore", "ObjectInfo", "ObjectStore", "S3Options", "S3Store",
-           "open_store", "s3_options"]
+           "open_store", "parse_storage_url", "s3_options"]
 
 _S3_QUERY = {"endpoint": "endpoint_url", "endpoint_url": "endpoint_url", "region": "region",
              "addressing": "addressing_style", "addressing_style": "addressing_style",
@@ -43,30 +44,77 @@ def s3_options(settings: dict | None = None, query: dict[str, str] | None = None
                                  f"known options: {', '.join(sorted(names))}")
             setattr(opts, k, type(getattr(opts, k))(v) if getattr(opts, k) is not None
                     and not isinstance(getattr(opts, k), str) else v)
+    if opts.endpoint_url:
+        check_endpoint(opts.endpoint_url)
     if opts.addressing_style not in ("auto", "path", "virtual"):
         raise UsageError(f"bad S3 addressing style {opts.addressing_style!r}",
                          "use path, virtual or auto")
     return opts
 
 
-def open_store(url: str | None = None, settings: dict | None = None, create: bool = True) -> ObjectStore:
-    """Open a storage target from a URL: file:///path (default ./backupkit-repo) or s3://bucket/prefix."""
-    url = (url or os.environ.get("BACKUPKIT_STORAGE") or DEFAULT_URL).strip()
+def check_endpoint(url: str) -> None:
+    """An S3 endpoint must be http(s)://host[:port]; refused with its password hidden."""
+    shown = redact_url(url)
+    try:
+        parsed = urlparse(url)
+        _ = parsed.port  # a port that is not a number raises here
+        host = parsed.hostname
+    except ValueError as exc:
+        raise UsageError(f"bad S3 endpoint {shown!r}: {exc}", "use http(s)://host:port") from None
+    if parsed.scheme not in ("http", "https") or not host:
+        raise UsageError(f"bad S3 endpoint {shown!r}", "use http(s)://host:port")
+
+
+_URL_HINT = "use file:///path/to/repo or s3://bucket/prefix"
+
+
+def parse_storage_url(url: str) -> tuple[str, str, str, dict[str, str]]:
+    """(scheme, location, prefix, query) of a storage URL, or UsageError with the password hidden.
+
+    file:///abs/path (or a plain /, ./, ~ path) gives ("file", path, "", {}); s3://bucket/prefix
+    gives ("s3", bucket, prefix, query). A relative file:// path (file://dir/x: "dir" reads as a
+    host) and credentials in the URL are refused."""
+    if not url.strip():
+        raise UsageError("empty storage URL", _URL_HINT)
+    shown = redact_url(url)  # every message shows this: never a password
     if "://" not in url:
         if url.startswith(("/", ".", "~")):
-            return LocalStore(Path(url).expanduser(), create=create)
-        raise UsageError(f"bad storage URL {url!r}",
-                         "use file:///path/to/repo or s3://bucket/prefix")
-    parsed = urlparse(url)
+            return "file", url, "", {}
+        raise UsageError(f"bad storage URL {shown!r}", _URL_HINT)
+    try:
+        parsed = urlparse(url)
+        has_userinfo = parsed.username is not None or parsed.password is not None
+    except ValueError as exc:  # an unclosed [
+        raise UsageError(f"bad storage URL {shown!r}: {exc}", _URL_HINT) from None
+    if has_userinfo:
+        raise UsageError(f"bad storage URL {shown!r}: storage URLs hold no credentials",
+                         "use the standard AWS credential chain (environment, profile, role)")
     if parsed.scheme == "file":
-        path = unquote((parsed.netloc or "") + parsed.path)
+        host = "" if parsed.netloc == "localhost" else parsed.netloc
+        path = unquote(host + parsed.path)
         if not path:
-            raise UsageError(f"bad storage URL {url!r}", "use file:///absolute/path")
-        return LocalStore(Path(path).expanduser(), create=create)
+            raise UsageError(f"bad storage URL {shown!r}: no path", "use file:///absolute/path")
+        if url != DEFAULT_URL and not path.startswith(("/", "~")):
+            raise UsageError(f"bad storage URL {shown!r}: the path is relative "
+                             f"(the host part {parsed.netloc!r} would be its first folder)",
+                             "use file:///absolute/path (three slashes)")
+        return "file", path, "", {}
     if parsed.scheme == "s3":
         if not parsed.netloc:
-            raise UsageError(f"bad storage URL {url!r}: no bucket", "use s3://bucket/prefix")
+            raise UsageError(f"bad storage URL {shown!r}: no bucket", "use s3://bucket/prefix")
         query = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
-        return S3Store(parsed.netloc, parsed.path.lstrip("/"), s3_options(settings, query))
-    raise UsageError(f"bad storage URL {url!r}: unknown scheme {parsed.scheme!r}",
-                     "use file:///path/to/repo or s3://bucket/prefix")
+        if query.get("endpoint") or query.get("endpoint_url"):
+            check_endpoint(query.get("endpoint") or query.get("endpoint_url") or "")
+        return "s3", parsed.netloc, parsed.path.lstrip("/"), query
+    raise UsageError(f"bad storage URL {shown!r}: unknown scheme {parsed.scheme!r}", _URL_HINT)
+
+
+def open_store(url: str | None = None, settings: dict | None = None, create: bool = True) -> ObjectStore:
+    """Open a storage target from a URL: file:///path (default ./backupkit-repo) or s3://bucket/prefix."""
+    if url is not None and not url.strip():
+        raise UsageError("empty storage URL", _URL_HINT)
+    url = (url or os.environ.get("BACKUPKIT_STORAGE") or DEFAULT_URL).strip()
+    scheme, where, prefix, query = parse_storage_url(url)
+    if scheme == "file":
+        return LocalStore(Path(where).expanduser(), create=create)
+    return S3Store(where, prefix, s3_options(settings, query))

@@ -14,8 +14,9 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-from backupkit.errors import ObjectNotFound, StorageError
+from backupkit.errors import ObjectNotFound, StorageError, UsageError
 from backupkit.storage.base import Chunks, ObjectInfo, ObjectStore, iter_chunks
+from backupkit.util.redact import redact_text, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -130,14 +131,18 @@ class S3Store(ObjectStore):
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
         )
-        self.client = session.client("s3", endpoint_url=o.endpoint_url, config=cfg,
-                                     region_name=o.region or "us-east-1")
+        try:
+            self.client = session.client("s3", endpoint_url=o.endpoint_url, config=cfg,
+                                         region_name=o.region or "us-east-1")
+        except ValueError as exc:  # an endpoint botocore cannot use
+            raise UsageError(f"bad S3 endpoint for {self.describe()}: {redact_text(str(exc))}",
+                               "use http(s)://host:port") from None
         self._stream_errors = _botocore_stream_errors()
         self._probed = False
         self._unreachable: tuple[StorageError, float] | None = None
 
     def describe(self) -> str:
-        ep = f" at {self.options.endpoint_url}" if self.options.endpoint_url else ""
+        ep = f" at {redact_url(self.options.endpoint_url)}" if self.options.endpoint_url else ""
         return f"{self.url}{ep}"
 
     # -- helpers -----------------------------------------------------------
