@@ -49,6 +49,8 @@ class Sandbox:
         self.owns_base = base is None
         self.base = Path(base) if base else Path(tempfile.mkdtemp(prefix=f"backupkit-{name}-"))
         self.port = port or free_port()
+        self._auto_port = port is None  # may move to another port if this one is taken at start
+        self._started_once = False
         self.server_id = server_id
         self.extra_args = list(extra_args or [])
         self.proc: subprocess.Popen | None = None
@@ -114,10 +116,21 @@ class Sandbox:
             return self
         self.install()
         (self.base / "tmp").mkdir(exist_ok=True)
-        self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     start_new_session=True)
-        self.wait_ready(timeout)
+        for attempt in range(4):
+            self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                         start_new_session=True)
+            try:
+                self.wait_ready(timeout)
+                break
+            except BackupkitError:
+                # free_port() races with other processes picking ports: a port chosen here may be
+                # taken before mariadbd binds it. Move to another one (first start only).
+                if not (self._auto_port and not self._started_once and attempt < 3
+                        and "Address already in use" in self.tail_log()):
+                    raise
+                self.port = free_port()
+        self._started_once = True
         return self
 
     def wait_ready(self, timeout: float = 60.0) -> None:

@@ -46,6 +46,17 @@ class MotoServer:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 30) -> MotoServer:
+        """Start it; a port taken meanwhile by another process (free_port races) moves it."""
+        for attempt in range(3):
+            try:
+                return self._start(timeout)
+            except RuntimeError as exc:
+                if attempt == 2 or "exited" not in str(exc):
+                    raise
+                self.port = free_port()
+        raise AssertionError("unreachable")
+
+    def _start(self, timeout: float) -> MotoServer:
         exe = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
         env = {**os.environ, **self.env}
         self.proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(self.port)],
