@@ -42,6 +42,13 @@ class SourceError(BackupkitError):
     exit_code = 3
 
 
+class TargetError(BackupkitError):
+    """The restore's target server refused or failed the restore (a replayed transaction failed,
+    or the target is the backed-up source itself). Distinct from 3: the source is not involved."""
+
+    exit_code = 7
+
+
 class StorageError(BackupkitError):
     """A storage target is unreachable, misconfigured or refused an operation."""
 

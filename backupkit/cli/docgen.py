@@ -43,7 +43,8 @@ def render() -> str:
            "Generated from the code by `python -m backupkit.cli.docgen > docs/cli.md`; a test fails "
            "when this file is stale.", "", COMMON_HELP,
            "Exit codes: 0 ok, 1 other error, 2 usage or configuration, 3 source unreachable, "
-           "4 storage, 5 integrity, 6 service control (stop/start) failed, 130 interrupted.", ""]
+           "4 storage, 5 integrity, 6 service control (stop/start) failed, 7 target server (a restore's "
+           "target refused it, or is the source itself), 130 interrupted.", ""]
     _walk(cmd, [], out)
     return "\n".join(out).rstrip() + "\n"
 

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from backupkit.errors import ObjectNotFound, UsageError
+from backupkit.errors import BackupkitError, ObjectNotFound, UsageError
 from backupkit.mysql.connection import TARGET_PASSWORD_ENV, ConnSpec
 from backupkit.repo import layout
 from backupkit.repo.catalog import Catalog
@@ -28,7 +28,7 @@ from backupkit.restore.plan import Planner, RestorePlan
 from backupkit.restore.replay import ReachedPoint, ReplayResult, replay_segments
 from backupkit.restore.stoppoint import RestoreTarget
 from backupkit.storage.base import ObjectStore
-from backupkit.util.units import utc_iso
+from backupkit.util.units import format_time, utc_iso
 
 PitrProgress = Callable[..., None]
 """Called as (phase, event, **details): phase "base" gets the loader's events (and "bytes" with
@@ -194,9 +194,12 @@ def restore_to_point(store: ObjectStore, catalog: Catalog, target: RestoreTarget
     if plan.segments:
         assert spec is not None
         say(f"replaying {len(plan.segments)} binlog segment(s) to {target.describe()}")
-        result.replay = replay_segments(store, plan.segments, plan.start, target, spec,
-                                        start_point=result.reached, log_bin=log_bin,
-                                        progress=lambda ev, **kw: report("replay", ev, **kw))
+        try:
+            result.replay = replay_segments(store, plan.segments, plan.start, target, spec,
+                                            start_point=result.reached, log_bin=log_bin,
+                                            progress=lambda ev, **kw: report("replay", ev, **kw))
+        except BackupkitError as exc:
+            raise _partial(exc, where, base.id, result.reached) from None
         result.notes += result.replay.notes
     result.finished_at = time.time()
     # 3. the record (its duration is this strategy's measured RTO) and the loss report
@@ -217,3 +220,16 @@ def restore_to_point(store: ObjectStore, catalog: Catalog, target: RestoreTarget
     if report_loss:
         result.loss = loss_after_restore(catalog, plan.source_id)
     return result
+
+
+def _partial(exc: BackupkitError, where: str, base_id: str, reached: ReachedPoint) -> BackupkitError:
+    """The replay failed after the base was loaded: say that the target is partial, and where it
+    stands (the error keeps its type, so its exit code)."""
+    r = reached
+    at = (f"GTID {r.gtid or '-'} at {r.file}:{r.pos}"
+          + (f", committed {format_time(r.commit_time)}" if r.commit_time else ""))
+    exc.message = (f"{exc.message}; the target {where} is partial: base {base_id} loaded and "
+                   f"replayed up to {at}")
+    exc.hint = "; ".join(x for x in (exc.hint, "restore again with --force once the cause is fixed") if x)
+    exc.args = (exc.message,)
+    return exc

@@ -75,7 +75,12 @@ def prefetched(items: Iterable[T], depth: int = 2, name: str = "prefetch") -> It
     thread.start()
     try:
         while True:
-            item = q.get()
+            try:
+                item = q.get(timeout=0.2)
+            except queue.Empty:
+                if not thread.is_alive() and q.empty():  # never wait for a producer that is gone
+                    raise RuntimeError(f"{name}: the producer thread ended without a result") from None
+                continue
             if item is _DONE:
                 return
             if isinstance(item, _Failed):

@@ -152,7 +152,7 @@ def test_bad_input_is_one_line_and_leaves_the_target_untouched(shop, bystander, 
 
 def test_replay_stops_at_the_first_error_naming_gtid_and_position(shop):
     """A target that already holds a row the binlog inserts: the replay stops right there."""
-    from backupkit.errors import SourceError
+    from backupkit.errors import TargetError
     from backupkit.restore.load import RestoreOptions, restore_snapshot
     from backupkit.restore.pitr import make_plan
     from backupkit.restore.replay import replay_segments
@@ -165,7 +165,7 @@ def test_replay_stops_at_the_first_error_naming_gtid_and_position(shop):
     try:
         restore_snapshot(catalog.store, plan.base, tgt.spec, RestoreOptions(record=False))
         tgt.sql("INSERT INTO shop.orders VALUES (520, 1, 1, 'in the way', NOW())")
-        with pytest.raises(SourceError) as err:
+        with pytest.raises(TargetError) as err:
             replay_segments(catalog.store, plan.segments, plan.start, target, tgt.spec)
         msg = err.value.one_line()
         assert "replay failed at GTID 0-1-" in msg and "binlog.000001:" in msg and "1062" in msg

@@ -19,7 +19,7 @@ from typing import BinaryIO
 
 import pymysql
 
-from backupkit.restore.replay.units import ByteQueue, ReplayError, TxnInfo, mysql_msg
+from backupkit.restore.replay.units import Aborted, ByteQueue, ReplayError, TxnInfo, mysql_msg
 
 BINLOG_TOOLS = ("mariadb-binlog", "mysqlbinlog")
 
@@ -69,6 +69,8 @@ class Applier(threading.Thread):
                 if item is None:
                     return
                 self._do(item)
+        except Aborted:
+            return  # the parser or the fetcher failed; the caller raises their error
         except BaseException as exc:
             self.error = exc
             self.units.close()

@@ -9,7 +9,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, BinaryIO
 
-from backupkit.errors import IntegrityError
+from backupkit.errors import BackupkitError, IntegrityError
 from backupkit.repo.catalog import SegmentInfo
 from backupkit.repo.codec import iter_object
 from backupkit.restore.replay.units import MIB
@@ -72,7 +72,14 @@ class Fetcher(threading.Thread):
         return put_unless_stopped(self.out, item, self._stop_evt, poll=0.2)
 
     def get(self) -> Fetched | None:
-        item = self.out.get()
+        """The next verified segment, None at the end; raises what failed in the fetcher."""
+        while True:
+            try:
+                item = self.out.get(timeout=0.2)
+                break
+            except queue.Empty:
+                if not self.is_alive() and self.out.empty():  # ended without a word: never wait
+                    raise BackupkitError("the segment fetcher stopped unexpectedly") from None
         if isinstance(item, BaseException):
             raise item
         return item

@@ -38,7 +38,7 @@ from collections.abc import Sequence
 import pymysql
 from pymysql.constants import CLIENT
 
-from backupkit.errors import SourceError
+from backupkit.errors import BackupkitError, SourceError
 from backupkit.mysql.connection import ConnSpec, connect
 from backupkit.repo.catalog import SegmentInfo
 from backupkit.restore.replay.apply import Applier, find_binlog_tool
@@ -111,14 +111,17 @@ def replay_segments(store: ObjectStore, segments: Sequence[SegmentInfo], start: 
     fetcher.start()
     parse_error: BaseException | None = None
     try:
+        between_segments = True  # the parser's state is whole (a fetch error may flush it)
         while True:
             item = fetcher.get()
             if item is None:
                 break
+            between_segments = False
             try:
                 stopped = parser.segment(item)
             finally:
                 item.spool.close()
+            between_segments = True
             result.segments += 1
             result.binlog_bytes += item.size
             if stopped:
@@ -127,7 +130,18 @@ def replay_segments(store: ObjectStore, segments: Sequence[SegmentInfo], start: 
         units.put(None, 0)
     except Aborted:
         pass  # the applier failed; its error is raised below
-    except BaseException as exc:
+    except BackupkitError as exc:
+        # A damaged segment or event: what was parsed before it is whole, verified transactions;
+        # the applier finishes them (an open transaction is rolled back when the connection
+        # closes), then stops. It never waits for more: the end marker follows at once.
+        parse_error = exc
+        try:
+            if between_segments:
+                parser.finish()
+            units.put(None, 0)
+        except Aborted:
+            pass
+    except BaseException as exc:  # Ctrl-C or a bug: stop the applier now
         parse_error = exc
         units.close()
     finally:

@@ -7,14 +7,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from backupkit.errors import SourceError
+from backupkit.errors import TargetError
 from backupkit.restore.stoppoint import format_time
 
 MIB = 1 << 20
 Progress = Callable[..., None]
 
 
-class ReplayError(SourceError):
+class ReplayError(TargetError):
     """The target refused a replayed transaction, or the replay pipeline broke."""
 
 
@@ -99,16 +99,20 @@ class ByteQueue:
             self.cond.notify_all()
 
     def get(self) -> Any:
+        """The next item; raises Aborted once the queue is closed (the producer failed), so a
+        consumer never waits for an item that can no longer come."""
         with self.cond:
-            while not self.items:
+            while not self.items and not self.closed:
                 self.cond.wait()
+            if self.closed:
+                raise Aborted()
             item, n = self.items.pop(0)
             self.bytes -= n
             self.cond.notify_all()
             return item
 
     def close(self) -> None:
-        """The consumer failed: wake and refuse producers."""
+        """One side failed: wake both sides; producers and consumers get Aborted from now on."""
         with self.cond:
             self.closed = True
             for item, _ in self.items:
@@ -119,7 +123,7 @@ class ByteQueue:
 
 
 class Aborted(Exception):
-    pass
+    """The other side of a ByteQueue failed and closed it."""
 
 
 def release(item: Any) -> None:

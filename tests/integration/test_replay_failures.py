@@ -1,0 +1,159 @@
+"""A replay that breaks in any stage (fetch, parse, apply) ends promptly with the right error,
+names what broke, and reports the target as partial: no thread waits for ever (issue 14, defect 1)."""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+import pytest
+
+from backupkit.errors import IntegrityError
+from backupkit.mysql.sandbox import Sandbox
+from backupkit.repo.catalog import Catalog
+from backupkit.restore.replay import ReplayError
+from backupkit.restore.stoppoint import parse_target
+from backupkit.storage import open_store
+from tests.support import run_cli
+
+pytestmark = pytest.mark.timeout(240)
+
+
+@pytest.fixture(scope="module")
+def shipped(tmp_path_factory):
+    """A snapshot, then three shipping runs with writes before each: three non-empty segments."""
+    repo = tmp_path_factory.mktemp("replayfail") / "repo"
+    src = Sandbox(name="replayfail-src").start()
+    env = {"BACKUPKIT_STORAGE": f"file://{repo}", "BACKUPKIT_SOURCE": src.url}
+    try:
+        src.sql("CREATE DATABASE shop")
+        src.sql("CREATE TABLE shop.t (id INT PRIMARY KEY, v VARCHAR(50))")
+        src.sql("INSERT INTO shop.t SELECT seq, 'base' FROM shop.seq_1_to_100")
+        r = run_cli("snapshot", "--json", env=env)
+        assert r.returncode == 0, r.stderr
+        for run in range(3):
+            conn = src.connect(database="shop")
+            with conn.cursor() as cur:
+                for i in range(20):
+                    cur.execute("INSERT INTO t VALUES (%s, %s)", (1000 * (run + 1) + i, f"run{run}"))
+            conn.commit()
+            conn.close()
+            r = run_cli("binlog", "ship", "--once", "--server-id", "556", "--json", env=env)
+            assert r.returncode == 0, r.stderr
+        yield {"repo": repo, "env": env}
+    finally:
+        src.destroy()
+
+
+def _copy(shipped, tmp_path):
+    repo = tmp_path / "repo"
+    shutil.copytree(shipped["repo"], repo)
+    store = open_store(f"file://{repo}")
+    catalog = Catalog(store)
+    (sid,) = catalog.sources()
+    segs = [s for s in catalog.segments(sid) if s.end_pos > s.start_pos and s.transactions]
+    assert len(segs) >= 3, [s.key for s in segs]
+    return repo, store, catalog, segs
+
+
+@pytest.fixture
+def target():
+    sb = Sandbox(name="replayfail-t").start()
+    yield sb
+    sb.destroy()
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_damaged_middle_segment_exits_5_naming_it_and_reports_the_target_partial(
+        shipped, tmp_path, target, damage):
+    repo, _store, _catalog, segs = _copy(shipped, tmp_path)
+    middle = segs[1].object.key
+    path = repo / middle
+    data = bytearray(path.read_bytes())
+    if damage == "flip":
+        data[len(data) // 2] ^= 0x40
+    else:
+        data = data[: len(data) // 2]
+    path.write_bytes(bytes(data))
+    t0 = time.monotonic()
+    r = run_cli("restore", "--latest", "--target", target.url,
+                env={**shipped["env"], "BACKUPKIT_STORAGE": f"file://{repo}"}, timeout=90)
+    took = time.monotonic() - t0
+    assert r.returncode == 5, r.stderr
+    assert middle in r.stderr
+    assert "partial" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert took < 60
+    # the base and the first segment are there; nothing of the damaged one or after it
+    assert target.sql("SELECT COUNT(*) FROM shop.t WHERE v = 'run0'")[0][0] == 20
+    assert target.sql("SELECT COUNT(*) FROM shop.t WHERE v IN ('run1', 'run2')")[0][0] == 0
+
+
+def _restore_in_process(store, catalog, target):
+    from backupkit.restore.pitr import restore_to_point
+
+    return restore_to_point(store, catalog, parse_target(None, None, None, None, True), target.spec,
+                            report_loss=False)
+
+
+def test_fetch_stage_failure_raises_the_integrity_error_promptly(shipped, tmp_path, target,
+                                                                 monkeypatch):
+    from backupkit.restore.replay import fetch
+
+    _repo, store, catalog, segs = _copy(shipped, tmp_path)
+    real = fetch.iter_object
+
+    def broken(store_, obj, **kw):
+        if obj.key == segs[1].object.key:
+            raise IntegrityError(f"checksum mismatch in object {obj.key!r}")
+        return real(store_, obj, **kw)
+
+    monkeypatch.setattr(fetch, "iter_object", broken)
+    t0 = time.monotonic()
+    with pytest.raises(IntegrityError) as info:
+        _restore_in_process(store, catalog, target)
+    assert time.monotonic() - t0 < 30
+    assert segs[1].object.key in str(info.value)
+    assert "partial" in str(info.value)
+
+
+def test_parse_stage_failure_raises_promptly(shipped, tmp_path, target, monkeypatch):
+    from backupkit.restore.replay import parse
+
+    _repo, store, catalog, _segs = _copy(shipped, tmp_path)
+    real = parse.Parser.segment
+    calls = []
+
+    def broken(self, item):
+        calls.append(item)
+        if len(calls) == 2:
+            raise IntegrityError("event at 1234 in segment is malformed")
+        return real(self, item)
+
+    monkeypatch.setattr(parse.Parser, "segment", broken)
+    t0 = time.monotonic()
+    with pytest.raises(IntegrityError, match="malformed.*partial"):
+        _restore_in_process(store, catalog, target)
+    assert time.monotonic() - t0 < 30
+
+
+def test_apply_stage_failure_raises_the_target_error_promptly(shipped, tmp_path, target,
+                                                              monkeypatch):
+    from backupkit.restore.replay import apply
+
+    _repo, store, catalog, _segs = _copy(shipped, tmp_path)
+    real = apply.Applier._do
+    calls = []
+
+    def broken(self, item):
+        calls.append(item)
+        if len(calls) == 5:
+            raise ReplayError("replay failed at GTID 0-1-5: error 1146: Table 'x.y' doesn't exist")
+        return real(self, item)
+
+    monkeypatch.setattr(apply.Applier, "_do", broken)
+    t0 = time.monotonic()
+    with pytest.raises(ReplayError, match="1146.*partial") as info:
+        _restore_in_process(store, catalog, target)
+    assert time.monotonic() - t0 < 30
+    assert info.value.exit_code == 7
