@@ -13,9 +13,11 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, BinaryIO
+from urllib.parse import urlparse
 
 from backupkit.errors import ObjectNotFound, StorageError, UsageError
 from backupkit.storage.base import Chunks, ObjectInfo, ObjectStore, iter_chunks
+from backupkit.util.memory import bound_heap
 from backupkit.util.redact import redact_text, redact_url
 
 log = logging.getLogger(__name__)
@@ -51,7 +53,7 @@ _RETRYABLE_STREAM_ERRORS: tuple[type[BaseException], ...] = (ConnectionError, Ti
 
 
 def _botocore_stream_errors() -> tuple[type[BaseException], ...]:
-    from botocore.exceptions import (
+    from botocore.exceptions import (  # lazy: start-up time (botocore, urllib3)
         ConnectionClosedError,
         ReadTimeoutError,
         ResponseStreamingError,
@@ -92,10 +94,8 @@ class S3Store(ObjectStore):
     """Objects under s3://bucket/prefix, through boto3 with retries and streaming."""
 
     def __init__(self, bucket: str, prefix: str = "", options: S3Options | None = None) -> None:
-        import boto3
-        from botocore.config import Config
-
-        from backupkit.util.memory import bound_heap
+        import boto3  # lazy: boto3 takes ~250 ms to import, and most commands never open S3
+        from botocore.config import Config  # lazy: as boto3
 
         bound_heap()
         self.bucket = bucket
@@ -107,8 +107,6 @@ class S3Store(ObjectStore):
         if o.profile:
             session_kw["profile_name"] = o.profile
         if o.access_key_env or o.secret_key_env:
-            import os
-
             ak = os.environ.get(o.access_key_env or "")
             sk = os.environ.get(o.secret_key_env or "")
             if not ak or not sk:
@@ -162,7 +160,7 @@ class S3Store(ObjectStore):
         return extra
 
     def _error(self, exc: BaseException, action: str, key: str | None = None) -> StorageError:
-        from botocore.exceptions import (
+        from botocore.exceptions import (  # lazy: start-up time (botocore)
             ClientError,
             EndpointConnectionError,
             NoCredentialsError,
@@ -213,8 +211,6 @@ class S3Store(ObjectStore):
         ep = self.options.endpoint_url
         if self._probed or not ep or any(os.environ.get(v) for v in _PROXY_VARS):
             return
-        from urllib.parse import urlparse
-
         u = urlparse(ep)
         host, port = u.hostname or "", u.port or (443 if u.scheme == "https" else 80)
         last: OSError | None = None
@@ -239,7 +235,7 @@ class S3Store(ObjectStore):
         return err
 
     def _call(self, fn, action: str, key: str | None = None, **kw):
-        from botocore.exceptions import BotoCoreError, ClientError
+        from botocore.exceptions import BotoCoreError, ClientError  # lazy: start-up time (botocore)
 
         self._reachable()
         try:
@@ -324,7 +320,7 @@ class S3Store(ObjectStore):
             kw["Range"] = f"bytes={start}-"
         if etag:
             kw["IfMatch"] = etag
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import ClientError  # lazy: start-up time (botocore)
 
         try:
             return self._call(self.client.get_object, "download", key, **kw)
@@ -339,7 +335,7 @@ class S3Store(ObjectStore):
         return resp["Body"].read(), resp.get("ETag", "")
 
     def stat(self, key: str) -> ObjectInfo | None:
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import ClientError  # lazy: start-up time (botocore)
 
         self._reachable()
         try:
@@ -384,7 +380,7 @@ class S3Store(ObjectStore):
             raise StorageError(f"cannot delete {e.get('Key')!r}: {e.get('Code')} {e.get('Message')}")
 
     def put_if_absent(self, key: str, data: bytes) -> bool:
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import ClientError  # lazy: start-up time (botocore)
 
         try:
             self.client.put_object(Bucket=self.bucket, Key=self._k(key), Body=data,
@@ -398,7 +394,7 @@ class S3Store(ObjectStore):
             raise self._error(exc, "create", key) from exc
 
     def replace_if_match(self, key: str, data: bytes, etag: str) -> bool:
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import ClientError  # lazy: start-up time (botocore)
 
         try:
             self.client.put_object(Bucket=self.bucket, Key=self._k(key), Body=data,
