@@ -54,6 +54,19 @@ class Capabilities:
     several_copies: bool = False
 
 
+def read_exact(fh: BinaryIO, n: int) -> bytes:
+    """n bytes from fh, fewer only at its end (a raw reader may return less per call)."""
+    parts: list[bytes] = []
+    have = 0
+    while have < n:
+        b = fh.read(n - have)
+        if not b:
+            break
+        parts.append(b)
+        have += len(b)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
 class ObjectStore(abc.ABC):
     """A flat key space of immutable objects; a key is visible only once complete.
 

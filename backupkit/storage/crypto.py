@@ -38,7 +38,15 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from backupkit.errors import ConfigError, IntegrityError
-from backupkit.storage.base import Capabilities, Chunks, FailoverReader, ObjectInfo, ObjectStore, iter_chunks
+from backupkit.storage.base import (
+    Capabilities,
+    Chunks,
+    FailoverReader,
+    ObjectInfo,
+    ObjectStore,
+    iter_chunks,
+    read_exact,
+)
 
 log = logging.getLogger(__name__)
 
@@ -217,18 +225,6 @@ def parse_header(header: bytes, key: str) -> tuple[str, int]:
     return dek_id, 1 << shift
 
 
-def _read_exact(raw: BinaryIO, n: int) -> bytes:
-    parts = []
-    have = 0
-    while have < n:
-        b = raw.read(n - have)
-        if not b:
-            break
-        parts.append(b)
-        have += len(b)
-    return b"".join(parts) if len(parts) != 1 else parts[0]
-
-
 class DecryptingReader(io.RawIOBase):
     """Plaintext of an encrypted object; each chunk is authenticated before any of it is returned.
 
@@ -240,7 +236,7 @@ class DecryptingReader(io.RawIOBase):
     def __init__(self, raw: BinaryIO, key: str, keyring_lookup) -> None:
         self._raw = raw
         self.key = key
-        header = _read_exact(raw, HEADER_LEN)
+        header = read_exact(raw, HEADER_LEN)
         self.header = header
         self.dek_id, self.chunk_size = parse_header(header, key)
         dek = keyring_lookup(self.dek_id, key)
@@ -248,7 +244,7 @@ class DecryptingReader(io.RawIOBase):
         self._aad = header + key.encode()
         self._index = 0
         self._offset = HEADER_LEN  # stored offset of the next unread chunk
-        self._next = _read_exact(raw, self.chunk_size + TAG)
+        self._next = read_exact(raw, self.chunk_size + TAG)
         self._buf = memoryview(b"")
         self._done = False
 
@@ -264,7 +260,7 @@ class DecryptingReader(io.RawIOBase):
         while True:
             cur = self._next
             full = len(cur) == self.chunk_size + TAG
-            nxt = _read_exact(self._raw, self.chunk_size + TAG) if full else b""
+            nxt = read_exact(self._raw, self.chunk_size + TAG) if full else b""
             final = not nxt
             try:
                 if len(cur) < TAG:
@@ -291,7 +287,7 @@ class DecryptingReader(io.RawIOBase):
             return False
         if self._raw.switch_target(self._offset, HEADER_LEN) != self.header:
             return False
-        self._next = _read_exact(self._raw, self.chunk_size + TAG)
+        self._next = read_exact(self._raw, self.chunk_size + TAG)
         return True
 
     def readinto(self, b) -> int:  # type: ignore[override]

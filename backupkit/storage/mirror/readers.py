@@ -9,7 +9,7 @@ from collections.abc import Iterable, Iterator
 from typing import BinaryIO
 
 from backupkit.errors import ObjectNotFound, StorageError
-from backupkit.storage.base import Chunks, FailoverReader, ObjectInfo, ObjectStore
+from backupkit.storage.base import Chunks, FailoverReader, ObjectInfo, ObjectStore, read_exact
 from backupkit.storage.mirror.health import MirrorHealth, Target
 
 log = logging.getLogger(__name__)
@@ -62,17 +62,6 @@ class TargetStore(ObjectStore):
     def note_failover(self, key: str, bad: str, good: str | None, reason: str,
                       corrupt: bool = False) -> None:
         self.mirror.note_failover(key, bad, good, reason, corrupt)
-
-
-def read_exact(fh: BinaryIO, n: int) -> bytes:
-    parts, have = [], 0
-    while have < n:
-        b = fh.read(n - have)
-        if not b:
-            break
-        parts.append(b)
-        have += len(b)
-    return b"".join(parts)
 
 
 def skip(fh: BinaryIO, n: int) -> None:
