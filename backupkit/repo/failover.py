@@ -33,7 +33,7 @@ BUFFER_LIMIT = 16 << 20
 
 def has_copies(store: ObjectStore, key: str) -> bool:
     """True when key has more than one copy to read from."""
-    return len(store.alternatives(key)) > 1
+    return store.capabilities().several_copies and len(store.alternatives(key)) > 1
 
 
 def _reason(exc: BaseException) -> str:
