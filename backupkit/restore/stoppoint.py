@@ -2,8 +2,11 @@
 
 Times given without a zone are read in the local zone (the TZ environment variable is honoured);
 ``Z``, ``UTC``, a numeric offset (``+02:00``) or an IANA zone name (``Europe/Berlin``) override it.
-Everything is held as a UTC epoch float. Binlog commit times are whole seconds, so "at T" means
-every transaction whose recorded commit second is <= T, and none after.
+A time is parsed exactly (util.units.parse_time_exact: whole seconds plus a Decimal fraction) and
+held as a UTC epoch float rounded down, never up. Binlog commit times are whole seconds, so "at T"
+means every transaction whose recorded commit second is <= floor(T), and none after:
+``...:30.999999999Z`` never includes a commit of :31. A local time that a daylight-saving change
+skips or repeats is refused with both UTC readings.
 
 GTIDs: MariaDB ``domain-server-seq`` (positions ``0-1-100,1-2-7``) and MySQL ``uuid:N``
 (sets ``uuid:1-100:105``). Ordering and containment are by domain (or uuid) and sequence number.

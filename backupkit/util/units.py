@@ -9,9 +9,11 @@ Sizes: ``human_bytes`` in binary units.
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from backupkit.errors import UsageError
@@ -26,18 +28,38 @@ _TIME_RE = re.compile(
 
 
 def parse_time(text: str, now: float | None = None) -> float:
-    """A user's time as a UTC epoch float; raises UsageError naming the bad text."""
+    """A user's time as a UTC epoch float, never later than the exact time written (a float cannot
+    hold nanoseconds: it is rounded down, so its floor is the exact second); raises UsageError."""
+    return float_down(parse_time_exact(text, now))
+
+
+def float_down(exact: Decimal) -> float:
+    """The largest float not above an exact time."""
+    f = float(exact)
+    return math.nextafter(f, -math.inf) if Decimal(f) > exact else f
+
+
+def time_floor(ts: float | Decimal) -> int:
+    """The whole second a time falls in (binlog commit times are whole seconds)."""
+    return math.floor(ts)
+
+
+def parse_time_exact(text: str, now: float | None = None) -> Decimal:
+    """A user's time as an exact UTC epoch Decimal (nanoseconds kept; no float on the way).
+
+    A local time that does not exist (skipped by a daylight-saving change) or exists twice (the
+    hour repeated when the clocks go back) is refused, showing both UTC readings: it is never
+    picked silently. A zone or offset given with the time settles it."""
     raw = (text or "").strip()
     if not raw:
         raise UsageError("empty time", TIME_HELP)
     low = raw.lower()
     if low == "now":
-        return time.time() if now is None else now
+        return Decimal(repr(time.time() if now is None else now))
     if raw.startswith("@"):
-        try:
-            return float(raw[1:])
-        except ValueError:
-            raise UsageError(f"cannot read the time {text!r}", TIME_HELP) from None
+        if not _EPOCH_RE.match(raw[1:]):
+            raise UsageError(f"cannot read the time {text!r}", TIME_HELP)
+        return Decimal(raw[1:])
     m = _TIME_RE.match(raw)
     if not m:
         raise UsageError(f"cannot read the time {text!r}", TIME_HELP)
@@ -49,27 +71,60 @@ def parse_time(text: str, now: float | None = None) -> float:
         naive = datetime.strptime(f"{m.group('date')} {hms}", "%Y-%m-%d %H:%M:%S")
     except ValueError:
         raise UsageError(f"cannot read the time {text!r}: no such date or time", TIME_HELP) from None
-    micro = int((frac + "000000")[:6]) if frac else 0
-    rest = float("0." + frac) - micro / 1e6 if frac and len(frac) > 6 else 0.0
-    naive = naive.replace(microsecond=micro)
+    fraction = Decimal("0." + frac) if frac else Decimal(0)
     zone = m.group("zone")
     if zone is None:
-        aware = naive.astimezone()  # the local zone, DST-aware
+        seconds = _wall_seconds(naive, None, text)  # the local zone (TZ honoured), DST-aware
     elif zone.upper() in ("Z", "UTC", "GMT"):
-        aware = naive.replace(tzinfo=UTC)
+        seconds = _epoch(naive.replace(tzinfo=UTC))
     elif zone[0] in "+-":
         digits = zone[1:].replace(":", "")
         hours, minutes = int(digits[:2]), int(digits[2:4] or 0)
         if hours > 23 or minutes > 59:
             raise UsageError(f"cannot read the time {text!r}: bad zone offset {zone}", TIME_HELP)
         delta = timedelta(hours=hours, minutes=minutes)
-        aware = naive.replace(tzinfo=timezone(delta if zone[0] == "+" else -delta))
+        seconds = _epoch(naive.replace(tzinfo=timezone(delta if zone[0] == "+" else -delta)))
     else:
         try:
-            aware = naive.replace(tzinfo=ZoneInfo(zone))
+            tz = ZoneInfo(zone)
         except (ZoneInfoNotFoundError, ValueError):
             raise UsageError(f"cannot read the time {text!r}: unknown zone {zone!r}", TIME_HELP) from None
-    return aware.timestamp() + rest
+        seconds = _wall_seconds(naive, tz, text)
+    return Decimal(seconds) + fraction
+
+
+_EPOCH_RE = re.compile(r"^\d{1,12}(?:\.\d{1,9})?$")
+_EPOCH0 = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _epoch(aware: datetime) -> int:
+    """Whole epoch seconds of an aware datetime without microseconds (exact: integer arithmetic)."""
+    delta = aware - _EPOCH0
+    return delta.days * 86400 + delta.seconds
+
+
+def _wall_seconds(naive: datetime, tz: ZoneInfo | None, text: str) -> int:
+    """Epoch seconds of a wall-clock time in tz (None: the local zone); refuses a time that a
+    daylight-saving change skips or repeats, naming both UTC readings."""
+    def reading(fold: int) -> int:
+        dt = naive.replace(fold=fold)
+        aware = dt.replace(tzinfo=tz) if tz is not None else dt.astimezone()
+        return _epoch(aware)
+
+    first, second = reading(0), reading(1)
+    if first == second:
+        return first
+    a, b = sorted((first, second))
+    both = " or ".join(datetime.fromtimestamp(x, UTC).strftime("%Y-%m-%d %H:%M:%SZ") for x in (a, b))
+    back = datetime.fromtimestamp(first, UTC)
+    back = back.astimezone(tz) if tz is not None else back.astimezone()
+    where = tz.key if tz is not None else "the local zone"
+    if back.replace(tzinfo=None, fold=0) != naive:
+        why = f"does not exist in {where} (the clocks skip it for daylight saving time)"
+    else:
+        why = f"happens twice in {where} (the clocks go back for daylight saving time)"
+    raise UsageError(f"the time {text!r} {why}: it could mean {both}",
+                     "give a zone or offset, for example 'Z' or '+01:00'")
 
 
 def format_time(ts: float | None, utc: bool = False) -> str:

@@ -101,3 +101,56 @@ def test_exactly_one_target():
     with pytest.raises(UsageError, match="no restore target"):
         parse_target()
 
+
+
+# -- issue 14, defect 3: exact fractions, and daylight-saving times never picked silently ------------
+def test_nanosecond_fraction_is_parsed_exactly_and_never_rounds_into_the_next_second():
+    from decimal import Decimal
+
+    from backupkit.util.units import parse_time_exact
+
+    base = int(_utc(2026, 11, 30, 18, 9, 30))
+    assert parse_time_exact("2026-11-30T18:09:30.999999999Z") == Decimal(base) + Decimal("0.999999999")
+    assert parse_time_exact("@1795975770.999999999") == Decimal("1795975770.999999999")
+    t = parse_time("2026-11-30T18:09:30.999999999Z")
+    assert t < base + 1 and int(t // 1) == base
+    assert parse_time("@1795975770.999999999") < 1795975771
+
+
+def test_time_target_just_before_a_second_never_lets_that_seconds_commits_through():
+    from backupkit.restore.replay.parse import _Cutter
+    from backupkit.restore.stoppoint import parse_target
+
+    base = int(_utc(2026, 11, 30, 18, 9, 30))
+    cut = _Cutter(parse_target(to_time="2026-11-30T18:09:30.999999999Z"))
+    assert cut.before_txn(None, base) is True
+    assert cut.after_txn(None, base, "binlog.000001", 100) == (True, False)
+    assert cut.before_txn(None, base + 1) is False  # the accident at :31 is not replayed
+    assert cut.after_txn(None, base + 1, "binlog.000001", 200) == (False, True)
+
+
+def test_a_local_time_skipped_by_daylight_saving_is_refused_with_both_utc_readings(berlin_tz):
+    with pytest.raises(UsageError) as err:
+        parse_time("2026-03-29 02:30:00")
+    msg = err.value.one_line()
+    assert "does not exist" in msg
+    assert "2026-03-29 00:30:00Z" in msg and "2026-03-29 01:30:00Z" in msg
+
+
+def test_a_local_time_repeated_by_daylight_saving_is_refused_with_both_utc_readings(berlin_tz):
+    with pytest.raises(UsageError) as err:
+        parse_time("2026-10-25 02:30:00")
+    msg = err.value.one_line()
+    assert "happens twice" in msg
+    assert "2026-10-25 00:30:00Z" in msg and "2026-10-25 01:30:00Z" in msg
+
+
+def test_a_named_zone_is_checked_for_daylight_saving_too():
+    for text, word in (("2026-03-29 02:30:00 Europe/Berlin", "does not exist"),
+                       ("2026-10-25 02:30:00 Europe/Berlin", "happens twice")):
+        with pytest.raises(UsageError, match=word):
+            parse_time(text)
+    # an offset settles it; the hour before and after the change is fine
+    assert parse_time("2026-10-25 02:30:00+01:00") == _utc(2026, 10, 25, 1, 30)
+    assert parse_time("2026-10-25 03:30:00 Europe/Berlin") == _utc(2026, 10, 25, 2, 30)
+    assert parse_time("2026-03-29 03:30:00 Europe/Berlin") == _utc(2026, 3, 29, 1, 30)

@@ -27,6 +27,7 @@ from backupkit.repo.catalog import SegmentInfo
 from backupkit.restore.replay.fetch import Fetched
 from backupkit.restore.replay.units import MIB, ReplayError, TxnInfo
 from backupkit.restore.stoppoint import Gtid, RestoreTarget, try_parse_gtid
+from backupkit.util.units import time_floor
 
 CHUNK_BYTES = 8 * MIB  # raw event bytes per round trip (base64 keeps a packet under 16 MiB)
 #: Source statements (row event groups ending in STMT_END_F) per BINLOG statement. The server
@@ -45,7 +46,9 @@ class _Cutter:
 
     def __init__(self, target: RestoreTarget) -> None:
         self.kind = target.kind
-        self.t = float(target.time) if target.time is not None else 0.0
+        # commit times are whole seconds: compare them with the target's whole second (exact:
+        # parse_time never rounds up, so ...:30.999999999 stays in second 30)
+        self.t = time_floor(target.time) if target.time is not None else 0
         self.g: Gtid | None = target.gtid
         self.file = target.file or ""
         self.pos = target.pos or 0
