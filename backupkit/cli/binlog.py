@@ -40,7 +40,8 @@ def ship(
                                            "instead of the newest snapshot's consistent point."),
     from_position: str = typer.Option(None, "--from-position",
                                       help="First run: start at FILE:POS (a transaction boundary), "
-                                           "for example binlog.000001:4."),
+                                           "for example binlog.000001:4; checked against SHOW "
+                                           "BINARY LOGS. Also replaces a start that shipped nothing."),
     restart_from_current: bool = typer.Option(
         False, "--restart-from-current",
         help="After a gap (binlog purged before it was shipped): record the gap and start a new "

@@ -10,9 +10,10 @@ import time
 
 import pytest
 
+from backupkit.mysql import binlog_events as be
 from backupkit.repo import layout
-from backupkit.repo.catalog import SegmentInfo
-from backupkit.repo.codec import read_object
+from backupkit.repo.catalog import Catalog, GapInfo, SegmentInfo
+from backupkit.repo.codec import put_object, read_object
 from backupkit.storage import open_store
 from tests.support import run_cli
 from tests.support.shipping import (
@@ -282,4 +283,49 @@ def test_a_finished_binlog_file_is_rolled_up_and_read_from_its_roll_up(mariadb, 
     plain = sorted((SegmentInfo.from_dict(cat.read_manifest(k)) for k in index),
                    key=lambda s: (s.binlog_file, s.start_pos))
     assert [s.to_dict() for s in segs] == [s.to_dict() for s in plain]
+    assert_complete(sb, local_url)
+
+
+def test_a_from_position_typo_is_refused_before_anything_is_written(mariadb, local_url):
+    """Issue 14, defect 7: binlog.00002:4 (a missing zero) was committed as a permanent gap."""
+    sb = mariadb
+    make_table(sb)
+    sb.sql("FLUSH BINARY LOGS")
+    sb.sql("INSERT INTO w.t (k) VALUES (1)")
+    size = dict(sb.sql("SHOW BINARY LOGS"))["binlog.000002"]
+    for bad, why in (("binlog.00002:4", "no binary log 'binlog.00002' (it has binlog.000001 to "
+                                        "binlog.000002"),
+                     (f"binlog.000002:{int(size) + 1000}", "has only")):
+        r = ship_once(sb, local_url, "--from-position", bad)
+        assert r.returncode == 2, r.stderr
+        lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+        assert len(lines) == 1 and why in lines[0] and "Traceback" not in r.stderr, r.stderr
+    store = open_store(local_url)
+    assert [i.key for i in store.list(layout.BINLOG)] == []
+
+
+def test_a_start_that_shipped_nothing_can_be_corrected(mariadb, local_url):
+    """What an earlier run left for a mistyped start (an empty anchor segment and a gap record)
+    does not block the corrected --from-position, and goes away with it."""
+    sb = mariadb
+    make_table(sb)
+    sb.sql("INSERT INTO w.t (k) VALUES (1)")
+    store = open_store(local_url)
+    cat = Catalog(store)
+    cat.ensure_repo()
+    sid = json.loads(ship_once(sb, local_url, "--from-current").stdout)["source_id"]
+    for i in list(store.list(layout.BINLOG)):  # start again from a repository without this range
+        store.delete([i.key])
+    obj = put_object(store, layout.segment_data(sid, "binlog.00002", 4, 4), [be.MAGIC])
+    cat.commit_segment(SegmentInfo(source_id=sid, binlog_file="binlog.00002", start_pos=4, end_pos=4,
+                                   object=obj, range_id="typo"))
+    cat.record_gap(GapInfo(sid, "binlog.00002", 4, "", 0, time.time(), "binlog.00002 was purged"))
+    r = ship_once(sb, local_url)
+    assert r.returncode == 3 and "GAP" in r.stderr  # without a new start it still stops there
+    r = ship_once(sb, local_url, "--from-position", "binlog.000001:4")
+    assert r.returncode == 0, r.stderr
+    assert cat.gaps(sid) == []
+    segs = cat.segments(sid)
+    assert segs[0].binlog_file == "binlog.000001" and segs[0].start_pos == 4
+    assert all(s.binlog_file != "binlog.00002" for s in segs)
     assert_complete(sb, local_url)

@@ -270,6 +270,11 @@ class Shipper(StreamReader, SegmentWriter):
         """Resume where the repository ends, or start at the snapshot's or server's position."""
         assert self.facts is not None and self.result is not None
         last = self.catalog.last_segment(self.source_id)
+        if self.opts.from_position and (last is None or self._nothing_shipped()):
+            self._check_position(*self.opts.from_position)  # before anything is written
+            if last is not None:
+                self._forget_empty_start()  # a corrected retry of a first run that shipped nothing
+                last = None
         if last is not None:
             self.file, self.seg_start = last.next_point()
             self.range_id = last.range_id or uuid.uuid4().hex[:12]
@@ -301,6 +306,34 @@ class Shipper(StreamReader, SegmentWriter):
         self._last_closed = False
         self._anchor = True
         self.notify(f"starting {self.source_id} at {self.file}:{self.seg_start} ({where})")
+
+    def _check_position(self, file: str, pos: int) -> None:
+        """--from-position must name a binary log the server has, at most its size: a typo is
+        refused before anything is written (it would otherwise be recorded as a purged gap)."""
+        from backupkit.mysql.server import binary_logs
+
+        logs = dict(binary_logs(self._control()))
+        have = f"it has {min(logs)} to {max(logs)}" if logs else "it has no binary logs"
+        if file not in logs:
+            raise UsageError(f"--from-position {file}:{pos}: the source has no binary log {file!r}",
+                             f"{have}; see SHOW BINARY LOGS")
+        if pos > logs[file]:
+            raise UsageError(f"--from-position {file}:{pos}: {file} has only {logs[file]} bytes",
+                             "give the position of an event, e.g. 4 for the start of the file")
+
+    def _nothing_shipped(self) -> bool:
+        """True when every committed segment of the source is empty (anchors of runs that
+        shipped no byte), so a new --from-position may replace them."""
+        return all(s.end_pos == s.start_pos for s in self.catalog.segments(self.source_id))
+
+    def _forget_empty_start(self) -> None:
+        """Remove the empty anchors, roll-ups and gap records of a start that shipped nothing."""
+        keys = [i.key for i in self.store.list(layout.binlog_prefix(self.source_id))]
+        index = [k for k in keys if layout.segment_of(k) is not None]
+        self.store.delete(index)  # the commit markers first: a crash here leaves orphan data only
+        self.store.delete([k for k in keys if k not in set(index)])
+        self.notify(f"replacing the start of {self.source_id}: the earlier start shipped nothing "
+                    f"({len(index)} empty segment(s) and its gap records removed)")
 
     # -- shipping -----------------------------------------------------------------------
     def _ship(self) -> None:
