@@ -235,7 +235,8 @@ def render_page(st: ProtectionStatus, refresh: int | None = None) -> str:
         out.append("</table>")
     if repo and repo.leases:
         out.append("<h2>Shipper lease</h2><ul>" + "".join(
-            f"<li>{_e(le.source_id)}: {_e(le.holder)} ({'active' if le.active else 'expired or released'}, "
-            f"until {_e(_t(le.expires_at))})</li>" for le in repo.leases) + "</ul>")
+            f"<li>{_e(le.source_id)}: {_e(le.holder)} ("
+            + (f"active until {_e(_t(le.expires_at))}" if le.active else "released or expired")
+            + ")</li>" for le in repo.leases) + "</ul>")
     out.append("</body></html>")
     return "\n".join(out)
