@@ -55,6 +55,10 @@ def ship(
                                              "active shipper stops renewing (default 15)."),
     heartbeat: float = typer.Option(None, "--heartbeat", min=0.1, max=3600,
                                     help="Seconds between server heartbeats on an idle stream."),
+    metrics_listen: str = typer.Option(None, "--metrics-listen",
+                                       help="Serve /metrics and the status page on HOST:PORT while "
+                                            "shipping ('on': 127.0.0.1:9108; default [metrics] listen, "
+                                            "unless the daemon runs this shipper)."),
 ) -> None:
     """Stream the source's binlog into the repository, about one sync interval behind.
 
@@ -91,6 +95,7 @@ def ship(
     shipper = Shipper(store, spec, opts, notify=lambda msg: info(msg, quiet=quiet))
     previous = {s: signal.signal(s, shipper.stop) for s in (signal.SIGTERM, signal.SIGINT)}
     t0 = time.monotonic()
+    watch = _Watch(cfg, shipper, store, metrics_listen)
     try:
         with progress(enabled=not quiet) as bar:
             if bar is not None:
@@ -105,6 +110,7 @@ def ship(
                 shipper.on_commit = committed
             result = shipper.run()
     finally:
+        watch.stop()
         for s, h in previous.items():
             signal.signal(s, h)
     wall = time.monotonic() - t0
@@ -125,6 +131,51 @@ def ship(
             console.print(f"[bold red]gap[/] after {g['after_file']}:{g['after_pos']}: {g['reason']}")
 
     render(data, human)
+
+
+class _Watch:
+    """A running shipper's monitoring: its live state written for the daemon's metrics (about
+    twice a second), and its own /metrics and status page when an address is given."""
+
+    def __init__(self, cfg, shipper, store, listen: str | None) -> None:
+        from backupkit.monitor.local import ShipperReporter
+        from backupkit.monitor.server import MetricsServer
+        from backupkit.schedule.monitoring import SHIPPER_STATE_ENV, policy_monitor, shipper_state_path
+
+        self.shipper = shipper
+        self.started = time.time()
+        self.gaps_seen = 0
+        self.reporter = ShipperReporter(self.live, shipper_state_path(cfg.policy)).start()
+        if listen is None and not os.environ.get(SHIPPER_STATE_ENV):  # the daemon serves its own
+            listen = cfg.policy.metrics.listen
+        self.state = self.server = None
+        if listen:
+            self.state = policy_monitor(cfg.policy, lambda: store, shipper_fn=self.live).start()
+            self.server = MetricsServer(listen, self.state.status).start()
+            info(f"metrics and status page on {self.server.url}", quiet=json_mode())
+
+    def live(self):
+        from backupkit.monitor.status import ShipperLive
+
+        sh, r, p = self.shipper, self.shipper.result, self.shipper.progress
+        lease = sh.lease
+        if p.gaps != self.gaps_seen and self.state is not None:
+            self.gaps_seen = p.gaps
+            self.state.touch()  # a gap was recorded: read the repository again for the page
+        return ShipperLive(
+            source_id=sh.source_id, pid=os.getpid(), updated_at=time.time(), confirmed_at=p.confirmed_at(),
+            state=p.state, segments=r.segments if r else 0, bytes=r.bytes if r else 0,
+            stored_bytes=r.stored_bytes if r else 0, transactions=r.transactions if r else 0,
+            upload_errors=p.upload_errors, reconnects=r.reconnects if r else 0, gaps=p.gaps,
+            started_at=self.started, lease_holder=lease.holder if lease is not None and lease.held else "")
+
+    def stop(self) -> None:
+        self.shipper.progress.state = "stopped"
+        self.reporter.stop()
+        if self.server is not None:
+            self.server.stop()
+        if self.state is not None:
+            self.state.stop()
 
 
 @app.command("status")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from pathlib import Path
 
 import typer
@@ -11,21 +10,12 @@ from backupkit.cli.common import json_mode, render, settings
 from backupkit.cli.console import human_bytes, human_seconds, table
 
 
-def monitor_state(read_repository: bool = True):
+def monitor_state():
     """The MonitorState of the configured policy on this machine, its repository read once."""
-    from backupkit.monitor.local import policy_state
-    from backupkit.schedule import Paths, policy_timezone, worst_interval
+    from backupkit.schedule.monitoring import policy_monitor
 
     st = settings()
-    policy = st.policy
-    tz = policy_timezone(policy)
-
-    def interval_of(expr: str) -> float | None:
-        return worst_interval(expr, tz, datetime.now(tz))
-
-    status_file = Paths.of(policy).status_file if policy.path else None
-    state = policy_state(policy, status_file, (lambda: st.open_store(create=False))
-                         if read_repository and st.storage_url else None, interval_of)
+    state = policy_monitor(st.policy, (lambda: st.open_store(create=False)) if st.storage_url else None)
     state.refresh()
     if state.repository is not None and state.repository.error and not state.repository.sources:
         from backupkit.errors import StorageError

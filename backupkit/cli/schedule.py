@@ -57,6 +57,10 @@ def run(
     stop_timeout: float = typer.Option(600.0, "--stop-timeout", min=0,
                                        help="On SIGTERM, seconds to let running jobs finish before "
                                             "cutting them safely."),
+    metrics_listen: str = typer.Option(None, "--metrics-listen",
+                                       help="Serve /metrics (Prometheus) and the status page at / on "
+                                            "HOST:PORT ('on': 127.0.0.1:9108; default [metrics] listen, "
+                                            "else off)."),
 ) -> None:
     """Run the policy: its cron schedules on APScheduler, and the binlog shipper, supervised.
 
@@ -69,7 +73,7 @@ def run(
     st = _settings()
     code = serve(st.policy, st.policy.path or "", stop_timeout=stop_timeout,
                  open_store=lambda: st.open_store(create=True), emit=_emitter(),
-                 extra_env=_child_env())
+                 extra_env=_child_env(), metrics_listen=metrics_listen)
     raise typer.Exit(code)
 
 
@@ -95,8 +99,10 @@ def exec_(
 @app.command("status")
 def status(
     check: bool = typer.Option(False, "--check",
-                               help="Exit 1 unless healthy: the daemon runs, no job's last run failed, "
-                                    "and the shipper (if any) is running. For HEALTHCHECK and monitoring."),
+                               help="Exit 1 unless healthy: the daemon runs and every objective of "
+                                    "the alert rules is met (no failed last run, no overdue backup, "
+                                    "shipper running and not lagging, no open gap, drill passed, "
+                                    "targets in step, loss windows within objective)."),
 ) -> None:
     """The last result and the next run of each job, and the state of the binlog shipper."""
     from datetime import datetime
@@ -167,16 +173,24 @@ def status(
     problems = []
     if not alive:
         problems.append("the daemon is not running" + ("" if ever else " (it never ran)"))
-    for name, j in sorted(jobs.items()):
-        if (j.get("last") or {}).get("result") == "failed":
-            problems.append(f"the last {name} run failed")
-    if alive and out["shipper"] and out["shipper"].get("state") != "running":
-        problems.append(f"the binlog shipper is {out['shipper'].get('state')}")
+    # the same objectives as the alert rules and the status page (monitor/status.py)
+    model = _protection(st, paths.status_file)
+    problems += [p.message for p in model.problems if p.kind != "daemon_down"
+                 and (alive or p.kind != "shipper_down")]
     out["healthy"] = not problems
     out["problems"] = problems
     render(out, human)
     if check and problems:
         raise typer.Exit(1)
+
+
+def _protection(st, status_file):
+    """The protection status of the policy: its repository read once, its local state files."""
+    from backupkit.schedule.monitoring import policy_monitor
+
+    mon = policy_monitor(st.policy, lambda: st.open_store(create=False), status_file=status_file)
+    mon.refresh()
+    return mon.status()
 
 
 @app.command("cron")

@@ -29,6 +29,7 @@ from backupkit.monitor.status import (
     ShipperLive,
     build_status,
     drill_state,
+    restorable_newest,
 )
 
 #: Seconds between two samples of the shipper lag kept for the page's chart.
@@ -285,14 +286,10 @@ def families(st: ProtectionStatus) -> Iterator:
                     "The newest moment a source can be restored to (UTC epoch).", "source")
     gaps = _gauge("backupkit_binlog_gaps", "Gaps in a source's shipped binlog in the repository.", "source")
     if repo is not None:
-        live = st.shipper
         for src in repo.sources:
             if src.oldest is not None:
                 oldest.add_metric([src.source_id], src.oldest)
-            nw = src.newest
-            if live is not None and live.source_id == src.source_id and live.confirmed_at and nw is not None \
-                    and src.intervals and live.confirmed_at > nw:
-                nw = min(st.now, live.confirmed_at)  # shipped since the view was read
+            nw = restorable_newest(st, src)
             if nw is not None:
                 newest.add_metric([src.source_id], nw)
             gaps.add_metric([src.source_id], float(len(src.gaps)))

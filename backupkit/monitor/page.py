@@ -16,6 +16,7 @@ from backupkit.monitor.status import (
     SourceTimeline,
     _human,
     drill_state,
+    restorable_newest,
 )
 
 KIND_COLORS = {"cold": "#1f6fb2", "snapshot": "#7b3fb0", "physical": "#c46a00"}
@@ -44,8 +45,9 @@ def _e(x: object) -> str:
 
 
 # -- the timeline ---------------------------------------------------------------------------------
-def timeline_svg(tl: SourceTimeline, now: float) -> str:
-    """Restorable intervals (green), gaps (red) and bases (marks) of one source, oldest to now."""
+def timeline_svg(tl: SourceTimeline, now: float, newest: float | None = None) -> str:
+    """Restorable intervals (green), gaps (red) and bases (marks) of one source, oldest to now;
+    newest: the newest restorable moment when the live shipper confirmed more than the view."""
     times = ([a for a, _ in tl.intervals] + [b.time for b in tl.bases] + [g.start for g in tl.gaps if g.start]
              + [a for a, _ in tl.binlog_runs if a])
     start = min(times) if times else now - 3600
@@ -62,7 +64,10 @@ def timeline_svg(tl: SourceTimeline, now: float) -> str:
     parts = [f'<svg class="timeline" role="img" viewBox="0 0 {W} {h}" width="100%" '
              f'xmlns="http://www.w3.org/2000/svg" aria-label="restorable time of {_e(tl.source_id)}">',
              f'<rect x="{PAD}" y="40" width="{inner}" height="22" fill="#eceff1"/>']
-    for a, z in tl.intervals:
+    ivs = list(tl.intervals)
+    if ivs and newest is not None and newest > ivs[-1][1]:
+        ivs[-1] = (ivs[-1][0], newest)
+    for a, z in ivs:
         x0, x1 = x(a), x(z)
         parts.append(f'<rect class="interval" x="{x0:.1f}" y="40" width="{max(x1 - x0, 2):.1f}" height="22" '
                      f'fill="#2e9d4f"><title>restorable {_e(_t(a))} to {_e(_t(z))}</title></rect>')
@@ -174,8 +179,8 @@ def render_page(st: ProtectionStatus, refresh: int | None = None) -> str:
         out.append(f'<h3 class=source data-source="{_e(tl.source_id)}">{_e(tl.source_id)} '
                    f'<span class=muted>{len(tl.intervals)} interval(s), {len(tl.gaps)} gap(s), '
                    f'{len(tl.bases)} base(s); restorable {_e(_t(tl.oldest))} to '
-                   f'{_e(_t(tl.newest))}</span></h3>')
-        out.append(timeline_svg(tl, st.now))
+                   f'{_e(_t(restorable_newest(st, tl)))}</span></h3>')
+        out.append(timeline_svg(tl, st.now, restorable_newest(st, tl)))
     if not repo or not repo.sources:
         out.append("<p class=muted>The repository holds no backup yet.</p>")
 

@@ -59,7 +59,7 @@ class MetricsServer:
                     if path == "/metrics":
                         body, ctype = generate_latest(outer.registry), CONTENT_TYPE_LATEST
                     elif path in ("/", "/index.html"):
-                        body = render_page(outer.status_fn()).encode()
+                        body = render_page(outer.status_fn(), refresh=30).encode()
                         ctype = "text/html; charset=utf-8"
                     elif path == "/status.json":
                         body = json.dumps(outer.status_fn().to_dict(), default=str).encode()

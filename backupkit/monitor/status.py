@@ -406,9 +406,7 @@ def judge(st: ProtectionStatus) -> list[Problem]:
                                f"objective of {_human(s.loss_objective)}", strategy=s.strategy))
     if obj.shipper_expected and not daemon_down:
         if not st.shipper_up:
-            sup = (st.daemon.get("shipper") or {}).get("state")
-            out.append(Problem("shipper_down", "the binlog shipper is not running"
-                               + (f" ({sup})" if sup else ""), strategy="binlog"))
+            out.append(Problem("shipper_down", _shipper_down(st), strategy="binlog"))
         elif st.lag_seconds is not None and st.lag_seconds > obj.lag_threshold:
             out.append(Problem("shipper_lagging", f"the binlog shipper is {_human(st.lag_seconds)} behind "
                                f"(threshold {_human(obj.lag_threshold)})", strategy="binlog"))
@@ -432,6 +430,30 @@ def judge(st: ProtectionStatus) -> list[Problem]:
                 out.append(Problem("target_behind", f"storage target {t.name} is {_human(t.lag_seconds)} "
                                    f"behind ({t.missing_objects} objects missing)", target=t.name))
     return out
+
+
+def _shipper_down(st: ProtectionStatus) -> str:
+    sh = st.shipper
+    sup = (st.daemon.get("shipper") or {}).get("state")
+    why = f" (the daemon's supervisor: {sup})" if sup and sup != "running" else ""
+    if sh is None:
+        return "no binlog shipper has reported" + why
+    if sh.state == "stopped":
+        return "the binlog shipper is stopped" + why
+    if sh.state == "standby":
+        return "the binlog shipper is a standby: another one holds the lease"
+    return f"the binlog shipper has not reported for {_human(max(0.0, st.now - sh.updated_at))}" + why
+
+
+def restorable_newest(st: ProtectionStatus, src: SourceTimeline) -> float | None:
+    """The newest restorable moment of a source: its newest interval, extended to what the live
+    shipper confirmed since the repository was read (when that binlog reaches a base)."""
+    newest = src.newest
+    live = st.shipper
+    if (newest is not None and live is not None and live.source_id == src.source_id
+            and live.confirmed_at and newest >= (src.newest_commit or 0)):
+        newest = max(newest, min(st.now, live.confirmed_at))
+    return newest
 
 
 def drill_state(st: ProtectionStatus) -> tuple[Drill | None, bool | None]:

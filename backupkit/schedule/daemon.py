@@ -28,7 +28,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from backupkit.errors import ConfigError, UsageError
+from backupkit.monitor.local import shipper_state_file
 from backupkit.schedule.cron import cron_trigger, iso, policy_timezone, scheduled_strategies
+from backupkit.schedule.monitoring import SHIPPER_STATE_ENV, Monitoring
 from backupkit.schedule.runner import (
     CLI_ARGS,
     JOB_STRATEGIES,
@@ -207,6 +209,7 @@ class Daemon:
         self.event_log = event_log or (lambda line: (sys.stderr.write(line + "\n"), sys.stderr.flush()))
         self.binlog_lock: FileLock | None = None
         self._dirty = threading.Event()
+        self.after_run: Callable[[], None] | None = None  # a run finished (the monitor reads again)
 
     # -- configuration -------------------------------------------------------------------
     def schedules(self) -> dict[str, str]:
@@ -228,6 +231,8 @@ class Daemon:
         if self.stopping.is_set():
             return
         self.executor.run(name)
+        if self.after_run is not None:
+            self.after_run()
         # The next run time is written by the main thread (tick): a job thread must not call the
         # scheduler, whose shutdown holds its job-store lock while it waits for running jobs.
         self._dirty.set()
@@ -339,17 +344,20 @@ def serve(policy: Policy, policy_file: str, stop_timeout: float = 600.0,
           python: str | None = None, poll: float = 1.0, open_store: Callable[[], Any] | None = None,
           emit: Callable[[str, RunRecord], None] | None = None,
           extra_env: dict[str, str] | None = None,
-          event_log: Callable[[str], None] | None = None) -> int:
+          event_log: Callable[[str], None] | None = None, metrics_listen: str | None = None) -> int:
     """`schedule run`: the daemon in the foreground until SIGTERM or SIGINT. Returns the exit code.
 
     First SIGTERM/SIGINT: no new runs start, the shipper is told to flush and stop, running jobs
     finish (up to stop_timeout, then they are cut with SIGTERM). A second signal cuts at once.
+    metrics_listen (or [metrics] listen) serves /metrics and the status page (schedule/monitoring.py).
     """
     from apscheduler.executors.pool import ThreadPoolExecutor
     from apscheduler.schedulers.background import BackgroundScheduler
 
     if not logging.getLogger().isEnabledFor(logging.DEBUG):
         logging.getLogger("apscheduler").setLevel(logging.ERROR)  # our own lines say it all
+    paths = Paths.of(policy)
+    extra_env = {**(extra_env or {}), SHIPPER_STATE_ENV: str(shipper_state_file(paths.status_file))}
     runner = CliRunner(policy_file, python, extra_env)
     sched_cfg = scheduled_strategies(policy)
     shipper = None
@@ -357,8 +365,11 @@ def serve(policy: Policy, policy_file: str, stop_timeout: float = 600.0,
         s = policy.schedule
         shipper = ShipperSupervisor(shipper_spawner(policy_file, python, extra_env, open_store),
                                     SystemClock(), s.shipper_backoff_min, s.shipper_backoff_max)
-    daemon = Daemon(policy, runner, shipper=shipper, emit=emit, event_log=event_log,
+    daemon = Daemon(policy, runner, paths=paths, shipper=shipper, emit=emit, event_log=event_log,
                     describe=catalog_describer(open_store) if open_store else None)
+    monitoring = Monitoring(policy, open_store, paths.status_file,
+                            metrics_listen if metrics_listen is not None else policy.metrics.listen)
+    daemon.after_run = monitoring.touch
     if not daemon.schedules() and shipper is None:
         raise ConfigError(f"{policy.path}: key 'strategies': nothing to run",
                           "set a cron schedule for cold, snapshot, verify, prune or sync, "
@@ -381,6 +392,7 @@ def serve(policy: Policy, policy_file: str, stop_timeout: float = 600.0,
         daemon.start_shipper()
         scheduler.start()
         daemon.write_status("running")
+        monitoring.start()
         daemon.event_log(f"{iso(time.time())} backupkit policy={policy.name} event=started "
                          f"pid={os.getpid()} jobs={','.join(sorted(sched_cfg)) or '-'}")
         last_status = 0.0
@@ -394,6 +406,7 @@ def serve(policy: Policy, policy_file: str, stop_timeout: float = 600.0,
         daemon.shutdown(stop_timeout if signals["n"] < 2 else 0.0, runner.cut)
         daemon.event_log(f"{iso(time.time())} backupkit policy={policy.name} event=stopped")
     finally:
+        monitoring.stop()
         for sig, handler in old.items():
             signal.signal(sig, handler)
     return 0

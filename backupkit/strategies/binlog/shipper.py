@@ -35,6 +35,7 @@ from backupkit.repo.catalog import (
 from backupkit.repo.coverage import next_binlog_name
 from backupkit.repo.lease import Lease, LeaseHeld, LeaseKeeper, LeaseLost
 from backupkit.storage.base import ObjectStore
+from backupkit.strategies.binlog.progress import ShipProgress
 from backupkit.strategies.binlog.spill import MIB, SpillBuffer
 from backupkit.strategies.binlog.stream import EventStats, StreamReader
 from backupkit.strategies.binlog.upload import SegmentUploader, SegmentWriter
@@ -138,6 +139,7 @@ class Shipper(StreamReader, SegmentWriter):
         self.range_id = ""
         self.pending_since: float | None = None  # monotonic time the oldest unflushed commit arrived
         self.on_commit: Callable[[SegmentInfo], None] | None = None
+        self.progress = ShipProgress()  # what is confirmed shipped, for monitoring
         self._last_closed = False
         self._connected_once = False
         self._anchor = False  # a new range starts: commit an empty segment to record where
@@ -178,6 +180,7 @@ class Shipper(StreamReader, SegmentWriter):
                 keeper = LeaseKeeper(self.lease)
                 keeper.start()
                 self.uploader = SegmentUploader(self._store)
+                self.progress.reset()
                 self.uploader.start()
                 clean = False
                 try:
@@ -243,6 +246,7 @@ class Shipper(StreamReader, SegmentWriter):
                                 "without --once")
             if not announced:
                 self._close_control()  # a standby may wait for hours: hold no idle connection
+                self.progress.state = "standby"
                 holder = rec.holder if rec else "another shipper"
                 self.notify(f"standby: {holder} holds the shipper lease of {self.source_id}; "
                             "waiting to take over")
@@ -404,6 +408,7 @@ class Shipper(StreamReader, SegmentWriter):
                           f"({exc.server_message}); shipping stopped", last_time)
             self.catalog.record_gap(gap)
             self.result.gaps.append(gap.to_dict())
+            self.progress.gaps += 1
             raise BinlogGapError(
                 f"GAP: the source no longer has {after_file} (purged) at {after_file}:{after_pos}; "
                 "binlog after that point is lost for point-in-time restore",
@@ -415,6 +420,7 @@ class Shipper(StreamReader, SegmentWriter):
         self.store.put(layout.gap_record(gap.source_id, gap.after_file, gap.after_pos),
                        encode_manifest(gap.to_dict()))
         self.result.gaps.append(gap.to_dict())
+        self.progress.gaps += 1
         self.notify(f"GAP recorded: {after_file}:{after_pos} -> {point.file}:{point.pos}; "
                     "a new continuous range starts here")
         self._switch_file(point.file, point.pos)

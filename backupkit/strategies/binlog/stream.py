@@ -97,6 +97,7 @@ class StreamReader:
                     self.result.stopped_by = "caught up"
                     return True
                 self._maybe_flush()
+                self.progress.alive()
                 timeout = min(watchdog, 0.5)
                 if self.pending_since is not None:
                     timeout = max(0.0, min(timeout, self.pending_since + self.opts.sync_interval
@@ -224,6 +225,7 @@ class StreamReader:
             self.seg_gtid_state = self.gtid.text()
             if self.pending_since is None:
                 self.pending_since = time.monotonic()
+                self.progress.commit_seen(hdr.timestamp)
         if t == be.ROTATE_EVENT:
             rot = be.parse_rotate(be.body(raw, self.tracker.checksum_len))
             self._flush(force=True, next_file=rot.next_file, closed=True)
@@ -293,4 +295,5 @@ class StreamReader:
         self.seg = EventStats()
         self.pending_since = None  # what is left is an incomplete transaction
         self._anchor = False
+        self.progress.flushed()
         self.uploader.submit(item)

@@ -133,6 +133,7 @@ class SegmentWriter:
                 self._commit(info)
                 break
             except StorageError as exc:
+                self.progress.upload_errors += 1
                 if (self.stopping and attempt >= 5) or (self.uploader and self.uploader.aborted.is_set()):
                     raise
                 self.notify(f"warning: storing segment {f['binlog_file']}:{f['start_pos']}-{f['end_pos']} "
@@ -140,6 +141,7 @@ class SegmentWriter:
                 time.sleep(backoff)
                 backoff = min(backoff * 2, self.opts.max_backoff)
         item.close()
+        self.progress.committed()
         self.result.segments += 1
         self.result.bytes += item.n
         self.result.stored_bytes += obj.size

@@ -1,0 +1,109 @@
+"""`schedule run --metrics-listen` with a real Prometheus: scrape the daemon, stop its shipper
+(SIGSTOP), and the lag grows and BackupkitShipperLagging fires (docs/alerts.yml, unchanged);
+the shipper resumes and the lag falls back. The daemon also serves the status page at /.
+Bounded: each wait has its own deadline, the whole test takes about a minute."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from backupkit.mysql.sandbox import free_port
+from tests.monitoring import browser, make_history, scrape, wait_for
+from tests.support import PrometheusServer, run_cli
+
+RULES = Path(__file__).parents[2] / "docs" / "alerts.yml"
+
+
+def test_daemon_metrics_and_the_shipper_alert_in_a_real_prometheus(mariadb, tmp_path):
+    sb = mariadb
+    port = free_port()
+    policy, env = make_history(sb, tmp_path, "mon", f"""
+[binlog]
+sync_interval = 0.2
+heartbeat = 0.5
+[metrics]
+listen = "127.0.0.1:{port}"
+lag_threshold = 3
+refresh_interval = 5
+""")
+    status_file = tmp_path / "state" / "mon.status.json"
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "daemon.log"
+    fh = open(log, "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen([sys.executable, "-m", "backupkit", "--policy", str(policy), "schedule", "run"],
+                            stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+    prom = None
+    try:
+        m = wait_for(url, lambda m: m.get("backupkit_binlog_shipper_up") == 1.0
+                     and m.get("backupkit_daemon_up") == 1.0, timeout=40)
+        assert m["backupkit_binlog_lag_seconds"] <= 2.0
+        prom = PrometheusServer(tmp_path / "prom", [f"127.0.0.1:{port}"], RULES).start()
+        for i in range(20):
+            sb.sql(f"INSERT INTO app.t (v) VALUES ({i})")
+            time.sleep(0.1)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not prom.query('backupkit_binlog_shipper_up == 1'):
+            time.sleep(0.5)
+        assert prom.query("backupkit_binlog_shipper_up == 1"), "prometheus scrapes the daemon"
+        assert not prom.firing().get("BackupkitShipperLagging")
+        # the fault: the shipper stops (SIGSTOP: the daemon does not restart a stopped process)
+        shipper_pid = int(json.loads(status_file.read_text())["shipper"]["pid"])
+        os.kill(shipper_pid, signal.SIGSTOP)
+        t_stop = time.monotonic()
+        try:
+            sb.sql("INSERT INTO app.t (v) VALUES (100)")
+            a = wait_for(url, lambda m: m["backupkit_binlog_lag_seconds"] > 3, timeout=15)
+            time.sleep(1.5)
+            b = scrape(url)
+            assert b["backupkit_binlog_lag_seconds"] > a["backupkit_binlog_lag_seconds"] + 1, "the lag grows"
+            wait_for(url, lambda m: m["backupkit_binlog_shipper_up"] == 0.0, timeout=15)
+            deadline = time.monotonic() + 60
+            firing: dict = {}
+            while time.monotonic() < deadline:
+                firing = prom.firing()
+                if "BackupkitShipperLagging" in firing:
+                    break
+                time.sleep(1)
+            assert "BackupkitShipperLagging" in firing, firing
+            fired_after = time.monotonic() - t_stop
+            assert fired_after < 60
+            page = urllib.request.urlopen(url + "/", timeout=5).read().decode()
+            assert "the binlog shipper has not reported" in page and 'class="interval"' in page
+            shot = os.environ.get("BACKUPKIT_PAGE_SCREENSHOT")
+            if shot:
+                _screenshot(url, shot)
+        finally:
+            os.kill(shipper_pid, signal.SIGCONT)
+        m = wait_for(url, lambda m: m["backupkit_binlog_lag_seconds"] <= 2.0
+                     and m["backupkit_binlog_shipper_up"] == 1.0, timeout=30)
+        r = run_cli("schedule", "status", "--check", env=env)
+        assert r.returncode == 0, r.stdout + r.stderr
+    finally:
+        if prom is not None:
+            prom.stop()
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGTERM)
+        try:
+            rc = proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            rc = proc.wait()
+        fh.close()
+    assert rc == 0, log.read_text()[-3000:]
+
+
+def _screenshot(url: str, path: str) -> None:
+    """The page as the daemon serves it, for docs/ (BACKUPKIT_PAGE_SCREENSHOT=docs/status-page.png)."""
+    driver = browser()
+    try:
+        driver.get(url + "/")
+        driver.save_screenshot(path)
+    finally:
+        driver.quit()

@@ -1,0 +1,115 @@
+"""Helpers of the monitoring tests: scrape /metrics, wait for a metric, a headless browser, and a
+repository history with every strategy and a gap."""
+
+from __future__ import annotations
+
+import shutil
+import time
+import urllib.request
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support import run_cli
+
+
+def scrape(url: str) -> dict[str, float]:
+    """name{labels} -> value; unlabelled series under their bare name as well."""
+    with urllib.request.urlopen(url + "/metrics", timeout=5) as r:
+        text = r.read().decode()
+    out: dict[str, float] = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[s.name] = s.value
+    return out
+
+
+def wait_for(url: str, cond, timeout: float = 30) -> dict[str, float]:
+    deadline = time.monotonic() + timeout
+    last: dict[str, float] = {}
+    while time.monotonic() < deadline:
+        try:
+            last = scrape(url)
+            if cond(last):
+                return last
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"timed out; last scrape: {last}")
+
+
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+              "--window-size=1100,1500"):
+        opts.add_argument(a)
+    opts.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    service = Service(shutil.which("chromedriver") or "/usr/bin/chromedriver")
+    return webdriver.Chrome(service=service, options=opts)
+
+
+def purge_to(sb, name: str) -> None:
+    for _ in range(40):  # PURGE keeps files until InnoDB's binlog checkpoint moves on
+        sb.sql(f"PURGE BINARY LOGS TO '{name}'")
+        if all(r[0] >= name for r in sb.sql("SHOW BINARY LOGS")):
+            return
+        time.sleep(0.25)
+    raise AssertionError("the binlog was not purged")
+
+
+def make_history(sb, tmp_path: Path, name: str = "page-test", extra: str = "") -> tuple[Path, dict[str, str]]:
+    """A policy with every strategy (extra: more TOML sections), and a repository holding each:
+    a cold backup, a snapshot, shipped binlog, a purge gap, shipping restarted after it, and a
+    second snapshot."""
+    repo = tmp_path / "repo"
+    policy = tmp_path / "page.toml"
+    policy.write_text(f"""
+name = "{name}"
+[source]
+url = "{sb.url}"
+start_command = "{sb.start_command()}"
+pid_file = "{sb.pid_file}"
+[storage]
+url = "file://{repo}"
+[strategies]
+cold = "0 3 * * 0"
+snapshot = "0 * * * *"
+binlog = "continuous"
+verify = "30 4 * * *"
+[schedule]
+status_file = "{tmp_path / 'state' / (name + '.status.json')}"
+lock_dir = "{tmp_path / 'locks'}"
+log_dir = "{tmp_path / 'log'}"
+{extra}
+""")
+    env = {"BACKUPKIT_POLICY": str(policy)}
+    sb.sql("CREATE DATABASE app")
+    sb.sql("CREATE TABLE app.t (id INT PRIMARY KEY AUTO_INCREMENT, v INT)")
+    assert run_cli("cold", env=env).returncode == 0
+    sb.sql("INSERT INTO app.t (v) VALUES (1)")
+    r = run_cli("snapshot", env=env)
+    assert r.returncode == 0, r.stderr
+    for i in range(3):
+        sb.sql(f"INSERT INTO app.t (v) VALUES ({i})")
+        time.sleep(1.0)
+    assert run_cli("binlog", "ship", "--once", env=env).returncode == 0
+    time.sleep(1.0)
+    sb.sql("INSERT INTO app.t (v) VALUES (100)")  # never shipped
+    sb.sql("FLUSH BINARY LOGS")
+    time.sleep(1.0)
+    sb.sql("INSERT INTO app.t (v) VALUES (101)")
+    last = sb.sql("SHOW MASTER STATUS")[0][0]
+    purge_to(sb, last)
+    r = run_cli("binlog", "ship", "--once", "--restart-from-current", env=env)
+    assert r.returncode == 0 and "GAP" in r.stderr, r.stderr
+    time.sleep(1.0)
+    assert run_cli("snapshot", env=env).returncode == 0
+    for i in range(3):
+        sb.sql(f"INSERT INTO app.t (v) VALUES ({200 + i})")
+        time.sleep(1.0)
+    assert run_cli("binlog", "ship", "--once", env=env).returncode == 0
+    return policy, env
