@@ -14,10 +14,11 @@ from html import escape
 from backupkit.monitor.status import (
     ProtectionStatus,
     SourceTimeline,
-    _human,
     drill_state,
     restorable_newest,
 )
+from backupkit.util.units import human_bytes
+from backupkit.util.units import human_seconds as _secs
 
 KIND_COLORS = {"cold": "#1f6fb2", "snapshot": "#7b3fb0", "physical": "#c46a00"}
 W, PAD = 920, 60
@@ -28,16 +29,6 @@ def _t(ts: float | None, short: bool = False, span: float = 86400.0) -> str:
         return "-"
     fmt = ("%m-%d %H:%M" if span > 600 else "%H:%M:%S") if short else "%Y-%m-%d %H:%M:%S"
     return datetime.fromtimestamp(ts, UTC).strftime(fmt) + ("" if short else " UTC")
-
-
-def _bytes(n: float | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return "-"
 
 
 def _e(x: object) -> str:
@@ -118,7 +109,7 @@ def lag_svg(history: list[tuple[float, float]], now: float, hours: float = 6.0) 
     parts = [f'<svg class="lag" role="img" viewBox="0 0 {W} {h}" width="100%" '
              f'xmlns="http://www.w3.org/2000/svg" aria-label="shipper lag">',
              f'<line x1="{PAD}" y1="{bottom}" x2="{W - PAD}" y2="{bottom}" stroke="#999"/>',
-             f'<text x="{PAD - 6}" y="{top + 4}" font-size="11" text-anchor="end">{_e(_human(vmax))}</text>',
+             f'<text x="{PAD - 6}" y="{top + 4}" font-size="11" text-anchor="end">{_e(_secs(vmax))}</text>',
              f'<text x="{PAD - 6}" y="{bottom}" font-size="11" text-anchor="end">0</text>']
     if pts:
         line = " ".join(f"{x(t):.1f},{y(v):.1f}" for t, v in pts)
@@ -192,8 +183,8 @@ def render_page(st: ProtectionStatus, refresh: int | None = None) -> str:
         over = (s.loss_seconds or 0) > (s.loss_objective if s.loss_objective is not None else float("inf"))
         cls = "bad" if over else ("ok" if s.loss_seconds is not None else "muted")
         out.append(f'<tr class=strategy data-strategy="{_e(s.strategy)}"><td>{_e(s.label)}</td>'
-                   f"<td>{_e(_t(s.recovery_point))}</td><td class={cls}>{_e(_human(s.loss_seconds))}</td>"
-                   f"<td>{_e(_human(s.loss_objective))}</td><td>{_e(_bytes(s.stored_bytes))}</td></tr>")
+                   f"<td>{_e(_t(s.recovery_point))}</td><td class={cls}>{_e(_secs(s.loss_seconds))}</td>"
+                   f"<td>{_e(_secs(s.loss_objective))}</td><td>{_e(human_bytes(s.stored_bytes))}</td></tr>")
     out.append("</table>")
 
     out.append("<h2>Last runs</h2><table id=jobs><tr><th>job</th><th>schedule</th><th>last</th>"
@@ -203,7 +194,7 @@ def render_page(st: ProtectionStatus, refresh: int | None = None) -> str:
         cls = {"ok": "ok", "failed": "bad"}.get(res, "muted")
         out.append(f'<tr class=job data-job="{_e(s.strategy)}"><td>{_e(s.label)}</td>'
                    f"<td>{_e(s.schedule or '-')}</td><td class={cls}>{_e(res)}</td>"
-                   f"<td>{_e(_t(s.last_success))}</td><td>{_e(_human(s.last_duration))}</td>"
+                   f"<td>{_e(_t(s.last_success))}</td><td>{_e(_secs(s.last_duration))}</td>"
                    f"<td>{s.runs} / {s.failures}</td><td>{_e(s.next_run or '-')}</td>"
                    f"<td>{_e(s.last_error or '')}</td></tr>")
     out.append("</table>")
@@ -216,8 +207,8 @@ def render_page(st: ProtectionStatus, refresh: int | None = None) -> str:
         state = "shipping" if st.shipper_up else ("stopped" if sh.state == "stopped" else "not responding")
         up = "ok" if st.shipper_up else "bad"
         out.append(f"<p id=shipper>{_e(sh.source_id)}: <b class={up}>{state}</b>"
-                   f"; lag {_e(_human(st.lag_seconds))}; confirmed complete up to {_e(_t(sh.confirmed_at))}; "
-                   f"{sh.segments} segments, {_e(_bytes(sh.bytes))} shipped by this run; "
+                   f"; lag {_e(_secs(st.lag_seconds))}; confirmed complete up to {_e(_t(sh.confirmed_at))}; "
+                   f"{sh.segments} segments, {_e(human_bytes(sh.bytes))} shipped by this run; "
                    f"{sh.upload_errors} upload errors; pid {_e(sh.pid)}</p>")
     out.append("<h3>Lag over the last 6 hours</h3>" + lag_svg(st.lag_history, st.now))
 
@@ -227,7 +218,7 @@ def render_page(st: ProtectionStatus, refresh: int | None = None) -> str:
         out.append("<p class=muted>No restore drill yet: run 'backupkit verify --restore-test'.</p>")
     else:
         out.append(f"<p id=drill>last drill: <b class={'ok' if ok else 'bad'}>{'ok' if ok else 'failed'}</b>"
-                   + (f"; {_e(drill.kind)} {_e(drill.backup_id)} restored in {_e(_human(drill.rto_seconds))} "
+                   + (f"; {_e(drill.kind)} {_e(drill.backup_id)} restored in {_e(_secs(drill.rto_seconds))} "
                       f"at {_e(_t(drill.at))}" if drill else "") + "</p>")
 
     if repo and repo.targets:
@@ -236,7 +227,7 @@ def render_page(st: ProtectionStatus, refresh: int | None = None) -> str:
         for t in repo.targets:
             out.append(f'<tr class=target data-target="{_e(t.name)}"><td>{_e(t.name)}</td>'
                        f"<td class={'ok' if t.up else 'bad'}>{'yes' if t.up else 'no'}</td>"
-                       f"<td>{_e(_human(t.lag_seconds))}</td><td>{_e(t.missing_objects)}</td></tr>")
+                       f"<td>{_e(_secs(t.lag_seconds))}</td><td>{_e(t.missing_objects)}</td></tr>")
         out.append("</table>")
     if repo and repo.leases:
         out.append("<h2>Shipper lease</h2><ul>" + "".join(

@@ -21,6 +21,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from backupkit.util.units import format_time
+from backupkit.util.units import human_seconds as _secs
+
 if TYPE_CHECKING:
     from backupkit.config import Policy
 
@@ -395,21 +398,21 @@ def judge(st: ProtectionStatus) -> list[Problem]:
                 started = _ts(st.daemon.get("started_at"))
                 if started is not None and now - started > s.max_age:
                     out.append(Problem("overdue", f"no successful {s.strategy} since the daemon started "
-                                       f"{_human(now - started)} ago (expected every {_human(s.max_age)})",
+                                       f"{_secs(now - started)} ago (expected every {_secs(s.max_age)})",
                                        strategy=s.strategy))
             elif now - since > s.max_age:
-                out.append(Problem("overdue", f"no successful {s.strategy} for {_human(now - since)} "
-                                   f"(expected within {_human(s.max_age)})", strategy=s.strategy))
+                out.append(Problem("overdue", f"no successful {s.strategy} for {_secs(now - since)} "
+                                   f"(expected within {_secs(s.max_age)})", strategy=s.strategy))
         if s.loss_seconds is not None and s.loss_objective is not None and s.loss_seconds > s.loss_objective:
             out.append(Problem("loss_over_objective",
-                               f"{s.label}: the loss window is {_human(s.loss_seconds)}, over its "
-                               f"objective of {_human(s.loss_objective)}", strategy=s.strategy))
+                               f"{s.label}: the loss window is {_secs(s.loss_seconds)}, over its "
+                               f"objective of {_secs(s.loss_objective)}", strategy=s.strategy))
     if obj.shipper_expected and not daemon_down:
         if not st.shipper_up:
             out.append(Problem("shipper_down", _shipper_down(st), strategy="binlog"))
         elif st.lag_seconds is not None and st.lag_seconds > obj.lag_threshold:
-            out.append(Problem("shipper_lagging", f"the binlog shipper is {_human(st.lag_seconds)} behind "
-                               f"(threshold {_human(obj.lag_threshold)})", strategy="binlog"))
+            out.append(Problem("shipper_lagging", f"the binlog shipper is {_secs(st.lag_seconds)} behind "
+                               f"(threshold {_secs(obj.lag_threshold)})", strategy="binlog"))
     repo = st.repository
     if repo is not None:
         for src in repo.sources:
@@ -417,8 +420,8 @@ def judge(st: ProtectionStatus) -> list[Problem]:
             for g in src.gaps:
                 # a gap matters until a base after it makes later times restorable again
                 if g.end is None or newest_base < (g.end or 0):
-                    out.append(Problem("gap", f"{src.source_id}: binlog gap after "
-                                       f"{_iso(g.start) if g.start else 'an unknown time'}: {g.reason}",
+                    after = format_time(g.start, utc=True) if g.start else "an unknown time"
+                    out.append(Problem("gap", f"{src.source_id}: binlog gap after {after}: {g.reason}",
                                        strategy="binlog"))
         if drill_state(st)[1] is False:
             out.append(Problem("drill_failed", "the last restore drill failed", strategy="verify"))
@@ -427,7 +430,7 @@ def judge(st: ProtectionStatus) -> list[Problem]:
                 out.append(Problem("target_behind", f"storage target {t.name} is unreachable"
                                    + (f": {t.error}" if t.error else ""), target=t.name))
             elif t.lag_seconds is not None and t.lag_seconds > obj.target_lag_threshold:
-                out.append(Problem("target_behind", f"storage target {t.name} is {_human(t.lag_seconds)} "
+                out.append(Problem("target_behind", f"storage target {t.name} is {_secs(t.lag_seconds)} "
                                    f"behind ({t.missing_objects} objects missing)", target=t.name))
     return out
 
@@ -442,7 +445,7 @@ def _shipper_down(st: ProtectionStatus) -> str:
         return "the binlog shipper is stopped" + why
     if sh.state == "standby":
         return "the binlog shipper is a standby: another one holds the lease"
-    return f"the binlog shipper has not reported for {_human(max(0.0, st.now - sh.updated_at))}" + why
+    return f"the binlog shipper has not reported for {_secs(max(0.0, st.now - sh.updated_at))}" + why
 
 
 def restorable_newest(st: ProtectionStatus, src: SourceTimeline) -> float | None:
@@ -465,23 +468,3 @@ def drill_state(st: ProtectionStatus) -> tuple[Drill | None, bool | None]:
     if failed_at and (drill is None or failed_at > drill.at):
         return drill, False
     return drill, (drill.ok if drill else None)
-
-
-def _iso(ts: float | None) -> str:
-    from datetime import UTC, datetime
-
-    if ts is None:
-        return "-"
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
-
-
-def _human(s: float | None) -> str:
-    if s is None:
-        return "-"
-    if s < 120:
-        return f"{s:.1f} s"
-    if s < 7200:
-        return f"{s / 60:.1f} min"
-    if s < 172800:
-        return f"{s / 3600:.1f} h"
-    return f"{s / 86400:.1f} d"
