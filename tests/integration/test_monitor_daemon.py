@@ -15,8 +15,8 @@ import urllib.request
 from pathlib import Path
 
 from backupkit.mysql.sandbox import free_port
-from tests.monitoring import browser, make_history, scrape, wait_for
 from tests.support import PrometheusServer, run_cli
+from tests.support.monitoring import browser, make_history, scrape, wait_metric
 
 RULES = Path(__file__).parents[2] / "docs" / "alerts.yml"
 
@@ -41,7 +41,7 @@ refresh_interval = 5
                             stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
     prom = None
     try:
-        m = wait_for(url, lambda m: m.get("backupkit_binlog_shipper_up") == 1.0
+        m = wait_metric(url, lambda m: m.get("backupkit_binlog_shipper_up") == 1.0
                      and m.get("backupkit_daemon_up") == 1.0, timeout=40)
         assert m["backupkit_binlog_lag_seconds"] <= 2.0
         prom = PrometheusServer(tmp_path / "prom", [f"127.0.0.1:{port}"], RULES).start()
@@ -59,11 +59,11 @@ refresh_interval = 5
         t_stop = time.monotonic()
         try:
             sb.sql("INSERT INTO app.t (v) VALUES (100)")
-            a = wait_for(url, lambda m: m["backupkit_binlog_lag_seconds"] > 3, timeout=15)
+            a = wait_metric(url, lambda m: m["backupkit_binlog_lag_seconds"] > 3, timeout=15)
             time.sleep(1.5)
             b = scrape(url)
             assert b["backupkit_binlog_lag_seconds"] > a["backupkit_binlog_lag_seconds"] + 1, "the lag grows"
-            wait_for(url, lambda m: m["backupkit_binlog_shipper_up"] == 0.0, timeout=15)
+            wait_metric(url, lambda m: m["backupkit_binlog_shipper_up"] == 0.0, timeout=15)
             deadline = time.monotonic() + 60
             firing: dict = {}
             while time.monotonic() < deadline:
@@ -81,7 +81,7 @@ refresh_interval = 5
                 _screenshot(url, shot)
         finally:
             os.kill(shipper_pid, signal.SIGCONT)
-        m = wait_for(url, lambda m: m["backupkit_binlog_lag_seconds"] <= 2.0
+        m = wait_metric(url, lambda m: m["backupkit_binlog_lag_seconds"] <= 2.0
                      and m["backupkit_binlog_shipper_up"] == 1.0, timeout=30)
         r = run_cli("schedule", "status", "--check", env=env)
         assert r.returncode == 0, r.stdout + r.stderr

@@ -12,8 +12,8 @@ import os
 
 import pytest
 
-from tests.monitoring import browser, make_history
 from tests.support import run_cli
+from tests.support.monitoring import browser, make_history
 
 
 def test_status_page_in_a_real_browser(mariadb, tmp_path):

@@ -9,8 +9,8 @@ import urllib.request
 from pathlib import Path
 
 from backupkit.mysql.sandbox import free_port
-from tests.integration.test_binlog_ship import Writer, make_table, ship_once, start_shipper, stop_proc
-from tests.monitoring import scrape, wait_for
+from tests.support.monitoring import scrape, wait_metric
+from tests.support.shipping import make_table, ship_once, shipping_writer, start_shipper, stop_proc
 
 
 def test_shipper_metrics_lag_under_load_and_the_gap_counter(mariadb, local_url, tmp_path):
@@ -20,9 +20,9 @@ def test_shipper_metrics_lag_under_load_and_the_gap_counter(mariadb, local_url, 
     url = f"http://127.0.0.1:{port}"
     proc = start_shipper(sb, local_url, tmp_path / "ship.log", "--from-current",
                          "--metrics-listen", f"127.0.0.1:{port}")
-    writer = Writer(sb, pause=0.003)
+    writer = shipping_writer(sb, pause=0.003)
     try:
-        wait_for(url, lambda m: m.get("backupkit_binlog_shipper_up") == 1.0)
+        wait_metric(url, lambda m: m.get("backupkit_binlog_shipper_up") == 1.0)
         writer.start()
         time.sleep(2.0)  # the load settles
         lags = []
@@ -55,11 +55,11 @@ def test_shipper_metrics_lag_under_load_and_the_gap_counter(mariadb, local_url, 
     proc = start_shipper(sb, local_url, tmp_path / "ship2.log", "--restart-from-current",
                          "--metrics-listen", f"127.0.0.1:{port}")
     try:
-        m = wait_for(url, lambda m: m.get("backupkit_binlog_gaps_detected_total", 0) >= 1)
+        m = wait_metric(url, lambda m: m.get("backupkit_binlog_gaps_detected_total", 0) >= 1)
         assert m["backupkit_binlog_gaps_detected_total"] == 1
-        wait_for(url, lambda m: m.get("backupkit_binlog_shipper_up") == 1.0)
+        wait_metric(url, lambda m: m.get("backupkit_binlog_shipper_up") == 1.0)
         # the repository view is read again at once after a gap (not only every refresh_interval)
-        wait_for(url, lambda m: m.get("backupkit_binlog_gaps", 0) == 1, timeout=10)
+        wait_metric(url, lambda m: m.get("backupkit_binlog_gaps", 0) == 1, timeout=10)
         page = urllib.request.urlopen(url + "/", timeout=5).read().decode()
         assert 'class="gap"' in page and "binlog shipping" in page
     finally:

@@ -24,7 +24,7 @@ def scrape(url: str) -> dict[str, float]:
     return out
 
 
-def wait_for(url: str, cond, timeout: float = 30) -> dict[str, float]:
+def wait_metric(url: str, cond, timeout: float = 30) -> dict[str, float]:
     deadline = time.monotonic() + timeout
     last: dict[str, float] = {}
     while time.monotonic() < deadline:
