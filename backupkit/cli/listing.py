@@ -38,6 +38,7 @@ def repository_listing(repo) -> dict:
         "storage": repo.store.describe(),
         "backups": [{
             "id": b.id, "kind": b.kind, "source_id": b.source.source_id,
+            "scope": b.scope.to_dict(), "scope_text": b.scope.describe(),
             "point_time": utc_iso(b.point.time), "binlog": f"{b.point.file}:{b.point.pos}",
             "gtid": b.point.gtid, "duration_s": round(b.duration, 3),
             "stored_bytes": b.stored_bytes,
@@ -79,9 +80,9 @@ def list_cmd(
 
     def human(c) -> None:
         c.print(f"repository {data['storage']}")
-        c.print(table("backups", ["id", "kind", "consistent point (UTC)", "binlog", "duration",
-                                  "stored", "downtime"],
-                      [[b["id"], b["kind"], b["point_time"], b["binlog"],
+        c.print(table("backups", ["id", "kind", "scope", "consistent point (UTC)", "binlog",
+                                  "duration", "stored", "downtime"],
+                      [[b["id"], b["kind"], b["scope_text"], b["point_time"], b["binlog"],
                         human_seconds(b["duration_s"]), human_bytes(b["stored_bytes"]),
                         human_seconds(b["downtime_s"]) if b["downtime_s"] is not None else ""]
                        for b in data["backups"]]))

@@ -19,6 +19,7 @@ from backupkit.mysql.server import BinlogPoint, SourceIdentity  # manifest parts
 from backupkit.repo import layout
 from backupkit.repo.codec import StoredObject, sha256_bytes
 from backupkit.repo.failover import read_checked
+from backupkit.repo.scope import Scope, scope_of
 from backupkit.storage.base import ObjectStore
 from backupkit.util.units import utc_iso, utc_stamp
 
@@ -90,6 +91,11 @@ class BackupManifest:
     @property
     def stored_bytes(self) -> int:
         return sum(o.size for o in self.objects)
+
+    @property
+    def scope(self) -> Scope:
+        """What this base covers: the whole server, or some databases or tables (repo/scope.py)."""
+        return scope_of(self.kind, self.details)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

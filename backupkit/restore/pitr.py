@@ -105,8 +105,11 @@ def measured_rates(records: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def make_plan(catalog: Catalog, target: RestoreTarget, backup_id: str | None = None,
-              source_id: str | None = None) -> RestorePlan:
-    """Read the manifests and plan (raises PlanError with one line when nothing reaches target)."""
+              source_id: str | None = None, databases: list[str] | None = None) -> RestorePlan:
+    """Read the manifests and plan (raises PlanError with one line when nothing reaches target).
+
+    databases: a restore limited to them may start from a partial base holding them; None (a
+    whole-server restore) uses only full bases."""
     backups = catalog.backups()
     if backup_id:
         chosen = [b for b in backups if b.id == backup_id]
@@ -124,7 +127,8 @@ def make_plan(catalog: Catalog, target: RestoreTarget, backup_id: str | None = N
         records = catalog.restore_records()
     except Exception:  # an unreadable record only costs the estimate
         records = []
-    return Planner(backups, segs, gaps, source_id, measured_rates(records)).plan(target)
+    return Planner(backups, segs, gaps, source_id, measured_rates(records),
+                   databases=databases).plan(target)
 
 
 def preflight(store: ObjectStore, plan: RestorePlan) -> None:

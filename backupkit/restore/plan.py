@@ -103,9 +103,10 @@ class RestorePlan:
         return {
             "target": self.target.to_dict(),
             "source_id": self.source_id,
-            "base": {"id": b.id, "kind": b.kind, "point": {"file": b.point.file, "pos": b.point.pos,
-                                                          "gtid": b.point.gtid, "time": b.point.time,
-                                                          "time_text": format_time(b.point.time)},
+            "base": {"id": b.id, "kind": b.kind, "scope": b.scope.to_dict(),
+                     "point": {"file": b.point.file, "pos": b.point.pos,
+                               "gtid": b.point.gtid, "time": b.point.time,
+                               "time_text": format_time(b.point.time)},
                      "stored_bytes": self.base_bytes, "raw_bytes": self.base_raw_bytes},
             "segments": [{"file": s.binlog_file, "start_pos": s.start_pos, "end_pos": s.end_pos,
                           "key": s.object.key, "bytes": s.object.size, "raw_bytes": s.object.raw_size,
@@ -127,7 +128,7 @@ class RestorePlan:
         out = [f"target:    {self.target.describe()}",
                f"base:      {b.kind} {b.id} at {format_time(b.point.time)} "
                f"({b.point.file}:{b.point.pos}, GTID {b.point.gtid or '-'}), "
-               f"{human_bytes(self.base_bytes)} stored"]
+               f"{human_bytes(self.base_bytes)} stored, scope {b.scope.describe()}"]
         if self.segments:
             first, last = self.segments[0], self.segments[-1]
             out.append(f"replay:    {len(self.segments)} segment(s) from {self.start[0]}:{self.start[1]} "
@@ -177,7 +178,10 @@ class Planner:
     def __init__(self, backups: Sequence[BackupManifest],
                  segments_by_source: Mapping[str, Sequence[SegmentInfo]] | Iterable[SegmentInfo] | None,
                  gaps: Mapping[str, Sequence[GapInfo]] | Iterable[GapInfo] | None = None,
-                 source_id: str | None = None, rates: Mapping[str, float] | None = None) -> None:
+                 source_id: str | None = None, rates: Mapping[str, float] | None = None,
+                 databases: Sequence[str] | None = None) -> None:
+        """databases: a restore limited to these (a partial base holding them whole may start
+        it); None, a whole-server restore: only full bases (repo/scope.py)."""
         segs = _by_source(segments_by_source)
         gap_map = _gaps_by_source(gaps)
         self.rates = {**DEFAULT_RATES, **(rates or {})}
@@ -194,8 +198,11 @@ class Planner:
             else:
                 source_id = ""
         self.source_id = source_id
-        self.bases = sorted((b for b in backups if b.source.source_id == source_id),
+        own = [b for b in backups if b.source.source_id == source_id]
+        self.bases = sorted((b for b in own if b.scope.covers(databases)),
                             key=lambda b: (b.point.time, b.id))
+        #: bases left out because they do not cover what is restored (named in errors)
+        self.partial = [b for b in own if not b.scope.covers(databases)]
         self.runs: list[Run] = build_runs(segs.get(source_id, []), gap_map.get(source_id, []))
         # GTID position after each segment of each run (None when unknown)
         self.states = [[_state(s) for s in r.segments] for r in self.runs]
@@ -281,6 +288,12 @@ class Planner:
     def plan(self, target: RestoreTarget) -> RestorePlan:
         """The plan reaching target, or PlanError saying why none can."""
         if not self.bases:
+            if self.partial:
+                names = ", ".join(f"{b.id} ({b.scope.describe()})" for b in self.partial[-3:])
+                raise PlanError("no full base backup in the repository"
+                                + (f" for source {self.source_id}" if self.source_id else "")
+                                + f"; partial snapshots cannot start a whole-server restore: {names}",
+                                "take a full one with 'backupkit snapshot' (no --databases/--tables)")
             raise PlanError("no base backup (snapshot or cold) in the repository"
                             + (f" for source {self.source_id}" if self.source_id else ""),
                             "take one with 'backupkit snapshot' or 'backupkit cold'")

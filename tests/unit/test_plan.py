@@ -244,3 +244,51 @@ def test_a_restart_continues_into_the_next_file_within_one_range():
     b.range_id = "r2"  # a new range after a gap: no longer reachable
     with pytest.raises(PlanError, match="gap"):
         plan_restore([cold], {SRC: [a, b]}, [], time_target(325))
+
+
+# -- issue 14, defect 2: a partial snapshot never starts a whole-server restore ------------------
+def _partial(bid: str, pos: int, gtid: str, t: float, details: dict) -> BackupManifest:
+    m = base(bid, "snapshot", "binlog.000001", pos, gtid, t)
+    m.details = details
+    return m
+
+
+SHOP_ONLY = {"scope": {"full": False, "databases": ["shop"], "tables": []}}
+
+
+def test_whole_server_restore_skips_a_newer_partial_snapshot_for_an_older_full_one():
+    p = _partial("P", 1500, "0-1-15", 115.5, SHOP_ONLY)
+    got = plan(parse_target(latest=True), bases=[A, p], segs={SRC: [S1, S2, S3, S4]})
+    assert got.base.id == "A"
+    assert got.to_dict()["base"]["scope"]["full"] is True
+    assert any("scope full" in line for line in got.lines())
+    got_t = plan(time_target(116), bases=[A, p], segs={SRC: [S1, S2, S3, S4]})
+    assert got_t.base.id == "A"
+
+
+def test_only_partial_snapshots_refuse_a_whole_server_restore_naming_them():
+    p = _partial("P", 1500, "0-1-15", 115.5, SHOP_ONLY)
+    with pytest.raises(PlanError, match="partial snapshots cannot start a whole-server restore: P"):
+        plan(parse_target(latest=True), bases=[p], segs={SRC: [S1, S2, S3, S4]})
+
+
+def test_a_restore_limited_to_databases_may_start_from_a_partial_base_covering_them():
+    p = _partial("P", 1500, "0-1-15", 115.5, SHOP_ONLY)
+    segs = {SRC: [S1, S2, S3, S4]}
+    got = Planner([A, p], segs, (), databases=["shop"]).plan(parse_target(latest=True))
+    assert got.base.id == "P"
+    got = Planner([A, p], segs, (), databases=["shop", "gamma"]).plan(parse_target(latest=True))
+    assert got.base.id == "A"
+
+
+def test_scope_of_old_manifests_comes_from_their_recorded_filters():
+    old_db = _partial("O1", 1500, "0-1-15", 115.5, {"options": {"databases": ["shop"], "tables": []}})
+    old_tables = _partial("O2", 1500, "0-1-15", 115.5, {"options": {"databases": [],
+                                                                   "tables": ["shop.orders"]}})
+    old_plain = _partial("O3", 1500, "0-1-15", 115.5, {"options": {"databases": [], "tables": []}})
+    no_options = _partial("O4", 1500, "0-1-15", 115.5, {})
+    assert not old_db.scope.full and old_db.scope.covers(["shop"])
+    assert not old_tables.scope.full and not old_tables.scope.covers(["shop"])
+    assert old_plain.scope.full and no_options.scope.full
+    assert B.scope.full  # cold backups are always full
+    assert old_db.scope.describe() == "partial: databases shop"

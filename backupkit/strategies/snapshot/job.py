@@ -16,6 +16,7 @@ The manifest is written last, through ``Catalog.commit_backup``.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import queue
 import threading
@@ -24,12 +25,14 @@ import time
 import pymysql
 import pymysql.cursors
 
+from backupkit.errors import UsageError
 from backupkit.mysql import tsv
 from backupkit.mysql.connection import ConnSpec
 from backupkit.mysql.server import identity, server_facts
 from backupkit.repo import layout
 from backupkit.repo.catalog import BackupManifest, Catalog, new_backup_id
 from backupkit.repo.codec import StoredObject, put_object
+from backupkit.repo.scope import Scope
 from backupkit.storage.base import ObjectStore
 from backupkit.strategies.snapshot.chunks import (
     MIB,
@@ -44,6 +47,7 @@ from backupkit.strategies.snapshot.consistency import open_snapshots_mariadb, op
 from backupkit.strategies.snapshot.options import Progress, SnapshotOptions
 from backupkit.strategies.snapshot.schema import (
     TableInfo,
+    list_databases,
 )
 from backupkit.util.workers import prefetched, run_workers
 
@@ -70,6 +74,7 @@ def take_snapshot(spec: ConnSpec, store: ObjectStore, options: SnapshotOptions,
         for w in workers:
             with w.cursor() as wc:
                 wc.execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        _check_filters(coord, options)  # before any lock, and before anything is written
         opener = open_snapshots_mariadb if facts.is_mariadb else open_snapshots_mysql
         try:
             cons = opener(coord, workers, facts, options)
@@ -138,6 +143,9 @@ def take_snapshot(spec: ConnSpec, store: ObjectStore, options: SnapshotOptions,
                       for s in cons.schemas],
         "tables": table_rows,
         "users_key": users_key,
+        # what this base covers: a whole-server restore never starts from a partial one
+        "scope": Scope(tuple(s.name for s in cons.schemas) if options.databases else (),
+                       tuple(options.tables)).to_dict(),
         "options": {"databases": options.databases, "tables": options.tables,
                     "include_users": options.include_users, "parallel": n,
                     "chunk_size_mb": options.chunk_size_mb,
@@ -154,6 +162,33 @@ def take_snapshot(spec: ConnSpec, store: ObjectStore, options: SnapshotOptions,
     catalog.commit_backup(manifest)
     report("done", manifest=manifest)
     return manifest
+
+
+def _check_filters(coord, options: SnapshotOptions) -> None:
+    """Every --databases name (or pattern) and --tables pattern selects something; a typo must
+    never commit an empty or smaller snapshot that looks fine."""
+    if not options.databases and not options.tables:
+        return
+    with coord.cursor() as cur:
+        names = [name for name, _, _ in list_databases(cur, (), ())]
+        missing = [p for p in options.databases if not any(fnmatch.fnmatchcase(n, p) for n in names)]
+        if missing:
+            raise UsageError(f"no database {', '.join(repr(m) for m in missing)} on the source",
+                             f"the source has: {', '.join(names) or 'no user databases'}")
+        if options.tables:
+            cur.execute("SELECT table_schema, table_name FROM information_schema.tables "
+                        "WHERE table_type IN ('BASE TABLE', 'SEQUENCE')")
+            full = [f"{_text(d)}.{_text(t)}" for d, t in cur.fetchall()
+                    if not options.databases or any(fnmatch.fnmatchcase(_text(d), p)
+                                                    for p in options.databases)]
+            none = [p for p in options.tables if not any(fnmatch.fnmatchcase(f, p) for f in full)]
+            if none:
+                raise UsageError(f"no table matches {', '.join(repr(p) for p in none)} on the source",
+                                 "give --tables as db.table (patterns allowed)")
+
+
+def _text(v) -> str:
+    return v.decode("utf-8", "surrogateescape") if isinstance(v, bytes) else str(v)
 
 
 def _run_workers(store: ObjectStore, backup_id: str, workers: list, tasks: list[ChunkTask],
