@@ -158,23 +158,31 @@ def _iter_one(store: ObjectStore, obj: StoredObject, read_size: int = READ_SIZE)
                 if not block:
                     return
                 yield block
-        dobj = zstandard.ZstdDecompressor().decompressobj()
+        # stream_reader: at most read_size decoded bytes per read (memory stays bounded even where
+        # 1 MiB of input expands to gigabytes, as zero-filled datafiles do) and about 7x faster
+        # than decompressobj there. It does not notice a truncated frame, so the decoded size is
+        # checked against the manifest's raw_size.
+        produced = 0
+        dec = zstandard.ZstdDecompressor().stream_reader(reader, read_size=read_size,
+                                                         read_across_frames=True)
         while True:
-            block = reader.read(read_size)
-            if not block:
-                break
             try:
-                out = dobj.decompress(block)
+                out = dec.read(read_size)
             except zstandard.ZstdError as exc:
                 # Read the rest so the checksum error, if any, is the one reported.
                 while reader.read(read_size):
                     pass
                 raise IntegrityError(f"object {obj.key!r} does not decompress: {exc}",
                                      "the stored copy is damaged") from exc
-            if out:
-                yield out
-        if not dobj.eof:
-            raise IntegrityError(f"object {obj.key!r} is truncated", "the stored copy is damaged")
+            if not out:
+                break
+            produced += len(out)
+            yield out
+        while reader.read(read_size):  # to the end, where the stored bytes' checksum is checked
+            pass
+        if produced != obj.raw_size:
+            raise IntegrityError(f"object {obj.key!r} is truncated: {produced} bytes decoded, the "
+                                 f"manifest says {obj.raw_size}", "the stored copy is damaged")
     finally:
         reader.close()
 
