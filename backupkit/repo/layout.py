@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from urllib.parse import quote, unquote
 
 FORMAT_VERSION = 1
@@ -20,6 +21,28 @@ def enc(name: str) -> str:
     """A database, table or source name as one safe key component (reversible)."""
     out = quote(name, safe="")
     return "%2E" + out[1:] if out.startswith(".") else out
+
+
+#: The longest key component a database or table name becomes. Local file names stop at 255
+#: bytes, and a 64-character name in 4-byte UTF-8 percent-encodes to 768.
+MAX_NAME_COMPONENT = 120
+_HASHED = "%~"  # never produced by enc(): marks a shortened component
+
+
+def name_component(name: str) -> str:
+    """enc(name), or for a long name a readable prefix of it plus a hash of the whole name.
+
+    Shortened components are not reversible: the real names are in the manifest, which is
+    where restore reads them from."""
+    out = enc(name)
+    if len(out) <= MAX_NAME_COMPONENT:
+        return out
+    digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    keep = out[:MAX_NAME_COMPONENT - len(_HASHED) - len(digest)]
+    cut = keep.rfind("%")
+    if cut > len(keep) - 3:  # never cut a %XX escape in two
+        keep = keep[:cut]
+    return f"{keep}{_HASHED}{digest}"
 
 
 def dec(component: str) -> str:
@@ -52,7 +75,7 @@ def backup_id_of(key: str) -> str | None:
 
 def snapshot_schema(backup_id: str, db: str) -> str:
     """DDL of one database (tables, views, routines, triggers, events)."""
-    return f"{BACKUPS}{backup_id}/schema/{enc(db)}.json.zst"
+    return f"{BACKUPS}{backup_id}/schema/{name_component(db)}.json.zst"
 
 
 def snapshot_globals(backup_id: str) -> str:
@@ -62,7 +85,7 @@ def snapshot_globals(backup_id: str) -> str:
 
 def snapshot_chunk(backup_id: str, db: str, table: str, chunk: int) -> str:
     """One chunk of one table's rows in LOAD DATA's escaped tab-separated form."""
-    return f"{BACKUPS}{backup_id}/data/{enc(db)}/{enc(table)}/{chunk:06d}.tsv.zst"
+    return f"{BACKUPS}{backup_id}/data/{name_component(db)}/{name_component(table)}/{chunk:06d}.tsv.zst"
 
 
 def cold_archive(backup_id: str, part: int = 0) -> str:

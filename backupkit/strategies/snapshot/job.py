@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import logging
 import queue
 import threading
 import time
@@ -51,15 +52,43 @@ from backupkit.strategies.snapshot.schema import (
 )
 from backupkit.util.workers import prefetched, run_workers
 
+log = logging.getLogger(__name__)
+
 
 def take_snapshot(spec: ConnSpec, store: ObjectStore, options: SnapshotOptions,
                   progress: Progress | None = None) -> BackupManifest:
-    """Take a consistent snapshot of the source into store and commit its manifest (last)."""
+    """Take a consistent snapshot of the source into store and commit its manifest (last).
+
+    On any failure (Ctrl-C included) the objects it uploaded are removed again."""
     started = time.time()
+    backup_id = options.backup_id or new_backup_id("snapshot", started)
+    try:
+        return _take(spec, store, options, progress, backup_id, started)
+    except BaseException:
+        remove_uncommitted(store, backup_id)
+        raise
+
+
+def remove_uncommitted(store: ObjectStore, backup_id: str) -> list[str]:
+    """Delete the objects of a backup that failed before its manifest was written; a backup
+    whose manifest exists (a commit that failed only in its reply) is left alone."""
+    try:
+        if store.stat(layout.backup_manifest(backup_id)) is not None:
+            return []
+        keys = [i.key for i in store.list(layout.backup_prefix(backup_id))]
+        if keys:
+            store.delete(keys)
+        return keys
+    except Exception as exc:  # noqa: BLE001 - the first failure is the one to report
+        log.warning("could not remove the objects of the failed backup %s: %s", backup_id, exc)
+        return []
+
+
+def _take(spec: ConnSpec, store: ObjectStore, options: SnapshotOptions, progress: Progress | None,
+          backup_id: str, started: float) -> BackupManifest:
     report = progress or (lambda *a, **k: None)
     n = options.workers()
     chunk_bytes = options.chunk_size_mb * MIB
-    backup_id = options.backup_id or new_backup_id("snapshot", started)
     catalog = Catalog(store)
     coord = open_session(spec)
     workers: list = []
