@@ -140,6 +140,8 @@ class MonitorState:
         return st
 
     def _sample(self, now: float, lag: float) -> None:
+        if self._thread is None:  # only the state's owner (a daemon, a shipper) records history
+            return
         with self._lock:
             if now - self._last_sample >= LAG_SAMPLE_SECONDS:
                 self.lag_history.append((now, lag))

@@ -29,10 +29,12 @@ if TYPE_CHECKING:
 
 BASE_KINDS = ("cold", "snapshot", "physical")
 STRATEGIES = ("cold", "snapshot", "physical", "binlog")
-LABELS = {"cold": "cold file copy", "snapshot": "hot snapshot", "physical": "physical copy",
+LABELS = {"cold": "cold file copy", "snapshot": "hot snapshot", "physical": "physical hot backup",
           "binlog": "binlog shipping", "verify": "verify", "prune": "prune", "sync": "sync"}
 #: A shipper whose state was not refreshed for this long is taken for stopped.
 SHIPPER_STALE_SECONDS = 5.0
+#: After the daemon starts, its shipper has this long to report before it counts as down.
+SHIPPER_START_GRACE = 15.0
 
 
 # -- inputs -----------------------------------------------------------------------------------
@@ -183,6 +185,9 @@ class Objectives:
     lag_threshold: float = 60.0
     target_lag_threshold: float = 900.0
     shipper_expected: bool = False
+    #: strategy -> the scheduler's job that makes it ("physical" comes from the "snapshot" job
+    #: when [snapshot] engine = "physical")
+    job_of: dict[str, str] = field(default_factory=dict)
 
 
 def objectives_for(policy: Policy, interval_of: Callable[[str], float | None],
@@ -198,6 +203,9 @@ def objectives_for(policy: Policy, interval_of: Callable[[str], float | None],
         expr = getattr(policy.strategies, name, None)
         if not expr or expr == "off":
             continue
+        if name == "snapshot" and getattr(policy.snapshot, "engine", "logical") == "physical":
+            name = "physical"
+            obj.job_of["physical"] = "snapshot"
         obj.schedules[name] = expr
         if name == "binlog":
             obj.shipper_expected = expr == "continuous"
@@ -329,7 +337,7 @@ def build_status(policy: str, *, now: float | None = None, repository: Repositor
     shipper_up = bool(shipper and shipper.fresh(now) and shipper.state == "shipping")
     lag = shipper.lag(now) if shipper else None
     strategies: list[StrategyStatus] = []
-    names = [k for k in STRATEGIES if k in obj.schedules or k in jobs
+    names = [k for k in STRATEGIES if k in obj.schedules or (k in jobs and k not in obj.job_of.values())
              or (repository and repository.bases(k))]
     if "binlog" not in names and (shipper is not None or (repository and any(
             s.segments for s in repository.sources))):
@@ -338,7 +346,7 @@ def build_status(policy: str, *, now: float | None = None, repository: Repositor
     for name in names:
         s = StrategyStatus(name, schedule=obj.schedules.get(name, ""),
                            loss_objective=obj.loss_objective.get(name), max_age=obj.max_age.get(name))
-        j = jobs.get(name) or {}
+        j = jobs.get(obj.job_of.get(name, name)) or {}
         last = j.get("last") or {}
         s.last_result = "running" if j.get("running_since") else last.get("result")
         s.last_success = _ts(j.get("last_ok"))
@@ -407,8 +415,10 @@ def judge(st: ProtectionStatus) -> list[Problem]:
             out.append(Problem("loss_over_objective",
                                f"{s.label}: the loss window is {_secs(s.loss_seconds)}, over its "
                                f"objective of {_secs(s.loss_objective)}", strategy=s.strategy))
+    started = _ts(st.daemon.get("started_at")) if st.daemon.get("alive") else None
+    starting = started is not None and now - started < SHIPPER_START_GRACE
     if obj.shipper_expected and not daemon_down:
-        if not st.shipper_up:
+        if not st.shipper_up and not starting:
             out.append(Problem("shipper_down", _shipper_down(st), strategy="binlog"))
         elif st.lag_seconds is not None and st.lag_seconds > obj.lag_threshold:
             out.append(Problem("shipper_lagging", f"the binlog shipper is {_secs(st.lag_seconds)} behind "

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from backupkit.mysql.sandbox import free_port
 from tests.support import PrometheusServer, run_cli
-from tests.support.monitoring import browser, make_history, scrape, wait_metric
+from tests.support.monitoring import Receiver, browser, make_history, scrape, wait_metric
 
 RULES = Path(__file__).parents[2] / "docs" / "alerts.yml"
 
@@ -24,6 +24,7 @@ RULES = Path(__file__).parents[2] / "docs" / "alerts.yml"
 def test_daemon_metrics_and_the_shipper_alert_in_a_real_prometheus(mariadb, tmp_path):
     sb = mariadb
     port = free_port()
+    rx = Receiver()  # the [notify] webhook
     policy, env = make_history(sb, tmp_path, "mon", f"""
 [binlog]
 sync_interval = 0.2
@@ -32,6 +33,10 @@ heartbeat = 0.5
 listen = "127.0.0.1:{port}"
 lag_threshold = 3
 refresh_interval = 5
+[notify]
+webhook = "{rx.url}"
+events = ["lag", "recovery"]
+retries = 1
 """)
     status_file = tmp_path / "state" / "mon.status.json"
     url = f"http://127.0.0.1:{port}"
@@ -85,7 +90,15 @@ refresh_interval = 5
                      and m["backupkit_binlog_shipper_up"] == 1.0, timeout=30)
         r = run_cli("schedule", "status", "--check", env=env)
         assert r.returncode == 0, r.stdout + r.stderr
+        # the webhook heard the lag, then the recovery
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not any(b["event"] == "recovery" for b in rx.bodies):
+            time.sleep(0.2)
+        events = [(b["event"], b["kind"]) for b in rx.bodies]
+        assert ("lag", "shipper_lagging") in events and any(e == "recovery" for e, _ in events), events
+        assert rx.bodies[0]["text"].startswith(":hourglass: backupkit mon: lag:")
     finally:
+        rx.close()
         if prom is not None:
             prom.stop()
         if proc.poll() is None:

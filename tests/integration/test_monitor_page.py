@@ -11,6 +11,7 @@ import json
 import os
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import run_cli
 from tests.support.monitoring import browser, make_history
@@ -28,6 +29,14 @@ def test_status_page_in_a_real_browser(mariadb, tmp_path):
     assert {s["strategy"] for s in data["strategies"]} >= {"cold", "snapshot", "binlog", "verify"}
     human = run_cli("status", env=env)
     assert "loss window if the server died now" in human.stdout and "gap" in human.stdout
+    # the same state for node_exporter's textfile collector
+    prom = tmp_path / "textfile" / "backupkit.prom"
+    assert run_cli("metrics", "--textfile", str(prom), env=env).returncode == 0
+    got = {s.name: s.value for f in text_string_to_metric_families(prom.read_text()) for s in f.samples
+           if not s.labels or s.labels.get("strategy") in (None, "cold")}
+    assert got["backupkit_binlog_gaps"] == 1 and got["backupkit_backups"] == 1
+    assert got["backupkit_restorable_oldest_timestamp_seconds"] < \
+        got["backupkit_restorable_newest_timestamp_seconds"]
 
     try:
         driver = browser()

@@ -3,9 +3,12 @@ repository history with every strategy and a gap."""
 
 from __future__ import annotations
 
+import json
 import shutil
+import threading
 import time
 import urllib.request
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -113,3 +116,36 @@ log_dir = "{tmp_path / 'log'}"
         time.sleep(1.0)
     assert run_cli("binlog", "ship", "--once", env=env).returncode == 0
     return policy, env
+
+
+class Receiver:
+    """A local HTTP server that records the JSON bodies POSTed to it (and can refuse some)."""
+
+    def __init__(self, fail_first: int = 0) -> None:
+        self.bodies: list[dict] = []
+        self.tries = 0
+        outer = self
+
+        class H(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                outer.tries += 1
+                data = self.rfile.read(int(self.headers["Content-Length"]))
+                if outer.tries <= fail_first:
+                    self.send_response(503)
+                    self.end_headers()
+                    return
+                outer.bodies.append(json.loads(data))
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *a) -> None:
+                pass
+
+        self.httpd = HTTPServer(("127.0.0.1", 0), H)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/hook"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

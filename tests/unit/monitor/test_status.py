@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from backupkit.monitor.status import build_status
+from backupkit.config import Policy
+from backupkit.monitor.status import build_status, objectives_for
 from tests.unit.monitor.helpers import HOUR, NOW, daemon, faulty, healthy, objectives, repository, shipper
 
 
@@ -60,3 +61,14 @@ def test_to_dict_is_plain_json():
 
     text = json.dumps(faulty().to_dict())
     assert '"healthy": false' in text and "target_behind" in text
+
+
+def test_a_physical_snapshot_schedule_judges_the_physical_backups():
+    policy = Policy.model_validate({"strategies": {"snapshot": "0 * * * *"},
+                                    "snapshot": {"engine": "physical"}})
+    obj = objectives_for(policy, lambda expr: 3600.0)
+    assert obj.schedules == {"physical": "0 * * * *"} and obj.job_of == {"physical": "snapshot"}
+    assert obj.max_age["physical"] == 3600 + 360
+    st = build_status("prod", now=NOW, daemon_status=daemon(), daemon_alive=True, objectives=obj)
+    (row,) = [s for s in st.strategies if s.strategy in ("snapshot", "physical")]
+    assert row.strategy == "physical" and row.last_result == "ok" and row.runs == 10
