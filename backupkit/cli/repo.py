@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from backupkit.cli.common import json_mode, open_catalog, render, settings
+from backupkit.cli.common import json_mode, open_repo, render, settings
 from backupkit.cli.console import console, emit_json, error_line, progress, table
 from backupkit.errors import ConfigError, UsageError
 from backupkit.repo import layout
@@ -16,29 +16,17 @@ app = typer.Typer(no_args_is_help=True)
 @app.command("info")
 def info() -> None:
     """Show the storage target, the repository format and totals."""
-    store, catalog = open_catalog(create=False)
-    store.check()
-    cfg = catalog.repo_config()
-    totals = {"objects": 0, "bytes": 0, "backups": 0, "backup_bytes": 0, "segments": 0,
-              "segment_bytes": 0}
-    for obj in store.list(""):
-        totals["objects"] += 1
-        totals["bytes"] += obj.size
-        if layout.backup_id_of(obj.key):
-            totals["backups"] += 1
-        if layout.is_backup_key(obj.key):
-            totals["backup_bytes"] += obj.size
-        if layout.is_segment_index(obj.key):
-            totals["segments"] += 1
-        elif layout.is_binlog_key(obj.key):
-            totals["segment_bytes"] += obj.size
+    repo = open_repo(create=False)
+    repo.store.check()
+    cfg = repo.config()
+    totals = repo.usage()
     data = {
-        "storage": store.describe(),
+        "storage": repo.describe(),
         "initialized": cfg is not None,
         "format": cfg.get("format") if cfg else layout.FORMAT_VERSION,
         "repository_id": cfg.get("repository_id") if cfg else None,
         "created_at": utc_iso(cfg.get("created_at")) if cfg else None,
-        "sources": catalog.sources(),
+        "sources": repo.sources(),
         "totals": totals,
     }
 

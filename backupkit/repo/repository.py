@@ -46,6 +46,23 @@ class Repository:
         """The repository's own record (id, format), or None before the first write."""
         return self.catalog.repo_config()
 
+    def usage(self) -> dict[str, int]:
+        """Objects and bytes in the repository, and how many backups and segments they hold."""
+        totals = {"objects": 0, "bytes": 0, "backups": 0, "backup_bytes": 0, "segments": 0,
+                  "segment_bytes": 0}
+        for obj in self.store.list(""):
+            totals["objects"] += 1
+            totals["bytes"] += obj.size
+            if layout.backup_id_of(obj.key):
+                totals["backups"] += 1
+            if layout.is_backup_key(obj.key):
+                totals["backup_bytes"] += obj.size
+            if layout.is_segment_index(obj.key):
+                totals["segments"] += 1
+            elif layout.is_binlog_key(obj.key):
+                totals["segment_bytes"] += obj.size
+        return totals
+
     def ensure(self) -> dict[str, Any]:
         """Create the repository's record on first write; returns it."""
         return self.catalog.ensure_repo()

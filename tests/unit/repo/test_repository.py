@@ -86,3 +86,15 @@ def test_restore_records_and_the_shipper_lease(repo):
     assert repo.shipper_lease(SRC, lease_seconds=30, holder="two").try_acquire()
     assert repo.keyring([]) is None  # not encrypted
     assert isinstance(repo.store, LocalStore)
+
+
+def test_usage_counts_backups_and_segments(repo):
+    _segment(repo, 4, 100)
+    bid = repo.new_backup_id("cold")
+    obj = put_object(repo.store, layout.cold_archive(bid), b"tar" * 100, level=None)
+    repo.commit_backup(BackupManifest(bid, "cold", SourceIdentity(SRC), BinlogPoint("binlog.000001", 4),
+                                      1.0, 2.0, objects=[obj]))
+    u = repo.usage()
+    assert (u["backups"], u["segments"]) == (1, 1)
+    assert u["backup_bytes"] > obj.size  # the data and the manifest
+    assert u["objects"] == 5  # repository record, backup data and manifest, segment data and entry
