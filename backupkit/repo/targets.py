@@ -9,17 +9,20 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from backupkit.errors import ConfigError, StorageError, UsageError
 from backupkit.repo import layout
-from backupkit.repo.keyring import open_encrypted
-from backupkit.repo.placement import PLACEMENT
-from backupkit.repo.sync import sync_stores
 from backupkit.storage import open_store
 from backupkit.storage.base import ObjectInfo, ObjectStore
-from backupkit.storage.crypto import KeyEncryptionKey, load_key_env, load_key_file
-from backupkit.storage.mirror import MirrorStore
+
+if TYPE_CHECKING:
+    from backupkit.storage.crypto import KeyEncryptionKey
+    from backupkit.storage.mirror import MirrorStore
+
+# Every command opens the repository, and a command process compiles what it imports (see
+# FACTS.md on PYTHONDONTWRITEBYTECODE): the encryption layer (cryptography) and the mirror (with
+# repo/sync.py) are imported below only when the policy configures them.
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,8 @@ def key_encryption_keys(spec: RepositorySpec) -> list[KeyEncryptionKey]:
     enc = spec.encryption
     if enc is None:
         return []
+    from backupkit.storage.crypto import load_key_env, load_key_file  # lazy: start-up time
+
     keys = []
     if enc.key_file:
         keys.append(load_key_file(enc.key_file, enc.key_id))
@@ -123,6 +128,8 @@ def key_encryption_keys(spec: RepositorySpec) -> list[KeyEncryptionKey]:
 def wrap_encryption(store: ObjectStore, keks: list[KeyEncryptionKey]) -> ObjectStore:
     """The encryption layer over store when keys are configured; else refuse an encrypted repository."""
     if keks:
+        from backupkit.repo.keyring import open_encrypted  # lazy: start-up time (cryptography)
+
         return open_encrypted(store, keks)
     try:
         encrypted = store.stat(layout.KEYRING) is not None
@@ -136,6 +143,8 @@ def wrap_encryption(store: ObjectStore, keks: list[KeyEncryptionKey]) -> ObjectS
 
 def _catch_up(sources: list[tuple[str, ObjectStore]], dest: tuple[str, ObjectStore],
               progress: Callable[[int, int], None] | None):
+    from backupkit.repo.sync import sync_stores  # lazy: start-up time (only a mirror catches up)
+
     return sync_stores(sources, dest, progress=progress)
 
 
@@ -143,6 +152,9 @@ def open_mirror(targets: list[tuple[str, ObjectStore]], write_quorum: int | None
                 **kw: Any) -> MirrorStore:
     """A mirror of the repository over targets: its placement rule, and repo sync to catch a
     lagging target up when the write quorum needs it."""
+    from backupkit.repo.placement import PLACEMENT  # lazy: start-up time (one target: no mirror)
+    from backupkit.storage.mirror import MirrorStore  # lazy: as above
+
     return MirrorStore(targets, write_quorum, placement=PLACEMENT, catch_up=_catch_up, **kw)
 
 
