@@ -113,6 +113,8 @@ class BinlogSection(_Section):
     lease_seconds: float = Field(default=15.0, gt=1, le=3600)
     # binlog compresses as well at level 1 as at 3 and three times faster (bench/ship.py)
     compression_level: int = Field(default=1, ge=-7, le=22)
+    # seconds between writes of the confirmed-through watermark while the source is quiet
+    confirm_interval: float = Field(default=5.0, ge=0.5, le=3600)
 
 
 class ColdSection(_Section):

@@ -59,6 +59,10 @@ def ship(
                                        help="Serve /metrics and the status page on HOST:PORT while "
                                             "shipping ('on': 127.0.0.1:9108; default [metrics] listen, "
                                             "unless the daemon runs this shipper)."),
+    confirm_interval: float = typer.Option(
+        None, "--confirm-interval", min=0.5, max=3600,
+        help="While the source is quiet, write the confirmed-through watermark at most this "
+             "often (default 5 s: 17,280 small PUTs a day)."),
 ) -> None:
     """Stream the source's binlog into the repository, about one sync interval behind.
 
@@ -82,6 +86,7 @@ def ship(
         sync_interval=sync_interval or pol.sync_interval,
         max_segment_bytes=(max_segment_mb or pol.max_segment_mb) << 20,
         heartbeat=heartbeat or pol.heartbeat,
+        confirm_interval=confirm_interval or pol.confirm_interval,
         lease_seconds=lease_seconds or pol.lease_seconds,
         compression_level=pol.compression_level,
         from_current=from_current,
@@ -215,6 +220,16 @@ def status(
                                 [[r["start"], r["end"], utc_iso(r["first_commit_time"]),
                                   utc_iso(r["last_commit_time"]), r["segments"], r["gtid_state"]]
                                  for r in st["ranges"]]))
+            wm = st.get("confirmed_through_utc")
+            if wm:
+                console.print(f"confirmed through {wm} (the shipper was caught up with the server then)")
+            srv_id = st.get("shipped_server") or {}
+            if srv_id:
+                console.print(f"shipping from server_id {srv_id.get('server_id')} "
+                              f"({srv_id.get('hostname')}:{srv_id.get('port')}, {srv_id.get('version')})")
+            if st.get("loss_window_seconds") is not None and not st.get("server"):
+                console.print(f"loss window {human_seconds(st['loss_window_seconds'])} "
+                              "(now minus the newest confirmed moment)")
             lease = st.get("lease")
             if lease:
                 state = "active" if lease["active"] else ("released" if lease["released"] else "expired")

@@ -13,7 +13,7 @@ def repository_listing(repo) -> dict:
     """Backups, binlog coverage and gaps as plain data (shared by list, report and the demo).
 
     repo: a Repository (or a Catalog: the same reading methods)."""
-    from backupkit.repo.coverage import build_runs  # lazy: start-up time
+    from backupkit.repo.coverage import build_runs, confirm  # lazy: start-up time
 
     backups = repo.backups()
     sources = repo.sources()
@@ -21,7 +21,11 @@ def repository_listing(repo) -> dict:
     for sid in sources:
         segs = repo.segments(sid)
         source_gaps = repo.gaps(sid)
-        for run in build_runs(segs, source_gaps):
+        runs = build_runs(segs, source_gaps)
+        st = repo.shipper_status(sid)
+        if st is not None:
+            confirm(runs, st.point, st.confirmed_at)
+        for run in runs:
             coverage.append({
                 "source_id": sid, "range_id": run.range_id,
                 "start": f"{run.start[0]}:{run.start[1]}", "end": f"{run.end[0]}:{run.end[1]}",
@@ -29,6 +33,9 @@ def repository_listing(repo) -> dict:
                 "last_commit": utc_iso(run.last.last_commit_time or None),
                 "last_gtid": run.last.gtid_state,
                 "segments": run.count, "stored_bytes": run.stored_bytes,
+                # the shipper confirmed every commit up to here shipped (a quiet stretch after
+                # the last commit is restorable up to it)
+                "confirmed_through": utc_iso(max(run.confirmed.values())) if run.confirmed else None,
             })
         for g in source_gaps:
             gaps.append({"source_id": sid, "after": f"{g.after_file}:{g.after_pos}",
@@ -87,9 +94,10 @@ def list_cmd(
                         human_seconds(b["downtime_s"]) if b["downtime_s"] is not None else ""]
                        for b in data["backups"]]))
         c.print(table("binlog coverage", ["source", "from", "to", "first commit", "last commit",
-                                          "segments", "stored"],
+                                          "confirmed through", "segments", "stored"],
                       [[r["source_id"], r["start"], r["end"], r["first_commit"], r["last_commit"],
-                        r["segments"], human_bytes(r["stored_bytes"])] for r in data["binlog_coverage"]]))
+                        r["confirmed_through"] or "", r["segments"], human_bytes(r["stored_bytes"])]
+                       for r in data["binlog_coverage"]]))
         if data.get("targets"):
             c.print(targets_table(data["targets"]))
         if data["gaps"]:

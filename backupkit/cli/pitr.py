@@ -6,6 +6,7 @@ progress and renders its result.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from backupkit.cli.common import json_mode, open_catalog, render
@@ -63,9 +64,13 @@ def restore_cli(backup_id: str | None = None, target: str | None = None, datadir
                 latest: bool = False, dry_run: bool = False, force: bool = False,
                 verify: bool = False, parallel: int | None = None,
                 start_command: str | None = None, databases: list[str] | None = None,
-                include_users: bool = False, log_bin: bool = False, **_ignored: Any) -> None:
+                include_users: bool = False, log_bin: bool = False, accept_gap: bool = False,
+                **_ignored: Any) -> None:
     """backupkit restore --to-time/--to-gtid/--to-position/--stop-before-gtid/--latest."""
     tgt = parse_target(to_time, to_gtid, to_position, stop_before_gtid, latest)
+    if accept_gap and tgt.kind != "latest":
+        raise UsageError("--accept-gap goes with --latest")
+    tgt = replace(tgt, accept_gap=accept_gap)
     if databases:
         raise UsageError("--databases cannot be combined with a point-in-time restore",
                          "the binlog replay needs every database of the base")

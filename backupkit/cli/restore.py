@@ -33,6 +33,9 @@ def restore(
     stop_before_gtid: str = typer.Option(None, "--stop-before-gtid",
         help="Everything before this transaction, not it."),
     latest: bool = typer.Option(False, "--latest", help="Restore to the newest shipped transaction."),
+    accept_gap: bool = typer.Option(False, "--accept-gap",
+        help="With --latest: when a gap in the shipped binlog follows the newest reachable point, "
+             "restore that point anyway (the gap and its cost are reported)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and change nothing."),
     force: bool = typer.Option(False, "--force",
         help="Move existing databases or datadir aside (never deleted)."),

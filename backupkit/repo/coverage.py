@@ -12,6 +12,9 @@ Rules (pure, no I/O; segments may come in any order):
   previous segment's ``next_point()``, or position 4 of the next binlog file in the same range).
 - A recorded gap whose ``after`` point is the run's end and whose ``resume`` point is the
   segment's start breaks the run even when the positions would join.
+- A confirmed-through watermark (the shipper's status object: "every commit at or before
+  second W lies before point P") extends the reachable end of the run that holds P as a
+  boundary to W (``confirm``): a quiet stretch after the newest commit is restorable.
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ class Run:
 
     segments: list[SegmentInfo]
     _suffix: list[float] | None = field(default=None, repr=False)  # newest commit from i on
+    #: boundary index b (before segment b; len = the end) -> confirmed-through time there
+    confirmed: dict[int, float] = field(default_factory=dict)
 
     @property
     def first(self) -> SegmentInfo:
@@ -95,11 +100,14 @@ class Run:
         return s.last_event_time if s.transactions else 0.0
 
     def end_time(self, from_index: int = 0) -> float:
-        """Newest commit time from segment from_index to the end of the run (0 if none)."""
+        """Newest commit time from segment from_index to the end of the run (0 if none), or a
+        later confirmed-through time at a boundary from there on."""
         if self._suffix is None or len(self._suffix) != len(self.segments) + 1:
-            suffix = [0.0] * (len(self.segments) + 1)
-            for i in range(len(self.segments) - 1, -1, -1):
-                suffix[i] = max(suffix[i + 1], self.commit_time(i))
+            n = len(self.segments)
+            suffix = [0.0] * (n + 1)
+            suffix[n] = self.confirmed.get(n, 0.0)
+            for i in range(n - 1, -1, -1):
+                suffix[i] = max(suffix[i + 1], self.commit_time(i), self.confirmed.get(i, 0.0))
             self._suffix = suffix
         return self._suffix[min(max(from_index, 0), len(self.segments))]
 
@@ -133,3 +141,24 @@ def build_runs(segments: Iterable[SegmentInfo], gaps: Sequence[GapInfo] = ()) ->
                 continue
         runs.append(Run([s]))
     return runs
+
+
+def confirm(runs: Sequence[Run], point: tuple[str, int], confirmed_at: float) -> bool:
+    """Attach a confirmed-through watermark (every commit at or before confirmed_at lies before
+    point) to the run where point is a segment boundary; False when no run has it (the
+    watermark is then unusable: the segments it speaks of are not all there)."""
+    if not confirmed_at or not point[0]:
+        return False
+    for run in reversed(runs):  # the watermark is near the newest end
+        for i in range(len(run.segments) - 1, -1, -1):
+            s = run.segments[i]
+            if s.next_point() == point or (s.binlog_file, s.end_pos) == point:
+                b = i + 1
+            elif i == 0 and (s.binlog_file, s.start_pos) == point:
+                b = 0
+            else:
+                continue
+            run.confirmed[b] = max(run.confirmed.get(b, 0.0), confirmed_at)
+            run._suffix = None
+            return True
+    return False

@@ -174,6 +174,12 @@ def gaps_prefix(source_id: str) -> str:
     return f"{BINLOG}{enc(source_id)}/gaps/"
 
 
+def shipper_status(source_id: str) -> str:
+    """The shipper's small status object: the confirmed-through watermark, the shipped server.
+    Replaced in place (at most every few seconds while idle); never a commit marker."""
+    return f"{BINLOG}{enc(source_id)}/shipper-status.json"
+
+
 def source_of(key: str) -> str | None:
     """The source id of a binlog key."""
     parts = key.split("/")

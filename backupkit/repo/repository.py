@@ -156,6 +156,10 @@ class Repository:
         segs = list(segments) if segments is not None else self.segments(source_id)
         return build_runs(segs, list(gaps) if gaps is not None else self.gaps(source_id))
 
+    def shipper_status(self, source_id: str):
+        """The shipper's status object of a source (the confirmed-through watermark), or None."""
+        return self.catalog.shipper_status(source_id)
+
     # -- restores ----------------------------------------------------------------------------------
     def record_restore(self, record: dict[str, Any]) -> str:
         """Record a measured restore (feeds the RTO of the loss report); returns its id."""

@@ -27,6 +27,7 @@ from backupkit.errors import BackupkitError
 from backupkit.mysql import binlog_events as be
 from backupkit.repo.catalog import BackupManifest, Catalog, GapInfo, SegmentInfo
 from backupkit.repo.codec import iter_object
+from backupkit.repo.watermark import watermarks
 from backupkit.restore.plan import Planner
 from backupkit.storage.base import ChunkReader, ObjectStore
 from backupkit.util.units import format_time, human_seconds
@@ -168,8 +169,11 @@ def build_loss_report(backups: Sequence[BackupManifest],
                       segments_by_source: Mapping[str, Sequence[SegmentInfo]],
                       gaps: Mapping[str, Sequence[GapInfo]] | Sequence[GapInfo] | None,
                       records: Sequence[dict[str, Any]], at: float,
-                      source_id: str | None = None) -> LossReport:
-    """The report without transaction counts (pure); count_losses fills those in."""
+                      source_id: str | None = None,
+                      confirmed: Mapping[str, Any] | None = None) -> LossReport:
+    """The report without transaction counts (pure); count_losses fills those in.
+    confirmed: the shippers' watermarks (source id -> status with point, confirmed_at and
+    updated_at): binlog shipping's recovery point is the newest confirmed moment."""
     planner_all = Planner(backups, segments_by_source, gaps, source_id)
     sid = planner_all.source_id
     bases = [b for b in backups if b.source.source_id == sid]
@@ -198,7 +202,9 @@ def build_loss_report(backups: Sequence[BackupManifest],
         s = StrategyLoss("binlog")
         shipped = [x for x in segs if not x.created_at or x.created_at <= at]
         avail = [b for b in bases if b.finished_at <= at]
-        planner = Planner(avail, {sid: shipped}, gaps, sid)
+        conf = {k: v for k, v in (confirmed or {}).items()
+                if k == sid and getattr(v, "updated_at", 0) <= at}
+        planner = Planner(avail, {sid: shipped}, gaps, sid, confirmed=conf)
         ivs = [(a, z) for a, z in planner.intervals() if a <= at]
         newest = max((min(z, at) for a, z in ivs), default=None)
         if not avail:
@@ -211,6 +217,9 @@ def build_loss_report(backups: Sequence[BackupManifest],
             s.recovery_point = newest
             s.recovery_source = (f"{last.binlog_file}:{last.end_pos} {last.gtid_last}".strip()
                                  if last else "base only")
+            if planner.confirmed_at and newest >= planner.confirmed_at and \
+                    (last is None or planner.confirmed_at > last.last_commit_time):
+                s.recovery_source = "confirmed through by the shipper"
             s.loss_seconds = max(0.0, at - newest)
             s.window = Window(at, start_time=newest)
         s.downtime_seconds, s.downtime_note = 0.0, "none"
@@ -310,7 +319,8 @@ def loss_report(catalog: Catalog, at: float | None = None, source_id: str | None
                              f"sources: {', '.join(sources) or 'none'}")
     segs = {sid: catalog.segments(sid) for sid in sources}
     gaps = {sid: catalog.gaps(sid) for sid in sources}
-    report = build_loss_report(backups, segs, gaps, catalog.restore_records(), at, source_id)
+    report = build_loss_report(backups, segs, gaps, catalog.restore_records(), at, source_id,
+                               watermarks(catalog, sources))
     if count:
         windows = [s.window for s in report.strategies if s.window is not None]
         count_losses(catalog.store, segs.get(report.source_id, []), windows, max_parse_bytes)

@@ -20,6 +20,7 @@ from backupkit.errors import BackupkitError, ObjectNotFound, UsageError
 from backupkit.mysql.connection import TARGET_PASSWORD_ENV, ConnSpec
 from backupkit.repo import layout
 from backupkit.repo.catalog import Catalog
+from backupkit.repo.watermark import watermarks
 from backupkit.restore.cold import restore_cold
 from backupkit.restore.load import RestoreOptions, restore_snapshot
 from backupkit.restore.loss import LossReport, loss_after_restore
@@ -87,7 +88,8 @@ class PitrResult:
                 "base_seconds": round(self.base_seconds, 3),
                 "replay": self.replay.to_dict() if self.replay else None,
                 "base": self.base, "record_id": self.record_id,
-                "loss": self.loss.to_dict() if self.loss else None, "notes": list(self.notes)}
+                "loss": self.loss.to_dict() if self.loss else None, "notes": list(self.notes),
+                "gap": self.plan.gap}
 
 
 # -- planning from the repository ------------------------------------------------------------------
@@ -127,7 +129,8 @@ def make_plan(catalog: Catalog, target: RestoreTarget, backup_id: str | None = N
         records = catalog.restore_records()
     except Exception:  # an unreadable record only costs the estimate
         records = []
-    return Planner(backups, segs, gaps, source_id, measured_rates(records),
+    confirmed = watermarks(catalog, list(segs))
+    return Planner(backups, segs, gaps, source_id, measured_rates(records), confirmed=confirmed,
                    databases=databases).plan(target)
 
 
@@ -172,6 +175,8 @@ def restore_to_point(store: ObjectStore, catalog: Catalog, target: RestoreTarget
     where = spec.display() if spec else str(datadir)
     result = PitrResult(plan, where, ReachedPoint(base.point.file, base.point.pos, base.point.gtid,
                                                   base.point.time), started)
+    if plan.gap is not None:  # --latest --accept-gap: never silent
+        result.notes.append(plan.gap["text"])
     # 1. the base
     t0 = time.monotonic()
     say(f"restoring {base.kind} backup {base.id}")

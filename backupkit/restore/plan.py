@@ -15,6 +15,9 @@ No I/O: every function takes manifests already read from the catalog, so a plan 
   one interval. ``is_restorable(intervals, T)`` answers that with a binary search.
 - ``Planner(backups, segments_by_source, gaps)``: the same with the segment runs indexed once,
   for callers that plan many targets (``planner.plan(target)``, ``planner.intervals()``).
+- ``confirmed`` (source id -> the shipper's status: ``point`` and ``confirmed_at``): the
+  confirmed-through watermark extends the reachable end of the run holding that point
+  (``coverage.confirm``), so a quiet stretch after the newest commit is restorable, exactly.
 
 Rules:
 - Runs of segments come from ``repo.coverage.build_runs``, the one definition of coverage
@@ -38,7 +41,7 @@ from typing import Any
 
 from backupkit.errors import PlanError
 from backupkit.repo.catalog import BackupManifest, GapInfo, SegmentInfo
-from backupkit.repo.coverage import Run, build_runs
+from backupkit.repo.coverage import Run, build_runs, confirm, ends_at
 from backupkit.restore.stoppoint import Gtid, GtidPosition, RestoreTarget, parse_gtid_position, try_parse_gtid
 from backupkit.util.units import format_time, human_bytes, human_seconds
 
@@ -89,6 +92,8 @@ class RestorePlan:
     segment_raw_bytes: int = 0
     estimated_seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    #: --latest --accept-gap: the break after the newest reachable point and what it costs
+    gap: dict[str, Any] | None = None
 
     @property
     def fetch_bytes(self) -> int:
@@ -120,6 +125,7 @@ class RestorePlan:
             "segment_bytes": self.segment_bytes,
             "estimated_seconds": round(self.estimated_seconds, 1),
             "notes": list(self.notes),
+            "gap": self.gap,
         }
 
     def lines(self) -> list[str]:
@@ -179,9 +185,11 @@ class Planner:
                  segments_by_source: Mapping[str, Sequence[SegmentInfo]] | Iterable[SegmentInfo] | None,
                  gaps: Mapping[str, Sequence[GapInfo]] | Iterable[GapInfo] | None = None,
                  source_id: str | None = None, rates: Mapping[str, float] | None = None,
-                 databases: Sequence[str] | None = None) -> None:
+                 databases: Sequence[str] | None = None,
+                 confirmed: Mapping[str, Any] | None = None) -> None:
         """databases: a restore limited to these (a partial base holding them whole may start
-        it); None, a whole-server restore: only full bases (repo/scope.py)."""
+        it); None, a whole-server restore: only full bases (repo/scope.py). confirmed: the
+        shippers' watermarks by source (see the module docstring)."""
         segs = _by_source(segments_by_source)
         gap_map = _gaps_by_source(gaps)
         self.rates = {**DEFAULT_RATES, **(rates or {})}
@@ -204,6 +212,11 @@ class Planner:
         #: bases left out because they do not cover what is restored (named in errors)
         self.partial = [b for b in own if not b.scope.covers(databases)]
         self.runs: list[Run] = build_runs(segs.get(source_id, []), gap_map.get(source_id, []))
+        #: the shipper's confirmed-through watermark (0 when none or not on a shipped boundary)
+        self.confirmed_at = 0.0
+        st = (confirmed or {}).get(source_id)
+        if st is not None and confirm(self.runs, tuple(st.point), float(st.confirmed_at)):
+            self.confirmed_at = float(st.confirmed_at)
         # GTID position after each segment of each run (None when unknown)
         self.states = [[_state(s) for s in r.segments] for r in self.runs]
         self.gaps = gap_map.get(source_id, [])
@@ -362,6 +375,10 @@ class Planner:
         newest = max(self.newest_commit(), self.bases[-1].point.time)
         if t < oldest:
             why = f"it is earlier than the oldest base ({format_time(oldest)})"
+        elif t > newest and self.confirmed_at and self.confirmed_at >= newest:
+            why = (f"it is later than the confirmed-through watermark ({format_time(newest)}): the "
+                   "shipper confirmed the binlog complete up to then and not since (it is down or "
+                   "behind)")
         elif t > newest:
             why = f"it is later than the newest shipped commit ({format_time(newest)})"
         else:
@@ -369,12 +386,7 @@ class Planner:
         raise self._fail(target, f"{why}; {self._nearest(t)}")
 
     def _plan_latest(self, target: RestoreTarget) -> RestorePlan:
-        newest = self.newest_commit()
         end = max(self.reach_end(b) for b in self.bases)
-        if self.runs and newest > end:
-            raise self._fail(target, f"the newest shipped commit ({format_time(newest)}) is behind a "
-                             f"gap" + self._gap_near(newest) + f"; {self._nearest(newest)}",
-                             "restore --to-time the newest reachable moment")
         plans: list[RestorePlan] = []
         for base in reversed(self.bases):  # every base reaching the newest moment, newest first
             if self.reach_end(base) < end or len(plans) >= MAX_CANDIDATES:
@@ -382,7 +394,51 @@ class Planner:
             loc = self.base_location(base)
             segs = self.runs[loc.run].segments[loc.index:] if loc else []
             plans.append(self._make(target, base, segs, None, end))
-        return self._choose(plans)
+        plan = self._choose(plans)
+        gap = self.gap_after(plan.base)
+        if gap is not None and not target.accept_gap:
+            raise self._fail(target, gap["text"],
+                             "--accept-gap restores the newest reachable point anyway; to close the "
+                             "gap take a snapshot (docs/operations.md, 'After a gap')")
+        if gap is not None:
+            plan.gap = gap
+            plan.notes.append(gap["text"])
+        return plan
+
+    def gap_after(self, base: BackupManifest) -> dict[str, Any] | None:
+        """The break after the newest point reachable from base, and what it costs: a recorded
+        gap at or after the end of its run, or later shipped binlog it cannot reach. None when
+        the repository holds nothing past that point."""
+        loc = self.base_location(base)
+        if loc is not None:
+            run = self.runs[loc.run]
+            end_point, later = run.end, self.runs[loc.run + 1:]
+        else:
+            end_point = (base.point.file, base.point.pos)
+            later = [r for r in self.runs if r.start > end_point]
+        reach = self.reach_end(base)
+        recorded = [g for g in self.gaps if (g.after_file, g.after_pos) >= end_point
+                    or (loc is not None and ends_at(self.runs[loc.run].last, (g.after_file, g.after_pos)))]
+        if not recorded and not later:
+            return None
+        g = recorded[0] if recorded else None
+        resume = later[0].start if later else ((g.resume_file, g.resume_pos) if g and g.resume_file
+                                                else None)
+        shipped_after = sum(s.transactions for r in later for s in r.segments)
+        newest = max((r.end_time() for r in later), default=0.0)
+        where = f"{end_point[0]}:{end_point[1]}"
+        text = (f"a gap follows the newest reachable point, {format_time(reach)} ({where}): "
+                + (f"{where} to {resume[0]}:{resume[1]}" if resume else "the binlog")
+                + " was never shipped" + (f" ({g.reason})" if g else "")
+                + ": everything committed after it is missing from this restore")
+        if shipped_after:
+            text += (f", including {shipped_after} shipped transaction(s) up to {format_time(newest)} "
+                     "that no base before the gap can reach")
+        return {"after": where, "after_time": reach,
+                "resume": f"{resume[0]}:{resume[1]}" if resume else None,
+                "reason": g.reason if g else "the shipped positions do not join",
+                "recorded": g is not None, "shipped_transactions_after": shipped_after,
+                "newest_shipped_commit": newest or None, "text": text}
 
     def _plan_position(self, target: RestoreTarget) -> RestorePlan:
         want = (target.file or "", int(target.pos or 0))
@@ -468,17 +524,19 @@ def plan_restore(backups: Sequence[BackupManifest],
                  segments_by_source: Mapping[str, Sequence[SegmentInfo]] | Iterable[SegmentInfo] | None,
                  gaps: Mapping[str, Sequence[GapInfo]] | Iterable[GapInfo] | None,
                  target: RestoreTarget, source_id: str | None = None,
-                 rates: Mapping[str, float] | None = None) -> RestorePlan:
+                 rates: Mapping[str, float] | None = None,
+                 confirmed: Mapping[str, Any] | None = None) -> RestorePlan:
     """The newest base at or before target and the unbroken segment run to it (PlanError if none)."""
-    return Planner(backups, segments_by_source, gaps, source_id, rates).plan(target)
+    return Planner(backups, segments_by_source, gaps, source_id, rates, confirmed=confirmed).plan(target)
 
 
 def restorable_intervals(backups: Sequence[BackupManifest],
                          segments: Mapping[str, Sequence[SegmentInfo]] | Iterable[SegmentInfo] | None,
                          gaps: Mapping[str, Sequence[GapInfo]] | Iterable[GapInfo] | None = None,
-                         source_id: str | None = None) -> list[tuple[float, float]]:
+                         source_id: str | None = None,
+                         confirmed: Mapping[str, Any] | None = None) -> list[tuple[float, float]]:
     """Closed intervals [start, end] of restorable --to-time moments, sorted and merged."""
-    return Planner(backups, segments, gaps, source_id).intervals()
+    return Planner(backups, segments, gaps, source_id, confirmed=confirmed).intervals()
 
 
 def is_restorable(intervals: Sequence[tuple[float, float]], t: float) -> bool:

@@ -118,6 +118,7 @@ class RestoreTarget:
     file: str | None = None
     pos: int | None = None
     text: str = ""
+    accept_gap: bool = False  # --latest: restore the newest reachable point even behind a gap
 
     def describe(self) -> str:
         if self.kind == "time":

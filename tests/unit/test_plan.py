@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import pytest
@@ -181,8 +182,11 @@ def test_position_targets():
 def test_latest_replays_to_the_end_of_the_newest_run():
     p = plan(parse_target(latest=True))
     assert p.base.id == "C" and ends(p) == [("binlog.000004", 1000)]
-    with pytest.raises(PlanError, match="behind a gap"):
+    with pytest.raises(PlanError, match="a gap follows the newest reachable point") as err:
         plan(parse_target(latest=True), bases=[A, B, D])
+    assert "binlog.000002:1000 to binlog.000004:4 was never shipped" in err.value.one_line()
+    assert "including 20 shipped transaction(s)" in err.value.one_line()
+    assert "--accept-gap" in (err.value.hint or "")
 
 
 def test_latest_without_binlog_is_the_newest_base():
@@ -292,3 +296,54 @@ def test_scope_of_old_manifests_comes_from_their_recorded_filters():
     assert old_plain.scope.full and no_options.scope.full
     assert B.scope.full  # cold backups are always full
     assert old_db.scope.describe() == "partial: databases shop"
+
+
+# -- the confirmed-through watermark -----------------------------------------------------------
+class _Status:
+    def __init__(self, point, confirmed_at):
+        self.point, self.confirmed_at = point, confirmed_at
+
+
+def test_watermark_extends_the_run_ending_at_its_point_and_the_plan_replays_it_all():
+    wm = {SRC: _Status(("binlog.000004", 2000), 260)}
+    p = plan_restore(BASES, SEGS, (), time_target(250), confirmed=wm)
+    assert p.base.id == "C" and ends(p) == [("binlog.000004", 1000)] and p.stop_time == 250
+    assert restorable_intervals(BASES, SEGS, (), confirmed=wm)[-1] == (210.5, 260)
+    with pytest.raises(PlanError) as err:
+        plan_restore(BASES, SEGS, (), time_target(261), confirmed=wm)
+    msg = err.value.one_line()
+    assert "later than the confirmed-through watermark" in msg and format_time(260) in msg
+
+
+def test_watermark_before_a_gap_reaches_into_the_quiet_time_but_not_across_the_gap():
+    wm = {SRC: _Status(("binlog.000002", 1000), 150)}  # the first run ends at 140, quiet until 150
+    assert plan_restore(BASES, SEGS, (), time_target(150), confirmed=wm).base.id == "B"
+    with pytest.raises(PlanError, match="behind a gap"):
+        plan_restore(BASES, SEGS, (), time_target(151), confirmed=wm)
+
+
+def test_watermark_at_a_point_no_segment_ends_at_is_ignored():
+    wm = {SRC: _Status(("binlog.000004", 1500), 400)}
+    with pytest.raises(PlanError, match="later than the newest shipped commit"):
+        plan_restore(BASES, SEGS, (), time_target(300), confirmed=wm)
+
+
+def test_base_at_the_watermark_point_reaches_the_watermark():
+    e = base("E", "snapshot", "binlog.000004", 2000, "0-1-80", 230)
+    wm = {SRC: _Status(("binlog.000004", 2000), 260)}
+    p = plan_restore([*BASES, e], SEGS, (), time_target(255), confirmed=wm)
+    assert p.base.id == "E" and p.segments == []
+
+
+def test_latest_before_a_recorded_gap_that_was_not_resumed_names_it_and_needs_accept_gap():
+    gap = GapInfo(SRC, "binlog.000004", 2000, "", 0, detected_at=0,
+                  reason="binlog.000004 was purged from the source before it was shipped")
+    with pytest.raises(PlanError) as err:
+        plan(parse_target(latest=True), gaps=[gap])
+    msg = err.value.one_line()
+    assert "a gap follows the newest reachable point" in msg and "binlog.000004:2000" in msg
+    assert "purged" in msg
+    accepted = dataclasses.replace(parse_target(latest=True), accept_gap=True)
+    p = plan(accepted, gaps=[gap])
+    assert p.base.id == "C" and p.gap is not None and p.gap["after"] == "binlog.000004:2000"
+    assert p.to_dict()["gap"]["recorded"] is True and p.gap["resume"] is None

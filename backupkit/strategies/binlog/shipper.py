@@ -34,7 +34,9 @@ from backupkit.repo.catalog import (
 )
 from backupkit.repo.coverage import next_binlog_name
 from backupkit.repo.lease import Lease, LeaseHeld, LeaseKeeper, LeaseLost
+from backupkit.repo.watermark import ShipperStatus
 from backupkit.storage.base import ObjectStore
+from backupkit.strategies.binlog.confirm import StatusWriter, server_clock_offset, watermark_of
 from backupkit.strategies.binlog.progress import ShipProgress
 from backupkit.strategies.binlog.spill import MIB, SpillBuffer
 from backupkit.strategies.binlog.stream import EventStats, StreamReader
@@ -67,6 +69,7 @@ class ShipOptions:
     watchdog_periods: float = 4.0
     max_backoff: float = 5.0
     spill_bytes: int = 64 * MIB
+    confirm_interval: float = 5.0  # write the confirmed-through watermark at most this often
 
 
 @dataclass
@@ -147,6 +150,11 @@ class Shipper(StreamReader, SegmentWriter):
         self._ctl: Any = None  # the control connection while setting up
         self._committed: dict[str, SegmentInfo] = {}  # this run's entries of the file being shipped
         self._rollups: list[threading.Thread] = []
+        # the confirmed-through watermark (strategies/binlog/confirm.py)
+        self.confirmed_at: float = 0.0  # every commit at or before this second is committed
+        self._beat_at = 0.0  # local time of the newest heartbeat (or end of stream with --once)
+        self._clock_offset = 0.0  # the server's clock minus ours
+        self.status_writer: StatusWriter | None = None
 
     # -- control -------------------------------------------------------------------
     def stop(self, *_args: Any) -> None:
@@ -172,7 +180,13 @@ class Shipper(StreamReader, SegmentWriter):
         self.gtid = GtidState(self.facts.flavor)
         self.result = ShipResult(self.source_id, self.server_id)
         self.catalog.ensure_repo()
+        try:
+            self._clock_offset = server_clock_offset(self._ctl)
+        except Exception:  # noqa: BLE001 - a guess of 0 only shifts the watermark
+            self._clock_offset = 0.0
         self.lease = Lease(self.store, self.source_id, self.opts.lease_seconds)
+        self.status_writer = StatusWriter(self.catalog, self.opts.confirm_interval, self.notify)
+        self.status_writer.start()
         try:
             while not self.stopping:
                 if not self._acquire_lease():
@@ -200,6 +214,7 @@ class Shipper(StreamReader, SegmentWriter):
         finally:
             for t in self._rollups:  # let a roll-up in progress land (it is small)
                 t.join(30)
+            self._close_status()
             self._close_control()
             if self.lease.held:
                 self.lease.release()
@@ -207,6 +222,35 @@ class Shipper(StreamReader, SegmentWriter):
         if self.stopping and not self.result.stopped_by:
             self.result.stopped_by = "signal"
         return self.result
+
+    # -- the confirmed-through watermark ------------------------------------------------
+    def _status(self, state: str = "shipping") -> ShipperStatus:
+        f = self.facts
+        server = {"server_id": f.server_id, "server_uuid": f.server_uuid, "hostname": f.hostname,
+                  "port": f.port, "version": f.version} if f else {}
+        return ShipperStatus(self.source_id, self.confirmed_at, self.file, self.seg_start,
+                             self.seg_gtid_state, self.range_id, time.time(), state,
+                             self.lease.holder if self.lease else "", server)
+
+    def _maybe_confirm(self) -> None:
+        """Caught up (a heartbeat came and everything before it is committed): move the
+        watermark and hand it to the status writer."""
+        if not self._beat_at or len(self.buf) or self.tracker.in_txn or self.uploader is None:
+            return
+        if self.uploader.queue.unfinished_tasks or self.uploader.error is not None:
+            return
+        w = watermark_of(self._beat_at, self._clock_offset)
+        if w <= self.confirmed_at:
+            return
+        self.confirmed_at = w
+        if self.status_writer is not None:
+            self.status_writer.offer(self._status())
+
+    def _close_status(self) -> None:
+        if self.status_writer is None:
+            return
+        final = self._status("stopped") if self.confirmed_at else None
+        self.status_writer.close(final)
 
     def _control(self):
         """The set-up connection (opened again if the first session already took it)."""

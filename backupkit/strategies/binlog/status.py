@@ -13,9 +13,11 @@ from backupkit.mysql.server import ServerFacts, server_facts
 from backupkit.repo.catalog import (
     Catalog,
     SegmentInfo,
+    utc_iso,
 )
-from backupkit.repo.coverage import build_runs
+from backupkit.repo.coverage import build_runs, confirm
 from backupkit.repo.lease import Lease
+from backupkit.repo.watermark import read_status
 
 
 def shipping_status(catalog: Catalog, source_id: str, spec: ConnSpec | None = None,
@@ -39,6 +41,16 @@ def shipping_status(catalog: Catalog, source_id: str, spec: ConnSpec | None = No
     out["last_segment_at"] = last.created_at if last else None
     out["shipped_to"] = "{}:{}".format(*last.next_point()) if last else None
     out["last_shipped_commit_time"] = max((s.last_commit_time for s in segs), default=0) or None
+    # the confirmed-through watermark: the loss window of shipping is now minus it
+    st = read_status(catalog, source_id)
+    usable = bool(st is not None and st.confirmed_at and confirm(runs, st.point, st.confirmed_at))
+    newest = max(float(out["last_shipped_commit_time"] or 0), st.confirmed_at if usable else 0.0)
+    out["confirmed_through"] = st.confirmed_at if usable else None
+    out["confirmed_through_utc"] = utc_iso(st.confirmed_at) if usable else None
+    out["watermark"] = newest or None
+    out["shipper_status"] = st.to_dict() if st is not None else None
+    out["shipped_server"] = st.server if st is not None else None
+    out["loss_window_seconds"] = max(0.0, now - newest) if newest else None
     lease = Lease(catalog.store, source_id)
     try:
         rec, _ = lease.current()
@@ -57,7 +69,12 @@ def shipping_status(catalog: Catalog, source_id: str, spec: ConnSpec | None = No
     if srv and "lag_bytes" in srv:
         out["lag_bytes"] = srv["lag_bytes"]
         out["lag_seconds"] = srv["lag_seconds"]
-        out["loss_window_seconds"] = srv["loss_window_seconds"]
+        if srv["lag_bytes"] == 0:  # checked live just now: nothing to lose
+            out["loss_window_seconds"] = 0.0
+        elif newest:
+            srv["loss_window_seconds"] = out["loss_window_seconds"] = max(0.0, now - newest)
+        else:
+            out["loss_window_seconds"] = srv["loss_window_seconds"]
     return out
 
 

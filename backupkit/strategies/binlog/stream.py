@@ -92,12 +92,15 @@ class StreamReader:
                 try:
                     self._consume(stream)
                 except StreamEnd:
+                    self._beat_at = time.time()  # the server had nothing more: caught up
                     self._flush(force=True)
                     self.uploader.drain()
+                    self._maybe_confirm()
                     self.result.stopped_by = "caught up"
                     return True
                 self._maybe_flush()
                 self.progress.alive()
+                self._maybe_confirm()
                 timeout = min(watchdog, 0.5)
                 if self.pending_since is not None:
                     timeout = max(0.0, min(timeout, self.pending_since + self.opts.sync_interval
@@ -176,6 +179,7 @@ class StreamReader:
         hdr = be.parse_header(raw)
         t = hdr.type
         if t in (be.HEARTBEAT_LOG_EVENT, be.HEARTBEAT_LOG_EVENT_V2):
+            self._beat_at = time.time()  # the server has sent everything it had
             return
         if hdr.log_pos == 0 or hdr.flags & be.LOG_EVENT_ARTIFICIAL_F:
             if t == be.ROTATE_EVENT:
