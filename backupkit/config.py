@@ -91,6 +91,7 @@ class StrategiesSection(_Section):
     verify: str | None = None
     prune: str | None = None
     sync: str | None = None  # `repo sync` of several storage targets, for example "*/10 * * * *"
+    binlog_purge: str | None = None  # `binlog purge` of shipped files older than [binlog] purge_keep
 
 
 class SnapshotSection(_Section):
@@ -115,6 +116,18 @@ class BinlogSection(_Section):
     compression_level: int = Field(default=1, ge=-7, le=22)
     # seconds between writes of the confirmed-through watermark while the source is quiet
     confirm_interval: float = Field(default=5.0, ge=0.5, le=3600)
+    # `binlog purge` (and [strategies] binlog_purge): keep shipped files this long on the server
+    purge_keep: str = "1d"
+    # `binlog status --check` fails when the shipper is this many seconds behind
+    max_lag: float = Field(default=300.0, gt=0)
+
+    @field_validator("purge_keep")
+    @classmethod
+    def _duration(cls, v: str) -> str:
+        from backupkit.util.units import parse_duration  # lazy: only when a policy sets it
+
+        parse_duration(v)
+        return v
 
 
 class ColdSection(_Section):

@@ -7,6 +7,8 @@ class BackupkitError(Exception):
     """Base of every error backupkit reports to the user (exit code 1)."""
 
     exit_code = 1
+    #: structured facts for --json (for example the gap a restore refused at)
+    details: dict | None = None
 
     def __init__(self, message: str, hint: str | None = None) -> None:
         super().__init__(message)

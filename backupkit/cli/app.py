@@ -142,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         if as_json:
             emit_json({"ok": False, "error": redact_text(exc.message),
                        "hint": redact_text(exc.hint) if exc.hint else exc.hint,
-                       "exit_code": exc.exit_code, "kind": type(exc).__name__})
+                       "exit_code": exc.exit_code, "kind": type(exc).__name__,
+                       **({"details": exc.details} if exc.details else {})})
         return exc.exit_code
     except Exception as exc:  # a bug: still one line unless --debug
         error_line(f"internal error: {type(exc).__name__}: {exc} (run with --debug for details)")

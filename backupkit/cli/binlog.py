@@ -13,7 +13,7 @@ import typer
 from backupkit.cli.common import json_mode, open_catalog, render, settings
 from backupkit.cli.console import info, progress, table
 from backupkit.cli.context import COMMON
-from backupkit.errors import UsageError
+from backupkit.errors import BackupkitError, UsageError
 from backupkit.util.units import human_bytes, human_seconds, parse_time, utc_iso
 
 app = typer.Typer(no_args_is_help=True)
@@ -186,9 +186,14 @@ class _Watch:
 @app.command("status")
 def status(
     source_id: str = typer.Option(None, "--source-id", help="Only this source."),
+    check: bool = typer.Option(False, "--check",
+                               help="Exit 1 when the server could drop binlog that is not shipped yet "
+                                    "(its expiry, a size limit, free disk) or the lag exceeds "
+                                    "[binlog] max_lag."),
 ) -> None:
     """Shipped range, lag behind the server (seconds and bytes) and the current loss window."""
     from backupkit.strategies.binlog import resolve_source, shipping_status  # lazy: start-up time
+    from backupkit.strategies.binlog.purge import server_risks  # lazy: start-up time
 
     cfg = settings()
     store, catalog = open_catalog(create=False)
@@ -208,8 +213,17 @@ def status(
     rows = []
     for sid in sources:
         use_spec = spec if (source_id or sid == live_source) else None
-        rows.append(shipping_status(catalog, sid, use_spec))
-    data = {"storage": store.describe(), "sources": rows}
+        st = shipping_status(catalog, sid, use_spec)
+        st["warnings"] = []
+        if use_spec is not None and st.get("server") and "error" not in st["server"]:
+            try:
+                st["warnings"] = server_risks(use_spec, st.get("lag_seconds"), st.get("lag_bytes"),
+                                              cfg.policy.binlog.max_lag)
+            except BackupkitError as exc:
+                st["warnings"] = [f"the server's binlog settings were not checked: {exc.one_line()}"]
+        rows.append(st)
+    warnings = [w for st in rows for w in st["warnings"]]
+    data = {"storage": store.describe(), "sources": rows, "ok": not warnings}
 
     def human(console) -> None:
         for st in rows:
@@ -241,10 +255,56 @@ def status(
                 console.print(f"server at {srv['position']}; behind by {human_bytes(srv['lag_bytes'])}, "
                               f"{human_seconds(srv['lag_seconds'])}; current loss window "
                               f"{human_seconds(srv['loss_window_seconds'])}")
+            for w in st["warnings"]:
+                console.print(f"[bold yellow]warning:[/] {w}", highlight=False)
             for g in st["gaps"]:
                 resume = f"{g['resume_file']}:{g['resume_pos']}" if g["resume_file"] else "not resumed"
                 console.print(f"[bold red]gap[/] after {g['after_file']}:{g['after_pos']} -> {resume}: "
                               f"{g['reason']}")
+
+    render(data, human)
+    if check and warnings:
+        raise typer.Exit(1)
+
+
+@app.command("purge")
+def purge(
+    keep: str = typer.Option(None, "--keep",
+                             help="Keep files whose newest event is younger than this (e.g. 1d, 6h, "
+                                  "0; default [binlog] purge_keep, 1d)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show what would be purged; change nothing."),
+    source_id: str = typer.Option(None, "--source-id", help="Source id (default: from the policy or "
+                                                            "derived from the server)."),
+) -> None:
+    """PURGE BINARY LOGS on the source, only up to files the repository holds completely.
+
+    A file goes only when it is not the current one, its closing event is shipped in an unbroken
+    run (or it lies wholly before the first shipped point), and it is older than --keep."""
+    from backupkit.strategies.binlog import resolve_source  # lazy: start-up time
+    from backupkit.strategies.binlog.purge import purge_binlogs  # lazy: start-up time
+    from backupkit.util.units import parse_duration
+
+    cfg = settings()
+    text = keep if keep is not None else cfg.policy.binlog.purge_keep
+    try:
+        keep_seconds = 0.0 if text.strip() in ("0", "0s") else parse_duration(text)
+    except ValueError as exc:
+        raise UsageError(f"bad --keep {text!r}: {exc}", "use a duration such as 1d, 6h or 0") from None
+    spec = cfg.source_spec()
+    _, sid = resolve_source(spec, source_id or cfg.policy.source.source_id)
+    store, catalog = open_catalog(create=False)
+    plan = purge_binlogs(catalog, spec, sid, keep_seconds, dry_run=dry_run)
+    data = {"storage": store.describe(), "dry_run": dry_run, **plan.to_dict()}
+
+    def human(console) -> None:
+        verb = "would purge" if dry_run else "purged"
+        if plan.files:
+            console.print(f"{verb} {len(plan.files)} file(s) of {sid}: {plan.files[0]} .. {plan.files[-1]} "
+                          f"(PURGE BINARY LOGS TO '{plan.purge_to}')", highlight=False)
+        else:
+            console.print(f"nothing to purge on {sid}", highlight=False)
+        if plan.stops_at:
+            console.print(f"kept from {plan.stops_at['file']}: {plan.stops_at['reason']}", highlight=False)
 
     render(data, human)
 

@@ -397,9 +397,11 @@ class Planner:
         plan = self._choose(plans)
         gap = self.gap_after(plan.base)
         if gap is not None and not target.accept_gap:
-            raise self._fail(target, gap["text"],
+            err = self._fail(target, gap["text"],
                              "--accept-gap restores the newest reachable point anyway; to close the "
                              "gap take a snapshot (docs/operations.md, 'After a gap')")
+            err.details = {"gap": gap}
+            raise err
         if gap is not None:
             plan.gap = gap
             plan.notes.append(gap["text"])

@@ -16,7 +16,7 @@ from backupkit.util.redact import redact_url
 if TYPE_CHECKING:
     from backupkit.config import Policy
 
-CRON_STRATEGIES = ("cold", "snapshot", "verify", "prune", "sync")
+CRON_STRATEGIES = ("cold", "snapshot", "verify", "prune", "sync", "binlog_purge")
 CRON_HELP = "a cron expression 'minute hour day-of-month month day-of-week' like '0 3 * * 0'"
 STORAGE_FIX = ("add a [storage] section with url = \"file:///var/backups/mysql\" or "
                "\"s3://bucket/prefix\" (or pass --storage)")

@@ -29,12 +29,14 @@ if TYPE_CHECKING:
     from backupkit.config import Policy
 
 
-JOB_STRATEGIES = ("cold", "snapshot", "verify", "prune", "sync")
+JOB_STRATEGIES = ("cold", "snapshot", "verify", "prune", "sync", "binlog_purge")
 # sync (several storage targets) shares the repository lock: it must not copy what prune deletes.
+# binlog_purge talks to the source: never while a cold backup has it stopped.
 GROUPS = {"cold": "source", "snapshot": "source", "verify": "repository", "prune": "repository",
-          "sync": "repository"}
+          "sync": "repository", "binlog_purge": "source"}
 CLI_ARGS = {"cold": ["cold"], "snapshot": ["snapshot"], "verify": ["verify", "--all"],
-            "prune": ["prune", "--force"], "binlog": ["binlog", "ship"], "sync": ["repo", "sync"]}
+            "prune": ["prune", "--force"], "binlog": ["binlog", "ship"], "sync": ["repo", "sync"],
+            "binlog_purge": ["binlog", "purge"]}
 
 
 GROUP_POLL = 2.0  # seconds between tries of a busy group lock

@@ -437,9 +437,9 @@ class Shipper(StreamReader, SegmentWriter):
         self.uploader.drain()
         conn = connect(self.spec)
         try:
-            point = current_point(conn, self.facts)
+            point, where = current_point(conn, self.facts), "the current position"
             if self.opts.restart_from_current:
-                point.gtid = gtid_position(conn, self.facts, point.file, point.pos)
+                point, where = self._restart_point(conn, after_file, after_pos)
         finally:
             conn.close()
         last_time = self.seg.last_commit_time
@@ -459,14 +459,14 @@ class Shipper(StreamReader, SegmentWriter):
                 "take a new snapshot and run 'backupkit binlog ship --restart-from-current'")
         gap = GapInfo(self.source_id, after_file, after_pos, point.file, point.pos, time.time(),
                       f"{after_file} was purged from the source before it was shipped "
-                      f"({exc.server_message}); restarted at the current position", last_time)
+                      f"({exc.server_message}); restarted at {where}", last_time)
         # Overwrite a record left by an earlier run that stopped at this gap.
         self.store.put(layout.gap_record(gap.source_id, gap.after_file, gap.after_pos),
                        encode_manifest(gap.to_dict()))
         self.result.gaps.append(gap.to_dict())
         self.progress.gaps += 1
         self.notify(f"GAP recorded: {after_file}:{after_pos} -> {point.file}:{point.pos}; "
-                    "a new continuous range starts here")
+                    f"a new continuous range starts here ({where})")
         self._switch_file(point.file, point.pos)
         self.range_id = uuid.uuid4().hex[:12]
         self.result.range_id = self.range_id
@@ -476,6 +476,26 @@ class Shipper(StreamReader, SegmentWriter):
         self.tracker.reset()
         self.seg = EventStats()
         self.txn = EventStats()
+
+    def _restart_point(self, conn, after_file: str, after_pos: int) -> tuple[BinlogPoint, str]:
+        """Where a new range starts after a gap: the oldest backup's consistent point that lies
+        inside the unshipped stretch on a file the server still has, so that backup (and every
+        later one) reaches every later moment: the runbook takes a snapshot first, then restarts
+        shipping. Without such a backup: the server's current position."""
+        from backupkit.mysql.server import binary_logs
+
+        have = {n for n, _ in binary_logs(conn)}
+        inside = [b for b in self.catalog.backups() if b.source.source_id == self.source_id
+                  and b.point.file and (b.point.file, b.point.pos) > (after_file, after_pos)
+                  and b.point.file in have]
+        if inside:
+            b = min(inside, key=lambda x: ((x.point.file, x.point.pos), x.id))
+            gtid = b.point.gtid or gtid_position(conn, self.facts, b.point.file, b.point.pos)
+            return (BinlogPoint(file=b.point.file, pos=b.point.pos, gtid=gtid),
+                    f"the point of {b.kind} backup {b.id}")
+        point = current_point(conn, self.facts)
+        point.gtid = gtid_position(conn, self.facts, point.file, point.pos)
+        return point, "the current position"
 
     def _server_has(self, name: str) -> bool:
         from backupkit.mysql.server import binary_logs
