@@ -307,7 +307,7 @@ class Planner:
                                 + (f" for source {self.source_id}" if self.source_id else "")
                                 + f"; partial snapshots cannot start a whole-server restore: {names}",
                                 "take a full one with 'backupkit snapshot' (no --databases/--tables)")
-            raise PlanError("no base backup (snapshot or cold) in the repository"
+            raise PlanError("no base backup (snapshot, cold or physical) in the repository"
                             + (f" for source {self.source_id}" if self.source_id else ""),
                             "take one with 'backupkit snapshot' or 'backupkit cold'")
         if target.kind == "time":

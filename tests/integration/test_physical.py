@@ -349,3 +349,31 @@ def test_cli_physical_chain_verify_restore_test_report_and_prune(mariadb, local_
     r = run_cli("prune", "--keep-last", "1", "--force", "--json", env=env)
     assert r.returncode == 0, r.stderr
     assert {b.id for b in Catalog(open_store(local_url)).backups()} == {full["backup_id"], inc["backup_id"]}
+
+
+def test_a_full_staging_disk_is_one_line_and_leaves_nothing(mariadb, local_url, tmp_path, monkeypatch):
+    import subprocess
+
+    from backupkit.errors import StorageError
+    from backupkit.restore import physical as restore_mod
+
+    store = open_store(local_url)
+    full, _ = _full_and_incremental(mariadb, store)
+    catalog = Catalog(store)
+    disk = tmp_path / "small"
+    disk.mkdir()
+    size_mb = max(4, full.stats["raw_bytes"] // (2 << 20))  # half of what the restore extracts
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(disk)]).returncode:
+        pytest.skip("cannot mount a small tmpfs here")
+    try:
+        datadir = disk / "data"
+        # refused up front: the free space is checked against the chain's size
+        with pytest.raises(StorageError, match="free"):
+            restore_physical(store, full, datadir, catalog=catalog)
+        # and if the disk fills anyway (the check passed), mbstream's failure is named the same way
+        monkeypatch.setattr(restore_mod, "SPACE_MARGIN", -(1 << 40))
+        with pytest.raises(StorageError, match="full"):
+            restore_physical(store, full, datadir, catalog=catalog)
+        assert os.listdir(disk) == []
+    finally:
+        subprocess.run(["umount", str(disk)])
