@@ -14,6 +14,7 @@ from backupkit.cli.common import json_mode, open_catalog, render, settings
 from backupkit.cli.console import info, progress, table
 from backupkit.cli.context import COMMON
 from backupkit.errors import BackupkitError, UsageError
+from backupkit.util.streams import ChunkReader
 from backupkit.util.units import human_bytes, human_seconds, parse_time, utc_iso
 
 app = typer.Typer(no_args_is_help=True)
@@ -361,7 +362,6 @@ def events(
     the DROP or the bad DELETE to stop a point-in-time restore before."""
     from backupkit.mysql import binlog_events as be  # lazy: start-up time
     from backupkit.repo.codec import iter_object  # lazy: start-up time
-    from backupkit.storage.base import ChunkReader  # lazy: start-up time
 
     t1 = parse_time(from_) if from_ else None
     t2 = parse_time(to) if to else None

@@ -13,7 +13,8 @@ import zstandard
 
 from backupkit.errors import IntegrityError, StorageError
 from backupkit.repo.failover import has_copies, iter_object_failover
-from backupkit.storage.base import ObjectStore, iter_chunks
+from backupkit.storage.base import ObjectStore
+from backupkit.util.streams import iter_chunks
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

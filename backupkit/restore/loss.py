@@ -29,7 +29,8 @@ from backupkit.repo.catalog import BackupManifest, Catalog, GapInfo, SegmentInfo
 from backupkit.repo.codec import iter_object
 from backupkit.repo.watermark import watermarks
 from backupkit.restore.plan import Planner
-from backupkit.storage.base import ChunkReader, ObjectStore
+from backupkit.storage.base import ObjectStore
+from backupkit.util.streams import ChunkReader
 from backupkit.util.units import format_time, human_seconds
 
 STRATEGIES = ("cold", "snapshot", "physical", "binlog")

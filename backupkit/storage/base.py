@@ -9,10 +9,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
+from backupkit.util.streams import Chunks
+
 log = logging.getLogger(__name__)
-
-Chunks = Iterable[bytes]
-
 
 @dataclass(frozen=True)
 class ObjectInfo:
@@ -24,25 +23,6 @@ class ObjectInfo:
     mtime: float = 0.0
 
 
-def iter_chunks(source: BinaryIO | Chunks | bytes, size: int = 1 << 20) -> Iterator[bytes]:
-    """Yield the bytes of a file object, an iterable of chunks, or a bytes value."""
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        if len(source):
-            yield bytes(source)
-        return
-    read = getattr(source, "read", None)
-    if read is not None:
-        while True:
-            block = read(size)
-            if not block:
-                return
-            yield block
-    else:
-        for block in source:  # type: ignore[union-attr]
-            if block:
-                yield bytes(block)
-
-
 @dataclass(frozen=True)
 class Capabilities:
     """What a store offers beyond the basic interface (declared, never probed)."""
@@ -52,19 +32,6 @@ class Capabilities:
     authenticated_reads: bool = False
     #: Several stores hold a copy of each object (a mirror): see alternatives().
     several_copies: bool = False
-
-
-def read_exact(fh: BinaryIO, n: int) -> bytes:
-    """n bytes from fh, fewer only at its end (a raw reader may return less per call)."""
-    parts: list[bytes] = []
-    have = 0
-    while have < n:
-        b = fh.read(n - have)
-        if not b:
-            break
-        parts.append(b)
-        have += len(b)
-    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 class ObjectStore(abc.ABC):
@@ -166,31 +133,3 @@ class FailoverReader(io.RawIOBase):
     def switch_target(self, offset: int, header_len: int) -> bytes | None:
         """Continue from the next copy at stored offset; returns that copy's first header_len bytes
         (or a non-empty marker when header_len is 0), None when no copy is left."""
-
-
-class ChunkReader(io.RawIOBase):
-    """A readable file object over an iterator of byte chunks."""
-
-    def __init__(self, chunks: Iterator[bytes], on_close=None) -> None:
-        self._chunks = chunks
-        self._buf = b""
-        self._on_close = on_close
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b) -> int:  # type: ignore[override]
-        while not self._buf:
-            try:
-                self._buf = next(self._chunks)
-            except StopIteration:
-                return 0
-        n = min(len(b), len(self._buf))
-        b[:n] = self._buf[:n]
-        self._buf = self._buf[n:]
-        return n
-
-    def close(self) -> None:
-        if not self.closed and self._on_close is not None:
-            self._on_close()
-        super().close()

@@ -38,15 +38,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from backupkit.errors import ConfigError, IntegrityError
-from backupkit.storage.base import (
-    Capabilities,
-    Chunks,
-    FailoverReader,
-    ObjectInfo,
-    ObjectStore,
-    iter_chunks,
-    read_exact,
-)
+from backupkit.storage.base import Capabilities, FailoverReader, ObjectInfo, ObjectStore
+from backupkit.util.streams import Chunks, iter_chunks, read_exact
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from backupkit.errors import ObjectNotFound, StorageError
-from backupkit.storage.base import Chunks, ObjectInfo, ObjectStore, iter_chunks
+from backupkit.storage.base import ObjectInfo, ObjectStore
+from backupkit.util.streams import Chunks, iter_chunks
 
 TMP_DIR = ".tmp"
 

@@ -16,9 +16,10 @@ from typing import Any, BinaryIO
 from urllib.parse import urlparse
 
 from backupkit.errors import ObjectNotFound, StorageError, UsageError
-from backupkit.storage.base import Chunks, ObjectInfo, ObjectStore, iter_chunks
+from backupkit.storage.base import ObjectInfo, ObjectStore
 from backupkit.util.memory import bound_heap
 from backupkit.util.redact import redact_text, redact_url
+from backupkit.util.streams import Chunks, iter_chunks
 
 log = logging.getLogger(__name__)
 

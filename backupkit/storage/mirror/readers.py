@@ -9,8 +9,9 @@ from collections.abc import Iterable, Iterator
 from typing import BinaryIO
 
 from backupkit.errors import ObjectNotFound, StorageError
-from backupkit.storage.base import Chunks, FailoverReader, ObjectInfo, ObjectStore, read_exact
+from backupkit.storage.base import FailoverReader, ObjectInfo, ObjectStore
 from backupkit.storage.mirror.health import MirrorHealth, Target
+from backupkit.util.streams import Chunks, read_exact
 
 log = logging.getLogger(__name__)
 

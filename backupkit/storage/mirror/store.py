@@ -32,10 +32,11 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, BinaryIO, Protocol, TypeVar
 
 from backupkit.errors import BackupkitError, ObjectNotFound, StorageError, UsageError
-from backupkit.storage.base import Capabilities, Chunks, ObjectInfo, ObjectStore, iter_chunks
+from backupkit.storage.base import Capabilities, ObjectInfo, ObjectStore
 from backupkit.storage.mirror.health import MirrorHealth, Target
 from backupkit.storage.mirror.readers import MirrorReader, TargetStore
 from backupkit.storage.mirror.writes import tee
+from backupkit.util.streams import Chunks, iter_chunks
 from backupkit.util.workers import put_unless_stopped
 
 log = logging.getLogger(__name__)
