@@ -144,18 +144,21 @@ class _Watch:
     twice a second), and its own /metrics and status page when an address is given."""
 
     def __init__(self, cfg, shipper, store, listen: str | None) -> None:
-        from backupkit.monitor.local import ShipperReporter
-        from backupkit.monitor.server import MetricsServer
-        from backupkit.schedule.monitoring import SHIPPER_STATE_ENV, policy_monitor, shipper_state_path
+        from backupkit.monitor.live import SHIPPER_STATE_ENV, ShipperReporter, shipper_state_path
+        from backupkit.schedule.state import Paths
 
         self.shipper = shipper
         self.started = time.time()
         self.gaps_seen = 0
-        self.reporter = ShipperReporter(self.live, shipper_state_path(cfg.policy)).start()
+        status_file = Paths.of(cfg.policy).status_file if cfg.policy.path else None
+        self.reporter = ShipperReporter(self.live, shipper_state_path(status_file)).start()
         if listen is None and not os.environ.get(SHIPPER_STATE_ENV):  # the daemon serves its own
             listen = cfg.policy.metrics.listen
         self.state = self.server = None
-        if listen:
+        if listen:  # imported here: a shipper without metrics starts without them
+            from backupkit.monitor.server import MetricsServer
+            from backupkit.schedule.monitoring import policy_monitor
+
             self.state = policy_monitor(cfg.policy, lambda: store, shipper_fn=self.live).start()
             self.server = MetricsServer(listen, self.state.status).start()
             info(f"metrics and status page on {self.server.url}", quiet=json_mode())

@@ -29,7 +29,7 @@ def status(
     check: bool = typer.Option(False, "--check", help="Exit 1 when an objective is not met."),
 ) -> None:
     """Am I protected right now? Restorable time and its gaps, loss windows, last runs, shipper, targets."""
-    from backupkit.monitor.metrics import write_atomic
+    from backupkit.monitor.live import write_atomic
     from backupkit.monitor.page import render_page
 
     state = monitor_state()

@@ -93,7 +93,19 @@ def exec_(
                           emit=_emitter(), describe=catalog_describer(lambda: st.open_store(False)))
     rec = ex.run(strategy, locked=locked)
     if rec.result == "failed":
+        _notify_failure(st.policy, rec)
         raise typer.Exit(rec.exit_code or 1)
+
+
+def _notify_failure(policy, rec) -> None:
+    """Under cron no daemon watches the runs: a failed run sends its [notify] event itself (bounded
+    tries; a notifier that fails changes nothing)."""
+    from backupkit.monitor.notify import Event, notifier_for
+
+    n = notifier_for(policy)
+    if n is not None and "failure" in n.events:
+        n.deliver(Event("failure", "job_failed", policy.name, f"the last {rec.strategy} run failed"
+                        + (f": {rec.error}" if rec.error else ""), rec.strategy))
 
 
 @app.command("status")

@@ -1,43 +1,23 @@
-"""The local files the monitor reads beside the daemon's status file, and the MonitorState of a
-policy on this machine (used by the daemon, `backupkit status`, `backupkit metrics` and
-`schedule status --check`).
-
-- ``<name>.status.json``: the daemon's status file (schedule.StatusFile writes it);
-- ``<name>.status.shipper.json``: the shipper's live state (ShipperReporter writes it about
-  twice a second);
-- ``<name>.status.lag.json``: the daemon's shipper lag history, for the page's chart.
-"""
+"""The MonitorState of a policy on this machine, from the local files (monitor/live.py names
+them) and the repository (used by the daemon, `backupkit status`, `backupkit metrics` and
+`schedule status --check`)."""
 
 from __future__ import annotations
 
 import json
-import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from backupkit.monitor.collect import read_repository
-from backupkit.monitor.metrics import MonitorState, write_atomic
+from backupkit.monitor.live import history_file, shipper_state_file
+from backupkit.monitor.metrics import MonitorState
 from backupkit.monitor.status import ShipperLive, objectives_for
 from backupkit.mysql.control import pid_alive
 from backupkit.repo.catalog import Catalog
 
 if TYPE_CHECKING:
     from backupkit.config import Policy
-
-
-def _beside(status_file: Path, suffix: str) -> Path:
-    p = Path(status_file)
-    return p.with_name(p.name.removesuffix(".json") + suffix)
-
-
-def shipper_state_file(status_file: Path) -> Path:
-    return _beside(status_file, ".shipper.json")
-
-
-def history_file(status_file: Path) -> Path:
-    return _beside(status_file, ".lag.json")
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -101,43 +81,3 @@ def policy_state(policy: Policy, status_file: Path | None, open_store: Callable[
         daemon_fn=daemon_fn or daemon_reader(status_file),
         shipper_fn=shipper_fn or (lambda: read_shipper(ship_path)),
         refresh_interval=policy.metrics.refresh_interval, history_file=history_file(status_file))
-
-
-class ShipperReporter:
-    """Writes a running shipper's ShipperLive to its state file about twice a second, so that
-    the daemon's metrics see the lag grow as soon as the shipper stops."""
-
-    def __init__(self, live_fn: Callable[[], ShipperLive], path: Path | None, period: float = 0.5) -> None:
-        self.live_fn = live_fn
-        self.path = Path(path) if path else None
-        self.period = period
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def write(self, state: str | None = None) -> None:
-        if self.path is None:
-            return
-        live = self.live_fn()
-        live.updated_at = time.time()
-        if state:
-            live.state = state
-        try:
-            write_atomic(self.path, json.dumps(live.to_dict(), sort_keys=True).encode(), fsync=False)
-        except OSError:
-            pass
-
-    def start(self) -> ShipperReporter:
-        if self.path is not None and self._thread is None:
-            self._thread = threading.Thread(target=self._loop, name="shipper-reporter", daemon=True)
-            self._thread.start()
-        return self
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.period):
-            self.write()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(5)
-        self.write("stopped")

@@ -9,7 +9,6 @@ node_exporter's textfile collector. docs/monitoring.md lists every series.
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 import time
 from collections import deque
@@ -21,6 +20,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 
 from backupkit import __version__
+from backupkit.monitor.live import write_atomic
 from backupkit.monitor.status import (
     BASE_KINDS,
     Objectives,
@@ -405,20 +405,6 @@ def registry_for(status_fn: Callable[[], ProtectionStatus]) -> CollectorRegistry
 def render(status_fn: Callable[[], ProtectionStatus]) -> bytes:
     """The exposition text of one status."""
     return generate_latest(registry_for(status_fn))
-
-
-def write_atomic(path: Path, data: bytes, fsync: bool = True) -> None:
-    """Write a file so that a reader sees the old or the new content, never half of it (fsync:
-    and the new content survives a crash; a state file rewritten twice a second does without)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        if fsync:
-            fh.flush()
-            os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def write_textfile(path: Path, status_fn: Callable[[], ProtectionStatus]) -> int:

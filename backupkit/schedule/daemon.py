@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from backupkit.errors import ConfigError, UsageError
-from backupkit.monitor.local import shipper_state_file
+from backupkit.monitor.live import SHIPPER_STATE_ENV, shipper_state_file
 from backupkit.schedule.cron import cron_trigger, iso, policy_timezone, scheduled_strategies
-from backupkit.schedule.monitoring import SHIPPER_STATE_ENV, Monitoring
+from backupkit.schedule.monitoring import Monitoring
 from backupkit.schedule.runner import (
     CLI_ARGS,
     JOB_STRATEGIES,

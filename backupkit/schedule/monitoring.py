@@ -11,7 +11,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from backupkit.monitor.local import policy_state, shipper_state_file
+from backupkit.monitor.local import policy_state
 from backupkit.monitor.metrics import MonitorState
 from backupkit.monitor.notify import Notifier, notifier_for
 from backupkit.monitor.server import MetricsServer
@@ -23,10 +23,6 @@ if TYPE_CHECKING:
     from backupkit.config import Policy
 
 log = logging.getLogger(__name__)
-
-#: The daemon tells the shipper it starts where to write its live state.
-SHIPPER_STATE_ENV = "BACKUPKIT_SHIPPER_STATE"
-
 
 def policy_monitor(policy: Policy, open_store: Callable[[], Any] | None, *,
                    status_file: Path | None = None, targets: bool = True,
@@ -44,16 +40,6 @@ def policy_monitor(policy: Policy, open_store: Callable[[], Any] | None, *,
         status_file = Paths.of(policy).status_file
     return policy_state(policy, status_file, open_store, interval_of, targets=targets,
                         shipper_fn=shipper_fn)
-
-
-def shipper_state_path(policy: Policy) -> Path | None:
-    """Where a shipper of this policy writes its live state (None without a policy file)."""
-    import os
-
-    env = os.environ.get(SHIPPER_STATE_ENV)
-    if env:
-        return Path(env)
-    return shipper_state_file(Paths.of(policy).status_file) if policy.path else None
 
 
 class Monitoring:
