@@ -18,6 +18,8 @@ def verify(
                                            "row counts and checksums (the newest backup with --all)."),
     parallel: int = typer.Option(None, "--parallel", "-p", min=1, max=64,
                                  help="Objects read at once (default 8)."),
+    repair: bool = typer.Option(False, "--repair", help="Rebuild damaged binlog roll-ups from their "
+                                "index entries (the only damage verify can undo)."),
 ) -> None:
     """Re-read every object against its checksum and check the binlog for unexplained holes.
 
@@ -34,7 +36,7 @@ def verify(
     ids = [backup_id] if backup_id else None
     with progress(enabled=not json_mode()) as bar:
         report = verify_repository(store, ids, binlog=ids is None, parallel=parallel or 8,
-                                   progress=as_progress(bar))
+                                   progress=as_progress(bar), repair=repair)
     if restore_test and report.ok:
         catalog = Catalog(store)
         if backup_id:

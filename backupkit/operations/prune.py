@@ -103,7 +103,7 @@ def prune(store: ObjectStore, rules: RetentionRules, *, dry_run: bool = False,
     """Apply retention rules to the repository in store (see the module doc for the order)."""
     now = time.time() if now is None else now
     repo = Repository(store)
-    backups = repo.backups()  # a damaged manifest stops prune before it deletes anything
+    backups = repo.backups(strict=True)  # a damaged manifest stops prune before it deletes anything
     sources = sorted(set(repo.sources()) | {b.source.source_id for b in backups})
     segments = {sid: repo.segments(sid) for sid in sources}
     gaps = {sid: repo.gaps(sid) for sid in sources}

@@ -20,7 +20,7 @@ from typing import Any
 from backupkit.errors import BackupkitError, IntegrityError, ObjectNotFound
 from backupkit.mysql.sandbox import Sandbox
 from backupkit.repo import layout
-from backupkit.repo.catalog import BackupManifest, Catalog, GapInfo, SegmentInfo
+from backupkit.repo.catalog import BackupManifest, Catalog, GapInfo, SegmentInfo, manifest_at
 from backupkit.repo.chain import chain_of, parent_id
 from backupkit.repo.codec import StoredObject, verify_object
 from backupkit.repo.coverage import build_runs
@@ -103,9 +103,10 @@ class _Checker:
         return [p for p in results if p is not None]
 
 
-def _read_all(catalog: Catalog, keys: list[str], report: VerifyReport, parallel: int
-              ) -> list[dict[str, Any]]:
-    """Read manifests in parallel; a damaged one is a problem naming it, a vanished one a note."""
+def _read_all(catalog: Catalog, keys: list[str], report: VerifyReport, parallel: int,
+              keep_order: bool = False) -> list[Any]:
+    """Read manifests in parallel; a damaged one is a problem naming it, a vanished one a note
+    (with keep_order, None in their place)."""
     def one(key: str) -> dict[str, Any] | None:
         try:
             return catalog.read_manifest(key)
@@ -118,7 +119,8 @@ def _read_all(catalog: Catalog, keys: list[str], report: VerifyReport, parallel:
     if not keys:
         return []
     with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(keys)))) as pool:
-        return [d for d in pool.map(one, keys) if d is not None]
+        found = list(pool.map(one, keys))
+    return found if keep_order else [d for d in found if d is not None]
 
 
 def _read_backups(catalog: Catalog, ids: list[str] | None, report: VerifyReport,
@@ -126,7 +128,15 @@ def _read_backups(catalog: Catalog, ids: list[str] | None, report: VerifyReport,
     if ids is not None:
         return [catalog.backup(bid) for bid in ids]  # an unknown id is a usage error
     keys = [layout.backup_manifest(b) for b in catalog.backup_ids()]
-    return [BackupManifest.from_dict(d) for d in _read_all(catalog, keys, report, parallel)]
+    out = []
+    for key, d in zip(keys, _read_all(catalog, keys, report, parallel, keep_order=True), strict=True):
+        if d is None:
+            continue
+        try:
+            out.append(manifest_at(key, d))
+        except IntegrityError as exc:
+            report.problems.append(Problem("manifest", key, exc.message))
+    return out
 
 
 def _read_segments(catalog: Catalog, source_id: str, report: VerifyReport,
@@ -167,10 +177,41 @@ def coverage_problems(source_id: str, segs: list[SegmentInfo], gaps: list[GapInf
     return problems, notes
 
 
+def rollup_problems(catalog: Catalog, source_id: str, repair: bool = False
+                    ) -> tuple[list[Problem], list[str]]:
+    """Roll-ups of a source that cannot be read or hold an entry that is not a segment entry.
+
+    Readers skip such a roll-up (its segments are read one by one), so nothing is lost, but it
+    is damage all the same; with repair it is rebuilt from the index entries (a note then)."""
+    problems: list[Problem] = []
+    notes: list[str] = []
+    for info in catalog.store.list(layout.binlog_prefix(source_id)):
+        binlog_file = layout.rollup_file_of(info.key)
+        if binlog_file is None:
+            continue
+        try:
+            for d in catalog.read_rollup(info.key).get("segments", []):
+                SegmentInfo.from_dict(d)
+        except ObjectNotFound:
+            continue  # pruned meanwhile
+        except (IntegrityError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            why = exc.message if isinstance(exc, IntegrityError) else f"{type(exc).__name__}: {exc}"
+            if repair:
+                catalog.store.delete([info.key])
+                rebuilt = catalog.roll_up_file(source_id, binlog_file)
+                notes.append(f"roll-up {info.key} was damaged ({why}); "
+                             + ("rebuilt from its index entries" if rebuilt else "removed"))
+                continue
+            problems.append(Problem("rollup", info.key, f"roll-up {info.key!r} of {binlog_file} is "
+                                    f"damaged: {why} (run 'backupkit verify --repair' to rebuild it)"))
+    return problems, notes
+
+
 def verify_repository(store: ObjectStore, backup_ids: list[str] | None = None, *,
                       binlog: bool = True, parallel: int = 8,
-                      progress: Progress | None = None) -> VerifyReport:
-    """Check the given backups (all when None) and, with binlog, every shipped segment."""
+                      progress: Progress | None = None, repair: bool = False) -> VerifyReport:
+    """Check the given backups (all when None) and, with binlog, every shipped segment and
+    roll-up (repair: damaged roll-ups are rebuilt)."""
     started = time.monotonic()
     bar = progress or NullProgress()
     task = bar.start("verifying")
@@ -197,6 +238,9 @@ def verify_repository(store: ObjectStore, backup_ids: list[str] | None = None, *
         probs, notes = coverage_problems(sid, segs, gaps)
         report.problems += probs
         report.notes += notes
+        probs_r, notes_r = rollup_problems(catalog, sid, repair)
+        report.problems += probs_r
+        report.notes += notes_r
         report.sources.append({"source_id": sid, "segments": len(segs),
                                "stored_bytes": sum(s.object.size for s in segs),
                                "gaps_recorded": len(gaps), "holes": len(probs)})

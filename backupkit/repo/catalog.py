@@ -62,6 +62,20 @@ def decode_manifest(key: str, data: bytes) -> dict[str, Any]:
     return body
 
 
+def manifest_at(key: str, body: dict[str, Any]) -> BackupManifest:
+    """The backup manifest read from key: a well-formed backup manifest whose id is the one its
+    key names (a manifest copied under another id would list the same backup twice)."""
+    try:
+        manifest = BackupManifest.from_dict(body)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise IntegrityError(f"manifest {key!r} is not a backup manifest ({type(exc).__name__}: {exc})",
+                             "the stored copy is damaged") from None
+    if manifest.id != layout.backup_id_of(key):
+        raise IntegrityError(f"manifest {key!r} names backup {manifest.id!r}, not the one its key names",
+                             "a manifest copied or moved under another id; remove the copy")
+    return manifest
+
+
 def _from_dict(cls, d: dict[str, Any]):
     names = {f.name for f in fields(cls)}
     return cls(**{k: v for k, v in d.items() if k in names})
@@ -230,18 +244,37 @@ class Catalog:
                 ids.append(bid)
         return sorted(ids)
 
-    def backups(self, kind: str | None = None) -> list[BackupManifest]:
-        """Every committed backup, oldest consistent point first."""
+    def backups(self, kind: str | None = None, strict: bool = False) -> list[BackupManifest]:
+        """Every committed backup, oldest consistent point first.
+
+        A manifest that cannot be read (damaged, not a backup manifest, or naming another id
+        than its key) is skipped with a warning naming it; with strict it raises instead
+        (prune: nothing is deleted while any manifest is in doubt; verify reports them)."""
         keys = [layout.backup_manifest(b) for b in self.backup_ids()]
-        out = [BackupManifest.from_dict(d) for d in self._read_many(keys)]
-        if kind:
-            out = [b for b in out if b.kind == kind]
+
+        def one(key: str) -> BackupManifest | None:
+            try:
+                return manifest_at(key, self.read_manifest(key))
+            except ObjectNotFound:
+                return None  # listed a moment ago: pruned meanwhile
+            except IntegrityError as exc:
+                if strict:
+                    raise
+                log.warning("skipping backup manifest %s: %s", key, exc.one_line())
+                return None
+
+        if len(keys) <= 2:
+            found = [one(k) for k in keys]
+        else:
+            with ThreadPoolExecutor(max_workers=self.parallel) as pool:
+                found = list(pool.map(one, keys))
+        out = [b for b in found if b is not None and (not kind or b.kind == kind)]
         return sorted(out, key=lambda b: (b.point.time, b.id))
 
     def backup(self, backup_id: str) -> BackupManifest:
         key = layout.backup_manifest(backup_id)
         try:
-            return BackupManifest.from_dict(self.read_manifest(key))
+            return manifest_at(key, self.read_manifest(key))
         except ObjectNotFound:
             raise UsageError(f"no backup {backup_id!r} in {self.store.describe()}",
                              "run 'backupkit list' to see the backups") from None
@@ -286,6 +319,10 @@ class Catalog:
         segs = [known[k] for k in keys if k in known]
         segs += [SegmentInfo.from_dict(d) for d in self._read_many([k for k in keys if k not in known])]
         return sorted(segs, key=lambda s: (s.binlog_file, s.start_pos, s.end_pos))
+
+    def read_rollup(self, key: str) -> dict[str, Any]:
+        """The body of a roll-up; IntegrityError when it is damaged."""
+        return self._read_rollup(key)
 
     def _read_rollup(self, key: str) -> dict[str, Any]:
         def parse(data: bytes) -> dict[str, Any]:

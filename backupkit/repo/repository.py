@@ -68,9 +68,10 @@ class Repository:
         return self.catalog.ensure_repo()
 
     # -- backups -------------------------------------------------------------------------------
-    def backups(self, kind: str | None = None) -> list[BackupManifest]:
-        """Every committed backup, oldest consistent point first."""
-        return self.catalog.backups(kind)
+    def backups(self, kind: str | None = None, strict: bool = False) -> list[BackupManifest]:
+        """Every committed backup, oldest consistent point first; an unreadable manifest is
+        skipped with a warning, or raises with strict."""
+        return self.catalog.backups(kind, strict=strict)
 
     def backup(self, backup_id: str) -> BackupManifest:
         """One committed backup; UsageError when there is none by that id."""

@@ -201,3 +201,56 @@ def test_a_damaged_manifest_is_exit_5_naming_it(repo):
     assert r.returncode == 5
     lines = _error_lines(r)
     assert any(seg.key in ln and "checksum mismatch in manifest" in ln for ln in lines), lines
+
+
+def test_a_damaged_rollup_is_reported_and_rebuilt_with_repair(repo):
+    """Issue 14: verify exited 0 with a damaged roll-up; now exit 5 naming it, and --repair."""
+    cat = _catalog(repo)
+    (sid,) = cat.sources()
+    binlog_file = cat.segments(sid)[0].binlog_file
+    key = cat.roll_up_file(sid, binlog_file)
+    assert key is not None
+    sound = _verify(repo, "--all", "--json")
+    assert sound.returncode == 0, sound.stderr
+    (repo / key).write_bytes(b"\x28\xb5\x2f\xfd garbage")
+    r = _verify(repo, "--all")
+    assert r.returncode == 5
+    lines = _error_lines(r)
+    assert len(lines) == 1 and key in lines[0] and "--repair" in lines[0]
+    r = _verify(repo, "--all", "--repair", "--json")
+    assert r.returncode == 0, r.stderr
+    assert any(key in n and "rebuilt" in n for n in json.loads(r.stdout)["notes"])
+    assert [s.to_dict() for s in Catalog(open_store(f"file://{repo}")).segments(sid)] == \
+        [s.to_dict() for s in cat.segments(sid)]
+    body = _catalog(repo).read_rollup(key)
+    assert len(body["segments"]) == len([s for s in cat.segments(sid) if s.binlog_file == binlog_file])
+    assert _verify(repo, "--all").returncode == 0
+
+
+def test_a_garbage_or_copied_manifest_is_skipped_with_a_warning_and_fails_verify(repo, golden):
+    """Issue 14: one garbage manifest.json made list, --latest and --to-time exit 5, and a manifest
+    copied under another id listed twice."""
+    sb, _ = golden
+    real = _catalog(repo).backups()[0]
+    garbage = f"backups/{real.id[:-4]}dead/manifest.json"
+    copied = f"backups/{real.id[:-4]}c0de/manifest.json"
+    original = (repo / f"backups/{real.id}/manifest.json").read_bytes()
+    for key, data in ((garbage, b"{not json"), (copied, original)):
+        (repo / key).parent.mkdir(parents=True)
+        (repo / key).write_bytes(data)
+    env = _env(sb, f"file://{repo}")
+    r = run_cli("list", "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    assert [b["id"] for b in json.loads(r.stdout)["backups"]] == [real.id]
+    assert garbage in r.stderr and copied in r.stderr and "Traceback" not in r.stderr
+    for moment in (["--latest"], ["--to-time", "2099-01-01T00:00:00Z"]):
+        r = run_cli("restore", *moment, "--dry-run", "--json", env=env)
+        assert r.returncode in (0, 2), r.stderr  # a plan, or "cannot reach": never exit 5
+        assert garbage in r.stderr
+        if moment == ["--latest"]:
+            assert r.returncode == 0 and real.id in r.stdout
+    r = run_cli("restore", real.id[:-4] + "c0de", "--dry-run", env=env)
+    assert r.returncode == 5 and "names backup" in r.stderr
+    r = _verify(repo, "--all", "--json")
+    assert r.returncode == 5
+    assert {p["key"] for p in json.loads(r.stdout)["problems"]} == {garbage, copied}
