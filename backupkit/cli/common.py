@@ -17,6 +17,24 @@ def json_mode() -> bool:
     return COMMON.json
 
 
+def configured_source():
+    """The configured source's ConnSpec (restores recognise it as a target), or None."""
+    from backupkit.errors import BackupkitError  # lazy: start-up time
+
+    s = settings()
+    if not s.source_url:
+        return None
+    try:
+        return s.source_spec()
+    except BackupkitError:  # a password file that cannot be read: only its address is needed
+        from backupkit.mysql.connection import parse_conn  # lazy: start-up time
+
+        try:
+            return parse_conn(s.source_url, password_env="BACKUPKIT_NO_PASSWORD_NEEDED")
+        except BackupkitError:
+            return None
+
+
 def open_catalog(create: bool = True):
     """The store and catalog of the configured repository."""
     from backupkit.repo.catalog import Catalog  # lazy: start-up time

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from backupkit.cli.common import json_mode, open_catalog, render
+from backupkit.cli.common import configured_source, json_mode, open_catalog, render
 from backupkit.cli.console import info, loss_table, progress, table
 from backupkit.cli.snapshot import ProgressView
 from backupkit.errors import UsageError
@@ -65,6 +65,7 @@ def restore_cli(backup_id: str | None = None, target: str | None = None, datadir
                 verify: bool = False, parallel: int | None = None,
                 start_command: str | None = None, databases: list[str] | None = None,
                 include_users: bool = False, log_bin: bool = False, accept_gap: bool = False,
+                in_place: bool = False,
                 **_ignored: Any) -> None:
     """backupkit restore --to-time/--to-gtid/--to-position/--stop-before-gtid/--latest."""
     tgt = parse_target(to_time, to_gtid, to_position, stop_before_gtid, latest)
@@ -88,7 +89,7 @@ def restore_cli(backup_id: str | None = None, target: str | None = None, datadir
                                   start_command=start_command, force=force, verify=verify,
                                   parallel=parallel, log_bin=log_bin, include_users=include_users,
                                   progress=view, notify=lambda m: info(m, quiet=quiet or bar is not None),
-                                  plan=plan)
+                                  plan=plan, in_place=in_place, source_spec=configured_source())
     render(result.to_dict(), lambda console: print_result(console, result))
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import typer
 
 from backupkit.cli.cold import restore_cold_cli
-from backupkit.cli.common import json_mode, open_catalog, render
+from backupkit.cli.common import configured_source, json_mode, open_catalog, render
 from backupkit.cli.console import loss_table, table, warn
 from backupkit.cli.physical import restore_physical_cli
 from backupkit.cli.snapshot import progress_view
@@ -50,6 +50,9 @@ def restore(
         help="Snapshot restore: also create saved users and grants."),
     log_bin: bool = typer.Option(False, "--log-bin",
         help="Snapshot restore: write the load to the target's binlog."),
+    in_place: bool = typer.Option(False, "--in-place",
+        help="Allow the target to be the backed-up source itself (refused otherwise); records a "
+             "timeline break in the repository and needs a new base afterwards."),
 ) -> None:
     """Restore a backup, or the source as it was at a moment (--to-time, --to-gtid, ...)."""
     if to_time or to_gtid or to_position or stop_before_gtid or latest:
@@ -62,7 +65,7 @@ def restore(
     if manifest.kind == "snapshot":
         return _restore_snapshot(store, catalog, manifest, target, dry_run, force, verify, parallel,
                                  [x.strip() for d in databases or [] for x in d.split(",") if x.strip()],
-                                 include_users, log_bin)
+                                 include_users, log_bin, in_place)
     if manifest.kind == "cold":
         return restore_cold_cli(store, catalog, manifest, datadir=datadir, force=force,
                                 start_command=start_command, target=target, dry_run=dry_run)
@@ -81,7 +84,7 @@ def _restore_pitr(args: dict[str, Any]) -> None:
 
 def _restore_snapshot(store, catalog, manifest, target: str | None, dry_run: bool, force: bool,
                       verify: bool, parallel: int | None, databases: list[str], include_users: bool,
-                      log_bin: bool) -> None:
+                      log_bin: bool, in_place: bool = False) -> None:
     from backupkit.mysql.connection import TARGET_PASSWORD_ENV, parse_conn  # lazy: start-up time
     from backupkit.restore.load import RestoreOptions, restore_snapshot  # lazy: start-up time
 
@@ -106,7 +109,8 @@ def _restore_snapshot(store, catalog, manifest, target: str | None, dry_run: boo
         render(data, plan)
         return
     options = RestoreOptions(force=force, verify=verify, parallel=parallel, log_bin=log_bin,
-                             include_users=include_users, databases=databases)
+                             include_users=include_users, databases=databases, in_place=in_place,
+                             source=configured_source())
     with progress_view("restore") as view:
         result = restore_snapshot(store, manifest, spec, options, progress=view, catalog=catalog)
     data = result.to_dict()
@@ -117,6 +121,8 @@ def _restore_snapshot(store, catalog, manifest, target: str | None, dry_run: boo
     if not json_mode():
         for p in result.problems:
             warn(p)
+        for n in result.notes:
+            warn(n)
 
     def human(console) -> None:
         console.print(f"[bold green]restored snapshot {manifest.id}[/] into {result.target}")

@@ -32,6 +32,7 @@ from backupkit.mysql.connection import ConnSpec, connect, qualified, quote_ident
 from backupkit.repo.catalog import BackupManifest, Catalog
 from backupkit.repo.codec import StoredObject, iter_object, read_object
 from backupkit.repo.failover import retry_on_other_copy
+from backupkit.restore.guard import break_note, check_target, record_timeline_break
 from backupkit.storage.base import ObjectStore
 from backupkit.util.units import utc_iso
 from backupkit.util.workers import run_workers
@@ -52,6 +53,8 @@ class RestoreOptions:
     include_users: bool = False  # also create the users and grants saved with --include-users
     databases: list[str] = field(default_factory=list)  # restore only these (default: all)
     record: bool = True  # write a restore record (its duration is the measured RTO)
+    in_place: bool = False  # the target may be the backed-up source (restore/guard.py)
+    source: ConnSpec | None = None  # the configured source, recognised by its address
 
     def workers(self) -> int:
         return max(1, int(self.parallel or os.cpu_count() or 1))
@@ -74,6 +77,8 @@ class RestoreResult:
     warnings: int = 0
     problems: list[str] = field(default_factory=list)
     record_id: str | None = None
+    timeline_break: dict[str, Any] | None = None  # an in-place restore's recorded gap
+    notes: list[str] = field(default_factory=list)
 
     @property
     def duration(self) -> float:
@@ -343,6 +348,15 @@ def restore_snapshot(store: ObjectStore, manifest: BackupManifest, target: ConnS
     schemas = {d["name"]: json.loads(read_object(store, objects[d["schema_key"]])) for d in dbs}
     tables = [t for t in details.get("tables", []) if t["db"] in schemas]
     conn = _open(target, options.log_bin)
+    try:  # never onto the source by accident; in place: the history break is recorded first
+        is_source = check_target(conn, target, [manifest.source], options.source, options.in_place)
+        gap = None
+        if is_source:
+            gap = record_timeline_break(conn, catalog or Catalog(store), manifest.source.source_id,
+                                        f"in-place restore of backup {manifest.id}: {is_source}")
+    except BaseException:
+        conn.close()
+        raise
     cur = conn.cursor()
     names = list(schemas)
     existing = _existing(cur, names)
@@ -420,7 +434,9 @@ def restore_snapshot(store: ObjectStore, manifest: BackupManifest, target: ConnS
         backup_id=manifest.id, target=target.display(), databases=names, tables=len(tables),
         rows=sum(loaded.values()), raw_bytes=sum(c.obj.raw_size for c in chunks), started_at=started,
         finished_at=finished, moved_aside=moved, verified_tables=verified, warnings=warnings,
-        problems=problems)
+        problems=problems, timeline_break=gap.to_dict() if gap else None)
+    if gap is not None:
+        result.notes.append(break_note(gap))
     if options.record:
         catalog = catalog or Catalog(store)
         record = {"kind": "snapshot", "backup_id": manifest.id, "target": result.target,

@@ -22,6 +22,7 @@ from backupkit.repo import layout
 from backupkit.repo.catalog import Catalog
 from backupkit.repo.watermark import watermarks
 from backupkit.restore.cold import restore_cold
+from backupkit.restore.guard import ensure_not_source
 from backupkit.restore.load import RestoreOptions, restore_snapshot
 from backupkit.restore.loss import LossReport, loss_after_restore
 from backupkit.restore.physical import restore_physical
@@ -153,6 +154,7 @@ def restore_to_point(store: ObjectStore, catalog: Catalog, target: RestoreTarget
                      log_bin: bool = False, include_users: bool = False,
                      source_id: str | None = None, progress: PitrProgress | None = None,
                      notify: Callable[[str], None] | None = None, report_loss: bool = True,
+                     in_place: bool = False, source_spec: ConnSpec | None = None,
                      plan: RestorePlan | None = None) -> PitrResult:
     """Restore the base the plan picks, replay the binlog to the exact stop, record the RTO."""
     say = notify or (lambda msg: None)
@@ -172,6 +174,8 @@ def restore_to_point(store: ObjectStore, catalog: Catalog, target: RestoreTarget
         raise UsageError("a point-in-time restore needs --target mysql://user@host:port",
                          f"the password comes from {TARGET_PASSWORD_ENV}")
     preflight(store, plan)
+    if base.kind == "snapshot" and spec is not None:  # refused before anything is said or done
+        ensure_not_source(spec, [base.source], source_spec, in_place)
     where = spec.display() if spec else str(datadir)
     result = PitrResult(plan, where, ReachedPoint(base.point.file, base.point.pos, base.point.gtid,
                                                   base.point.time), started)
@@ -183,10 +187,12 @@ def restore_to_point(store: ObjectStore, catalog: Catalog, target: RestoreTarget
     if base.kind == "snapshot":
         assert spec is not None
         options = RestoreOptions(force=force, verify=verify, parallel=parallel, log_bin=log_bin,
-                                 include_users=include_users, record=False)
+                                 include_users=include_users, record=False, in_place=in_place,
+                                 source=source_spec)
         loaded = restore_snapshot(store, base, spec, options,
                                   progress=lambda ev, **kw: report("base", ev, **kw), catalog=catalog)
         result.base = loaded.to_dict()
+        result.notes += loaded.notes
     elif base.kind == "physical":
         done = restore_physical(store, base, datadir, catalog=catalog, force=force,
                                 start_command=start_command, conn=spec if start_command else None,

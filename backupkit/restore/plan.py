@@ -41,7 +41,7 @@ from typing import Any
 
 from backupkit.errors import PlanError
 from backupkit.repo.catalog import BackupManifest, GapInfo, SegmentInfo
-from backupkit.repo.coverage import Run, build_runs, confirm, ends_at
+from backupkit.repo.coverage import Run, build_runs, confirm, ends_at, gap_between
 from backupkit.restore.stoppoint import Gtid, GtidPosition, RestoreTarget, parse_gtid_position, try_parse_gtid
 from backupkit.util.units import format_time, human_bytes, human_seconds
 
@@ -294,6 +294,10 @@ class Planner:
                     return (f" (the shipped binlog begins at {run.start[0]}:{run.start[1]}, "
                             f"{format_time(first or None)}, with no base before it)")
                 a = self.runs[ri - 1]
+                why = gap_between(self.gaps, a.segments[-1], run.segments[0])
+                if why is not None:  # a recorded gap: say what it is (a purge, an in-place restore)
+                    return (f" (a gap is recorded at {why.after_file}:{why.after_pos} -> "
+                            f"{why.resume_file}:{why.resume_pos}: {why.reason})")
                 return f" ({a.end[0]}:{a.end[1]} to {run.start[0]}:{run.start[1]} was never shipped)"
         return ""
 
