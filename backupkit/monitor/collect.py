@@ -20,6 +20,7 @@ from backupkit.monitor.status import (
 from backupkit.repo import layout
 from backupkit.repo.catalog import Catalog
 from backupkit.repo.coverage import build_runs, ends_at, gap_between
+from backupkit.repo.watermark import read_status
 from backupkit.restore.plan import restorable_intervals
 
 
@@ -49,7 +50,10 @@ def _timeline(catalog: Catalog, sid: str, backups: list) -> SourceTimeline:
     segs = catalog.segments(sid)
     gaps = catalog.gaps(sid)
     tl = SourceTimeline(sid, segments=len(segs), binlog_stored_bytes=sum(s.object.size for s in segs))
-    tl.intervals = restorable_intervals(backups, {sid: segs}, {sid: gaps}, sid)
+    mark = read_status(catalog, sid)  # the shipper's confirmed-through watermark, if any
+    tl.confirmed_at = mark.confirmed_at if mark is not None and mark.confirmed_at else None
+    tl.intervals = restorable_intervals(backups, {sid: segs}, {sid: gaps}, sid,
+                                        confirmed={sid: mark} if tl.confirmed_at else None)
     tl.bases = [Base(b.id, b.kind, b.point.time, b.stored_bytes, round(b.duration, 3), b.finished_at)
                 for b in backups]
     tl.newest_commit = max((s.last_commit_time for s in segs), default=0.0) or None

@@ -72,6 +72,7 @@ class SourceTimeline:
     segments: int = 0
     binlog_stored_bytes: int = 0
     newest_commit: float | None = None
+    confirmed_at: float | None = None  # the shipper's watermark in the repository (repo/watermark.py)
 
     @property
     def oldest(self) -> float | None:

@@ -7,6 +7,11 @@ was waiting (commit_seen), when it cuts a segment (flushed), when the uploader c
 moment is then the arrival of the oldest transaction not yet committed, or the last live turn
 when nothing waits. A transaction read from a backlog counts from its own timestamp, so a
 shipper catching up reports its true lag. All methods are cheap and thread-safe.
+
+Beside the repository's watermark (confirm.py): that one is durable and exact to the second on
+the server's clock, but moves only on heartbeats, that is while the source is quiet; this one
+is local and live, and moves under load too. The lag metrics use this one; the restorable
+intervals, from any machine, the watermark.
 """
 
 from __future__ import annotations
