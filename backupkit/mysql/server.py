@@ -1,7 +1,7 @@
 """Facts about a running server: flavor, version, identity, binlog coordinates, GTID.
 
-SourceIdentity and BinlogPoint are plain descriptions of a server and a point in its history;
-the repository's manifests (repo/catalog.py) embed them.
+SourceIdentity is a plain description of a server, and BinlogPoint (mysql/gtid.py) of a point in
+its history; the repository's manifests (repo/catalog.py) embed them.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 
 from backupkit.errors import SourceError
+from backupkit.mysql.gtid import BinlogPoint
 
 
 @dataclass
@@ -25,19 +26,6 @@ class SourceIdentity:
     hostname: str = ""
     port: int = 0
     gtid_domain_id: int | None = None  # MariaDB
-
-
-@dataclass
-class BinlogPoint:
-    """A point in the source's history: binlog coordinates, GTID position, wall time (UTC epoch)."""
-
-    file: str = ""
-    pos: int = 0
-    gtid: str = ""
-    time: float = 0.0
-
-    def key(self) -> tuple[str, int]:
-        return (self.file, self.pos)
 
 
 @dataclass

@@ -15,7 +15,8 @@ import zstandard
 
 from backupkit import __version__
 from backupkit.errors import IntegrityError, ObjectNotFound, StorageError, UsageError
-from backupkit.mysql.server import BinlogPoint, SourceIdentity  # manifest parts; re-exported
+from backupkit.mysql.gtid import BinlogPoint
+from backupkit.mysql.server import SourceIdentity  # manifest parts; re-exported
 from backupkit.repo import layout
 from backupkit.repo.codec import StoredObject, sha256_bytes
 from backupkit.repo.failover import read_checked

@@ -40,9 +40,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from backupkit.errors import PlanError
+from backupkit.mysql.gtid import Gtid, GtidSet, try_parse_gtid
 from backupkit.repo.catalog import BackupManifest, GapInfo, SegmentInfo
 from backupkit.repo.coverage import Run, build_runs, confirm, ends_at, gap_between
-from backupkit.restore.stoppoint import Gtid, GtidPosition, RestoreTarget, parse_gtid_position, try_parse_gtid
+from backupkit.restore.stoppoint import RestoreTarget
 from backupkit.util.units import format_time, human_bytes, human_seconds
 
 #: Throughput assumed when no restore has been measured yet (bytes per second of raw data).
@@ -55,9 +56,9 @@ DEFAULT_RATES = {
 }
 
 
-def _state(s: SegmentInfo) -> GtidPosition | None:
+def _state(s: SegmentInfo) -> GtidSet | None:
     try:
-        return parse_gtid_position(s.gtid_state) if s.gtid_state else None
+        return GtidSet.parse(s.gtid_state) if s.gtid_state else None
     except Exception:  # an odd state string only costs GTID lookups, never the plan
         return None
 
@@ -502,7 +503,7 @@ class Planner:
         for base in reversed(self.bases):
             if len(plans) >= MAX_CANDIDATES:
                 break
-            pos = parse_gtid_position(base.point.gtid)
+            pos = GtidSet.parse(base.point.gtid)
             has = pos.contains(g)
             if has and (before or pos.last_seq(g.key) != g.seq):
                 continue  # the base already holds the transaction (or later ones of its domain)

@@ -8,101 +8,16 @@ means every transaction whose recorded commit second is <= floor(T), and none af
 ``...:30.999999999Z`` never includes a commit of :31. A local time that a daylight-saving change
 skips or repeats is refused with both UTC readings.
 
-GTIDs: MariaDB ``domain-server-seq`` (positions ``0-1-100,1-2-7``) and MySQL ``uuid:N``
-(sets ``uuid:1-100:105``). Ordering and containment are by domain (or uuid) and sequence number.
+GTIDs (MariaDB ``domain-server-seq``, MySQL ``uuid:N``) are read by backupkit.mysql.gtid.
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from backupkit.errors import UsageError
+from backupkit.mysql.gtid import Gtid, parse_gtid
 from backupkit.util.units import format_time, parse_time
-
-# -- GTIDs ------------------------------------------------------------------------------
-_MARIA_GTID = re.compile(r"^(\d+)-(\d+)-(\d+)$")
-_MYSQL_GTID = re.compile(r"^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})"
-                         r"(?::[A-Za-z0-9_]+)?:(\d+)$")
-
-
-@dataclass(frozen=True)
-class Gtid:
-    """One transaction id: key is the MariaDB domain id or the MySQL source uuid."""
-
-    key: str
-    server: str
-    seq: int
-    text: str
-
-    @property
-    def mariadb(self) -> bool:
-        return self.key.isdigit()
-
-    def __str__(self) -> str:
-        return self.text
-
-
-def parse_gtid(text: str) -> Gtid:
-    """A single GTID: 0-1-123 (MariaDB) or 3E11FA47-...:23 (MySQL)."""
-    raw = (text or "").strip()
-    m = _MARIA_GTID.match(raw)
-    if m:
-        return Gtid(str(int(m.group(1))), m.group(2), int(m.group(3)), raw)
-    m = _MYSQL_GTID.match(raw)
-    if m:
-        return Gtid(m.group(1).lower(), m.group(1).lower(), int(m.group(2)), raw)
-    raise UsageError(f"cannot read the GTID {text!r}",
-                     "use domain-server-seq like 0-1-123 (MariaDB) or uuid:N (MySQL)")
-
-
-def try_parse_gtid(text: str | None) -> Gtid | None:
-    if not text:
-        return None
-    try:
-        return parse_gtid(text)
-    except UsageError:
-        return None
-
-
-@dataclass
-class GtidPosition:
-    """A GTID position or set: per key, the intervals of sequence numbers it holds.
-
-    MariaDB positions hold 1..seq for each domain; MySQL sets hold explicit intervals."""
-
-    intervals: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
-
-    def contains(self, g: Gtid) -> bool:
-        return any(lo <= g.seq <= hi for lo, hi in self.intervals.get(g.key, ()))
-
-    def last_seq(self, key: str) -> int:
-        """The highest sequence number held for key (0 when none)."""
-        return max((hi for _, hi in self.intervals.get(key, ())), default=0)
-
-
-def parse_gtid_position(text: str | None) -> GtidPosition:
-    """A MariaDB GTID position (0-1-100,1-2-7) or a MySQL executed set; '' is empty."""
-    pos = GtidPosition()
-    for part in (text or "").replace("\n", "").split(","):
-        part = part.strip()
-        if not part:
-            continue
-        m = _MARIA_GTID.match(part)
-        if m:
-            pos.intervals[str(int(m.group(1)))] = [(1, int(m.group(3)))]
-            continue
-        bits = part.split(":")
-        if len(bits) >= 2 and re.fullmatch(r"[0-9a-fA-F-]{36}", bits[0]):
-            spans = pos.intervals.setdefault(bits[0].lower(), [])
-            for iv in bits[1:]:
-                lo, _, hi = iv.partition("-")
-                if lo.isdigit():
-                    spans.append((int(lo), int(hi) if hi.isdigit() else int(lo)))
-            continue
-        raise UsageError(f"cannot read the GTID position {text!r}")
-    return pos
-
 
 # -- targets ------------------------------------------------------------------------------
 TARGET_KINDS = ("time", "gtid", "before_gtid", "position", "latest")

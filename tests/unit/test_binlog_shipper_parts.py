@@ -1,4 +1,4 @@
-"""Pure parts of the shipper: GTID state, the spill buffer, the lease on a local store, and
+"""Pure parts of the shipper: the spill buffer, the lease on a local store, and
 continuity of segments across binlog files."""
 
 from __future__ import annotations
@@ -7,7 +7,6 @@ import time
 
 import pytest
 
-from backupkit.mysql.gtid import GtidState
 from backupkit.repo import layout
 from backupkit.repo.catalog import SegmentInfo
 from backupkit.repo.codec import StoredObject
@@ -15,23 +14,6 @@ from backupkit.repo.coverage import build_runs, continues, next_binlog_name
 from backupkit.repo.lease import Lease, LeaseLost
 from backupkit.storage.local import LocalStore
 from backupkit.strategies.binlog.spill import SpillBuffer
-
-
-def test_mariadb_gtid_state_tracks_each_domain():
-    st = GtidState("mariadb", "0-1-10,1-2-5")
-    st.add("0-1-11")
-    st.add("2-3-1")
-    assert st.text() == "0-1-11,1-2-5,2-3-1"
-    st.set_list([(0, 1, 20)])
-    assert st.text() == "0-1-20"
-
-
-def test_mysql_gtid_set_merges_intervals():
-    sid = "3e11fa47-71ca-11e1-9e33-c80aa9429562"
-    st = GtidState("mysql", f"{sid}:1-5:7")
-    st.add(f"{sid}:6")
-    st.add(f"{sid}:9")
-    assert st.text() == f"{sid}:1-7:9"
 
 
 @pytest.mark.parametrize("limit", [1 << 20, 10])

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import pytest
 
 from backupkit.errors import UsageError
-from backupkit.restore.stoppoint import parse_gtid, parse_gtid_position, parse_position, parse_target
+from backupkit.restore.stoppoint import parse_position, parse_target
 from backupkit.util.units import format_time, parse_time
 
 
@@ -61,26 +61,6 @@ def test_format_time_round_trips(berlin_tz):
     assert format_time(t) == "2026-11-26 10:15:00.5+01:00"
     assert parse_time(format_time(t)) == t
     assert format_time(t, utc=True) == "2026-11-26 09:15:00.5Z"
-
-
-def test_gtids_of_both_flavors():
-    g = parse_gtid("0-1-123")
-    assert (g.key, g.server, g.seq, g.mariadb) == ("0", "1", 123, True)
-    m = parse_gtid("3E11FA47-71CA-11E1-9E33-C80AA9429562:23")
-    assert (m.key, m.seq, m.mariadb) == ("3e11fa47-71ca-11e1-9e33-c80aa9429562", 23, False)
-    with pytest.raises(UsageError):
-        parse_gtid("0-1")
-
-
-def test_gtid_positions_contain_by_domain_and_seq():
-    pos = parse_gtid_position("0-1-100,1-2-7")
-    assert pos.contains(parse_gtid("0-1-100")) and pos.contains(parse_gtid("0-5-3"))
-    assert not pos.contains(parse_gtid("0-1-101")) and not pos.contains(parse_gtid("2-1-1"))
-    assert pos.last_seq("1") == 7 and pos.last_seq("9") == 0
-    mysql = parse_gtid_position("3e11fa47-71ca-11e1-9e33-c80aa9429562:1-5:7")
-    assert mysql.contains(parse_gtid("3e11fa47-71ca-11e1-9e33-c80aa9429562:7"))
-    assert not mysql.contains(parse_gtid("3e11fa47-71ca-11e1-9e33-c80aa9429562:6"))
-    assert parse_gtid_position("").intervals == {}
 
 
 def test_positions():

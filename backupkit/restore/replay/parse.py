@@ -23,10 +23,11 @@ from typing import Any, BinaryIO
 
 from backupkit.errors import IntegrityError
 from backupkit.mysql import binlog_events as be
+from backupkit.mysql.gtid import Gtid, try_parse_gtid
 from backupkit.repo.catalog import SegmentInfo
 from backupkit.restore.replay.fetch import Fetched
 from backupkit.restore.replay.units import MIB, ReplayError, TxnInfo
-from backupkit.restore.stoppoint import Gtid, RestoreTarget, try_parse_gtid
+from backupkit.restore.stoppoint import RestoreTarget
 from backupkit.util.units import time_floor
 
 CHUNK_BYTES = 8 * MIB  # raw event bytes per round trip (base64 keeps a packet under 16 MiB)

@@ -22,11 +22,10 @@ from backupkit.errors import SourceError, StorageError, UsageError
 from backupkit.mysql import binlog_events as be
 from backupkit.mysql.binlog_stream import DumpError, StreamLost, default_server_id
 from backupkit.mysql.connection import ConnSpec, connect
-from backupkit.mysql.gtid import GtidState
+from backupkit.mysql.gtid import BinlogPoint, GtidSet
 from backupkit.mysql.server import ServerFacts, current_point, gtid_position, server_facts
 from backupkit.repo import layout
 from backupkit.repo.catalog import (
-    BinlogPoint,
     Catalog,
     GapInfo,
     SegmentInfo,
@@ -137,7 +136,7 @@ class Shipper(StreamReader, SegmentWriter):
         self.txn = EventStats()
         self.txn_gtid = ""
         self.txn_gtid_time = 0
-        self.gtid = GtidState()
+        self.gtid = GtidSet()
         self.seg_gtid_state = ""
         self.range_id = ""
         self.pending_since: float | None = None  # monotonic time the oldest unflushed commit arrived
@@ -177,7 +176,7 @@ class Shipper(StreamReader, SegmentWriter):
         if self.server_id == self.facts.server_id:
             raise UsageError(f"server_id {self.server_id} is the source's own server_id",
                              "give the shipper another --server-id")
-        self.gtid = GtidState(self.facts.flavor)
+        self.gtid = GtidSet()
         self.result = ShipResult(self.source_id, self.server_id)
         self.catalog.ensure_repo()
         try:
@@ -326,7 +325,7 @@ class Shipper(StreamReader, SegmentWriter):
         if last is not None:
             self.file, self.seg_start = last.next_point()
             self.range_id = last.range_id or uuid.uuid4().hex[:12]
-            self.gtid = GtidState(self.facts.flavor, last.gtid_state)
+            self.gtid = GtidSet.parse(last.gtid_state, strict=False)
             self.seg_gtid_state = last.gtid_state
             self._last_closed = last.file_closed and not last.next_file
             self.notify(f"resuming {self.source_id} at {self.file}:{self.seg_start}")
@@ -349,7 +348,7 @@ class Shipper(StreamReader, SegmentWriter):
             where = f"{snaps[-1].kind} backup {snaps[-1].id}"
         self.file, self.seg_start = point.file, point.pos
         self.range_id = uuid.uuid4().hex[:12]
-        self.gtid = GtidState(self.facts.flavor, point.gtid)
+        self.gtid = GtidSet.parse(point.gtid, strict=False)
         self.seg_gtid_state = point.gtid
         self._last_closed = False
         self._anchor = True
@@ -470,7 +469,7 @@ class Shipper(StreamReader, SegmentWriter):
         self._switch_file(point.file, point.pos)
         self.range_id = uuid.uuid4().hex[:12]
         self.result.range_id = self.range_id
-        self.gtid = GtidState(self.facts.flavor, point.gtid)
+        self.gtid = GtidSet.parse(point.gtid, strict=False)
         self.seg_gtid_state = point.gtid
         self._anchor = True
         self.tracker.reset()

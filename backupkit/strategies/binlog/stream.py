@@ -213,7 +213,7 @@ class StreamReader:
             mg = be.parse_mysql_gtid(be.body(raw, self.tracker.checksum_len))
             self.txn_gtid, self.txn_gtid_time = mg.gtid, hdr.timestamp
         elif t == be.GTID_LIST_EVENT:
-            self.gtid.set_list(be.parse_gtid_list(be.body(raw, self.tracker.checksum_len)))
+            self.gtid.set_domains(be.parse_gtid_list(be.body(raw, self.tracker.checksum_len)))
         if boundary:
             if was_in_txn or t in be.QUERY_TYPES:
                 commit = max(self.txn_gtid_time, hdr.timestamp)

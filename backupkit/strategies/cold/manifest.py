@@ -10,7 +10,8 @@ from backupkit.mysql.control import (
     ServerProbe,
     ShutdownCheck,
 )
-from backupkit.repo.catalog import BackupManifest, BinlogPoint, utc_iso
+from backupkit.mysql.gtid import BinlogPoint
+from backupkit.repo.catalog import BackupManifest, utc_iso
 from backupkit.repo.codec import StoredObject
 from backupkit.strategies.cold.options import ColdOptions
 from backupkit.strategies.cold.shutdown import BinlogEnd

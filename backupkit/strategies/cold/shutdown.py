@@ -22,6 +22,7 @@ from backupkit.mysql.connection import ConnSpec, connect
 from backupkit.mysql.control import (
     ServerProbe,
 )
+from backupkit.mysql.gtid import GtidSet, normalize_gtid
 
 
 def last_binlog(probe: ServerProbe) -> tuple[list[str], Path] | None:
@@ -38,25 +39,9 @@ def last_binlog(probe: ServerProbe) -> tuple[list[str], Path] | None:
     return lines, resolve(lines[-1])
 
 
-def gtid_pos_from_state(text: str) -> str:
-    """The GTID position (last GTID of each domain) from a binlog .state file's lines."""
-    last: dict[int, str] = {}
-    for line in text.split():
-        parts = line.strip().split("-")
-        if len(parts) == 3 and all(p.isdigit() for p in parts):
-            last[int(parts[0])] = line.strip()
-    return ",".join(last[d] for d in sorted(last))
-
-
-def normalize_gtid(pos: str) -> str:
-    """A GTID position with its domains in order, for comparisons."""
-    items = [g.strip() for g in (pos or "").split(",") if g.strip()]
-    return ",".join(sorted(items, key=lambda g: int(g.split("-")[0]) if g.split("-")[0].isdigit() else 0))
-
-
 def scan_gtid_pos(path: Path, upto: int) -> str:
     """The GTID position at offset upto of a MariaDB binlog file, by reading its events."""
-    state: dict[int, str] = {}
+    state = GtidSet()
     with open(path, "rb") as fh:
         reader = be.iter_events(fh)
         for hdr, raw in reader:
@@ -65,11 +50,11 @@ def scan_gtid_pos(path: Path, upto: int) -> str:
             csum = reader.fde.checksum_len if reader.fde else 0
             if hdr.type == be.GTID_LIST_EVENT:
                 for d, s, n in be.parse_gtid_list(be.body(raw, csum)):
-                    state[d] = f"{d}-{s}-{n}"
+                    state.set_domain(d, s, n)
             elif hdr.type == be.MARIA_GTID_EVENT:
                 g = be.parse_maria_gtid(hdr, be.body(raw, csum))
-                state[g.domain_id] = g.gtid
-    return ",".join(state[d] for d in sorted(state))
+                state.set_domain(g.domain_id, g.server_id, g.seq_no)
+    return state.text()
 
 
 @dataclass
@@ -118,7 +103,7 @@ def binlog_end(probe: ServerProbe) -> BinlogEnd | None:
     state = probe.log_bin_basename.with_name(probe.log_bin_basename.name + ".state") \
         if probe.log_bin_basename else None
     if state is not None and state.is_file():
-        end.gtid = gtid_pos_from_state(state.read_text())
+        end.gtid = GtidSet.from_state_file(state.read_text()).text()
         end.gtid_source = f"{state.name} written at shutdown"
     return end
 

@@ -12,8 +12,8 @@ import pymysql
 import pymysql.cursors
 
 from backupkit.errors import IntegrityError
+from backupkit.mysql.gtid import BinlogPoint
 from backupkit.mysql.server import ServerFacts
-from backupkit.repo.catalog import BinlogPoint
 from backupkit.strategies.snapshot.options import SnapshotOptions
 from backupkit.strategies.snapshot.schema import (
     DatabaseSchema,
