@@ -5,16 +5,15 @@ Every problem is one line: the file, the key, what was expected and what was fou
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo
 
+from backupkit.config import Policy
 from backupkit.errors import UsageError
 from backupkit.schedule.cron import cron_trigger
 from backupkit.util.redact import redact_url
-
-if TYPE_CHECKING:
-    from backupkit.config import Policy
 
 CRON_STRATEGIES = ("cold", "snapshot", "verify", "prune", "sync", "binlog_purge")
 CRON_HELP = "a cron expression 'minute hour day-of-month month day-of-week' like '0 3 * * 0'"
@@ -51,7 +50,7 @@ def semantic_problems(policy: Policy, path: Path) -> list[str]:
         problems.append(f"{path}: key 'strategies.binlog': expected \"continuous\" or \"off\", "
                         f"found {strat.binlog!r}")
     if policy.retention.recovery_window is not None:
-        from backupkit.operations.retention import parse_duration
+        from backupkit.operations.retention import parse_duration  # lazy: start-up time (every CLI call)
 
         try:
             parse_duration(policy.retention.recovery_window)
@@ -69,8 +68,6 @@ def semantic_problems(policy: Policy, path: Path) -> list[str]:
     sched = policy.schedule
     if sched.timezone:
         try:
-            from zoneinfo import ZoneInfo
-
             ZoneInfo(sched.timezone)
         except (ValueError, LookupError, OSError):
             problems.append(f"{path}: key 'schedule.timezone': expected a zone name like "
@@ -139,8 +136,6 @@ def storage_problem(policy: Policy, override: str | None = None) -> str | None:
     a policy's schedule (policy check/plan, schedule run/cron) call this: running from cron with
     a silent default repository would be a trap.
     """
-    import os
-
     if override or os.environ.get("BACKUPKIT_STORAGE") or policy.storage.primary() is not None:
         return None
     where = policy.path or "policy"

@@ -4,12 +4,9 @@ policy's time zone, the next runs and the longest gap between two runs."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, tzinfo
-from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo
 
-if TYPE_CHECKING:
-
-    from backupkit.config import Policy
-
+from backupkit.config import Policy
 
 MACROS = {"@yearly": "0 0 1 1 *", "@annually": "0 0 1 1 *", "@monthly": "0 0 1 * *",
           "@weekly": "0 0 * * 0", "@daily": "0 0 * * *", "@midnight": "0 0 * * *",
@@ -26,12 +23,10 @@ def iso(ts: float | None) -> str | None:
 
 def policy_timezone(policy: Policy) -> tzinfo:
     """The zone of the policy's cron expressions: schedule.timezone, else the local zone (as cron)."""
-    from zoneinfo import ZoneInfo
-
     if policy.schedule.timezone:
         return ZoneInfo(policy.schedule.timezone)
     try:
-        import tzlocal
+        import tzlocal  # optional: the local zone name when no timezone is set
 
         return tzlocal.get_localzone()
     except Exception:  # pragma: no cover - no tzlocal or no zone configured
@@ -79,6 +74,7 @@ def cron_trigger(expr: str, tz: tzinfo | str | None = None):
     and when both day-of-month and day-of-week are restricted cron fires on either (APScheduler
     on both).
     """
+    # lazy: start-up time (policy checks run in every CLI call; apscheduler is needed here only)
     from apscheduler.triggers.combining import OrTrigger
     from apscheduler.triggers.cron import CronTrigger
 

@@ -6,15 +6,11 @@ import os
 import shlex
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from backupkit.config import Policy
 from backupkit.errors import UsageError
 from backupkit.schedule.cron import scheduled_strategies
 from backupkit.schedule.state import Paths
-
-if TYPE_CHECKING:
-
-    from backupkit.config import Policy
 
 
 def cron_file_name(policy_name: str) -> str:

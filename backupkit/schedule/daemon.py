@@ -25,10 +25,17 @@ import time
 from collections.abc import Callable
 from datetime import tzinfo
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.schedulers.base import BaseScheduler
+
+from backupkit.config import Policy
 from backupkit.errors import ConfigError, UsageError
 from backupkit.monitor.live import SHIPPER_STATE_ENV, shipper_state_file
+from backupkit.repo.catalog import Catalog
 from backupkit.schedule.cron import cron_trigger, iso, policy_timezone, scheduled_strategies
 from backupkit.schedule.monitoring import Monitoring
 from backupkit.schedule.runner import (
@@ -43,11 +50,6 @@ from backupkit.schedule.runner import (
     catalog_describer,
 )
 from backupkit.schedule.state import FileLock, Paths
-
-if TYPE_CHECKING:
-    from apscheduler.schedulers.base import BaseScheduler
-
-    from backupkit.config import Policy
 
 
 class ShipperSupervisor:
@@ -173,8 +175,6 @@ def shipper_spawner(policy_file: str, python: str | None = None,
 
 
 def _has_snapshot(open_store: Callable[[], Any]) -> bool:
-    from backupkit.repo.catalog import Catalog
-
     try:
         return bool(Catalog(open_store()).backups(kind="snapshot"))
     except Exception:  # unreachable storage: let the shipper report it
@@ -223,8 +223,6 @@ class Daemon:
                               name=name, max_instances=1, coalesce=True,
                               misfire_grace_time=self.policy.schedule.misfire_grace_time,
                               replace_existing=True)
-        from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED
-
         scheduler.add_listener(self._on_skip, EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES)
 
     def _job(self, name: str) -> None:
@@ -238,8 +236,6 @@ class Daemon:
         self._dirty.set()
 
     def _on_skip(self, event) -> None:
-        from apscheduler.events import EVENT_JOB_MISSED
-
         when = getattr(event, "scheduled_run_time", None) or (getattr(event, "scheduled_run_times", None)
                                                               or [None])[-1]
         ts = when.timestamp() if when is not None else self.clock.time()
@@ -351,9 +347,6 @@ def serve(policy: Policy, policy_file: str, stop_timeout: float = 600.0,
     finish (up to stop_timeout, then they are cut with SIGTERM). A second signal cuts at once.
     metrics_listen (or [metrics] listen) serves /metrics and the status page (schedule/monitoring.py).
     """
-    from apscheduler.executors.pool import ThreadPoolExecutor
-    from apscheduler.schedulers.background import BackgroundScheduler
-
     if not logging.getLogger().isEnabledFor(logging.DEBUG):
         logging.getLogger("apscheduler").setLevel(logging.ERROR)  # our own lines say it all
     paths = Paths.of(policy)

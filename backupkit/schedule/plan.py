@@ -4,14 +4,12 @@ downtime each gives, from the schedule and the durations measured in the reposit
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from backupkit.config import Policy
+from backupkit.operations.retention import human_duration, parse_duration
 from backupkit.schedule.cron import iso, next_runs, policy_timezone, scheduled_strategies, worst_interval
 from backupkit.schedule.runner import cold_downtime
-
-if TYPE_CHECKING:
-
-    from backupkit.config import Policy
 
 
 def measured_from(catalog) -> dict[str, Any]:
@@ -100,8 +98,6 @@ def policy_plan(policy: Policy, now: datetime | None = None, measured: dict[str,
         why = "binlog alone cannot be restored: schedule a snapshot or a cold backup"
     else:
         overall, why = None, "no backup strategy is scheduled"
-    from backupkit.operations.retention import human_duration, parse_duration
-
     r = policy.retention
     window = None
     if r.recovery_window:

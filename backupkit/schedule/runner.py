@@ -19,15 +19,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
+from backupkit.config import Policy
+from backupkit.repo.catalog import Catalog
 from backupkit.schedule.cron import iso
 from backupkit.schedule.state import FileLock, Paths, StatusFile
-
-if TYPE_CHECKING:
-
-    from backupkit.config import Policy
-
 
 JOB_STRATEGIES = ("cold", "snapshot", "verify", "prune", "sync", "binlog_purge")
 # sync (several storage targets) shares the repository lock: it must not copy what prune deletes.
@@ -328,8 +325,6 @@ def catalog_describer(open_store: Callable[[], Any]) -> Callable[[dict], dict]:
         bid = _find_id(out)
         extra: dict[str, Any] = {}
         if bid:
-            from backupkit.repo.catalog import Catalog
-
             if "store" not in cache:
                 cache["store"] = open_store()
             m = Catalog(cache["store"]).backup(bid)

@@ -12,13 +12,10 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from backupkit.config import Policy
 from backupkit.schedule.cron import iso
-
-if TYPE_CHECKING:
-
-    from backupkit.config import Policy
 
 
 def _state_dir() -> Path:

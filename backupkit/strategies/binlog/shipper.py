@@ -23,7 +23,14 @@ from backupkit.mysql import binlog_events as be
 from backupkit.mysql.binlog_stream import DumpError, StreamLost, default_server_id
 from backupkit.mysql.connection import ConnSpec, connect
 from backupkit.mysql.gtid import BinlogPoint, GtidSet
-from backupkit.mysql.server import ServerFacts, current_point, gtid_position, server_facts
+from backupkit.mysql.server import (
+    ServerFacts,
+    binary_logs,
+    current_point,
+    default_source_id,
+    gtid_position,
+    server_facts,
+)
 from backupkit.repo import layout
 from backupkit.repo.catalog import (
     Catalog,
@@ -94,8 +101,6 @@ class ShipResult:
 
 def resolve_source(spec: ConnSpec, source_id: str | None, conn=None) -> tuple[ServerFacts, str]:
     """The source's facts and its source id (given, or derived like the snapshot's)."""
-    from backupkit.mysql.server import default_source_id
-
     own = conn is None
     conn = conn or connect(spec)
     try:
@@ -497,8 +502,6 @@ class Shipper(StreamReader, SegmentWriter):
         return point, "the current position"
 
     def _server_has(self, name: str) -> bool:
-        from backupkit.mysql.server import binary_logs
-
         conn = connect(self.spec)
         try:
             return name in {n for n, _ in binary_logs(conn)}

@@ -9,7 +9,7 @@ from backupkit.errors import BackupkitError, StorageError
 from backupkit.mysql import binlog_events as be
 from backupkit.mysql.binlog_stream import BinlogStream, StreamEnd, default_server_id
 from backupkit.mysql.connection import ConnSpec, connect
-from backupkit.mysql.server import ServerFacts, server_facts
+from backupkit.mysql.server import ServerFacts, binary_logs, master_status, server_facts
 from backupkit.repo.catalog import (
     Catalog,
     SegmentInfo,
@@ -79,8 +79,6 @@ def shipping_status(catalog: Catalog, source_id: str, spec: ConnSpec | None = No
 
 
 def _server_lag(spec: ConnSpec, last: SegmentInfo, now: float) -> dict[str, Any]:
-    from backupkit.mysql.server import binary_logs, master_status
-
     conn = connect(spec)
     try:
         facts = server_facts(conn)

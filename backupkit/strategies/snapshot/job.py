@@ -26,6 +26,7 @@ import time
 import pymysql
 import pymysql.cursors
 
+from backupkit import __version__
 from backupkit.errors import UsageError
 from backupkit.mysql import tsv
 from backupkit.mysql.connection import ConnSpec
@@ -183,8 +184,6 @@ def _take(spec: ConnSpec, store: ObjectStore, options: SnapshotOptions, progress
     stats = {"tables": len(tables), "rows": sum(t["rows"] for t in table_rows),
              "chunks": len(results), "raw_bytes": raw, "stored_bytes": stored,
              "duration": round(finished - started, 3), "blocked_ms": round(cons.blocked_ms, 3)}
-    from backupkit import __version__
-
     manifest = BackupManifest(id=backup_id, kind="snapshot", source=source, point=cons.point,
                               started_at=started, finished_at=finished, objects=objects,
                               stats=stats, details=details, tool_version=__version__)
