@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from backupkit.errors import TargetError
+from backupkit.mysql.gtid import BinlogPoint
 from backupkit.restore.stoppoint import format_time
 
 MIB = 1 << 20
@@ -19,13 +20,17 @@ class ReplayError(TargetError):
 
 
 @dataclass
-class ReachedPoint:
-    """Where a replay ended: the last applied transaction (or the base's point if none)."""
+class ReachedPoint(BinlogPoint):
+    """Where a replay ended: the last applied transaction (or the base's point if none); its
+    time is that transaction's commit time."""
 
-    file: str = ""
-    pos: int = 0
-    gtid: str = ""
-    commit_time: float = 0.0
+    @property
+    def commit_time(self) -> float:
+        return self.time
+
+    @commit_time.setter
+    def commit_time(self, value: float) -> None:
+        self.time = value
 
     def to_dict(self) -> dict[str, Any]:
         return {"file": self.file, "pos": self.pos, "gtid": self.gtid,
