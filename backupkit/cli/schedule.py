@@ -122,10 +122,10 @@ def status(
     from backupkit.cli.common import render
     from backupkit.cli.console import table
     from backupkit.mysql.control import pid_alive
-    from backupkit.schedule.cron import iso, next_runs, policy_timezone
+    from backupkit.schedule.cron import next_runs, policy_timezone
     from backupkit.schedule.cron import scheduled_strategies as strategies
     from backupkit.schedule.state import Paths, StatusFile
-    from backupkit.util.units import human_bytes, human_seconds
+    from backupkit.util.units import human_bytes, human_seconds, utc_iso_seconds
 
     st = _settings()
     paths = Paths.of(st.policy)
@@ -142,7 +142,7 @@ def status(
         j["schedule"] = expr
         if not alive or not j.get("next_run"):
             nxt = next_runs(expr, tz, datetime.now(tz), 1)
-            j["next_run"] = iso(nxt[0].timestamp()) if nxt else None
+            j["next_run"] = utc_iso_seconds(nxt[0].timestamp()) if nxt else None
     out = {"policy": st.policy.name, "status_file": str(paths.status_file),
            "daemon": {"state": data.get("state") if alive else ("not running" if ever else "never ran"),
                       "pid": pid if alive else None, "started_at": data.get("started_at"),

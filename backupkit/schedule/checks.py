@@ -14,6 +14,7 @@ from backupkit.config import Policy
 from backupkit.errors import UsageError
 from backupkit.schedule.cron import cron_trigger
 from backupkit.util.redact import redact_url
+from backupkit.util.units import parse_duration
 
 CRON_STRATEGIES = ("cold", "snapshot", "verify", "prune", "sync", "binlog_purge")
 CRON_HELP = "a cron expression 'minute hour day-of-month month day-of-week' like '0 3 * * 0'"
@@ -50,8 +51,6 @@ def semantic_problems(policy: Policy, path: Path) -> list[str]:
         problems.append(f"{path}: key 'strategies.binlog': expected \"continuous\" or \"off\", "
                         f"found {strat.binlog!r}")
     if policy.retention.recovery_window is not None:
-        from backupkit.operations.retention import parse_duration  # lazy: start-up time (every CLI call)
-
         try:
             parse_duration(policy.retention.recovery_window)
         except ValueError:

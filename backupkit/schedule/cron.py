@@ -14,13 +14,6 @@ MACROS = {"@yearly": "0 0 1 1 *", "@annually": "0 0 1 1 *", "@monthly": "0 0 1 *
 _DOW_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
 
 
-def iso(ts: float | None) -> str | None:
-    """An epoch time as ISO 8601 UTC to the second."""
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def policy_timezone(policy: Policy) -> tzinfo:
     """The zone of the policy's cron expressions: schedule.timezone, else the local zone (as cron)."""
     if policy.schedule.timezone:

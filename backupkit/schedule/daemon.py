@@ -36,7 +36,7 @@ from backupkit.config import Policy
 from backupkit.errors import ConfigError, UsageError
 from backupkit.monitor.live import SHIPPER_STATE_ENV, shipper_state_file
 from backupkit.repo.catalog import Catalog
-from backupkit.schedule.cron import cron_trigger, iso, policy_timezone, scheduled_strategies
+from backupkit.schedule.cron import cron_trigger, policy_timezone, scheduled_strategies
 from backupkit.schedule.monitoring import Monitoring
 from backupkit.schedule.runner import (
     CLI_ARGS,
@@ -50,6 +50,7 @@ from backupkit.schedule.runner import (
     catalog_describer,
 )
 from backupkit.schedule.state import FileLock, Paths
+from backupkit.util.units import utc_iso_seconds
 
 
 class ShipperSupervisor:
@@ -144,10 +145,10 @@ class ShipperSupervisor:
         alive = self.proc is not None and self.proc.poll() is None
         return {"state": "stopped" if self.stopped else ("running" if alive else "waiting"),
                 "pid": getattr(self.proc, "pid", None) if alive else None,
-                "started_at": iso(self.started_at) if alive else None,
+                "started_at": utc_iso_seconds(self.started_at) if alive else None,
                 "restarts": self.restarts, "last_exit": self.last_exit,
-                "last_exit_at": iso(self.last_exit_at),
-                "next_start_at": iso(self.next_start) if not alive and not self.stopped else None,
+                "last_exit_at": utc_iso_seconds(self.last_exit_at),
+                "next_start_at": utc_iso_seconds(self.next_start) if not alive and not self.stopped else None,
                 "backoff_s": self.backoff}
 
 
@@ -258,7 +259,7 @@ class Daemon:
             if state:
                 d["state"] = state
                 if state == "running":
-                    d["started_at"] = iso(self.clock.time())
+                    d["started_at"] = utc_iso_seconds(self.clock.time())
             jobs = d.setdefault("jobs", {})
             for name, expr in self.schedules().items():
                 j = jobs.setdefault(name, {})
@@ -267,7 +268,7 @@ class Daemon:
                 if sched is not None and not self.stopping.is_set():  # see _job
                     job = sched.get_job(name)
                 nrt = getattr(job, "next_run_time", None)  # pending jobs have none yet
-                j["next_run"] = iso(nrt.timestamp()) if nrt is not None else None
+                j["next_run"] = utc_iso_seconds(nrt.timestamp()) if nrt is not None else None
             if self.shipper is not None:
                 d["shipper"] = self.shipper.status()
 
@@ -276,7 +277,7 @@ class Daemon:
 
     def _shipper_event(self, kind: str, info: dict[str, Any]) -> None:
         parts = " ".join(f"{k}={v}" for k, v in info.items())
-        self.event_log(f"{iso(self.clock.time())} backupkit policy={self.policy.name} "
+        self.event_log(f"{utc_iso_seconds(self.clock.time())} backupkit policy={self.policy.name} "
                        f"strategy=binlog event={kind} {parts}".rstrip())
         self.write_status()
 
@@ -325,7 +326,7 @@ class Daemon:
 
             threading.Thread(target=_wait, name="jobs-wait", daemon=True).start()
             if not done.wait(wait_jobs) and cut is not None:
-                self.event_log(f"{iso(self.clock.time())} backupkit policy={self.policy.name} "
+                self.event_log(f"{utc_iso_seconds(self.clock.time())} backupkit policy={self.policy.name} "
                                f"event=cut running jobs after {wait_jobs:g} s")
                 cut()
                 done.wait()
@@ -386,7 +387,7 @@ def serve(policy: Policy, policy_file: str, stop_timeout: float = 600.0,
         scheduler.start()
         daemon.write_status("running")
         monitoring.start()
-        daemon.event_log(f"{iso(time.time())} backupkit policy={policy.name} event=started "
+        daemon.event_log(f"{utc_iso_seconds(time.time())} backupkit policy={policy.name} event=started "
                          f"pid={os.getpid()} jobs={','.join(sorted(sched_cfg)) or '-'}")
         last_status = 0.0
         while not stop.wait(poll):
@@ -394,10 +395,10 @@ def serve(policy: Policy, policy_file: str, stop_timeout: float = 600.0,
             if time.monotonic() - last_status >= 30:
                 daemon.write_status()
                 last_status = time.monotonic()
-        daemon.event_log(f"{iso(time.time())} backupkit policy={policy.name} event=stopping "
+        daemon.event_log(f"{utc_iso_seconds(time.time())} backupkit policy={policy.name} event=stopping "
                          f"running_jobs={runner.running()}")
         daemon.shutdown(stop_timeout if signals["n"] < 2 else 0.0, runner.cut)
-        daemon.event_log(f"{iso(time.time())} backupkit policy={policy.name} event=stopped")
+        daemon.event_log(f"{utc_iso_seconds(time.time())} backupkit policy={policy.name} event=stopped")
     finally:
         monitoring.stop()
         for sig, handler in old.items():

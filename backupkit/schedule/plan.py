@@ -7,16 +7,16 @@ from datetime import datetime
 from typing import Any
 
 from backupkit.config import Policy
-from backupkit.operations.retention import human_duration, parse_duration
-from backupkit.schedule.cron import iso, next_runs, policy_timezone, scheduled_strategies, worst_interval
+from backupkit.schedule.cron import next_runs, policy_timezone, scheduled_strategies, worst_interval
 from backupkit.schedule.runner import cold_downtime
+from backupkit.util.units import human_duration, human_seconds, parse_duration, utc_iso_seconds
 
 
 def measured_from(catalog) -> dict[str, Any]:
     """Durations measured in the repository: newest backup of each kind, newest restore of each."""
     out: dict[str, Any] = {}
     for b in catalog.backups():
-        m = {"duration_s": round(b.duration, 3), "backup_id": b.id, "at": iso(b.finished_at)}
+        m = {"duration_s": round(b.duration, 3), "backup_id": b.id, "at": utc_iso_seconds(b.finished_at)}
         if b.kind == "cold":
             m["downtime_s"] = cold_downtime(b)
         if b.kind == "snapshot":
@@ -66,14 +66,15 @@ def policy_plan(policy: Policy, now: datetime | None = None, measured: dict[str,
         if name in ("cold", "snapshot") and interval is not None:
             loss = interval + (dur or 0.0)
             row["loss_window_s"] = loss
-            row["loss_window"] = (f"up to {_human(loss)}: the longest gap between runs "
-                                  f"({_human(interval)})" + (f" plus one run ({_human(dur)} measured)"
-                                                            if dur else " plus one run (not measured yet)"))
+            one_run = f" plus one run ({human_seconds(dur)} measured)" if dur else \
+                " plus one run (not measured yet)"
+            row["loss_window"] = (f"up to {human_seconds(loss)}: the longest gap between runs "
+                                  f"({human_seconds(interval)})" + one_run)
             row["measured_duration_s"] = dur
             if name == "cold":
                 down = m.get("downtime_s")
                 row["downtime_s"] = down
-                row["downtime"] = (f"{_human(down)} per run (measured stop to accepting connections)"
+                row["downtime"] = (f"{human_seconds(down)} per run (measured stop to accepting connections)"
                                    if down is not None else "the whole copy, every run (not measured yet)")
             else:
                 blocked = m.get("blocked_ms")
@@ -82,7 +83,7 @@ def policy_plan(policy: Policy, now: datetime | None = None, measured: dict[str,
                                             if blocked is not None else " (a few ms of blocked commits)")
             r = rto.get(name)
             row["rto_s"] = r["duration_s"] if r else None
-            row["rto"] = (f"{_human(r['duration_s'])} (measured {r['at']})" if r
+            row["rto"] = (f"{human_seconds(r['duration_s'])} (measured {r['at']})" if r
                           else "not measured yet: run 'backupkit verify --restore-test'")
         rows.append(row)
     bases = [r for r in rows if r["strategy"] in ("cold", "snapshot")]
@@ -111,9 +112,3 @@ def policy_plan(policy: Policy, now: datetime | None = None, measured: dict[str,
                                               "stays restorable" if window and binlog and bases else
                                               (f"the backups of the last {human_duration(window)} and "
                                                "the one before stay" if window else None))}}
-
-
-def _human(s: float | None) -> str:
-    from backupkit.cli.console import human_seconds
-
-    return human_seconds(s)

@@ -23,8 +23,8 @@ from typing import Any, Protocol
 
 from backupkit.config import Policy
 from backupkit.repo.catalog import Catalog
-from backupkit.schedule.cron import iso
 from backupkit.schedule.state import FileLock, Paths, StatusFile
+from backupkit.util.units import human_bytes, human_seconds, utc_iso_seconds
 
 JOB_STRATEGIES = ("cold", "snapshot", "verify", "prune", "sync", "binlog_purge")
 # sync (several storage targets) shares the repository lock: it must not copy what prune deletes.
@@ -78,8 +78,8 @@ class RunRecord:
         return max(0.0, self.end - self.start)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"strategy": self.strategy, "scheduled_at": iso(self.scheduled_at),
-                "start": iso(self.start), "end": iso(self.end), "result": self.result,
+        return {"strategy": self.strategy, "scheduled_at": utc_iso_seconds(self.scheduled_at),
+                "start": utc_iso_seconds(self.start), "end": utc_iso_seconds(self.end), "result": self.result,
                 "duration_s": round(self.duration, 3), "exit_code": self.exit_code,
                 "error": self.error, "backup_id": self.backup_id,
                 "stored_bytes": self.stored_bytes, "raw_bytes": self.raw_bytes,
@@ -87,10 +87,8 @@ class RunRecord:
 
     def log_line(self, policy_name: str) -> str:
         """The one line a run leaves in the log."""
-        from backupkit.cli.console import human_bytes, human_seconds
-
         parts = [f"policy={policy_name}", f"strategy={self.strategy}", f"result={self.result}",
-                 f"start={iso(self.start)}", f"end={iso(self.end)}",
+                 f"start={utc_iso_seconds(self.start)}", f"end={utc_iso_seconds(self.end)}",
                  f"duration={human_seconds(self.duration)}"]
         if self.backup_id:
             parts.append(f"id={self.backup_id}")
@@ -257,7 +255,7 @@ class StrategyExecutor:
     def _mark_running(self, strategy: str, rec: RunRecord) -> None:
         def change(d: dict[str, Any]) -> None:
             job = d.setdefault("jobs", {}).setdefault(strategy, {})
-            job["running_since"] = iso(rec.start)
+            job["running_since"] = utc_iso_seconds(rec.start)
 
         with contextlib.suppress(OSError):
             self.status.update(change)
@@ -272,7 +270,7 @@ class StrategyExecutor:
             key = {"ok": "ok", "failed": "failures", "skipped": "skipped"}.get(rec.result, "other")
             job[key] = job.get(key, 0) + 1
             if rec.result == "ok":
-                job["last_ok"] = iso(rec.end)
+                job["last_ok"] = utc_iso_seconds(rec.end)
 
         with contextlib.suppress(OSError):
             self.status.update(change)
@@ -312,7 +310,7 @@ def cold_downtime(m) -> float | None:
 
 def default_emit(policy_name: str, rec: RunRecord) -> None:
     """Write a run's log line to stderr (one line, flushed)."""
-    sys.stderr.write(f"{iso(rec.end)} backupkit {rec.log_line(policy_name)}\n")
+    sys.stderr.write(f"{utc_iso_seconds(rec.end)} backupkit {rec.log_line(policy_name)}\n")
     sys.stderr.flush()
 
 

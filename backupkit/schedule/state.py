@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from backupkit.config import Policy
-from backupkit.schedule.cron import iso
+from backupkit.util.units import utc_iso_seconds
 
 
 def _state_dir() -> Path:
@@ -120,7 +120,7 @@ class StatusFile:
         with self._locked():
             data = self.read()
             change(data)
-            data["updated_at"] = iso(time.time())
+            data["updated_at"] = utc_iso_seconds(time.time())
             tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
             tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
             os.replace(tmp, self.path)

@@ -9,7 +9,7 @@ from typing import Any
 
 from backupkit.errors import TargetError
 from backupkit.mysql.gtid import BinlogPoint
-from backupkit.restore.stoppoint import format_time
+from backupkit.util.units import format_time
 
 MIB = 1 << 20
 Progress = Callable[..., None]

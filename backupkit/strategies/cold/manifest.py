@@ -11,7 +11,7 @@ from backupkit.mysql.control import (
     ShutdownCheck,
 )
 from backupkit.mysql.gtid import BinlogPoint
-from backupkit.repo.catalog import BackupManifest, utc_iso
+from backupkit.repo.catalog import BackupManifest
 from backupkit.repo.codec import StoredObject
 from backupkit.strategies.cold.options import ColdOptions
 from backupkit.strategies.cold.shutdown import BinlogEnd
@@ -20,6 +20,7 @@ from backupkit.strategies.cold.tar import (
     Root,
     WriteStats,
 )
+from backupkit.util.units import utc_iso
 
 
 def downtime_summary(t: dict[str, float | None], mono: dict[str, float]) -> dict:

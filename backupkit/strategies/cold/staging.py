@@ -23,11 +23,11 @@ from backupkit.mysql.control import (
     pid_alive,
     process_start,
 )
-from backupkit.repo.catalog import utc_iso
 from backupkit.strategies.cold.copy import is_inside
 from backupkit.strategies.cold.tar import (
     Root,
 )
+from backupkit.util.units import utc_iso
 
 log = logging.getLogger(__name__)
 
