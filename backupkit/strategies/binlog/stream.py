@@ -18,9 +18,10 @@ from backupkit.strategies.binlog.upload import PendingSegment
 log = logging.getLogger(__name__)
 
 
-# -- statistics of a stretch of events --------------------------------------------------
 @dataclass
 class EventStats:
+    """Statistics of a stretch of events (a transaction, or a segment's transactions)."""
+
     first_event_time: float = 0.0
     last_event_time: float = 0.0
     first_commit_time: float = 0.0
