@@ -106,7 +106,13 @@ shipper_backoff_max = 5
         assert _alive(int(new_pid)) and not _alive(first_pid)
         for i in range(20, 40):
             sb.sql(f"INSERT INTO app.events (v) VALUES ({i})")
-        time.sleep(1.0)
+        # the new shipper ships them: it runs (its SIGTERM handler is set) before the daemon stops;
+        # a fixed sleep was shorter than a loaded machine's Python start-up, and the SIGTERM
+        # then found the shipper still importing (exit -15)
+        end = tuple(sb.sql("SHOW MASTER STATUS")[0][:2])
+        shipped = Catalog(open_store(f"file://{repo}"))
+        _wait("the new shipper to ship the new rows", lambda: any(
+            shipped.shipped_position(s) == (end[0], int(end[1])) for s in shipped.sources()), 60, proc, log)
     finally:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGTERM)
