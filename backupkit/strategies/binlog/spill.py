@@ -7,7 +7,7 @@ import tempfile
 from collections.abc import Iterator
 from typing import Any
 
-from backupkit.errors import IntegrityError
+from backupkit.errors import BackupkitError, IntegrityError
 
 MIB = 1 << 20
 
@@ -30,17 +30,22 @@ class SpillBuffer:
         return self.file is None
 
     def append(self, data: bytes | memoryview) -> None:
-        if self.file is None:
-            if len(self.mem) + len(data) <= self.limit:
-                self.mem += data
-                return
-            self.file = tempfile.TemporaryFile(prefix="backupkit-binlog-")  # noqa: SIM115
-            self.file.write(self.mem)
-            self.size = len(self.mem)
-            self.mem = bytearray()
-        self.file.seek(0, os.SEEK_END)
-        self.file.write(data)
-        self.size += len(data)
+        if self.file is None and len(self.mem) + len(data) <= self.limit:
+            self.mem += data
+            return
+        try:
+            if self.file is None:
+                self.file = tempfile.TemporaryFile(prefix="backupkit-binlog-")  # noqa: SIM115
+                self.file.write(self.mem)
+                self.size = len(self.mem)
+                self.mem = bytearray()
+            self.file.seek(0, os.SEEK_END)
+            self.file.write(data)
+            self.size += len(data)
+        except OSError as exc:  # a full or unwritable temporary folder: one line, not a traceback
+            raise BackupkitError(f"cannot spill a large binlog transaction to a temporary file in "
+                                 f"{tempfile.gettempdir()}: {exc.strerror or exc}",
+                                 "free space there, or point TMPDIR at a larger folder") from None
 
     def truncate(self, n: int) -> None:
         """Keep only the first n bytes."""
