@@ -157,3 +157,45 @@ def test_apply_stage_failure_raises_the_target_error_promptly(shipped, tmp_path,
         _restore_in_process(store, catalog, target)
     assert time.monotonic() - t0 < 30
     assert info.value.exit_code == 7
+
+
+def test_undecryptable_middle_segment_on_s3_exits_5_naming_it(tmp_path, s3_url, target):
+    """An encrypted repository on a real S3 server: a segment whose stored bytes no longer decrypt."""
+    from backupkit.storage import open_store as raw_store
+
+    key = tmp_path / "k1.key"
+    r = run_cli("repo", "keygen", str(key), "--json")
+    assert r.returncode == 0, r.stderr
+    policy = tmp_path / "policy.toml"
+    policy.write_text(f'[storage]\nurl = "{s3_url}"\n\n[encryption]\nkey_file = "{key}"\nkey_id = "k1"\n')
+    src = Sandbox(name="replayfail-enc").start()
+    env = {"BACKUPKIT_SOURCE": src.url, "BACKUPKIT_TARGET_PASSWORD": ""}
+    try:
+        src.sql("CREATE DATABASE shop")
+        src.sql("CREATE TABLE shop.t (id INT PRIMARY KEY, v VARCHAR(50))")
+        r = run_cli("snapshot", "--policy", str(policy), "--json", env=env)
+        assert r.returncode == 0, r.stderr
+        for run in range(3):
+            src.sql(f"INSERT INTO shop.t VALUES ({run + 1}, 'run{run}')")
+            r = run_cli("binlog", "ship", "--policy", str(policy), "--once", "--server-id", "559",
+                        "--json", env=env)
+            assert r.returncode == 0, r.stderr
+    finally:
+        src.destroy()
+    raw = raw_store(s3_url)
+    def span(key: str) -> int:
+        a, b = key.rsplit("/", 1)[1].split(".", 1)[0].split("-")
+        return int(b) - int(a)
+
+    seg_keys = sorted(i.key for i in raw.list("") if i.key.endswith(".binlog.zst") and span(i.key))
+    assert len(seg_keys) == 3, seg_keys
+    middle = seg_keys[1]
+    data = bytearray(raw.get_bytes(middle))
+    data[len(data) // 2] ^= 0x01
+    raw.put(middle, bytes(data))
+    t0 = time.monotonic()
+    r = run_cli("restore", "--policy", str(policy), "--latest", "--target", target.url, env=env,
+                timeout=90)
+    assert r.returncode == 5, r.stderr
+    assert middle in r.stderr and "partial" in r.stderr
+    assert time.monotonic() - t0 < 60
