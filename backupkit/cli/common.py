@@ -45,7 +45,7 @@ def open_catalog(create: bool = True):
 
 def open_repo(create: bool = True):
     """The configured repository (repo/repository.py)."""
-    from backupkit.repo.repository import Repository
+    from backupkit.repo.repository import Repository  # lazy: start-up time
 
     return Repository(settings().open_store(create=create))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from backupkit.config import Settings
+from backupkit.errors import UsageError
 from backupkit.schedule.checks import semantic_problems
 
 VALUE_OPTIONS = ("--policy", "--storage", "--source")
@@ -45,8 +46,6 @@ def extract_common(argv: list[str]) -> tuple[Common, list[str]]:
         if name in VALUE_OPTIONS:
             if not eq:
                 if i + 1 >= len(argv):
-                    from backupkit.errors import UsageError
-
                     raise UsageError(f"option {name} needs a value")
                 value = argv[i + 1]
                 i += 1

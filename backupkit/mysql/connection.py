@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import ssl
 import stat
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -153,8 +154,6 @@ def _tls_context(ca_file: str | None):
     """One verifying TLS context per CA file, shared by the connections (loading CAs is slow)."""
     ctx = _TLS_CONTEXTS.get(ca_file)
     if ctx is None:
-        import ssl
-
         try:
             ctx = ssl.create_default_context(cafile=ca_file)
         except (OSError, ssl.SSLError) as exc:

@@ -10,9 +10,12 @@ that fails is reported with the command, its exit status and output, and the err
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import select
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -437,7 +440,7 @@ class ServiceControl:
 
 def _dropped(exc: Exception) -> bool:
     """True for the errors a client sees when the server closes the connection on SHUTDOWN."""
-    import pymysql
+    import pymysql  # lazy: start-up time
 
     if isinstance(exc, pymysql.err.OperationalError | pymysql.err.InterfaceError):
         code = exc.args[0] if exc.args else 0
@@ -513,9 +516,6 @@ class RestartGuardian:
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 20.0) -> None:
-        import json
-        import sys
-
         c = self.control
         env = dict(os.environ)
         if c.spec.password:
@@ -533,7 +533,6 @@ class RestartGuardian:
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.proc.stdin.write((json.dumps(config) + "\n").encode())
         self.proc.stdin.flush()
-        import select
 
         ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
         if not ready or self.proc.stdout.readline().strip() != b"ready":
@@ -572,9 +571,6 @@ class RestartGuardian:
 
 def _guard_main() -> int:
     """The guardian process: read commands on stdin; on EOF without 'done', restart the server."""
-    import json
-    import sys
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -89,8 +90,6 @@ class Sandbox:
 
     def start_command(self) -> str:
         """A shell command that starts this server detached (for cold backups' start_command)."""
-        import shlex
-
         return " ".join(shlex.quote(a) for a in self.command()) + " >/dev/null 2>&1 &"
 
     # -- lifecycle -------------------------------------------------------------

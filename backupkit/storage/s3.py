@@ -59,7 +59,7 @@ def _botocore_stream_errors() -> tuple[type[BaseException], ...]:
         ReadTimeoutError,
         ResponseStreamingError,
     )
-    from urllib3.exceptions import ProtocolError
+    from urllib3.exceptions import ProtocolError  # lazy: start-up time
 
     return (*_RETRYABLE_STREAM_ERRORS, ConnectionClosedError, ReadTimeoutError,
             ResponseStreamingError, ProtocolError)
