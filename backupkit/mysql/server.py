@@ -26,6 +26,7 @@ class SourceIdentity:
     hostname: str = ""
     port: int = 0
     gtid_domain_id: int | None = None  # MariaDB
+    datadir: str = ""  # tells a server apart from a later one on the same host and port
 
 
 @dataclass
@@ -82,7 +83,7 @@ def identity(facts: ServerFacts, source_id: str | None = None) -> SourceIdentity
     return SourceIdentity(source_id=source_id or default_source_id(facts), flavor=facts.flavor,
                           version=facts.version, server_id=facts.server_id,
                           server_uuid=facts.server_uuid, hostname=facts.hostname, port=facts.port,
-                          gtid_domain_id=facts.gtid_domain_id)
+                          gtid_domain_id=facts.gtid_domain_id, datadir=facts.datadir)
 
 
 def master_status(conn, facts: ServerFacts) -> tuple[str, int]:

@@ -2,7 +2,8 @@
 
 The target is the source when its ``@@server_uuid`` (MySQL) is the source's, when its
 ``@@hostname``, ``@@port`` and ``@@server_id`` are the ones the repository recorded for the
-source (MariaDB has no server uuid), or when its address is the configured source's. Such a
+source (MariaDB has no server uuid; a recorded ``@@datadir`` that differs tells a later server on
+the same port apart), or when its address is the configured source's. Such a
 restore is refused unless asked for with ``--in-place``.
 
 An in-place restore rewrites the source with the load's binlog off, so the history shipped
@@ -51,7 +52,8 @@ def why_target_is_source(facts: ServerFacts, spec: ConnSpec, sources: Sequence[S
         if s.server_uuid and facts.server_uuid and s.server_uuid == facts.server_uuid:
             return f"its @@server_uuid {facts.server_uuid} is that of source {s.source_id}"
         if s.hostname and s.port and (s.hostname, s.port, s.server_id) == \
-                (facts.hostname, facts.port, facts.server_id):
+                (facts.hostname, facts.port, facts.server_id) \
+                and not (s.datadir and facts.datadir and s.datadir != facts.datadir):
             return (f"its @@hostname, @@port and @@server_id ({facts.hostname}, {facts.port}, "
                     f"{facts.server_id}) are those of source {s.source_id}")
     if source_spec is not None and same_endpoint(spec, source_spec):

@@ -105,6 +105,8 @@ def test_the_source_is_recognised_by_uuid_by_host_port_and_id_or_by_the_configur
     assert why_target_is_source(_facts(), spec, [src]) is not None
     assert why_target_is_source(_facts(port=3307), spec, [src]) is None  # another server on db1
     assert why_target_is_source(_facts(server_id=2), spec, [src]) is None
+    moved = SourceIdentity("s1", hostname="db1", port=3306, server_id=1, datadir="/old/")
+    assert why_target_is_source(_facts(), spec, [moved]) is None  # a later server on that port
     mysql_src = SourceIdentity("s2", flavor="mysql", server_uuid="u-1", hostname="a", port=1)
     assert "server_uuid" in why_target_is_source(_facts(uuid="u-1"), spec, [mysql_src])
     assert why_target_is_source(_facts(port=1), ConnSpec(host="127.0.0.1", port=3310), [],
