@@ -46,16 +46,16 @@ class ChunkReader(io.RawIOBase):
 
     def __init__(self, chunks: Iterator[bytes], on_close=None) -> None:
         self._chunks = chunks
-        self._buf = b""
+        self._buf = memoryview(b"")  # a view: taking n bytes off the front copies nothing
         self._on_close = on_close
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, b) -> int:  # type: ignore[override]
-        while not self._buf:
+        while not len(self._buf):
             try:
-                self._buf = next(self._chunks)
+                self._buf = memoryview(next(self._chunks))
             except StopIteration:
                 return 0
         n = min(len(b), len(self._buf))

@@ -19,12 +19,13 @@ import posixpath
 import pwd
 import stat
 import tarfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from backupkit.errors import IntegrityError
 from backupkit.strategies.cold.tar import READ_SIZE, FileRecord, hash_zeros, link_stays_inside
+from backupkit.util.streams import ChunkReader
 
 
 class UnsafeArchive(IntegrityError):
@@ -178,7 +179,7 @@ def extract(chunks: Iterable[bytes], targets: dict[str, Path], records: list[Fil
     stats = ExtractStats()
     owner = _Owner()
     dirs: list[tuple[Path, FileRecord | None]] = []
-    reader = io.BufferedReader(_IterRaw(iter(chunks)), buffer_size=1 << 20)
+    reader = io.BufferedReader(ChunkReader(iter(chunks)), buffer_size=1 << 20)
     try:
         tar = tarfile.open(fileobj=reader, mode="r|", encoding="utf-8",  # noqa: SIM115
                            errors="surrogateescape")
@@ -298,25 +299,3 @@ def _write_member(tar: tarfile.TarFile, member: tarfile.TarInfo, path: Path, rec
     if rec.sha256 and sha.hexdigest() != rec.sha256:
         raise IntegrityError(f"checksum mismatch in restored file {member.name!r}",
                              "the backup is damaged")
-
-
-class _IterRaw(io.RawIOBase):
-    """A raw reader over an iterator of byte chunks."""
-
-    def __init__(self, chunks: Iterator[bytes]) -> None:
-        self._chunks = chunks
-        self._buf = memoryview(b"")
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b) -> int:  # type: ignore[override]
-        while not len(self._buf):
-            try:
-                self._buf = memoryview(next(self._chunks))
-            except StopIteration:
-                return 0
-        n = min(len(b), len(self._buf))
-        b[:n] = self._buf[:n]
-        self._buf = self._buf[n:]
-        return n
