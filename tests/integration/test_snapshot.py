@@ -341,13 +341,13 @@ def test_plain_form_batches_equal_the_escaped_form(source, local_url, monkeypatc
     source.sql("UPDATE mix_db.mix SET t = 'line\\nbreak', l = '\\\\N' WHERE id = 59999")
 
     readers: list = []
-    init = snap_mod.ChunkReader.__init__
+    init = snap_mod.TableChunkReader.__init__
 
     def keep(self, *a, **k):
         init(self, *a, **k)
         readers.append(self)
 
-    monkeypatch.setattr(snap_mod.ChunkReader, "__init__", keep)
+    monkeypatch.setattr(snap_mod.TableChunkReader, "__init__", keep)
     monkeypatch.setattr(snap_mod, "BATCH_BYTES", 64 << 10)  # many batches from a small table
     spec = source.spec
     opts = dict(databases=["mix_db"], parallel=2, chunk_size_mb=1)

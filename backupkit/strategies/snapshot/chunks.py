@@ -142,7 +142,7 @@ def _range_where(task: ChunkTask) -> tuple[str, tuple]:
 
 
 
-class ChunkReader:
+class TableChunkReader:
     """The rows of one chunk as escaped TSV blocks, read inside the worker's snapshot."""
 
     def __init__(self, conn, task: ChunkTask, on_data: Callable[[int, int], None],

@@ -38,9 +38,9 @@ from backupkit.repo.scope import Scope
 from backupkit.storage.base import ObjectStore
 from backupkit.strategies.snapshot.chunks import (
     MIB,
-    ChunkReader,
     ChunkResult,
     ChunkTask,
+    TableChunkReader,
     open_session,
     plan_table,
     sql_error,
@@ -261,7 +261,7 @@ def _run_workers(store: ObjectStore, backup_id: str, workers: list, tasks: list[
                         checksums[item.full_name] = None if value is None else int(value)
                     continue
                 t0 = time.monotonic()
-                reader = ChunkReader(conn, item, on_data, stop)
+                reader = TableChunkReader(conn, item, on_data, stop)
                 key = layout.snapshot_chunk(backup_id, item.table.db, item.table.name, item.index)
                 # the next batch is read while this one is compressed and stored
                 blocks = prefetched(reader, depth=2, name=f"read-{item.table.name}-{item.index}")
