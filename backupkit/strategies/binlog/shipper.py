@@ -15,7 +15,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from backupkit.errors import SourceError, StorageError, UsageError
@@ -27,9 +26,7 @@ from backupkit.mysql.server import (
     ServerFacts,
     binary_logs,
     current_point,
-    default_source_id,
     gtid_position,
-    server_facts,
 )
 from backupkit.repo import layout
 from backupkit.repo.catalog import (
@@ -43,8 +40,9 @@ from backupkit.repo.lease import Lease, LeaseHeld, LeaseKeeper, LeaseLost
 from backupkit.repo.watermark import ShipperStatus
 from backupkit.storage.base import ObjectStore
 from backupkit.strategies.binlog.confirm import StatusWriter, server_clock_offset, watermark_of
+from backupkit.strategies.binlog.options import ShipOptions, ShipResult, resolve_source
 from backupkit.strategies.binlog.progress import ShipProgress
-from backupkit.strategies.binlog.spill import MIB, SpillBuffer
+from backupkit.strategies.binlog.spill import SpillBuffer
 from backupkit.strategies.binlog.stream import EventStats, StreamReader
 from backupkit.strategies.binlog.upload import SegmentUploader, SegmentWriter
 
@@ -53,65 +51,6 @@ log = logging.getLogger(__name__)
 
 class BinlogGapError(SourceError):
     """The source no longer has binlog the repository still needs (purged before shipping)."""
-
-
-# -- options and results ------------------------------------------------------------------
-@dataclass
-class ShipOptions:
-    """How the shipper runs (the CLI fills this from options and the [binlog] policy)."""
-
-    source_id: str | None = None
-    server_id: int | None = None
-    sync_interval: float = 1.0
-    max_segment_bytes: int = 16 * MIB
-    heartbeat: float = 1.0
-    lease_seconds: float = 15.0
-    compression_level: int = 1
-    from_current: bool = False
-    from_position: tuple[str, int] | None = None  # first run: start at these coordinates
-    restart_from_current: bool = False
-    until_current: bool = False
-    wait_for_lease: bool = True
-    watchdog_periods: float = 4.0
-    max_backoff: float = 5.0
-    spill_bytes: int = 64 * MIB
-    confirm_interval: float = 5.0  # write the confirmed-through watermark at most this often
-
-
-@dataclass
-class ShipResult:
-    """What a shipper run did."""
-
-    source_id: str
-    server_id: int
-    range_id: str = ""
-    start: str = ""
-    end: str = ""
-    segments: int = 0
-    bytes: int = 0
-    stored_bytes: int = 0
-    transactions: int = 0
-    reconnects: int = 0
-    gaps: list[dict[str, Any]] = field(default_factory=list)
-    stopped_by: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
-def resolve_source(spec: ConnSpec, source_id: str | None, conn=None) -> tuple[ServerFacts, str]:
-    """The source's facts and its source id (given, or derived like the snapshot's)."""
-    own = conn is None
-    conn = conn or connect(spec)
-    try:
-        facts = server_facts(conn)
-    finally:
-        if own:
-            conn.close()
-    if not facts.log_bin:
-        raise SourceError(f"the source {spec.display()} has no binary log enabled",
-                          "start it with --log-bin and --binlog-format=ROW")
-    return facts, source_id or default_source_id(facts)
 
 
 class Shipper(StreamReader, SegmentWriter):
