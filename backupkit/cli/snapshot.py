@@ -94,6 +94,10 @@ def snapshot(
     if engine == "physical":
         from backupkit.cli.physical import snapshot_physical_cli  # lazy: start-up time
 
+        if databases or tables or include_users or chunk_size:
+            raise UsageError("--databases, --tables, --include-users and --chunk-size are for the "
+                             "logical engine", "a physical backup copies the whole datadir")
+
         return snapshot_physical_cli(incremental=incremental, parallel=parallel,
                                      compression_level=compression_level)
     if incremental:

@@ -14,13 +14,12 @@ deleted and no manifest is written, so no backup exists.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
-import queue
 import shutil
 import signal
 import socket
 import subprocess
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -124,49 +123,44 @@ def newest_physical(catalog: Catalog, source_id: str) -> BackupManifest | None:
 
 
 # -- the stream ----------------------------------------------------------------------------------
+F_SETPIPE_SZ = 1031  # Linux fcntl
+
+
+def _read_block(fd: int) -> bytes:
+    """Up to READ_BLOCK bytes: what the pipe holds, waiting only when it is empty."""
+    parts = []
+    size = 0
+    while size < READ_BLOCK:
+        chunk = os.read(fd, READ_BLOCK - size)
+        if not chunk:
+            break
+        parts.append(chunk)
+        size += len(chunk)
+        if size >= READ_BLOCK // 4:
+            break
+    return b"".join(parts)
+
+
 class _Pipe:
-    """Reads the child's stdout in a thread into a small bounded queue, so the child keeps
-    streaming while a part is compressed and uploaded (at most depth MiB held in memory)."""
+    """Reads the child's stdout straight from a 1 MiB pipe, on the thread that compresses.
 
-    def __init__(self, stream, depth: int = 8) -> None:
-        self.q: queue.Queue = queue.Queue(maxsize=depth)
-        self.stop = threading.Event()
+    The child keeps writing into the pipe while a block is compressed, which is about what
+    `mariadb-backup | zstd` does. (A reader thread with a queue was measured slower on two
+    cores: the hand-offs cost more than they overlap.)"""
+
+    def __init__(self, stream) -> None:
+        self.fd = stream.fileno()
         self.bytes = 0
-        self.thread = threading.Thread(target=self._run, args=(stream,), name="mbstream-read",
-                                       daemon=True)
-        self.thread.start()
-
-    def _put(self, item) -> bool:
-        while not self.stop.is_set():
-            try:
-                self.q.put(item, timeout=0.2)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _run(self, stream) -> None:
-        try:
-            while True:
-                block = stream.read(READ_BLOCK)
-                if not block:
-                    break
-                self.bytes += len(block)
-                if not self._put(block):
-                    return
-            self._put(None)
-        except BaseException as exc:  # handed to the consumer
-            self._put(exc)
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(self.fd, F_SETPIPE_SZ, READ_BLOCK)
 
     def get(self) -> bytes | None:
-        item = self.q.get()
-        if isinstance(item, BaseException):
-            raise item
-        return item
+        block = _read_block(self.fd)
+        self.bytes += len(block)
+        return block or None
 
     def close(self) -> None:
-        self.stop.set()
-        self.thread.join(timeout=10)
+        pass
 
 
 def _store_parts(store: ObjectStore, backup_id: str, pipe: _Pipe, opts: PhysicalOptions,
