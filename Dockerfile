@@ -23,7 +23,7 @@ FROM python:3.11-slim-bookworm
 # The MariaDB client tools replay needs (mariadb, mariadb-binlog), mariadb-backup and mbstream for
 # physical backups (the container then needs the database's datadir mounted), and flock for cron.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends mariadb-client mariadb-backup util-linux ca-certificates \
+ && apt-get install -y --no-install-recommends mariadb-client mariadb-backup zstd util-linux ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /wheels /wheels
 RUN python -m pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels

@@ -261,7 +261,9 @@ def _full_and_incremental(sb: Sandbox, store) -> tuple:
     return full, inc
 
 
-def test_corrupted_object_and_missing_link_exit_5_naming_them(mariadb, tmp_path, spare):
+def test_corrupted_object_and_missing_link_exit_5_naming_them(mariadb, tmp_path, spare, monkeypatch):
+    from backupkit.restore import physical as restore_mod
+
     url = f"file://{tmp_path / 'repo'}"
     store = open_store(url)
     full, inc = _full_and_incremental(mariadb, store)
@@ -278,6 +280,12 @@ def test_corrupted_object_and_missing_link_exit_5_naming_them(mariadb, tmp_path,
     assert err.value.exit_code == 5 and key in str(err.value)
     assert not box.datadir.exists()
     assert not list(box.base.glob("data.partial-*"))
+    with monkeypatch.context() as m:  # the same without the zstd binary (decoded in Python)
+        m.setattr(restore_mod, "_native_zstd", lambda store, link: None)
+        with pytest.raises(IntegrityError) as err:
+            restore_physical(store, inc, box.datadir, catalog=catalog)
+        assert err.value.exit_code == 5 and key in str(err.value)
+        assert not list(box.base.glob("data.partial-*"))
     r = run_cli("restore", inc.id, "--datadir", str(box.datadir), env={"BACKUPKIT_STORAGE": url})
     assert r.returncode == 5 and key in r.stderr
     # a missing link: the full backup's manifest is gone
@@ -289,7 +297,8 @@ def test_corrupted_object_and_missing_link_exit_5_naming_them(mariadb, tmp_path,
     assert r.returncode == 5 and full.id in r.stderr
 
 
-def test_non_empty_datadir_refused_then_force_moves_it_aside(mariadb, local_url, spare, tmp_path):
+def test_non_empty_datadir_refused_then_force_moves_it_aside(mariadb, local_url, spare, tmp_path,
+                                                             monkeypatch):
     store = open_store(local_url)
     full, _ = _full_and_incremental(mariadb, store)
     catalog = Catalog(store)
@@ -312,6 +321,9 @@ def test_non_empty_datadir_refused_then_force_moves_it_aside(mariadb, local_url,
         del os.environ["BACKUPKIT_MARIADB_BACKUP"]
     assert (box.datadir / "precious").read_text() == "keep me"
     assert not list(box.base.glob("data.partial-*")) and not list(box.base.glob("data.before-*"))
+    from backupkit.restore import physical as restore_mod
+
+    monkeypatch.setattr(restore_mod, "_native_zstd", lambda store, link: None)  # decoded in Python
     result = restore_physical(store, full, box.datadir, catalog=catalog, force=True,
                               start_command=box.start_command(), conn=box.spec)
     aside = Path(result.moved_aside[str(box.datadir)])
