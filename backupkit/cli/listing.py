@@ -10,9 +10,7 @@ from backupkit.util.units import human_bytes, human_seconds, utc_iso
 
 
 def repository_listing(repo) -> dict:
-    """Backups, binlog coverage and gaps as plain data (shared by list, report and the demo).
-
-    repo: a Repository (or a Catalog: the same reading methods)."""
+    """Backups, binlog coverage and gaps of a Repository as plain data (list, report, the demo)."""
     from backupkit.repo.coverage import build_runs, confirm  # lazy: start-up time
 
     backups = repo.backups()

@@ -440,12 +440,6 @@ class Catalog:
         key = layout.gap_record(gap.source_id, gap.after_file, gap.after_pos)
         self.store.put_if_absent(key, encode_manifest(gap.to_dict()))
 
-    def shipper_status(self, source_id: str):
-        """The shipper's status object of a source (repo/watermark.py), or None."""
-        from backupkit.repo.watermark import read_status  # lazy: watermark.py builds on this module
-
-        return read_status(self, source_id)
-
     def last_segment(self, source_id: str) -> SegmentInfo | None:
         """The newest committed segment, reading only its own index entry."""
         best: tuple[str, int, int, str] | None = None

@@ -19,6 +19,7 @@ from backupkit.repo.coverage import Run, build_runs
 from backupkit.repo.keyring import Keyring, rotate_key
 from backupkit.repo.lease import Lease
 from backupkit.repo.targets import RepositorySpec, open_repository
+from backupkit.repo.watermark import read_status
 from backupkit.storage.base import ObjectInfo, ObjectStore
 from backupkit.storage.crypto import KeyEncryptionKey
 
@@ -159,7 +160,7 @@ class Repository:
 
     def shipper_status(self, source_id: str):
         """The shipper's status object of a source (the confirmed-through watermark), or None."""
-        return self.catalog.shipper_status(source_id)
+        return read_status(self.catalog, source_id)
 
     # -- restores ----------------------------------------------------------------------------------
     def record_restore(self, record: dict[str, Any]) -> str:

@@ -24,6 +24,7 @@ from backupkit.operations.verify import coverage_problems
 from backupkit.repo import coverage, layout
 from backupkit.repo.catalog import BackupManifest, BinlogPoint, Catalog, GapInfo, SegmentInfo, SourceIdentity
 from backupkit.repo.codec import StoredObject
+from backupkit.repo.repository import Repository
 from backupkit.restore.loss import build_loss_report
 from backupkit.restore.plan import Planner
 from backupkit.storage.local import LocalStore
@@ -164,7 +165,7 @@ def _check(m: Model, seed: int) -> None:
         cat = _commit(m, Path(tmp), rnd)
         for b in m.bases:
             cat.commit_backup(b)
-        listed = repository_listing(cat)["binlog_coverage"]
+        listed = repository_listing(Repository(cat.store, cat))["binlog_coverage"]
         assert [(c["start"], c["end"], c["segments"]) for c in listed] == \
             [(f"{a[0]}:{a[1]}", f"{z[0]}:{z[1]}", n) for a, z, n in expected]
         status = shipping_status(cat, SRC)
