@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from backupkit.mysql.connection import ConnSpec, connect
+from backupkit.mysql.server import binary_logs, master_status, server_facts
 from backupkit.repo.catalog import Catalog, GapInfo, SegmentInfo
 from backupkit.repo.coverage import build_runs
 
@@ -93,8 +94,6 @@ def plan_purge(source_id: str, server_files: Sequence[str], current_file: str,
 def purge_binlogs(catalog: Catalog, spec: ConnSpec, source_id: str, keep_seconds: float,
                   dry_run: bool = False, now: float | None = None) -> PurgePlan:
     """Plan from the server's files and the repository, then PURGE BINARY LOGS TO (unless dry)."""
-    from backupkit.mysql.server import binary_logs, master_status, server_facts
-
     conn = connect(spec)
     try:
         facts = server_facts(conn)

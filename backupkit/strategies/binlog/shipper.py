@@ -301,8 +301,6 @@ class Shipper(StreamReader, SegmentWriter):
     def _check_position(self, file: str, pos: int) -> None:
         """--from-position must name a binary log the server has, at most its size: a typo is
         refused before anything is written (it would otherwise be recorded as a purged gap)."""
-        from backupkit.mysql.server import binary_logs
-
         logs = dict(binary_logs(self._control()))
         have = f"it has {min(logs)} to {max(logs)}" if logs else "it has no binary logs"
         if file not in logs:
@@ -425,8 +423,6 @@ class Shipper(StreamReader, SegmentWriter):
         inside the unshipped stretch on a file the server still has, so that backup (and every
         later one) reaches every later moment: the runbook takes a snapshot first, then restarts
         shipping. Without such a backup: the server's current position."""
-        from backupkit.mysql.server import binary_logs
-
         have = {n for n, _ in binary_logs(conn)}
         inside = [b for b in self.catalog.backups() if b.source.source_id == self.source_id
                   and b.point.file and (b.point.file, b.point.pos) > (after_file, after_pos)
