@@ -81,6 +81,10 @@ class IntegrityError(BackupkitError):
     exit_code = 5
 
 
+class KeyMismatch(IntegrityError):
+    """The configured keys do not open the repository's data keys: the key is wrong, not the data."""
+
+
 class PlanError(UsageError):
     """No restore plan can reach the requested target."""
 

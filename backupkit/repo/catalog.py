@@ -14,7 +14,7 @@ from typing import Any
 import zstandard
 
 from backupkit import __version__
-from backupkit.errors import IntegrityError, ObjectNotFound, StorageError, UsageError
+from backupkit.errors import IntegrityError, KeyMismatch, ObjectNotFound, StorageError, UsageError
 from backupkit.mysql.gtid import BinlogPoint
 from backupkit.mysql.server import SourceIdentity  # manifest parts; re-exported
 from backupkit.repo import layout
@@ -259,7 +259,7 @@ class Catalog:
             except ObjectNotFound:
                 return None  # listed a moment ago: pruned meanwhile
             except IntegrityError as exc:
-                if strict:
+                if strict or isinstance(exc, KeyMismatch):  # a wrong key is no damaged manifest
                     raise
                 log.warning("skipping backup manifest %s: %s", key, exc.one_line())
                 return None

@@ -17,7 +17,7 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from backupkit.errors import ConfigError, IntegrityError, ObjectNotFound, StorageError
+from backupkit.errors import ConfigError, IntegrityError, KeyMismatch, ObjectNotFound, StorageError
 from backupkit.repo import layout
 from backupkit.repo.catalog import decode_manifest, encode_manifest
 from backupkit.storage.base import ObjectStore
@@ -101,7 +101,7 @@ class Keyring:
         if not keys:
             have = ", ".join(f"{w['key_id'] or '?'} ({w['fingerprint']})" for w in ring.wrapped_by())
             given = ", ".join(f"{k.key_id or '?'} ({k.fingerprint})" for k in keks)
-            raise IntegrityError(
+            raise KeyMismatch(
                 f"wrong key: {given} does not open the data keys in object {layout.KEYRING!r}",
                 f"they are wrapped by {have}")
         return ring
@@ -236,7 +236,7 @@ class RepositoryKeys(DataKeys):
             ring = self.keyring()
             dek = ring.keys.get(dek_id)
         if dek is None:
-            raise IntegrityError(f"object {key!r} is encrypted with data key {dek_id}, which the configured "
+            raise KeyMismatch(f"object {key!r} is encrypted with data key {dek_id}, which the configured "
                                  "keys do not open", "wrong key, or the keyring lacks this data key")
         return dek
 

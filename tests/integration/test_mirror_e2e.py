@@ -46,7 +46,7 @@ def _with_source(policy: Path, source) -> str:
 
 
 def _snapshot(policy: str) -> tuple[str, dict]:
-    r = run_cli("snapshot", "--policy", policy, "--databases", "shop", "--json")
+    r = run_cli("snapshot", "--policy", policy, "--json")  # a full base: whole-server restores use it
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)["backup_id"], r
 
