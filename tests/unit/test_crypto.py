@@ -9,9 +9,9 @@ import tracemalloc
 
 import pytest
 
-from backupkit.errors import ConfigError, IntegrityError
+from backupkit.errors import ConfigError, IntegrityError, KeyMismatch
 from backupkit.repo import layout
-from backupkit.repo.catalog import encode_manifest
+from backupkit.repo.catalog import Catalog, encode_manifest
 from backupkit.repo.codec import put_object, read_object
 from backupkit.repo.keyring import Keyring, open_encrypted, rotate_key
 from backupkit.storage.crypto import (
@@ -241,3 +241,11 @@ def test_a_keyring_whose_newest_data_key_only_the_new_key_opens_still_lets_old_h
     obj = put_object(old_host, "d/o2.zst", [b"two"])  # was KeyError: the newest key is not k1's
     assert read_object(open_encrypted(LocalStore(tmp_path), [k1]), obj) == b"two"
     assert old_host.encryption_info()["data_key_id"] != Keyring.load(LocalStore(tmp_path), [k2]).current_id
+
+
+def test_a_wrong_key_stops_the_listing_instead_of_hiding_every_backup(tmp_path):
+    k = kek()
+    Catalog(open_encrypted(LocalStore(tmp_path), [k])).ensure_repo()
+    open_encrypted(LocalStore(tmp_path), [k]).put(layout.backup_manifest("b1"), b"{}")
+    with pytest.raises(KeyMismatch, match="wrong key"):
+        Catalog(open_encrypted(LocalStore(tmp_path), [kek("other")])).backups()
