@@ -135,8 +135,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except BackupkitError as exc:
         lines = exc.one_line() if "\n" not in exc.message else exc.message
-        for line in lines.splitlines():
-            error_line(line)
+        for line in lines.split("\n"):  # only deliberate line breaks (one problem per line)
+            if line.strip():
+                error_line(line)
         if debug:
             traceback.print_exc()
         if as_json:

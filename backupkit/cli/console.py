@@ -23,7 +23,7 @@ from rich.table import Table
 
 from backupkit.util.progress import NullProgress
 from backupkit.util.progress import Progress as ProgressSink
-from backupkit.util.redact import redact_text
+from backupkit.util.redact import printable, redact_text
 from backupkit.util.units import human_bytes, human_seconds  # noqa: F401  (schedule.py until it moves)
 
 console = Console()
@@ -53,12 +53,12 @@ def loss_table(report) -> Table:
 
 def error_line(message: str) -> None:
     # escape: messages quote policy keys like [storage] that rich would take for markup
-    message = redact_text(message)  # no password of a URL is ever shown, whatever the message
+    message = printable(redact_text(message))  # one line, and never a URL's password
     err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def warn(message: str) -> None:
-    err_console.print(f"[yellow]warning:[/] {escape(redact_text(message))}", highlight=False,
+    err_console.print(f"[yellow]warning:[/] {escape(printable(redact_text(message)))}", highlight=False,
                       soft_wrap=True)
 
 

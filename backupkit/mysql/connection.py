@@ -12,7 +12,7 @@ from urllib.parse import parse_qs, unquote, urlparse
 import pymysql
 
 from backupkit.errors import ConfigError, SourceError, UsageError
-from backupkit.util.redact import redact_url
+from backupkit.util.redact import has_control, redact_url
 
 PASSWORD_ENV = "BACKUPKIT_SOURCE_PASSWORD"
 TARGET_PASSWORD_ENV = "BACKUPKIT_TARGET_PASSWORD"
@@ -71,6 +71,9 @@ def parse_conn(url: str | None, password_env: str = PASSWORD_ENV,
         raise UsageError("empty connection URL", "use mysql://user@host:port or a socket path")
     url = (url or DEFAULT_URL).strip()
     shown = redact_url(url)  # every message shows this: never the password
+    if has_control(url):
+        raise UsageError(f"bad connection URL {shown!r}: it holds a control character",
+                         "use mysql://user@host:port or a socket path")
     if url.startswith("/") or url.endswith(".sock"):
         spec = ConnSpec(socket=url, host="localhost", port=0)
     else:

@@ -11,7 +11,7 @@ from backupkit.errors import UsageError
 from backupkit.storage.base import ObjectInfo, ObjectStore
 from backupkit.storage.local import LocalStore
 from backupkit.storage.s3 import S3Options, S3Store
-from backupkit.util.redact import redact_url
+from backupkit.util.redact import has_control, redact_url
 
 DEFAULT_URL = "file://./backupkit-repo"
 
@@ -42,8 +42,14 @@ def s3_options(settings: dict | None = None, query: dict[str, str] | None = None
             if k not in names:
                 raise UsageError(f"unknown S3 option {k!r}",
                                  f"known options: {', '.join(sorted(names))}")
-            setattr(opts, k, type(getattr(opts, k))(v) if getattr(opts, k) is not None
-                    and not isinstance(getattr(opts, k), str) else v)
+            current = getattr(opts, k)
+            try:
+                setattr(opts, k, type(current)(v) if current is not None
+                        and not isinstance(current, str) else v)
+            except (TypeError, ValueError):
+                kind = {"int": "a whole number", "float": "a number"}.get(type(current).__name__,
+                                                                         type(current).__name__)
+                raise UsageError(f"bad S3 option {k}={redact_url(str(v))!r}", f"expected {kind}") from None
     if opts.endpoint_url:
         check_endpoint(opts.endpoint_url)
     if opts.addressing_style not in ("auto", "path", "virtual"):
@@ -77,6 +83,8 @@ def parse_storage_url(url: str) -> tuple[str, str, str, dict[str, str]]:
     if not url.strip():
         raise UsageError("empty storage URL", _URL_HINT)
     shown = redact_url(url)  # every message shows this: never a password
+    if has_control(url):
+        raise UsageError(f"bad storage URL {shown!r}: it holds a control character", _URL_HINT)
     if "://" not in url:
         if url.startswith(("/", ".", "~")):
             return "file", url, "", {}

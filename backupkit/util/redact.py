@@ -7,6 +7,7 @@ Pure string work, no urllib: a URL that urllib refuses must be redacted all the 
 from __future__ import annotations
 
 import re
+import unicodedata
 
 HIDDEN = "***"
 
@@ -38,3 +39,16 @@ def redact_text(text: str) -> str:
     """Every URL-like password in free text hidden (the net under every message shown)."""
     text = _USERINFO.sub(lambda m: m.group("head") + HIDDEN + "@", text)
     return _SECRET_QUERY.sub(lambda m: m.group("key") + HIDDEN, text)
+
+
+def has_control(text: str) -> bool:
+    """True when text holds a control or line-breaking character (never part of a URL or name)."""
+    return any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in text)
+
+
+def printable(text: str) -> str:
+    """text on one line: control and line-breaking characters shown as escapes (\\r, \\x0c)."""
+    if not has_control(text):
+        return text
+    return "".join(repr(c)[1:-1] if unicodedata.category(c) in ("Cc", "Zl", "Zp") else c
+                   for c in text)

@@ -169,11 +169,15 @@ _UNITS = {
 _PART = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-z]+)\s*,?", re.IGNORECASE)
 
 
+#: No duration means more than this (times before 1970 or after 9999 cannot be shown or stored).
+MAX_DURATION = 1000 * 365 * 86400
+
+
 def parse_duration(text: str | int | float) -> float:
     """Seconds in a duration like "7 days", "36h", "1d 12h" or "90 min"; ValueError if malformed."""
     if isinstance(text, (int, float)) and not isinstance(text, bool):
-        if text <= 0:
-            raise ValueError("a duration must be positive")
+        if not 0 < text <= MAX_DURATION:  # also NaN
+            raise ValueError("a duration must be positive and at most 1000 years")
         return float(text)
     s = str(text).strip()
     if not s:
@@ -187,6 +191,8 @@ def parse_duration(text: str | int | float) -> float:
         pos = m.end()
     if total <= 0:
         raise ValueError("a duration must be positive")
+    if total > MAX_DURATION:
+        raise ValueError(f"{s!r} is longer than {MAX_DURATION // (365 * 86400)} years")
     return total
 
 

@@ -342,6 +342,14 @@ def test_crafted_archive_is_refused_and_nothing_is_written_outside(tmp_path, loc
         records.append(FileRecord(path=evil, type="file", mode=0o644, size=4,
                                   sha256=hashlib.sha256(b"evil").hexdigest()).to_dict())
     bid = _commit(store, [(root, None), (good, b"good"), (bad, b"evil")], records)
+    error = _restore_is_refused(tmp_path, local_url, bid)
+    assert "unsafe path" in error or "not in the manifest" in error
+    assert not Path("/tmp/backupkit-escaped-abs").exists()
+
+
+def _restore_is_refused(tmp_path: Path, local_url: str, bid: str) -> str:
+    """Restore bid into tmp_path/work/data: exit 5, one error line (returned), and nothing written
+    anywhere under tmp_path, not even a partial datadir."""
     work = tmp_path / "work"
     work.mkdir()
     state = _tree_state(tmp_path)
@@ -349,9 +357,8 @@ def test_crafted_archive_is_refused_and_nothing_is_written_outside(tmp_path, loc
     assert r.returncode == 5, r.stderr
     errors = _error_lines(r.stderr)
     assert len(errors) == 1 and "Traceback" not in r.stderr
-    assert "unsafe path" in errors[0] or "not in the manifest" in errors[0]
-    assert not Path("/tmp/backupkit-escaped-abs").exists()
-    assert _tree_state(tmp_path) == state  # nothing anywhere, not even a partial datadir
+    assert _tree_state(tmp_path) == state
+    return errors[0]
 
 
 def _link_member(name: str, target: str) -> tarfile.TarInfo:
@@ -376,16 +383,9 @@ def test_chained_symlinks_leading_outside_are_refused_by_restore(tmp_path, local
         members.append((_link_member(name, target), None))
         records.append(FileRecord(path=name, type="symlink", target=target).to_dict())
     bid = _commit(store, members, records)
-    work = tmp_path / "work"
-    work.mkdir()
-    state = _tree_state(tmp_path)
-    r = run_cli("restore", bid, "--storage", local_url, "--datadir", str(work / "data"))
-    assert r.returncode == 5, r.stderr
-    errors = _error_lines(r.stderr)
-    assert len(errors) == 1 and "Traceback" not in r.stderr
-    assert "aria_log_control" in errors[0] and "outside" in errors[0]
-    assert _tree_state(tmp_path) == state
-    assert not (work / "OUTSIDE").exists() and not (tmp_path / "OUTSIDE").exists()
+    error = _restore_is_refused(tmp_path, local_url, bid)
+    assert "aria_log_control" in error and "outside" in error
+    assert not (tmp_path / "work" / "OUTSIDE").exists() and not (tmp_path / "OUTSIDE").exists()
 
 
 def test_restore_over_a_non_empty_datadir_needs_force_and_moves_it_aside(tmp_path, local_url):

@@ -22,6 +22,7 @@ BAD_SOURCES = [
     f"bk:{SECRET}@host",                        # no scheme at all
     f"mysql://bk:Se/c@{SECRET}@host",           # a password holding / and @
     f"postgres://bk:{SECRET}@[::1]:5432/db",
+    f"//bk:{SECRET}\r@127.0.0.1:1",             # found by the fuzzer: a control character
 ]
 BAD_STORAGE = [
     f"s3://AKIA:{SECRET}@bucket/x",
@@ -32,6 +33,8 @@ BAD_STORAGE = [
     f"s3://b/x?endpoint=http://u:{SECRET}@h:99999",
     f"u:{SECRET}@host/x",
     f"s3://:{SECRET}@b",
+    f"s3://u:{SECRET}@b/\x0c0",                 # found by the fuzzer: a form feed
+    f"s3://b/x?part_size=x&endpoint=http://u:{SECRET}@h",  # found by the fuzzer: not a number
     f"file://relative/{SECRET}",
 ]
 
