@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import sys
+from datetime import datetime
 
 import typer
+
+from backupkit.cli.common import json_mode, render
+from backupkit.cli.console import table, warn
+from backupkit.cli.context import COMMON
+from backupkit.errors import ConfigError, UsageError
+from backupkit.schedule.checks import storage_problem
+from backupkit.schedule.cron import next_runs, policy_timezone, scheduled_strategies
+from backupkit.util.units import human_bytes, human_seconds, utc_iso_seconds
 
 app = typer.Typer(no_args_is_help=True)
 
 
 def _settings():
     """Settings of the --policy file; the scheduler commands need one, with a storage target."""
-    from backupkit.cli.context import COMMON
-    from backupkit.errors import ConfigError, UsageError
-    from backupkit.schedule.checks import storage_problem
-
     if not (COMMON.policy or os.environ.get("BACKUPKIT_POLICY")):
         raise UsageError("no policy given", "pass --policy FILE (see policies/*.toml)")
     st = COMMON.settings()
@@ -28,8 +34,6 @@ def _settings():
 
 def _child_env() -> dict[str, str]:
     """--storage and --source given on our command line, passed on to the runs we start."""
-    from backupkit.cli.context import COMMON
-
     env = {}
     if COMMON.storage:
         env["BACKUPKIT_STORAGE"] = COMMON.storage
@@ -39,8 +43,7 @@ def _child_env() -> dict[str, str]:
 
 
 def _emitter():
-    from backupkit.cli.common import json_mode
-    from backupkit.schedule.runner import default_emit
+    from backupkit.schedule.runner import default_emit  # lazy: start-up time
 
     if not json_mode():
         return default_emit
@@ -68,7 +71,7 @@ def run(
     'schedule status'. SIGTERM or Ctrl-C: no new run starts, the shipper flushes and stops,
     running jobs finish (a second signal cuts them; a cut backup leaves no manifest).
     """
-    from backupkit.schedule.daemon import serve
+    from backupkit.schedule.daemon import serve  # lazy: start-up time
 
     st = _settings()
     code = serve(st.policy, st.policy.path or "", stop_timeout=stop_timeout,
@@ -83,8 +86,12 @@ def exec_(
     locked: bool = typer.Option(False, "--locked", help="The strategy lock is held by flock(1)."),
 ) -> None:
     """Run one strategy once as the daemon would: locks, one log line, the status file."""
-    from backupkit.errors import UsageError
-    from backupkit.schedule.runner import JOB_STRATEGIES, CliRunner, StrategyExecutor, catalog_describer
+    from backupkit.schedule.runner import (  # lazy: start-up time
+        JOB_STRATEGIES,
+        CliRunner,
+        StrategyExecutor,
+        catalog_describer,
+    )
 
     if strategy not in JOB_STRATEGIES:
         raise UsageError(f"unknown strategy {strategy!r}", f"use one of {', '.join(JOB_STRATEGIES)}")
@@ -100,7 +107,7 @@ def exec_(
 def _notify_failure(policy, rec) -> None:
     """Under cron no daemon watches the runs: a failed run sends its [notify] event itself (bounded
     tries; a notifier that fails changes nothing)."""
-    from backupkit.monitor.notify import Event, notifier_for
+    from backupkit.monitor.notify import Event, notifier_for  # lazy: start-up time
 
     n = notifier_for(policy)
     if n is not None and "failure" in n.events:
@@ -117,15 +124,8 @@ def status(
                                     "targets in step, loss windows within objective)."),
 ) -> None:
     """The last result and the next run of each job, and the state of the binlog shipper."""
-    from datetime import datetime
-
-    from backupkit.cli.common import render
-    from backupkit.cli.console import table
-    from backupkit.mysql.control import pid_alive
-    from backupkit.schedule.cron import next_runs, policy_timezone
-    from backupkit.schedule.cron import scheduled_strategies as strategies
-    from backupkit.schedule.state import Paths, StatusFile
-    from backupkit.util.units import human_bytes, human_seconds, utc_iso_seconds
+    from backupkit.mysql.control import pid_alive  # lazy: start-up time
+    from backupkit.schedule.state import Paths, StatusFile  # lazy: start-up time
 
     st = _settings()
     paths = Paths.of(st.policy)
@@ -135,7 +135,7 @@ def status(
     alive = bool(pid) and data.get("state") in ("running", "stopping") and pid_alive(int(pid))
     tz = policy_timezone(st.policy)
     jobs = data.setdefault("jobs", {})
-    for name, expr in strategies(st.policy).items():
+    for name, expr in scheduled_strategies(st.policy).items():
         if name == "binlog":
             continue
         j = jobs.setdefault(name, {})
@@ -198,7 +198,7 @@ def status(
 
 def _protection(st, status_file):
     """The protection status of the policy: its repository read once, its local state files."""
-    from backupkit.schedule.monitoring import policy_monitor
+    from backupkit.schedule.monitoring import policy_monitor  # lazy: start-up time
 
     mon = policy_monitor(st.policy, lambda: st.open_store(create=False), status_file=status_file)
     mon.refresh()
@@ -215,14 +215,8 @@ def cron(
                                  help="Print lines for 'crontab -e' (no user column)."),
 ) -> None:
     """Print crontab lines for the policy (each run under flock, so runs never overlap)."""
-    import getpass
-
-    from backupkit.cli.common import render
-    from backupkit.cli.console import warn
-    from backupkit.errors import UsageError
-    from backupkit.schedule.cron import scheduled_strategies
-    from backupkit.schedule.crontab import cron_lines, install_cron
-    from backupkit.schedule.state import Paths
+    from backupkit.schedule.crontab import cron_lines, install_cron  # lazy: start-up time
+    from backupkit.schedule.state import Paths  # lazy: start-up time
 
     st = _settings()
     pol = st.policy
