@@ -200,7 +200,7 @@ def status(
     from backupkit.strategies.binlog.purge import server_risks  # lazy: start-up time
 
     cfg = settings()
-    store, catalog = open_catalog(create=False)
+    store, catalog = open_catalog(create=False, interactive=True)
     sources = [source_id] if source_id else catalog.sources()
     spec = None
     live_source = None

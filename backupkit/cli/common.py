@@ -35,19 +35,37 @@ def configured_source():
             return None
 
 
-def open_catalog(create: bool = True):
-    """The store and catalog of the configured repository."""
+#: Seconds an interactive command (status, list, repo targets) waits for one storage target before
+#: marking it unreachable and answering from the others.
+INTERACTIVE_DEADLINE = 2.0
+
+
+def _open_store(create: bool, interactive: bool):
+    if not interactive:
+        return settings().open_store(create=create)
+    from dataclasses import replace
+
+    from backupkit.repo.targets import open_repository  # lazy: start-up time
+
+    spec = settings().repository_spec()
+    spec = replace(spec, stall_timeout=min(spec.stall_timeout, INTERACTIVE_DEADLINE))
+    return open_repository(spec, create=create)
+
+
+def open_catalog(create: bool = True, interactive: bool = False):
+    """The store and catalog of the configured repository (interactive: every storage call has
+    the short INTERACTIVE_DEADLINE, a dead target is marked and skipped)."""
     from backupkit.repo.catalog import Catalog  # lazy: start-up time
 
-    store = settings().open_store(create=create)
+    store = _open_store(create, interactive)
     return store, Catalog(store)
 
 
-def open_repo(create: bool = True):
+def open_repo(create: bool = True, interactive: bool = False):
     """The configured repository (repo/repository.py)."""
     from backupkit.repo.repository import Repository  # lazy: start-up time
 
-    return Repository(settings().open_store(create=create))
+    return Repository(_open_store(create, interactive))
 
 
 def render(data: dict[str, Any], human) -> None:

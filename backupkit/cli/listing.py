@@ -72,14 +72,16 @@ def _targets(store) -> dict:
     mirror = find_mirror(store)
     if mirror is None or len(mirror.targets) < 2:
         return {}
-    return {"targets": target_status([(t.name, t.store) for t in mirror.targets])}
+    # each target gets the mirror's deadline (short for interactive commands): never a hang
+    return {"targets": target_status([(t.name, t.store) for t in mirror.targets],
+                                     deadline=mirror.stall_timeout)}
 
 
 def list_cmd(
     kind: str = typer.Option(None, "--kind", help="Only backups of this kind: snapshot or cold."),
 ) -> None:
     """Show backups and binlog coverage."""
-    data = repository_listing(open_repo(create=False))
+    data = repository_listing(open_repo(create=False, interactive=True))
     if kind:
         data["backups"] = [b for b in data["backups"] if b["kind"] == kind]
 

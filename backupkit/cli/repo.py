@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from backupkit.cli.common import json_mode, open_repo, render, settings
+from backupkit.cli.common import INTERACTIVE_DEADLINE, json_mode, open_repo, render, settings
 from backupkit.cli.console import console, emit_json, error_line, progress, table
 from backupkit.errors import ConfigError, UsageError
 from backupkit.repo import layout
@@ -140,9 +140,14 @@ def targets() -> None:
     spec = cfg.repository_spec()
     specs = target_specs(spec)
     named = [_named(s, False) for s in specs]
-    status = target_status(named)
+    status = target_status(named, deadline=INTERACTIVE_DEADLINE)
     keks = key_encryption_keys(spec)
-    survival = survival_by_target(named, lambda s: wrap_encryption(s, keks), loss_report)
+    reachable = {r["name"] for r in status if r["reachable"]}
+    survival = survival_by_target([n for n in named if n[0] in reachable],
+                                  lambda s: wrap_encryption(s, keks), loss_report,
+                                  stall_timeout=INTERACTIVE_DEADLINE)
+    survival += [{"lost_target": n, "surviving": [], "strategies": [],
+                  "error": "unreachable now: not judged"} for n, _ in named if n not in reachable]
     data = {"write_quorum": cfg.policy.storage.write_quorum or len(specs), "targets": status,
             "if_lost": survival}
 

@@ -149,6 +149,7 @@ class SegmentInfo:
     next_file: str = ""  # set when the segment ends with a rotation to this file
     file_closed: bool = False  # the segment holds the file's last event (ROTATE or STOP)
     range_id: str = ""  # a continuous range; a new one begins after a gap
+    server_id: int = 0  # the server whose binlog this is (0: not recorded, older entries)
     created_at: float = 0.0
     format: int = layout.FORMAT_VERSION
 

@@ -106,6 +106,8 @@ class Lease:
         self.acquired_at = 0.0
         self._valid_until = 0.0  # monotonic
         self.lost = False
+        #: what happened when the lease was lost, for the log: taken over, or its object gone
+        self.lost_reason = ""
         self.held = False
         self._lock = threading.Lock()
 
@@ -170,6 +172,10 @@ class Lease:
                 return self._confirm(started)
             self.lost = True
             self.held = False
+            self.lost_reason = (
+                f"was taken over by {rec.holder}" if rec is not None else
+                "could not be renewed: its object is gone from the storage target that holds leases "
+                "(that target went away or was replaced by the next one); taking it again")
             return False
 
     def release(self) -> None:
@@ -194,7 +200,7 @@ class Lease:
     def ensure(self) -> None:
         """Fencing: raise LeaseLost unless this process may write now (renews when due)."""
         if self.lost:
-            raise LeaseLost(f"the shipper lease of {self.source_id} was taken by another shipper")
+            raise LeaseLost(f"the shipper lease of {self.source_id} {self.lost_reason or 'was lost'}")
         if self.remaining() < self.lease_seconds / 4:
             try:
                 self.renew()
@@ -202,7 +208,7 @@ class Lease:
                 pass  # the storage is unreachable: judge by what we know
         if not self.valid():
             if self.lost:
-                raise LeaseLost(f"the shipper lease of {self.source_id} was taken by another shipper")
+                raise LeaseLost(f"the shipper lease of {self.source_id} {self.lost_reason or 'was lost'}")
             raise LeaseLost(f"the shipper lease of {self.source_id} could not be renewed in time")
 
 
@@ -219,7 +225,8 @@ class LeaseKeeper(threading.Thread):
         while not self._stop_event.wait(interval):
             try:
                 if not self.lease.renew():
-                    log.warning("lost the shipper lease of %s", self.lease.source_id)
+                    log.warning("the shipper lease of %s %s", self.lease.source_id,
+                                self.lease.lost_reason or "was lost")
                     return
             except StorageError as exc:
                 log.warning("cannot renew the shipper lease (will retry): %s", exc)

@@ -408,8 +408,11 @@ def _repair(sources, held, dest, have, differing, deep, repair, check, expected,
 
 
 # -- the state of every target -------------------------------------------------------------
-def target_status(targets: list[Named]) -> list[dict[str, Any]]:
-    """For each target: reachable or not, and what it lacks compared with the union of all targets."""
+def target_status(targets: list[Named], deadline: float | None = None) -> list[dict[str, Any]]:
+    """For each target: reachable or not, and what it lacks compared with the union of all targets.
+
+    deadline: seconds to wait for each target's listing (a target that does not answer by then
+    is reported unreachable; its listing thread is left behind, so the answer never hangs)."""
     listings: dict[str, dict[str, ObjectInfo] | None] = {}
     errors: dict[str, str] = {}
 
@@ -421,8 +424,16 @@ def target_status(targets: list[Named]) -> list[dict[str, Any]]:
             listings[name] = None
             errors[name] = exc.message
 
-    with ThreadPoolExecutor(max_workers=max(1, len(targets))) as pool:
-        list(pool.map(grab, targets))
+    threads = [threading.Thread(target=grab, args=(nt,), daemon=True, name=f"status-{nt[0]}")
+               for nt in targets]
+    for th in threads:
+        th.start()
+    end = None if deadline is None else time.monotonic() + deadline
+    for (name, _), th in zip(targets, threads, strict=True):
+        th.join(None if end is None else max(0.0, end - time.monotonic()))
+        if th.is_alive():
+            listings[name] = None
+            errors[name] = f"did not answer within {deadline:g} s"
     union: dict[str, ObjectInfo] = {}
     for name, _ in targets:
         for k, info in (listings.get(name) or {}).items():
@@ -453,7 +464,7 @@ def target_status(targets: list[Named]) -> list[dict[str, Any]]:
 
 def survival_by_target(targets: list[Named], wrap: Callable[[ObjectStore], ObjectStore],
                        loss_report: Callable[..., Any], at: float | None = None,
-                       source_id: str | None = None) -> list[dict[str, Any]]:
+                       source_id: str | None = None, stall_timeout: float = 30.0) -> list[dict[str, Any]]:
     """For each target, the loss window of every strategy if that target is lost: the loss report
     of the union of the other targets.
 
@@ -470,8 +481,9 @@ def survival_by_target(targets: list[Named], wrap: Callable[[ObjectStore], Objec
             out.append(row)
             continue
         try:
-            rep = loss_report(Catalog(wrap(MirrorStore(others, write_quorum=1, placement=PLACEMENT))), at=at,
-                              source_id=source_id, count=False)
+            rep = loss_report(Catalog(wrap(MirrorStore(others, write_quorum=1, placement=PLACEMENT,
+                                                       stall_timeout=stall_timeout))),
+                              at=at, source_id=source_id, count=False)
             row["source_id"] = rep.source_id
             row["strategies"] = [
                 {"strategy": x.strategy, "label": x.label, "recovery_point": x.recovery_point,

@@ -181,11 +181,14 @@ def test_region_stopped_while_shipping_writes_go_on_and_sync_completes_it(region
                 source.sql(f"UPDATE shop.orders SET qty = qty + {i + 1} WHERE id % 7 = {i}")
                 time.sleep(0.4)
             wait_for(lambda: _segments(east, eb) >= before + 3, 90, "segments in east while west is stopped")
+            source.sql("UPDATE shop.orders SET qty = 0 WHERE id = 1")
+            wait_for(lambda: _segments(east, eb) >= before + 4, 60, "the last change shipped")
+            assert shipper.poll() is None, log.read_text()
+            # stopped before west wakes: a running shipper would complete west in the background
+            # (test_coverage_slow_target.py); here west must stay behind for repo sync to complete
+            _stop(shipper)
         finally:
             os.killpg(west.proc.pid, signal.SIGCONT)
-        source.sql("UPDATE shop.orders SET qty = 0 WHERE id = 1")
-        wait_for(lambda: _segments(east, eb) >= before + 4, 60, "the last change shipped")
-        assert shipper.poll() is None, log.read_text()
     finally:
         _stop(shipper)
     assert _commit_markers(west, wb) < _commit_markers(east, eb)  # west lags, and shows only whole things

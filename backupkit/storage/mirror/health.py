@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+_INFLIGHT_LOCK = threading.Lock()
+
+
 @dataclass
 class Target:
     """One storage target of a mirror and what the mirror has seen of it."""
@@ -37,9 +40,27 @@ class Target:
     written: int = 0
     failed_writes: int = 0
     bad_keys: set[str] = field(default_factory=set)
+    #: writes still running (left behind once the quorum had the object), and since when
+    inflight: dict[int, float] = field(default_factory=dict)
 
     def is_down(self) -> bool:
         return time.monotonic() < self.down_until
+
+    def begin_write(self) -> int:
+        token = id(object()) ^ int(time.monotonic_ns())
+        with _INFLIGHT_LOCK:
+            self.inflight[token] = time.monotonic()
+        return token
+
+    def end_write(self, token: int) -> None:
+        with _INFLIGHT_LOCK:
+            self.inflight.pop(token, None)
+
+    def stuck_for(self) -> float:
+        """Seconds the oldest write still running has taken (0 when none runs)."""
+        with _INFLIGHT_LOCK:
+            oldest = min(self.inflight.values(), default=None)
+        return 0.0 if oldest is None else time.monotonic() - oldest
 
     def describe(self) -> str:
         return f"{self.name} ({self.store.describe()})" if self.name != self.store.url else self.name

@@ -35,7 +35,7 @@ from backupkit.errors import BackupkitError, ObjectNotFound, StorageError, Usage
 from backupkit.storage.base import Capabilities, ObjectInfo, ObjectStore
 from backupkit.storage.mirror.health import MirrorHealth, Target
 from backupkit.storage.mirror.readers import MirrorReader, TargetStore
-from backupkit.storage.mirror.writes import tee
+from backupkit.storage.mirror.writes import LAG_GRACE, tee
 from backupkit.util.streams import Chunks, iter_chunks
 from backupkit.util.workers import put_unless_stopped
 
@@ -95,6 +95,12 @@ class MirrorStore(MirrorHealth, ObjectStore):
         self._catch_up = catch_up
         self.url = self.targets[0].store.url
         self._last_list_error: StorageError | None = None
+        # commit markers and the last pass of a catch-up exclude each other (see catch_up)
+        self._commit_lock = threading.RLock()
+        self._closed = threading.Event()
+        self._background: threading.Thread | None = None
+        self._background_lock = threading.Lock()
+        self.background_catch_up = 0.0  # seconds between background catch-up rounds; 0: off
 
     def capabilities(self) -> Capabilities:
         return Capabilities(several_copies=len(self.targets) > 1)
@@ -224,9 +230,23 @@ class MirrorStore(MirrorHealth, ObjectStore):
 
     # -- writes ----------------------------------------------------------------------------------
     def _writers(self, key: str) -> list[Target]:
-        """Targets to write to: every reachable one; down ones are tried too if needed for the quorum."""
+        """Targets to write to: every reachable one; down ones are tried too if needed for the quorum.
+
+        A target with a write left running for stall_timeout is marked down; a lagging target with
+        a write still running is skipped (the background catch-up completes it), so a slow or
+        dead target never piles up writes nor holds the writer up."""
+        quorum = self.quorum(key)
+        for t in self.targets:
+            if not t.is_down() and t.stuck_for() > self.stall_timeout:
+                self.mark_down(t, f"a write to it has not finished in {self.stall_timeout:g} s")
         up = [t for t in self.targets if not t.is_down()]
-        if len(up) < self.quorum(key):
+        free = [t for t in up if not (t.lagging and t.inflight)]
+        if len(free) >= quorum and len(free) < len(up):
+            for t in up:
+                if t not in free:
+                    self.mark_lagging(t, key, "a write to it is still running")
+            up = free
+        if len(up) < quorum:
             return list(self.targets)
         for t in self.targets:
             if t.is_down():
@@ -240,7 +260,7 @@ class MirrorStore(MirrorHealth, ObjectStore):
             writers[0].written += 1
             return info
         if isinstance(data, (bytes, bytearray, memoryview)) and len(data) <= SMALL_PUT:
-            results = self._parallel(writers, lambda s: s.put(key, data), key)
+            results = self._parallel(writers, lambda s: s.put(key, data), key, self.quorum(key))
         else:
             results = tee(self, writers, key, iter_chunks(data), self.quorum(key), self.queue_depth)
         return self._settle(writers, key, results, self.quorum(key))
@@ -262,23 +282,47 @@ class MirrorStore(MirrorHealth, ObjectStore):
                                "bring the targets back, or lower storage.write_quorum")
         return results[ok[0].name]
 
-    def _parallel(self, targets: list[Target], fn: Callable[[ObjectStore], T], key: str) -> dict[str, Any]:
-        """fn(store) on each target at once; results or exceptions by target name."""
+    def _parallel(self, targets: list[Target], fn: Callable[[ObjectStore], T], key: str,
+                  quorum: int | None = None) -> dict[str, Any]:
+        """fn(store) on each target at once; results or exceptions by target name.
+
+        quorum (writes): return once that many succeeded and LAG_GRACE more seconds passed; a
+        target still busy then keeps going in the background and gets a StorageError here (the
+        caller records it as lagging)."""
         out: dict[str, Any] = {}
         threads = []
         for t in targets:
             def work(t: Target = t) -> None:
+                token = t.begin_write() if quorum is not None else 0
                 try:
                     out[t.name] = fn(t.store)
                 except BaseException as exc:  # noqa: BLE001 - reported by _settle
                     out[t.name] = exc
+                finally:
+                    if quorum is not None:
+                        t.end_write(token)
             th = threading.Thread(target=work, daemon=True, name=f"mirror-{t.name}")
             th.start()
             threads.append((t, th))
-        deadline = time.monotonic() + self.stall_timeout
+        start = time.monotonic()
+        deadline = start + self.stall_timeout
+        quorum_at: float | None = None
+        while quorum is not None:
+            now = time.monotonic()
+            ok = sum(1 for t, th in threads if not th.is_alive()
+                     and not isinstance(out.get(t.name), BaseException))
+            if ok >= quorum and quorum_at is None:
+                quorum_at = now
+            busy = [th for _, th in threads if th.is_alive()]
+            if not busy or now >= deadline or (quorum_at is not None and now - quorum_at >= LAG_GRACE):
+                break
+            busy[0].join(0.01)
         for t, th in threads:
-            th.join(max(0.0, deadline - time.monotonic()))
-            if th.is_alive():
+            th.join(max(0.0, deadline - time.monotonic()) if quorum_at is None else 0.0)
+            if th.is_alive() and quorum_at is not None:
+                out[t.name] = StorageError(f"storage target {t.name} had not finished {key!r} when the "
+                                           "write quorum had it")
+            elif th.is_alive():
                 err = StorageError(f"storage target {t.name} did not answer within {self.stall_timeout:g} s")
                 self.mark_down(t, err)
                 out[t.name] = err
@@ -289,13 +333,18 @@ class MirrorStore(MirrorHealth, ObjectStore):
     def put_if_absent(self, key: str, data: bytes) -> bool:
         if self.placement.authority_only(key):
             return self._on_authority(lambda s: s.put_if_absent(key, data))
+        with self._commit_lock:
+            return self._put_if_absent(key, data)
+
+    def _put_if_absent(self, key: str, data: bytes) -> bool:
         eligible = self._commit_targets(key)
         authority, created = self._first_ok(eligible, lambda s: s.put_if_absent(key, data), key)
         if not created:
             return False
         rest = [t for t in eligible if t is not authority and not t.is_down()]
         results: dict[str, Any] = {authority.name: True}
-        results.update(self._parallel(rest, lambda s: s.put_if_absent(key, data), key))
+        results.update(self._parallel(rest, lambda s: s.put_if_absent(key, data), key,
+                                      max(0, self.quorum(key) - 1)))
         # Present already (False) counts: the object is there.
         results = {n: (r if isinstance(r, BaseException) else True) for n, r in results.items()}
         self._settle([authority, *rest], key, results, self.quorum(key))
@@ -371,7 +420,12 @@ class MirrorStore(MirrorHealth, ObjectStore):
                 f"{n}: {r.message if isinstance(r, BackupkitError) else r}" for n, r in bad.items()))
 
     def catch_up(self, progress=None) -> list[dict[str, Any]]:
-        """Copy what each lagging, reachable target lacks from the others; clears its lagging flag."""
+        """Copy what each lagging, reachable target lacks from the others; clears its lagging flag.
+
+        The bulk copy runs while writes go on; a complete one is followed by a last pass under
+        the commit lock (no commit marker can be written meanwhile) that copies what arrived in
+        between, and only then is the flag cleared, so a target never gets a commit marker
+        before the data it commits."""
         if self._catch_up is None:
             return []
         done = []
@@ -383,20 +437,60 @@ class MirrorStore(MirrorHealth, ObjectStore):
                 self.call(t, t.store.check)
             except StorageError:
                 continue
-            result = self._catch_up([(s.name, s.store) for s in sources], (t.name, t.store), progress)
+            named = [(s.name, s.store) for s in sources]
+            result = self._catch_up(named, (t.name, t.store), progress)
+            copied = result.copied
             if result.complete:
-                t.lagging = False
-                t.lag_reason = ""
-                log.warning("storage target %s caught up: %d objects copied", t.name, result.copied)
-                self.record("caught_up", t.name, None, f"{result.copied} objects copied")
+                with self._commit_lock:
+                    result = self._catch_up(named, (t.name, t.store), progress)
+                    copied += result.copied
+                    if result.complete and not t.inflight:
+                        t.lagging = False
+                        t.lag_reason = ""
+                        log.warning("storage target %s caught up: %d objects copied", t.name, copied)
+                        self.record("caught_up", t.name, None, f"{copied} objects copied")
             done.append(result.to_dict())
         return done
+
+    # -- background catch-up (a shipper: the lagging target never holds its writes up) ------------
+    def mark_lagging(self, t: Target, key: str, reason: str) -> None:
+        super().mark_lagging(t, key, reason)
+        if self.background_catch_up > 0 and self._catch_up is not None:
+            with self._background_lock:
+                if self._background is None or not self._background.is_alive():
+                    self._background = threading.Thread(target=self._catch_up_loop, daemon=True,
+                                                        name="mirror-catch-up")
+                    self._background.start()
+
+    def _catch_up_loop(self) -> None:
+        """Every background_catch_up seconds: catch up the lagging targets that answer again;
+        ends when none lags."""
+        while not self._closed.wait(self.background_catch_up):
+            lagging = [t for t in self.targets if t.lagging]
+            if not lagging:
+                return
+            for t in lagging:  # probe a target marked down: back as soon as it answers again
+                if t.is_down() and not t.inflight:
+                    try:
+                        self.call(t, t.store.check)
+                    except StorageError:
+                        continue
+                    t.down_until = 0.0
+                    log.warning("storage target %s answers again", t.name)
+                    self.record("up", t.name, None, "answers again")
+            if not any(not t.is_down() and not t.inflight for t in lagging):
+                continue
+            try:
+                self.catch_up()
+            except Exception as exc:  # noqa: BLE001 - tried again next round
+                log.warning("background catch-up failed (tried again): %s", exc)
 
     def describe(self) -> str:
         names = ", ".join(t.store.describe() for t in self.targets)
         return f"mirror of {names} (write quorum {self.write_quorum} of {len(self.targets)})"
 
     def close(self) -> None:
+        self._closed.set()
         for t in self.targets:
             t.store.close()
 

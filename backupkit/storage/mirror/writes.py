@@ -1,5 +1,9 @@
 """Writes of a mirror: one object streamed to every target at once, through one thread and a small
-bounded queue per target; a target that fails or stalls is dropped from that write."""
+bounded queue per target; a target that fails or stalls is dropped from that write.
+
+Once the write quorum has stored the object, the write returns after at most ``LAG_GRACE``
+seconds more: a slower target finishes (or not) in the background and is recorded as lagging,
+to be completed by the mirror's background catch-up. A slow target never holds the writer up."""
 
 from __future__ import annotations
 
@@ -14,6 +18,8 @@ from backupkit.storage.base import ObjectInfo
 from backupkit.storage.mirror.health import MirrorHealth, Target
 
 _END = object()
+#: Seconds a write still waits for the other targets once the quorum has stored the object.
+LAG_GRACE = 0.5
 
 
 class _Aborted(Exception):
@@ -49,11 +55,13 @@ class _Feed:
             yield item
 
     def _run(self) -> None:
+        token = self.target.begin_write()
         try:
             self.result = self.target.store.put(self.key, self._chunks())
         except BaseException as exc:  # noqa: BLE001 - reported by the writer
             self.error = exc
         finally:
+            self.target.end_write(token)
             self.done.set()
 
     def send(self, item: object, timeout: float) -> bool:
@@ -113,17 +121,37 @@ def tee(mirror: MirrorHealth, writers: list[Target], key: str, chunks: Iterator[
                 drop(f, f"storage target {f.target.name} stopped taking data for {key!r}")
             else:
                 f.ended_at = time.monotonic()
-        # Wait for the uploads to finish; one that makes no progress for stall_timeout is dropped.
-        for f in list(active):
-            left = mirror.stall_timeout - (time.monotonic() - (f.ended_at or time.monotonic()))
-            f.done.wait(max(0.0, left))
-            if not f.done.is_set():
-                drop(f, f"storage target {f.target.name} did not finish {key!r} within "
-                     f"{mirror.stall_timeout:g} s")
-            elif f.error is not None:
-                drop(f, f"upload of {key!r} to {f.target.name} failed")
-            else:
-                results[f.target.name] = f.result
+        # Wait for the uploads to finish: until the quorum has stored the object and LAG_GRACE
+        # more, or stall_timeout. A target still writing then is left to finish in the background.
+        start = time.monotonic()
+        quorum_at: float | None = None
+        while active:
+            for f in list(active):
+                if f.done.is_set():
+                    if f.error is not None:
+                        drop(f, f"upload of {key!r} to {f.target.name} failed")
+                    else:
+                        active.remove(f)
+                        results[f.target.name] = f.result
+            ok = sum(1 for r in results.values() if not isinstance(r, BaseException))
+            now = time.monotonic()
+            if ok >= quorum and quorum_at is None:
+                quorum_at = now
+            if not active:
+                break
+            if (quorum_at is not None and now - quorum_at >= LAG_GRACE) \
+                    or now - start >= mirror.stall_timeout:
+                for f in list(active):
+                    active.remove(f)
+                    results[f.target.name] = StorageError(
+                        f"storage target {f.target.name} had not finished {key!r} "
+                        + ("when the write quorum had it" if quorum_at is not None else
+                           f"within {mirror.stall_timeout:g} s"))
+                    if quorum_at is None:
+                        f.abort.set()
+                        mirror.mark_down(f.target, results[f.target.name])
+                break
+            active[0].done.wait(0.01)
     except BaseException as exc:
         fail_all(exc)
         raise

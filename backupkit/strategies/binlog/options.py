@@ -35,6 +35,7 @@ class ShipOptions:
     max_backoff: float = 5.0
     spill_bytes: int = 64 * MIB
     confirm_interval: float = 5.0  # write the confirmed-through watermark at most this often
+    catch_up_interval: float = 2.0  # seconds between background catch-ups of a lagging target
 
 
 @dataclass

@@ -39,6 +39,7 @@ from backupkit.repo.coverage import next_binlog_name
 from backupkit.repo.lease import Lease, LeaseHeld, LeaseKeeper, LeaseLost
 from backupkit.repo.watermark import ShipperStatus
 from backupkit.storage.base import ObjectStore
+from backupkit.storage.mirror import find_mirror
 from backupkit.strategies.binlog.confirm import StatusWriter, server_clock_offset, watermark_of
 from backupkit.strategies.binlog.options import ShipOptions, ShipResult, resolve_source
 from backupkit.strategies.binlog.progress import ShipProgress
@@ -88,6 +89,7 @@ class Shipper(StreamReader, SegmentWriter):
         self.progress = ShipProgress()  # what is confirmed shipped, for monitoring
         self._last_closed = False
         self._connected_once = False
+        self._session_opened = False  # the current session's dump started (the backoff resets)
         self._anchor = False  # a new range starts: commit an empty segment to record where
         self.uploader: SegmentUploader | None = None
         self._ctl: Any = None  # the control connection while setting up
@@ -123,6 +125,10 @@ class Shipper(StreamReader, SegmentWriter):
         self.gtid = GtidSet()
         self.result = ShipResult(self.source_id, self.server_id)
         self.catalog.ensure_repo()
+        mirror = find_mirror(self.store)
+        if mirror is not None:
+            # a lagging target is completed in the background, never waited for (issue 15.4)
+            mirror.background_catch_up = self.opts.catch_up_interval
         try:
             self._clock_offset = server_clock_offset(self._ctl)
         except Exception:  # noqa: BLE001 - a guess of 0 only shifts the watermark
@@ -266,6 +272,15 @@ class Shipper(StreamReader, SegmentWriter):
             if last is not None:
                 self._forget_empty_start()  # a corrected retry of a first run that shipped nothing
                 last = None
+        if last is not None and last.server_id and last.server_id != self.facts.server_id:
+            # Another server's binlog: its file names and positions mean nothing here (a new
+            # primary's binlog.000001 is not the old one's). Never resume into it.
+            raise SourceError(
+                f"the source {self.spec.display()} is server_id {self.facts.server_id}, but the binlog "
+                f"of {self.source_id} in the repository was shipped from server_id {last.server_id} "
+                "(a failover or switchover?); its binlog positions do not apply to this server",
+                "shipping across a failover is not supported yet: take a snapshot of the new server "
+                "and ship it under a new --source-id (docs/operations.md, 'After a failover')")
         if last is not None:
             self.file, self.seg_start = last.next_point()
             self.range_id = last.range_id or uuid.uuid4().hex[:12]
@@ -344,13 +359,16 @@ class Shipper(StreamReader, SegmentWriter):
                         self._purged(exc)
                         continue
                     if self.lease is not None and self.lease.lost:
-                        raise LeaseLost(f"the shipper lease of {self.source_id} was taken by another "
-                                        "shipper") from None
+                        raise LeaseLost(f"the shipper lease of {self.source_id} "
+                                        f"{self.lease.lost_reason or 'was lost'}") from None
                     if not exc.replaced:
                         raise
                 if isinstance(exc, BinlogGapError) or not (
                         self._connected_once or isinstance(exc, StreamLost)):
                     raise
+                if self._session_opened:
+                    # The last reconnect worked: this is a new failure, not the same one again.
+                    backoff = 0.5
                 self.result.reconnects += 1
                 self.notify(f"warning: {exc.message}; reconnecting in {backoff:.1f}s")
                 self._drop_partial()

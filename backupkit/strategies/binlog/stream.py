@@ -80,8 +80,9 @@ class StreamReader:
         stream = BinlogStream(self.spec, self.server_id, self.file, self._resume_pos(),
                               heartbeat=self.opts.heartbeat, non_blocking=self.opts.until_current)
         ctl, self._ctl = self._ctl, None
+        self._session_opened = False
         stream.open(ctl)
-        self._connected_once = True
+        self._connected_once = self._session_opened = True
         watchdog = max(2.0, self.opts.heartbeat * self.opts.watchdog_periods)
         try:
             while True:
@@ -294,7 +295,8 @@ class StreamReader:
             first_commit_time=st.first_commit_time, last_commit_time=st.last_commit_time,
             gtid_first=st.gtid_first, gtid_last=st.gtid_last, gtid_state=self.seg_gtid_state,
             events=st.events, transactions=st.transactions, next_file=next_file,
-            file_closed=closed, range_id=self.range_id))
+            file_closed=closed, range_id=self.range_id,
+            server_id=self.facts.server_id if self.facts else 0))
         self.seg_start = end
         self.boundary_len = 0
         self.seg = EventStats()
