@@ -104,6 +104,10 @@ class SnapshotSection(_Section):
     databases: list[str] = Field(default_factory=list)
     tables: list[str] = Field(default_factory=list)
     include_users: bool = False
+    # the lock watchdog: seconds the consistency step may wait for other sessions (and so stall
+    # commits) before it backs off, and how many times it tries again before it gives up
+    max_lock_wait: float = Field(default=5.0, gt=0, le=3600)
+    lock_retries: int = Field(default=3, ge=0, le=100)
 
 
 class BinlogSection(_Section):

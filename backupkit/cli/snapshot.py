@@ -84,6 +84,11 @@ def snapshot(
     engine: str = typer.Option(None, "--engine",
                                help="logical (rows, the default) or physical (mariadb-backup; runs on "
                                     "the database host). Policy: [snapshot] engine."),
+    max_lock_wait: float = typer.Option(None, "--max-lock-wait", min=0.1, max=3600,
+                                        help="Seconds the consistency step may wait for other sessions "
+                                             "(and so stall commits) before it backs off (default 5)."),
+    lock_retries: int = typer.Option(None, "--lock-retries", min=0, max=100,
+                                     help="Tries after a cut lock wait before giving up (default 3)."),
     incremental: bool = typer.Option(False, "--incremental",
                                      help="Physical: only pages changed since the newest physical backup."),
 ) -> None:
@@ -109,7 +114,8 @@ def snapshot(
     options = SnapshotOptions.from_policy(
         section, databases=_split(databases) or None, tables=_split(tables) or None,
         include_users=include_users, parallel=parallel, chunk_size_mb=chunk_size,
-        compression_level=compression_level, source_id=cfg.policy.source.source_id)
+        compression_level=compression_level, source_id=cfg.policy.source.source_id,
+        max_lock_wait=max_lock_wait, lock_retries=lock_retries)
     options.checksums = checksums
     spec = cfg.source_spec()
     store = cfg.open_store()

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pymysql
@@ -21,6 +23,7 @@ from backupkit.strategies.snapshot.schema import (
     read_database,
     read_users,
 )
+from backupkit.strategies.snapshot.watchdog import LockWatchdog
 
 
 @dataclass
@@ -32,6 +35,12 @@ class Consistency:
     schemas: list[DatabaseSchema]
     users: list[str] | None
     block_statement_ms: float = 0.0  # of blocked_ms: the blocking statement itself
+    lock_attempts: int = 1  # tries the lock watchdog needed
+
+
+@contextmanager
+def _unguarded(stage: str) -> Iterator[None]:
+    yield
 
 
 def _status(cur, name: str) -> str:
@@ -50,20 +59,25 @@ def _read_schema(cur, facts: ServerFacts, options: SnapshotOptions) -> tuple[lis
 
 
 def open_snapshots_mariadb(coord, workers: list, facts: ServerFacts,
-                           options: SnapshotOptions) -> Consistency:
-    """BACKUP STAGE: DDL blocked while the schema is read, commits blocked while snapshots open."""
+                           options: SnapshotOptions, watchdog: LockWatchdog | None = None) -> Consistency:
+    """BACKUP STAGE: DDL blocked while the schema is read, commits blocked while snapshots open.
+    Each stage that may wait for other sessions runs under the watchdog's bound when one is given."""
+    guard = watchdog.guard if watchdog else _unguarded
     cur = coord.cursor()
     t_ddl = time.monotonic()
-    cur.execute("BACKUP STAGE START")
+    with guard("BACKUP STAGE START"):  # waits for LOCK TABLES ... WRITE, among others
+        cur.execute("BACKUP STAGE START")
     ended = False
     try:
-        cur.execute("BACKUP STAGE BLOCK_DDL")
+        with guard("BACKUP STAGE BLOCK_DDL"):
+            cur.execute("BACKUP STAGE BLOCK_DDL")
         schemas, users = _read_schema(cur, facts, options)
         blocked = 0.0
         block_stmt = 0.0
         if len(workers) > 1:
             t0 = time.monotonic()
-            cur.execute("BACKUP STAGE BLOCK_COMMIT")  # also fsyncs the binlog: see docs/snapshot.md
+            with guard("BACKUP STAGE BLOCK_COMMIT"):
+                cur.execute("BACKUP STAGE BLOCK_COMMIT")  # also fsyncs the binlog: see docs/snapshot.md
             block_stmt = (time.monotonic() - t0) * 1000
         wall = time.time()
         points = []
@@ -97,8 +111,10 @@ def open_snapshots_mariadb(coord, workers: list, facts: ServerFacts,
 
 
 def open_snapshots_mysql(coord, workers: list, facts: ServerFacts,
-                         options: SnapshotOptions) -> Consistency:
-    """MySQL 8: LOCK INSTANCE FOR BACKUP blocks DDL; FTWRL blocks commits while snapshots open."""
+                         options: SnapshotOptions, watchdog: LockWatchdog | None = None) -> Consistency:
+    """MySQL 8: LOCK INSTANCE FOR BACKUP blocks DDL; FTWRL blocks commits while snapshots open.
+    FTWRL runs under the watchdog's bound when one is given (untested here: no MySQL server)."""
+    guard = watchdog.guard if watchdog else _unguarded
     cur = coord.cursor()
     t_ddl = time.monotonic()
     locked_instance = False
@@ -110,7 +126,8 @@ def open_snapshots_mysql(coord, workers: list, facts: ServerFacts,
             locked_instance = False  # before 8.0 or no BACKUP_ADMIN: DDL stays possible
         schemas, users = _read_schema(cur, facts, options)
         t0 = time.monotonic()
-        cur.execute("FLUSH TABLES WITH READ LOCK")
+        with guard("FLUSH TABLES WITH READ LOCK"):
+            cur.execute("FLUSH TABLES WITH READ LOCK")
         ftwrl_ms = (time.monotonic() - t0) * 1000
         try:
             wall = time.time()

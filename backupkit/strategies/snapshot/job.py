@@ -45,12 +45,17 @@ from backupkit.strategies.snapshot.chunks import (
     plan_table,
     sql_error,
 )
-from backupkit.strategies.snapshot.consistency import open_snapshots_mariadb, open_snapshots_mysql
+from backupkit.strategies.snapshot.consistency import (
+    Consistency,
+    open_snapshots_mariadb,
+    open_snapshots_mysql,
+)
 from backupkit.strategies.snapshot.options import Progress, SnapshotOptions
 from backupkit.strategies.snapshot.schema import (
     TableInfo,
     list_databases,
 )
+from backupkit.strategies.snapshot.watchdog import LockWaitExceeded, LockWatchdog
 from backupkit.util.workers import prefetched, run_workers
 
 log = logging.getLogger(__name__)
@@ -68,6 +73,37 @@ def take_snapshot(spec: ConnSpec, store: ObjectStore, options: SnapshotOptions,
     except BaseException:
         remove_uncommitted(store, backup_id)
         raise
+
+
+def open_consistent(spec: ConnSpec, coord, workers: list, facts, options: SnapshotOptions,
+                    report: Progress) -> Consistency:
+    """The consistency step under the lock watchdog: a stage that waits longer than
+    options.max_lock_wait is cut, everything is released, and it is tried again after
+    options.lock_backoff seconds, at most options.lock_retries more times."""
+    opener = open_snapshots_mariadb if facts.is_mariadb else open_snapshots_mysql
+    exclude = {w.thread_id() for w in workers}
+    attempts = 1 + max(0, options.lock_retries)
+    for attempt in range(1, attempts + 1):
+        watchdog = LockWatchdog(lambda: open_session(spec), coord, options.max_lock_wait, exclude)
+        try:
+            cons = opener(coord, workers, facts, options, watchdog)
+            cons.lock_attempts = attempt
+            return cons
+        except LockWaitExceeded as exc:
+            for w in workers:  # a worker may hold a snapshot from a cut attempt
+                w.rollback()
+            if attempt == attempts:
+                raise LockWaitExceeded(exc.stage, exc.waited, exc.blocker, attempts) from None
+            log.warning("%s; backing off %.1f s (attempt %d of %d)", exc.one_line(),
+                        options.lock_backoff, attempt, attempts)
+            report("lock_backoff", stage=exc.stage, attempt=attempt,
+                   blocker=exc.blocker.describe() if exc.blocker else None)
+            time.sleep(options.lock_backoff)
+        except pymysql.err.MySQLError as exc:
+            raise sql_error(exc, "cannot open a consistent snapshot") from None
+        finally:
+            watchdog.close()
+    raise AssertionError("unreachable")
 
 
 def remove_uncommitted(store: ObjectStore, backup_id: str) -> list[str]:
@@ -105,11 +141,7 @@ def _take(spec: ConnSpec, store: ObjectStore, options: SnapshotOptions, progress
             with w.cursor() as wc:
                 wc.execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         _check_filters(coord, options)  # before any lock, and before anything is written
-        opener = open_snapshots_mariadb if facts.is_mariadb else open_snapshots_mysql
-        try:
-            cons = opener(coord, workers, facts, options)
-        except pymysql.err.MySQLError as exc:
-            raise sql_error(exc, "cannot open a consistent snapshot") from None
+        cons = open_consistent(spec, coord, workers, facts, options, report)
         tables = [t for s in cons.schemas for t in s.tables]
         with coord.cursor() as cur:
             try:
@@ -163,6 +195,7 @@ def _take(spec: ConnSpec, store: ObjectStore, options: SnapshotOptions, progress
         "consistency": {"method": cons.method, "blocked_ms": round(cons.blocked_ms, 3),
                         "block_statement_ms": round(cons.block_statement_ms, 3),
                         "ddl_blocked_ms": round(cons.ddl_blocked_ms, 3), "workers": n,
+                        "lock_attempts": cons.lock_attempts, "max_lock_wait": options.max_lock_wait,
                         "connections": n + extra},
         "checksums": ("CHECKSUM TABLE inside the consistent snapshot" if options.checksums
                       else "not taken"),

@@ -23,6 +23,11 @@ class SnapshotOptions:
     checksums: bool = True  # CHECKSUM TABLE inside the snapshot, for restore --verify
     source_id: str | None = None
     backup_id: str | None = None
+    # the lock watchdog: the longest the consistency step may wait for (and so stall) other
+    # sessions, how often it backs off and tries again, and how long it waits between tries
+    max_lock_wait: float = 5.0
+    lock_retries: int = 3
+    lock_backoff: float = 2.0
 
     @classmethod
     def from_policy(cls, section, **overrides: Any) -> SnapshotOptions:
@@ -30,7 +35,8 @@ class SnapshotOptions:
         opts = cls(databases=list(section.databases), tables=list(section.tables),
                    include_users=section.include_users, parallel=section.parallel,
                    chunk_size_mb=section.chunk_size_mb,
-                   compression_level=section.compression_level)
+                   compression_level=section.compression_level,
+                   max_lock_wait=section.max_lock_wait, lock_retries=section.lock_retries)
         for k, v in overrides.items():
             if v is not None and v != [] and hasattr(opts, k):
                 setattr(opts, k, v)
