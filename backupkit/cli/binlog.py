@@ -11,7 +11,7 @@ from typing import Any
 import typer
 
 from backupkit.cli.common import json_mode, open_catalog, render, settings
-from backupkit.cli.console import info, progress, table
+from backupkit.cli.console import info, progress, table, warn
 from backupkit.cli.context import COMMON
 from backupkit.errors import BackupkitError, UsageError
 from backupkit.util.streams import ChunkReader
@@ -101,7 +101,7 @@ def ship(
     shipper = Shipper(store, spec, opts, notify=lambda msg: info(msg, quiet=quiet))
     previous = {s: signal.signal(s, shipper.stop) for s in (signal.SIGTERM, signal.SIGINT)}
     t0 = time.monotonic()
-    watch = _Watch(cfg, shipper, store, metrics_listen)
+    watch = _Watch(cfg, shipper, store, metrics_listen, once)
     try:
         with progress(enabled=not quiet) as bar:
             if bar is not None:
@@ -143,7 +143,7 @@ class _Watch:
     """A running shipper's monitoring: its live state written for the daemon's metrics (about
     twice a second), and its own /metrics and status page when an address is given."""
 
-    def __init__(self, cfg, shipper, store, listen: str | None) -> None:
+    def __init__(self, cfg, shipper, store, listen: str | None, once: bool = False) -> None:
         from backupkit.monitor.live import SHIPPER_STATE_ENV, ShipperReporter, shipper_state_path
         from backupkit.schedule.state import Paths
 
@@ -152,16 +152,20 @@ class _Watch:
         self.gaps_seen = 0
         status_file = Paths.of(cfg.policy).status_file if cfg.policy.path else None
         self.reporter = ShipperReporter(self.live, shipper_state_path(status_file)).start()
-        if listen is None and not os.environ.get(SHIPPER_STATE_ENV):  # the daemon serves its own
-            listen = cfg.policy.metrics.listen
+        if listen is None and not once and not os.environ.get(SHIPPER_STATE_ENV):
+            listen = cfg.policy.metrics.listen  # under the daemon, the daemon serves them
         self.state = self.server = None
         if listen:  # imported here: a shipper without metrics starts without them
+            from backupkit.errors import UsageError
             from backupkit.monitor.server import MetricsServer
             from backupkit.schedule.monitoring import policy_monitor
 
             self.state = policy_monitor(cfg.policy, lambda: store, shipper_fn=self.live).start()
-            self.server = MetricsServer(listen, self.state.status).start()
-            info(f"metrics and status page on {self.server.url}", quiet=json_mode())
+            try:
+                self.server = MetricsServer(listen, self.state.status).start()
+                info(f"metrics and status page on {self.server.url}", quiet=json_mode())
+            except UsageError as exc:  # never stops shipping
+                warn(f"{exc.one_line()}; shipping without serving metrics")
 
     def live(self):
         from backupkit.monitor.status import ShipperLive

@@ -8,6 +8,7 @@ import typer
 
 from backupkit.cli.common import json_mode, render, settings
 from backupkit.cli.console import human_bytes, human_seconds, table
+from backupkit.errors import StorageError, UsageError
 
 
 def monitor_state():
@@ -15,11 +16,11 @@ def monitor_state():
     from backupkit.schedule.monitoring import policy_monitor
 
     st = settings()
-    state = policy_monitor(st.policy, (lambda: st.open_store(create=False)) if st.storage_url else None)
+    if not st.storage_url:
+        raise UsageError("no repository given", "pass --storage URL, or --policy FILE with a [storage]")
+    state = policy_monitor(st.policy, lambda: st.open_store(create=False))
     state.refresh()
     if state.repository is not None and state.repository.error and not state.repository.sources:
-        from backupkit.errors import StorageError
-
         raise StorageError(f"cannot read the repository: {state.repository.error}")
     return state
 

@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 
 from backupkit import __version__
+from backupkit.errors import BackupkitError
 from backupkit.monitor.live import write_atomic
 from backupkit.monitor.status import (
     BASE_KINDS,
@@ -83,7 +84,8 @@ class MonitorState:
             view = self.repository_fn()
         except Exception as exc:  # noqa: BLE001 - a monitor must outlive a storage outage
             self.refresh_errors += 1
-            view = RepositoryView(read_at=self.clock(), error=f"{type(exc).__name__}: {exc}")
+            why = exc.message if isinstance(exc, BackupkitError) else f"{type(exc).__name__}: {exc}"
+            view = RepositoryView(read_at=self.clock(), error=why)
             if self.repository is not None:
                 self.repository.error = view.error
                 return

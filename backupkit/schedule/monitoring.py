@@ -11,6 +11,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from backupkit.errors import UsageError
 from backupkit.monitor.local import policy_state
 from backupkit.monitor.metrics import MonitorState
 from backupkit.monitor.notify import Notifier, notifier_for
@@ -59,7 +60,10 @@ class Monitoring:
     def start(self) -> Monitoring:
         """Serve and refresh; without an address nor a notifier there is nothing to do."""
         if self.listen:
-            self.server = MetricsServer(self.listen, self.state.status).start()
+            try:
+                self.server = MetricsServer(self.listen, self.state.status).start()
+            except UsageError as exc:  # a busy port never stops the backups
+                log.warning("%s; running without serving metrics", exc.one_line())
         if self.listen or self.notifier is not None:
             self.state.start()
         return self

@@ -66,3 +66,16 @@ def test_shipper_metrics_lag_under_load_and_the_gap_counter(mariadb, local_url, 
         assert stop_proc(proc) == 0, (tmp_path / "ship2.log").read_text()[-2000:]
     assert ship_once(sb, local_url).returncode == 0
     assert Path(tmp_path / "ship2.log").read_text().count("GAP recorded") == 1
+
+
+def test_a_busy_metrics_port_never_stops_shipping(mariadb, local_url):
+    import socket
+
+    make_table(mariadb)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = ship_once(mariadb, local_url, "--from-current", "--metrics-listen", f"127.0.0.1:{port}")
+    assert r.returncode == 0, r.stderr
+    assert "cannot serve metrics" in r.stderr and "shipping without serving metrics" in r.stderr
