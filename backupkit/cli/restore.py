@@ -96,6 +96,7 @@ def _restore_snapshot(store, catalog, manifest, target: str | None, dry_run: boo
     if dry_run:
         data = {"backup_id": manifest.id, "kind": "snapshot", "target": spec.display(),
                 "dry_run": True, "databases": sorted({t["db"] for t in tables}),
+                "scope": manifest.scope.to_dict(),
                 "tables": len(tables), "rows": sum(t["rows"] for t in tables),
                 "raw_bytes": sum(c["raw_size"] for t in tables for c in t["chunks"]),
                 "point": {"file": manifest.point.file, "pos": manifest.point.pos,
@@ -104,7 +105,8 @@ def _restore_snapshot(store, catalog, manifest, target: str | None, dry_run: boo
         def plan(console) -> None:
             console.print(f"would load snapshot {manifest.id} into {spec.display()}: "
                           f"{data['tables']} tables, {data['rows']:,} rows, "
-                          f"{human_bytes(data['raw_bytes'])} in databases {', '.join(data['databases'])}")
+                          f"{human_bytes(data['raw_bytes'])} in databases {', '.join(data['databases'])} "
+                          f"(scope of the snapshot: {manifest.scope.describe()})")
 
         render(data, plan)
         return

@@ -199,3 +199,29 @@ def test_undecryptable_middle_segment_on_s3_exits_5_naming_it(tmp_path, s3_url, 
     assert r.returncode == 5, r.stderr
     assert middle in r.stderr and "partial" in r.stderr
     assert time.monotonic() - t0 < 60
+
+
+def test_to_time_just_before_a_second_never_replays_that_seconds_commits(tmp_path, target):
+    """Issue 14, defect 3 with a real server: --to-time S.999999999Z applies the commits of second
+    S and none of second S+1."""
+    repo = tmp_path / "repo"
+    src = Sandbox(name="fraction-src").start()
+    env = {"BACKUPKIT_STORAGE": f"file://{repo}", "BACKUPKIT_SOURCE": src.url}
+    try:
+        src.sql("CREATE DATABASE shop")
+        src.sql("CREATE TABLE shop.t (id INT PRIMARY KEY, v VARCHAR(20))")
+        assert run_cli("snapshot", "--json", env=env).returncode == 0
+        time.sleep(1.05 - time.time() % 1)  # early in a fresh second
+        src.sql("INSERT INTO shop.t VALUES (1, 'before')")
+        second = int(time.time())
+        time.sleep(1.05 - time.time() % 1)
+        src.sql("INSERT INTO shop.t VALUES (2, 'accident')")
+        assert int(time.time()) == second + 1
+        r = run_cli("binlog", "ship", "--once", "--server-id", "560", "--json", env=env)
+        assert r.returncode == 0, r.stderr
+    finally:
+        src.destroy()
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)) + ".999999999Z"
+    r = run_cli("restore", "--to-time", stamp, "--target", target.url, "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    assert target.sql("SELECT id FROM shop.t ORDER BY id") == [(1,)]

@@ -63,6 +63,15 @@ def test_whole_server_restore_uses_the_full_base_not_the_newer_partial_one(repo)
         tgt.destroy()
 
 
+def test_snapshot_restore_dry_run_shows_the_scope(repo):
+    part = repo["partial"]["backup_id"]
+    out = _ok(run_cli("restore", part, "--target", "mysql://root@127.0.0.1:1", "--dry-run", "--json",
+                      env=repo["env"]))
+    assert out["scope"] == {"full": False, "databases": ["shop"], "tables": []}
+    human = run_cli("restore", part, "--target", "mysql://root@127.0.0.1:1", "--dry-run", env=repo["env"])
+    assert "partial: databases shop" in human.stdout
+
+
 def test_list_shows_each_base_scope(repo):
     data = _ok(run_cli("list", "--json", env=repo["env"]))
     scopes = sorted(b["scope_text"] for b in data["backups"])
