@@ -29,6 +29,9 @@ Rules:
   reachable moment of a run is the commit time of its newest transaction.
 - GTID targets compare by domain (MariaDB) or source uuid (MySQL) and sequence number; a base
   whose GTID position already holds a --stop-before-gtid transaction cannot be used.
+
+Over 500 lines on purpose: one job (the planner), whose target kinds (time, latest, position,
+GTID) all plan against the same index of runs; split apart, each would need that index's insides.
 """
 
 from __future__ import annotations
