@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from backupkit.errors import ConfigError, UsageError
+from backupkit.util.units import parse_duration
 
 
 class _Section(BaseModel):
@@ -128,8 +129,6 @@ class BinlogSection(_Section):
     @field_validator("purge_keep")
     @classmethod
     def _duration(cls, v: str) -> str:
-        from backupkit.util.units import parse_duration  # lazy: only when a policy sets it
-
         parse_duration(v)
         return v
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from backupkit.cli.console import console, emit_json
 from backupkit.cli.context import COMMON
 from backupkit.config import Settings
+from backupkit.errors import BackupkitError
 
 
 def settings() -> Settings:
@@ -19,8 +21,6 @@ def json_mode() -> bool:
 
 def configured_source():
     """The configured source's ConnSpec (restores recognise it as a target), or None."""
-    from backupkit.errors import BackupkitError  # lazy: start-up time
-
     s = settings()
     if not s.source_url:
         return None
@@ -43,7 +43,6 @@ INTERACTIVE_DEADLINE = 2.0
 def _open_store(create: bool, interactive: bool):
     if not interactive:
         return settings().open_store(create=create)
-    from dataclasses import replace
 
     from backupkit.repo.targets import open_repository  # lazy: start-up time
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from backupkit.errors import BackupkitError, IntegrityError, ObjectNotFound, StorageError, UsageError
 from backupkit.mysql.connection import ConnSpec, connect, qualified
-from backupkit.mysql.control import ServiceControl
+from backupkit.mysql.control import ServiceControl, run_command
 from backupkit.mysql.mariabackup import find_mbstream, find_tool
 from backupkit.repo.catalog import BackupManifest, Catalog
 from backupkit.repo.chain import PHYSICAL, chain_of, chain_raw_bytes
@@ -385,8 +385,6 @@ def restore_physical(store: ObjectStore, manifest: BackupManifest, datadir: str 
             result.start_seconds = round(report.seconds, 3)
             result.start_verified = True
         else:
-            from backupkit.mysql.control import run_command  # lazy: only this path needs it
-
             res = run_command(start_command, timeout=start_timeout)
             if res.returncode != 0:
                 raise BackupkitError(f"start command failed: {res.describe()}")

@@ -119,7 +119,7 @@ def _storage_urls(policy: Policy) -> list[tuple[str, str]]:
 
 
 def _storage_url_problem(url: str) -> str | None:
-    from backupkit.storage import parse_storage_url  # start-up: only policies with URLs need it
+    from backupkit.storage import parse_storage_url  # lazy: start-up time
 
     try:
         parse_storage_url(url)

@@ -68,8 +68,8 @@ def cron_trigger(expr: str, tz: tzinfo | str | None = None):
     on both).
     """
     # lazy: start-up time (policy checks run in every CLI call; apscheduler is needed here only)
-    from apscheduler.triggers.combining import OrTrigger
-    from apscheduler.triggers.cron import CronTrigger
+    from apscheduler.triggers.combining import OrTrigger  # lazy: start-up time
+    from apscheduler.triggers.cron import CronTrigger  # lazy: start-up time
 
     text = MACROS.get(expr.strip().lower(), expr.strip())
     fields = text.split()

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from backupkit import __version__
 from backupkit.errors import BackupkitError, SourceError, UsageError
 from backupkit.mysql.connection import ConnSpec, connect
 from backupkit.mysql.mariabackup import find_tool, tool_version
@@ -336,6 +337,4 @@ def _manifest(backup_id: str, source, started: float, finished: float, objects: 
 
 
 def _backupkit_version() -> str:
-    from backupkit import __version__
-
     return __version__
