@@ -28,7 +28,7 @@ from backupkit.cli import (
 )
 from backupkit.cli.console import emit_json, error_line
 from backupkit.errors import BackupkitError
-from backupkit.util.redact import redact_text
+from backupkit.util.redact import printable, redact_text
 
 try:  # typer >= 0.2x vendors its own copy of click
     from typer._click import exceptions as _vendored
@@ -92,12 +92,26 @@ def _register() -> None:
 _register()
 
 
+class _RedactFilter(logging.Filter):
+    """Log lines too never show a URL's password, and stay on one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = printable(redact_text(message))
+        if clean != message:
+            record.msg, record.args = clean, ()
+        return True
+
+
 def _setup_logging(debug: bool) -> None:
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, _RedactFilter) for f in handler.filters):
+            handler.addFilter(_RedactFilter())
     if not debug:
         for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "apscheduler"):
             logging.getLogger(noisy).setLevel(logging.WARNING)

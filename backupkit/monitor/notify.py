@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from backupkit.monitor.status import Problem, ProtectionStatus
+from backupkit.util.redact import redact_text, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +154,7 @@ class Notifier:
         if self.send is not None:
             receivers.append(("callback", self.send))
         if self.webhook:
-            receivers.append((f"webhook {self.webhook}", self._post))
+            receivers.append((f"webhook {redact_url(self.webhook)}", self._post))
         if self.command:
             receivers.append(("command", self._run_command))
         for name, fn in receivers:
@@ -168,7 +169,7 @@ class Notifier:
                         self.failed += 1
                         ok = False
                         log.warning("notification %s to %s failed after %d tries: %s", e.event, name,
-                                    attempt + 1, exc)
+                                    attempt + 1, redact_text(str(exc)))
                         break
                     time.sleep(delay)
                     delay = min(delay * 2, 30.0)

@@ -4,6 +4,7 @@ and bad URLs get one line and exit 2, never an internal error."""
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 
@@ -121,3 +122,22 @@ def test_redact_text_hides_every_url_password_in_a_message():
     text = "cannot use 'mysq://bk:Secret@host' nor s3://b/x?endpoint=http://k:S2@h:1 (try again)"
     assert redact_text(text) == ("cannot use 'mysq://bk:***@host' nor "
                                  "s3://b/x?endpoint=http://k:***@h:1 (try again)")
+
+
+def test_log_lines_hide_url_passwords_and_stay_on_one_line():
+    from backupkit.cli.app import _RedactFilter
+
+    record = logging.LogRecord("backupkit.x", logging.WARNING, __file__, 1, "failed %s: %s",
+                               (f"https://hook:{SECRET}@127.0.0.1:1/x", "two\nlines"), None)
+    assert _RedactFilter().filter(record)
+    assert SECRET not in record.getMessage() and "\n" not in record.getMessage()
+
+
+def test_a_failing_webhook_with_credentials_is_logged_without_them(caplog):
+    from backupkit.monitor.notify import Event, Notifier
+    from backupkit.mysql.sandbox import free_port
+
+    n = Notifier("p", webhook=f"http://hook:{SECRET}@127.0.0.1:{free_port()}/x", retries=0, timeout=2)
+    with caplog.at_level(logging.WARNING):
+        assert not n.deliver(Event("failure", "snapshot", "p", "boom"))
+    assert "failed" in caplog.text and SECRET not in caplog.text
