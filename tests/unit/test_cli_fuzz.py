@@ -196,6 +196,16 @@ def test_durations(value, repo):
     _check("binlog", "prune", "--keep", value, "--storage", repo, "--dry-run")
 
 
+@FUZZ
+@given(opt=st.sampled_from(["--databases", "--tables", "--parallel", "--chunk-size",
+                            "--compression-level", "--engine"]),
+       value=st.one_of(text, digits, st.sampled_from(["", "a.b.c", "db.", ".t", "`x`", "-1", "0",
+                                                      "4097", "1e3", "logical", "physical"])))
+def test_snapshot_options(opt, value, tmp_path):
+    _check("snapshot", opt, value, "--storage", str(tmp_path / "r"),
+           "--source", f"mysql://root@127.0.0.1:{CLOSED_PORT}")
+
+
 # -- policy values (TOML files) ---------------------------------------------------------------
 POLICY_KEYS = {
     "storage": ["url", "write_quorum", "stall_timeout"],
