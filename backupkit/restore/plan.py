@@ -344,9 +344,15 @@ class Planner:
                            notes=list(self.notes))
 
     def _choose(self, plans: list[RestorePlan]) -> RestorePlan:
-        """The plan with the smallest estimated restore time; plans come newest base first, so a
+        """Among the newest reaching base of each kind (cold, snapshot, physical), the plan with
+        the smallest estimated restore time. Within one kind the newest base always wins: it needs
+        the least replay, and rates measured on small restores (fixed costs dominate) must not
+        talk the planner into an older base of the same kind. Plans come newest base first, so a
         tie keeps the newest. The plan says why (--dry-run prints it)."""
-        best = min(plans, key=lambda p: p.estimated_seconds)
+        newest_of_kind: dict[str, RestorePlan] = {}
+        for p in plans:
+            newest_of_kind.setdefault(p.base.kind, p)
+        best = min(newest_of_kind.values(), key=lambda p: p.estimated_seconds)
         others = [p for p in plans if p is not best]
         if others:
             alt = ", ".join(f"{p.base.kind} {p.base.id} ~{p.estimated_seconds:.1f} s" for p in others)
