@@ -244,3 +244,25 @@ def test_policy_values(section, data, value, tmp_path):
     _check("policy", "check", str(p))
     _check("list", "--policy", str(p))
     assert "Secret" not in run_cli_inprocess("policy", "check", str(p), env=ENV).stderr
+
+
+@pytest.mark.parametrize("args", [
+    ("snapshot", "--source", "//:\r@127.0.0.1:1"),
+    ("list", "--storage", "s3://b/\x0c0"),
+    ("list", "--storage", "s3://b/?part_size=x"),
+    ("prune", "--recovery-window", "99999999999999d", "--dry-run"),
+    ("snapshot", "--source", "mysql://u:p@[::1"),
+    ("restore", "--to-time", "2026-03-29 02:30 Europe/Berlin", "--dry-run"),
+    ("restore", "--to-gtid", "0-18446744073709551616-1", "--dry-run"),
+    ("binlog", "ship", "--once", "--from-position", "binlog.000001:x"),
+])
+def test_a_sample_through_a_real_process(args, repo):
+    """The same contract through the console script in its own process (sys.exit, real streams)."""
+    from tests.support import run_cli
+
+    extra = () if "--storage" in args else ("--storage", repo)
+    r = run_cli(*args, *extra, env={**ENV, "BACKUPKIT_SOURCE": f"mysql://root@127.0.0.1:{CLOSED_PORT}"})
+    assert r.returncode in DOCUMENTED and r.returncode != 0, (args, r.returncode, r.stderr)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), (args, r.stderr)
+    assert "Traceback" not in r.stderr and "internal error" not in r.stderr
