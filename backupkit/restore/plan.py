@@ -3,8 +3,9 @@
 No I/O: every function takes manifests already read from the catalog, so a plan can be printed
 (``--dry-run``), unit-tested, and computed many times a second by retention checks.
 
-- ``plan_restore(backups, segments_by_source, gaps, target) -> RestorePlan``: the newest base
-  (snapshot or cold) whose consistent point is at or before the target, plus the unbroken run of
+- ``plan_restore(backups, segments_by_source, gaps, target) -> RestorePlan``: of the bases
+  (snapshot, cold or physical) whose consistent point is at or before the target, the one with
+  the smallest estimated restore time (the newest on a tie), plus the unbroken run of
   segments from the base's binlog coordinates to the target. Raises PlanError (one line, with
   the nearest reachable times on either side) when the target is earlier than the oldest base,
   later than the newest shipped commit, or behind a gap.
@@ -542,7 +543,8 @@ def plan_restore(backups: Sequence[BackupManifest],
                  target: RestoreTarget, source_id: str | None = None,
                  rates: Mapping[str, float] | None = None,
                  confirmed: Mapping[str, Any] | None = None) -> RestorePlan:
-    """The newest base at or before target and the unbroken segment run to it (PlanError if none)."""
+    """The base at or before target with an unbroken segment run to it and the smallest estimated
+    restore time (the newest on a tie), and that run (PlanError if none)."""
     return Planner(backups, segments_by_source, gaps, source_id, rates, confirmed=confirmed).plan(target)
 
 
