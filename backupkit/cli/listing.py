@@ -48,6 +48,7 @@ def repository_listing(repo) -> dict:
             "gtid": b.point.gtid, "duration_s": round(b.duration, 3),
             "stored_bytes": b.stored_bytes,
             "downtime_s": b.details.get("downtime", {}).get("total_seconds") if b.kind == "cold" else None,
+            "parent": b.details.get("parent") if b.kind == "physical" else None,  # an incremental's
         } for b in backups],
         "binlog_coverage": coverage,
         "gaps": gaps,
@@ -78,7 +79,7 @@ def _targets(store) -> dict:
 
 
 def list_cmd(
-    kind: str = typer.Option(None, "--kind", help="Only backups of this kind: snapshot or cold."),
+    kind: str = typer.Option(None, "--kind", help="Only backups of this kind: snapshot, cold or physical."),
 ) -> None:
     """Show backups and binlog coverage."""
     data = repository_listing(open_repo(create=False, interactive=True))
@@ -89,7 +90,8 @@ def list_cmd(
         c.print(f"repository {data['storage']}")
         c.print(table("backups", ["id", "kind", "scope", "consistent point (UTC)", "binlog",
                                   "duration", "stored", "downtime"],
-                      [[b["id"], b["kind"], b["scope_text"], b["point_time"], b["binlog"],
+                      [[b["id"], b["kind"] + (" (incr.)" if b.get("parent") else ""), b["scope_text"],
+                        b["point_time"], b["binlog"],
                         human_seconds(b["duration_s"]), human_bytes(b["stored_bytes"]),
                         human_seconds(b["downtime_s"]) if b["downtime_s"] is not None else ""]
                        for b in data["backups"]]))
