@@ -14,6 +14,7 @@ from backupkit.cli.common import json_mode, render
 from backupkit.cli.console import table, warn
 from backupkit.cli.context import COMMON
 from backupkit.errors import ConfigError, UsageError
+from backupkit.mysql.process import pid_alive
 from backupkit.schedule.checks import storage_problem
 from backupkit.schedule.cron import next_runs, policy_timezone, scheduled_strategies
 from backupkit.util.units import human_bytes, human_seconds, utc_iso_seconds
@@ -124,7 +125,6 @@ def status(
                                     "targets in step, loss windows within objective)."),
 ) -> None:
     """The last result and the next run of each job, and the state of the binlog shipper."""
-    from backupkit.mysql.control import pid_alive  # lazy: start-up time
     from backupkit.schedule.state import Paths, StatusFile  # lazy: start-up time
 
     st = _settings()

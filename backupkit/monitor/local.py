@@ -13,7 +13,7 @@ from backupkit.monitor.collect import read_repository
 from backupkit.monitor.live import history_file, shipper_state_file
 from backupkit.monitor.metrics import MonitorState
 from backupkit.monitor.status import ShipperLive, objectives_for
-from backupkit.mysql.control import pid_alive
+from backupkit.mysql.process import pid_alive
 from backupkit.repo.catalog import Catalog
 
 if TYPE_CHECKING:

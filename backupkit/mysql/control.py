@@ -10,13 +10,7 @@ that fails is reported with the command, its exit status and output, and the err
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import select
-import signal
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -24,99 +18,20 @@ from pathlib import Path
 
 from backupkit.errors import BackupkitError, ServerControlError, SourceError, UsageError
 from backupkit.mysql.connection import ConnSpec, connect
+from backupkit.mysql.process import (
+    CommandResult,
+    one_line,
+    pid_alive,
+    read_from,
+    read_output,
+    read_pid,
+    run_command,
+    spawn_command,
+)
 
 POLL = 0.02
 #: A server that answers this long after a stop was sent did not take the stop.
 STEADY = 1.0
-#: Bytes of command output and error log kept in messages.
-TAIL = 2000
-
-
-def pid_alive(pid: int) -> bool:
-    """True while the process exists and is not a zombie."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
-def process_start(pid: int) -> int | None:
-    """The start time of a process (clock ticks since boot), to tell a reused pid apart."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return int(fh.read().rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def read_pid(pid_file: Path) -> int | None:
-    try:
-        text = pid_file.read_text().strip()
-    except OSError:
-        return None
-    return int(text) if text.isdigit() else None
-
-
-def process_datadir(pid: int) -> str | None:
-    """The --datadir of a running mariadbd/mysqld, from its command line."""
-    try:
-        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return None
-    for a in args:
-        if a.startswith(b"--datadir="):
-            return a.split(b"=", 1)[1].decode(errors="replace")
-    return None
-
-
-def servers_using(datadir: Path) -> list[int]:
-    """PIDs of running mariadbd/mysqld processes whose --datadir is datadir."""
-    want = os.path.realpath(datadir)
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            exe = os.path.basename(os.readlink(f"/proc/{entry}/exe"))
-        except OSError:
-            continue
-        if exe not in ("mariadbd", "mysqld"):
-            continue
-        dd = process_datadir(int(entry))
-        if dd and os.path.realpath(dd.rstrip("/")) == want and pid_alive(int(entry)):
-            found.append(int(entry))
-    return found
-
-
-def _tail(text: str, n: int = TAIL) -> str:
-    text = text.strip()
-    return text if len(text) <= n else "..." + text[-n:]
-
-
-def one_line(text: str) -> str:
-    return " | ".join(line.strip() for line in text.strip().splitlines() if line.strip())
-
-
-@dataclass
-class CommandResult:
-    """What a stop or start command did."""
-
-    command: str
-    returncode: int | None  # None: still running (a start command that stays in the foreground)
-    output: str
-    seconds: float
-
-    def describe(self) -> str:
-        status = "is still running" if self.returncode is None else f"exited {self.returncode}"
-        out = one_line(_tail(self.output, 500))
-        return f"`{self.command}` {status}" + (f", output: {out}" if out else ", no output")
 
 
 @dataclass
@@ -360,7 +275,7 @@ class ServiceControl:
         try:
             while True:
                 if result is None and proc.poll() is not None:
-                    result = CommandResult(self.start_command, proc.returncode, _read_out(out_file),
+                    result = CommandResult(self.start_command, proc.returncode, read_output(out_file),
                                            time.time() - requested)
                     if proc.returncode != 0 and not self.accepting(1.0):
                         raise self._start_failed(f"start command failed: {result.describe()}", log_offset)
@@ -371,7 +286,7 @@ class ServiceControl:
                 if aborted:
                     raise self._start_failed(f"the server aborted at start: {aborted}", log_offset)
                 if time.monotonic() >= deadline:
-                    res = result or CommandResult(self.start_command, None, _read_out(out_file),
+                    res = result or CommandResult(self.start_command, None, read_output(out_file),
                                                   time.time() - requested)
                     raise self._start_failed(
                         f"the server does not accept connections {self.start_timeout:.0f} s after "
@@ -446,171 +361,3 @@ def _dropped(exc: Exception) -> bool:
         code = exc.args[0] if exc.args else 0
         return code in (0, 2006, 2013, 1053) or not isinstance(code, int)
     return isinstance(exc, ConnectionError | OSError)
-
-
-def read_from(path: Path, offset: int) -> str | None:
-    """The text appended to a log since offset (all of it if the log was rotated)."""
-    try:
-        with open(path, "rb") as fh:
-            size = os.fstat(fh.fileno()).st_size
-            fh.seek(offset if size >= offset else 0)
-            return fh.read(4 << 20).decode(errors="replace")
-    except OSError:
-        return None
-
-
-def spawn_command(command: str) -> tuple[subprocess.Popen, str]:
-    """Start a shell command in its own session (Ctrl-C on our terminal does not reach it),
-    its output going to a file so that a daemon keeping it open cannot block us."""
-    fd, out_path = tempfile.mkstemp(prefix="backupkit-cmd-", suffix=".out")
-    try:
-        proc = subprocess.Popen(["/bin/sh", "-c", command], stdin=subprocess.DEVNULL, stdout=fd,
-                                stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
-    finally:
-        os.close(fd)
-    return proc, out_path
-
-
-def _read_out(path: str) -> str:
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read()
-    except OSError:
-        return ""
-    return _tail(data.decode(errors="replace"))
-
-
-def run_command(command: str, timeout: float) -> CommandResult:
-    """Run a shell command to its end (or timeout, then its session is killed)."""
-    started = time.time()
-    proc, out_path = spawn_command(command)
-    try:
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            return CommandResult(command, None, _read_out(out_path), time.time() - started)
-        return CommandResult(command, proc.returncode, _read_out(out_path), time.time() - started)
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(out_path)
-
-
-
-# -- the guardian: restarts the server if this process dies while the server is down ------
-GUARD_PASSWORD_ENV = "BACKUPKIT_GUARD_PASSWORD"
-
-
-class RestartGuardian:
-    """A separate watchdog process, armed while the server may be down.
-
-    try/finally and signal handlers cover every exit of this process except SIGKILL and a
-    crash of the interpreter; the guardian covers those: when its pipe from us closes before
-    we said "done", it waits for the server process to exit and starts it again."""
-
-    def __init__(self, control: ServiceControl, log_path: Path | None = None) -> None:
-        self.control = control
-        self.log_path = log_path or Path(tempfile.gettempdir()) / "backupkit-guardian.log"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, timeout: float = 20.0) -> None:
-        c = self.control
-        env = dict(os.environ)
-        if c.spec.password:
-            env[GUARD_PASSWORD_ENV] = c.spec.password
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "backupkit.mysql.control", "guard"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-            env=env, start_new_session=True, close_fds=True)
-        config = {"host": c.spec.host, "port": c.spec.port, "user": c.spec.user,
-                  "socket": c.spec.socket, "tls": c.spec.tls, "tls_ca": c.spec.tls_ca,
-                  "start_command": c.start_command,
-                  "stop_timeout": c.stop_timeout, "start_timeout": c.start_timeout,
-                  "pid_file": str(c.pid_file or (c.probe_result.pid_file if c.probe_result else "")),
-                  "log": str(self.log_path)}
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write((json.dumps(config) + "\n").encode())
-        self.proc.stdin.flush()
-
-        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
-        if not ready or self.proc.stdout.readline().strip() != b"ready":
-            self.close(kill=True)
-            raise ServerControlError("the restart guardian did not start", "run with --debug")
-
-    def arm(self, pid: int) -> None:
-        self._send(f"arm {pid}")
-
-    def done(self) -> None:
-        """The server is running again (or was never stopped): the guardian exits quietly."""
-        self._send("done")
-        self.close()
-
-    def _send(self, line: str) -> None:
-        if self.proc is not None and self.proc.stdin is not None:
-            with contextlib.suppress(OSError, ValueError):
-                self.proc.stdin.write((line + "\n").encode())
-                self.proc.stdin.flush()
-
-    def close(self, kill: bool = False) -> None:
-        if self.proc is None:
-            return
-        with contextlib.suppress(OSError, ValueError):
-            if self.proc.stdin:
-                self.proc.stdin.close()
-        if kill:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.kill()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=5)
-        if self.proc.stdout:
-            self.proc.stdout.close()
-        self.proc = None
-
-
-def _guard_main() -> int:
-    """The guardian process: read commands on stdin; on EOF without 'done', restart the server."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    cfg = json.loads(sys.stdin.readline())
-    spec = ConnSpec(host=cfg["host"], port=cfg["port"], user=cfg["user"], socket=cfg["socket"],
-                    tls=cfg.get("tls", "auto"), tls_ca=cfg.get("tls_ca"),
-                    password=os.environ.get(GUARD_PASSWORD_ENV))
-    ctl = ServiceControl(spec, start_command=cfg["start_command"], pid_file=cfg["pid_file"] or None,
-                         stop_timeout=cfg["stop_timeout"], start_timeout=cfg["start_timeout"])
-    sys.stdout.write("ready\n")
-    sys.stdout.flush()
-    pid: int | None = None
-    armed = False
-    for line in sys.stdin:
-        word, _, arg = line.strip().partition(" ")
-        if word == "arm":
-            armed, pid = True, int(arg)
-        elif word == "done":
-            return 0
-    if not armed:
-        return 0
-
-    def log(msg: str) -> None:
-        with open(cfg["log"], "a") as fh:
-            fh.write(time.strftime("%Y-%m-%dT%H:%M:%S ") + msg + "\n")
-
-    log(f"backupkit exited while the server (pid {pid}) may be down; making sure it runs")
-    try:
-        report = ctl.ensure_running(stop_sent=True, pid=pid)
-        log("the server was running" if report is None else
-            f"restarted the server in {report.seconds:.1f} s")
-        return 0
-    except BackupkitError as exc:
-        log(f"FAILED: {exc.one_line()}")
-        return 1
-
-
-if __name__ == "__main__":
-    import sys
-
-    if sys.argv[1:] == ["guard"]:
-        sys.exit(_guard_main())
-    sys.exit(2)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from backupkit.errors import BackupkitError
 from backupkit.mysql.connection import ConnSpec, connect
-from backupkit.mysql.control import pid_alive
+from backupkit.mysql.process import pid_alive
 
 MARIADBD_CANDIDATES = ("/usr/sbin/mariadbd", "/usr/sbin/mysqld", "/usr/libexec/mariadbd")
 

@@ -21,7 +21,8 @@ from pathlib import Path
 
 from backupkit.errors import BackupkitError, UsageError
 from backupkit.mysql.connection import ConnSpec, connect
-from backupkit.mysql.control import ServiceControl, pid_alive, read_pid, run_command, servers_using
+from backupkit.mysql.control import ServiceControl
+from backupkit.mysql.process import pid_alive, read_pid, run_command, servers_using
 from backupkit.repo import layout
 from backupkit.repo.catalog import BackupManifest, Catalog
 from backupkit.repo.codec import StoredObject, iter_object

@@ -31,8 +31,9 @@ from pathlib import Path
 
 from backupkit.errors import BackupkitError, IntegrityError, ObjectNotFound, StorageError, UsageError
 from backupkit.mysql.connection import ConnSpec, connect, qualified
-from backupkit.mysql.control import ServiceControl, run_command
+from backupkit.mysql.control import ServiceControl
 from backupkit.mysql.mariabackup import find_mbstream, find_tool
+from backupkit.mysql.process import run_command
 from backupkit.repo.catalog import BackupManifest, Catalog
 from backupkit.repo.chain import PHYSICAL, chain_of, chain_raw_bytes
 from backupkit.repo.codec import READ_SIZE, StoredObject, VerifyingReader, iter_object

@@ -13,7 +13,7 @@ from pathlib import Path
 import pymysql
 import pytest
 
-from backupkit.mysql.control import process_start
+from backupkit.mysql.process import process_start
 from backupkit.mysql.sandbox import Sandbox
 from backupkit.mysql.workload import WriteLoad
 from backupkit.repo.catalog import Catalog

@@ -30,11 +30,8 @@ from pathlib import Path
 
 from backupkit.errors import BackupkitError, ServerControlError, UsageError
 from backupkit.mysql.connection import ConnSpec, connect
-from backupkit.mysql.control import (
-    RestartGuardian,
-    ServiceControl,
-    ShutdownCheck,
-)
+from backupkit.mysql.control import ServiceControl, ShutdownCheck
+from backupkit.mysql.guardian import RestartGuardian
 from backupkit.mysql.server import current_point, identity, server_facts
 from backupkit.repo import layout
 from backupkit.repo.catalog import BackupManifest, Catalog, new_backup_id

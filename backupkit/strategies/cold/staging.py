@@ -19,10 +19,7 @@ import time
 from pathlib import Path
 
 from backupkit.errors import UsageError
-from backupkit.mysql.control import (
-    pid_alive,
-    process_start,
-)
+from backupkit.mysql.process import pid_alive, process_start
 from backupkit.strategies.cold.copy import is_inside
 from backupkit.strategies.cold.tar import (
     Root,
