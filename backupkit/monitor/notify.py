@@ -26,11 +26,11 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from backupkit.monitor.status import Problem, ProtectionStatus
 from backupkit.util.redact import redact_text, redact_url
+from backupkit.util.units import utc_iso_seconds
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class Event:
     at: float = field(default_factory=time.time)
 
     def body(self) -> dict[str, Any]:
-        at = datetime.fromtimestamp(self.at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        at = utc_iso_seconds(self.at)
         icon = {"recovery": ":white_check_mark:", "gap": ":warning:", "lag": ":hourglass:"}.get(
             self.event, ":x:")
         return {"text": f"{icon} backupkit {self.policy}: {self.event}: {self.message}",
