@@ -207,43 +207,59 @@ def test_snapshot_options(opt, value, tmp_path):
 
 
 # -- policy values (TOML files) ---------------------------------------------------------------
-POLICY_KEYS = {
-    "storage": ["url", "write_quorum", "stall_timeout"],
-    "source": ["url", "password_file", "source_id", "datadir"],
-    "snapshot": ["parallel", "chunk_size_mb", "compression_level", "databases", "schedule"],
-    "binlog": ["sync_interval", "max_segment_mb", "heartbeat", "lease_seconds"],
-    "retention": ["keep_last", "keep_daily", "recovery_window"],
-    "schedule": ["snapshot", "cold", "verify", "timezone", "shipper_backoff_min"],
-    "encryption": ["key_file", "key_env", "key_id"],
-}
+def _policy_keys() -> dict[str, list[str]]:
+    """Every section and key of the policy model (so new keys are fuzzed as they are added)."""
+    from pydantic import BaseModel
+
+    from backupkit.config import Policy, TargetSection
+
+    out: dict[str, list[str]] = {}
+    for name, f in Policy.model_fields.items():
+        ann = f.annotation
+        ann = next((a for a in getattr(ann, "__args__", ()) if isinstance(a, type)), ann)
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            out[name] = sorted(ann.model_fields)
+    out["storage.targets"] = sorted(TargetSection.model_fields)
+    return out
+
+
+POLICY_KEYS = _policy_keys()
 toml_values = st.one_of(
     st.integers(min_value=-(2 ** 70), max_value=2 ** 70).map(str),
-    st.floats(allow_nan=True, allow_infinity=True).map(lambda f: repr(f).replace("inf", "inf")),
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
     st.booleans().map(lambda b: str(b).lower()),
     text.map(lambda s: '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'),
     st.sampled_from(['"* * * * *"', '"61 * * * *"', '"@hourly"', '"0 0 31 2 *"', '"1d"', '"-1d"',
-                     '""', "[]", '["a", 1]', "{}", '{ a = 1 }', "1979-05-27T07:32:00Z",
-                     '"s3://u:Secret@b/x"', '"mysql://u:Secret@h"', '"file://rel/x"', '"Nowhere/Zone"']),
+                     '""', "[]", '["a", 1]', '["x"]', "{}", '{ a = 1 }', "1979-05-27T07:32:00Z",
+                     '"s3://u:Secret@b/x"', '"mysql://u:Secret@h"', '"file://rel/x"', '"Nowhere/Zone"',
+                     '"99999999999999d"', '"127.0.0.1:99999"', '"[::1"', '"/dev/null"', "inf", "nan",
+                     '"AES256"', '"aws:kms"', '"path"', '"physical"']),
 )
 
 
 @FUZZ
-@given(section=st.sampled_from(sorted(POLICY_KEYS)), data=st.data(), value=toml_values)
-def test_policy_values(section, data, value, tmp_path):
-    key = data.draw(st.sampled_from(POLICY_KEYS[section] + ["unknown_key"]))
-    base = {"storage": f'url = "file://{tmp_path}/repo"'}
-    lines = []
-    for sec in ("storage", section):
-        if sec in base and sec != section:
-            lines += [f"[{sec}]", base[sec]]
-    lines += [f"[{section}]", f"{key} = {value}"]
-    if section == "storage" and key != "url":
-        lines.append(base["storage"])
+@given(section=st.sampled_from(sorted(POLICY_KEYS)), data=st.data(),
+       values=st.lists(toml_values, min_size=1, max_size=3))
+def test_policy_values(section, data, values, tmp_path):
+    keys = data.draw(st.lists(st.sampled_from(POLICY_KEYS[section] + ["unknown_key"]),
+                              min_size=len(values), max_size=len(values), unique=True))
+    body = [f"{k} = {v}" for k, v in zip(keys, values, strict=True)]
+    if section == "storage.targets":
+        lines = ["[[storage.targets]]", *body] + ([] if "url" in keys else [f'url = "file://{tmp_path}/t"'])
+    elif section == "storage":
+        lines = ["[storage]", *body] + ([] if "url" in keys else [f'url = "file://{tmp_path}/repo"'])
+    else:
+        lines = ["[storage]", f'url = "file://{tmp_path}/repo"', f"[{section}]", *body]
     p = tmp_path / "p.toml"
     p.write_text("\n".join(lines) + "\n")
-    _check("policy", "check", str(p))
-    _check("list", "--policy", str(p))
-    assert "Secret" not in run_cli_inprocess("policy", "check", str(p), env=ENV).stderr
+    for cmd in (("policy", "check", str(p)), ("policy", "plan", str(p)), ("list", "--policy", str(p))):
+        r = run_cli_inprocess(*cmd, env=ENV)
+        assert "Secret" not in r.stdout + r.stderr, (cmd, lines, r.stderr)
+        assert r.returncode in DOCUMENTED, (cmd, lines, r.returncode, r.stderr)
+        assert "Traceback" not in r.stderr and "internal error" not in r.stderr, (cmd, lines, r.stderr)
+        errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+        # one line per problem in the file: at most one per key written
+        assert not r.returncode or 1 <= len(errors) <= len(keys) + 1, (cmd, lines, r.stderr)
 
 
 @pytest.mark.parametrize("args", [
