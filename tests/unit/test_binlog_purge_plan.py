@@ -48,3 +48,4 @@ def test_a_file_closed_after_a_gap_in_its_run_counts_only_from_where_shipping_re
     gap = GapInfo("src", "binlog.000001", 900, "binlog.000002", 4, 0, "purged")
     p = plan_purge("src", FILES, "binlog.000004", SEGS, [gap], now=1000, keep_seconds=0)
     assert p.files == ["binlog.000001", "binlog.000002"]
+

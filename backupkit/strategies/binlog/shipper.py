@@ -41,6 +41,7 @@ from backupkit.repo.watermark import ShipperStatus
 from backupkit.storage.base import ObjectStore
 from backupkit.storage.mirror import find_mirror
 from backupkit.strategies.binlog.confirm import StatusWriter, server_clock_offset, watermark_of
+from backupkit.strategies.binlog.failover import judge
 from backupkit.strategies.binlog.options import ShipOptions, ShipResult, resolve_source
 from backupkit.strategies.binlog.progress import ShipProgress
 from backupkit.strategies.binlog.spill import SpillBuffer
@@ -275,10 +276,15 @@ class Shipper(StreamReader, SegmentWriter):
         if last is not None and last.server_id and last.server_id != self.facts.server_id:
             # Another server's binlog: its file names and positions mean nothing here (a new
             # primary's binlog.000001 is not the old one's). Never resume into it.
+            try:
+                verdict = judge(self._control(), self.facts, last.gtid_state)
+            except SourceError:
+                verdict = ""
             raise SourceError(
                 f"the source {self.spec.display()} is server_id {self.facts.server_id}, but the binlog "
                 f"of {self.source_id} in the repository was shipped from server_id {last.server_id} "
-                "(a failover or switchover?); its binlog positions do not apply to this server",
+                "(a failover or switchover?); its binlog positions do not apply to this server"
+                + (f"; {verdict}" if verdict else ""),
                 "shipping across a failover is not supported yet: take a snapshot of the new server "
                 "and ship it under a new --source-id (docs/operations.md, 'After a failover')")
         if last is not None:
