@@ -24,7 +24,6 @@ from rich.table import Table
 from backupkit.util.progress import NullProgress
 from backupkit.util.progress import Progress as ProgressSink
 from backupkit.util.redact import printable, redact_text
-from backupkit.util.units import human_bytes, human_seconds  # noqa: F401  (schedule.py until it moves)
 
 console = Console()
 err_console = Console(stderr=True)

@@ -7,8 +7,9 @@ from pathlib import Path
 import typer
 
 from backupkit.cli.common import json_mode, render, settings
-from backupkit.cli.console import human_bytes, human_seconds, table
+from backupkit.cli.console import table
 from backupkit.errors import StorageError, UsageError
+from backupkit.util.units import human_bytes, human_seconds
 
 
 def monitor_state():
