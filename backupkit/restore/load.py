@@ -351,7 +351,8 @@ def restore_snapshot(store: ObjectStore, manifest: BackupManifest, target: ConnS
     tables = [t for t in details.get("tables", []) if t["db"] in schemas]
     conn = _open(target, options.log_bin)
     try:  # never onto the source by accident; in place: the history break is recorded first
-        is_source = check_target(conn, target, [manifest.source], options.source, options.in_place)
+        is_source = check_target(conn, target, [manifest.source], options.source, options.in_place,
+                                 manifest.point.gtid)
         gap = None
         if is_source:
             gap = record_timeline_break(conn, catalog or Catalog(store), manifest.source.source_id,

@@ -175,7 +175,7 @@ def restore_to_point(store: ObjectStore, catalog: Catalog, target: RestoreTarget
                          f"the password comes from {TARGET_PASSWORD_ENV}")
     preflight(store, plan)
     if base.kind == "snapshot" and spec is not None:  # refused before anything is said or done
-        ensure_not_source(spec, [base.source], source_spec, in_place)
+        ensure_not_source(spec, [base.source], source_spec, in_place, base.point.gtid)
     where = spec.display() if spec else str(datadir)
     result = PitrResult(plan, where, ReachedPoint(base.point.file, base.point.pos, base.point.gtid,
                                                   base.point.time), started)

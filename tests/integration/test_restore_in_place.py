@@ -113,3 +113,12 @@ def test_the_source_is_recognised_by_uuid_by_host_port_and_id_or_by_the_configur
                                 ConnSpec(host="localhost", port=3310)) is not None
     assert why_target_is_source(_facts(port=1), ConnSpec(host="127.0.0.1", port=3310), [],
                                 ConnSpec(host="127.0.0.1", port=3311)) is None
+    # a server rebuilt where the source was (disaster recovery): its binlog never saw the base
+    assert why_target_is_source(_facts(), spec, [src], history="", base_gtid="0-1-57") is None
+    assert why_target_is_source(_facts(), spec, [src], history="0-1-12", base_gtid="0-1-57") is None
+    assert why_target_is_source(_facts(), spec, [src], history="0-1-60", base_gtid="0-1-57")
+    assert why_target_is_source(_facts(), spec, [src], history="", base_gtid="")  # nothing to tell
+    assert why_target_is_source(_facts(port=1), ConnSpec(host="127.0.0.1", port=3310), [],
+                                ConnSpec(host="localhost", port=3310), "", "0-1-5") is None
+    assert "server_uuid" in why_target_is_source(_facts(uuid="u-1"), spec, [mysql_src], None, "",
+                                                 "u-1:1-5")
