@@ -111,7 +111,7 @@ def _retention_set(policy: Policy) -> bool:
 
 def _storage_urls(policy: Policy) -> list[tuple[str, str]]:
     out = []
-    if policy.storage.url:
+    if policy.storage.url is not None:  # "" too: it must not quietly mean the default
         out.append(("storage.url", policy.storage.url))
     for n, t in enumerate(policy.storage.targets):
         out.append((f"storage.targets.{n}.url", t.url))

@@ -141,3 +141,12 @@ def test_a_failing_webhook_with_credentials_is_logged_without_them(caplog):
     with caplog.at_level(logging.WARNING):
         assert not n.deliver(Event("failure", "snapshot", "p", "boom"))
     assert "failed" in caplog.text and SECRET not in caplog.text
+
+
+def test_an_empty_storage_url_in_a_policy_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    p = tmp_path / "p.toml"
+    p.write_text('[storage]\nurl = ""\n')
+    line = _check(run_cli_inprocess("list", "--policy", str(p)))
+    assert "storage.url" in line and "empty" in line
+    assert list(tmp_path.iterdir()) == [p]  # no ./backupkit-repo
