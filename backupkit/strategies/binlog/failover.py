@@ -13,6 +13,7 @@ transactions the new server never had (diverged histories).
 from __future__ import annotations
 
 from backupkit.mysql.gtid import GtidSet
+from backupkit.mysql.server import binary_logs, gtid_position
 
 
 def continuity(shipped: str, first: str, last: str) -> tuple[bool, list[str]]:
@@ -33,8 +34,6 @@ def continuity(shipped: str, first: str, last: str) -> tuple[bool, list[str]]:
 
 def judge(conn, facts, shipped: str) -> str:
     """One sentence on whether the server on conn continues the shipped history (MariaDB)."""
-    from backupkit.mysql.server import binary_logs, gtid_position
-
     if not facts.is_mariadb or not shipped:
         return ""
     logs = binary_logs(conn)
