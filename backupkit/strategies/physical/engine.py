@@ -29,10 +29,11 @@ from typing import Any
 from backupkit import __version__
 from backupkit.errors import BackupkitError, SourceError, UsageError
 from backupkit.mysql.connection import ConnSpec, connect
+from backupkit.mysql.gtid import BinlogPoint
 from backupkit.mysql.mariabackup import find_tool, tool_version
 from backupkit.mysql.server import identity, server_facts
 from backupkit.repo import layout
-from backupkit.repo.catalog import BackupManifest, BinlogPoint, Catalog, new_backup_id
+from backupkit.repo.catalog import BackupManifest, Catalog, new_backup_id
 from backupkit.repo.chain import PHYSICAL, chain_raw_bytes
 from backupkit.repo.codec import StoredObject, put_object
 from backupkit.storage.base import ObjectStore
