@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from backupkit.errors import ConfigError, UsageError
+from backupkit.util.paths import expand_user
 from backupkit.util.units import parse_duration
 
 
@@ -263,7 +264,7 @@ def load_policy(path: str | Path, checks: PolicyChecks | None = None) -> Policy:
 
     ``checks`` finds the problems beyond the types (schedule.checks.semantic_problems): the
     callers pass it, so that config imports nothing above it."""
-    p = Path(path).expanduser()
+    p = expand_user(path)
     if not p.is_file():
         raise ConfigError(f"policy file {p} not found", "check the path given to --policy")
     try:

@@ -28,6 +28,7 @@ from backupkit.cli import (
 )
 from backupkit.cli.console import emit_json, error_line
 from backupkit.errors import BackupkitError
+from backupkit.util.paths import PathError
 from backupkit.util.redact import printable, redact_text
 
 try:  # typer >= 0.2x vendors its own copy of click
@@ -146,6 +147,11 @@ def main(argv: list[str] | None = None) -> int:
         error_line(msg + hint)
         if as_json:
             emit_json({"ok": False, "error": redact_text(msg), "exit_code": 2})
+        return 2
+    except PathError as exc:  # a path the user gave that cannot be expanded (~nosuchuser)
+        error_line(str(exc))
+        if as_json:
+            emit_json({"ok": False, "error": redact_text(str(exc)), "exit_code": 2})
         return 2
     except BackupkitError as exc:
         lines = exc.one_line() if "\n" not in exc.message else exc.message

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import typer
@@ -15,6 +14,7 @@ from backupkit.config import Settings
 from backupkit.errors import BackupkitError, ConfigError, StorageError
 from backupkit.mysql.server import server_facts
 from backupkit.schedule.checks import semantic_problems, storage_problem
+from backupkit.util.paths import expand_user
 from backupkit.util.units import human_seconds
 
 app = typer.Typer(no_args_is_help=True)
@@ -72,7 +72,7 @@ def _check_storage(st) -> str:
         url = st.storage_url or ""
         if url.startswith("s3://"):
             raise
-        path = Path(unquote(urlparse(url).path) if "://" in url else url).expanduser()
+        path = expand_user(unquote(urlparse(url).path) if "://" in url else url)
         parent = next((p for p in path.parents if p.exists()), None)
         if path.exists() or parent is None or not os.access(parent, os.W_OK):
             raise

@@ -12,6 +12,7 @@ from urllib.parse import parse_qs, unquote, urlparse
 import pymysql
 
 from backupkit.errors import ConfigError, SourceError, UsageError
+from backupkit.util.paths import expand_user
 from backupkit.util.redact import has_control, redact_url
 
 PASSWORD_ENV = "BACKUPKIT_SOURCE_PASSWORD"
@@ -52,7 +53,7 @@ class ConnSpec:
 
 def read_password_file(path: str | Path) -> str:
     """The password in a file that only its owner can read (mode 0600 or stricter)."""
-    p = Path(path).expanduser()
+    p = expand_user(path)
     try:
         st = p.stat()
     except FileNotFoundError:

@@ -30,6 +30,7 @@ from backupkit.storage.base import ObjectStore
 from backupkit.storage.local import fsync_dir
 from backupkit.strategies.cold.tar import FileRecord
 from backupkit.strategies.cold.untar import check_records, extract
+from backupkit.util.paths import expand_user
 from backupkit.util.progress import NullProgress, Progress
 from backupkit.util.units import utc_iso, utc_stamp
 
@@ -129,7 +130,7 @@ def restore_cold(store: ObjectStore, manifest: BackupManifest, datadir: str | Pa
         raise UsageError(f"backup {manifest.id} is a {manifest.kind} backup, not a cold one")
     if not datadir:
         raise UsageError("a cold restore needs --datadir DIR")
-    target = Path(datadir).expanduser().absolute()
+    target = expand_user(datadir).absolute()
     details = manifest.details
     records = [FileRecord.from_dict(d) for d in details.get("files", [])]
     roots = [r["name"] for r in details.get("roots", [])] or ["data"]
@@ -143,7 +144,7 @@ def restore_cold(store: ObjectStore, manifest: BackupManifest, datadir: str | Pa
             dirs[name] = target
         else:
             given = (extra_dirs or {}).get(name)
-            dirs[name] = Path(given).expanduser().absolute() if given else target.with_name(
+            dirs[name] = expand_user(given).absolute() if given else target.with_name(
                 f"{target.name}-{name}")
     result = ColdRestoreResult(manifest.id, str(target), {k: str(v) for k, v in dirs.items()},
                                point={"file": manifest.point.file, "pos": manifest.point.pos,

@@ -41,6 +41,7 @@ from backupkit.repo.failover import has_copies
 from backupkit.restore.cold import _non_empty, _server_running, _stamp, _unique
 from backupkit.storage.base import ObjectStore
 from backupkit.storage.local import fsync_dir
+from backupkit.util.paths import expand_user
 from backupkit.util.progress import NullProgress, Progress
 from backupkit.util.units import utc_iso
 
@@ -313,7 +314,7 @@ def restore_physical(store: ObjectStore, manifest: BackupManifest, datadir: str 
         raise UsageError(f"backup {manifest.id} is a {manifest.kind} backup, not a physical one")
     if not datadir:
         raise UsageError("a physical restore needs --datadir DIR")
-    target = Path(datadir).expanduser().absolute()
+    target = expand_user(datadir).absolute()
     chain = load_chain(catalog, manifest)
     result = PhysicalRestoreResult(manifest.id, str(target), [b.id for b in chain],
                                    point={"file": manifest.point.file, "pos": manifest.point.pos,

@@ -15,16 +15,17 @@ from pathlib import Path
 from typing import Any
 
 from backupkit.config import Policy
+from backupkit.util.paths import expand_user
 from backupkit.util.units import utc_iso_seconds
 
 
 def _state_dir() -> Path:
     env = os.environ.get("BACKUPKIT_STATE_DIR")
     if env:
-        return Path(env).expanduser()
+        return expand_user(env)
     if os.geteuid() == 0:
         return Path("/var/lib/backupkit")
-    return Path(os.environ.get("XDG_STATE_HOME", "~/.local/state")).expanduser() / "backupkit"
+    return expand_user(os.environ.get("XDG_STATE_HOME", "~/.local/state")) / "backupkit"
 
 
 @dataclass
@@ -41,11 +42,11 @@ class Paths:
         state = _state_dir()
         root = os.geteuid() == 0 and not os.environ.get("BACKUPKIT_STATE_DIR")
         return cls(
-            status_file=Path(s.status_file).expanduser() if s.status_file
+            status_file=expand_user(s.status_file) if s.status_file
             else state / f"{policy.name}.status.json",
-            lock_dir=Path(s.lock_dir).expanduser() if s.lock_dir
+            lock_dir=expand_user(s.lock_dir) if s.lock_dir
             else (Path("/run/lock/backupkit") if root else state / "locks"),
-            log_dir=Path(s.log_dir).expanduser() if s.log_dir
+            log_dir=expand_user(s.log_dir) if s.log_dir
             else (Path("/var/log/backupkit") if root else state / "log"),
         )
 

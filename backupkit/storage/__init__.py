@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import fields
-from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlparse
 
 from backupkit.errors import UsageError
 from backupkit.storage.base import ObjectInfo, ObjectStore
 from backupkit.storage.local import LocalStore
 from backupkit.storage.s3 import S3Options, S3Store
+from backupkit.util.paths import expand_user
 from backupkit.util.redact import has_control, redact_url
 
 DEFAULT_URL = "file://./backupkit-repo"
@@ -124,5 +124,5 @@ def open_store(url: str | None = None, settings: dict | None = None, create: boo
     url = (url or os.environ.get("BACKUPKIT_STORAGE") or DEFAULT_URL).strip()
     scheme, where, prefix, query = parse_storage_url(url)
     if scheme == "file":
-        return LocalStore(Path(where).expanduser(), create=create)
+        return LocalStore(expand_user(where), create=create)
     return S3Store(where, prefix, s3_options(settings, query))

@@ -39,6 +39,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from backupkit.errors import ConfigError, IntegrityError
 from backupkit.storage.base import Capabilities, FailoverReader, ObjectInfo, ObjectStore
+from backupkit.util.paths import expand_user
 from backupkit.util.streams import Chunks, iter_chunks, read_exact
 
 log = logging.getLogger(__name__)
@@ -117,7 +118,7 @@ def _looks_textual(b: bytes) -> bool:
 
 def load_key_file(path: str | Path, key_id: str | None = None) -> KeyEncryptionKey:
     """A key from a file that only its owner may read (mode 0600 or stricter)."""
-    p = Path(path).expanduser()
+    p = expand_user(path)
     try:
         st = p.stat()
     except FileNotFoundError:
@@ -151,7 +152,7 @@ def new_key_text() -> str:
 
 def write_key_file(path: str | Path) -> KeyEncryptionKey:
     """Create a new key file (mode 0600); never overwrites an existing file."""
-    p = Path(path).expanduser()
+    p = expand_user(path)
     text = new_key_text()
     try:
         fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -161,6 +161,7 @@ def test_restore_target_urls(url, repo):
 @given(url=storage_urls())
 @example(url="s3://b/\x0c0")  # found: a form feed split the error into two lines
 @example(url="s3://b/?part_size=x")  # found: internal error ValueError
+@example(url=" ~0")  # found: internal error RuntimeError (no user "0" to expand ~0)
 def test_storage_urls(url):
     _check("list", "--storage", url)
 
@@ -266,6 +267,7 @@ def test_policy_values(section, data, values, tmp_path):
     ("snapshot", "--source", "//:\r@127.0.0.1:1"),
     ("list", "--storage", "s3://b/\x0c0"),
     ("list", "--storage", "s3://b/?part_size=x"),
+    ("list", "--storage", "~nosuchuser0/repo"),
     ("prune", "--recovery-window", "99999999999999d", "--dry-run"),
     ("snapshot", "--source", "mysql://u:p@[::1"),
     ("restore", "--to-time", "2026-03-29 02:30 Europe/Berlin", "--dry-run"),

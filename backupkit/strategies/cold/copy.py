@@ -19,6 +19,7 @@ from backupkit.strategies.cold.tar import (
     data_segments,
     link_stays_inside,
 )
+from backupkit.util.paths import expand_user
 
 DATA_ROOT = "data"
 BINLOG_ROOT = "binlog"
@@ -59,7 +60,7 @@ def plan_roots(probe: ServerProbe, datadir: Path, paths: list[str],
             files = sorted(n for n in os.listdir(folder) if n.startswith(patterns[var]))
             roots.append(Root(var.removesuffix("_dir").removesuffix("_directory"), folder, files))
     for i, p in enumerate(paths, 1):
-        path = Path(p).expanduser().absolute()
+        path = expand_user(p).absolute()
         if not path.exists():
             raise UsageError(f"--paths: {path} does not exist")
         if is_inside(path, datadir):

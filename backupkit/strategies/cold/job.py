@@ -63,6 +63,7 @@ from backupkit.strategies.cold.tar import (
     scan_size,
 )
 from backupkit.strategies.cold.upload import ArchiveUpload, stream_roots
+from backupkit.util.paths import expand_user
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +151,7 @@ class ColdJob:
         finally:
             conn.close()
         self.source = identity(facts, opts.source_id)
-        self.datadir = Path(opts.datadir).expanduser().absolute() if opts.datadir else probe.datadir
+        self.datadir = expand_user(opts.datadir).absolute() if opts.datadir else probe.datadir
         if not self.datadir.is_dir() or not os.access(self.datadir, os.R_OK | os.X_OK):
             raise UsageError(f"datadir {self.datadir} is not a readable folder on this host",
                              "a cold backup runs on the database host, as a user that can read it")
@@ -163,11 +164,11 @@ class ColdJob:
         if staging.lower() in ("auto", "none"):
             staging, base = staging.lower(), None
         else:
-            base = check_staging_folder(Path(staging).expanduser().absolute(), self.roots, self.est_bytes)
+            base = check_staging_folder(expand_user(staging).absolute(), self.roots, self.est_bytes)
         self.config_data: bytes | None = None
         if opts.config_file:
             try:
-                self.config_data = Path(opts.config_file).expanduser().read_bytes()
+                self.config_data = expand_user(opts.config_file).read_bytes()
             except OSError as exc:
                 raise UsageError(f"cannot read config file {opts.config_file}: {exc.strerror}") from None
         self.threads = opts.compression_threads if opts.compression_threads >= 0 else (os.cpu_count() or 1)
