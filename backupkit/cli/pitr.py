@@ -65,7 +65,8 @@ def restore_cli(backup_id: str | None = None, target: str | None = None, datadir
                 verify: bool = False, parallel: int | None = None,
                 start_command: str | None = None, databases: list[str] | None = None,
                 include_users: bool = False, log_bin: bool = False, accept_gap: bool = False,
-                in_place: bool = False,
+                in_place: bool = False, tables: list[str] | None = None,
+                exclude_tables: list[str] | None = None, rename_db: list[str] | None = None,
                 **_ignored: Any) -> None:
     """backupkit restore --to-time/--to-gtid/--to-position/--stop-before-gtid/--latest."""
     tgt = parse_target(to_time, to_gtid, to_position, stop_before_gtid, latest)
@@ -76,6 +77,9 @@ def restore_cli(backup_id: str | None = None, target: str | None = None, datadir
         raise UsageError("--databases cannot be combined with a point-in-time restore",
                          "the binlog replay needs every database of the base")
     spec = parse_conn(target, password_env=TARGET_PASSWORD_ENV) if target else None
+    if tables or exclude_tables or rename_db:
+        return _restore_tables(tgt, spec, backup_id, tables, exclude_tables, rename_db, force,
+                               parallel, dry_run)
     store, catalog = open_catalog(create=False)
     plan = make_plan(catalog, tgt, backup_id)
     if dry_run:
@@ -111,3 +115,38 @@ def print_result(console, result: PitrResult) -> None:
         console.print(f"[yellow]note:[/] {n}", highlight=False)
     if result.loss is not None:
         console.print(loss_table(result.loss))
+
+
+def _restore_tables(tgt, spec, backup_id: str | None, tables: list[str] | None,
+                    exclude_tables: list[str] | None, rename_db: list[str] | None, force: bool,
+                    parallel: int | None, dry_run: bool) -> None:
+    """restore --tables: backupkit.restore.tables."""
+    from backupkit.restore.replay.filter import TableFilter  # lazy: start-up time
+    from backupkit.restore.tables import restore_tables_to_point, select_tables  # lazy: start-up time
+
+    flt = TableFilter.parse(tables, exclude_tables, rename_db)
+    if spec is None:
+        raise UsageError("a table-level restore needs --target mysql://user@host:port",
+                         f"the password comes from {TARGET_PASSWORD_ENV}")
+    store, catalog = open_catalog(create=False)
+    plan = make_plan(catalog, tgt, backup_id)
+    if plan.base.kind != "snapshot":
+        raise UsageError(f"the plan starts from {plan.base.kind} backup {plan.base.id}: a "
+                         "table-level restore needs a snapshot base")
+    chosen = select_tables(plan.base, flt)
+    names = [f"{t['db']}.{t['name']} -> {flt.target_db(t['db'])}.{t['name']}" for t in chosen]
+    if dry_run:
+        render({"dry_run": True, **plan.to_dict(), "tables": names,
+                "target_server": spec.display()},
+               lambda console: [console.print(line, highlight=False)
+                                for line in [*plan.lines(), "tables: " + ", ".join(names)]])
+        return
+    quiet = json_mode()
+    with progress(enabled=not quiet, transfer=True) as bar:
+        result = restore_tables_to_point(store, catalog, tgt, spec, flt, backup_id=backup_id,
+                                         force=force, parallel=parallel,
+                                         source_spec=configured_source(), progress=_PitrView(bar),
+                                         notify=lambda m: info(m, quiet=quiet or bar is not None))
+    data = result.to_dict()
+    data["kind"] = "pitr_tables"
+    render(data, lambda console: print_result(console, result))

@@ -50,6 +50,14 @@ def restore(
         help="Snapshot restore: also create saved users and grants."),
     log_bin: bool = typer.Option(False, "--log-bin",
         help="Snapshot restore: write the load to the target's binlog."),
+    tables: list[str] = typer.Option(None, "--tables",
+        help="Point-in-time restore of these tables only: 'db.table,db.*' patterns as mydumper's "
+             "filters (the rest of the server is not touched)."),
+    exclude_tables: list[str] = typer.Option(None, "--exclude-tables",
+        help="With --tables: leave out these db.table patterns."),
+    rename_db: list[str] = typer.Option(None, "--rename-db",
+        help="With --tables: OLD=NEW puts the tables of OLD into database NEW (then the target "
+             "may be the live source)."),
     in_place: bool = typer.Option(False, "--in-place",
         help="Allow the target to be the backed-up source itself (refused otherwise); records a "
              "timeline break in the repository and needs a new base afterwards."),
@@ -57,6 +65,9 @@ def restore(
     """Restore a backup, or the source as it was at a moment (--to-time, --to-gtid, ...)."""
     if to_time or to_gtid or to_position or stop_before_gtid or latest:
         return _restore_pitr(locals())
+    if tables or exclude_tables or rename_db:
+        raise UsageError("--tables, --exclude-tables and --rename-db go with a point-in-time "
+                         "restore (--to-time, --to-gtid, ...)")
     if not backup_id:
         raise UsageError("give a BACKUP_ID, or a moment with --to-time/--to-gtid/--to-position/--latest",
                          "run 'backupkit list' to see the backups")

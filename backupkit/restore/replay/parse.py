@@ -26,6 +26,7 @@ from backupkit.mysql import binlog_events as be
 from backupkit.mysql.gtid import Gtid, try_parse_gtid
 from backupkit.repo.catalog import SegmentInfo
 from backupkit.restore.replay.fetch import Fetched
+from backupkit.restore.replay.filter import EventFilter
 from backupkit.restore.replay.units import MIB, ReplayError, TxnInfo
 from backupkit.restore.stoppoint import RestoreTarget
 from backupkit.util.units import time_floor
@@ -180,8 +181,10 @@ class Parser:
     """Turns segments into the applier's units, stopping exactly where the target says."""
 
     def __init__(self, target: RestoreTarget, start: tuple[str, int], emit: Callable[[Any, int], None],
-                 chunk_bytes: int = CHUNK_BYTES, per_binlog: int = STATEMENTS_PER_BINLOG) -> None:
+                 chunk_bytes: int = CHUNK_BYTES, per_binlog: int = STATEMENTS_PER_BINLOG,
+                 table_filter: EventFilter | None = None) -> None:
         self.cut = _Cutter(target)
+        self.filter = table_filter
         self.per_binlog = per_binlog
         self.start = start
         self.emit = emit
@@ -254,23 +257,14 @@ class Parser:
                 if txn is None:
                     self.stopped = True
                     return True
-            txn.keep(raw)
-            if txn.native and t != be.MARIA_GTID_EVENT and t not in _SKIP_IN_TXN:
+            if self.filter is not None:
+                self._filtered(txn, t, hdr, raw, cks)
+            else:
+                txn.keep(raw)
+            if self.filter is None and txn.native and t != be.MARIA_GTID_EVENT \
+                    and t not in _SKIP_IN_TXN:
                 if t in _NATIVE_TYPES:
-                    txn.rows.append(raw)
-                    txn.rows_bytes += len(raw)
-                    # A BINLOG statement must hold whole source statements: the server forgets
-                    # its table maps at the end of each one, and would skip rows mapped earlier.
-                    if t != be.TABLE_MAP_EVENT and len(raw) > 26 and raw[25] & STMT_END_F:
-                        txn.stmt_ends += 1
-                        if txn.stmt_ends >= self.per_binlog or txn.rows_bytes >= self.chunk_bytes:
-                            self._close_binlog(txn)
-                        if txn.binlogs_bytes >= self.chunk_bytes:
-                            self._stream_rows(txn)
-                    elif txn.rows_bytes > MAX_STATEMENT_BYTES:
-                        raise ReplayError(f"{txn.info.where()} has one statement with more than "
-                                          f"{MAX_STATEMENT_BYTES >> 20} MiB of row events",
-                                          "a BINLOG statement cannot carry it (max_allowed_packet)")
+                    self._add_row(txn, t, raw)
                 elif not (t == be.XID_EVENT or (t in be.QUERY_TYPES and _is_commit(hdr, raw, cks,
                                                                                      self.fde))):
                     self._to_text(txn)
@@ -284,6 +278,39 @@ class Parser:
             txn.close()
             raise IntegrityError(f"segment {seg.object.key!r} ends inside a transaction")
         return False
+
+    def _add_row(self, txn: _Txn, t: int, raw: bytes) -> None:
+        txn.rows.append(raw)
+        txn.rows_bytes += len(raw)
+        # A BINLOG statement must hold whole source statements: the server forgets
+        # its table maps at the end of each one, and would skip rows mapped earlier.
+        if t != be.TABLE_MAP_EVENT and len(raw) > 26 and raw[25] & STMT_END_F:
+            txn.stmt_ends += 1
+            if txn.stmt_ends >= self.per_binlog or txn.rows_bytes >= self.chunk_bytes:
+                self._close_binlog(txn)
+            if txn.binlogs_bytes >= self.chunk_bytes:
+                self._stream_rows(txn)
+        elif txn.rows_bytes > MAX_STATEMENT_BYTES:
+            raise ReplayError(f"{txn.info.where()} has one statement with more than "
+                              f"{MAX_STATEMENT_BYTES >> 20} MiB of row events",
+                              "a BINLOG statement cannot carry it (max_allowed_packet)")
+
+    def _filtered(self, txn: _Txn, t: int, hdr: be.EventHeader, raw: bytes, cks: int) -> None:
+        """A table-level replay (filter.py): only the selected tables' row events go on; a query
+        touching a selected table is refused; nothing goes through mariadb-binlog."""
+        flt = self.filter
+        assert flt is not None
+        txn.info.size += len(raw)
+        if t in _NATIVE_TYPES:
+            kept = flt.feed(t, raw, self.fde)
+            if kept and not txn.native:
+                raise ReplayError(f"{txn.info.where()} changes a selected table in a transaction "
+                                  "a table-level restore cannot replay (XA or MySQL GTIDs)",
+                                  "restore the whole server")
+            for out in kept:
+                self._add_row(txn, be.parse_header(out).type, out)
+        elif t in be.QUERY_TYPES:
+            flt.query(be.parse_query(hdr, be.body(raw, cks), self.fde), txn.info)
 
     # -- transactions ----------------------------------------------------------------------------
     def _begin(self, hdr: be.EventHeader, raw: bytes, cks: int, file: str) -> _Txn | None:
@@ -340,6 +367,13 @@ class Parser:
         txn.info.end = hdr.log_pos
         txn.info.commit_time = commit
         apply, stop = self.cut.after_txn(txn.gtid, commit, txn.info.file, hdr.log_pos)
+        if self.filter is not None:
+            selected = self.filter.end_txn()
+            if not (apply and selected and txn.native):
+                if txn.streamed:
+                    self.emit(("rollback", txn.info), 0)
+                txn.close()
+                return stop
         if not apply:
             if txn.streamed:
                 self.emit(("rollback", txn.info), 0)

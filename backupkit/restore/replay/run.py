@@ -43,6 +43,7 @@ from backupkit.mysql.connection import ConnSpec, connect
 from backupkit.repo.catalog import SegmentInfo
 from backupkit.restore.replay.apply import Applier, find_binlog_tool
 from backupkit.restore.replay.fetch import Fetcher
+from backupkit.restore.replay.filter import EventFilter
 from backupkit.restore.replay.parse import CHUNK_BYTES, STATEMENTS_PER_BINLOG, Parser
 from backupkit.restore.replay.units import (
     MIB,
@@ -76,8 +77,10 @@ def open_replay_connection(spec: ConnSpec, log_bin: bool = False):
 def replay_segments(store: ObjectStore, segments: Sequence[SegmentInfo], start: tuple[str, int],
                     target: RestoreTarget, spec: ConnSpec, *, start_point: ReachedPoint | None = None,
                     log_bin: bool = False, progress: Progress | None = None, prefetch: int = 2,
-                    queue_bytes: int = 32 * MIB, chunk_bytes: int = CHUNK_BYTES) -> ReplayResult:
-    """Apply segments from start (the base's binlog coordinates) up to the target's stop point."""
+                    queue_bytes: int = 32 * MIB, chunk_bytes: int = CHUNK_BYTES,
+                    table_filter: EventFilter | None = None) -> ReplayResult:
+    """Apply segments from start (the base's binlog coordinates) up to the target's stop point
+    (table_filter: only the selected tables' row events, see filter.py)."""
     report = progress or (lambda *a, **k: None)
     t0 = time.monotonic()
     reached = start_point or ReachedPoint(file=start[0], pos=start[1])
@@ -106,7 +109,8 @@ def replay_segments(store: ObjectStore, segments: Sequence[SegmentInfo], start: 
     fetcher = Fetcher(store, segments, ahead=prefetch,
                       on_bytes=lambda n: report("fetched", bytes=n))
     parser = Parser(target, start, units.put, chunk_bytes,
-                    int(os.environ.get("BACKUPKIT_STATEMENTS_PER_BINLOG", STATEMENTS_PER_BINLOG)))
+                    int(os.environ.get("BACKUPKIT_STATEMENTS_PER_BINLOG", STATEMENTS_PER_BINLOG)),
+                    table_filter=table_filter)
     applier.start()
     fetcher.start()
     parse_error: BaseException | None = None
@@ -156,6 +160,8 @@ def replay_segments(store: ObjectStore, segments: Sequence[SegmentInfo], start: 
     if applier.error is not None:
         raise applier.error
     result.stopped_by = "target" if parser.stopped else "end"
+    if table_filter is not None:
+        result.notes += table_filter.notes()
     result.seconds = time.monotonic() - t0
     g = target.gtid
     if target.kind == "gtid" and g is not None and not parser.cut.found_gtid:
