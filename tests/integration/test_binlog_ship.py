@@ -322,6 +322,7 @@ def test_a_start_that_shipped_nothing_can_be_corrected(mariadb, local_url):
     cat.record_gap(GapInfo(sid, "binlog.00002", 4, "", 0, time.time(), "binlog.00002 was purged"))
     r = ship_once(sb, local_url)
     assert r.returncode == 3 and "GAP" in r.stderr  # without a new start it still stops there
+    assert "shipped nothing: give the right --from-position" in r.stderr
     r = ship_once(sb, local_url, "--from-position", "binlog.000001:4")
     assert r.returncode == 0, r.stderr
     assert cat.gaps(sid) == []

@@ -421,6 +421,8 @@ class Shipper(StreamReader, SegmentWriter):
             raise BinlogGapError(
                 f"GAP: the source no longer has {after_file} (purged) at {after_file}:{after_pos}; "
                 "binlog after that point is lost for point-in-time restore",
+                "this start shipped nothing: give the right --from-position (see SHOW BINARY LOGS)"
+                if self._nothing_shipped() else
                 "take a new snapshot and run 'backupkit binlog ship --restart-from-current'")
         gap = GapInfo(self.source_id, after_file, after_pos, point.file, point.pos, time.time(),
                       f"{after_file} was purged from the source before it was shipped "
