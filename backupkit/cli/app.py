@@ -24,6 +24,7 @@ from backupkit.cli import (
     restore,
     schedule,
     snapshot,
+    undo,
     verify,
 )
 from backupkit.cli.console import emit_json, error_line
@@ -78,6 +79,7 @@ def _register() -> None:
     app.command("cold", epilog=COMMON_HELP)(cold.cold)
     app.add_typer(binlog.app, name="binlog", help="Ship, inspect and check the binlog.")
     app.command("restore", epilog=COMMON_HELP)(restore.restore)
+    app.command("undo", epilog=COMMON_HELP)(undo.undo)
     app.command("report", epilog=COMMON_HELP)(report.report)
     app.command("list", epilog=COMMON_HELP)(listing.list_cmd)
     app.command("verify", epilog=COMMON_HELP)(verify.verify)

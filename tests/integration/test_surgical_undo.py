@@ -1,0 +1,126 @@
+"""Undo (flashback) on the live server, from the shipped binlog: exact, conflict-checked."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import pytest
+
+from backupkit.errors import UsageError
+from backupkit.mysql.sandbox import Sandbox
+from backupkit.repo.catalog import Catalog
+from backupkit.restore.undo import UndoConflict, undo
+from backupkit.storage import open_store
+from backupkit.strategies.binlog import ShipOptions, Shipper
+from backupkit.strategies.snapshot import SnapshotOptions, take_snapshot
+from tests.integration.test_pitr import ROW_SQL, every_type_row
+from tests.support import EVERY_TYPE_TABLE, run_cli
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def _sum(cur, table: str) -> int:
+    cur.execute(f"CHECKSUM TABLE {table}")
+    return int(cur.fetchone()[1])
+
+
+def _cross_second() -> None:
+    time.sleep(1 - (time.time() % 1) + 0.05)
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    repo = tmp_path_factory.mktemp("undo") / "repo"
+    store = open_store(f"file://{repo}")
+    src = Sandbox(name="undo-src").start()
+    try:
+        src.sql("CREATE DATABASE shop")
+        conn = src.connect(database="shop")
+        cur = conn.cursor()
+        cur.execute("CREATE TABLE orders (id INT PRIMARY KEY, customer INT, amount DECIMAL(12,2), "
+                    "note VARCHAR(40), at DATETIME(6))")
+        cur.execute("INSERT INTO orders SELECT seq, seq % 50, seq * 1.25, CONCAT('n', seq), "
+                    "'2024-01-01 00:00:00.5' + INTERVAL seq SECOND FROM seq_1_to_600")
+        cur.execute(EVERY_TYPE_TABLE)
+        rnd = random.Random(7)
+        for i in range(1, 41):
+            cur.execute(ROW_SQL, every_type_row(i, rnd))
+        take_snapshot(src.spec, store, SnapshotOptions(source_id="shop", parallel=2))
+        ship = ShipOptions(source_id="shop", until_current=True, server_id=779, sync_interval=0.2)
+        Shipper(store, src.spec, ship).run()
+        yield {"store": store, "catalog": Catalog(store), "src": src, "conn": conn, "cur": cur,
+               "ship": lambda: Shipper(store, src.spec, ship).run(), "rnd": rnd, "repo": repo}
+        conn.close()
+    finally:
+        src.destroy()
+
+
+def test_undo_of_a_delete_restores_the_rows_and_a_second_run_refuses(live):
+    cur, src = live["cur"], live["src"]
+    want = _sum(cur, "shop.orders")
+    cur.execute("DELETE FROM orders WHERE id % 3 = 0")
+    cur.execute("SELECT @@last_gtid")
+    bad = cur.fetchone()[0]
+    cur.execute("UPDATE orders SET note = 'later' WHERE id = 1")  # a later, unrelated change
+    want_after = _sum(cur, "shop.orders")
+    live["ship"]()
+    dry = undo(live["store"], live["catalog"], src.spec, gtids=[bad], dry_run=True)
+    assert dry.sql.count("BINLOG '") >= 2 and not dry.applied
+    assert _sum(cur, "shop.orders") == want_after
+    done = undo(live["store"], live["catalog"], src.spec, gtids=[bad])
+    assert done.applied and done.transactions == [bad]
+    cur.execute("SELECT COUNT(*) FROM orders")
+    assert cur.fetchone()[0] == 600
+    cur.execute("UPDATE orders SET note = 'n1' WHERE id = 1")  # back to the state before the DELETE
+    assert _sum(cur, "shop.orders") == want
+    with pytest.raises(UndoConflict, match=r"^200 row\(s\) changed.*shop.orders \(id=\d+\): "
+                                           "a row with this key exists again"):
+        undo(live["store"], live["catalog"], src.spec, gtids=[bad])
+    assert _sum(cur, "shop.orders") == want
+
+
+def test_an_update_storm_over_every_type_undone_returns_the_checksum(live):
+    cur, src, rnd = live["cur"], live["src"], live["rnd"]
+    _cross_second()
+    want = _sum(cur, "shop.every_type")
+    _cross_second()
+    t1 = time.time()
+    for round_ in range(3):
+        for i in rnd.sample(range(1, 41), 15):
+            row = every_type_row(i, rnd)
+            cur.execute("DELETE FROM every_type WHERE id = %s", (i,))
+            cur.execute(ROW_SQL, row)
+        cur.execute("UPDATE every_type SET vc = CONCAT(COALESCE(vc, ''), %s), d = d / 3, bt = bt ^ 5, "
+                    "pt = POINT(%s, 1), js = JSON_SET(COALESCE(js, '{}'), '$.r', %s) WHERE id %% 2 = %s",
+                    (str(round_), round_, round_, round_ % 2))
+    cur.execute("INSERT INTO every_type (id, vc) VALUES (1000, 'new')")
+    t2 = time.time()
+    _cross_second()
+    live["ship"]()
+    assert _sum(cur, "shop.every_type") != want
+    done = undo(live["store"], live["catalog"], src.spec, t_from=t1, t_to=t2)
+    assert done.applied and len(done.transactions) >= 90
+    assert _sum(cur, "shop.every_type") == want
+
+
+def test_bad_undo_input_is_refused(live):
+    cur, src, store, catalog = live["cur"], live["src"], live["store"], live["catalog"]
+    with pytest.raises(UsageError, match="GTID 0-1-999999 is not in the repository"):
+        undo(store, catalog, src.spec, gtids=["0-1-999999"])
+    out = run_cli("--storage", f"file://{live['repo']}", "undo", "--gtid", "0-1-999999", "--dry-run")
+    assert out.returncode == 2 and "GTID 0-1-999999 is not in the repository" in out.stderr
+    assert len(out.stderr.strip().splitlines()) <= 2
+    cur.execute("SET SESSION binlog_row_image = 'MINIMAL'")
+    cur.execute("UPDATE orders SET note = 'minimal' WHERE id = 2")
+    cur.execute("SELECT @@last_gtid")
+    g = cur.fetchone()[0]
+    cur.execute("SET SESSION binlog_row_image = 'FULL'")
+    cur.execute("ALTER TABLE orders ADD COLUMN extra INT")
+    cur.execute("SELECT @@last_gtid")
+    ddl = cur.fetchone()[0]
+    live["ship"]()
+    with pytest.raises(UsageError, match="binlog_row_image=FULL"):
+        undo(store, catalog, src.spec, gtids=[g])
+    with pytest.raises(UsageError, match="ALTER TABLE orders ADD COLUMN extra"):
+        undo(store, catalog, src.spec, gtids=[ddl])
