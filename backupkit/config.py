@@ -14,7 +14,29 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from backupkit.errors import ConfigError, UsageError
 from backupkit.util.paths import expand_user
-from backupkit.util.units import parse_duration
+from backupkit.util.units import RATE_HELP, parse_duration, parse_rate
+
+
+def state_dir() -> Path:
+    """This host's local state of backupkit: BACKUPKIT_STATE_DIR, /var/lib/backupkit for root,
+    else $XDG_STATE_HOME/backupkit (status files, locks, logs, shared rate-limit buckets)."""
+    env = os.environ.get("BACKUPKIT_STATE_DIR")
+    if env:
+        return expand_user(env)
+    if os.geteuid() == 0:
+        return Path("/var/lib/backupkit")
+    return expand_user(os.environ.get("XDG_STATE_HOME", "~/.local/state")) / "backupkit"
+
+
+def check_rate(v: str | None) -> str | None:
+    """A max_rate key: None or a rate parse_rate reads."""
+    if v is None:
+        return v
+    try:
+        parse_rate(v)
+    except ValueError as exc:
+        raise ValueError(f"{exc}; {RATE_HELP}") from None
+    return v
 
 
 class _Section(BaseModel):
@@ -75,12 +97,17 @@ class StorageSection(_Section):
     write_quorum: int | None = Field(default=None, ge=1)
     # Seconds a target may make no progress before a mirror treats it as down for that operation.
     stall_timeout: float = Field(default=30.0, gt=0, le=3600)
+    # bytes per second written to the repository as a whole, shared by every job on this host
+    max_rate: str | None = None
+
+    _rate = field_validator("max_rate")(classmethod(lambda cls, v: check_rate(v)))
 
     def primary(self) -> TargetSection | None:
         if self.targets:
             return self.targets[0]
         if self.url:
-            return TargetSection(**self.model_dump(exclude={"targets", "write_quorum", "stall_timeout"}))
+            return TargetSection(**self.model_dump(exclude={"targets", "write_quorum", "stall_timeout",
+                                                            "max_rate"}))
         return None
 
 
@@ -110,6 +137,10 @@ class SnapshotSection(_Section):
     # commits) before it backs off, and how many times it tries again before it gives up
     max_lock_wait: float = Field(default=5.0, gt=0, le=3600)
     lock_retries: int = Field(default=3, ge=0, le=100)
+    # bytes per second read from the source ("50MB/s"; MB = 10^6, MiB = 2^20); default no limit
+    max_rate: str | None = None
+
+    _rate = field_validator("max_rate")(classmethod(lambda cls, v: check_rate(v)))
 
 
 class BinlogSection(_Section):
@@ -140,6 +171,10 @@ class ColdSection(_Section):
     paths: list[str] = Field(default_factory=list)
     compression_level: int = Field(default=1, ge=-7, le=22)
     preflush_timeout: float = Field(default=30.0, ge=0, le=3600)  # 0: no pre-flush of dirty pages
+    max_rate: str | None = None  # bytes per second copied from the datadir; default no limit
+    idle_io: bool = True  # copy at idle I/O priority (ionice class 3) where the platform allows
+
+    _rate = field_validator("max_rate")(classmethod(lambda cls, v: check_rate(v)))
 
 
 class RetentionSection(_Section):
@@ -332,7 +367,18 @@ class Settings:
             targets = (chosen[0] if chosen else TargetSpec(self.storage_url, self.storage_url, {}),)
         encryption = None if enc is None else EncryptionSpec(
             enc.key_file, enc.key_env, enc.key_id, tuple(enc.old_key_files), tuple(enc.old_key_envs))
-        return RepositorySpec(targets, configured, storage.write_quorum, storage.stall_timeout, encryption)
+        rate = parse_rate(storage.max_rate) if storage.max_rate else None
+        return RepositorySpec(targets, configured, storage.write_quorum, storage.stall_timeout,
+                              encryption, rate, str(self.rate_file(targets)) if rate else None)
+
+    @staticmethod
+    def rate_file(targets) -> Path:
+        """The file holding the shared rate-limit bucket of a repository on this host: one per
+        set of target URLs, so every job writing there shares one [storage] max_rate."""
+        import hashlib  # lazy: start-up time (only a limited repository needs it)
+
+        ident = "\n".join(sorted(t.url for t in targets)).encode()
+        return state_dir() / "rate" / f"storage-{hashlib.sha256(ident).hexdigest()[:16]}.bucket"
 
     def open_store(self, create: bool = True):
         """The repository: one target or a mirror of the policy's targets, encrypted when configured."""

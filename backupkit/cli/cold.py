@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from backupkit.cli.common import json_mode, render, settings
+from backupkit.cli.common import MAX_RATE_HELP, json_mode, parse_max_rate, render, settings
 from backupkit.cli.console import as_progress, info, loss_table, progress, table
 from backupkit.util.units import human_bytes, human_seconds
 
@@ -61,6 +61,13 @@ def cold(
                                           help="zstd level (default from the policy: 1)."),
     preflush_timeout: float = typer.Option(None, "--preflush-timeout",
                                            help="Seconds to flush dirty pages before the stop (0: off)."),
+    max_rate: str = typer.Option(None, "--max-rate", metavar="RATE",
+                                 help=MAX_RATE_HELP + " Limits the upload of the staging copy (the "
+                                      "server serves again), never the copy while it is down. "
+                                      "Policy: [cold] max_rate."),
+    idle_io: bool = typer.Option(None, "--idle-io/--normal-io",
+                                 help="Read the staging copy at idle I/O priority (ionice -c3; the "
+                                      "default where the platform allows). Policy: [cold] idle_io."),
 ) -> None:
     """Stop the server, copy its datadir to the repository, and start it again (always)."""
     from backupkit.strategies.cold import ColdOptions, take_cold_backup  # lazy: start-up time
@@ -76,7 +83,8 @@ def cold(
         start_timeout=_pick(start_timeout, src.start_timeout),
         compression_level=_pick(compression_level, pol.compression_level),
         preflush_timeout=_pick(preflush_timeout, pol.preflush_timeout),
-        source_id=src.source_id)
+        source_id=src.source_id, max_rate=parse_max_rate(max_rate, pol.max_rate),
+        idle_io=_pick(idle_io, pol.idle_io))
     spec = cfg.source_spec()
     store = cfg.open_store()
     t0 = time.monotonic()

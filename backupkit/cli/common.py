@@ -51,12 +51,18 @@ def _open_store(create: bool, interactive: bool):
     return open_repository(spec, create=create)
 
 
-def open_catalog(create: bool = True, interactive: bool = False):
+def open_catalog(create: bool = True, interactive: bool = False, read_rate: float | None = None):
     """The store and catalog of the configured repository (interactive: every storage call has
-    the short INTERACTIVE_DEADLINE, a dead target is marked and skipped)."""
+    the short INTERACTIVE_DEADLINE, a dead target is marked and skipped; read_rate: the bytes per
+    second a restore reads at most, `restore --max-rate`)."""
     from backupkit.repo.catalog import Catalog  # lazy: start-up time
 
     store = _open_store(create, interactive)
+    if read_rate:
+        from backupkit.storage.ratelimit import RateLimitedStore  # lazy: start-up time
+        from backupkit.util.ratelimit import TokenBucket
+
+        store = RateLimitedStore(store, TokenBucket(read_rate), reads=True)
     return store, Catalog(store)
 
 
@@ -89,3 +95,21 @@ def render(data: dict[str, Any], human) -> None:
             console.print(f"  {e['target']}: {e['key'] or ''} {e['reason']}: {what}", highlight=False)
         if len(targets["events"]) > 10:
             console.print(f"  ... and {len(targets['events']) - 10} more", highlight=False)
+
+
+MAX_RATE_HELP = ("At most this many bytes per second, e.g. 50MB/s (MB = 10^6 bytes) or 40MiB/s "
+                 "(MiB = 2^20 bytes).")
+
+
+def parse_max_rate(text: str | None, policy_value: str | None = None) -> float | None:
+    """--max-rate (or else the policy's key) in bytes per second; None: no limit."""
+    from backupkit.errors import UsageError
+    from backupkit.util.units import RATE_HELP, parse_rate
+
+    value = text if text not in (None, "") else policy_value
+    if value in (None, "", "0", "off", "none"):
+        return None
+    try:
+        return parse_rate(value)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise UsageError(f"--max-rate {value!r}: {exc}", RATE_HELP) from None

@@ -11,7 +11,7 @@ from backupkit.util.units import human_bytes, human_seconds
 
 
 def snapshot_physical_cli(*, incremental: bool, parallel: int | None,
-                          compression_level: int | None) -> None:
+                          compression_level: int | None, max_rate: float | None = None) -> None:
     """Run mariadb-backup on the source's host and store its stream."""
     from backupkit.strategies.physical import PhysicalOptions, take_physical_backup  # lazy: start-up time
 
@@ -20,7 +20,7 @@ def snapshot_physical_cli(*, incremental: bool, parallel: int | None,
     opts = PhysicalOptions.from_policy(section, incremental=incremental, parallel=parallel,
                                        compression_level=compression_level,
                                        source_id=cfg.policy.source.source_id,
-                                       datadir=cfg.policy.source.datadir)
+                                       datadir=cfg.policy.source.datadir, max_rate=max_rate)
     spec = cfg.source_spec()
     store = cfg.open_store()
     t0 = time.monotonic()

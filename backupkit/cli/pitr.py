@@ -65,7 +65,8 @@ def restore_cli(backup_id: str | None = None, target: str | None = None, datadir
                 verify: bool = False, parallel: int | None = None,
                 start_command: str | None = None, databases: list[str] | None = None,
                 include_users: bool = False, log_bin: bool = False, accept_gap: bool = False,
-                in_place: bool = False, tables: list[str] | None = None,
+                in_place: bool = False, max_rate: float | None = None,
+                tables: list[str] | None = None,
                 exclude_tables: list[str] | None = None, rename_db: list[str] | None = None,
                 **_ignored: Any) -> None:
     """backupkit restore --to-time/--to-gtid/--to-position/--stop-before-gtid/--latest."""
@@ -80,7 +81,7 @@ def restore_cli(backup_id: str | None = None, target: str | None = None, datadir
     if tables or exclude_tables or rename_db:
         return _restore_tables(tgt, spec, backup_id, tables, exclude_tables, rename_db, force,
                                parallel, dry_run)
-    store, catalog = open_catalog(create=False)
+    store, catalog = open_catalog(create=False, read_rate=max_rate)
     plan = make_plan(catalog, tgt, backup_id)
     if dry_run:
         render({"dry_run": True, **plan.to_dict(), "target_server": spec.display() if spec else None},

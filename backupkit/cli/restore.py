@@ -12,7 +12,14 @@ from typing import Any
 import typer
 
 from backupkit.cli.cold import restore_cold_cli
-from backupkit.cli.common import configured_source, json_mode, open_catalog, render
+from backupkit.cli.common import (
+    MAX_RATE_HELP,
+    configured_source,
+    json_mode,
+    open_catalog,
+    parse_max_rate,
+    render,
+)
 from backupkit.cli.console import loss_table, table, warn
 from backupkit.cli.physical import restore_physical_cli
 from backupkit.cli.snapshot import progress_view
@@ -58,20 +65,23 @@ def restore(
     rename_db: list[str] = typer.Option(None, "--rename-db",
         help="With --tables: OLD=NEW puts the tables of OLD into database NEW (then the target "
              "may be the live source)."),
+    max_rate: str = typer.Option(None, "--max-rate", metavar="RATE",
+        help=MAX_RATE_HELP + " Limits reading the repository; a restore is not limited otherwise "
+             "(no policy key applies to restores)."),
     in_place: bool = typer.Option(False, "--in-place",
         help="Allow the target to be the backed-up source itself (refused otherwise); records a "
              "timeline break in the repository and needs a new base afterwards."),
 ) -> None:
     """Restore a backup, or the source as it was at a moment (--to-time, --to-gtid, ...)."""
     if to_time or to_gtid or to_position or stop_before_gtid or latest:
-        return _restore_pitr(locals())
+        return _restore_pitr({**locals(), "max_rate": parse_max_rate(max_rate)})
     if tables or exclude_tables or rename_db:
         raise UsageError("--tables, --exclude-tables and --rename-db go with a point-in-time "
                          "restore (--to-time, --to-gtid, ...)")
     if not backup_id:
         raise UsageError("give a BACKUP_ID, or a moment with --to-time/--to-gtid/--to-position/--latest",
                          "run 'backupkit list' to see the backups")
-    store, catalog = open_catalog(create=False)
+    store, catalog = open_catalog(create=False, read_rate=parse_max_rate(max_rate))
     manifest = catalog.backup(backup_id)
     if manifest.kind == "snapshot":
         return _restore_snapshot(store, catalog, manifest, target, dry_run, force, verify, parallel,

@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from backupkit.cli.common import json_mode, render, settings
+from backupkit.cli.common import MAX_RATE_HELP, json_mode, parse_max_rate, render, settings
 from backupkit.cli.console import progress, table
 from backupkit.errors import UsageError
 from backupkit.util.units import human_bytes, human_seconds
@@ -89,6 +89,10 @@ def snapshot(
                                              "(and so stall commits) before it backs off (default 5)."),
     lock_retries: int = typer.Option(None, "--lock-retries", min=0, max=100,
                                      help="Tries after a cut lock wait before giving up (default 3)."),
+    max_rate: str = typer.Option(None, "--max-rate", metavar="RATE",
+                                 help=MAX_RATE_HELP + " Limits reading the source (logical: row "
+                                      "text; physical: mariadb-backup's stream). Policy: "
+                                      "[snapshot] max_rate."),
     incremental: bool = typer.Option(False, "--incremental",
                                      help="Physical: only pages changed since the newest physical backup."),
 ) -> None:
@@ -104,7 +108,9 @@ def snapshot(
                              "logical engine", "a physical backup copies the whole datadir")
 
         return snapshot_physical_cli(incremental=incremental, parallel=parallel,
-                                     compression_level=compression_level)
+                                     compression_level=compression_level,
+                                     max_rate=parse_max_rate(max_rate,
+                                                             settings().policy.snapshot.max_rate))
     if incremental:
         raise UsageError("--incremental needs the physical engine", "add --engine physical")
     from backupkit.strategies.snapshot import SnapshotOptions, take_snapshot  # lazy: start-up time
@@ -117,6 +123,7 @@ def snapshot(
         compression_level=compression_level, source_id=cfg.policy.source.source_id,
         max_lock_wait=max_lock_wait, lock_retries=lock_retries)
     options.checksums = checksums
+    options.max_rate = parse_max_rate(max_rate, section.max_rate)
     spec = cfg.source_spec()
     store = cfg.open_store()
     t0 = time.monotonic()

@@ -67,6 +67,10 @@ class RepositorySpec:
     write_quorum: int | None = None
     stall_timeout: float = 30.0
     encryption: EncryptionSpec | None = None
+    #: Bytes per second written to the repository as a whole ([storage] max_rate), None: no limit;
+    #: shared through rate_file by every process on this host writing to the same repository.
+    max_rate: float | None = None
+    rate_file: str | None = None
 
 
 class Unavailable(ObjectStore):
@@ -168,5 +172,15 @@ def open_raw(spec: RepositorySpec, create: bool = True) -> ObjectStore:
 
 
 def open_repository(spec: RepositorySpec, create: bool = True) -> ObjectStore:
-    """What every command reads and writes: targets, mirrored if several, encrypted if configured."""
-    return wrap_encryption(open_raw(spec, create), key_encryption_keys(spec))
+    """What every command reads and writes: targets, mirrored if several, encrypted if configured,
+    written at most at spec.max_rate."""
+    store = wrap_encryption(open_raw(spec, create), key_encryption_keys(spec))
+    if spec.max_rate:
+        from pathlib import Path
+
+        from backupkit.storage.ratelimit import RateLimitedStore
+        from backupkit.util.ratelimit import shared_or_local
+
+        store = RateLimitedStore(store, shared_or_local(
+            Path(spec.rate_file) if spec.rate_file else None, spec.max_rate))
+    return store

@@ -14,18 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from backupkit.config import Policy
+from backupkit.config import Policy, state_dir
 from backupkit.util.paths import expand_user
 from backupkit.util.units import utc_iso_seconds
-
-
-def _state_dir() -> Path:
-    env = os.environ.get("BACKUPKIT_STATE_DIR")
-    if env:
-        return expand_user(env)
-    if os.geteuid() == 0:
-        return Path("/var/lib/backupkit")
-    return expand_user(os.environ.get("XDG_STATE_HOME", "~/.local/state")) / "backupkit"
 
 
 @dataclass
@@ -39,7 +30,7 @@ class Paths:
     @classmethod
     def of(cls, policy: Policy) -> Paths:
         s = policy.schedule
-        state = _state_dir()
+        state = state_dir()
         root = os.geteuid() == 0 and not os.environ.get("BACKUPKIT_STATE_DIR")
         return cls(
             status_file=expand_user(s.status_file) if s.status_file

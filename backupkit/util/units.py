@@ -4,7 +4,8 @@ Times: a user's time (``parse_time``) is read in the local zone unless it names 
 a UTC epoch float; ``format_time`` shows one to people, ``utc_iso``/``utc_iso_seconds`` write one
 into manifests, state files and logs. Durations: ``parse_duration`` reads "7 days" or "36h",
 ``human_duration`` writes the largest whole unit, ``human_seconds`` a measured span.
-Sizes: ``human_bytes`` in binary units.
+Sizes: ``human_bytes`` in binary units; ``parse_size``/``parse_rate`` read decimal (MB = 10^6)
+and binary (MiB = 2^20) units, ``human_rate`` writes a rate.
 """
 
 from __future__ import annotations
@@ -233,3 +234,46 @@ def human_bytes(n: float | int | None) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} TiB"
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9,
+               "gb": 10**9, "t": 10**12, "tb": 10**12, "kib": 1 << 10, "mib": 1 << 20,
+               "gib": 1 << 30, "tib": 1 << 40}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$", re.IGNORECASE)
+RATE_HELP = ("write a rate like 50MB/s (MB = 10^6 bytes), 40MiB/s (MiB = 2^20 bytes), 500KB/s "
+             "or a plain number of bytes per second")
+
+
+def parse_size(text: str | int | float) -> int:
+    """Bytes in a size like "64MiB", "1.5GB", "500k" or "4096": decimal units (kB, MB, GB, TB are
+    powers of 10) and binary units (KiB, MiB, GiB, TiB are powers of 2); ValueError if malformed."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        if not 0 <= text < 2**63:
+            raise ValueError("a size must be a number of bytes >= 0")
+        return int(text)
+    m = _SIZE_RE.match(str(text))
+    if not m or m.group(2).lower() not in _SIZE_UNITS:
+        raise ValueError(f"cannot read {text!r} as a size")
+    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+
+
+def parse_rate(text: str | int | float) -> float:
+    """Bytes per second in a rate like "50MB/s", "40 MiB/s" or "20M" (the "/s" is optional):
+    units as parse_size; ValueError if malformed or not positive."""
+    s = text if isinstance(text, (int, float)) else str(text).strip()
+    if isinstance(s, str) and s.lower().endswith("/s"):
+        s = s[:-2]
+    rate = parse_size(s)
+    if rate <= 0:
+        raise ValueError("a rate must be positive")
+    return float(rate)
+
+
+def human_rate(bps: float | None) -> str:
+    """A rate for people in decimal units (the unit --max-rate is usually written in): 20.0 MB/s."""
+    if bps is None:
+        return "-"
+    for unit, size in (("GB/s", 1e9), ("MB/s", 1e6), ("kB/s", 1e3)):
+        if bps >= size:
+            return f"{bps / size:.1f} {unit}"
+    return f"{bps:.0f} B/s"

@@ -64,6 +64,7 @@ from backupkit.strategies.cold.tar import (
 )
 from backupkit.strategies.cold.upload import ArchiveUpload, stream_roots
 from backupkit.util.paths import expand_user
+from backupkit.util.ratelimit import TokenBucket
 
 log = logging.getLogger(__name__)
 
@@ -372,10 +373,15 @@ class ColdJob:
             self.report(Phase("upload", done, self.staging_info.get("bytes", 0)))
 
         assert self.staged_roots is not None
+        limiter = TokenBucket(self.opts.max_rate) if self.opts.max_rate else None
+        io_info: dict = {}
         self.archive, self.stats = stream_roots(self.store, self.archive_key, self.staged_roots,
                                                 level=self.opts.compression_level,
-                                                threads=self.threads, on_bytes=count)
+                                                threads=self.threads, on_bytes=count,
+                                                limiter=limiter, idle_io=self.opts.idle_io,
+                                                io_info=io_info)
         self.staging_info["upload_seconds"] = round(time.monotonic() - u0, 3)
+        self.staging_info.update(max_rate=self.opts.max_rate, **io_info)
         self.stats.skipped[:0] = self.staging_skipped
 
     def commit(self) -> BackupManifest:

@@ -24,6 +24,10 @@ class ColdOptions:
     preflush_timeout: float = 30.0
     guardian: bool = True
     source_id: str | None = None
+    # the upload of the staging copy (the server serves again): bytes per second read, and the
+    # idle I/O class; the copy made while the server is down is never slowed (it is the downtime)
+    max_rate: float | None = None
+    idle_io: bool = True
 
 
 @dataclass

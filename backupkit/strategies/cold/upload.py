@@ -15,6 +15,7 @@ from backupkit.strategies.cold.tar import (
     TarWriter,
     WriteStats,
 )
+from backupkit.util.ratelimit import Limiter, idle_io_priority, throttle
 from backupkit.util.workers import put_unless_stopped
 
 _END = object()
@@ -34,8 +35,11 @@ class ArchiveUpload:
     archive is compressed, stored and made durable. ``wait_done()`` gives the stored object."""
 
     def __init__(self, store: ObjectStore, key: str, roots: list[Root], *, level: int, threads: int,
-                 on_bytes: Callable[[int], None] | None = None, depth: int = 16) -> None:
+                 on_bytes: Callable[[int], None] | None = None, depth: int = 16,
+                 limiter: Limiter | None = None, idle_io: bool = False) -> None:
         self.store, self.key, self.level, self.threads = store, key, level, threads
+        self.limiter, self.idle_io = limiter, idle_io
+        self.io_idle = False  # the reader thread runs in the idle I/O class
         self.cancelled = threading.Event()
         self.read_done = threading.Event()
         self.finished = threading.Event()
@@ -50,8 +54,10 @@ class ArchiveUpload:
         return put_unless_stopped(self.queue, item, self.cancelled)
 
     def _produce(self) -> None:
+        if self.idle_io:
+            self.io_idle = idle_io_priority()
         try:
-            for chunk in self.writer:
+            for chunk in throttle(self.writer, self.limiter):
                 if self.writer.files_read:
                     self.read_done.set()
                 if not self._put(chunk):
@@ -126,11 +132,17 @@ class ArchiveUpload:
 
 
 def stream_roots(store: ObjectStore, key: str, roots: list[Root], *, level: int, threads: int,
-                 on_bytes: Callable[[int], None] | None = None) -> tuple[StoredObject, WriteStats]:
-    """Tar roots into one zstd object and wait until it is stored."""
-    up = ArchiveUpload(store, key, roots, level=level, threads=threads, on_bytes=on_bytes).start()
+                 on_bytes: Callable[[int], None] | None = None, limiter: Limiter | None = None,
+                 idle_io: bool = False, io_info: dict | None = None) -> tuple[StoredObject, WriteStats]:
+    """Tar roots into one zstd object and wait until it is stored (files read at most at the
+    limiter's rate, at idle I/O priority when asked; io_info gets {"idle_io": bool})."""
+    up = ArchiveUpload(store, key, roots, level=level, threads=threads, on_bytes=on_bytes,
+                       limiter=limiter, idle_io=idle_io).start()
     try:
-        return up.wait_done()
+        done = up.wait_done()
+        if io_info is not None:
+            io_info["idle_io"] = up.io_idle
+        return done
     except BaseException:
         up.cancel()
         raise

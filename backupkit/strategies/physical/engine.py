@@ -45,6 +45,7 @@ from backupkit.strategies.physical.tool import (
     read_lsndir,
     watch_stderr,
 )
+from backupkit.util.ratelimit import Limiter, TokenBucket
 
 MIB = 1024 * 1024
 READ_BLOCK = MIB
@@ -68,6 +69,7 @@ class PhysicalOptions:
     datadir: str | None = None  # default: the server's @@datadir
     backup_id: str | None = None
     extra_args: list[str] = field(default_factory=list)
+    max_rate: float | None = None  # bytes per second of mbstream read (the child blocks on the pipe)
 
     @classmethod
     def from_policy(cls, section: Any, **overrides: Any) -> PhysicalOptions:
@@ -150,15 +152,18 @@ class _Pipe:
     `mariadb-backup | zstd` does. (A reader thread with a queue was measured slower on two
     cores: the hand-offs cost more than they overlap.)"""
 
-    def __init__(self, stream) -> None:
+    def __init__(self, stream, limiter: Limiter | None = None) -> None:
         self.fd = stream.fileno()
         self.bytes = 0
+        self.limiter = limiter
         with contextlib.suppress(OSError):
             fcntl.fcntl(self.fd, F_SETPIPE_SZ, READ_BLOCK)
 
     def get(self) -> bytes | None:
         block = _read_block(self.fd)
         self.bytes += len(block)
+        if block and self.limiter is not None:  # a full pipe makes mariadb-backup wait
+            self.limiter.take(len(block))
         return block or None
 
     def close(self) -> None:
@@ -262,7 +267,7 @@ def take_physical_backup(spec: ConnSpec, store: ObjectStore, opts: PhysicalOptio
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, start_new_session=True, cwd=tmp)
         log_thread = watch_stderr(proc.stderr, watch)
-        pipe = _Pipe(proc.stdout)
+        pipe = _Pipe(proc.stdout, TokenBucket(opts.max_rate) if opts.max_rate else None)
         objects = _store_parts(store, backup_id, pipe, opts, started_keys, report)
         rc = proc.wait()
         log_thread.join(timeout=30)
@@ -308,7 +313,7 @@ def _manifest(backup_id: str, source, started: float, finished: float, objects: 
     blocked = watch.blocked_ms()
     version = info.get("tool_version") or tool_version(binary)
     details = {
-        "engine": "mariadb-backup",
+        "engine": "mariadb-backup", "max_rate": opts.max_rate,
         "tool": Path(binary).name,
         "tool_version": version,
         "server_version": info.get("server_version", ""),

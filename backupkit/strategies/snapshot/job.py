@@ -56,6 +56,7 @@ from backupkit.strategies.snapshot.schema import (
     list_databases,
 )
 from backupkit.strategies.snapshot.watchdog import LockWaitExceeded, LockWatchdog
+from backupkit.util.ratelimit import TokenBucket, throttle
 from backupkit.util.workers import prefetched, run_workers
 
 log = logging.getLogger(__name__)
@@ -151,8 +152,9 @@ def _take(spec: ConnSpec, store: ObjectStore, options: SnapshotOptions, progress
         tasks.sort(key=lambda task: -task.est_bytes)  # largest first: workers end together
         report("plan", tables=len(tables), chunks=len(tasks),
                est_bytes=sum(t.est_bytes for t in tables))
+        span: dict[str, float] = {}
         objects, results, checksums = _run_workers(store, backup_id, workers, tasks, tables,
-                                                   options, report)
+                                                   options, report, span)
         schema_objects = {}
         for s in cons.schemas:
             body = json.dumps(s.to_dict(), ensure_ascii=False, sort_keys=True).encode()
@@ -212,11 +214,15 @@ def _take(spec: ConnSpec, store: ObjectStore, options: SnapshotOptions, progress
         "options": {"databases": options.databases, "tables": options.tables,
                     "include_users": options.include_users, "parallel": n,
                     "chunk_size_mb": options.chunk_size_mb,
-                    "compression_level": options.compression_level},
+                    "compression_level": options.compression_level,
+                    "max_rate": options.max_rate},
     }
     stats = {"tables": len(tables), "rows": sum(t["rows"] for t in table_rows),
              "chunks": len(results), "raw_bytes": raw, "stored_bytes": stored,
-             "duration": round(finished - started, 3), "blocked_ms": round(cons.blocked_ms, 3)}
+             "duration": round(finished - started, 3), "blocked_ms": round(cons.blocked_ms, 3),
+             # from the first chunk's start to the last chunk's end: raw_bytes / data_seconds is
+             # the rate the rows were read at (what --max-rate limits)
+             "data_seconds": round(span["end"] - span["start"], 3) if span else 0.0}
     manifest = BackupManifest(id=backup_id, kind="snapshot", source=source, point=cons.point,
                               started_at=started, finished_at=finished, objects=objects,
                               stats=stats, details=details, tool_version=__version__)
@@ -254,6 +260,7 @@ def _text(v) -> str:
 
 def _run_workers(store: ObjectStore, backup_id: str, workers: list, tasks: list[ChunkTask],
                  tables: list[TableInfo], options: SnapshotOptions, report: Progress,
+                 span: dict[str, float] | None = None,
                  ) -> tuple[list[StoredObject], list[ChunkResult], dict[str, int | None]]:
     """Each worker thread owns one snapshot connection and takes tasks until none are left."""
     sums: queue.Queue = queue.Queue()  # CHECKSUM TABLE jobs: the first connection starts with them
@@ -264,6 +271,7 @@ def _run_workers(store: ObjectStore, backup_id: str, workers: list, tasks: list[
     for task in tasks:
         work.put(("chunk", task))
     remaining = {t.full_name: sum(1 for x in tasks if x.table is t) for t in tables}
+    limiter = TokenBucket(options.max_rate) if options.max_rate else None  # shared by the workers
     lock = threading.Lock()
     stop = threading.Event()
     errors: list[BaseException] = []
@@ -294,10 +302,14 @@ def _run_workers(store: ObjectStore, backup_id: str, workers: list, tasks: list[
                         checksums[item.full_name] = None if value is None else int(value)
                     continue
                 t0 = time.monotonic()
+                if span is not None:
+                    with lock:
+                        span.setdefault("start", t0)
                 reader = TableChunkReader(conn, item, on_data, stop)
                 key = layout.snapshot_chunk(backup_id, item.table.db, item.table.name, item.index)
                 # the next batch is read while this one is compressed and stored
-                blocks = prefetched(reader, depth=2, name=f"read-{item.table.name}-{item.index}")
+                blocks = prefetched(throttle(reader, limiter), depth=2,
+                                    name=f"read-{item.table.name}-{item.index}")
                 try:
                     obj = put_object(store, key, blocks, options.compression_level)
                 finally:
@@ -305,6 +317,8 @@ def _run_workers(store: ObjectStore, backup_id: str, workers: list, tasks: list[
                 res = ChunkResult(item.table.full_name, item.index, obj, reader.rows,
                                   item.describe(), time.monotonic() - t0)
                 with lock:
+                    if span is not None:
+                        span["end"] = time.monotonic()
                     objects.append(obj)
                     results.append(res)
                     remaining[item.table.full_name] -= 1

@@ -7,6 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from backupkit.util.units import parse_rate
+
 Progress = Callable[..., None]
 
 
@@ -28,6 +30,7 @@ class SnapshotOptions:
     max_lock_wait: float = 5.0
     lock_retries: int = 3
     lock_backoff: float = 2.0
+    max_rate: float | None = None  # bytes per second read from the source, all workers together
 
     @classmethod
     def from_policy(cls, section, **overrides: Any) -> SnapshotOptions:
@@ -36,7 +39,8 @@ class SnapshotOptions:
                    include_users=section.include_users, parallel=section.parallel,
                    chunk_size_mb=section.chunk_size_mb,
                    compression_level=section.compression_level,
-                   max_lock_wait=section.max_lock_wait, lock_retries=section.lock_retries)
+                   max_lock_wait=section.max_lock_wait, lock_retries=section.lock_retries,
+                   max_rate=parse_rate(section.max_rate) if section.max_rate else None)
         for k, v in overrides.items():
             if v is not None and v != [] and hasattr(opts, k):
                 setattr(opts, k, v)

@@ -1,0 +1,80 @@
+"""Rate limits against real parts: a limited snapshot reads the source at the limit, a limited
+repository is written at the limit, and a restore reads at full speed unless asked."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from backupkit.repo.codec import put_object
+from backupkit.repo.targets import RepositorySpec, TargetSpec, open_repository
+from backupkit.storage import open_store
+from backupkit.strategies.snapshot import SnapshotOptions, take_snapshot
+from backupkit.util.ratelimit import BURST_SECONDS
+from tests.support import run_cli
+
+pytestmark = pytest.mark.timeout(120)
+
+TOLERANCE = 0.10
+
+
+def _fill(sb, rows: int) -> None:
+    sb.sql("CREATE DATABASE app")
+    sb.sql("CREATE TABLE app.t (id INT PRIMARY KEY, c CHAR(128) NOT NULL, pad CHAR(60) NOT NULL)")
+    sb.sql(f"INSERT INTO app.t SELECT seq, SHA2(seq, 512), SHA2(-seq, 224) FROM seq_1_to_{rows}",
+           database="app")
+
+
+def test_a_limited_snapshot_reads_the_source_at_the_limit(mariadb, local_url):
+    _fill(mariadb, 40_000)  # about 7.5 MB of row text
+    rate = 4e6
+    opts = SnapshotOptions(parallel=2, checksums=False, max_rate=rate)
+    m = take_snapshot(mariadb.spec, open_store(local_url), opts)
+    raw, seconds = m.stats["raw_bytes"], m.stats["data_seconds"]
+    assert raw > 6e6
+    achieved = raw / seconds
+    assert abs(achieved / rate - 1) < TOLERANCE, (raw, seconds, achieved)
+    assert m.details["options"]["max_rate"] == rate
+
+
+def test_a_limited_repository_is_written_at_the_limit_and_read_at_full_speed(tmp_path):
+    rate = 2e6
+    url = f"file://{tmp_path / 'repo'}"
+    spec = RepositorySpec((TargetSpec("t", url),), max_rate=rate,
+                          rate_file=str(tmp_path / "state" / "storage.bucket"))
+    store = open_repository(spec)
+    data = os.urandom(4_000_000)
+    t0 = time.monotonic()
+    obj = put_object(store, "blob", data, level=None)
+    wall = time.monotonic() - t0
+    expected = (len(data) - rate * BURST_SECONDS) / rate  # a full bucket lets one burst through
+    assert abs(wall / expected - 1) < TOLERANCE, (wall, expected)
+    t0 = time.monotonic()
+    with store.open(obj.key) as fh:
+        assert fh.read() == data
+    assert time.monotonic() - t0 < 0.5  # reads are not limited
+    assert (tmp_path / "state" / "storage.bucket").exists()
+
+
+def test_restore_max_rate_limits_a_restore_and_bad_rates_are_refused(mariadb_factory, tmp_path):
+    src = mariadb_factory(server_id=1)
+    _fill(src, 15_000)
+    url = f"file://{tmp_path / 'repo'}"
+    r = run_cli("--source", src.url, "--storage", url, "--json", "snapshot", "--max-rate", "50 MB/s")
+    assert r.returncode == 0, r.stderr
+    bad = run_cli("--source", src.url, "--storage", url, "snapshot", "--max-rate", "fast")
+    assert bad.returncode == 2 and "--max-rate 'fast'" in bad.stderr and "MB = 10^6" in bad.stderr
+    import json
+
+    backup_id = json.loads(r.stdout)["backup_id"]
+    dst = mariadb_factory(server_id=2)
+    stored = sum(o.size for o in open_store(url).list("") if "/chunks/" in o.key or "chunk" in o.key)
+    read_rate = max(stored / 1.5, 200_000)  # about 1.5 s of reading at this limit
+    t0 = time.monotonic()
+    r = run_cli("--storage", url, "restore", backup_id, "--target", dst.url,
+                "--max-rate", str(int(read_rate)))
+    wall = time.monotonic() - t0
+    assert r.returncode == 0, r.stderr
+    assert wall >= 1.0  # the reads waited for the limit
