@@ -78,3 +78,21 @@ def test_restore_max_rate_limits_a_restore_and_bad_rates_are_refused(mariadb_fac
     wall = time.monotonic() - t0
     assert r.returncode == 0, r.stderr
     assert wall >= 1.0  # the reads waited for the limit
+
+
+def test_a_limited_cold_backup_uploads_its_staging_copy_at_the_limit_at_idle_io(mariadb, tmp_path):
+    _fill(mariadb, 2_000)
+    url = f"file://{tmp_path / 'repo'}"
+    (tmp_path / "stage").mkdir()
+    rate = 20e6
+    r = run_cli("--source", mariadb.url, "--storage", url, "--json", "cold",
+                "--start-command", mariadb.start_command(), "--pid-file", str(mariadb.pid_file),
+                "--staging", str(tmp_path / "stage"), "--max-rate", "20MB/s")
+    assert r.returncode == 0, r.stderr
+    import json
+
+    staged = json.loads(r.stdout)["staging"]
+    assert staged["max_rate"] == rate and staged["idle_io"] is True
+    # the staged files (about 9 MB: the copy is sparse) are read at the limit, less one burst
+    expected = (staged["bytes"] - rate * BURST_SECONDS) / rate
+    assert staged["upload_seconds"] >= (1 - TOLERANCE) * expected, staged
