@@ -9,7 +9,7 @@ import typer
 from backupkit.cli.common import json_mode, render, settings
 from backupkit.cli.console import table
 from backupkit.errors import StorageError, UsageError
-from backupkit.util.units import human_bytes, human_seconds
+from backupkit.util.units import format_time, human_bytes, human_seconds
 
 
 def monitor_state():
@@ -52,9 +52,12 @@ def status(
         raise typer.Exit(1)
 
 
+def _when(ts: float | None) -> str:
+    return format_time(ts or None)
+
+
 def summary(c, stt) -> None:
     """The rich terminal summary of a ProtectionStatus."""
-    from backupkit.monitor.page import _t
     from backupkit.monitor.status import drill_state
 
     c.print(f"[bold]policy {stt.policy}[/]: daemon {stt.daemon.get('state')}; "
@@ -62,27 +65,28 @@ def summary(c, stt) -> None:
                f"[red]{len(stt.problems)} objective(s) not met[/]"), highlight=False)
     repo = stt.repository
     for src in repo.sources if repo else []:
-        ivs = "; ".join(f"{_t(a)} to {_t(z)}" for a, z in src.intervals[-3:]) or "nothing"
+        ivs = "; ".join(f"{_when(a)} to {_when(z)}" for a, z in src.intervals[-3:]) or "nothing"
         c.print(f"[bold]{src.source_id}[/]: restorable {ivs}"
                 + (f" ({len(src.intervals)} intervals)" if len(src.intervals) > 3 else "")
                 + f"; {len(src.gaps)} gap(s); bases: "
                 + (", ".join(f"{k} {sum(1 for b in src.bases if b.kind == k)}"
                              for k in sorted({b.kind for b in src.bases})) or "none"), highlight=False)
         for g in src.gaps:
-            c.print(f"  [red]gap[/] after {_t(g.start)}: {g.reason}", highlight=False)
+            c.print(f"  [red]gap[/] after {_when(g.start)}: {g.reason}", highlight=False)
     c.print(table("loss window if the server died now", ["strategy", "newest recovery point", "loss window",
                                                           "objective", "last run", "last success",
                                                           "stored"],
-                  [[s.label, _t(s.recovery_point), human_seconds(s.loss_seconds),
-                    human_seconds(s.loss_objective), s.last_result or "-", _t(s.last_success),
+                  [[s.label, _when(s.recovery_point), human_seconds(s.loss_seconds),
+                    human_seconds(s.loss_objective), s.last_result or "-", _when(s.last_success),
                     human_bytes(s.stored_bytes)] for s in stt.strategies]))
     sh = stt.shipper
     if sh is not None:
-        c.print(f"binlog shipper of {sh.source_id}: {'shipping' if stt.shipper_up else sh.state}, lag "
-                f"{human_seconds(stt.lag_seconds)}, confirmed up to {_t(sh.confirmed_at)}", highlight=False)
+        state = "shipping" if stt.shipper_up else sh.state
+        c.print(f"binlog shipper of {sh.source_id}: {state}, lag {human_seconds(stt.lag_seconds)}, "
+                f"confirmed up to {_when(sh.confirmed_at)}", highlight=False)
     drill, ok = drill_state(stt)
     if ok is not None:
-        how = f", {drill.kind} in {human_seconds(drill.rto_seconds)} at {_t(drill.at)}" if drill else ""
+        how = f", {drill.kind} in {human_seconds(drill.rto_seconds)} at {_when(drill.at)}" if drill else ""
         c.print(f"restore drill: {'ok' if ok else 'FAILED'}{how}", highlight=False)
     if repo and repo.targets:
         c.print(table("storage targets", ["target", "reachable", "behind by", "missing objects"],
