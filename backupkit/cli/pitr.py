@@ -68,6 +68,7 @@ def restore_cli(backup_id: str | None = None, target: str | None = None, datadir
                 in_place: bool = False, max_rate: float | None = None,
                 tables: list[str] | None = None,
                 exclude_tables: list[str] | None = None, rename_db: list[str] | None = None,
+                replicate_from: str | None = None, replica_wait: float = 60.0,
                 **_ignored: Any) -> None:
     """backupkit restore --to-time/--to-gtid/--to-position/--stop-before-gtid/--latest."""
     tgt = parse_target(to_time, to_gtid, to_position, stop_before_gtid, latest)
@@ -81,6 +82,9 @@ def restore_cli(backup_id: str | None = None, target: str | None = None, datadir
     if tables or exclude_tables or rename_db:
         return _restore_tables(tgt, spec, backup_id, tables, exclude_tables, rename_db, force,
                                parallel, dry_run)
+    primary = None
+    if replicate_from:
+        primary = _primary(replicate_from, tgt, spec)
     store, catalog = open_catalog(create=False, read_rate=max_rate)
     plan = make_plan(catalog, tgt, backup_id)
     if dry_run:
@@ -95,7 +99,30 @@ def restore_cli(backup_id: str | None = None, target: str | None = None, datadir
                                   parallel=parallel, log_bin=log_bin, include_users=include_users,
                                   progress=view, notify=lambda m: info(m, quiet=quiet or bar is not None),
                                   plan=plan, in_place=in_place, source_spec=configured_source())
-    render(result.to_dict(), lambda console: print_result(console, result))
+    data = result.to_dict()
+    if primary is not None:
+        from backupkit.restore.replica import reached_position, start_replica  # lazy: start-up time
+
+        assert spec is not None
+        status = start_replica(spec, primary, reached_position(plan.base.point.gtid, result.reached.gtid),
+                               replica_wait)
+        result.notes.append(status.note())
+        data["notes"] = list(result.notes)
+        data["replica"] = status.to_dict()
+    render(data, lambda console: print_result(console, result))
+
+
+def _primary(url: str, tgt, spec):
+    """--replicate-from: the primary's ConnSpec, checked before anything is changed."""
+    from backupkit.restore.replica import REPLICATE_PASSWORD_ENV, refuse_primary_as_target  # lazy
+
+    if tgt.kind != "latest":
+        raise UsageError("--replicate-from goes with --latest", "a replica starts at the newest point")
+    if spec is None:
+        raise UsageError("--replicate-from needs --target mysql://user@host:port")
+    primary = parse_conn(url, password_env=REPLICATE_PASSWORD_ENV)
+    refuse_primary_as_target(spec, primary)
+    return primary
 
 
 def print_result(console, result: PitrResult) -> None:

@@ -68,6 +68,11 @@ def restore(
     max_rate: str = typer.Option(None, "--max-rate", metavar="RATE",
         help=MAX_RATE_HELP + " Limits reading the repository; a restore is not limited otherwise "
              "(no policy key applies to restores)."),
+    replicate_from: str = typer.Option(None, "--replicate-from",
+        help="With --latest: then make the target a replica of this primary (mysql://repl@host:port; "
+             "password from BACKUPKIT_REPLICATE_PASSWORD or ?password_file=) at the reached GTID."),
+    replica_wait: float = typer.Option(60.0, "--replica-wait",
+        help="With --replicate-from: seconds to wait for Seconds_Behind_Master = 0."),
     in_place: bool = typer.Option(False, "--in-place",
         help="Allow the target to be the backed-up source itself (refused otherwise); records a "
              "timeline break in the repository and needs a new base afterwards."),

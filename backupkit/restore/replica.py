@@ -1,0 +1,154 @@
+"""Rebuild a replica from the repository: after a restore to the newest shipped point, the target
+replicates from the primary at the GTID position it reached.
+
+MariaDB: ``SET GLOBAL gtid_slave_pos``, ``CHANGE MASTER TO ... MASTER_USE_GTID=slave_pos``,
+``START SLAVE``; then a bounded wait until ``Seconds_Behind_Master`` is 0. The replication
+password comes from ``BACKUPKIT_REPLICATE_PASSWORD`` or ``?password_file=`` (0600), as the source
+password does. A target that is the primary itself is refused before anything is changed.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import pymysql
+
+from backupkit.errors import TargetError, UsageError
+from backupkit.mysql.connection import ConnSpec, connect
+from backupkit.restore.guard import same_endpoint
+
+REPLICATE_PASSWORD_ENV = "BACKUPKIT_REPLICATE_PASSWORD"
+
+
+@dataclass
+class ReplicaStatus:
+    """Where the new replica started and whether it caught up."""
+
+    primary: str
+    gtid_slave_pos: str
+    caught_up: bool = False
+    seconds_to_catch_up: float | None = None
+    seconds_behind: int | None = None
+    error: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"primary": self.primary, "gtid_slave_pos": self.gtid_slave_pos,
+                "caught_up": self.caught_up, "seconds_to_catch_up": self.seconds_to_catch_up,
+                "seconds_behind": self.seconds_behind, "error": self.error}
+
+    def note(self) -> str:
+        if self.caught_up:
+            return (f"replicating from {self.primary} since GTID {self.gtid_slave_pos}: caught up "
+                    f"(Seconds_Behind_Master = 0) after {self.seconds_to_catch_up:.1f} s")
+        if self.error:
+            return f"replicating from {self.primary} since GTID {self.gtid_slave_pos}: {self.error}"
+        return (f"replicating from {self.primary} since GTID {self.gtid_slave_pos}: not caught up "
+                f"yet (Seconds_Behind_Master = {self.seconds_behind})")
+
+
+def _one(cur, sql: str) -> Any:
+    cur.execute(sql)
+    row = cur.fetchone()
+    v = row[0] if row else None
+    return v.decode() if isinstance(v, bytes) else v
+
+
+def refuse_primary_as_target(target: ConnSpec, primary: ConnSpec) -> None:
+    """The target must not be the primary (same address, or the same server behind another)."""
+    if same_endpoint(target, primary):
+        raise UsageError(f"the target {target.display()} is the primary {primary.display()} of "
+                         "--replicate-from; nothing was changed", "restore into another server")
+    t = connect(target)
+    try:
+        with t.cursor() as cur:
+            tid = (_one(cur, "SELECT @@server_id"), _one(cur, "SELECT @@hostname"),
+                   _one(cur, "SELECT @@port"))
+    finally:
+        t.close()
+    p = connect(primary)
+    try:
+        with p.cursor() as cur:
+            pid = (_one(cur, "SELECT @@server_id"), _one(cur, "SELECT @@hostname"),
+                   _one(cur, "SELECT @@port"))
+    finally:
+        p.close()
+    if tid == pid:
+        raise UsageError(f"the target {target.display()} is the primary {primary.display()} of "
+                         "--replicate-from; nothing was changed", "restore into another server")
+    if tid[0] == pid[0]:
+        raise UsageError(f"the target {target.display()} has the primary's server_id {tid[0]}: a "
+                         "replica needs its own", "start the target with another --server-id")
+
+
+def reached_position(base_gtid: str, reached_gtid: str) -> str:
+    """The GTID position after the replay: the base's, with the reached GTID's domain moved on."""
+    by_domain: dict[str, str] = {}
+    for g in (base_gtid or "").split(","):
+        g = g.strip()
+        if g.count("-") == 2:
+            by_domain[g.split("-")[0]] = g
+    if reached_gtid and reached_gtid.count("-") == 2:
+        by_domain[reached_gtid.split("-")[0]] = reached_gtid
+    return ",".join(by_domain[d] for d in sorted(by_domain, key=int))
+
+
+def start_replica(target: ConnSpec, primary: ConnSpec, gtid_pos: str,
+                  wait_seconds: float = 60.0) -> ReplicaStatus:
+    """Point the target at the primary from gtid_pos, start it, wait (bounded) for it to catch up."""
+    status = ReplicaStatus(primary.display(), gtid_pos)
+    host = primary.host if not primary.socket else "localhost"
+    conn = connect(target)
+    try:
+        with conn.cursor() as cur:
+            try:
+                cur.execute("STOP SLAVE")
+                cur.execute("SET GLOBAL gtid_slave_pos = %s", (gtid_pos,))
+                cur.execute("CHANGE MASTER TO MASTER_HOST=%s, MASTER_PORT=%s, MASTER_USER=%s, "
+                            "MASTER_PASSWORD=%s, MASTER_USE_GTID=slave_pos",
+                            (host, primary.port, primary.user, primary.password or ""))
+                cur.execute("START SLAVE")
+            except pymysql.err.MySQLError as exc:
+                raise TargetError(f"cannot start replication on {target.display()} from "
+                                  f"{primary.display()}: {exc.args[-1]}",
+                                  "the restored data stays; configure replication by hand") from None
+            t0 = time.monotonic()
+            while True:
+                cur.execute("SHOW SLAVE STATUS")
+                row = cur.fetchone()
+                names = [d[0] for d in cur.description]
+                st = {k: (v.decode() if isinstance(v, bytes) else v)
+                      for k, v in zip(names, row or (), strict=False)}
+                status.seconds_behind = st.get("Seconds_Behind_Master")
+                err = st.get("Last_IO_Error") or st.get("Last_SQL_Error")
+                if err:
+                    status.error = str(err)
+                    return status
+                if st.get("Slave_IO_Running") == "Yes" and st.get("Slave_SQL_Running") == "Yes" \
+                        and status.seconds_behind == 0:
+                    status.caught_up = True
+                    status.seconds_to_catch_up = time.monotonic() - t0
+                    return status
+                if time.monotonic() - t0 > wait_seconds:
+                    return status
+                time.sleep(0.2)
+    finally:
+        conn.close()
+
+
+def rebuild_replica(store, catalog, target: ConnSpec, primary: ConnSpec, *, wait_seconds: float = 60.0,
+                    backup_id: str | None = None, **restore_kw: Any):
+    """Restore to the newest shipped point, then replicate from the primary (PitrResult, with the
+    replica's status in its notes and as result.replica)."""
+    from backupkit.restore.pitr import restore_to_point  # lazy: pitr imports much, rarely needed
+    from backupkit.restore.stoppoint import parse_target  # lazy: idem
+
+    refuse_primary_as_target(target, primary)
+    result = restore_to_point(store, catalog, parse_target(latest=True), target,
+                              backup_id=backup_id, **restore_kw)
+    pos = reached_position(result.plan.base.point.gtid, result.reached.gtid)
+    status = start_replica(target, primary, pos, wait_seconds)
+    result.notes.append(status.note())
+    result.replica = status  # type: ignore[attr-defined]
+    return result
