@@ -15,7 +15,7 @@ from backupkit.cli.console import info, progress, table, warn
 from backupkit.cli.context import COMMON
 from backupkit.errors import BackupkitError, UsageError
 from backupkit.util.streams import ChunkReader
-from backupkit.util.units import human_bytes, human_seconds, parse_time, utc_iso
+from backupkit.util.units import human_bytes, human_seconds, parse_duration, parse_time, utc_iso
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -144,8 +144,12 @@ class _Watch:
     twice a second), and its own /metrics and status page when an address is given."""
 
     def __init__(self, cfg, shipper, store, listen: str | None, once: bool = False) -> None:
-        from backupkit.monitor.live import SHIPPER_STATE_ENV, ShipperReporter, shipper_state_path
-        from backupkit.schedule.state import Paths
+        from backupkit.monitor.live import (  # lazy: start-up time
+            SHIPPER_STATE_ENV,
+            ShipperReporter,
+            shipper_state_path,
+        )
+        from backupkit.schedule.state import Paths  # lazy: start-up time
 
         self.shipper = shipper
         self.started = time.time()
@@ -156,9 +160,8 @@ class _Watch:
             listen = cfg.policy.metrics.listen  # under the daemon, the daemon serves them
         self.state = self.server = None
         if listen:  # imported here: a shipper without metrics starts without them
-            from backupkit.errors import UsageError
-            from backupkit.monitor.server import MetricsServer
-            from backupkit.schedule.monitoring import policy_monitor
+            from backupkit.monitor.server import MetricsServer  # lazy: start-up time
+            from backupkit.schedule.monitoring import policy_monitor  # lazy: start-up time
 
             self.state = policy_monitor(cfg.policy, lambda: store, shipper_fn=self.live).start()
             try:
@@ -168,7 +171,7 @@ class _Watch:
                 warn(f"{exc.one_line()}; shipping without serving metrics")
 
     def live(self):
-        from backupkit.monitor.status import ShipperLive
+        from backupkit.monitor.status import ShipperLive  # lazy: start-up time
 
         sh, r, p = self.shipper, self.shipper.result, self.shipper.progress
         lease = sh.lease
@@ -290,7 +293,6 @@ def purge(
     run (or it lies wholly before the first shipped point), and it is older than --keep."""
     from backupkit.strategies.binlog import resolve_source  # lazy: start-up time
     from backupkit.strategies.binlog.purge import purge_binlogs  # lazy: start-up time
-    from backupkit.util.units import parse_duration
 
     cfg = settings()
     text = keep if keep is not None else cfg.policy.binlog.purge_keep
