@@ -25,6 +25,8 @@ def undo(
     source_id: str = typer.Option(None, "--source-id", help="Whose shipped binlog to read."),
     dry_run: bool = typer.Option(False, "--dry-run",
         help="Print the undo as SQL (BINLOG statements in one transaction); change nothing."),
+    force: bool = typer.Option(False, "--force",
+        help="Leave rows that changed since as they are (reported) and undo the rest."),
 ) -> None:
     """Undo bad transactions (flashback): the inverse of their row events, conflict-checked."""
     from backupkit.mysql.connection import PASSWORD_ENV, parse_conn  # lazy: start-up time
@@ -43,7 +45,7 @@ def undo(
     result = run_undo(store, catalog, spec, gtids=gtids,
                       t_from=parse_time(from_time) if from_time else None,
                       t_to=parse_time(to_time) if to_time else None, flt=flt,
-                      source_id=source_id, dry_run=dry_run)
+                      source_id=source_id, dry_run=dry_run, force=force)
     data = result.to_dict()
     if dry_run:
         data["sql"] = result.sql
@@ -55,7 +57,9 @@ def undo(
         console.print(f"[bold green]undone[/] {len(result.transactions)} transaction(s) on "
                       f"{spec.display()}")
         console.print(table(None, ["", ""], [("transactions", ", ".join(result.transactions)),
-                                             ("inverse row events", str(result.events)),
+                                             ("rows", str(result.events)),
                                              ("tables", ", ".join(result.tables))]))
+        for line in result.skipped:
+            console.print(f"[yellow]skipped (changed since):[/] {line}", highlight=False)
 
     render(data, human)

@@ -65,12 +65,14 @@ class UndoResult:
     tables: list[str]
     applied: bool = False
     conflicts: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # --force: conflicting rows left as they are
     sql: str = ""
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": "undo", "transactions": self.transactions, "events": self.events,
                 "tables": self.tables, "applied": self.applied, "conflicts": self.conflicts,
+                "skipped": self.skipped,
                 "notes": self.notes}
 
 
@@ -219,19 +221,34 @@ def _event(template: bytes, etype: int, body: bytes, cks: int) -> bytes:
 
 @dataclass
 class Inverse:
-    """One inverse statement: its table map and row event, and the expected live state."""
+    """One inverse statement: its table map and row event (rows kept apart, so that --force can
+    leave some out), and the state the live rows must hold now."""
 
     db: str
     table: str
     tm_raw: bytes
-    raw: bytes  # the inverse row event
-    expect_raw: bytes  # a WRITE of the images the live rows must hold now (or must not exist)
+    template: bytes  # the source row event (its header is reused)
+    inv_type: int
+    head: bytes  # the inverse event's body before its rows
+    rows: list[bytes]  # the inverse rows
+    expect_head: bytes  # a WRITE event's body before its rows
+    expect_rows: list[bytes]  # the images the live rows must hold now (or must not exist)
     absent: bool  # the undone change deleted these rows: they must not exist now
+    first: int = 0  # the number of its first row among all inverse rows (newest first)
+
+    def event(self, cks: int, skip: set[int] | frozenset[int] = frozenset()) -> bytes | None:
+        rows = [r for n, r in enumerate(self.rows, self.first) if n not in skip]
+        return _event(self.template, self.inv_type, self.head + b"".join(rows), cks) if rows else None
+
+    def expect_event(self, i: int, cks: int) -> bytes:
+        t = _WRITE_OF[be.parse_header(self.template).type]
+        return _event(self.template, t, self.expect_head + self.expect_rows[i], cks)
 
 
 def build_inverse(txns: list[list[RowChange]], fde: be.FormatDescription | None) -> list[Inverse]:
     cks = fde.checksum_len if fde else 0
     out: list[Inverse] = []
+    n = 0
     for txn in reversed(txns):
         for c in reversed(txn):
             tm = be.parse_table_map(be.body(c.tm_raw, cks), fde)
@@ -241,17 +258,15 @@ def build_inverse(txns: list[list[RowChange]], fde: be.FormatDescription | None)
             if c.kind == "update":
                 ncols_at, ncols, _ = _rows_layout(t, memoryview(head), None)
                 _, p = be._packed_int(memoryview(head), ncols_at)
-                nbytes = (ncols + 7) // 8
-                inv = _event(c.raw, t, head + b"".join(a + b for b, a in rows), cks)
-                whead = head[:p + nbytes]
-                expect = _event(c.raw, _WRITE_OF[t], whead + b"".join(a for _, a in rows), cks)
-                absent = False
+                whead = head[:p + (ncols + 7) // 8]
+                inv = Inverse(c.db, c.table, c.tm_raw, c.raw, t, head, [a + b for b, a in rows],
+                              whead, [a for _, a in rows], False, n)
             else:
-                body = head + b"".join(r[0] for r in rows)
-                inv = _event(c.raw, _SWAP[t], body, cks)
-                expect = _event(c.raw, _WRITE_OF[t], body, cks)
-                absent = c.kind == "delete"
-            out.append(Inverse(c.db, c.table, c.tm_raw, inv, expect, absent))
+                flat = [r[0] for r in rows]
+                inv = Inverse(c.db, c.table, c.tm_raw, c.raw, _SWAP[t], head, flat, head, flat,
+                              c.kind == "delete", n)
+            n += len(rows)
+            out.append(inv)
     return out
 
 
@@ -272,11 +287,13 @@ def _binlog(cur, events: list[bytes]) -> None:
     cur.execute(b"BINLOG '" + base64.b64encode(b"".join(events)) + b"'")
 
 
-def check_conflicts(conn, inverse: list[Inverse], fde_raw: bytes, cks: int, post: int) -> list[str]:
-    """Rows whose live state is not what the undone transactions left, as text lines."""
+def check_conflicts(conn, inverse: list[Inverse], fde_raw: bytes, cks: int,
+                    post: int) -> list[tuple[str, set[int]]]:
+    """Rows whose live state is not what the undone transactions left: (text line, the numbers
+    of every inverse row with that key)."""
     scratch = f"backupkit_undo_{uuid.uuid4().hex[:8]}"
     tables = sorted({(i.db, i.table) for i in inverse})
-    conflicts: list[str] = []
+    conflicts: list[tuple[str, set[int]]] = []
     with conn.cursor() as cur:
         cur.execute("SET SESSION sql_log_bin=0")
         for db, table in tables:
@@ -290,10 +307,12 @@ def check_conflicts(conn, inverse: list[Inverse], fde_raw: bytes, cks: int, post
                 cur.execute(f"ALTER TABLE {qualified(scratch, table)} ADD COLUMN bk_seq INT NULL, "
                             "ADD COLUMN bk_absent TINYINT NULL")
             _binlog(cur, [fde_raw])
-            for n, inv in enumerate(inverse):
-                _binlog(cur, [rename_table_map(inv.tm_raw, scratch, cks, post), inv.expect_raw])
-                cur.execute(f"UPDATE {qualified(scratch, inv.table)} SET bk_seq=%s, bk_absent=%s "
-                            "WHERE bk_seq IS NULL", (n, int(inv.absent)))
+            for inv in inverse:
+                tm = rename_table_map(inv.tm_raw, scratch, cks, post)
+                for i in range(len(inv.expect_rows)):
+                    _binlog(cur, [tm, inv.expect_event(i, cks)])
+                    cur.execute(f"UPDATE {qualified(scratch, inv.table)} SET bk_seq=%s, "
+                                "bk_absent=%s WHERE bk_seq IS NULL", (inv.first + i, int(inv.absent)))
                 conn.commit()
             for db, table in tables:
                 conflicts += _compare(cur, scratch, db, table)
@@ -303,7 +322,7 @@ def check_conflicts(conn, inverse: list[Inverse], fde_raw: bytes, cks: int, post
     return conflicts
 
 
-def _compare(cur, scratch: str, db: str, table: str) -> list[str]:
+def _compare(cur, scratch: str, db: str, table: str) -> list[tuple[str, set[int]]]:
     pk = _pk(cur, db, table)
     cols = _columns(cur, db, table)
     s, lv = qualified(scratch, table), qualified(db, table)
@@ -311,20 +330,23 @@ def _compare(cur, scratch: str, db: str, table: str) -> list[str]:
     on2 = " AND ".join(f"s2.{quote_ident(c)} <=> s.{quote_ident(c)}" for c in pk)
     diffs = ", ".join(f"NOT (s.{quote_ident(c)} <=> l.{quote_ident(c)})" for c in cols)
     keys = ", ".join(f"s.{quote_ident(c)}" for c in pk)
-    cur.execute(f"SELECT s.bk_absent, l.{quote_ident(pk[0])} IS NULL, {keys}, {diffs} FROM {s} s "
+    on3 = " AND ".join(f"s3.{quote_ident(c)} <=> s.{quote_ident(c)}" for c in pk)
+    seqs = f"(SELECT GROUP_CONCAT(s3.bk_seq) FROM {s} s3 WHERE {on3})"
+    cur.execute(f"SELECT s.bk_absent, l.{quote_ident(pk[0])} IS NULL, {seqs}, {keys}, {diffs} FROM {s} s "
                 f"LEFT JOIN {lv} l ON {on} WHERE s.bk_seq = (SELECT MIN(s2.bk_seq) FROM {s} s2 "
                 f"WHERE {on2})")
     out = []
     for row in cur.fetchall():
         absent, gone = bool(row[0]), bool(row[1])
-        key = ", ".join(f"{c}={_text(v)}" for c, v in zip(pk, row[2:2 + len(pk)], strict=True))
-        changed = [c for c, d in zip(cols, row[2 + len(pk):], strict=True) if d]
+        nums = {int(x) for x in _text(row[2]).split(",") if x}
+        key = ", ".join(f"{c}={_text(v)}" for c, v in zip(pk, row[3:3 + len(pk)], strict=True))
+        changed = [c for c, d in zip(cols, row[3 + len(pk):], strict=True) if d]
         if absent and not gone:
-            out.append(f"{db}.{table} ({key}): a row with this key exists again")
+            out.append((f"{db}.{table} ({key}): a row with this key exists again", nums))
         elif not absent and gone:
-            out.append(f"{db}.{table} ({key}): deleted since")
+            out.append((f"{db}.{table} ({key}): deleted since", nums))
         elif not absent and changed:
-            out.append(f"{db}.{table} ({key}): changed since: {', '.join(changed)}")
+            out.append((f"{db}.{table} ({key}): changed since: {', '.join(changed)}", nums))
     return out
 
 
@@ -332,21 +354,29 @@ def _text(v: Any) -> str:
     return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
 
 
-def binlog_sql(fde_raw: bytes, inverse: list[Inverse]) -> str:
+def _pairs(group: list[Inverse], cks: int, skip: set[int] | frozenset[int] = frozenset()) -> list[bytes]:
+    out: list[bytes] = []
+    for g in group:
+        ev = g.event(cks, skip)
+        if ev is not None:
+            out += [g.tm_raw, ev]
+    return out
+
+
+def binlog_sql(fde_raw: bytes, inverse: list[Inverse], cks: int) -> str:
     """The undo as SQL: BINLOG statements in one transaction (what --dry-run prints)."""
     lines = ["BINLOG '" + base64.b64encode(fde_raw).decode() + "';", "BEGIN;"]
     for i in range(0, len(inverse), PER_BINLOG):
         group = inverse[i:i + PER_BINLOG]
         lines.append(f"-- {', '.join(sorted({f'{g.db}.{g.table}' for g in group}))}")
-        lines.append("BINLOG '" + base64.b64encode(b"".join(e for g in group for e in (g.tm_raw, g.raw)))
-                     .decode() + "';")
+        lines.append("BINLOG '" + base64.b64encode(b"".join(_pairs(group, cks))).decode() + "';")
     lines.append("COMMIT;")
     return "\n".join(lines)
 
 
 def undo(store: ObjectStore, catalog: Catalog, spec: ConnSpec, *, gtids: Sequence[str] = (),
          t_from: float | None = None, t_to: float | None = None, flt: TableFilter | None = None,
-         source_id: str | None = None, dry_run: bool = False) -> UndoResult:
+         source_id: str | None = None, dry_run: bool = False, force: bool = False) -> UndoResult:
     """Undo the chosen transactions on the live server spec (or only print the SQL)."""
     if not gtids and t_from is None and t_to is None:
         raise UsageError("say what to undo: --gtid G[,G2] or --from T1 --to T2")
@@ -377,17 +407,26 @@ def undo(store: ObjectStore, catalog: Catalog, spec: ConnSpec, *, gtids: Sequenc
     cks = fde.checksum_len
     post = fde.post_header_len(be.TABLE_MAP_EVENT, 8)
     inverse = build_inverse(txns, fde)
-    result = UndoResult(found, len(inverse), sorted({f"{i.db}.{i.table}" for i in inverse}))
+    result = UndoResult(found, sum(len(i.rows) for i in inverse),
+                        sorted({f"{i.db}.{i.table}" for i in inverse}))
     if dry_run:
-        result.sql = binlog_sql(fde_raw, inverse)
+        result.sql = binlog_sql(fde_raw, inverse, cks)
         return result
     conn = connect(spec, autocommit=False)
     try:
         with conn.cursor() as cur:
             for stmt in SESSION_SETUP:
                 cur.execute(stmt)
-        result.conflicts = check_conflicts(conn, inverse, fde_raw, cks, post)
-        if result.conflicts:
+        found_conflicts = sorted(check_conflicts(conn, inverse, fde_raw, cks, post),
+                                 key=lambda c: min(c[1], default=0))  # newest change first
+        result.conflicts = [text for text, _ in found_conflicts]
+        skip: set[int] = set()
+        if found_conflicts and force:
+            skip = {n for _, nums in found_conflicts for n in nums}
+            result.skipped = list(result.conflicts)
+            result.notes.append(f"--force: {len(result.conflicts)} conflicting row(s) left as they "
+                                "are: " + "; ".join(result.conflicts[:20]))
+        elif result.conflicts:
             more = f" (and {len(result.conflicts) - 5} more)" if len(result.conflicts) > 5 else ""
             raise UndoConflict(f"{len(result.conflicts)} row(s) changed since the undone "
                                f"transaction(s): {'; '.join(result.conflicts[:5])}{more}; nothing "
@@ -397,7 +436,9 @@ def undo(store: ObjectStore, catalog: Catalog, spec: ConnSpec, *, gtids: Sequenc
             cur.execute("BEGIN")
             try:
                 for i in range(0, len(inverse), PER_BINLOG):
-                    _binlog(cur, [e for g in inverse[i:i + PER_BINLOG] for e in (g.tm_raw, g.raw)])
+                    events = _pairs(inverse[i:i + PER_BINLOG], cks, skip)
+                    if events:
+                        _binlog(cur, events)
                 cur.execute("COMMIT")
             except pymysql.err.MySQLError as exc:
                 conn.rollback()

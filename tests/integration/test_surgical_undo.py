@@ -80,6 +80,27 @@ def test_undo_of_a_delete_restores_the_rows_and_a_second_run_refuses(live):
     assert _sum(cur, "shop.orders") == want
 
 
+def test_conflicts_name_the_changed_columns_and_force_skips_those_rows(live):
+    cur, src, store, catalog = live["cur"], live["src"], live["store"], live["catalog"]
+    cur.execute("INSERT INTO orders SELECT seq, 7, seq, 'c', '2025-05-05 05:05:05' FROM seq_701_to_720")
+    cur.execute("UPDATE orders SET amount = amount * 2, note = 'bad' WHERE id BETWEEN 701 AND 720")
+    cur.execute("SELECT @@last_gtid")
+    bad = cur.fetchone()[0]
+    cur.execute("UPDATE orders SET note = 'fixed by hand' WHERE id = 705")
+    cur.execute("DELETE FROM orders WHERE id = 706")
+    live["ship"]()
+    with pytest.raises(UndoConflict, match=r"^2 row\(s\) changed") as refused:
+        undo(store, catalog, src.spec, gtids=[bad])
+    assert "shop.orders (id=705): changed since: note;" in refused.value.message
+    assert "shop.orders (id=706): deleted since" in refused.value.message
+    done = undo(store, catalog, src.spec, gtids=[bad], force=True)
+    assert done.applied and len(done.skipped) == 2
+    cur.execute("SELECT COUNT(*), SUM(amount), SUM(note = 'c') FROM orders WHERE id BETWEEN 701 AND 720")
+    assert cur.fetchone() == (19, sum(range(701, 721)) - 706 + 705, 18)
+    cur.execute("SELECT note FROM orders WHERE id = 705")
+    assert cur.fetchone()[0] == "fixed by hand"
+
+
 def test_an_update_storm_over_every_type_undone_returns_the_checksum(live):
     cur, src, rnd = live["cur"], live["src"], live["rnd"]
     _cross_second()
