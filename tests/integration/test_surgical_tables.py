@@ -70,6 +70,9 @@ def shop(tmp_path_factory):
             cur.execute("COMMIT")
         cur.execute("INSERT INTO orders SELECT seq, 1, 2.5, 'late', NOW(6), NULL FROM seq_601_to_650")
         cur.execute("ALTER TABLE customers ADD COLUMN extra INT DEFAULT 3")  # DDL on another table
+        cur.execute("ALTER TABLE shop.orders ADD COLUMN extra INT DEFAULT 5")  # on the selected one
+        cur.execute("CREATE INDEX ix_customer ON orders (customer)")
+        cur.execute("UPDATE orders SET extra = id % 7 WHERE id < 100")
         cur.execute("UPDATE items SET sku = 'x' WHERE id % 3 = 0")
         _cross_second()
         t_before = time.time()
@@ -108,6 +111,7 @@ def test_one_table_as_of_before_the_delete_lands_beside_the_live_data(shop):
     assert table_checksums(src, ["shop"]) == before  # the live tables are untouched
     assert result.base["target_is_source"]
     assert any("only the selected tables' rows" in n for n in result.notes)
+    assert "2 DDL statement(s) on the selected tables replayed" in result.notes
     # again: the table exists now; refused without force, moved aside with it
     with pytest.raises(UsageError, match="already holds table"):
         restore_tables_to_point(shop["store"], shop["catalog"], time_target(shop["t"]), src.spec, flt)

@@ -117,6 +117,10 @@ class Applier(threading.Thread):
         elif kind == "commit":
             self._query(b"COMMIT", item[1])
             self.on_commit(item[1], True)
+        elif kind == "sql":  # statements of a table-level replay (filter.py), in order
+            _, stmts, info = item
+            self._batch(stmts, info)
+            self.on_commit(info, False)
         elif kind == "rollback":
             self._query(b"ROLLBACK", item[1])
         elif kind == "text":

@@ -138,6 +138,7 @@ class EventFilter:
     mixed: int = 0  # transactions that also changed other tables (their rows were left out)
     dropped_txns: int = 0  # transactions with nothing for the selected tables
     tables_seen: set[str] = field(default_factory=set)
+    ddl_count: int = 0  # DDL statements on selected tables replayed
 
     def feed(self, t: int, raw: bytes, fde: be.FormatDescription | None) -> list[bytes]:
         """A table map or row event; returns the kept events once its statement ended."""
@@ -194,6 +195,33 @@ class EventFilter:
                               "restore to a time before it (--to-time/--stop-before-gtid), or "
                               "restore the whole server")
 
+    def ddl(self, q: be.Query, info: TxnInfo) -> list[bytes] | None:
+        """A standalone DDL statement that touches a selected table, rewritten for the target
+        (database renamed), or None when it touches none; refused when it is not one of the
+        statements that keep the table's name (ALTER TABLE, TRUNCATE, CREATE/DROP INDEX)."""
+        hit = self.touched(q.db, q.sql)
+        if not hit:
+            return None
+        words = q.sql.split(None, 3)
+        head = " ".join(w.upper() for w in words[:2])
+        keeps_name = head in ("ALTER TABLE", "TRUNCATE TABLE", "CREATE INDEX", "CREATE UNIQUE",
+                              "CREATE FULLTEXT", "CREATE SPATIAL", "DROP INDEX", "ALTER ONLINE") \
+            or (words and words[0].upper() == "TRUNCATE")
+        if not keeps_name or re.search(r"\bRENAME\b", q.sql, re.I):
+            self.query(q, info)  # raises, naming the event
+        sql = q.sql
+        for db in sorted({d for d, _ in self.selected}):
+            new = self.flt.target_db(db)
+            if new != db:
+                pat = r"(?<![\w`$])(?:`" + re.escape(db) + r"`|" + re.escape(db) + r")\s*\."
+                sql = re.sub(pat, lambda _m, n=new: "`" + n.replace("`", "``") + "`.", sql)
+        db = hit.split(".", 1)[0]
+        stmts = [sql.encode()]
+        if q.db == db:
+            stmts.insert(0, b"USE `" + self.flt.target_db(db).replace("`", "``").encode() + b"`")
+        self.ddl_count += 1
+        return stmts
+
     def touched(self, default_db: str, sql: str) -> str | None:
         words = {(m.group(1) or m.group(2)).replace("``", "`").lower() for m in _IDENT.finditer(sql)}
         for db, table in sorted(self.selected):
@@ -214,6 +242,8 @@ class EventFilter:
 
     def notes(self) -> list[str]:
         out = []
+        if self.ddl_count:
+            out.append(f"{self.ddl_count} DDL statement(s) on the selected tables replayed")
         if self.mixed:
             out.append(f"{self.mixed} transaction(s) also changed other tables: only the selected "
                        "tables' rows were applied")

@@ -148,6 +148,7 @@ class _Txn:
         self.binlogs: list[bytes] = []  # base64 BINLOG bodies built and not yet sent
         self.binlogs_bytes = 0
         self.streamed = False  # BEGIN and some BINLOG statements already sent
+        self.ddl: list[bytes] = []  # a table-level replay's DDL statements (filter.py)
 
     def keep(self, raw: bytes) -> None:
         self.info.size += len(raw)
@@ -310,7 +311,13 @@ class Parser:
             for out in kept:
                 self._add_row(txn, be.parse_header(out).type, out)
         elif t in be.QUERY_TYPES:
-            flt.query(be.parse_query(hdr, be.body(raw, cks), self.fde), txn.info)
+            q = be.parse_query(hdr, be.body(raw, cks), self.fde)
+            if txn.native or txn.gtid is None:
+                flt.query(q, txn.info)  # inside a transaction: statement-based DML, refused
+            else:
+                stmts = flt.ddl(q, txn.info)  # a standalone DDL statement
+                if stmts:
+                    txn.ddl += stmts
 
     # -- transactions ----------------------------------------------------------------------------
     def _begin(self, hdr: be.EventHeader, raw: bytes, cks: int, file: str) -> _Txn | None:
@@ -369,6 +376,10 @@ class Parser:
         apply, stop = self.cut.after_txn(txn.gtid, commit, txn.info.file, hdr.log_pos)
         if self.filter is not None:
             selected = self.filter.end_txn()
+            if apply and txn.ddl:
+                txn.close()
+                self.emit(("sql", txn.ddl, txn.info), sum(len(x) for x in txn.ddl))
+                return stop
             if not (apply and selected and txn.native):
                 if txn.streamed:
                     self.emit(("rollback", txn.info), 0)
