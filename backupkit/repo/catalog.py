@@ -195,6 +195,16 @@ class GapInfo:
         return d
 
 
+@dataclass
+class BinlogHead:
+    """A source's head object: its newest committed segment (when written) and the binlog files
+    whose roll-up is written. A cache: a reader checks it against the listed index entries."""
+
+    segment: SegmentInfo
+    rollups: list[str]
+    updated_at: float = 0.0
+
+
 def binlog_order(file: str, pos: int) -> tuple[str, int]:
     """Sort key for binlog coordinates (files are zero-padded, so names order correctly)."""
     return (file, pos)
@@ -441,8 +451,60 @@ class Catalog:
         key = layout.gap_record(gap.source_id, gap.after_file, gap.after_pos)
         self.store.put_if_absent(key, encode_manifest(gap.to_dict()))
 
+    # -- the head: the newest entry in one GET --------------------------------------------
+    def write_head(self, newest: SegmentInfo, rollups: Iterable[str] = ()) -> None:
+        """Replace the source's head (one PUT) after newest was committed; rollups: the binlog
+        files whose roll-up is written."""
+        body = {"type": "binlog_head", "source_id": newest.source_id, "segment": newest.to_dict(),
+                "rollups": sorted(set(rollups)), "updated_at": time.time()}
+        self.store.put(layout.binlog_head(newest.source_id), encode_manifest(body))
+
+    def head(self, source_id: str) -> BinlogHead | None:
+        """The source's head, or None when there is none or it cannot be read (readers list then)."""
+        key = layout.binlog_head(source_id)
+        try:
+            body = self.read_manifest(key)
+            seg = SegmentInfo.from_dict(body["segment"])
+            rollups = [str(f) for f in body.get("rollups", [])]
+        except (StorageError, IntegrityError) as exc:
+            log.debug("no usable head %s: %s", key, exc.message)
+            return None
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            log.warning("ignoring head %s (not a head: %s)", key, exc)
+            return None
+        if seg.source_id != source_id:
+            log.warning("ignoring head %s: it names source %r", key, seg.source_id)
+            return None
+        return BinlogHead(seg, rollups, float(body.get("updated_at") or 0))
+
+    def _newest_from(self, source_id: str, seg: SegmentInfo) -> SegmentInfo | None:
+        """The newest committed segment, given the head's entry seg: seg when its index entry is
+        listed and no later one is (one HEAD and one LIST from seg's key on), the later one when
+        there is one, None when seg's entry is gone (the caller lists everything then)."""
+        if self.store.stat(seg.key) is None:
+            return None
+        best: tuple[str, int, int, str] = (seg.binlog_file, seg.start_pos, seg.end_pos, seg.key)
+        for info in self.store.list_after(layout.binlog_prefix(source_id), seg.key):
+            pos = layout.segment_of(info.key)
+            if pos is not None and pos > best[:3]:
+                best = (*pos, info.key)
+        if best[3] == seg.key:
+            return seg
+        return SegmentInfo.from_dict(self.read_manifest(best[3]))
+
     def last_segment(self, source_id: str) -> SegmentInfo | None:
-        """The newest committed segment, reading only its own index entry."""
+        """The newest committed segment: from the head (one GET, one HEAD, one LIST page from its
+        key on), or by listing every key of the source when the head is missing or names an
+        entry that is gone. The listed index entries decide in both cases."""
+        head = self.head(source_id)
+        if head is not None:
+            found = self._newest_from(source_id, head.segment)
+            if found is not None:
+                return found
+        return self._last_segment_listed(source_id)
+
+    def _last_segment_listed(self, source_id: str) -> SegmentInfo | None:
+        """The newest committed segment by a full listing, reading only its own index entry."""
         best: tuple[str, int, int, str] | None = None
         for info in self.store.list(layout.binlog_prefix(source_id)):
             pos = layout.segment_of(info.key)

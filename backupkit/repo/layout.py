@@ -180,6 +180,13 @@ def shipper_status(source_id: str) -> str:
     return f"{BINLOG}{enc(source_id)}/shipper-status.json"
 
 
+def binlog_head(source_id: str) -> str:
+    """The source's head: the newest committed segment's index entry and the finished roll-ups,
+    replaced after each commit so that the resume point needs one GET rather than a full LIST.
+    A cache, never a commit marker: the listed index entries still decide what exists."""
+    return f"{BINLOG}{enc(source_id)}/head.json"
+
+
 def source_of(key: str) -> str | None:
     """The source id of a binlog key."""
     parts = key.split("/")

@@ -73,6 +73,14 @@ class ObjectStore(abc.ABC):
     def replace_if_match(self, key: str, data: bytes, etag: str) -> bool:
         """Overwrite a small object only if its tag is still etag; False otherwise."""
 
+    def list_after(self, prefix: str, after: str) -> Iterator[ObjectInfo]:
+        """Every complete object whose key starts with prefix and sorts after ``after``, in key
+        order. Stores that can start a listing there (S3's StartAfter) override this; the default
+        filters a full listing (correct, not cheaper)."""
+        for info in self.list(prefix):
+            if info.key > after:
+                yield info
+
     def check(self) -> None:
         """Raise StorageError unless the target is reachable and usable (stores override this)."""
         self.stat("check")

@@ -408,6 +408,10 @@ class EncryptedStore(ObjectStore):
         for info in self.inner.list(prefix):
             yield self._info(info)
 
+    def list_after(self, prefix: str, after: str) -> Iterator[ObjectInfo]:
+        for info in self.inner.list_after(prefix, after):  # keys are stored as they are
+            yield self._info(info)
+
     def delete(self, keys: Iterable[str]) -> None:
         self.inner.delete(keys)
 

@@ -352,10 +352,18 @@ class S3Store(ObjectStore):
                           r["LastModified"].timestamp())
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        return self._list(prefix, None)
+
+    def list_after(self, prefix: str, after: str) -> Iterator[ObjectInfo]:
+        """One LIST request from after on (StartAfter), not a walk over every earlier key."""
+        return self._list(prefix, after)
+
+    def _list(self, prefix: str, after: str | None) -> Iterator[ObjectInfo]:
         self._reachable()
         paginator = self.client.get_paginator("list_objects_v2")
+        extra = {"StartAfter": self.prefix + after} if after is not None else {}
         try:
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix):
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix, **extra):
                 for obj in page.get("Contents", []):
                     yield ObjectInfo(obj["Key"][len(self.prefix):], obj["Size"],
                                      obj.get("ETag", ""), obj["LastModified"].timestamp())

@@ -283,6 +283,9 @@ def test_a_finished_binlog_file_is_rolled_up_and_read_from_its_roll_up(mariadb, 
     plain = sorted((SegmentInfo.from_dict(cat.read_manifest(k)) for k in index),
                    key=lambda s: (s.binlog_file, s.start_pos))
     assert [s.to_dict() for s in segs] == [s.to_dict() for s in plain]
+    head = cat.head(sid)  # replaced after every commit: names the newest segment
+    assert head is not None and head.segment.to_dict() == segs[-1].to_dict()
+    assert cat.last_segment(sid).to_dict() == segs[-1].to_dict()
     assert_complete(sb, local_url)
 
 

@@ -148,6 +148,7 @@ class SegmentWriter:
         self.result.transactions += info.transactions
         self.result.end = "{}:{}".format(*info.next_point())
         self._committed[info.key] = info
+        self._write_head(info)
         if info.file_closed:
             self._roll_up(info.binlog_file)
         if self.on_commit is not None:
@@ -162,7 +163,9 @@ class SegmentWriter:
 
         def work() -> None:
             try:
-                self.catalog.roll_up_file(self.source_id, binlog_file, known)
+                if self.catalog.roll_up_file(self.source_id, binlog_file, known) and \
+                        self._rolled is not None:
+                    self._rolled.add(binlog_file)  # named by the next head
             except Exception as exc:  # noqa: BLE001 - a cache; never stops shipping
                 log.warning("roll-up of %s not written: %s", binlog_file, exc)
 
@@ -170,6 +173,17 @@ class SegmentWriter:
         t = threading.Thread(target=work, name=f"rollup-{binlog_file}", daemon=True)
         self._rollups.append(t)
         t.start()
+
+    def _write_head(self, info: SegmentInfo) -> None:
+        """Replace the source's head (repo/catalog.py: the newest entry and the finished roll-ups)
+        after a commit. Only a cache for readers: a failure is logged and costs them a listing."""
+        try:
+            if self._rolled is None:  # the roll-ups earlier runs wrote, once per run
+                head = self.catalog.head(self.source_id)
+                self._rolled = set(head.rollups) if head is not None else set()
+            self.catalog.write_head(info, sorted(self._rolled))
+        except StorageError as exc:
+            log.warning("head of %s not written: %s", self.source_id, exc.message)
 
     def _commit(self, info: SegmentInfo) -> None:
         """Commit the index entry once; an earlier attempt that landed counts as done."""

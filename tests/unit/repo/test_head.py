@@ -1,0 +1,53 @@
+"""The binlog head: the newest committed segment in one GET, checked against the listing."""
+
+from __future__ import annotations
+
+from backupkit.repo import layout
+from backupkit.storage.local import LocalStore
+from tests.support.scale import SOURCE, CountingStore, build_repository, synthetic_segment
+
+
+def _repo(tmp_path, n=30, with_head=True):
+    store = CountingStore(LocalStore(tmp_path / "repo"))
+    return store, build_repository(store, n, per_file=10, with_head=with_head)
+
+
+def test_shipped_position_from_the_head_costs_three_requests(tmp_path):
+    store, cat = _repo(tmp_path)
+    store.reset()
+    last = cat.last_segment(SOURCE)
+    assert last == synthetic_segment(29, 10)
+    assert store.counts == {"open": 1, "stat": 1, "list": 1}
+    assert cat.head(SOURCE).rollups == ["binlog.000001", "binlog.000002", "binlog.000003"]
+
+
+def test_a_segment_committed_after_the_head_is_still_found(tmp_path):
+    store, cat = _repo(tmp_path)
+    newer = synthetic_segment(30, 10)  # in a new file: the head still names segment 29
+    cat.commit_segment(newer)
+    assert cat.last_segment(SOURCE) == newer
+    assert cat.shipped_position(SOURCE) == (newer.binlog_file, newer.end_pos)
+
+
+def test_a_head_naming_a_removed_entry_falls_back_to_listing(tmp_path):
+    store, cat = _repo(tmp_path)
+    cat.store.delete([synthetic_segment(29, 10).key, synthetic_segment(28, 10).key])
+    assert cat.last_segment(SOURCE) == synthetic_segment(27, 10)
+
+
+def test_a_damaged_or_missing_head_falls_back_to_listing(tmp_path):
+    store, cat = _repo(tmp_path)
+    store.put(layout.binlog_head(SOURCE), b"{not json")
+    assert cat.head(SOURCE) is None
+    assert cat.last_segment(SOURCE) == synthetic_segment(29, 10)
+    store2, cat2 = _repo(tmp_path / "old", with_head=False)
+    assert cat2.head(SOURCE) is None
+    assert cat2.last_segment(SOURCE) == synthetic_segment(29, 10)
+
+
+def test_the_head_is_no_segment_and_no_commit_marker():
+    key = layout.binlog_head(SOURCE)
+    assert layout.segment_of(key) is None
+    assert not layout.is_commit_marker(key)
+    assert layout.commit_marker_of(key) is None
+    assert layout.source_of(key) == SOURCE
