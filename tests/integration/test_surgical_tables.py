@@ -21,7 +21,7 @@ from backupkit.restore.tables import restore_tables_to_point
 from backupkit.storage import open_store
 from backupkit.strategies.binlog import ShipOptions, Shipper
 from backupkit.strategies.snapshot import SnapshotOptions, take_snapshot
-from tests.support import table_checksums
+from tests.support import run_cli, table_checksums
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -91,7 +91,7 @@ def shop(tmp_path_factory):
         Shipper(store, src.spec, ship).run()
         conn.close()
         yield {"store": store, "catalog": Catalog(store), "src": src, "t": t_before, "want": want,
-               "bad_gtid": bad_gtid}
+               "bad_gtid": bad_gtid, "repo": repo}
     finally:
         src.destroy()
 
@@ -138,3 +138,23 @@ def test_bad_table_input_is_refused_before_anything_changes(shop):
     with pytest.raises(ReplayError, match="statement-based event touches selected table shop.orders"):
         restore_tables_to_point(store, catalog, parse_target(latest=True), src.spec,
                                 TableFilter.parse(["shop.ord*"], rename=["shop=shop_sbr"]))
+
+
+def test_cli_restores_tables_by_pattern_and_errors_in_one_line(shop):
+    src = shop["src"]
+    common = ("--storage", f"file://{shop['repo']}", "restore", "--target",
+              f"mysql://root@127.0.0.1:{src.spec.port}")
+    out = run_cli(*common, "--stop-before-gtid", shop["bad_gtid"], "--tables", "shop.nope",
+                  "--rename-db", "shop=x")
+    assert out.returncode == 2 and "'shop.nope' matches no table" in out.stderr, out.stderr
+    assert len(out.stderr.strip().splitlines()) <= 2
+    out = run_cli(*common, "--stop-before-gtid", shop["bad_gtid"], "--tables", "shop.*",
+                  "--exclude-tables", "shop.items,shop.customers", "--rename-db", "shop=shop_cli",
+                  "--json")
+    assert out.returncode == 0, out.stderr
+    conn = src.connect()
+    cur = conn.cursor()
+    assert _checksum(cur, "shop_cli.orders") == shop["want"]
+    cur.execute("SHOW TABLES FROM shop_cli")
+    assert [r[0] for r in cur.fetchall()] == ["orders"]
+    conn.close()
