@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import base64
 import struct
+import subprocess
+import tempfile
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,7 +34,7 @@ from backupkit.mysql.connection import ConnSpec, connect, qualified, quote_ident
 from backupkit.mysql.gtid import try_parse_gtid
 from backupkit.repo.catalog import Catalog, SegmentInfo
 from backupkit.repo.codec import iter_object
-from backupkit.restore.replay.apply import SESSION_SETUP
+from backupkit.restore.replay.apply import SESSION_SETUP, find_binlog_tool
 from backupkit.restore.replay.filter import TableFilter, rename_table_map
 from backupkit.storage.base import ObjectStore
 from backupkit.util.units import format_time
@@ -371,7 +373,24 @@ def binlog_sql(fde_raw: bytes, inverse: list[Inverse], cks: int) -> str:
         lines.append(f"-- {', '.join(sorted({f'{g.db}.{g.table}' for g in group}))}")
         lines.append("BINLOG '" + base64.b64encode(b"".join(_pairs(group, cks))).decode() + "';")
     lines.append("COMMIT;")
-    return "\n".join(lines)
+    return "\n".join(_readable(fde_raw, _pairs(inverse, cks)) + lines)
+
+
+def _readable(fde_raw: bytes, events: list[bytes]) -> list[str]:
+    """The inverse rows as mariadb-binlog -v pseudo-SQL comments ([] without the tool)."""
+    tool = find_binlog_tool()
+    if not tool:
+        return []
+    with tempfile.NamedTemporaryFile(suffix=".binlog") as fh:
+        fh.write(be.MAGIC + fde_raw + b"".join(events))
+        fh.flush()
+        proc = subprocess.run([tool, "--no-defaults", "-v", "--base64-output=decode-rows", fh.name],
+                              capture_output=True, timeout=300)
+    if proc.returncode != 0:
+        return []
+    rows = [ln[4:] for ln in proc.stdout.decode("utf-8", "replace").splitlines() if ln.startswith("### ")]
+    return ["-- the undo, readable (mariadb-binlog -v; @N is the Nth column):"] + \
+        [f"--   {ln}" for ln in rows]
 
 
 def undo(store: ObjectStore, catalog: Catalog, spec: ConnSpec, *, gtids: Sequence[str] = (),

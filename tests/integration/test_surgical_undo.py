@@ -67,6 +67,7 @@ def test_undo_of_a_delete_restores_the_rows_and_a_second_run_refuses(live):
     live["ship"]()
     dry = undo(live["store"], live["catalog"], src.spec, gtids=[bad], dry_run=True)
     assert dry.sql.count("BINLOG '") >= 2 and not dry.applied
+    assert "--   INSERT INTO `shop`.`orders`" in dry.sql, dry.sql[:2000]
     assert _sum(cur, "shop.orders") == want_after
     done = undo(live["store"], live["catalog"], src.spec, gtids=[bad])
     assert done.applied and done.transactions == [bad]
