@@ -20,8 +20,10 @@ from backupkit.monitor.status import (
 from backupkit.repo import layout
 from backupkit.repo.catalog import Catalog
 from backupkit.repo.coverage import build_runs, ends_at, gap_between
+from backupkit.repo.sync import target_status
 from backupkit.repo.watermark import read_status
 from backupkit.restore.plan import restorable_intervals
+from backupkit.storage.mirror import find_mirror
 
 
 def read_repository(catalog: Catalog, targets: bool = True, now: float | None = None) -> RepositoryView:
@@ -102,9 +104,6 @@ def _lease(catalog: Catalog, sid: str, now: float) -> LeaseInfo | None:
 
 def target_health(store) -> list[TargetHealth]:
     """Each storage target of a mirrored repository: reachable, and how far behind."""
-    from backupkit.repo.sync import target_status
-    from backupkit.storage.mirror import find_mirror
-
     mirror = find_mirror(store)
     if mirror is None or len(mirror.targets) < 2:
         return []

@@ -9,6 +9,7 @@ node_exporter's textfile collector. docs/monitoring.md lists every series.
 from __future__ import annotations
 
 import contextlib
+import json
 import threading
 import time
 from collections import deque
@@ -153,7 +154,6 @@ class MonitorState:
     def _load_history(self) -> None:
         if self.history_file is None:
             return
-        import json
 
         try:
             data = json.loads(self.history_file.read_text())
@@ -167,7 +167,6 @@ class MonitorState:
         if self.history_file is None or (not force and time.monotonic() - self._last_saved < 60):
             return
         self._last_saved = time.monotonic()
-        import json
 
         with contextlib.suppress(OSError):
             write_atomic(self.history_file, json.dumps([[round(t, 3), round(v, 3)]
@@ -176,8 +175,6 @@ class MonitorState:
 
 def load_history(path: Path) -> list[tuple[float, float]]:
     """The lag history a daemon saved (empty when there is none)."""
-    import json
-
     try:
         return [(float(t), float(v)) for t, v in json.loads(path.read_text())]
     except (OSError, ValueError, TypeError):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from backupkit.util.units import format_time
@@ -312,7 +313,6 @@ def _ts(text: str | None) -> float | None:
     """An ISO 8601 UTC time of the status file as epoch seconds."""
     if not text:
         return None
-    from datetime import datetime
 
     try:
         return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
