@@ -139,6 +139,8 @@ class SnapshotSection(_Section):
     lock_retries: int = Field(default=3, ge=0, le=100)
     # bytes per second read from the source ("50MB/s"; MB = 10^6, MiB = 2^20); default no limit
     max_rate: str | None = None
+    # a replica source lagging its primary by more seconds than this: a warning (lag is recorded)
+    max_replica_lag: float = Field(default=300.0, gt=0)
 
     _rate = field_validator("max_rate")(classmethod(lambda cls, v: check_rate(v)))
 

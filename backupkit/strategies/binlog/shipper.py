@@ -22,6 +22,7 @@ from backupkit.mysql import binlog_events as be
 from backupkit.mysql.binlog_stream import DumpError, StreamLost, default_server_id
 from backupkit.mysql.connection import ConnSpec, connect
 from backupkit.mysql.gtid import BinlogPoint, GtidSet
+from backupkit.mysql.replica import check_replica, replica_info
 from backupkit.mysql.server import (
     ServerFacts,
     binary_logs,
@@ -120,6 +121,9 @@ class Shipper(StreamReader, SegmentWriter):
         # One control connection serves the set-up and then carries the first dump.
         self._ctl = connect(self.spec)
         self.facts, self.source_id = resolve_source(self.spec, self.opts.source_id, self._ctl)
+        if self.facts.is_mariadb:  # a replica: it must log what it replicates, and be healthy
+            for warning in check_replica(replica_info(self._ctl), shipping=True):
+                self.notify(f"warning: {warning}")
         self.server_id = self.opts.server_id or default_server_id(self.source_id)
         if self.server_id == self.facts.server_id:
             raise UsageError(f"server_id {self.server_id} is the source's own server_id",

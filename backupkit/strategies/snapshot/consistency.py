@@ -36,6 +36,9 @@ class Consistency:
     users: list[str] | None
     block_statement_ms: float = 0.0  # of blocked_ms: the blocking statement itself
     lock_attempts: int = 1  # tries the lock watchdog needed
+    # a replica's position in its primary's history, read while commits (the SQL thread's too)
+    # were blocked: exact with several workers, read just after the snapshot opened with one
+    gtid_slave_pos: str = ""
 
 
 @contextmanager
@@ -86,6 +89,8 @@ def open_snapshots_mariadb(coord, workers: list, facts: ServerFacts,
                 wc.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT")
                 points.append((_status(wc, "binlog_snapshot_file"),
                                int(_status(wc, "binlog_snapshot_position") or 0)))
+        cur.execute("SELECT @@gtid_slave_pos")
+        slave_pos = (cur.fetchone() or [""])[0] or ""
         cur.execute("BACKUP STAGE END")
         ended = True
         if len(workers) > 1:
@@ -107,7 +112,7 @@ def open_snapshots_mariadb(coord, workers: list, facts: ServerFacts,
         gtid = cur.fetchone()[0] or ""
     method = "backup_stage_block_commit" if len(workers) > 1 else "consistent_snapshot"
     return Consistency(BinlogPoint(file, pos, gtid, wall), method, blocked, ddl_ms, schemas, users,
-                       block_stmt)
+                       block_stmt, gtid_slave_pos=slave_pos)
 
 
 def open_snapshots_mysql(coord, workers: list, facts: ServerFacts,

@@ -30,6 +30,7 @@ from backupkit import __version__
 from backupkit.errors import UsageError
 from backupkit.mysql import tsv
 from backupkit.mysql.connection import ConnSpec
+from backupkit.mysql.replica import check_replica, replica_info
 from backupkit.mysql.server import identity, server_facts
 from backupkit.repo import layout
 from backupkit.repo.catalog import BackupManifest, Catalog, new_backup_id
@@ -133,6 +134,9 @@ def _take(spec: ConnSpec, store: ObjectStore, options: SnapshotOptions, progress
     try:
         facts = server_facts(coord)
         source = identity(facts, options.source_id)
+        replica = replica_info(coord) if facts.is_mariadb else None
+        for warning in check_replica(replica, shipping=False, max_lag=options.max_replica_lag):
+            log.warning("%s", warning)
         catalog.ensure_repo()
         # With several workers, CHECKSUM TABLE runs on one more connection in the same snapshot,
         # beside the readers, and that connection then reads chunks too: the work ends evenly.
@@ -217,6 +221,10 @@ def _take(spec: ConnSpec, store: ObjectStore, options: SnapshotOptions, progress
                     "compression_level": options.compression_level,
                     "max_rate": options.max_rate},
     }
+    if replica is not None:
+        # the source replicates: its point in the primary's history, and how far behind it was
+        details["replica"] = {**replica.to_dict(),
+                              "gtid_slave_pos": cons.gtid_slave_pos or replica.gtid_slave_pos}
     stats = {"tables": len(tables), "rows": sum(t["rows"] for t in table_rows),
              "chunks": len(results), "raw_bytes": raw, "stored_bytes": stored,
              "duration": round(finished - started, 3), "blocked_ms": round(cons.blocked_ms, 3),

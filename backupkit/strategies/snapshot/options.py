@@ -31,6 +31,7 @@ class SnapshotOptions:
     lock_retries: int = 3
     lock_backoff: float = 2.0
     max_rate: float | None = None  # bytes per second read from the source, all workers together
+    max_replica_lag: float = 300.0  # a replica source further behind its primary: a warning
 
     @classmethod
     def from_policy(cls, section, **overrides: Any) -> SnapshotOptions:
@@ -40,7 +41,8 @@ class SnapshotOptions:
                    chunk_size_mb=section.chunk_size_mb,
                    compression_level=section.compression_level,
                    max_lock_wait=section.max_lock_wait, lock_retries=section.lock_retries,
-                   max_rate=parse_rate(section.max_rate) if section.max_rate else None)
+                   max_rate=parse_rate(section.max_rate) if section.max_rate else None,
+                   max_replica_lag=section.max_replica_lag)
         for k, v in overrides.items():
             if v is not None and v != [] and hasattr(opts, k):
                 setattr(opts, k, v)
