@@ -427,10 +427,11 @@ def judge(st: ProtectionStatus) -> list[Problem]:
     repo = st.repository
     if repo is not None:
         for src in repo.sources:
-            newest_base = max((b.time for b in src.bases), default=0.0)
             for g in src.gaps:
-                # a gap matters until a base after it makes later times restorable again
-                if g.end is None or newest_base < (g.end or 0):
+                # a gap matters until a base after it makes the times after it restorable again
+                # (an interval that starts after the gap began)
+                ref = g.start or g.detected_at
+                if g.end is None or not any(a > ref for a, _ in src.intervals):
                     after = format_time(g.start, utc=True) if g.start else "an unknown time"
                     out.append(Problem("gap", f"{src.source_id}: binlog gap after {after}: {g.reason}",
                                        strategy="binlog"))
