@@ -148,9 +148,11 @@ def test_cli_restores_tables_by_pattern_and_errors_in_one_line(shop):
                   "--rename-db", "shop=x")
     assert out.returncode == 2 and "'shop.nope' matches no table" in out.stderr, out.stderr
     assert len(out.stderr.strip().splitlines()) <= 2
-    out = run_cli(*common, "--stop-before-gtid", shop["bad_gtid"], "--tables", "shop.*",
-                  "--exclude-tables", "shop.items,shop.customers", "--rename-db", "shop=shop_cli",
-                  "--json")
+    args = (*common, "--stop-before-gtid", shop["bad_gtid"], "--tables", "shop.*",
+            "--exclude-tables", "shop.items,shop.customers", "--rename-db", "shop=shop_cli")
+    out = run_cli(*args, "--dry-run")
+    assert out.returncode == 0 and "shop.orders -> shop_cli.orders" in out.stdout, out.stderr
+    out = run_cli(*args, "--json")
     assert out.returncode == 0, out.stderr
     conn = src.connect()
     cur = conn.cursor()
