@@ -187,6 +187,20 @@ class RetentionSection(_Section):
     recovery_window: str | None = None
 
 
+class VerifySection(_Section):
+    """How `verify` without --all spreads its reading: it checks only objects no earlier run
+    checked, and reads everything again once per full_every (a duration: "7d")."""
+
+    full_every: str = "7d"
+
+    @field_validator("full_every")
+    @classmethod
+    def _full_every_ok(cls, v: str) -> str:
+        if parse_duration(v) <= 0:
+            raise ValueError("a positive duration such as 7d or 12h")
+        return v
+
+
 class ScheduleSection(_Section):
     """How `schedule run` (the daemon) and `schedule cron` run the strategies."""
 
@@ -244,6 +258,7 @@ class Policy(_Section):
     cold: ColdSection = Field(default_factory=ColdSection)
     retention: RetentionSection = Field(default_factory=RetentionSection)
     schedule: ScheduleSection = Field(default_factory=ScheduleSection)
+    verify: VerifySection = Field(default_factory=VerifySection)
     encryption: EncryptionSection | None = None
     metrics: MetricsSection = Field(default_factory=MetricsSection)
     notify: NotifySection = Field(default_factory=NotifySection)

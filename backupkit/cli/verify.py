@@ -12,7 +12,9 @@ from backupkit.util.units import human_bytes, human_seconds
 
 def verify(
     backup_id: str = typer.Argument(None, help="Backup to verify; omit (or --all) for everything."),
-    all_: bool = typer.Option(False, "--all", help="Every backup and every binlog segment (the default)."),
+    all_: bool = typer.Option(False, "--all", help="Re-read every object, also those an earlier run "
+                              "checked (default: only what is new, and everything once per "
+                              "[verify] full_every, 7d)."),
     restore_test: bool = typer.Option(False, "--restore-test",
                                       help="Also restore into a throw-away private server and compare "
                                            "row counts and checksums (the newest backup with --all)."),
@@ -28,15 +30,18 @@ def verify(
     from backupkit.operations.verify import restore_test as run_restore_test  # lazy: start-up time
     from backupkit.operations.verify import verify_repository  # lazy: start-up time
     from backupkit.repo.catalog import Catalog  # lazy: start-up time
+    from backupkit.util.units import parse_duration  # lazy: start-up time
 
     if backup_id and all_:
         raise UsageError("give a backup id or --all, not both")
     st = settings()
+    full_every = parse_duration(st.policy.verify.full_every)
     store = st.open_store(create=False)
     ids = [backup_id] if backup_id else None
     with progress(enabled=not json_mode()) as bar:
         report = verify_repository(store, ids, binlog=ids is None, parallel=parallel or 8,
-                                   progress=as_progress(bar), repair=repair)
+                                   progress=as_progress(bar), repair=repair, everything=all_,
+                                   full_every=full_every)
     if restore_test and report.ok:
         catalog = Catalog(store)
         if backup_id:
@@ -59,6 +64,10 @@ def verify(
     def human(c) -> None:
         c.print(f"repository {data['storage']}: {data['objects']} objects, "
                 f"{human_bytes(data['bytes'])} re-read in {human_seconds(data['seconds'])}")
+        if not data["full"]:
+            c.print(f"only what is new: {data['skipped']} objects an earlier run checked were not "
+                    f"read again (last full read {data['last_full_at']}; --all reads everything)",
+                    highlight=False)
         if data["backups"]:
             c.print(table("backups", ["id", "kind", "objects", "stored", "result"],
                           [[b["id"], b["kind"], b["objects"], human_bytes(b["stored_bytes"]),

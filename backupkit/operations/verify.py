@@ -2,6 +2,11 @@
 coverage for holes no gap record explains, and optionally restore a backup into a throw-away
 server (a restore test, whose measured duration becomes the RTO of the loss report).
 
+Incremental by default: a run records what it checked (object key and checksum) in
+layout.verified_record(), and the next one re-reads only objects not recorded there, reading the
+index entries through the roll-ups. Once per full cycle (``full_every``), or with everything, a
+run re-reads every object and every index entry itself.
+
 Every problem names the object (or the stretch of binlog) it concerns; the CLI exits 5 if any.
 """
 
@@ -17,10 +22,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from backupkit.errors import BackupkitError, IntegrityError, ObjectNotFound
+import zstandard
+
+from backupkit.errors import BackupkitError, IntegrityError, ObjectNotFound, StorageError
 from backupkit.mysql.sandbox import Sandbox
 from backupkit.repo import layout
-from backupkit.repo.catalog import BackupManifest, Catalog, GapInfo, SegmentInfo, manifest_at
+from backupkit.repo.catalog import (
+    BackupManifest,
+    Catalog,
+    GapInfo,
+    SegmentInfo,
+    decode_manifest,
+    encode_manifest,
+    manifest_at,
+)
 from backupkit.repo.chain import chain_of, parent_id
 from backupkit.repo.codec import StoredObject, verify_object
 from backupkit.repo.coverage import build_runs
@@ -57,6 +72,9 @@ class VerifyReport:
     notes: list[str] = field(default_factory=list)
     restore_tests: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    full: bool = True  # every object re-read (else only those no earlier run checked)
+    skipped: int = 0  # objects an earlier run checked, not read again
+    last_full_at: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -66,7 +84,38 @@ class VerifyReport:
         return {"storage": self.storage, "verified": self.ok, "backups": self.backups,
                 "sources": self.sources, "objects": self.objects, "bytes": self.bytes,
                 "problems": [p.to_dict() for p in self.problems], "notes": self.notes,
-                "restore_tests": self.restore_tests, "seconds": round(self.seconds, 3)}
+                "restore_tests": self.restore_tests, "seconds": round(self.seconds, 3),
+                "full": self.full, "skipped": self.skipped,
+                "last_full_at": utc_iso(self.last_full_at) if self.last_full_at else None}
+
+
+@dataclass
+class Verified:
+    """What earlier verify runs checked: object key -> sha256 of its stored bytes, and when a run
+    last read everything."""
+
+    objects: dict[str, str] = field(default_factory=dict)
+    full_at: float = 0.0
+
+
+def read_verified(catalog: Catalog) -> Verified:
+    """The verify record, or an empty one (everything is new) when missing or unreadable."""
+    key = layout.verified_record()
+    try:
+        raw = zstandard.ZstdDecompressor().decompress(catalog.store.get_bytes(key))
+        body = decode_manifest(key, raw)
+        return Verified({str(k): str(v) for k, v in body["objects"].items()}, float(body["full_at"]))
+    except (StorageError, IntegrityError, zstandard.ZstdError, KeyError, TypeError, ValueError,
+            AttributeError):
+        return Verified()
+
+
+def write_verified(catalog: Catalog, verified: Verified) -> None:
+    """Replace the verify record (one PUT)."""
+    body = {"type": "verified", "objects": verified.objects, "full_at": verified.full_at,
+            "updated_at": time.time()}
+    catalog.store.put(layout.verified_record(),
+                      zstandard.ZstdCompressor(level=3).compress(encode_manifest(body)))
 
 
 class _Checker:
@@ -207,16 +256,36 @@ def rollup_problems(catalog: Catalog, source_id: str, repair: bool = False
     return problems, notes
 
 
+def _segments_cheaply(catalog: Catalog, source_id: str, report: VerifyReport,
+                      parallel: int) -> list[SegmentInfo]:
+    """The segments through the roll-ups (an incremental run); every entry read itself when that
+    fails, so a damaged entry is still a problem naming it."""
+    try:
+        return catalog.segments(source_id)
+    except (IntegrityError, KeyError, TypeError, ValueError):
+        return _read_segments(catalog, source_id, report, parallel)
+
+
 def verify_repository(store: ObjectStore, backup_ids: list[str] | None = None, *,
                       binlog: bool = True, parallel: int = 8,
-                      progress: Progress | None = None, repair: bool = False) -> VerifyReport:
+                      progress: Progress | None = None, repair: bool = False,
+                      everything: bool = True, full_every: float | None = None) -> VerifyReport:
     """Check the given backups (all when None) and, with binlog, every shipped segment and
-    roll-up (repair: damaged roll-ups are rebuilt)."""
+    roll-up (repair: damaged roll-ups are rebuilt).
+
+    Without everything (a whole-repository run only), objects an earlier run checked with the
+    same checksum are not read again, unless the last full run is full_every seconds old or more;
+    the record of what was checked is replaced at the end."""
     started = time.monotonic()
     bar = progress or NullProgress()
     task = bar.start("verifying")
     catalog = Catalog(store)
     report = VerifyReport(storage=store.describe())
+    whole = backup_ids is None and binlog
+    verified = read_verified(catalog) if whole else Verified()
+    report.last_full_at = verified.full_at
+    report.full = everything or not whole or not verified.full_at or (
+        full_every is not None and time.time() - verified.full_at >= full_every)
     backups = _read_backups(catalog, backup_ids, report, parallel)
     items: list[tuple[str, StoredObject]] = []
     for b in backups:
@@ -226,14 +295,29 @@ def verify_repository(store: ObjectStore, backup_ids: list[str] | None = None, *
     per_source: dict[str, tuple[list[SegmentInfo], list[GapInfo]]] = {}
     if binlog:
         for sid in catalog.sources():
-            segs = _read_segments(catalog, sid, report, parallel)
+            segs = (_read_segments if report.full else _segments_cheaply)(catalog, sid, report,
+                                                                          parallel)
             gaps = catalog.gaps(sid)
             per_source[sid] = (segs, gaps)
             items += [(f"segment {s.key}", s.object) for s in segs]
+    considered = items
+    if not report.full:
+        items = [(o, obj) for o, obj in items if verified.objects.get(obj.key) != obj.sha256]
+        report.skipped = len(considered) - len(items)
     bar.update(task, total=sum(o.size for _, o in items))
     checker = _Checker(store, parallel, lambda n: bar.advance(task, n))
-    report.problems += checker.check_all(items)
+    checked = checker.check_all(items)
+    report.problems += checked
     report.objects, report.bytes = checker.objects, checker.bytes
+    if whole:
+        bad = {p.key for p in checked}
+        record = Verified({o.key: o.sha256 for _, o in considered if o.key not in bad},
+                          time.time() if report.full else verified.full_at)
+        try:
+            write_verified(catalog, record)
+        except StorageError as exc:
+            report.notes.append(f"the record of what was verified was not written: {exc.message} "
+                                "(the next run reads everything again)")
     for sid, (segs, gaps) in per_source.items():
         probs, notes = coverage_problems(sid, segs, gaps)
         report.problems += probs

@@ -195,6 +195,16 @@ def source_of(key: str) -> str | None:
     return None
 
 
+# -- verify ---------------------------------------------------------------------------
+VERIFY = "verify/"
+
+
+def verified_record() -> str:
+    """What `verify` has checked (object key and checksum) and when it last read everything: later
+    runs check only what is new. Replaced by each run; never a commit marker."""
+    return f"{VERIFY}verified.json.zst"
+
+
 # -- leases and records -----------------------------------------------------------
 def shipper_lease(source_id: str) -> str:
     """The lease a binlog shipper holds so that only one ships each source."""

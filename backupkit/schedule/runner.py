@@ -31,7 +31,7 @@ JOB_STRATEGIES = ("cold", "snapshot", "verify", "prune", "sync", "binlog_purge")
 # binlog_purge talks to the source: never while a cold backup has it stopped.
 GROUPS = {"cold": "source", "snapshot": "source", "verify": "repository", "prune": "repository",
           "sync": "repository", "binlog_purge": "source"}
-CLI_ARGS = {"cold": ["cold"], "snapshot": ["snapshot"], "verify": ["verify", "--all"],
+CLI_ARGS = {"cold": ["cold"], "snapshot": ["snapshot"], "verify": ["verify"],
             "prune": ["prune", "--force"], "binlog": ["binlog", "ship"], "sync": ["repo", "sync"],
             "binlog_purge": ["binlog", "purge"]}
 

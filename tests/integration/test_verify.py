@@ -254,3 +254,13 @@ def test_a_garbage_or_copied_manifest_is_skipped_with_a_warning_and_fails_verify
     r = _verify(repo, "--all", "--json")
     assert r.returncode == 5
     assert {p["key"] for p in json.loads(r.stdout)["problems"]} == {garbage, copied}
+
+
+def test_a_second_verify_reads_only_what_is_new_and_all_reads_everything(repo):
+    first = json.loads(_verify(repo, "--json").stdout)
+    assert first["verified"] and first["full"] and first["objects"] > 0
+    second = json.loads(_verify(repo, "--json").stdout)
+    assert second["verified"] and not second["full"]
+    assert second["objects"] == 0 and second["skipped"] == first["objects"]
+    every = json.loads(_verify(repo, "--all", "--json").stdout)
+    assert every["full"] and every["objects"] == first["objects"]

@@ -11,8 +11,9 @@ from typing import BinaryIO
 
 from backupkit.mysql.gtid import BinlogPoint
 from backupkit.mysql.server import SourceIdentity
+from backupkit.repo import layout
 from backupkit.repo.catalog import BackupManifest, Catalog, SegmentInfo
-from backupkit.repo.codec import StoredObject
+from backupkit.repo.codec import StoredObject, put_object
 from backupkit.storage.base import ObjectInfo, ObjectStore
 from backupkit.util.streams import Chunks
 
@@ -105,11 +106,11 @@ def synthetic_segment(i: int, per_file: int) -> SegmentInfo:
 
 
 def build_repository(store: ObjectStore, segments: int, per_file: int = 1000,
-                     with_head: bool = True) -> Catalog:
+                     with_head: bool = True, with_data: bool = False) -> Catalog:
     """A repository with one snapshot at the start and `segments` committed one-second segments,
     every finished binlog file rolled up and the head replaced after each commit (unless not
     with_head: a repository of an older backupkit), written through Catalog as the shipper does
-    (index entries only: the data objects are not needed to plan, list or report)."""
+    (index entries only unless with_data: the data objects are not needed to plan, list or report)."""
     catalog = Catalog(store)
     catalog.ensure_repo()
     src = SourceIdentity(SOURCE, version="10.11", server_id=1)
@@ -119,8 +120,7 @@ def build_repository(store: ObjectStore, segments: int, per_file: int = 1000,
     known: dict[str, SegmentInfo] = {}
     rolled: list[str] = []
     for i in range(segments):
-        seg = synthetic_segment(i, per_file)
-        catalog.commit_segment(seg)
+        seg = add_segment(catalog, i, per_file, with_data)
         known[seg.key] = seg
         if seg.file_closed:
             rolled.append(seg.binlog_file)
@@ -129,6 +129,17 @@ def build_repository(store: ObjectStore, segments: int, per_file: int = 1000,
     if with_head and segments:  # as the shipper leaves it after its last commit
         catalog.write_head(seg, rolled)
     return catalog
+
+
+def add_segment(catalog: Catalog, i: int, per_file: int = 1000, with_data: bool = False
+                ) -> SegmentInfo:
+    """Commit the i-th synthetic segment (with a data object of a few bytes when with_data)."""
+    seg = synthetic_segment(i, per_file)
+    if with_data:
+        seg.object = put_object(catalog.store, layout.segment_data(
+            SOURCE, seg.binlog_file, seg.start_pos, seg.end_pos), [b"segment %d" % i])
+    catalog.commit_segment(seg)
+    return seg
 
 
 class no_fsync:
