@@ -31,6 +31,7 @@ class ReplicaInfo:
     gtid_slave_pos: str
     using_gtid: str
     log_slave_updates: bool
+    io_error: str = ""  # Last_IO_Error (e.g. the primary refused the replication user)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -58,7 +59,8 @@ def replica_info(conn) -> ReplicaInfo | None:
         lag=None if lag is None else int(lag),
         gtid_slave_pos=str(row.get("Gtid_Slave_Pos") or extra.get("p") or ""),
         using_gtid=str(row.get("Using_Gtid", "")),
-        log_slave_updates=bool(int(extra.get("u") or 0)))
+        log_slave_updates=bool(int(extra.get("u") or 0)),
+        io_error=str(row.get("Last_IO_Error") or ""))
 
 
 def check_replica(info: ReplicaInfo | None, *, shipping: bool, max_lag: float | None = None

@@ -17,6 +17,7 @@ import pymysql
 
 from backupkit.errors import TargetError, UsageError
 from backupkit.mysql.connection import ConnSpec, connect
+from backupkit.mysql.replica import replica_info
 from backupkit.restore.guard import same_endpoint
 
 REPLICATE_PASSWORD_ENV = "BACKUPKIT_REPLICATE_PASSWORD"
@@ -115,18 +116,13 @@ def start_replica(target: ConnSpec, primary: ConnSpec, gtid_pos: str,
                                   "the restored data stays; configure replication by hand") from None
             t0 = time.monotonic()
             while True:
-                cur.execute("SHOW SLAVE STATUS")
-                row = cur.fetchone()
-                names = [d[0] for d in cur.description]
-                st = {k: (v.decode() if isinstance(v, bytes) else v)
-                      for k, v in zip(names, row or (), strict=False)}
-                status.seconds_behind = st.get("Seconds_Behind_Master")
-                err = st.get("Last_IO_Error") or st.get("Last_SQL_Error")
+                st = replica_info(conn)
+                status.seconds_behind = st.lag if st else None
+                err = st and (st.io_error or st.sql_error)
                 if err:
                     status.error = str(err)
                     return status
-                if st.get("Slave_IO_Running") == "Yes" and st.get("Slave_SQL_Running") == "Yes" \
-                        and status.seconds_behind == 0:
+                if st and st.io_running == "Yes" and st.sql_running == "Yes" and st.lag == 0:
                     status.caught_up = True
                     status.seconds_to_catch_up = time.monotonic() - t0
                     return status
