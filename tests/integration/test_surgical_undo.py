@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import time
 
@@ -69,8 +70,13 @@ def test_undo_of_a_delete_restores_the_rows_and_a_second_run_refuses(live):
     assert dry.sql.count("BINLOG '") >= 2 and not dry.applied
     assert "--   INSERT INTO `shop`.`orders`" in dry.sql, dry.sql[:2000]
     assert _sum(cur, "shop.orders") == want_after
-    done = undo(live["store"], live["catalog"], src.spec, gtids=[bad])
-    assert done.applied and done.transactions == [bad]
+    out = run_cli("--storage", f"file://{live['repo']}", "undo", "--gtid", bad, "--dry-run")
+    assert out.returncode == 0 and "INSERT INTO `shop`.`orders`" in out.stdout, out.stderr
+    out = run_cli("--storage", f"file://{live['repo']}", "undo", "--gtid", bad, "--json",
+                  "--target", f"mysql://root@127.0.0.1:{src.spec.port}")
+    assert out.returncode == 0, out.stderr
+    done = json.loads(out.stdout)
+    assert done["applied"] and done["transactions"] == [bad]
     cur.execute("SELECT COUNT(*) FROM orders")
     assert cur.fetchone()[0] == 600
     cur.execute("UPDATE orders SET note = 'n1' WHERE id = 1")  # back to the state before the DELETE
