@@ -9,12 +9,15 @@ import typer
 from backupkit.cli.common import json_mode, render, settings
 from backupkit.cli.console import table
 from backupkit.errors import StorageError, UsageError
+from backupkit.monitor.live import write_atomic
+from backupkit.monitor.page import render_page
+from backupkit.monitor.status import drill_state
 from backupkit.util.units import format_time, human_bytes, human_seconds
 
 
 def monitor_state():
     """The MonitorState of the configured policy on this machine, its repository read once."""
-    from backupkit.schedule.monitoring import policy_monitor
+    from backupkit.schedule.monitoring import policy_monitor  # lazy: start-up time
 
     st = settings()
     if not st.storage_url:
@@ -31,9 +34,6 @@ def status(
     check: bool = typer.Option(False, "--check", help="Exit 1 when an objective is not met."),
 ) -> None:
     """Am I protected right now? Restorable time and its gaps, loss windows, last runs, shipper, targets."""
-    from backupkit.monitor.live import write_atomic
-    from backupkit.monitor.page import render_page
-
     state = monitor_state()
     stt = state.status()
     if html is not None:
@@ -58,8 +58,6 @@ def _when(ts: float | None) -> str:
 
 def summary(c, stt) -> None:
     """The rich terminal summary of a ProtectionStatus."""
-    from backupkit.monitor.status import drill_state
-
     c.print(f"[bold]policy {stt.policy}[/]: daemon {stt.daemon.get('state')}; "
             + ("[green]every objective is met[/]" if stt.healthy else
                f"[red]{len(stt.problems)} objective(s) not met[/]"), highlight=False)
@@ -102,8 +100,8 @@ def metrics(
                                        "collector), instead of printing them."),
 ) -> None:
     """The Prometheus metrics of the policy, read once (for cron and node_exporter)."""
-    from backupkit.monitor.metrics import render as render_metrics
-    from backupkit.monitor.metrics import write_textfile
+    from backupkit.monitor.metrics import render as render_metrics  # lazy: start-up time
+    from backupkit.monitor.metrics import write_textfile  # lazy: start-up time
 
     state = monitor_state()
     if textfile is None:
