@@ -101,11 +101,10 @@ def restore_cli(backup_id: str | None = None, target: str | None = None, datadir
                                   plan=plan, in_place=in_place, source_spec=configured_source())
     data = result.to_dict()
     if primary is not None:
-        from backupkit.restore.replica import reached_position, start_replica  # lazy: start-up time
+        from backupkit.restore.replica import position_after, start_replica  # lazy: start-up time
 
         assert spec is not None
-        status = start_replica(spec, primary, reached_position(plan.base.point.gtid, result.reached.gtid),
-                               replica_wait)
+        status = start_replica(spec, primary, position_after(result), replica_wait)
         result.notes.append(status.note())
         data["notes"] = list(result.notes)
         data["replica"] = status.to_dict()

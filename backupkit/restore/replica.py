@@ -17,6 +17,7 @@ import pymysql
 
 from backupkit.errors import TargetError, UsageError
 from backupkit.mysql.connection import ConnSpec, connect
+from backupkit.mysql.gtid import GtidSet, try_parse_gtid
 from backupkit.mysql.replica import replica_info
 from backupkit.restore.guard import same_endpoint
 
@@ -83,16 +84,28 @@ def refuse_primary_as_target(target: ConnSpec, primary: ConnSpec) -> None:
                          "replica needs its own", "start the target with another --server-id")
 
 
-def reached_position(base_gtid: str, reached_gtid: str) -> str:
-    """The GTID position after the replay: the base's, with the reached GTID's domain moved on."""
-    by_domain: dict[str, str] = {}
-    for g in (base_gtid or "").split(","):
-        g = g.strip()
-        if g.count("-") == 2:
-            by_domain[g.split("-")[0]] = g
-    if reached_gtid and reached_gtid.count("-") == 2:
-        by_domain[reached_gtid.split("-")[0]] = reached_gtid
-    return ",".join(by_domain[d] for d in sorted(by_domain, key=int))
+def reached_position(base_gtid: str, reached_gtid: str, segment_state: str = "") -> str:
+    """The GTID position after a replay to the newest shipped point: the base's, with every domain
+    the replayed segments moved on (segment_state: the last replayed segment's recorded position
+    after it, which holds every domain), and the last applied GTID on top. Without the segment
+    state only the reached GTID's domain would move, and a replica would replay the others'
+    transactions a second time."""
+    pos = GtidSet.parse(base_gtid, strict=False)
+    state = GtidSet.parse(segment_state, strict=False)
+    for key in list(state.intervals):
+        if key.isdigit() and state.last_seq(key) >= pos.last_seq(key):
+            pos.set_domain(int(key), state.servers.get(key, 0), state.last_seq(key))
+    reached = try_parse_gtid(reached_gtid)
+    if reached is not None and reached.mariadb and reached.seq >= pos.last_seq(reached.key):
+        pos.add(reached)
+    return pos.text()
+
+
+def position_after(result) -> str:
+    """reached_position of a finished point-in-time restore (PitrResult)."""
+    segs = result.plan.segments
+    return reached_position(result.plan.base.point.gtid, result.reached.gtid,
+                            segs[-1].gtid_state if segs else "")
 
 
 def start_replica(target: ConnSpec, primary: ConnSpec, gtid_pos: str,
@@ -143,7 +156,7 @@ def rebuild_replica(store, catalog, target: ConnSpec, primary: ConnSpec, *, wait
     refuse_primary_as_target(target, primary)
     result = restore_to_point(store, catalog, parse_target(latest=True), target,
                               backup_id=backup_id, **restore_kw)
-    pos = reached_position(result.plan.base.point.gtid, result.reached.gtid)
+    pos = position_after(result)
     status = start_replica(target, primary, pos, wait_seconds)
     result.notes.append(status.note())
     result.replica = status  # type: ignore[attr-defined]
