@@ -65,6 +65,15 @@ def run(
                                        help="Serve /metrics (Prometheus) and the status page at / on "
                                             "HOST:PORT ('on': 127.0.0.1:9108; default [metrics] listen, "
                                             "else off)."),
+    policies: str = typer.Option(None, "--policies", metavar="DIR",
+                                 help="Run every policy in this folder (one source each, its own "
+                                      "repository or prefix) in this one daemon; a broken file is "
+                                      "reported and skipped."),
+    max_snapshots: int = typer.Option(None, "--max-concurrent-snapshots", min=1,
+                                      help="With --policies: at most this many snapshots at once "
+                                           "across the policies (shippers always run)."),
+    max_cold: int = typer.Option(None, "--max-concurrent-cold", min=1,
+                                 help="With --policies: at most this many cold backups at once."),
 ) -> None:
     """Run the policy: its cron schedules on APScheduler, and the binlog shipper, supervised.
 
@@ -72,6 +81,17 @@ def run(
     'schedule status'. SIGTERM or Ctrl-C: no new run starts, the shipper flushes and stops,
     running jobs finish (a second signal cuts them; a cut backup leaves no manifest).
     """
+    if policies:
+        from backupkit.schedule.fleet import serve_fleet  # lazy: start-up time
+
+        if COMMON.policy or COMMON.storage or COMMON.source:
+            raise UsageError("--policies runs each policy with its own source and storage",
+                             "leave out --policy, --storage and --source")
+        raise typer.Exit(serve_fleet(policies, max_snapshots=max_snapshots, max_cold=max_cold,
+                                     stop_timeout=stop_timeout, emit=_emitter()))
+    if max_snapshots or max_cold:
+        raise UsageError("--max-concurrent-snapshots and --max-concurrent-cold go with --policies",
+                         "one policy runs one snapshot at a time anyway")
     from backupkit.schedule.daemon import serve  # lazy: start-up time
 
     st = _settings()
@@ -123,11 +143,40 @@ def status(
                                     "the alert rules is met (no failed last run, no overdue backup, "
                                     "shipper running and not lagging, no open gap, drill passed, "
                                     "targets in step, loss windows within objective)."),
+    policies: str = typer.Option(None, "--policies", metavar="DIR",
+                                 help="Every policy in this folder (a fleet run by 'schedule run "
+                                      "--policies DIR'); a broken file is listed as such."),
 ) -> None:
     """The last result and the next run of each job, and the state of the binlog shipper."""
+    if policies:
+        from backupkit.schedule.fleet import load_fleet  # lazy: start-up time
+
+        fleet = load_fleet(policies)
+        outs = [_status_of(m.settings) for m in fleet.good]
+        broken = [{"file": str(m.path), "error": m.error} for m in fleet.broken]
+        healthy = all(o["healthy"] for o in outs) and not broken
+
+        def human_all(c) -> None:
+            for o in outs:
+                _print_status(c, o)
+                c.print("")
+            for b in broken:
+                c.print(f"broken policy {b['file']}: {b['error']}", highlight=False, markup=False)
+
+        render({"policies": outs, "broken": broken, "healthy": healthy}, human_all)
+        if check and not healthy:
+            raise typer.Exit(1)
+        return
+    out = _status_of(_settings())
+    render(out, lambda c: _print_status(c, out))
+    if check and out["problems"]:
+        raise typer.Exit(1)
+
+
+def _status_of(st) -> dict:
+    """One policy's status: its status file, the next runs, and its protection problems."""
     from backupkit.schedule.state import Paths, StatusFile  # lazy: start-up time
 
-    st = _settings()
     paths = Paths.of(st.policy)
     data = StatusFile(paths.status_file).read()
     ever = bool(data)
@@ -148,40 +197,6 @@ def status(
                       "pid": pid if alive else None, "started_at": data.get("started_at"),
                       "alive": alive},
            "jobs": jobs, "shipper": data.get("shipper"), "updated_at": data.get("updated_at")}
-
-    def human(c) -> None:
-        d = out["daemon"]
-        c.print(f"policy {out['policy']!r}: daemon {d['state']}"
-                + (f" (pid {d['pid']}, since {d['started_at']})" if d["alive"] else "")
-                + f"; status file {out['status_file']}")
-        rows = []
-        errors = []
-        for name, j in sorted(jobs.items()):
-            last = j.get("last") or {}
-            size = human_bytes(last.get("stored_bytes")) if last.get("stored_bytes") is not None else ""
-            rows.append([name, j.get("schedule", ""),
-                         "running" if j.get("running_since") else last.get("result", "-"),
-                         last.get("start") or "-",
-                         human_seconds(last.get("duration_s")) if last else "-", size,
-                         f"{j.get('runs', 0)}/{j.get('failures', 0)}/{j.get('skipped', 0)}",
-                         j.get("next_run") or "-"])
-            if last.get("error"):
-                errors.append(f"{name}: last error: {last['error']}")
-        c.print(table("jobs", ["job", "schedule", "last", "last start", "took", "stored",
-                               "runs/failed/skipped", "next run"], rows))
-        for e in errors:
-            c.print(e, highlight=False, markup=False)
-        for p in out.get("problems", []):
-            c.print(f"unhealthy: {p}", highlight=False, markup=False)
-        sh = out["shipper"]
-        if sh:
-            c.print(f"binlog shipper: {sh.get('state')}"
-                    + (f", pid {sh['pid']}" if sh.get("pid") else "")
-                    + f", restarts {sh.get('restarts', 0)}"
-                    + (f", last exit {sh['last_exit']} at {sh.get('last_exit_at')}"
-                       if sh.get("last_exit") is not None else "")
-                    + (f", next start {sh['next_start_at']}" if sh.get("next_start_at") else ""))
-
     problems = []
     if not alive:
         problems.append("the daemon is not running" + ("" if ever else " (it never ran)"))
@@ -191,9 +206,42 @@ def status(
                  and (alive or p.kind != "shipper_down")]
     out["healthy"] = not problems
     out["problems"] = problems
-    render(out, human)
-    if check and problems:
-        raise typer.Exit(1)
+    return out
+
+
+def _print_status(c, out: dict) -> None:
+    d = out["daemon"]
+    jobs = out["jobs"]
+    c.print(f"policy {out['policy']!r}: daemon {d['state']}"
+            + (f" (pid {d['pid']}, since {d['started_at']})" if d["alive"] else "")
+            + f"; status file {out['status_file']}")
+    rows = []
+    errors = []
+    for name, j in sorted(jobs.items()):
+        last = j.get("last") or {}
+        size = human_bytes(last.get("stored_bytes")) if last.get("stored_bytes") is not None else ""
+        rows.append([name, j.get("schedule", ""),
+                     "running" if j.get("running_since") else last.get("result", "-"),
+                     last.get("start") or "-",
+                     human_seconds(last.get("duration_s")) if last else "-", size,
+                     f"{j.get('runs', 0)}/{j.get('failures', 0)}/{j.get('skipped', 0)}",
+                     j.get("next_run") or "-"])
+        if last.get("error"):
+            errors.append(f"{name}: last error: {last['error']}")
+    c.print(table("jobs", ["job", "schedule", "last", "last start", "took", "stored",
+                           "runs/failed/skipped", "next run"], rows))
+    for e in errors:
+        c.print(e, highlight=False, markup=False)
+    for p in out.get("problems", []):
+        c.print(f"unhealthy: {p}", highlight=False, markup=False)
+    sh = out["shipper"]
+    if sh:
+        c.print(f"binlog shipper: {sh.get('state')}"
+                + (f", pid {sh['pid']}" if sh.get("pid") else "")
+                + f", restarts {sh.get('restarts', 0)}"
+                + (f", last exit {sh['last_exit']} at {sh.get('last_exit_at')}"
+                   if sh.get("last_exit") is not None else "")
+                + (f", next start {sh['next_start_at']}" if sh.get("next_start_at") else ""))
 
 
 def _protection(st, status_file):
@@ -213,12 +261,51 @@ def cron(
                                                   "schedule.cron_user or the current user)."),
     crontab: bool = typer.Option(False, "--crontab",
                                  help="Print lines for 'crontab -e' (no user column)."),
+    policies: str = typer.Option(None, "--policies", metavar="DIR",
+                                 help="Lines for every policy in this folder (--install: one file "
+                                      "each); a broken file is reported and skipped."),
 ) -> None:
     """Print crontab lines for the policy (each run under flock, so runs never overlap)."""
+    if policies:
+        from backupkit.schedule.fleet import load_fleet  # lazy: start-up time
+
+        fleet = load_fleet(policies)
+        results = []
+        for m in fleet.good:
+            if scheduled_strategies(m.policy):
+                results.append(_cron_of(m.settings, install, cron_dir, user, crontab))
+        broken = [{"file": str(m.path), "error": m.error} for m in fleet.broken]
+        for b in broken:
+            warn(f"{b['file']}: {b['error']} (skipped)")
+
+        def human_all(c) -> None:
+            for data in results:
+                if data["installed"]:
+                    c.print(f"installed {data['installed']} ({len(data['lines'])} lines)")
+                else:
+                    for ln in data["lines"]:
+                        c.print(ln, highlight=False, markup=False, soft_wrap=True)
+
+        render({"policies": results, "broken": broken}, human_all)
+        return
+    data = _cron_of(_settings(), install, cron_dir, user, crontab)
+
+    def human(c) -> None:
+        if data["installed"]:
+            c.print(f"installed {data['installed']} ({len(data['lines'])} lines); logs in "
+                    f"{data['log_dir']}")
+        else:
+            for ln in data["lines"]:
+                c.print(ln, highlight=False, markup=False, soft_wrap=True)
+
+    render(data, human)
+
+
+def _cron_of(st, install: bool, cron_dir: str, user: str | None, crontab: bool) -> dict:
+    """One policy's cron lines (installed when asked), with its warnings printed."""
     from backupkit.schedule.crontab import cron_lines, install_cron  # lazy: start-up time
     from backupkit.schedule.state import Paths  # lazy: start-up time
 
-    st = _settings()
     pol = st.policy
     if not scheduled_strategies(pol):
         raise UsageError(f"{pol.path}: key 'strategies': nothing is scheduled",
@@ -246,12 +333,4 @@ def cron(
             "lock_dir": str(paths.lock_dir), "log_dir": str(paths.log_dir)}
     for w in warnings:
         warn(w)
-
-    def human(c) -> None:
-        if path:
-            c.print(f"installed {path} ({len(lines)} lines); logs in {paths.log_dir}")
-        else:
-            for ln in lines:
-                c.print(ln, highlight=False, markup=False, soft_wrap=True)
-
-    render(data, human)
+    return data

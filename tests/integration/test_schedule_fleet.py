@@ -1,0 +1,127 @@
+"""Many sources in one daemon (issue 20): `schedule run --policies DIR` with three sources and a
+limit of one concurrent snapshot. The snapshots run one at a time (their manifests' start and
+finish times do not overlap), every shipper keeps its loss window under 2 s meanwhile, and a
+broken policy file is reported and skipped."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from backupkit.mysql.server import master_status, server_facts
+from backupkit.repo.catalog import Catalog
+from backupkit.storage import open_store
+from tests.support import run_cli
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def _policy(tmp_path: Path, name: str, sb) -> Path:
+    p = tmp_path / "policies" / f"{name}.toml"
+    p.parent.mkdir(exist_ok=True)
+    p.write_text(f"""
+name = "{name}"
+[source]
+url = "{sb.url}"
+source_id = "{name}"
+[storage]
+url = "file://{tmp_path / 'repos' / name}"
+[strategies]
+snapshot = "* * * * *"
+binlog = "continuous"
+[snapshot]
+max_rate = "3MB/s"
+parallel = 1
+[binlog]
+sync_interval = 0.2
+heartbeat = 0.5
+[schedule]
+shipper_backoff_min = 0.5
+shipper_backoff_max = 5
+""")
+    return p
+
+
+def _fill(sb) -> None:
+    sb.sql("CREATE DATABASE app")
+    sb.sql("CREATE TABLE app.t (id INT AUTO_INCREMENT PRIMARY KEY, c CHAR(128), v INT)")
+    sb.sql("INSERT INTO app.t (c, v) SELECT SHA2(seq, 512), seq FROM seq_1_to_25000", database="app")
+
+
+def _shipped_through(sb, url: str, name: str, timeout: float) -> float:
+    """Seconds until the repository holds the source's binlog up to its position now."""
+    with sb.connect() as conn:
+        file, pos = master_status(conn, server_facts(conn))
+    t0 = time.monotonic()
+    cat = Catalog(open_store(url))
+    while time.monotonic() - t0 < timeout:
+        got = cat.shipped_position(name)
+        if got is not None and (got[0], got[1]) >= (file, pos):
+            return time.monotonic() - t0
+        time.sleep(0.05)
+    return float("inf")
+
+
+def test_three_sources_one_daemon_one_snapshot_at_a_time_shippers_keep_up(mariadb_factory, tmp_path):
+    boxes = {f"src{i}": mariadb_factory(server_id=i + 1) for i in range(3)}
+    for name, sb in boxes.items():
+        _fill(sb)
+        _policy(tmp_path, name, sb)
+    (tmp_path / "policies" / "broken.toml").write_text("name = 'broken'\n[snapshot]\nparalel = 2\n")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("BACKUPKIT_STORAGE", "BACKUPKIT_SOURCE", "BACKUPKIT_POLICY")}
+    env["BACKUPKIT_STATE_DIR"] = str(tmp_path / "state")
+    log = tmp_path / "daemon.log"
+    fh = open(log, "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen([sys.executable, "-m", "backupkit", "schedule", "run", "--policies",
+                             str(tmp_path / "policies"), "--max-concurrent-snapshots", "1"],
+                            stdout=fh, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+    urls = {name: f"file://{tmp_path / 'repos' / name}" for name in boxes}
+    windows: list[float] = []
+    try:
+        deadline = time.monotonic() + 150
+        snaps: dict[str, list] = {}
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            for sb in boxes.values():
+                sb.sql(f"INSERT INTO app.t (c, v) VALUES ('w', {int(time.time())})")
+            for name, sb in boxes.items():
+                if (tmp_path / "repos" / name).exists():
+                    windows.append(_shipped_through(sb, urls[name], name, 5.0))
+            snaps = {n: Catalog(open_store(u)).backups(kind="snapshot") for n, u in urls.items()
+                     if (tmp_path / "repos" / n).exists()}
+            if len(snaps) == 3 and all(snaps.values()):
+                break
+            time.sleep(0.3)
+        assert len(snaps) == 3 and all(snaps.values()), log.read_text()[-3000:]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        finally:
+            fh.close()
+    text = log.read_text()
+    assert "event=policy_error" in text and "broken.toml" in text and "paralel" in text
+    firsts = sorted((s[0].started_at, s[0].finished_at, n) for n, s in snaps.items())
+    for (_, a1, an), (b0, _, bn) in zip(firsts, firsts[1:], strict=False):
+        assert a1 <= b0, f"snapshots of {an} and {bn} overlapped: {firsts}"
+    assert all(f[1] - f[0] > 0.5 for f in firsts)  # each took a while (3MB/s): overlap was possible
+    assert windows and max(windows) < 2.0, sorted(windows)[-5:]
+
+    r = run_cli("schedule", "status", "--policies", str(tmp_path / "policies"), "--json",
+                env={"BACKUPKIT_STATE_DIR": str(tmp_path / "state")})
+    out = json.loads(r.stdout)
+    assert sorted(p["policy"] for p in out["policies"]) == ["src0", "src1", "src2"]
+    assert [b["file"].endswith("broken.toml") for b in out["broken"]] == [True]
+    assert all(p["jobs"]["snapshot"]["last"]["result"] == "ok" for p in out["policies"])
+    r = run_cli("schedule", "cron", "--policies", str(tmp_path / "policies"), "--json")
+    cron = json.loads(r.stdout)
+    assert sorted(p["policy"] for p in cron["policies"]) == ["src0", "src1", "src2"]
+    assert all(any("snapshot" in ln for ln in p["lines"]) for p in cron["policies"])
