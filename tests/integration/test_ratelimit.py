@@ -96,3 +96,29 @@ def test_a_limited_cold_backup_uploads_its_staging_copy_at_the_limit_at_idle_io(
     # the staged files (about 9 MB: the copy is sparse) are read at the limit, less one burst
     expected = (staged["bytes"] - rate * BURST_SECONDS) / rate
     assert staged["upload_seconds"] >= (1 - TOLERANCE) * expected, staged
+
+
+def test_a_limited_physical_backup_reads_mariadb_backups_stream_at_the_limit(mariadb, local_url):
+    from backupkit.strategies.physical import PhysicalOptions, take_physical_backup
+
+    _fill(mariadb, 5_000)
+    rate = 20e6
+    t0 = time.monotonic()
+    m = take_physical_backup(mariadb.spec, open_store(local_url), PhysicalOptions(max_rate=rate))
+    wall = time.monotonic() - t0
+    raw = sum(o.raw_size for o in m.objects)
+    assert m.details["max_rate"] == rate
+    assert wall >= (1 - TOLERANCE) * (raw - rate * BURST_SECONDS) / rate, (raw, wall)
+
+
+def test_the_storage_limit_of_a_policy_is_shared_through_the_state_folder(tmp_path, monkeypatch):
+    from backupkit.config import Settings
+
+    monkeypatch.setenv("BACKUPKIT_STATE_DIR", str(tmp_path / "state"))
+    policy = tmp_path / "p.toml"
+    policy.write_text(f'[storage]\nurl = "file://{tmp_path / "repo"}"\nmax_rate = "40MiB/s"\n')
+    spec = Settings.resolve(str(policy), None, None).repository_spec()
+    assert spec.max_rate == 40 * 2**20
+    assert spec.rate_file.startswith(str(tmp_path / "state" / "rate" / "storage-"))
+    other = Settings.resolve(str(policy), None, None).repository_spec()
+    assert other.rate_file == spec.rate_file  # every job writing there takes from one bucket
