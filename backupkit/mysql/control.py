@@ -361,3 +361,18 @@ def _dropped(exc: Exception) -> bool:
         code = exc.args[0] if exc.args else 0
         return code in (0, 2006, 2013, 1053) or not isinstance(code, int)
     return isinstance(exc, ConnectionError | OSError)
+
+
+def start_restored_server(start_command: str, conn: ConnSpec | None, *, pid_file=None,
+                          start_timeout: float = 300.0, error_log=None) -> tuple[float, bool]:
+    """Start a server on a datadir a restore just wrote: with conn, wait until it accepts
+    connections (verified); without one, only run the command. Returns (seconds, verified)."""
+    if conn is not None:
+        ctl = ServiceControl(conn, start_command=start_command, pid_file=pid_file,
+                             start_timeout=start_timeout, error_log=error_log)
+        return ctl.start().seconds, True
+    res = run_command(start_command, timeout=start_timeout)
+    if res.returncode != 0:
+        raise BackupkitError(f"start command failed: {res.describe()}")
+    return res.seconds, False
+

@@ -21,8 +21,8 @@ from pathlib import Path
 
 from backupkit.errors import BackupkitError, UsageError
 from backupkit.mysql.connection import ConnSpec, connect
-from backupkit.mysql.control import ServiceControl
-from backupkit.mysql.process import pid_alive, read_pid, run_command, servers_using
+from backupkit.mysql.control import start_restored_server
+from backupkit.mysql.process import pid_alive, read_pid, servers_using
 from backupkit.repo import layout
 from backupkit.repo.catalog import BackupManifest, Catalog
 from backupkit.repo.codec import StoredObject, iter_object
@@ -215,17 +215,9 @@ def restore_cold(store: ObjectStore, manifest: BackupManifest, datadir: str | Pa
         result.config_file = str(_write_config(store, config, target))
     if start_command:
         say("starting the server")
-        ctl = ServiceControl(conn or ConnSpec(), start_command=start_command, pid_file=pid_file,
-                             start_timeout=start_timeout, error_log=error_log)
-        if conn is not None:
-            report = ctl.start()
-            result.start_seconds = round(report.seconds, 3)
-            result.start_verified = True
-        else:
-            res = run_command(start_command, timeout=start_timeout)
-            if res.returncode != 0:
-                raise BackupkitError(f"start command failed: {res.describe()}")
-            result.start_seconds = round(res.seconds, 3)
+        seconds, result.start_verified = start_restored_server(
+            start_command, conn, pid_file=pid_file, start_timeout=start_timeout, error_log=error_log)
+        result.start_seconds = round(seconds, 3)
         result.started = True
     finished = time.time()
     if catalog is not None:

@@ -31,9 +31,8 @@ from pathlib import Path
 
 from backupkit.errors import BackupkitError, IntegrityError, ObjectNotFound, StorageError, UsageError
 from backupkit.mysql.connection import ConnSpec, connect, qualified
-from backupkit.mysql.control import ServiceControl
+from backupkit.mysql.control import start_restored_server
 from backupkit.mysql.mariabackup import find_mbstream, find_tool
-from backupkit.mysql.process import run_command
 from backupkit.repo.catalog import BackupManifest, Catalog
 from backupkit.repo.chain import PHYSICAL, chain_of, chain_raw_bytes
 from backupkit.repo.codec import READ_SIZE, StoredObject, VerifyingReader, iter_object
@@ -380,17 +379,9 @@ def restore_physical(store: ObjectStore, manifest: BackupManifest, datadir: str 
     result.seconds = round(time.monotonic() - t_all, 3)
     if start_command:
         say("starting the server")
-        ctl = ServiceControl(conn or ConnSpec(), start_command=start_command, pid_file=pid_file,
-                             start_timeout=start_timeout, error_log=error_log)
-        if conn is not None:
-            report = ctl.start()
-            result.start_seconds = round(report.seconds, 3)
-            result.start_verified = True
-        else:
-            res = run_command(start_command, timeout=start_timeout)
-            if res.returncode != 0:
-                raise BackupkitError(f"start command failed: {res.describe()}")
-            result.start_seconds = round(res.seconds, 3)
+        seconds, result.start_verified = start_restored_server(
+            start_command, conn, pid_file=pid_file, start_timeout=start_timeout, error_log=error_log)
+        result.start_seconds = round(seconds, 3)
         result.started = True
     finished = time.time()
     if record:
