@@ -15,6 +15,7 @@ from backupkit.repo import layout
 from backupkit.repo.catalog import BackupManifest, Catalog, SegmentInfo
 from backupkit.repo.codec import StoredObject, put_object
 from backupkit.storage.base import ObjectInfo, ObjectStore
+from backupkit.strategies.binlog.upload import OPEN_ROLLUP_EVERY
 from backupkit.util.streams import Chunks
 
 #: What an S3 LIST request returns at most (list_objects_v2 pages at 1000 keys).
@@ -108,8 +109,9 @@ def synthetic_segment(i: int, per_file: int) -> SegmentInfo:
 def build_repository(store: ObjectStore, segments: int, per_file: int = 1000,
                      with_head: bool = True, with_data: bool = False) -> Catalog:
     """A repository with one snapshot at the start and `segments` committed one-second segments,
-    every finished binlog file rolled up and the head replaced after each commit (unless not
-    with_head: a repository of an older backupkit), written through Catalog as the shipper does
+    every finished binlog file rolled up (the open one every OPEN_ROLLUP_EVERY entries), the head
+    replaced after each commit (unless not with_head: a repository of an older backupkit),
+    written through Catalog as the shipper does
     (index entries only unless with_data: the data objects are not needed to plan, list or report)."""
     catalog = Catalog(store)
     catalog.ensure_repo()
@@ -122,6 +124,8 @@ def build_repository(store: ObjectStore, segments: int, per_file: int = 1000,
     for i in range(segments):
         seg = add_segment(catalog, i, per_file, with_data)
         known[seg.key] = seg
+        if not seg.file_closed and len(known) % OPEN_ROLLUP_EVERY == 0:  # as the shipper does
+            catalog.roll_up_file(SOURCE, seg.binlog_file, known)
         if seg.file_closed:
             rolled.append(seg.binlog_file)
             catalog.roll_up_file(SOURCE, seg.binlog_file, known)

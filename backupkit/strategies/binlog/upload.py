@@ -21,6 +21,10 @@ from backupkit.strategies.binlog.spill import SpillBuffer
 
 log = logging.getLogger(__name__)
 
+#: A file still being written gets a roll-up every this many committed entries, so that readers
+#: read at most about this many index entries one by one (issue 16: ~4 minutes at 1 s segments).
+OPEN_ROLLUP_EVERY = 256
+
 
 @dataclass
 class PendingSegment:
@@ -151,20 +155,26 @@ class SegmentWriter:
         self._write_head(info)
         if info.file_closed:
             self._roll_up(info.binlog_file)
+        elif len(self._committed) % OPEN_ROLLUP_EVERY == 0:
+            self._roll_up(info.binlog_file, finished=False)
         if self.on_commit is not None:
             self.on_commit(info)
 
-    def _roll_up(self, binlog_file: str) -> None:
-        """A file is finished: write its roll-up (one object with every index entry of it) in the
-        background, from the entries this run committed plus any it did not. Only a cache for
-        readers of the catalog; a failure is logged and costs nothing else."""
+    def _roll_up(self, binlog_file: str, finished: bool = True) -> None:
+        """A file is finished (or, not finished, has OPEN_ROLLUP_EVERY more entries): write its
+        roll-up (one object with every index entry of it so far) in the background, from the
+        entries this run committed plus any it did not. Only a cache for readers of the catalog
+        (an entry newer than the roll-up is read itself); a failure is logged and costs nothing
+        else."""
         known = {k: v for k, v in self._committed.items() if v.binlog_file == binlog_file}
-        self._committed = {k: v for k, v in self._committed.items() if v.binlog_file != binlog_file}
+        if finished:
+            self._committed = {k: v for k, v in self._committed.items()
+                               if v.binlog_file != binlog_file}
 
         def work() -> None:
             try:
-                if self.catalog.roll_up_file(self.source_id, binlog_file, known) and \
-                        self._rolled is not None:
+                if self.catalog.roll_up_file(self.source_id, binlog_file, known) and finished \
+                        and self._rolled is not None:
                     self._rolled.add(binlog_file)  # named by the next head
             except Exception as exc:  # noqa: BLE001 - a cache; never stops shipping
                 log.warning("roll-up of %s not written: %s", binlog_file, exc)
