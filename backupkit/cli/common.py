@@ -8,7 +8,9 @@ from typing import Any
 from backupkit.cli.console import console, emit_json
 from backupkit.cli.context import COMMON
 from backupkit.config import Settings
-from backupkit.errors import BackupkitError
+from backupkit.errors import BackupkitError, UsageError
+from backupkit.util.ratelimit import TokenBucket
+from backupkit.util.units import RATE_HELP, parse_rate
 
 
 def settings() -> Settings:
@@ -60,7 +62,6 @@ def open_catalog(create: bool = True, interactive: bool = False, read_rate: floa
     store = _open_store(create, interactive)
     if read_rate:
         from backupkit.storage.ratelimit import RateLimitedStore  # lazy: start-up time
-        from backupkit.util.ratelimit import TokenBucket
 
         store = RateLimitedStore(store, TokenBucket(read_rate), reads=True)
     return store, Catalog(store)
@@ -103,9 +104,6 @@ MAX_RATE_HELP = ("At most this many bytes per second, e.g. 50MB/s (MB = 10^6 byt
 
 def parse_max_rate(text: str | None, policy_value: str | None = None) -> float | None:
     """--max-rate (or else the policy's key) in bytes per second; None: no limit."""
-    from backupkit.errors import UsageError
-    from backupkit.util.units import RATE_HELP, parse_rate
-
     value = text if text not in (None, "") else policy_value
     if value in (None, "", "0", "off", "none"):
         return None

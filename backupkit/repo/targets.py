@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from backupkit.errors import ConfigError, StorageError, UsageError
 from backupkit.repo import layout
 from backupkit.storage import open_store
 from backupkit.storage.base import ObjectInfo, ObjectStore
+from backupkit.storage.ratelimit import RateLimitedStore
+from backupkit.util.ratelimit import shared_or_local
 
 if TYPE_CHECKING:
     from backupkit.storage.crypto import KeyEncryptionKey
@@ -176,11 +179,6 @@ def open_repository(spec: RepositorySpec, create: bool = True) -> ObjectStore:
     written at most at spec.max_rate."""
     store = wrap_encryption(open_raw(spec, create), key_encryption_keys(spec))
     if spec.max_rate:
-        from pathlib import Path
-
-        from backupkit.storage.ratelimit import RateLimitedStore
-        from backupkit.util.ratelimit import shared_or_local
-
         store = RateLimitedStore(store, shared_or_local(
             Path(spec.rate_file) if spec.rate_file else None, spec.max_rate))
     return store

@@ -18,6 +18,7 @@ import fcntl
 import io
 import logging
 import os
+import platform
 import struct
 import sys
 import threading
@@ -223,7 +224,6 @@ def idle_io_priority() -> bool:
     `ionice -c3` sets: its disk reads wait while anything else wants the disk. False where the
     platform does not allow it (then nothing changed)."""
     import ctypes  # lazy: start-up time (only the cold copy asks for it)
-    import platform
 
     nr = _SYS_IOPRIO_SET.get(platform.machine())
     if nr is None or not sys.platform.startswith("linux"):
@@ -239,7 +239,6 @@ def idle_io_priority() -> bool:
 def io_priority_class() -> int | None:
     """The I/O class of the calling thread (3: idle), None where it cannot be read."""
     import ctypes  # lazy: as above
-    import platform
 
     nr = {"x86_64": 252, "aarch64": 31}.get(platform.machine())
     if nr is None or not sys.platform.startswith("linux"):
