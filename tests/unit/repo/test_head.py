@@ -51,3 +51,16 @@ def test_the_head_is_no_segment_and_no_commit_marker():
     assert not layout.is_commit_marker(key)
     assert layout.commit_marker_of(key) is None
     assert layout.source_of(key) == SOURCE
+
+
+def test_the_head_works_through_the_encryption_layer(tmp_path):
+    from backupkit.repo.keyring import open_encrypted
+    from tests.unit.test_crypto import kek
+
+    store = open_encrypted(LocalStore(tmp_path / "repo"), [kek()])
+    cat = build_repository(store, 15, per_file=10)
+    assert [i.key for i in store.list_after(layout.binlog_prefix(SOURCE),
+                                            synthetic_segment(13, 10).key)
+            if layout.segment_of(i.key)] == [synthetic_segment(14, 10).key]
+    assert cat.head(SOURCE).segment == synthetic_segment(14, 10)
+    assert cat.last_segment(SOURCE) == synthetic_segment(14, 10)
