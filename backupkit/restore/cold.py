@@ -20,19 +20,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from backupkit.errors import BackupkitError, UsageError
-from backupkit.mysql.connection import ConnSpec, connect
+from backupkit.mysql.connection import ConnSpec
 from backupkit.mysql.control import start_restored_server
-from backupkit.mysql.process import pid_alive, read_pid, servers_using
 from backupkit.repo import layout
 from backupkit.repo.catalog import BackupManifest, Catalog
 from backupkit.repo.codec import StoredObject, iter_object
+from backupkit.restore.datadir import move_aside, new_stamp, non_empty, server_running, unique
 from backupkit.storage.base import ObjectStore
 from backupkit.storage.local import fsync_dir
 from backupkit.strategies.cold.tar import FileRecord
 from backupkit.strategies.cold.untar import check_records, extract
 from backupkit.util.paths import expand_user
 from backupkit.util.progress import NullProgress, Progress
-from backupkit.util.units import utc_iso, utc_stamp
+from backupkit.util.units import utc_iso
 
 
 @dataclass
@@ -56,58 +56,6 @@ class ColdRestoreResult:
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
-
-
-def _stamp() -> str:
-    return utc_stamp(time.time())
-
-
-def _non_empty(path: Path) -> bool:
-    try:
-        return any(os.scandir(path))
-    except FileNotFoundError:
-        return False
-    except NotADirectoryError:
-        return True
-
-
-def _server_running(datadir: Path, pid_file: Path | None, spec: ConnSpec | None) -> str | None:
-    """Why we think a server uses datadir (or answers at spec), or None."""
-    if datadir.is_dir():
-        pids = servers_using(datadir)
-        if pids:
-            return f"mariadbd/mysqld process {pids[0]} runs on {datadir}"
-        for p in datadir.glob("*.pid"):
-            pid = read_pid(p)
-            if pid is not None and pid_alive(pid):
-                return f"pid file {p} names running process {pid}"
-    if pid_file is not None:
-        pid = read_pid(pid_file)
-        if pid is not None and pid_alive(pid):
-            return f"pid file {pid_file} names running process {pid}"
-    if spec is not None:
-        try:
-            conn = connect(spec, connect_timeout=2)
-        except BackupkitError:
-            return None
-        try:
-            with conn.cursor() as cur:
-                cur.execute("SELECT @@datadir")
-                other = cur.fetchone()[0]
-        finally:
-            conn.close()
-        return f"a server answers at {spec.display()} (datadir {other})"
-    return None
-
-
-def _unique(path: Path) -> Path:
-    if not path.exists() and not path.is_symlink():
-        return path
-    for i in range(1, 1000):
-        cand = path.with_name(f"{path.name}.{i}")
-        if not cand.exists() and not cand.is_symlink():
-            return cand
-    raise UsageError(f"cannot find a free name beside {path}")
 
 
 def restore_cold(store: ObjectStore, manifest: BackupManifest, datadir: str | Path | None, *,
@@ -150,32 +98,24 @@ def restore_cold(store: ObjectStore, manifest: BackupManifest, datadir: str | Pa
                                point={"file": manifest.point.file, "pos": manifest.point.pos,
                                       "gtid": manifest.point.gtid, "time": manifest.point.time},
                                dry_run=dry_run)
-    why = _server_running(target, Path(pid_file) if pid_file else None, conn)
+    why = server_running(target, Path(pid_file) if pid_file else None, conn)
     if why:
         raise UsageError(f"a server is running: {why}", "stop it before restoring a datadir")
-    busy = [p for p in dirs.values() if _non_empty(p)]
+    busy = [p for p in dirs.values() if non_empty(p)]
     if busy and not force:
         raise UsageError(f"{busy[0]} is not empty; nothing was changed",
                          "use --force to move it aside (it is renamed, never deleted)")
     if dry_run:
-        stamp = _stamp()
+        stamp = new_stamp()
         result.moved_aside = {str(p): str(p.with_name(f"{p.name}.before-{stamp}")) for p in busy}
         result.files = sum(1 for r in records if r.type == "file")
         result.bytes = sum(r.size for r in records if r.type == "file")
         return result
 
-    stamp = _stamp()
+    stamp = new_stamp()
     started_at = time.time()
     for p in busy:
-        aside = _unique(p.with_name(f"{p.name}.before-{stamp}"))
-        try:
-            os.rename(p, aside)
-        except OSError as exc:
-            raise UsageError(f"cannot move {p} aside to {aside}: {exc.strerror}",
-                             "is it a mount point? empty it by hand") from None
-        fsync_dir(aside.parent)
-        result.moved_aside[str(p)] = str(aside)
-        say(f"moved {p} aside to {aside}")
+        result.moved_aside[str(p)] = str(move_aside(p, stamp, say))
 
     work: dict[str, Path] = {}
     created: list[Path] = []
@@ -184,7 +124,7 @@ def restore_cold(store: ObjectStore, manifest: BackupManifest, datadir: str | Pa
         if p.is_dir():  # exists and is empty (a mount point, say): extract in place
             work[name] = p
         else:
-            tmp = _unique(p.with_name(f"{p.name}.partial-{stamp}"))
+            tmp = unique(p.with_name(f"{p.name}.partial-{stamp}"))
             tmp.mkdir(mode=0o700)
             created.append(tmp)
             work[name] = tmp
@@ -233,7 +173,7 @@ def restore_cold(store: ObjectStore, manifest: BackupManifest, datadir: str | Pa
 
 def _write_config(store: ObjectStore, obj: StoredObject, datadir: Path) -> Path:
     """The saved server config, beside the datadir (never over an existing file)."""
-    path = _unique(datadir.with_name(f"{datadir.name}.server.cnf"))
+    path = unique(datadir.with_name(f"{datadir.name}.server.cnf"))
     with open(path, "xb") as fh:
         for block in iter_object(store, obj):
             fh.write(block)

@@ -37,7 +37,15 @@ from backupkit.repo.catalog import BackupManifest, Catalog
 from backupkit.repo.chain import PHYSICAL, chain_of, chain_raw_bytes
 from backupkit.repo.codec import READ_SIZE, StoredObject, VerifyingReader, iter_object
 from backupkit.repo.failover import has_copies
-from backupkit.restore.cold import _non_empty, _server_running, _stamp, _unique
+from backupkit.restore.datadir import (
+    chown_tree,
+    move_aside,
+    new_stamp,
+    non_empty,
+    owner_of,
+    server_running,
+    unique,
+)
 from backupkit.storage.base import ObjectStore
 from backupkit.storage.local import fsync_dir
 from backupkit.util.paths import expand_user
@@ -266,21 +274,6 @@ def prepare_chain(store: ObjectStore, chain: list[BackupManifest], staging: Path
     return base, timings
 
 
-def _owner_of(*paths: Path) -> tuple[int, int] | None:
-    for p in paths:
-        with contextlib.suppress(OSError):
-            st = p.stat()
-            return st.st_uid, st.st_gid
-    return None
-
-
-def _chown_tree(root: Path, uid: int, gid: int) -> None:
-    os.chown(root, uid, gid)
-    for folder, dirs, files in os.walk(root):
-        for n in dirs + files:
-            os.chown(os.path.join(folder, n), uid, gid, follow_symlinks=False)
-
-
 def server_checksums(spec: ConnSpec) -> dict[str, int | None]:
     """CHECKSUM TABLE of every user base table of a started server: reads every row once."""
     conn = connect(spec)
@@ -319,10 +312,10 @@ def restore_physical(store: ObjectStore, manifest: BackupManifest, datadir: str 
                                    point={"file": manifest.point.file, "pos": manifest.point.pos,
                                           "gtid": manifest.point.gtid, "time": manifest.point.time},
                                    dry_run=dry_run)
-    why = _server_running(target, Path(pid_file) if pid_file else None, conn)
+    why = server_running(target, Path(pid_file) if pid_file else None, conn)
     if why:
         raise UsageError(f"a server is running: {why}", "stop it before restoring a datadir")
-    busy = _non_empty(target)
+    busy = non_empty(target)
     if busy and not force:
         raise UsageError(f"{target} is not empty; nothing was changed",
                          "use --force to move it aside (it is renamed, never deleted)")
@@ -330,16 +323,16 @@ def restore_physical(store: ObjectStore, manifest: BackupManifest, datadir: str 
     total = chain_raw_bytes(chain)
     if dry_run:
         if busy:
-            result.moved_aside = {str(target): str(target.with_name(f"{target.name}.before-{_stamp()}"))}
+            result.moved_aside = {str(target): str(target.with_name(f"{target.name}.before-{new_stamp()}"))}
         result.bytes = total
         return result
     _tool("mbstream")
     _tool("mariadb-backup")
     started_at = time.time()
     t_all = time.monotonic()
-    stamp = _stamp()
+    stamp = new_stamp()
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = _unique(target.with_name(f"{target.name}.partial-{stamp}"))
+    staging = unique(target.with_name(f"{target.name}.partial-{stamp}"))
     staging.mkdir(mode=0o700)
     bar = progress or NullProgress()
     task = bar.start("extract + prepare", total=total or None)
@@ -350,17 +343,9 @@ def restore_physical(store: ObjectStore, manifest: BackupManifest, datadir: str 
     try:
         prepared, timings = prepare_chain(store, chain, staging, use_memory_mb=use_memory_mb,
                                           say=say, on_bytes=count)
-        owner = _owner_of(target, target.parent) if os.geteuid() == 0 else None
+        owner = owner_of(target, target.parent) if os.geteuid() == 0 else None
         if busy:
-            aside = _unique(target.with_name(f"{target.name}.before-{stamp}"))
-            try:
-                os.rename(target, aside)
-            except OSError as exc:
-                raise UsageError(f"cannot move {target} aside to {aside}: {exc.strerror}",
-                                 "is it a mount point? empty it by hand") from None
-            fsync_dir(aside.parent)
-            result.moved_aside[str(target)] = str(aside)
-            say(f"moved {target} aside to {aside}")
+            result.moved_aside[str(target)] = str(move_aside(target, stamp, say))
         if target.is_dir():  # exists and is empty (a mount point, say): move the contents in
             for entry in os.listdir(prepared):
                 os.rename(prepared / entry, target / entry)
@@ -368,7 +353,7 @@ def restore_physical(store: ObjectStore, manifest: BackupManifest, datadir: str 
             os.rename(prepared, target)
         fsync_dir(target.parent)
         if owner is not None and owner != (0, 0):
-            _chown_tree(target, *owner)
+            chown_tree(target, *owner)
             result.owner = f"{owner[0]}:{owner[1]}"
     finally:
         shutil.rmtree(staging, ignore_errors=True)
