@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import hashlib
 import os
 import tomllib
 from collections.abc import Callable
@@ -392,8 +393,6 @@ class Settings:
     def rate_file(targets) -> Path:
         """The file holding the shared rate-limit bucket of a repository on this host: one per
         set of target URLs, so every job writing there shares one [storage] max_rate."""
-        import hashlib  # lazy: start-up time (only a limited repository needs it)
-
         ident = "\n".join(sorted(t.url for t in targets)).encode()
         return state_dir() / "rate" / f"storage-{hashlib.sha256(ident).hexdigest()[:16]}.bucket"
 

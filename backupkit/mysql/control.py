@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import pymysql
+
 from backupkit.errors import BackupkitError, ServerControlError, SourceError, UsageError
 from backupkit.mysql.connection import ConnSpec, connect
 from backupkit.mysql.process import (
@@ -355,8 +357,6 @@ class ServiceControl:
 
 def _dropped(exc: Exception) -> bool:
     """True for the errors a client sees when the server closes the connection on SHUTDOWN."""
-    import pymysql  # lazy: start-up time
-
     if isinstance(exc, pymysql.err.OperationalError | pymysql.err.InterfaceError):
         code = exc.args[0] if exc.args else 0
         return code in (0, 2006, 2013, 1053) or not isinstance(code, int)

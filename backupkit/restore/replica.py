@@ -20,6 +20,8 @@ from backupkit.mysql.connection import ConnSpec, connect
 from backupkit.mysql.gtid import GtidSet, try_parse_gtid
 from backupkit.mysql.replica import replica_info
 from backupkit.restore.guard import same_endpoint
+from backupkit.restore.pitr import restore_to_point
+from backupkit.restore.stoppoint import parse_target
 
 REPLICATE_PASSWORD_ENV = "BACKUPKIT_REPLICATE_PASSWORD"
 
@@ -150,9 +152,6 @@ def rebuild_replica(store, catalog, target: ConnSpec, primary: ConnSpec, *, wait
                     backup_id: str | None = None, **restore_kw: Any):
     """Restore to the newest shipped point, then replicate from the primary (PitrResult, with the
     replica's status in its notes and as result.replica)."""
-    from backupkit.restore.pitr import restore_to_point  # lazy: pitr imports much, rarely needed
-    from backupkit.restore.stoppoint import parse_target  # lazy: idem
-
     refuse_primary_as_target(target, primary)
     result = restore_to_point(store, catalog, parse_target(latest=True), target,
                               backup_id=backup_id, **restore_kw)
