@@ -18,6 +18,7 @@ import pytest
 
 from backupkit.repo import layout
 from backupkit.repo.catalog import Catalog
+from backupkit.repo.watermark import read_status
 from backupkit.storage import open_store
 from tests.support import run_cli, wait_for
 from tests.support.regions import bucket_keys
@@ -68,7 +69,16 @@ def test_a_frozen_target_never_widens_the_loss_window(mariadb_factory, regions, 
         proc = subprocess.Popen([exe, "--policy", str(policy), "binlog", "ship", "--sync-interval", "0.2",
                                  "--heartbeat", "0.5", "--confirm-interval", "1"],
                                 stdout=fh, stderr=fh, env={**os.environ, **env}, start_new_session=True)
-    healthy = Catalog(open_store(f"file://{tmp_path / 'local'}"))
+    try:
+        _blackhole_run(src, west, bucket, policy, env, proc, log)
+    finally:
+        if proc.poll() is None:  # a failed run never leaves its shipper behind
+            proc.kill()
+            proc.wait(30)
+
+
+def _blackhole_run(src, west, bucket, policy, env, proc, log) -> None:
+    healthy = Catalog(open_store(f"file://{policy.parent / 'local'}"))
     writer = shipping_writer(src, pause=0.05)
     writer.start()
     sid = wait_for(healthy.sources, 30, "the first segment")[0]
@@ -76,7 +86,7 @@ def test_a_frozen_target_never_widens_the_loss_window(mariadb_factory, regions, 
     def loss_window() -> float:
         """Now minus the newest moment the healthy target proves shipped (commit or watermark)."""
         last = healthy.last_segment(sid)
-        st = healthy.shipper_status(sid)
+        st = read_status(healthy, sid)
         newest = max(last.last_commit_time if last else 0.0, st.confirmed_at if st else 0.0)
         return time.time() - newest
 
