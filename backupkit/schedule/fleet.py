@@ -31,6 +31,7 @@ from backupkit.monitor.live import SHIPPER_STATE_ENV, shipper_state_file
 from backupkit.schedule.checks import semantic_problems, storage_problem
 from backupkit.schedule.cron import scheduled_strategies
 from backupkit.schedule.daemon import Daemon, ShipperSupervisor, shipper_spawner
+from backupkit.schedule.monitoring import Monitoring
 from backupkit.schedule.runner import CliRunner, Runner, RunRecord, SystemClock, catalog_describer
 from backupkit.schedule.state import Paths
 from backupkit.util.units import utc_iso_seconds
@@ -138,6 +139,7 @@ def serve_fleet(folder: str | Path, *, max_snapshots: int | None = None, max_col
     slots = {k: threading.Semaphore(n) for k, n in (("snapshot", max_snapshots), ("cold", max_cold))
              if n}
     running: list[tuple[Daemon, BackgroundScheduler, CliRunner]] = []
+    monitors: list[Monitoring] = []
     for m in fleet.good:
         policy, st = m.policy, m.settings
         assert st is not None
@@ -161,6 +163,11 @@ def serve_fleet(folder: str | Path, *, max_snapshots: int | None = None, max_col
             timezone=daemon.tz, executors={"default": ThreadPoolExecutor(max_workers=8)},
             job_defaults={"max_instances": 1, "coalesce": True})
         daemon.configure(scheduler)
+        # [notify] per policy as under `schedule run --policy`; no metrics endpoint (one port
+        # cannot serve every policy's page yet: see docs/configuration.md)
+        monitoring = Monitoring(policy, opener, paths.status_file, None)
+        daemon.after_run = monitoring.touch
+        monitors.append(monitoring)
         running.append((daemon, scheduler, cli))
     if not running:
         raise ConfigError(f"--policies {fleet.folder}: no policy can run",
@@ -189,6 +196,8 @@ def serve_fleet(folder: str | Path, *, max_snapshots: int | None = None, max_col
             scheduler.start()
             daemon.write_status("running")
             started.append((daemon, scheduler, cli))
+        for monitoring in monitors:
+            monitoring.start()
         log(f"{utc_iso_seconds(time.time())} backupkit fleet event=started pid={os.getpid()} "
             f"policies={','.join(d.policy.name for d, _, _ in started)} "
             f"skipped={len(fleet.broken)} max_snapshots={max_snapshots or '-'} "
@@ -210,6 +219,8 @@ def serve_fleet(folder: str | Path, *, max_snapshots: int | None = None, max_col
             t.join()
         log(f"{utc_iso_seconds(time.time())} backupkit fleet event=stopped")
     finally:
+        for monitoring in monitors:
+            monitoring.stop()
         for sig, handler in old.items():
             signal.signal(sig, handler)
     return 0
