@@ -55,7 +55,7 @@ def test_the_head_is_no_segment_and_no_commit_marker():
 
 def test_the_head_works_through_the_encryption_layer(tmp_path):
     from backupkit.repo.keyring import open_encrypted
-    from tests.unit.test_crypto import kek
+    from tests.unit.storage.test_crypto import kek
 
     store = open_encrypted(LocalStore(tmp_path / "repo"), [kek()])
     cat = build_repository(store, 15, per_file=10)
