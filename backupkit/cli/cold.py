@@ -9,7 +9,8 @@ from typing import Any
 import typer
 
 from backupkit.cli.common import MAX_RATE_HELP, json_mode, parse_max_rate, render, settings
-from backupkit.cli.console import as_progress, info, loss_table, progress, table
+from backupkit.cli.console import info, progress, table
+from backupkit.cli.datadir import run_datadir_restore
 from backupkit.util.units import human_bytes, human_seconds
 
 
@@ -142,46 +143,20 @@ def cold(
 def restore_cold_cli(store, catalog, manifest, *, datadir: str | None, force: bool,
                      start_command: str | None, target: str | None, dry_run: bool) -> None:
     """`backupkit restore COLD_ID --datadir DIR [--start-command ...] [--target URL]`."""
-    from backupkit.mysql.connection import TARGET_PASSWORD_ENV, parse_conn  # lazy: start-up time
     from backupkit.restore.cold import restore_cold  # lazy: start-up time
 
-    cfg = settings()
-    spec = parse_conn(target, password_env=TARGET_PASSWORD_ENV) if target else None
-    with progress(enabled=not json_mode() and not dry_run) as bar:
-        t0 = time.monotonic()
-        result = restore_cold(store, manifest, datadir, force=force,
-                              start_command=start_command or None, conn=spec,
-                              start_timeout=cfg.policy.source.start_timeout, dry_run=dry_run,
-                              progress=as_progress(bar), notify=lambda m: info(m, quiet=json_mode()),
-                              catalog=catalog)
-    wall = time.monotonic() - t0
-    data = result.to_dict() | {"kind": "cold", "duration": round(wall, 3)}
-    loss = None
-    if not dry_run:
-        from backupkit.restore.loss import loss_after_restore  # lazy: start-up time
+    def run(**kw):
+        return restore_cold(store, manifest, datadir, force=force, start_command=start_command or None,
+                            dry_run=dry_run, catalog=catalog, **kw)
 
-        loss = loss_after_restore(catalog, manifest.source.source_id)
-        data["loss"] = loss.to_dict() if loss else None
-
-    def human(console) -> None:
-        verb = "would restore" if dry_run else "restored"
-        console.print(f"[bold green]{verb} cold backup {manifest.id}[/] into {result.datadir}")
-        rows = [(f"moved aside: {k}", v) for k, v in result.moved_aside.items()]
-        rows += [(f"folder {k}", v) for k, v in result.dirs.items() if k != "data"]
-        rows += [("files", f"{result.files} files, {human_bytes(result.bytes)}")]
+    def rows(result, wall: float) -> list[tuple[str, str]]:
+        out = [(f"moved aside: {k}", v) for k, v in result.moved_aside.items()]
+        out += [(f"folder {k}", v) for k, v in result.dirs.items() if k != "data"]
+        out += [("files", f"{result.files} files, {human_bytes(result.bytes)}")]
         if not dry_run:
-            rows.append(("duration", human_seconds(wall)))
+            out.append(("duration", human_seconds(wall)))
         if result.config_file:
-            rows.append(("server config", result.config_file))
-        if result.started:
-            rows.append(("server", f"started in {human_seconds(result.start_seconds)}"
-                                   + ("" if result.start_verified else " (not verified: no --target)")))
-        p = result.point
-        if p.get("file"):
-            rows.append(("binlog replay continues at",
-                         f"{p['file']}:{p['pos']}  gtid {p.get('gtid') or '-'}"))
-        console.print(table(None, ["", ""], rows))
-        if loss is not None:
-            console.print(loss_table(loss))
+            out.append(("server config", result.config_file))
+        return out
 
-    render(data, human)
+    run_datadir_restore("cold", catalog, manifest, target=target, dry_run=dry_run, run=run, rows=rows)

@@ -6,7 +6,8 @@ from __future__ import annotations
 import time
 
 from backupkit.cli.common import json_mode, render, settings
-from backupkit.cli.console import as_progress, info, loss_table, progress, table
+from backupkit.cli.console import progress, table
+from backupkit.cli.datadir import run_datadir_restore
 from backupkit.util.units import human_bytes, human_seconds
 
 
@@ -67,45 +68,21 @@ def snapshot_physical_cli(*, incremental: bool, parallel: int | None,
 def restore_physical_cli(store, catalog, manifest, *, datadir: str | None, force: bool,
                          start_command: str | None, target: str | None, dry_run: bool) -> None:
     """`backupkit restore PHYSICAL_ID --datadir DIR [--start-command ...] [--target URL]`."""
-    from backupkit.mysql.connection import TARGET_PASSWORD_ENV, parse_conn  # lazy: start-up time
     from backupkit.restore.physical import restore_physical  # lazy: start-up time
 
-    cfg = settings()
-    spec = parse_conn(target, password_env=TARGET_PASSWORD_ENV) if target else None
-    with progress(enabled=not json_mode() and not dry_run, transfer=True) as bar:
-        t0 = time.monotonic()
-        result = restore_physical(store, manifest, datadir, catalog=catalog, force=force,
-                                  start_command=start_command or None, conn=spec,
-                                  start_timeout=cfg.policy.source.start_timeout, dry_run=dry_run,
-                                  progress=as_progress(bar), notify=lambda m: info(m, quiet=json_mode()))
-    wall = time.monotonic() - t0
-    data = result.to_dict() | {"kind": "physical", "duration": round(wall, 3)}
-    loss = None
-    if not dry_run:
-        from backupkit.restore.loss import loss_after_restore  # lazy: start-up time
+    def run(**kw):
+        return restore_physical(store, manifest, datadir, catalog=catalog, force=force,
+                                start_command=start_command or None, dry_run=dry_run, **kw)
 
-        loss = loss_after_restore(catalog, manifest.source.source_id)
-        data["loss"] = loss.to_dict() if loss else None
-
-    def human(console) -> None:
-        verb = "would restore" if dry_run else "restored"
-        console.print(f"[bold green]{verb} physical backup {manifest.id}[/] into {result.datadir}")
-        rows = [("chain", " -> ".join(result.chain))]
-        rows += [(f"moved aside: {k}", v) for k, v in result.moved_aside.items()]
-        rows.append(("data", human_bytes(result.bytes)))
+    def rows(result, wall: float) -> list[tuple[str, str]]:
+        out = [("chain", " -> ".join(result.chain))]
+        out += [(f"moved aside: {k}", v) for k, v in result.moved_aside.items()]
+        out.append(("data", human_bytes(result.bytes)))
         if not dry_run:
-            rows.append(("extract / prepare", f"{human_seconds(result.extract_seconds)} / "
-                                              f"{human_seconds(result.prepare_seconds)}"))
-            rows.append(("duration", human_seconds(wall)))
-        if result.started:
-            rows.append(("server", f"started in {human_seconds(result.start_seconds)}"
-                                   + ("" if result.start_verified else " (not verified: no --target)")))
-        p = result.point
-        if p.get("file"):
-            rows.append(("binlog replay continues at",
-                         f"{p['file']}:{p['pos']}  gtid {p.get('gtid') or '-'}"))
-        console.print(table(None, ["", ""], rows))
-        if loss is not None:
-            console.print(loss_table(loss))
+            out.append(("extract / prepare", f"{human_seconds(result.extract_seconds)} / "
+                                             f"{human_seconds(result.prepare_seconds)}"))
+            out.append(("duration", human_seconds(wall)))
+        return out
 
-    render(data, human)
+    run_datadir_restore("physical", catalog, manifest, target=target, dry_run=dry_run, run=run,
+                        rows=rows, transfer=True)

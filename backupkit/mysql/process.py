@@ -151,3 +151,13 @@ def run_command(command: str, timeout: float) -> CommandResult:
     finally:
         with contextlib.suppress(OSError):
             os.unlink(out_path)
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL a child started in its own session, with everything it started, and reap it."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=30)
+

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -33,6 +32,7 @@ from backupkit.errors import BackupkitError, IntegrityError, ObjectNotFound, Sto
 from backupkit.mysql.connection import ConnSpec, connect, qualified
 from backupkit.mysql.control import start_restored_server
 from backupkit.mysql.mariabackup import find_mbstream, find_tool
+from backupkit.mysql.process import kill_group
 from backupkit.repo.catalog import BackupManifest, Catalog
 from backupkit.repo.chain import PHYSICAL, chain_of, chain_raw_bytes
 from backupkit.repo.codec import READ_SIZE, StoredObject, VerifyingReader, iter_object
@@ -125,14 +125,6 @@ def _last_error(path: Path) -> str:
     return lines[-1].strip() if lines else "(no output)"
 
 
-def _kill(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=30)
-
-
 def _no_space(folder: Path) -> bool:
     with contextlib.suppress(OSError):
         return shutil.disk_usage(folder).free < 1024 * 1024
@@ -199,7 +191,7 @@ def extract_link(store: ObjectStore, link: BackupManifest, dest: Path, mbstream:
             codes = [p.wait() for p in procs]
         except BaseException:
             for p in procs:
-                _kill(p)
+                kill_group(p)
             raise
     if any(codes):
         rc = next(c for c in codes if c)
@@ -224,7 +216,7 @@ def _prepare(binary: str, target: Path, incremental: Path | None, log: Path,
         try:
             rc = proc.wait()
         except BaseException:  # Ctrl-C: the staging folder goes, the datadir was never touched
-            _kill(proc)
+            kill_group(proc)
             raise
     if rc != 0:
         what = f"applying incremental {incremental.name}" if incremental else "preparing the full backup"

@@ -31,6 +31,7 @@ from backupkit.errors import BackupkitError, SourceError, UsageError
 from backupkit.mysql.connection import ConnSpec, connect
 from backupkit.mysql.gtid import BinlogPoint
 from backupkit.mysql.mariabackup import find_tool, tool_version
+from backupkit.mysql.process import kill_group
 from backupkit.mysql.server import identity, server_facts
 from backupkit.repo import layout
 from backupkit.repo.catalog import BackupManifest, Catalog, new_backup_id
@@ -198,14 +199,6 @@ def _store_parts(store: ObjectStore, backup_id: str, pipe: _Pipe, opts: Physical
     return objects
 
 
-def _kill(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=30)
-
-
 def _exit_text(rc: int) -> str:
     if rc < 0:
         try:
@@ -278,7 +271,7 @@ def take_physical_backup(spec: ConnSpec, store: ObjectStore, opts: PhysicalOptio
         checkpoints, info = read_lsndir(tmp / "lsn")
     except BaseException:
         if proc is not None:
-            _kill(proc)
+            kill_group(proc)
         if pipe is not None:
             pipe.close()
         with contextlib.suppress(Exception):  # best effort: the data without a manifest is invisible
