@@ -59,10 +59,9 @@ class SourceSection(_Section):
     start_timeout: float = 300.0
 
 
-class TargetSection(_Section):
-    """One storage target; several make a cross-region repository."""
+class _S3Fields(_Section):
+    """How an S3-compatible target is reached and written: [storage] and each [[storage.targets]]."""
 
-    url: str
     endpoint_url: str | None = None
     region: str | None = None
     addressing_style: Literal["auto", "path", "virtual"] | None = None
@@ -72,6 +71,12 @@ class TargetSection(_Section):
     storage_class: str | None = None
     sse: str | None = None
     sse_kms_key_id: str | None = None
+
+
+class TargetSection(_S3Fields):
+    """One storage target; several make a cross-region repository."""
+
+    url: str
     name: str | None = None  # how commands and reports call it (default: the URL)
     connect_timeout: float | None = Field(default=None, gt=0)
     read_timeout: float | None = Field(default=None, gt=0)
@@ -81,19 +86,10 @@ class TargetSection(_Section):
         return self.model_dump(exclude={"url", "name"}, exclude_none=True)
 
 
-class StorageSection(_Section):
+class StorageSection(_S3Fields):
     """Where the repository lives."""
 
     url: str | None = None
-    endpoint_url: str | None = None
-    region: str | None = None
-    addressing_style: Literal["auto", "path", "virtual"] | None = None
-    profile: str | None = None
-    access_key_env: str | None = None
-    secret_key_env: str | None = None
-    storage_class: str | None = None
-    sse: str | None = None
-    sse_kms_key_id: str | None = None
     targets: list[TargetSection] = Field(default_factory=list)
     write_quorum: int | None = Field(default=None, ge=1)
     # Seconds a target may make no progress before a mirror treats it as down for that operation.
