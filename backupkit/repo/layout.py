@@ -205,6 +205,14 @@ def verified_record() -> str:
     return f"{VERIFY}verified.json.zst"
 
 
+def is_replaced_in_place(key: str) -> bool:
+    """Small state objects each writer replaces in place (the head, the shipper's status, the
+    verify record): two targets may hold different versions of them, and that is no damage."""
+    if key == verified_record():
+        return True
+    return key.startswith(BINLOG) and key.rsplit("/", 1)[-1] in ("head.json", "shipper-status.json")
+
+
 # -- leases and records -----------------------------------------------------------
 def shipper_lease(source_id: str) -> str:
     """The lease a binlog shipper holds so that only one ships each source."""

@@ -208,7 +208,7 @@ def test_region_stopped_while_shipping_writes_go_on_and_sync_completes_it(region
     assert tg.returncode == 0, tg.stderr
     assert [r["lost_target"] for r in json.loads(tg.stdout)["if_lost"]] == ["east", "west"]
     r = run_cli("repo", "sync", "--policy", policy, "--json")
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 0, r.stdout + r.stderr
     assert all(x["complete"] for x in json.loads(r.stdout)["results"])
     assert _commit_markers(west, wb) == _commit_markers(east, eb)
     # West alone now holds the same, readable, verified history.
