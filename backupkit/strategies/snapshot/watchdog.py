@@ -59,13 +59,17 @@ class LockWaitExceeded(SourceError):
         self.waited = waited
 
 
-def find_blocker(cur, exclude: set[int]) -> Blocker | None:
+def find_blocker(cur, exclude: set[int], waited: float = 0.0) -> Blocker | None:
     """The most likely holder: the longest-running statement that does not wait for us, else the
-    longest idle session (a LOCK TABLES or an idle transaction holds locks without a statement)."""
+    longest idle session (a LOCK TABLES or an idle transaction holds locks without a statement).
+    The holder has held its lock since before the wait began, so sessions in their current state
+    for less than the time waited (a busy writer's short statements) are only a last resort."""
     cur.execute("SELECT ID, USER, COMMAND, TIME, COALESCE(STATE, ''), COALESCE(LEFT(INFO, 200), '') "
                 "FROM information_schema.PROCESSLIST")
     rows = [r for r in cur.fetchall() if int(r[0]) not in exclude and r[2] not in _SERVER_COMMANDS
             and r[1] != "system user" and not any(w in r[4] for w in _WAITING_FOR_US)]
+    long_enough = [r for r in rows if int(r[3] or 0) >= int(waited)]
+    rows = long_enough or rows
     active = sorted((r for r in rows if r[2] != "Sleep"), key=lambda r: -int(r[3] or 0))
     idle = sorted((r for r in rows if r[2] == "Sleep"), key=lambda r: -int(r[3] or 0))
     best = (active or idle or [None])[0]
@@ -100,7 +104,7 @@ class LockWatchdog:
                 return
             try:
                 with self._killer.cursor() as cur:
-                    self.blocker = find_blocker(cur, self.exclude)
+                    self.blocker = find_blocker(cur, self.exclude, self.max_wait)
                     cur.execute(f"KILL QUERY {int(self.target_id)}")
                 self.fired = True
             except pymysql.Error:
