@@ -118,6 +118,17 @@ def start_replica(target: ConnSpec, primary: ConnSpec, gtid_pos: str,
     conn = connect(target)
     try:
         with conn.cursor() as cur:
+            cur.execute("SELECT VERSION()")
+            if "mariadb" not in str(cur.fetchone()[0]).lower():
+                # MySQL needs gtid_purged set on an empty gtid_executed (RESET BINARY LOGS AND
+                # GTIDS, which deletes the target's binlogs): not run unattended, and untested here.
+                raise TargetError(
+                    f"rebuilding a MySQL replica is not automated: {target.display()} holds the restored "
+                    f"data; to replicate, run RESET BINARY LOGS AND GTIDS; SET GLOBAL gtid_purged = "
+                    f"'{gtid_pos}'; CHANGE REPLICATION SOURCE TO SOURCE_HOST='{host}', "
+                    f"SOURCE_PORT={primary.port}, SOURCE_USER='{primary.user}', SOURCE_PASSWORD=..., "
+                    "SOURCE_AUTO_POSITION=1; START REPLICA",
+                    "the restored data stays; those statements configure replication by hand")
             try:
                 cur.execute("STOP SLAVE")
                 cur.execute("SET GLOBAL gtid_slave_pos = %s", (gtid_pos,))
