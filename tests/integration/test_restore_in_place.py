@@ -4,6 +4,7 @@ in-place restore records a timeline break that no later restore replays across (
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -33,6 +34,7 @@ def shipped(tmp_path):
         src.sql("CREATE TABLE shop.t (id INT PRIMARY KEY, v INT)")
         src.sql("INSERT INTO shop.t SELECT seq, seq FROM shop.seq_1_to_50")
         snap = _ok(run_cli("snapshot", "--json", env=env))
+        time.sleep(1.1)  # the next commit lands in a later whole second than the snapshot
         src.sql("INSERT INTO shop.t VALUES (100, 100)")
         _ok(run_cli("binlog", "ship", "--once", "--server-id", "558", "--json", env=env))
         yield {"src": src, "env": env, "repo": repo, "snapshot": snap}
