@@ -117,3 +117,19 @@ def _no_process_left_behind():
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+@pytest.fixture
+def spare():
+    """Empty sandboxes (never installed) to restore a datadir into and start."""
+    boxes: list[Sandbox] = []
+
+    def make() -> Sandbox:
+        sb = Sandbox(name="restore")
+        (sb.base / "tmp").mkdir(parents=True, exist_ok=True)
+        boxes.append(sb)
+        return sb
+
+    yield make
+    for sb in boxes:
+        sb.destroy()

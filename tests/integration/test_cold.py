@@ -24,22 +24,6 @@ from backupkit.strategies.cold import staging as staging_mod
 from tests.support import run_cli, table_checksums
 
 
-@pytest.fixture
-def spare():
-    """An empty sandbox (never installed) to restore a datadir into and start."""
-    boxes: list[Sandbox] = []
-
-    def make() -> Sandbox:
-        sb = Sandbox(name="restore")
-        (sb.base / "tmp").mkdir(parents=True, exist_ok=True)
-        boxes.append(sb)
-        return sb
-
-    yield make
-    for sb in boxes:
-        sb.destroy()
-
-
 def _options(sb: Sandbox, **kw) -> ColdOptions:
     return ColdOptions(start_command=sb.start_command(), pid_file=str(sb.pid_file),
                        stop_timeout=60, start_timeout=60, **kw)

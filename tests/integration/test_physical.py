@@ -35,22 +35,6 @@ from tests.support import run_cli, table_checksums
 pytestmark = pytest.mark.timeout(600)
 
 
-@pytest.fixture
-def spare():
-    """Empty sandboxes (never installed) to restore a datadir into and start."""
-    boxes: list[Sandbox] = []
-
-    def make() -> Sandbox:
-        sb = Sandbox(name="phys-restore")
-        (sb.base / "tmp").mkdir(parents=True, exist_ok=True)
-        boxes.append(sb)
-        return sb
-
-    yield make
-    for sb in boxes:
-        sb.destroy()
-
-
 def _fill(sb: Sandbox, rows: int = 20000) -> None:
     sb.sql("CREATE DATABASE app")
     sb.sql("CREATE TABLE app.items (id INT PRIMARY KEY, v VARCHAR(100), pad CHAR(100)) ENGINE=InnoDB")
