@@ -50,6 +50,7 @@ class Run:
 
     segments: list[SegmentInfo]
     _suffix: list[float] | None = field(default=None, repr=False)  # newest commit from i on
+    _commit_suffix: list[float] | None = field(default=None, repr=False)  # the same, unconfirmed
     #: boundary index b (before segment b; len = the end) -> confirmed-through time there
     confirmed: dict[int, float] = field(default_factory=dict)
 
@@ -98,6 +99,17 @@ class Run:
         if s.last_commit_time:
             return s.last_commit_time
         return s.last_event_time if s.transactions else 0.0
+
+    def commit_end(self, from_index: int = 0) -> float:
+        """Newest commit time from segment from_index to the end of the run (0 if none),
+        without the confirmed-through time: a whole second."""
+        if self._commit_suffix is None or len(self._commit_suffix) != len(self.segments) + 1:
+            n = len(self.segments)
+            suffix = [0.0] * (n + 1)
+            for i in range(n - 1, -1, -1):
+                suffix[i] = max(suffix[i + 1], self.commit_time(i))
+            self._commit_suffix = suffix
+        return self._commit_suffix[min(max(from_index, 0), len(self.segments))]
 
     def end_time(self, from_index: int = 0) -> float:
         """Newest commit time from segment from_index to the end of the run (0 if none), or a

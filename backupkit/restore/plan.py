@@ -77,6 +77,8 @@ class Location:
 
 #: Bases a plan compares (newest first) when several reach the target.
 MAX_CANDIDATES = 8
+#: Times are printed (and typed back) to the microsecond; manifests hold more digits.
+TIME_SLACK = 0.5e-6
 
 
 # -- the plan ---------------------------------------------------------------------------------
@@ -366,17 +368,24 @@ class Planner:
 
     def _plan_time(self, target: RestoreTarget) -> RestorePlan:
         t = float(target.time or 0.0)
+        # A base's time is compared at the microsecond it is printed with (its manifest holds
+        # more digits, so typing the printed time back must not land "before" it). Commit times
+        # are whole seconds, and replay applies every commit of T's second: the whole second of
+        # the newest commit is reachable, like the commit second itself.
+        t_base = t + TIME_SLACK
+        t_second = float(math.floor(t))
         plans: list[RestorePlan] = []
         for base in reversed(self.bases):
-            if base.point.time > t or len(plans) >= MAX_CANDIDATES:
+            if base.point.time > t_base or len(plans) >= MAX_CANDIDATES:
                 continue
             loc = self.base_location(base)
             if loc is None:
-                if base.point.time == t:
+                if abs(base.point.time - t) <= TIME_SLACK:
                     plans.append(self._make(target, base, [], t, base.point.time))
                 continue
             run = self.runs[loc.run]
-            if max(base.point.time, run.end_time(loc.index)) < t:
+            if base.point.time < t and run.end_time(loc.index) < t and \
+                    run.commit_end(loc.index) < t_second:
                 continue
             stop = loc.index
             while stop < len(run.segments) and not run.commit_time(stop) > t:
@@ -388,7 +397,7 @@ class Planner:
             return self._choose(plans)
         oldest = self.bases[0].point.time
         newest = max(self.newest_commit(), self.bases[-1].point.time)
-        if t < oldest:
+        if t_base < oldest:
             why = f"it is earlier than the oldest base ({format_time(oldest)})"
         elif t > newest and self.confirmed_at and self.confirmed_at >= newest:
             why = (f"it is later than the confirmed-through watermark ({format_time(newest)}): the "

@@ -347,3 +347,21 @@ def test_latest_before_a_recorded_gap_that_was_not_resumed_names_it_and_needs_ac
     p = plan(accepted, gaps=[gap])
     assert p.base.id == "C" and p.gap is not None and p.gap["after"] == "binlog.000004:2000"
     assert p.to_dict()["gap"]["recorded"] is True and p.gap["resume"] is None
+
+
+def test_any_moment_of_the_newest_commit_second_is_reachable():
+    """Commit times are whole seconds and replay applies every commit of T's second, so the
+    fraction after the newest commit's second is as reachable as the second itself."""
+    p = plan(time_target(220.999))
+    assert p.base.id == "C" and ends(p) == [("binlog.000004", 1000)]
+    with pytest.raises(PlanError, match="later than the newest shipped commit"):
+        plan(time_target(221.0))
+
+
+def test_a_base_time_typed_back_as_printed_is_at_the_base():
+    """A manifest holds sub-microsecond digits; the printed (rounded) time is the base's time."""
+    fine = base("F", "snapshot", "binlog.000001", 500, "0-1-5", 105.5000004)
+    p = plan(time_target(105.5), bases=[fine])
+    assert p.base.id == "F"
+    with pytest.raises(PlanError, match="earlier than the oldest base"):
+        plan(time_target(105.499998), bases=[fine])
