@@ -31,7 +31,7 @@ import pymysql
 from backupkit.errors import BackupkitError, TargetError, UsageError
 from backupkit.mysql import binlog_events as be
 from backupkit.mysql.connection import ConnSpec, connect, qualified, quote_ident
-from backupkit.mysql.gtid import try_parse_gtid
+from backupkit.mysql.gtid import GtidSet, try_parse_gtid
 from backupkit.repo.catalog import Catalog, SegmentInfo
 from backupkit.repo.codec import iter_object
 from backupkit.restore.replay.apply import SESSION_SETUP, find_binlog_tool
@@ -98,6 +98,26 @@ def _rows_layout(t: int, b: memoryview, fde: be.FormatDescription | None) -> tup
     nbytes = (ncols + 7) // 8
     pos += nbytes * (2 if t in be.UPDATE_TYPES else 1)
     return start, ncols, pos
+
+
+def segments_holding(segments: Sequence[SegmentInfo], gtids: set[str]) -> list[SegmentInfo]:
+    """Of segments (binlog order), those that can hold one of gtids, chosen by the GTID state
+    recorded in each index entry: a segment holds G when its state covers G and the state
+    before it does not (the states are cumulative: the server's whole GTID position). So undo
+    reads a few segments, not every one of the source. Where a state is missing, the segment
+    and the next one are read. A GTID no state covers is not in the shipped binlog."""
+    wanted = [g for g in (try_parse_gtid(x) for x in gtids) if g is not None]
+    if not wanted:
+        return list(segments)
+    out: list[SegmentInfo] = []
+    before: GtidSet | None = None
+    for seg in segments:
+        after = GtidSet.parse(seg.gtid_state, strict=False) if seg.gtid_state else None
+        if after is None or before is None or any(
+                after.contains(g) and not before.contains(g) for g in wanted):
+            out.append(seg)
+        before = after
+    return out
 
 
 def read_transactions(store: ObjectStore, segments: Sequence[SegmentInfo], gtids: set[str],
@@ -413,6 +433,8 @@ def undo(store: ObjectStore, catalog: Catalog, spec: ConnSpec, *, gtids: Sequenc
     if not segments:
         raise UsageError(f"no shipped binlog of source {sources[0]} covers the range")
     want = set(gtids)
+    if want:
+        segments = segments_holding(segments, want)
     found, txns = read_transactions(store, segments, want, t_from, t_to, flt)
     missing = [g for g in gtids if g not in found]
     if missing and not set(missing) <= _gtids_without_rows(store, segments, set(missing)):

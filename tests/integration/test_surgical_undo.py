@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import time
 
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from backupkit.errors import UsageError
 from backupkit.mysql.sandbox import Sandbox
 from backupkit.repo.catalog import Catalog
-from backupkit.restore.undo import UndoConflict, undo
+from backupkit.restore.undo import UndoConflict, segments_holding, undo
 from backupkit.storage import open_store
 from backupkit.strategies.binlog import ShipOptions, Shipper
 from backupkit.strategies.snapshot import SnapshotOptions, take_snapshot
@@ -130,6 +131,32 @@ def test_an_update_storm_over_every_type_undone_returns_the_checksum(live):
     done = undo(live["store"], live["catalog"], src.spec, t_from=t1, t_to=t2)
     assert done.applied and len(done.transactions) >= 90
     assert _sum(cur, "shop.every_type") == want
+
+
+def test_undo_from_a_damaged_segment_is_refused_and_changes_nothing(live, tmp_path):
+    """The segment holding the chosen transaction is corrupt: exit 5 naming it, nothing applied."""
+    cur, src = live["cur"], live["src"]
+    cur.execute("UPDATE orders SET note = 'damaged' WHERE id = 5")
+    cur.execute("SELECT @@last_gtid")
+    g = cur.fetchone()[0]
+    live["ship"]()
+    want = _sum(cur, "shop.orders")
+    segs = live["catalog"].segments("shop")
+    chosen = segments_holding(segs, {g})
+    assert len(chosen) <= 2 < len(segs), (len(chosen), len(segs))  # not every segment is read
+    holder = chosen[-1]
+    copy = tmp_path / "repo"
+    shutil.copytree(live["repo"], copy)
+    path = copy / holder.object.key
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    out = run_cli("--storage", f"file://{copy}", "undo", "--gtid", g,
+                  "--target", f"mysql://root@127.0.0.1:{src.spec.port}")
+    assert out.returncode == 5, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) <= 2 and holder.object.key in out.stderr and "Traceback" not in out.stderr
+    assert _sum(cur, "shop.orders") == want
 
 
 def test_bad_undo_input_is_refused(live):
