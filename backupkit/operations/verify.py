@@ -36,7 +36,7 @@ from backupkit.repo.catalog import (
     encode_manifest,
     manifest_at,
 )
-from backupkit.repo.chain import chain_of, parent_id
+from backupkit.repo.chain import broken_chains
 from backupkit.repo.codec import StoredObject, verify_object
 from backupkit.repo.coverage import build_runs
 from backupkit.restore.cold import restore_cold
@@ -348,15 +348,8 @@ def chain_problems(catalog: Catalog, backups: list[BackupManifest]) -> list[Prob
                 return None
         return by_id[bid]
 
-    problems = []
-    for b in backups:
-        if parent_id(b) is None:
-            continue
-        try:
-            chain_of(b, get)
-        except IntegrityError as exc:
-            problems.append(Problem("chain", layout.backup_manifest(b.id), exc.message))
-    return problems
+    return [Problem("chain", layout.backup_manifest(bid), exc.message)
+            for bid, exc in broken_chains(backups, get).items()]
 
 
 # -- restore tests -------------------------------------------------------------------------------

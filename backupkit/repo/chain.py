@@ -6,6 +6,7 @@ retention all go through these pure functions, so they agree on what a chain is:
 
 - ``chain_of(backup, lookup)``: the links from the full backup to ``backup``, oldest first; a
   missing link is an IntegrityError (exit 5) that names it.
+- ``broken_chains(backups, lookup)``: the incrementals whose chain is broken, with the error.
 - ``needed_by(backups)``: for each backup, the ids it cannot be restored without (itself included).
 """
 
@@ -58,6 +59,22 @@ def chain_of(backup: BackupManifest,
         links.append(parent)
         seen.add(pid)
     return list(reversed(links))
+
+
+def broken_chains(backups: Iterable[BackupManifest],
+                  lookup: Mapping[str, BackupManifest] | Callable[[str], BackupManifest | None]
+                  ) -> dict[str, IntegrityError]:
+    """The physical incrementals among backups whose chain is broken: id -> the error naming
+    the missing (or mismatched) link."""
+    out: dict[str, IntegrityError] = {}
+    for b in backups:
+        if parent_id(b) is None:
+            continue
+        try:
+            chain_of(b, lookup)
+        except IntegrityError as exc:
+            out[b.id] = exc
+    return out
 
 
 def needed_by(backups: Iterable[BackupManifest]) -> dict[str, set[str]]:

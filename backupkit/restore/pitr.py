@@ -113,7 +113,7 @@ def make_plan(catalog: Catalog, target: RestoreTarget, backup_id: str | None = N
 
     databases: a restore limited to them may start from a partial base holding them; None (a
     whole-server restore) uses only full bases."""
-    backups = catalog.backups()
+    backups = links = catalog.backups()
     if backup_id:
         chosen = [b for b in backups if b.id == backup_id]
         if not chosen:
@@ -132,7 +132,7 @@ def make_plan(catalog: Catalog, target: RestoreTarget, backup_id: str | None = N
         records = []
     confirmed = watermarks(catalog, list(segs))
     return Planner(backups, segs, gaps, source_id, measured_rates(records), confirmed=confirmed,
-                   databases=databases).plan(target)
+                   databases=databases, links=links).plan(target)
 
 
 def preflight(store: ObjectStore, plan: RestorePlan) -> None:

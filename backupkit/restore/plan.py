@@ -43,9 +43,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from backupkit.errors import PlanError
+from backupkit.errors import IntegrityError, PlanError
 from backupkit.mysql.gtid import Gtid, GtidSet, try_parse_gtid
 from backupkit.repo.catalog import BackupManifest, GapInfo, SegmentInfo
+from backupkit.repo.chain import broken_chains
 from backupkit.repo.coverage import Run, build_runs, confirm, ends_at, gap_between
 from backupkit.restore.stoppoint import RestoreTarget
 from backupkit.util.units import format_time, human_bytes, human_seconds
@@ -193,10 +194,13 @@ class Planner:
                  gaps: Mapping[str, Sequence[GapInfo]] | Iterable[GapInfo] | None = None,
                  source_id: str | None = None, rates: Mapping[str, float] | None = None,
                  databases: Sequence[str] | None = None,
-                 confirmed: Mapping[str, Any] | None = None) -> None:
+                 confirmed: Mapping[str, Any] | None = None,
+                 links: Sequence[BackupManifest] | None = None) -> None:
         """databases: a restore limited to these (a partial base holding them whole may start
         it); None, a whole-server restore: only full bases (repo/scope.py). confirmed: the
-        shippers' watermarks by source (see the module docstring)."""
+        shippers' watermarks by source (see the module docstring). links: every manifest of the
+        repository, where the parents of physical incrementals are looked up (default: backups);
+        an incremental whose chain is broken is no base (``self.broken`` says why)."""
         segs = _by_source(segments_by_source)
         gap_map = _gaps_by_source(gaps)
         self.rates = {**DEFAULT_RATES, **(rates or {})}
@@ -214,8 +218,13 @@ class Planner:
                 source_id = ""
         self.source_id = source_id
         own = [b for b in backups if b.source.source_id == source_id]
-        self.bases = sorted((b for b in own if b.scope.covers(databases)),
-                            key=lambda b: (b.point.time, b.id))
+        usable = sorted((b for b in own if b.scope.covers(databases)),
+                        key=lambda b: (b.point.time, b.id))
+        #: physical incrementals whose chain back to the full backup is broken: id -> why
+        self.broken: dict[str, IntegrityError] = broken_chains(
+            usable, {b.id: b for b in (links if links is not None else backups)})
+        self.bases = [b for b in usable if b.id not in self.broken]
+        self._with_broken = usable
         #: bases left out because they do not cover what is restored (named in errors)
         self.partial = [b for b in own if not b.scope.covers(databases)]
         self.runs: list[Run] = build_runs(segs.get(source_id, []), gap_map.get(source_id, []))
@@ -310,7 +319,36 @@ class Planner:
 
     # -- planning -------------------------------------------------------------------------------
     def plan(self, target: RestoreTarget) -> RestorePlan:
-        """The plan reaching target, or PlanError saying why none can."""
+        """The plan reaching target, or PlanError saying why none can.
+
+        A physical incremental whose chain is broken is skipped for the next base that reaches
+        the target, and the plan says so; when no other base does, the broken link is the error
+        (IntegrityError, exit 5, naming it)."""
+        try:
+            plan = self._plan(target)
+        except PlanError as exc:
+            if self.broken:
+                raise self._broken_error(target, exc) from None
+            raise
+        for b in self._with_broken:
+            if b.id in self.broken and b.point.time >= plan.base.point.time and \
+                    (target.kind != "time" or b.point.time <= float(target.time or 0.0)):
+                plan.notes.append(f"skipped physical backup {b.id}: {self.broken[b.id]}")
+        return plan
+
+    def _broken_error(self, target: RestoreTarget, exc: PlanError) -> Exception:
+        """No usable base reaches target: if a broken chain would have, its missing link is the
+        error; else the plan error with the broken chains counted in (it names the times)."""
+        usable, self.bases, self._intervals = self.bases, self._with_broken, None
+        try:
+            plan = self._plan(target)
+        except PlanError as other:
+            return other
+        finally:
+            self.bases, self._intervals = usable, None
+        return self.broken[plan.base.id]
+
+    def _plan(self, target: RestoreTarget) -> RestorePlan:
         if not self.bases:
             if self.partial:
                 names = ", ".join(f"{b.id} ({b.scope.describe()})" for b in self.partial[-3:])

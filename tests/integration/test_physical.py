@@ -374,3 +374,29 @@ def test_a_full_staging_disk_is_one_line_and_leaves_nothing(mariadb, local_url, 
         assert os.listdir(disk) == []
     finally:
         subprocess.run(["umount", str(disk)])
+
+
+def test_plan_skips_an_incremental_whose_chain_is_broken_and_says_why(mariadb, tmp_path, spare):
+    import json
+
+    url = f"file://{tmp_path / 'repo'}"
+    store = open_store(url)
+    full, inc1 = _full_and_incremental(mariadb, store)
+    mariadb.sql("UPDATE app.items SET v = 'y' WHERE id < 100")
+    inc2 = take_physical_backup(mariadb.spec, store, PhysicalOptions(incremental=True))
+    assert inc2.details["chain"] == [full.id, inc1.id, inc2.id]
+    (tmp_path / "repo" / layout.backup_manifest(inc1.id)).unlink()  # the middle link is lost
+    env = {"BACKUPKIT_STORAGE": url}
+    box = spare()
+    args = ("restore", "--latest", "--datadir", str(box.datadir), "--dry-run")
+    r = run_cli(*args, env=env)
+    assert r.returncode == 0, r.stderr
+    assert f"skipped physical backup {inc2.id}" in r.stdout and inc1.id in r.stdout
+    r = run_cli(*args, "--json", env=env)
+    plan = json.loads(r.stdout)
+    assert plan["base"]["id"] == full.id
+    assert any(inc1.id in n for n in plan["notes"])
+    # with the full backup gone as well no base reaches the target: exit 5 naming the link
+    (tmp_path / "repo" / layout.backup_manifest(full.id)).unlink()
+    r = run_cli(*args, env=env)
+    assert r.returncode == 5 and inc1.id in r.stderr, r.stderr

@@ -365,3 +365,51 @@ def test_a_base_time_typed_back_as_printed_is_at_the_base():
     assert p.base.id == "F"
     with pytest.raises(PlanError, match="earlier than the oldest base"):
         plan(time_target(105.499998), bases=[fine])
+# -- physical chains ------------------------------------------------------------------------------
+def _physical(bid: str, file: str, pos: int, gtid: str, t: float, parent: str | None,
+              lsn: tuple[int, int]) -> BackupManifest:
+    b = base(bid, "physical", file, pos, gtid, t)
+    b.details = {"parent": parent, "chain": [], "lsn": {"from": lsn[0], "to": lsn[1]},
+                 "incremental": parent is not None}
+    return b
+
+
+PF = _physical("PF", "binlog.000001", 500, "0-1-5", 105.5, None, (0, 100))
+PI1 = _physical("PI1", "binlog.000001", 1500, "0-1-15", 115.5, "PF", (100, 200))
+PI2 = _physical("PI2", "binlog.000002", 4, "0-1-30", 130.5, "GONE", (300, 400))  # parent pruned/lost
+
+
+def test_an_incremental_with_a_broken_chain_is_skipped_for_the_next_base_and_the_plan_says_why():
+    p = plan(time_target(135), bases=[PF, PI1, PI2])
+    assert p.base.id == "PI1"
+    assert ends(p)[0] == ("binlog.000001", 1000)
+    assert any("skipped physical backup PI2" in n and "GONE" in n for n in p.notes)
+    assert any("PI2" in line and "GONE" in line for line in p.lines())  # --dry-run prints it
+    # a target the skipped incremental does not concern plans without the note
+    p = plan(time_target(112), bases=[PF, PI1, PI2])
+    assert p.base.id == "PF" and not any("PI2" in n for n in p.notes)
+    # --latest as well
+    p = plan(dataclasses.replace(parse_target(latest=True), accept_gap=True), bases=[PF, PI1, PI2])
+    assert p.base.id == "PI1" and any("skipped physical backup PI2" in n for n in p.notes)
+
+
+def test_a_chain_whose_lsn_does_not_join_is_broken_too():
+    bad = _physical("PI3", "binlog.000002", 4, "0-1-30", 130.5, "PI1", (250, 400))
+    p = plan(time_target(135), bases=[PF, PI1, bad])
+    assert p.base.id == "PI1" and any("PI3" in n and "LSN" in n for n in p.notes)
+
+
+def test_when_only_a_broken_chain_reaches_the_target_the_missing_link_is_exit_5():
+    from backupkit.errors import IntegrityError
+
+    with pytest.raises(IntegrityError) as err:
+        plan(time_target(135), bases=[PI2])
+    assert err.value.exit_code == 5 and "GONE" in str(err.value)
+    # a target no base could reach even with the chain whole stays a plan error naming times
+    with pytest.raises(PlanError, match="earlier than the oldest base"):
+        plan(time_target(50), bases=[PI2])
+    # the parent is looked up among every manifest (restore --backup ID plans with that one alone)
+    p = Planner([PI1], SEGS, (), links=[PF, PI1]).plan(time_target(118))
+    assert p.base.id == "PI1" and not p.notes
+    with pytest.raises(IntegrityError, match="PF"):
+        Planner([PI1], SEGS, (), links=[PI1]).plan(time_target(118))
