@@ -118,6 +118,9 @@ class StrategiesSection(_Section):
     prune: str | None = None
     sync: str | None = None  # `repo sync` of several storage targets, for example "*/10 * * * *"
     binlog_purge: str | None = None  # `binlog purge` of shipped files older than [binlog] purge_keep
+    # physical incrementals on the newest physical backup (needs [snapshot] engine = "physical"),
+    # for example "0 * * * *" beside snapshot = "0 3 * * 0": a weekly full, hourly incrementals
+    snapshot_incremental: str | None = None
 
 
 class SnapshotSection(_Section):

@@ -8,17 +8,21 @@ import time
 from backupkit.cli.common import json_mode, render, settings
 from backupkit.cli.console import progress, table
 from backupkit.cli.datadir import run_datadir_restore
+from backupkit.errors import UsageError
 from backupkit.util.units import human_bytes, human_seconds
 
 
-def snapshot_physical_cli(*, incremental: bool, parallel: int | None,
+def snapshot_physical_cli(*, incremental: bool, parallel: int | None, or_full: bool = False,
                           compression_level: int | None, max_rate: float | None = None) -> None:
     """Run mariadb-backup on the source's host and store its stream."""
     from backupkit.strategies.physical import PhysicalOptions, take_physical_backup  # lazy: start-up time
 
     cfg = settings()
     section = cfg.policy.snapshot
+    if or_full and not incremental:
+        raise UsageError("--or-full goes with --incremental")
     opts = PhysicalOptions.from_policy(section, incremental=incremental, parallel=parallel,
+                                       full_if_none=or_full,
                                        compression_level=compression_level,
                                        source_id=cfg.policy.source.source_id,
                                        datadir=cfg.policy.source.datadir, max_rate=max_rate)

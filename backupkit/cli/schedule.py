@@ -103,7 +103,8 @@ def run(
 
 @app.command("exec", hidden=True)
 def exec_(
-    strategy: str = typer.Argument(..., help="cold, snapshot, verify, prune or sync."),
+    strategy: str = typer.Argument(..., help="cold, snapshot, snapshot_incremental, verify, prune, "
+                                             "sync or binlog_purge."),
     locked: bool = typer.Option(False, "--locked", help="The strategy lock is held by flock(1)."),
 ) -> None:
     """Run one strategy once as the daemon would: locks, one log line, the status file."""

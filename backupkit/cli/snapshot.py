@@ -95,6 +95,9 @@ def snapshot(
                                       "[snapshot] max_rate."),
     incremental: bool = typer.Option(False, "--incremental",
                                      help="Physical: only pages changed since the newest physical backup."),
+    or_full: bool = typer.Option(False, "--or-full",
+                                 help="With --incremental: a full physical backup when there is none "
+                                      "to extend (what [strategies] snapshot_incremental runs)."),
 ) -> None:
     """Take a consistent snapshot of the source while it keeps serving writes."""
     engine = (engine or settings().policy.snapshot.engine).lower()
@@ -107,11 +110,11 @@ def snapshot(
             raise UsageError("--databases, --tables, --include-users and --chunk-size are for the "
                              "logical engine", "a physical backup copies the whole datadir")
 
-        return snapshot_physical_cli(incremental=incremental, parallel=parallel,
+        return snapshot_physical_cli(incremental=incremental, or_full=or_full, parallel=parallel,
                                      compression_level=compression_level,
                                      max_rate=parse_max_rate(max_rate,
                                                              settings().policy.snapshot.max_rate))
-    if incremental:
+    if incremental or or_full:
         raise UsageError("--incremental needs the physical engine", "add --engine physical")
     from backupkit.strategies.snapshot import SnapshotOptions, take_snapshot  # lazy: start-up time
 

@@ -16,7 +16,7 @@ from backupkit.schedule.cron import cron_trigger
 from backupkit.util.redact import redact_url
 from backupkit.util.units import parse_duration
 
-CRON_STRATEGIES = ("cold", "snapshot", "verify", "prune", "sync", "binlog_purge")
+CRON_STRATEGIES = ("cold", "snapshot", "snapshot_incremental", "verify", "prune", "sync", "binlog_purge")
 CRON_HELP = "a cron expression 'minute hour day-of-month month day-of-week' like '0 3 * * 0'"
 STORAGE_FIX = ("add a [storage] section with url = \"file:///var/backups/mysql\" or "
                "\"s3://bucket/prefix\" (or pass --storage)")
@@ -61,6 +61,10 @@ def semantic_problems(policy: Policy, path: Path) -> list[str]:
         problems.append(f"{path}: key 'source.start_command': strategies.cold needs the command "
                         "that starts the server again, for example \"systemctl start mariadb\"; "
                         "found none")
+    if strat.snapshot_incremental and policy.snapshot.engine != "physical":
+        problems.append(f"{path}: key 'snapshot.engine': strategies.snapshot_incremental takes "
+                        "physical incrementals and needs engine = \"physical\"; found "
+                        f"{policy.snapshot.engine!r}")
     if strat.prune and not _retention_set(policy):
         problems.append(f"{path}: key 'retention': strategies.prune needs at least one of keep_last, "
                         "keep_daily, keep_weekly, keep_monthly or recovery_window; found none")

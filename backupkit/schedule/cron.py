@@ -123,7 +123,8 @@ def worst_interval(expr: str, tz: tzinfo, after: datetime, horizon_days: int = 4
 def scheduled_strategies(policy: Policy) -> dict[str, str]:
     """Strategy -> cron expression (or "continuous" for the binlog shipper)."""
     out: dict[str, str] = {}
-    for name in ("cold", "snapshot", "binlog", "verify", "prune", "sync", "binlog_purge"):
+    for name in ("cold", "snapshot", "snapshot_incremental", "binlog", "verify", "prune", "sync",
+                 "binlog_purge"):
         expr = getattr(policy.strategies, name)
         if expr and expr != "off":
             out[name] = expr

@@ -11,6 +11,9 @@ from backupkit.schedule.cron import next_runs, policy_timezone, scheduled_strate
 from backupkit.schedule.runner import cold_downtime
 from backupkit.util.units import human_duration, human_seconds, parse_duration, utc_iso_seconds
 
+#: Strategies whose runs are restore bases (an incremental restores with its chain).
+BASES = ("cold", "snapshot", "snapshot_incremental")
+
 
 def measured_from(catalog) -> dict[str, Any]:
     """Durations measured in the repository: newest backup of each kind, newest restore of each."""
@@ -19,15 +22,18 @@ def measured_from(catalog) -> dict[str, Any]:
         m = {"duration_s": round(b.duration, 3), "backup_id": b.id, "at": utc_iso_seconds(b.finished_at)}
         if b.kind == "cold":
             m["downtime_s"] = cold_downtime(b)
-        if b.kind == "snapshot":
+        if b.kind in ("snapshot", "physical"):
             blocked = (b.stats or {}).get("blocked_ms")
             if isinstance(blocked, (int, float)):
                 m["blocked_ms"] = blocked
+        if b.kind == "physical":  # the engine of [strategies] snapshot, or its incrementals
+            out["snapshot_incremental" if b.details.get("incremental") else "physical"] = m
+            continue
         out[b.kind] = m  # backups() is oldest first: the newest wins
     rto: dict[str, Any] = {}
     for r in catalog.restore_records():
         kind = r.get("kind")
-        if kind in ("snapshot", "cold") and isinstance(r.get("duration"), (int, float)):
+        if kind in ("snapshot", "cold", "physical") and isinstance(r.get("duration"), (int, float)):
             rto[kind] = {"duration_s": r["duration"], "at": r.get("finished_at_utc"),
                          "backup_id": r.get("backup_id")}
     out["rto"] = rto
@@ -61,9 +67,10 @@ def policy_plan(policy: Policy, now: datetime | None = None, measured: dict[str,
         row["next_runs_text"] = [r.strftime("%a %Y-%m-%d %H:%M %Z") for r in runs]
         interval = worst_interval(expr, tz, now)
         row["interval_s"] = interval
-        m = measured.get(name, {})
+        physical = name == "snapshot" and policy.snapshot.engine == "physical"
+        m = measured.get("physical" if physical else name, {})
         dur = m.get("duration_s")
-        if name in ("cold", "snapshot") and interval is not None:
+        if name in BASES and interval is not None:
             loss = interval + (dur or 0.0)
             row["loss_window_s"] = loss
             one_run = f" plus one run ({human_seconds(dur)} measured)" if dur else \
@@ -81,12 +88,12 @@ def policy_plan(policy: Policy, now: datetime | None = None, measured: dict[str,
                 row["downtime_s"] = 0.0
                 row["downtime"] = "none" + (f" ({blocked:g} ms of blocked commits measured)"
                                             if blocked is not None else " (a few ms of blocked commits)")
-            r = rto.get(name)
+            r = rto.get("physical" if physical or name == "snapshot_incremental" else name)
             row["rto_s"] = r["duration_s"] if r else None
             row["rto"] = (f"{human_seconds(r['duration_s'])} (measured {r['at']})" if r
                           else "not measured yet: run 'backupkit verify --restore-test'")
         rows.append(row)
-    bases = [r for r in rows if r["strategy"] in ("cold", "snapshot")]
+    bases = [r for r in rows if r["strategy"] in BASES]
     binlog = next((r for r in rows if r["strategy"] == "binlog"), None)
     if binlog and bases:
         overall = binlog["loss_window_s"]

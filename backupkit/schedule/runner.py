@@ -26,12 +26,16 @@ from backupkit.repo.catalog import Catalog
 from backupkit.schedule.state import FileLock, Paths, StatusFile
 from backupkit.util.units import human_bytes, human_seconds, utc_iso_seconds
 
-JOB_STRATEGIES = ("cold", "snapshot", "verify", "prune", "sync", "binlog_purge")
+JOB_STRATEGIES = ("cold", "snapshot", "snapshot_incremental", "verify", "prune", "sync", "binlog_purge")
 # sync (several storage targets) shares the repository lock: it must not copy what prune deletes.
 # binlog_purge talks to the source: never while a cold backup has it stopped.
-GROUPS = {"cold": "source", "snapshot": "source", "verify": "repository", "prune": "repository",
+GROUPS = {"cold": "source", "snapshot": "source", "snapshot_incremental": "source",
+          "verify": "repository", "prune": "repository",
           "sync": "repository", "binlog_purge": "source"}
-CLI_ARGS = {"cold": ["cold"], "snapshot": ["snapshot"], "verify": ["verify"],
+# snapshot_incremental: the first run takes a full physical backup when there is none to extend
+CLI_ARGS = {"cold": ["cold"], "snapshot": ["snapshot"],
+            "snapshot_incremental": ["snapshot", "--engine", "physical", "--incremental", "--or-full"],
+            "verify": ["verify"],
             "prune": ["prune", "--force"], "binlog": ["binlog", "ship"], "sync": ["repo", "sync"],
             "binlog_purge": ["binlog", "purge"]}
 

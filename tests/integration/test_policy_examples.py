@@ -65,7 +65,8 @@ def _strategies(policy: Path) -> dict:
     return tomllib.loads(policy.read_text())["strategies"]
 
 
-@pytest.mark.parametrize("name", ["local.toml", "s3-all-strategies.toml", "cold-only.toml"])
+@pytest.mark.parametrize("name", ["local.toml", "s3-all-strategies.toml", "cold-only.toml",
+                                  "physical.toml"])
 def test_example_policy_runs_every_strategy_it_schedules(name, mariadb, tmp_path, request):
     example = POLICIES / name
     assert run_cli("policy", "check", "--offline", str(example)).returncode == 0
@@ -90,7 +91,7 @@ def test_example_policy_runs_every_strategy_it_schedules(name, mariadb, tmp_path
     plan = json.loads(r.stdout)
     want = _strategies(policy)
     assert {s["strategy"] for s in plan["strategies"]} == set(want)
-    for strategy in ("cold", "snapshot", "binlog", "verify", "prune"):
+    for strategy in ("cold", "snapshot", "snapshot_incremental", "binlog", "verify", "prune"):
         if strategy not in want:
             continue
         if strategy == "binlog":
@@ -102,7 +103,7 @@ def test_example_policy_runs_every_strategy_it_schedules(name, mariadb, tmp_path
         assert r.returncode == 0, r.stderr + r.stdout
         rec = json.loads(r.stdout.strip().splitlines()[-1])
         assert rec["strategy"] == strategy and rec["result"] == "ok", rec
-        if strategy in ("cold", "snapshot"):
+        if strategy in ("cold", "snapshot", "snapshot_incremental"):
             assert rec["backup_id"] and rec["stored_bytes"] > 0
         if strategy == "cold":
             assert rec["details"]["downtime_s"] > 0
@@ -110,6 +111,16 @@ def test_example_policy_runs_every_strategy_it_schedules(name, mariadb, tmp_path
     assert status.returncode == 0
     jobs = json.loads(status.stdout)["jobs"]
     assert all(jobs[s]["last"]["result"] == "ok" for s in want if s != "binlog")
+    if name == "physical.toml":  # the hourly job extended the weekly full backup
+        r = run_cli("list", "--json", "--policy", str(policy), env=env)
+        backups = {b["id"]: b for b in json.loads(r.stdout)["backups"]}
+        inc = jobs["snapshot_incremental"]["last"]["backup_id"]
+        assert backups[inc]["kind"] == "physical"
+        assert jobs["snapshot"]["last"]["backup_id"] in backups
+        r = run_cli("snapshot", "--engine", "physical", "--incremental", "--json", "--policy", str(policy),
+                    env=env, timeout=300)
+        assert json.loads(r.stdout)["chain"] == [jobs["snapshot"]["last"]["backup_id"], inc,
+                                                 json.loads(r.stdout)["backup_id"]]
     if name == "cold-only.toml":  # the restore test of a cold backup: a private server on it
         r = run_cli("verify", "--all", "--restore-test", "--json", "--policy", str(policy), env=env,
                     timeout=300)

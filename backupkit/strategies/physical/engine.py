@@ -63,6 +63,7 @@ class PhysicalOptions:
 
     source_id: str | None = None
     incremental: bool = False
+    full_if_none: bool = False  # incremental, or a full backup when there is none to extend
     parallel: int | None = None  # mariadb-backup --parallel (default: the number of cores)
     compression_level: int = 1
     compression_threads: int = 0
@@ -236,7 +237,7 @@ def take_physical_backup(spec: ConnSpec, store: ObjectStore, opts: PhysicalOptio
     parent = None
     if opts.incremental:
         parent = newest_physical(catalog, source.source_id)
-        if parent is None:
+        if parent is None and not opts.full_if_none:
             raise UsageError(f"no physical backup of source {source.source_id} to base an "
                              "incremental on", "take a full one first: snapshot --engine physical")
     started = time.time()

@@ -90,6 +90,11 @@ def test_semantic_checks(tmp_path):
     (line,) = _problems(tmp_path, GOOD + "\n[schedule]\nshipper_backoff_min = 10\n"
                                          "shipper_backoff_max = 5\n")
     assert "key 'schedule.shipper_backoff_max': expected at least shipper_backoff_min" in line
+    (line,) = _problems(tmp_path, GOOD.replace('prune = ', 'snapshot_incremental = "0 * * * *"\nprune = '))
+    assert "key 'snapshot.engine': strategies.snapshot_incremental takes physical incrementals" in line
+    (line,) = _problems(tmp_path, GOOD.replace('prune = ', 'snapshot_incremental = "61 * * * *"\nprune = ')
+                        + '\n[snapshot]\nengine = "physical"\n')
+    assert "key 'strategies.snapshot_incremental': expected a cron expression" in line
     (line,) = _problems(tmp_path, GOOD.replace('"file:///var/backups/t"', '"ftp://x/y"'))
     assert "key 'storage.url': expected a storage URL" in line and "unknown scheme 'ftp'" in line
 

@@ -119,3 +119,18 @@ def test_cron_lines_lock_each_strategy_and_escape_percent(tmp_path):
         "binlog ship")
     no_user = cron_lines(pol, str(tmp_path / "p.toml"), user=None, paths=paths, python="/usr/bin/python3")
     assert [ln for ln in no_user if ln.startswith("0 */6")][0].startswith("0 */6 * * * flock -n ")
+
+
+def test_cron_lines_run_hourly_physical_incrementals_beside_the_weekly_full(tmp_path):
+    from backupkit.config import Policy
+    from backupkit.schedule.state import Paths
+
+    pol = Policy.model_validate({"name": "p2", "snapshot": {"engine": "physical"},
+                                 "strategies": {"snapshot": "0 2 * * 0",
+                                                "snapshot_incremental": "15 * * * *"}})
+    paths = Paths(tmp_path / "s.json", tmp_path / "locks", tmp_path / "log")
+    lines = cron_lines(pol, str(tmp_path / "p.toml"), user=None, paths=paths, python="/usr/bin/python3")
+    full, inc = [ln for ln in lines if ln[0].isdigit()]
+    assert full.startswith("0 2 * * 0 flock -n ") and "schedule exec snapshot --locked" in full
+    assert inc.startswith("15 * * * * flock -n ") and "p2-snapshot_incremental.lock" in inc
+    assert "schedule exec snapshot_incremental --locked" in inc
