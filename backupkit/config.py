@@ -121,6 +121,8 @@ class StrategiesSection(_Section):
     # physical incrementals on the newest physical backup (needs [snapshot] engine = "physical"),
     # for example "0 * * * *" beside snapshot = "0 3 * * 0": a weekly full, hourly incrementals
     snapshot_incremental: str | None = None
+    # `binlog compact`: merge shipped segments older than [binlog] compact_after, e.g. "*/15 * * * *"
+    binlog_compact: str | None = None
 
 
 class SnapshotSection(_Section):
@@ -159,11 +161,17 @@ class BinlogSection(_Section):
     purge_keep: str = "1d"
     # `binlog status --check` fails when the shipper is this many seconds behind
     max_lag: float = Field(default=300.0, gt=0)
+    # `binlog compact` (and [strategies] binlog_compact): merge segments older than compact_after
+    # into one object per hour of commits; delete the merged small ones compact_grace after that
+    # (a restore that planned with them keeps reading them meanwhile)
+    compact_after: str = "1h"
+    compact_grace: str = "1h"
 
-    @field_validator("purge_keep")
+    @field_validator("purge_keep", "compact_after", "compact_grace")
     @classmethod
     def _duration(cls, v: str) -> str:
-        parse_duration(v)
+        if v.strip() not in ("0", "0s"):
+            parse_duration(v)
         return v
 
 

@@ -1,4 +1,5 @@
-"""backupkit binlog ship | status | events: continuous binlog shipping and its inspection."""
+"""backupkit binlog ship | status | purge | compact | events: continuous binlog shipping and its
+inspection."""
 
 from __future__ import annotations
 
@@ -315,6 +316,63 @@ def purge(
             console.print(f"nothing to purge on {sid}", highlight=False)
         if plan.stops_at:
             console.print(f"kept from {plan.stops_at['file']}: {plan.stops_at['reason']}", highlight=False)
+
+    render(data, human)
+
+
+def _duration_option(text: str, name: str) -> float:
+    try:
+        return 0.0 if text.strip() in ("0", "0s") else parse_duration(text)
+    except ValueError as exc:
+        raise UsageError(f"bad {name} {text!r}: {exc}", "use a duration such as 1h, 30m or 0") from None
+
+
+@app.command("compact")
+def compact(
+    older_than: str = typer.Option(None, "--older-than",
+                                   help="Merge segments committed longer ago than this (e.g. 1h, 0; "
+                                        "default [binlog] compact_after, 1h)."),
+    grace: str = typer.Option(None, "--grace",
+                              help="Delete merged small segments only this long after the merged one "
+                                   "was committed (default [binlog] compact_grace, 1h): restores "
+                                   "that planned with them keep reading them meanwhile."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show what would be merged and deleted; "
+                                                          "change nothing."),
+    source_id: str = typer.Option(None, "--source-id", help="Compact only this source (default: "
+                                                            "every source in the repository)."),
+) -> None:
+    """Merge runs of small shipped segments into one verified object each (one per hour of
+    commits of one binlog file), then delete the small ones after a grace period.
+
+    The merged object is a valid binlog segment holding every event byte, and its index entry
+    keeps what exact --to-time, --to-gtid and --to-position restores need. It is committed before
+    anything is deleted; readers use it instead of the small ones from that moment."""
+    from backupkit.operations.compact import compact_repository  # lazy: start-up time
+
+    cfg = settings()
+    after = _duration_option(older_than if older_than is not None else cfg.policy.binlog.compact_after,
+                             "--older-than")
+    grace_s = _duration_option(grace if grace is not None else cfg.policy.binlog.compact_grace,
+                               "--grace")
+    store, catalog = open_catalog(create=False)
+    sources = [source_id or cfg.policy.source.source_id] if (source_id or cfg.policy.source.source_id) \
+        else None
+    results = compact_repository(catalog, sources, older_than=after, grace=grace_s, dry_run=dry_run,
+                                 level=cfg.policy.binlog.compression_level,
+                                 report=None if json_mode() else info)
+    data = {"storage": store.describe(), "dry_run": dry_run, "older_than": after, "grace": grace_s,
+            "sources": [r.to_dict() for r in results]}
+
+    def human(console) -> None:
+        verb = "would merge" if dry_run else "merged"
+        for r in results:
+            n = sum(m["segments"] for m in r.merged)
+            console.print(f"{r.source_id}: {verb} {n} segment(s) into {len(r.merged)}; "
+                          f"{'would delete' if dry_run else 'deleted'} {len(r.deleted)} object(s); "
+                          f"{r.waiting} superseded segment(s) wait for the grace period; "
+                          f"{r.segments_before} -> {r.segments_after} segment(s)", highlight=False)
+        if not results:
+            console.print("no binlog in the repository", highlight=False)
 
     render(data, human)
 

@@ -151,6 +151,9 @@ class SegmentInfo:
     range_id: str = ""  # a continuous range; a new one begins after a gap
     server_id: int = 0  # the server whose binlog this is (0: not recorded, older entries)
     created_at: float = 0.0
+    #: a compacted segment (operations/compact.py): how many shipped segments it holds; 0 for one
+    #: the shipper wrote. Readers prefer it over the small ones it covers (repo/coverage.py).
+    merged: int = 0
     format: int = layout.FORMAT_VERSION
 
     @property
@@ -241,11 +244,21 @@ class Catalog:
         # From another target when this copy is missing or damaged (a mirror); else just this one.
         return read_checked(self.store, key, lambda data: decode_manifest(key, data))
 
-    def _read_many(self, keys: list[str]) -> list[dict[str, Any]]:
+    def _read_many(self, keys: list[str], missing_ok: bool = False) -> list[dict[str, Any]]:
+        """The manifests at keys, read in parallel; with missing_ok, None for one deleted since it
+        was listed (a segment compaction superseded, a pruned one)."""
+        def one(key: str) -> dict[str, Any] | None:
+            try:
+                return self.read_manifest(key)
+            except ObjectNotFound:
+                if missing_ok:
+                    return None
+                raise
+
         if len(keys) <= 2:
-            return [self.read_manifest(k) for k in keys]
+            return [one(k) for k in keys]
         with ThreadPoolExecutor(max_workers=self.parallel) as pool:
-            return list(pool.map(self.read_manifest, keys))
+            return list(pool.map(one, keys))
 
     # -- backups ------------------------------------------------------------------
     def backup_ids(self) -> list[str]:
@@ -329,7 +342,8 @@ class Catalog:
         keys = list(listed)
         known = self._rolled_up(rollups, listed)
         segs = [known[k] for k in keys if k in known]
-        segs += [SegmentInfo.from_dict(d) for d in self._read_many([k for k in keys if k not in known])]
+        segs += [SegmentInfo.from_dict(d) for d in self._read_many(
+            [k for k in keys if k not in known], missing_ok=True) if d is not None]
         return sorted(segs, key=lambda s: (s.binlog_file, s.start_pos, s.end_pos))
 
     def read_rollup(self, key: str) -> dict[str, Any]:

@@ -5,9 +5,13 @@ Every view of restorable history is built from ``build_runs``: ``list`` and ``bi
 There is no second definition, so they cannot disagree.
 
 Rules (pure, no I/O; segments may come in any order):
-- Segments are sorted in binlog order (file, start, end).
-- The same stretch committed twice (same file and start, non-empty) counts once: the first.
-  An empty anchor segment ``[p, p)`` that starts a range is continued by ``[p, q)``.
+- Segments are sorted in binlog order (file, start), an empty anchor first, then the widest.
+- A segment lying inside one already taken (same file, starting before its end and ending at or
+  before it) is left out: the widest committed segment wins. That is how a compacted segment
+  (``operations/compact.py``: one object for a run of small segments of one file) replaces the
+  small ones it covers while they still exist (its grace period), and the same stretch committed
+  twice counts once. An empty anchor segment ``[p, p)`` that starts a range is continued by
+  ``[p, q)``.
 - A segment continues a run when it starts exactly where the run ends (``continues``: the
   previous segment's ``next_point()``, or position 4 of the next binlog file in the same range).
 - A recorded gap whose ``after`` point is the run's end and whose ``resume`` point is the
@@ -124,6 +128,12 @@ class Run:
         return self._suffix[min(max(from_index, 0), len(self.segments))]
 
 
+def covered_by(s: SegmentInfo, wide: SegmentInfo) -> bool:
+    """True when every event of s lies in wide (same file; an empty s strictly inside it)."""
+    return (s.binlog_file == wide.binlog_file and wide.start_pos <= s.start_pos < wide.end_pos
+            and s.end_pos <= wide.end_pos)
+
+
 def ends_at(s: SegmentInfo, point: tuple[str, int]) -> bool:
     return s.next_point() == point or (s.binlog_file, s.end_pos) == point
 
@@ -140,14 +150,14 @@ def gap_between(gaps: Sequence[GapInfo], prev: SegmentInfo, nxt: SegmentInfo) ->
 
 def build_runs(segments: Iterable[SegmentInfo], gaps: Sequence[GapInfo] = ()) -> list[Run]:
     """Split a source's segments (any order) into unbroken runs, in binlog order."""
-    segs = sorted(segments, key=lambda s: (s.binlog_file, s.start_pos, s.end_pos))
+    segs = sorted(segments, key=lambda s: (s.binlog_file, s.start_pos, s.end_pos != s.start_pos,
+                                           -s.end_pos))
     runs: list[Run] = []
     for s in segs:
         if runs:
             prev = runs[-1].segments[-1]
-            if (prev.binlog_file, prev.start_pos) == (s.binlog_file, s.start_pos) \
-                    and prev.end_pos != prev.start_pos:
-                continue  # the same stretch committed twice: keep the first
+            if covered_by(s, prev):
+                continue  # a wider segment holds it (compacted), or the same stretch twice
             if continues(prev, s) and gap_between(gaps, prev, s) is None:
                 runs[-1].segments.append(s)
                 continue

@@ -16,7 +16,8 @@ from backupkit.schedule.cron import cron_trigger
 from backupkit.util.redact import redact_url
 from backupkit.util.units import parse_duration
 
-CRON_STRATEGIES = ("cold", "snapshot", "snapshot_incremental", "verify", "prune", "sync", "binlog_purge")
+CRON_STRATEGIES = ("cold", "snapshot", "snapshot_incremental", "verify", "prune", "sync", "binlog_purge",
+                   "binlog_compact")
 CRON_HELP = "a cron expression 'minute hour day-of-month month day-of-week' like '0 3 * * 0'"
 STORAGE_FIX = ("add a [storage] section with url = \"file:///var/backups/mysql\" or "
                "\"s3://bucket/prefix\" (or pass --storage)")

@@ -124,7 +124,7 @@ def scheduled_strategies(policy: Policy) -> dict[str, str]:
     """Strategy -> cron expression (or "continuous" for the binlog shipper)."""
     out: dict[str, str] = {}
     for name in ("cold", "snapshot", "snapshot_incremental", "binlog", "verify", "prune", "sync",
-                 "binlog_purge"):
+                 "binlog_purge", "binlog_compact"):
         expr = getattr(policy.strategies, name)
         if expr and expr != "off":
             out[name] = expr

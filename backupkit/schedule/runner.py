@@ -26,18 +26,19 @@ from backupkit.repo.catalog import Catalog
 from backupkit.schedule.state import FileLock, Paths, StatusFile
 from backupkit.util.units import human_bytes, human_seconds, utc_iso_seconds
 
-JOB_STRATEGIES = ("cold", "snapshot", "snapshot_incremental", "verify", "prune", "sync", "binlog_purge")
+JOB_STRATEGIES = ("cold", "snapshot", "snapshot_incremental", "verify", "prune", "sync", "binlog_purge",
+                  "binlog_compact")
 # sync (several storage targets) shares the repository lock: it must not copy what prune deletes.
 # binlog_purge talks to the source: never while a cold backup has it stopped.
 GROUPS = {"cold": "source", "snapshot": "source", "snapshot_incremental": "source",
           "verify": "repository", "prune": "repository",
-          "sync": "repository", "binlog_purge": "source"}
+          "sync": "repository", "binlog_purge": "source", "binlog_compact": "repository"}
 # snapshot_incremental: the first run takes a full physical backup when there is none to extend
 CLI_ARGS = {"cold": ["cold"], "snapshot": ["snapshot"],
             "snapshot_incremental": ["snapshot", "--engine", "physical", "--incremental", "--or-full"],
             "verify": ["verify"],
             "prune": ["prune", "--force"], "binlog": ["binlog", "ship"], "sync": ["repo", "sync"],
-            "binlog_purge": ["binlog", "purge"]}
+            "binlog_purge": ["binlog", "purge"], "binlog_compact": ["binlog", "compact"]}
 
 
 GROUP_POLL = 2.0  # seconds between tries of a busy group lock

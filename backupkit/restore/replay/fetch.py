@@ -1,20 +1,32 @@
-"""Fetching ahead: segment objects downloaded, decoded and checksum-verified into spooled
-temporary files, at most ``ahead`` segments before the parser. Only verified bytes are handed on."""
+"""Fetching ahead: segment objects downloaded in parallel, decoded and checksum-verified into
+spooled temporary files, and handed to the parser in order. Only verified bytes are handed on.
+
+The cost of a restore over many small segments is per object (a request's round trip), not per
+byte, so ``workers`` threads fetch at once. Memory stays bounded: at most ``ahead`` segments are
+fetched or waiting at a time, and each holds at most ``memory // ahead`` bytes in memory (the rest
+spills to a temporary file). The first failure stops the fetching of later segments; the parser
+still gets every segment before the failed one, then the error.
+"""
 
 from __future__ import annotations
 
-import queue
 import tempfile
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 from backupkit.errors import BackupkitError, IntegrityError
 from backupkit.repo.catalog import SegmentInfo
 from backupkit.repo.codec import iter_object
 from backupkit.restore.replay.units import MIB
 from backupkit.storage.base import ObjectStore
-from backupkit.util.workers import put_unless_stopped
+
+#: Segments fetched at once, and fetched or waiting at most (restore --latest from S3 over many
+#: one-second segments: the request round trip dominates; bench/compact.py).
+FETCH_WORKERS = 8
+FETCH_AHEAD = 32
+#: Memory the waiting segments may hold in all; the rest of each spills to a temporary file.
+FETCH_MEMORY = 64 * MIB
 
 
 class Fetched:
@@ -27,69 +39,116 @@ class Fetched:
         self.size = size
 
 
-class Fetcher(threading.Thread):
-    """Downloads segments in order; at most ``ahead`` verified segments wait at a time."""
+class Fetcher:
+    """Downloads segments with ``workers`` threads, at most ``ahead`` segments before the parser,
+    and hands them on in plan order through ``get()``."""
 
-    def __init__(self, store: ObjectStore, segments: Sequence[SegmentInfo], ahead: int = 2,
-                 on_bytes: Callable[[int], None] | None = None) -> None:
-        super().__init__(name="backupkit-fetch", daemon=True)
+    def __init__(self, store: ObjectStore, segments: Sequence[SegmentInfo], ahead: int = FETCH_AHEAD,
+                 on_bytes: Callable[[int], None] | None = None, workers: int = FETCH_WORKERS,
+                 memory: int = FETCH_MEMORY) -> None:
         self.store = store
         self.segments = list(segments)
-        self.out: queue.Queue = queue.Queue(maxsize=max(1, ahead))
+        self.ahead = max(1, ahead)
         self.on_bytes = on_bytes
+        self.spool_memory = max(MIB, memory // self.ahead)
+        n = max(1, min(workers, self.ahead, len(self.segments) or 1))
+        self._threads = [threading.Thread(target=self._work, name=f"backupkit-fetch-{i}", daemon=True)
+                         for i in range(n)]
+        self._cond = threading.Condition()
         self._stop_evt = threading.Event()
+        self._next_claim = 0  # the next segment index a worker takes
+        self._next_out = 0  # the next segment index get() hands on
+        self._done: dict[int, Fetched | BaseException] = {}
+        self._failed_at: int | None = None  # the first segment whose fetch failed
 
-    def run(self) -> None:
-        try:
-            for i, seg in enumerate(self.segments):
-                spool = tempfile.SpooledTemporaryFile(max_size=32 * MIB)  # noqa: SIM115 - handed on
-                size = 0
-                try:
-                    for block in iter_object(self.store, seg.object, read_size=MIB):
-                        if self._stop_evt.is_set():
-                            spool.close()
-                            return
-                        spool.write(block)
-                        size += len(block)
-                        if self.on_bytes:
-                            self.on_bytes(len(block))
-                except BaseException:
-                    spool.close()
-                    raise
-                if size != seg.object.raw_size:
-                    spool.close()
-                    raise IntegrityError(f"segment {seg.object.key!r} decodes to {size} bytes, "
-                                         f"its index says {seg.object.raw_size}")
-                spool.seek(0)
-                if not self._put(Fetched(i, seg, spool, size)):
-                    spool.close()
-                    return
-            self._put(None)
-        except BaseException as exc:  # handed to the parser, which raises it
-            self._put(exc)
+    # -- the workers --------------------------------------------------------------------------
+    def start(self) -> None:
+        for t in self._threads:
+            t.start()
 
-    def _put(self, item: Any) -> bool:
-        return put_unless_stopped(self.out, item, self._stop_evt, poll=0.2)
+    def is_alive(self) -> bool:
+        return any(t.is_alive() for t in self._threads)
 
-    def get(self) -> Fetched | None:
-        """The next verified segment, None at the end; raises what failed in the fetcher."""
+    def _claim(self) -> int | None:
+        """The next index to fetch, waiting while ``ahead`` segments are out; None to stop."""
+        with self._cond:
+            while True:
+                i = self._next_claim
+                if self._stop_evt.is_set() or i >= len(self.segments) or \
+                        (self._failed_at is not None and i > self._failed_at):
+                    return None
+                if i < self._next_out + self.ahead:
+                    self._next_claim += 1
+                    return i
+                self._cond.wait(0.2)
+
+    def _work(self) -> None:
         while True:
+            i = self._claim()
+            if i is None:
+                return
             try:
-                item = self.out.get(timeout=0.2)
-                break
-            except queue.Empty:
-                if not self.is_alive() and self.out.empty():  # ended without a word: never wait
-                    raise BackupkitError("the segment fetcher stopped unexpectedly") from None
+                item: Fetched | BaseException | None = self._fetch(i)
+            except BaseException as exc:  # handed to the parser, which raises it
+                item = exc
+            with self._cond:
+                if item is None or self._stop_evt.is_set():
+                    if isinstance(item, Fetched):
+                        item.spool.close()
+                    return
+                self._done[i] = item
+                if isinstance(item, BaseException) and (self._failed_at is None or i < self._failed_at):
+                    self._failed_at = i
+                self._cond.notify_all()
+
+    def _fetch(self, i: int) -> Fetched | None:
+        seg = self.segments[i]
+        spool = tempfile.SpooledTemporaryFile(max_size=self.spool_memory)  # noqa: SIM115 - handed on
+        size = 0
+        try:
+            for block in iter_object(self.store, seg.object, read_size=MIB):
+                if self._stop_evt.is_set():
+                    spool.close()
+                    return None
+                spool.write(block)
+                size += len(block)
+                if self.on_bytes:
+                    self.on_bytes(len(block))
+        except BaseException:
+            spool.close()
+            raise
+        if size != seg.object.raw_size:
+            spool.close()
+            raise IntegrityError(f"segment {seg.object.key!r} decodes to {size} bytes, "
+                                 f"its index says {seg.object.raw_size}")
+        spool.seek(0)
+        return Fetched(i, seg, spool, size)
+
+    # -- the parser's side ----------------------------------------------------------------------
+    def get(self) -> Fetched | None:
+        """The next verified segment, None at the end; raises what failed in its fetch."""
+        with self._cond:
+            i = self._next_out
+            if i >= len(self.segments):
+                return None
+            while i not in self._done:
+                if not self.is_alive() and i not in self._done:  # ended without a word: never wait
+                    raise BackupkitError("the segment fetcher stopped unexpectedly")
+                self._cond.wait(0.2)
+            item = self._done.pop(i)
+            self._next_out += 1
+            self._cond.notify_all()
         if isinstance(item, BaseException):
+            self.stop()
             raise item
         return item
 
     def stop(self) -> None:
+        """Stop fetching and release every spool still waiting (the workers end promptly)."""
         self._stop_evt.set()
-        while True:  # release spools still waiting
-            try:
-                item = self.out.get_nowait()
-            except queue.Empty:
-                break
+        with self._cond:
+            waiting, self._done = list(self._done.values()), {}
+            self._cond.notify_all()
+        for item in waiting:
             if isinstance(item, Fetched):
                 item.spool.close()

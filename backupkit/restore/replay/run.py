@@ -2,10 +2,12 @@
 
 Three threads with bounded memory:
 
-1. The fetcher downloads segment objects ahead of the replay (``prefetch`` segments at most),
-   each decoded and checksum-verified by ``codec.iter_object`` into a spooled temporary file
-   (memory up to 32 MiB, then disk). A segment is handed on only once verified, so no damaged
-   byte ever reaches the server.
+1. The fetcher downloads segment objects ahead of the replay, several at once (``fetch_workers``
+   threads, ``prefetch`` segments at most fetched or waiting), each decoded and checksum-verified
+   by ``codec.iter_object`` into a spooled temporary file (64 MiB of memory in all, then disk).
+   Segments are handed on in plan order, each only once verified, so no damaged byte ever
+   reaches the server. Many small segments cost a round trip each; fetching them in parallel
+   hides it (restore from S3 over one-second segments).
 2. The parser (the calling thread) walks the events from the base's binlog coordinates on,
    groups them into transactions and decides, transaction by transaction, where to stop:
    - ``time``: every transaction whose commit time (the later of its GTID event's and its
@@ -42,7 +44,7 @@ from backupkit.errors import BackupkitError, SourceError
 from backupkit.mysql.connection import ConnSpec, connect
 from backupkit.repo.catalog import SegmentInfo
 from backupkit.restore.replay.apply import Applier, find_binlog_tool
-from backupkit.restore.replay.fetch import Fetcher
+from backupkit.restore.replay.fetch import FETCH_AHEAD, FETCH_WORKERS, Fetcher
 from backupkit.restore.replay.filter import EventFilter
 from backupkit.restore.replay.parse import CHUNK_BYTES, STATEMENTS_PER_BINLOG, Parser
 from backupkit.restore.replay.units import (
@@ -76,7 +78,8 @@ def open_replay_connection(spec: ConnSpec, log_bin: bool = False):
 
 def replay_segments(store: ObjectStore, segments: Sequence[SegmentInfo], start: tuple[str, int],
                     target: RestoreTarget, spec: ConnSpec, *, start_point: ReachedPoint | None = None,
-                    log_bin: bool = False, progress: Progress | None = None, prefetch: int = 2,
+                    log_bin: bool = False, progress: Progress | None = None, prefetch: int = FETCH_AHEAD,
+                    fetch_workers: int = FETCH_WORKERS,
                     queue_bytes: int = 32 * MIB, chunk_bytes: int = CHUNK_BYTES,
                     table_filter: EventFilter | None = None) -> ReplayResult:
     """Apply segments from start (the base's binlog coordinates) up to the target's stop point
@@ -106,7 +109,7 @@ def replay_segments(store: ObjectStore, segments: Sequence[SegmentInfo], start: 
 
     applier = Applier(conn, units, find_binlog_tool(), committed)
     report("plan", segments=len(segments), bytes=sum(s.object.raw_size for s in segments))
-    fetcher = Fetcher(store, segments, ahead=prefetch,
+    fetcher = Fetcher(store, segments, ahead=prefetch, workers=fetch_workers,
                       on_bytes=lambda n: report("fetched", bytes=n))
     parser = Parser(target, start, units.put, chunk_bytes,
                     int(os.environ.get("BACKUPKIT_STATEMENTS_PER_BINLOG", STATEMENTS_PER_BINLOG)),

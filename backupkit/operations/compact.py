@@ -1,0 +1,368 @@
+"""Binlog compaction: runs of small shipped segments merged into one object, as Litestream does
+with its levels, so that a day of one-second segments is a few dozen objects, not 86,400.
+
+A compacted segment is an ordinary segment (repo/layout.py ``segment_data``/``segment_index``)
+covering a wider ``[start, end)`` of one binlog file: a valid binlog segment holding every event
+byte of the segments it replaces, and an index entry with their aggregated fields (first and last
+event and commit times, first and last GTID, the GTID state after it, event and transaction
+counts, the rotation it ends with), plus ``merged``, the number of shipped segments it holds.
+Nothing finer is needed for exact restores: the planner picks segments by these fields and the
+replay stops inside a segment by reading its events (restore/replay/parse.py), so ``--to-time``,
+``--to-gtid`` and ``--to-position`` inside a compacted stretch are as exact as before.
+
+One run (``compact_source``):
+1. Sweep: small segments covered by a compacted segment that was committed more than ``grace``
+   seconds ago are deleted, index entry first, then data (a crash between leaves only a data
+   object without an entry, removed by the next run); the file's roll-up is rewritten.
+2. Merge: the source's segments as readers see them (repo/coverage.py ``build_runs``: the widest
+   committed segment wins) are cut into groups: contiguous, one binlog file, one range, one
+   ``window`` of commit time (aligned, default one hour), at most ``max_bytes``, every segment
+   older than ``older_than`` and never the source's newest (the head and the shipper's resume
+   point stay where they are). Each group of two or more is streamed into one object (data
+   checked event by event: positions contiguous, CRC32 where the binlog has it), the stored
+   object is read back and verified, then its index entry is committed. The small segments stay.
+
+So a reader never sees neither (the small ones go only after the merged one is committed), a
+reader seeing both uses one (the widest), and a restore that planned with the small segments
+keeps reading them for ``grace`` seconds after they were superseded.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from backupkit.errors import IntegrityError, StorageError
+from backupkit.mysql import binlog_events as be
+from backupkit.repo import layout
+from backupkit.repo.catalog import Catalog, SegmentInfo
+from backupkit.repo.codec import put_object, verify_object
+from backupkit.repo.coverage import build_runs, covered_by
+from backupkit.restore.replay.fetch import Fetcher
+
+log = logging.getLogger(__name__)
+
+#: Segments older than this are merged ([binlog] compact_after).
+DEFAULT_AFTER = 3600.0
+#: Superseded segments are deleted only this long after the merged one was committed
+#: ([binlog] compact_grace): a restore that planned with them before keeps reading them.
+DEFAULT_GRACE = 3600.0
+#: A compacted segment holds the segments of at most one aligned window of commit time.
+DEFAULT_WINDOW = 3600.0
+#: ... and at most this many bytes of binlog.
+DEFAULT_MAX_BYTES = 256 * 1024 * 1024
+
+
+@dataclass
+class CompactResult:
+    """What one compaction run of one source did (or, dry, would do)."""
+
+    source_id: str
+    dry_run: bool = False
+    merged: list[dict[str, Any]] = field(default_factory=list)  # one per compacted segment
+    deleted: list[str] = field(default_factory=list)  # keys removed (entries and data)
+    waiting: int = 0  # superseded segments still inside their grace period
+    segments_before: int = 0
+    segments_after: int = 0  # segments readers use afterwards (superseded ones not counted)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source_id": self.source_id, "dry_run": self.dry_run, "merged": self.merged,
+                "merged_segments": sum(m["segments"] for m in self.merged),
+                "deleted": len(self.deleted), "waiting_for_grace": self.waiting,
+                "segments_before": self.segments_before, "segments_after": self.segments_after,
+                "seconds": round(self.seconds, 3)}
+
+
+# -- planning (pure) ---------------------------------------------------------------------------
+def _when(s: SegmentInfo) -> float:
+    return s.created_at or s.last_event_time or s.first_event_time
+
+
+def _bucket(s: SegmentInfo, window: float) -> int:
+    t = s.last_commit_time or s.last_event_time or _when(s)
+    return int(math.floor(t / window)) if window > 0 else 0
+
+
+def plan_merges(segments: Sequence[SegmentInfo], gaps: Sequence = (), *, now: float,
+                older_than: float = DEFAULT_AFTER, window: float = DEFAULT_WINDOW,
+                max_bytes: int = DEFAULT_MAX_BYTES) -> list[list[SegmentInfo]]:
+    """Groups of two or more contiguous segments to merge, each into one (see the module doc)."""
+    runs = build_runs(segments, gaps)
+    if not runs:
+        return []
+    newest = max((s for r in runs for s in r.segments),
+                 key=lambda s: (s.binlog_file, s.start_pos, s.end_pos))
+    cutoff = now - older_than
+    out: list[list[SegmentInfo]] = []
+    for run in runs:
+        group: list[SegmentInfo] = []
+        size = 0
+        for s in run.segments:
+            ok = s is not newest and _when(s) <= cutoff
+            if group:
+                last = group[-1]
+                joins = (ok and s.binlog_file == last.binlog_file and s.range_id == last.range_id
+                         and s.server_id == last.server_id and s.start_pos == last.end_pos
+                         and not last.next_file
+                         and _bucket(s, window) == _bucket(group[0], window)
+                         and size + s.object.raw_size <= max_bytes)
+                if not joins:
+                    if len(group) >= 2:
+                        out.append(group)
+                    group, size = [], 0
+            if ok:
+                group.append(s)
+                size += s.object.raw_size
+        if len(group) >= 2:
+            out.append(group)
+    return out
+
+
+def superseded(segments: Sequence[SegmentInfo], gaps: Sequence = ()) -> list[tuple[SegmentInfo, SegmentInfo]]:
+    """(small, compacted) pairs: listed segments readers no longer use because a compacted
+    segment covers them."""
+    used = [s for r in build_runs(segments, gaps) for s in r.segments]
+    by_file: dict[str, list[SegmentInfo]] = {}
+    for s in used:
+        if s.merged:
+            by_file.setdefault(s.binlog_file, []).append(s)
+    keys = {s.key for s in used}
+    out = []
+    for s in segments:
+        if s.key in keys:
+            continue
+        wide = next((w for w in by_file.get(s.binlog_file, ()) if covered_by(s, w)), None)
+        if wide is not None:
+            out.append((s, wide))
+    return out
+
+
+def merged_info(group: Sequence[SegmentInfo], obj, now: float) -> SegmentInfo:
+    """The index entry of the compacted segment holding group (its object stored as obj)."""
+    first, last = group[0], group[-1]
+    return SegmentInfo(
+        source_id=first.source_id, binlog_file=first.binlog_file, start_pos=first.start_pos,
+        end_pos=last.end_pos, object=obj,
+        first_event_time=min((s.first_event_time for s in group if s.first_event_time), default=0.0),
+        last_event_time=max(s.last_event_time for s in group),
+        first_commit_time=next((s.first_commit_time for s in group if s.first_commit_time), 0.0),
+        last_commit_time=max(s.last_commit_time for s in group),
+        gtid_first=next((s.gtid_first for s in group if s.gtid_first), ""),
+        gtid_last=next((s.gtid_last for s in reversed(group) if s.gtid_last), ""),
+        gtid_state=next((s.gtid_state for s in reversed(group) if s.gtid_state), ""),
+        events=sum(s.events for s in group), transactions=sum(s.transactions for s in group),
+        next_file=last.next_file, file_closed=last.file_closed, range_id=first.range_id,
+        server_id=first.server_id, created_at=now, merged=sum(max(1, s.merged) for s in group))
+
+
+# -- merging (streams, bounded memory) ----------------------------------------------------------
+class _EventCheck:
+    """Walks the event bytes of a stretch of one binlog file as they stream past: every event
+    must start where the previous ended, and carry a good CRC32 when the binlog has them."""
+
+    def __init__(self, key: str, pos: int, checksums: bool) -> None:
+        self.key = key
+        self.pos = pos
+        self.checksums = checksums
+        self.buf = bytearray()
+
+    def feed(self, data: bytes | memoryview) -> None:
+        self.buf += data
+        off = 0
+        n = len(self.buf)
+        while n - off >= be.HEADER_LEN:
+            hdr = be.parse_header(self.buf, off)
+            if hdr.event_size < be.HEADER_LEN or (hdr.log_pos and hdr.log_pos - hdr.event_size != self.pos):
+                raise IntegrityError(f"segment {self.key!r}: no event starts at {self.pos} "
+                                     "(the merged binlog would not be contiguous)")
+            if n - off < hdr.event_size:
+                break
+            if self.checksums and hdr.type != be.FORMAT_DESCRIPTION_EVENT and \
+                    not be.event_crc_ok(bytes(self.buf[off:off + hdr.event_size])):
+                raise IntegrityError(f"segment {self.key!r}: bad CRC32 in the event at {self.pos}")
+            self.pos += hdr.event_size
+            off += hdr.event_size
+        del self.buf[:off]
+
+    def end(self, expected: int) -> None:
+        if self.buf or self.pos != expected:
+            raise IntegrityError(f"segment {self.key!r} ends at {self.pos}, not at {expected}")
+
+
+def _merged_chunks(store, group: Sequence[SegmentInfo], parallel: int) -> Iterator[bytes]:
+    """The bytes of the compacted segment: the first segment whole (magic, the file's format
+    description, its events), then the events of each following one (its magic and format
+    description copy left out), fetched ahead in parallel and checked event by event."""
+    fetcher = Fetcher(store, group, ahead=max(2, parallel * 2), workers=parallel)
+    fetcher.start()
+    fde = b""
+    check: _EventCheck | None = None
+    try:
+        while (item := fetcher.get()) is not None:
+            s = item.seg
+            span = s.end_pos - s.start_pos
+            prefix = item.size - span
+            with item.spool as fh:
+                head = fh.read(prefix)
+                if prefix < 4 or head[:4] != be.MAGIC:
+                    raise IntegrityError(f"segment {s.object.key!r} is not a binlog segment")
+                if check is None:  # the first segment: its head is the merged one's head
+                    yield head
+                    if s.start_pos == 4:  # the file's own FDE is the first event
+                        first = fh.read(be.HEADER_LEN)
+                        size = be.parse_header(first).event_size if len(first) == be.HEADER_LEN else 0
+                        fde = first + fh.read(max(0, size - be.HEADER_LEN))
+                        fh.seek(prefix)
+                    else:
+                        fde = head[4:]
+                    if len(fde) < be.HEADER_LEN or \
+                            be.parse_header(fde).type != be.FORMAT_DESCRIPTION_EVENT:
+                        raise IntegrityError(f"segment {s.object.key!r} has no format description")
+                    check = _EventCheck(s.object.key, s.start_pos,
+                                        be.fde_checksum_alg(fde) == be.CHECKSUM_CRC32)
+                elif s.start_pos != check.pos or \
+                        (span and be.parse_header(head, 4).type != be.FORMAT_DESCRIPTION_EVENT):
+                    raise IntegrityError(f"segment {s.object.key!r} does not continue at {check.pos}")
+                check.key = s.object.key
+                while block := fh.read(1 << 20):
+                    check.feed(block)
+                    yield block
+                check.end(s.end_pos)
+    finally:
+        fetcher.stop()
+
+
+def merge_group(catalog: Catalog, group: Sequence[SegmentInfo], *, level: int = 1,
+                parallel: int = 8, now: float | None = None) -> SegmentInfo:
+    """Store one compacted segment for group, verify it, commit its index entry; returns it.
+    An entry an earlier run committed for the same stretch is kept (its data too)."""
+    first, last = group[0], group[-1]
+    key = layout.segment_data(first.source_id, first.binlog_file, first.start_pos, last.end_pos)
+    entry = layout.segment_index(first.source_id, first.binlog_file, first.start_pos, last.end_pos)
+    if catalog.store.stat(entry) is not None:  # a run that stopped before deleting anything
+        return SegmentInfo.from_dict(catalog.read_manifest(entry))
+    obj = put_object(catalog.store, key, _merged_chunks(catalog.store, group, parallel), level=level)
+    expected = obj.raw_size - (last.end_pos - first.start_pos)
+    if expected != first.object.raw_size - (first.end_pos - first.start_pos):
+        raise IntegrityError(f"compacted segment {key!r} has {obj.raw_size} bytes, not the events "
+                             f"[{first.start_pos}, {last.end_pos}) and one head")
+    verify_object(catalog.store, obj)  # the stored copy, read back
+    info = merged_info(group, obj, now or time.time())
+    catalog.commit_segment(info)
+    return info
+
+
+# -- one run -------------------------------------------------------------------------------------
+def compact_source(catalog: Catalog, source_id: str, *, older_than: float = DEFAULT_AFTER,
+                   grace: float = DEFAULT_GRACE, window: float = DEFAULT_WINDOW,
+                   max_bytes: int = DEFAULT_MAX_BYTES, dry_run: bool = False, level: int = 1,
+                   parallel: int = 8, now: float | None = None,
+                   report: Callable[[str], None] | None = None,
+                   after_commit: Callable[[SegmentInfo], None] | None = None) -> CompactResult:
+    """Sweep, then merge (see the module doc). after_commit: called after each compacted segment
+    is committed (tests inject a crash there)."""
+    t0 = time.monotonic()
+    now = time.time() if now is None else now
+    say = report or (lambda _m: None)
+    res = CompactResult(source_id, dry_run=dry_run)
+    segs = catalog.segments(source_id)
+    gaps = catalog.gaps(source_id)
+    res.segments_before = len(segs)
+    gone = _sweep(catalog, source_id, segs, gaps, grace, now, dry_run, res, say)
+    live = [s for s in segs if s.key not in gone]
+    # 2. the merges
+    groups = plan_merges(live, gaps, now=now, older_than=older_than, window=window,
+                         max_bytes=max_bytes)
+    merged_keys: set[str] = set()
+    for group in groups:
+        first, last = group[0], group[-1]
+        row = {"file": first.binlog_file, "start_pos": first.start_pos, "end_pos": last.end_pos,
+               "segments": len(group), "raw_bytes": sum(s.object.raw_size for s in group),
+               "key": layout.segment_index(source_id, first.binlog_file, first.start_pos,
+                                           last.end_pos)}
+        if not dry_run:
+            info = merge_group(catalog, group, level=level, parallel=parallel, now=now)
+            row["stored_bytes"] = info.object.size
+            say(f"compacted {len(group)} segments of {first.binlog_file} "
+                f"[{first.start_pos}, {last.end_pos})")
+            if after_commit is not None:
+                after_commit(info)
+        merged_keys.update(s.key for s in group)
+        res.merged.append(row)
+    if groups and grace <= 0 and not dry_run:  # no grace: the small ones go in this run
+        segs = catalog.segments(source_id)
+        gone = _sweep(catalog, source_id, segs, gaps, grace, now, dry_run, res, say)
+        live = [s for s in segs if s.key not in gone]
+        merged_keys.clear()
+        groups = []
+    used = [s for r in build_runs(live, gaps) for s in r.segments]
+    res.segments_after = len(used) - len(merged_keys & {s.key for s in used}) + len(groups)
+    res.seconds = time.monotonic() - t0
+    return res
+
+
+def _sweep(catalog: Catalog, source_id: str, segs: Sequence[SegmentInfo], gaps: Sequence,
+           grace: float, now: float, dry_run: bool, res: CompactResult,
+           say: Callable[[str], None]) -> set[str]:
+    """Delete the segments superseded more than grace ago (entries, then data) and data objects
+    a stopped run left without an entry; returns the index keys deleted."""
+    pairs = superseded(segs, gaps)
+    due = [(s, w) for s, w in pairs if w.created_at and now - w.created_at >= grace]
+    res.waiting = len(pairs) - len(due)
+    listed = {i.key for i in catalog.store.list(layout.binlog_prefix(source_id))}
+    orphans = _orphans(listed, segs, grace, now)
+    entries = [s.key for s, _ in due]
+    data = [s.object.key for s, _ in due] + orphans
+    if not dry_run and (due or orphans):
+        catalog.store.delete(entries)  # first the entries: readers stop seeing them
+        catalog.store.delete(data)
+        say(f"deleted {len(due)} superseded segment(s) of {source_id}"
+            + (f" and {len(orphans)} data object(s) without an entry" if orphans else ""))
+        _refresh_rollups(catalog, source_id, {s.binlog_file for s, _ in due}, listed)
+    res.deleted += entries + data
+    return set(entries)
+
+
+def _orphans(listed: set[str], segs: Sequence[SegmentInfo], grace: float, now: float) -> list[str]:
+    """Data objects without an index entry that lie inside a compacted segment committed more
+    than grace ago: left by a run that stopped between deleting an entry and its data."""
+    entries = {s.key for s in segs}
+    wide = [s for s in segs if s.merged and s.created_at and now - s.created_at >= grace]
+    out = []
+    for key in listed:
+        marker = layout.commit_marker_of(key)
+        if marker is None or marker in entries or key.startswith(layout.BACKUPS):
+            continue
+        pos = layout.segment_of(marker)
+        if pos is None:
+            continue
+        f, start, end = pos
+        if any(w.binlog_file == f and w.start_pos <= start and end <= w.end_pos
+               and (w.start_pos, w.end_pos) != (start, end) for w in wide):
+            out.append(key)
+    return sorted(out)
+
+
+def _refresh_rollups(catalog: Catalog, source_id: str, files: set[str], listed: set[str]) -> None:
+    """Rewrite the roll-up of each file whose segments changed (or delete it when the file is
+    left with one segment): a roll-up is a cache, so a failure only costs readers GETs."""
+    for f in sorted(files):
+        key = layout.segment_rollup(source_id, f)
+        if key not in listed:
+            continue
+        try:
+            if catalog.roll_up_file(source_id, f) is None:
+                catalog.store.delete([key])
+        except StorageError as exc:
+            log.warning("roll-up of %s not rewritten after compaction: %s", f, exc.message)
+
+
+def compact_repository(catalog: Catalog, source_ids: Sequence[str] | None = None,
+                       **kw: Any) -> list[CompactResult]:
+    """compact_source for each source (every source of the repository when None)."""
+    return [compact_source(catalog, sid, **kw) for sid in (source_ids or catalog.sources())]

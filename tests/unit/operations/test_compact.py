@@ -1,0 +1,200 @@
+"""Binlog compaction on synthetic but valid segments (real binlog framing, positions and CRC32):
+the merged object holds every event byte, readers prefer it, the small ones go only after the
+grace period, a run stopped between commit and delete is finished by the next, and a day of
+one-second segments ends as a few dozen objects."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from backupkit.errors import IntegrityError
+from backupkit.mysql import binlog_events as be
+from backupkit.operations import compact as cp
+from backupkit.repo import layout
+from backupkit.repo.catalog import Catalog, SegmentInfo
+from backupkit.repo.codec import StoredObject, put_object, read_object
+from backupkit.repo.coverage import build_runs
+from backupkit.storage import open_store
+
+SRC = "src"
+FILE = "binlog.000001"
+T0 = 1_700_000_000.0
+
+
+def _event(etype: int, pos: int, body: bytes, ts: int = int(T0)) -> bytes:
+    size = be.HEADER_LEN + len(body) + 4
+    hdr = struct.pack("<IBIIIH", ts, etype, 1, size, pos + size, 0)
+    raw = hdr + body
+    return raw + struct.pack("<I", be.crc32(raw))
+
+
+def _fde(pos: int = 4) -> bytes:
+    body = struct.pack("<H", 4) + b"10.11.6-MariaDB".ljust(50, b"\0") + struct.pack("<I", 0) \
+        + bytes([19]) + bytes(40) + bytes([be.CHECKSUM_CRC32])
+    size = be.HEADER_LEN + len(body) + 4
+    raw = struct.pack("<IBIIIH", int(T0), be.FORMAT_DESCRIPTION_EVENT, 1, size, pos + size, 0) + body
+    return raw + struct.pack("<I", be.crc32(raw))
+
+
+class Repo:
+    """A repository of n one-second segments of one file, written by the catalog's own writer."""
+
+    def __init__(self, tmp_path, n: int, per_segment: int = 3) -> None:
+        self.store = open_store(f"file://{tmp_path / 'repo'}")
+        self.catalog = Catalog(self.store)
+        self.fde = _fde()
+        self.events = b""  # every event of the file from position 4 on (the FDE first)
+        pos = 4
+        self.segments: list[SegmentInfo] = []
+        for i in range(n):
+            start = pos
+            body = b""
+            if i == 0:
+                body += self.fde
+                pos += len(self.fde)
+            for j in range(per_segment):
+                ev = _event(be.QUERY_EVENT, pos, f"txn {i}.{j} ".encode() * (j + 1), int(T0) + i)
+                body += ev
+                pos += len(ev)
+            head = be.MAGIC + (b"" if start == 4 else self.fde)
+            self.events += body
+            obj = put_object(self.store, layout.segment_data(SRC, FILE, start, pos), head + body)
+            seg = SegmentInfo(SRC, FILE, start, pos, obj, first_event_time=T0 + i,
+                              last_event_time=T0 + i, first_commit_time=T0 + i,
+                              last_commit_time=T0 + i, gtid_first=f"0-1-{i * per_segment + 1}",
+                              gtid_last=f"0-1-{(i + 1) * per_segment}",
+                              gtid_state=f"0-1-{(i + 1) * per_segment}", events=per_segment,
+                              transactions=per_segment, range_id="r1", server_id=1,
+                              created_at=T0 + i)
+            self.catalog.commit_segment(seg)
+            self.segments.append(seg)
+        self.end = pos
+
+
+def test_merged_segment_holds_every_event_byte_and_the_aggregated_index_fields(tmp_path):
+    r = Repo(tmp_path, 30)
+    res = cp.compact_source(r.catalog, SRC, older_than=60, grace=3600, now=T0 + 3600)
+    # the newest segment is never merged (the head and the shipper's resume point stay)
+    assert [m["segments"] for m in res.merged] == [29]
+    segs = r.catalog.segments(SRC)
+    runs = build_runs(segs)
+    assert len(runs) == 1 and len(runs[0].segments) == 2  # the merged one, then the newest
+    merged = runs[0].segments[0]
+    assert (merged.start_pos, merged.end_pos) == (4, r.segments[28].end_pos)
+    assert merged.merged == 29 and merged.transactions == 29 * 3 and merged.events == 29 * 3
+    assert merged.first_commit_time == T0 and merged.last_commit_time == T0 + 28
+    assert (merged.gtid_first, merged.gtid_last, merged.gtid_state) == ("0-1-1", "0-1-87", "0-1-87")
+    data = read_object(r.store, merged.object)
+    assert data == be.MAGIC + r.events[:merged.end_pos - 4]
+    # a valid binlog: mariadb-binlog's framing (checksums verified by iter_events)
+    import io
+    evs = list(be.iter_events(io.BytesIO(data), verify_checksums=True))
+    assert len(evs) == 1 + 29 * 3
+    # the small ones are all still there, unused, inside their grace period
+    assert res.waiting == 0 and len(segs) == 31
+    again = cp.compact_source(r.catalog, SRC, older_than=60, grace=3600, now=T0 + 3601)
+    assert again.merged == [] and again.deleted == [] and again.waiting == 29
+
+
+def test_small_segments_go_only_after_the_grace_then_the_rollup_is_rewritten(tmp_path):
+    r = Repo(tmp_path, 20)
+    r.catalog.roll_up_file(SRC, FILE)
+    cp.compact_source(r.catalog, SRC, older_than=0, grace=600, now=T0 + 100)
+    before = {i.key for i in r.store.list(layout.BINLOG)}
+    # inside the grace: a reader that planned with the small segments still reads them
+    early = cp.compact_source(r.catalog, SRC, older_than=0, grace=600, now=T0 + 100 + 599)
+    assert early.deleted == [] and early.waiting == 19
+    for s in r.segments:
+        assert read_object(r.store, s.object)
+    late = cp.compact_source(r.catalog, SRC, older_than=0, grace=600, now=T0 + 100 + 600)
+    assert late.waiting == 0 and len(late.deleted) == 2 * 19
+    after = {i.key for i in r.store.list(layout.BINLOG)}
+    assert len(before) - len(after) == 2 * 19
+    segs = r.catalog.segments(SRC)
+    assert len(segs) == 2
+    body = r.catalog.read_rollup(layout.segment_rollup(SRC, FILE))
+    assert sorted(d["end_pos"] for d in body["segments"]) == sorted(s.end_pos for s in segs)
+
+
+def test_a_run_stopped_between_commit_and_delete_leaves_a_readable_repository_and_a_rerun_finishes(
+        tmp_path):
+    r = Repo(tmp_path, 12)
+
+    class Crash(Exception):
+        pass
+
+    def crash(_info):
+        raise Crash
+
+    with pytest.raises(Crash):
+        cp.compact_source(r.catalog, SRC, older_than=0, grace=0, now=T0 + 100, after_commit=crash)
+    segs = r.catalog.segments(SRC)
+    assert len(segs) == 13  # both the merged one and every small one
+    runs = build_runs(segs)
+    assert len(runs) == 1 and runs[0].end == (FILE, r.end)
+    assert b"".join(read_object(r.store, s.object)[4 + (len(r.fde) if s.start_pos != 4 else 0):]
+                    for s in runs[0].segments) == r.events
+    # the small ones are removed a piece at a time: the reader always sees one whole run
+    smalls = [s for s in segs if not s.merged][:-1]
+    r.store.delete([smalls[3].key])  # an entry deleted, its data not yet: a crash mid-sweep
+    runs = build_runs(r.catalog.segments(SRC))
+    assert len(runs) == 1 and runs[0].end == (FILE, r.end)
+    res = cp.compact_source(r.catalog, SRC, older_than=0, grace=0, now=T0 + 100)
+    assert smalls[3].object.key in res.deleted  # the orphan data object, too
+    keys = {i.key for i in r.store.list(layout.BINLOG)}
+    assert not any(s.object.key in keys or s.key in keys for s in smalls)
+    runs = build_runs(r.catalog.segments(SRC))
+    assert len(runs) == 1 and [s.merged for s in runs[0].segments] == [11, 0]
+
+
+def test_a_damaged_small_segment_stops_the_merge_and_commits_nothing(tmp_path):
+    r = Repo(tmp_path, 6)
+    bad = r.segments[2]
+    # a segment whose events do not continue where the previous one ended
+    data = be.MAGIC + r.fde + _event(be.QUERY_EVENT, bad.start_pos + 1, b"x" * 30)
+    data += b"\0" * (bad.object.raw_size - len(data))
+    obj = put_object(r.store, bad.object.key, data[:bad.object.raw_size])
+    r.store.delete([bad.key])
+    bad.object = obj
+    r.catalog.commit_segment(bad)
+    with pytest.raises(IntegrityError, match="no event starts"):
+        cp.compact_source(r.catalog, SRC, older_than=0, grace=0, now=T0 + 100)
+    assert all(not s.merged for s in r.catalog.segments(SRC))
+
+
+def test_a_dry_run_changes_nothing(tmp_path):
+    r = Repo(tmp_path, 8)
+    before = sorted(i.key for i in r.store.list(""))
+    res = cp.compact_source(r.catalog, SRC, older_than=0, grace=0, now=T0 + 100, dry_run=True)
+    assert res.merged and res.merged[0]["segments"] == 7
+    assert sorted(i.key for i in r.store.list("")) == before
+
+
+def _day(n: int = 86_400) -> list[SegmentInfo]:
+    """A day of one-second segments (index entries only), rotating the binlog file every 40,000."""
+    segs, pos, f = [], 4, 1
+    for i in range(n):
+        if i and i % 40_000 == 0:
+            segs[-1].next_file = f"binlog.{f + 1:06d}"
+            f, pos = f + 1, 4
+        end = pos + 500
+        segs.append(SegmentInfo(SRC, f"binlog.{f:06d}", pos, end,
+                                StoredObject(f"k{i}", 200, "", 500 + 100), last_commit_time=T0 + i,
+                                first_commit_time=T0 + i, transactions=1, range_id="r",
+                                created_at=T0 + i + 1))
+        pos = end
+    return segs
+
+
+def test_a_day_of_one_second_segments_compacts_to_under_2000_objects():
+    segs = _day()
+    now = T0 + 86_400 + 3600
+    groups = cp.plan_merges(segs, now=now)
+    merged = sum(len(g) for g in groups)
+    live = len(segs) - merged + len(groups)
+    # one object per hour of commits of each binlog file (plus the newest, never merged)
+    assert live < 2000, live
+    assert live <= 24 + 3 + 1
+    assert max(len(g) for g in groups) <= 3600
