@@ -444,7 +444,9 @@ def events(
     sid = sources[0]
     out: list[dict[str, Any]] = []
     truncated = False
-    for seg in catalog.segments(sid):
+    from backupkit.repo.coverage import in_use  # lazy: start-up time
+
+    for seg in in_use(catalog.segments(sid)):  # a compacted segment, not also its parts
         if seg.transactions == 0:
             continue
         if t1 is not None and seg.last_commit_time and seg.last_commit_time < int(t1):

@@ -103,7 +103,8 @@ def plan_merges(segments: Sequence[SegmentInfo], gaps: Sequence = (), *, now: fl
         group: list[SegmentInfo] = []
         size = 0
         for s in run.segments:
-            ok = s is not newest and _when(s) <= cutoff
+            # an empty anchor (where a shipped range begins, with its GTID state) stays as it is
+            ok = s is not newest and s.end_pos > s.start_pos and _when(s) <= cutoff
             if group:
                 last = group[-1]
                 joins = (ok and s.binlog_file == last.binlog_file and s.range_id == last.range_id

@@ -23,7 +23,7 @@ from datetime import UTC, datetime, tzinfo
 
 from backupkit.repo.catalog import BackupManifest, GapInfo, SegmentInfo
 from backupkit.repo.chain import needed_by
-from backupkit.repo.coverage import build_runs, ends_at
+from backupkit.repo.coverage import build_runs, covered_by, ends_at
 from backupkit.restore.plan import Planner
 from backupkit.util.units import human_duration, parse_duration
 
@@ -242,6 +242,15 @@ def _plan_segments(plan: PrunePlan, planner: Planner, segs: list[SegmentInfo],
     newest = max(segs, key=lambda s: (s.binlog_file, s.start_pos, s.end_pos))
     needed.setdefault(newest.key, "newest segment: the shipper resumes after it")
     _no_false_joins(planner, segs, needed, gaps)
+    # small segments a kept compacted one covers: `binlog compact` deletes them after its grace
+    # period (a restore that planned with them may be reading them), never prune
+    compacted = [s for s in segs if s.merged and s.key in needed]
+    for s in segs:
+        if s.key not in needed and not s.merged:
+            wide = next((w for w in compacted if covered_by(s, w)), None)
+            if wide is not None:
+                needed[s.key] = (f"superseded by compacted segment {wide.key}; 'binlog compact' "
+                                 "deletes it after its grace period")
     first_kept: tuple[str, int] | None = None
     for s in sorted(segs, key=lambda s: (s.binlog_file, s.start_pos, s.end_pos)):
         if s.key in needed:

@@ -148,16 +148,26 @@ def gap_between(gaps: Sequence[GapInfo], prev: SegmentInfo, nxt: SegmentInfo) ->
     return None
 
 
-def build_runs(segments: Iterable[SegmentInfo], gaps: Sequence[GapInfo] = ()) -> list[Run]:
-    """Split a source's segments (any order) into unbroken runs, in binlog order."""
+def in_use(segments: Iterable[SegmentInfo]) -> list[SegmentInfo]:
+    """The segments readers use, in binlog order: every segment lying inside a wider committed
+    one (a compacted segment's small ones during their grace period) left out. Whoever reads
+    events from segments (``binlog events``, ``undo``) reads these, never one event twice."""
     segs = sorted(segments, key=lambda s: (s.binlog_file, s.start_pos, s.end_pos != s.start_pos,
                                            -s.end_pos))
-    runs: list[Run] = []
+    out: list[SegmentInfo] = []
     for s in segs:
+        if out and covered_by(s, out[-1]):
+            continue
+        out.append(s)
+    return out
+
+
+def build_runs(segments: Iterable[SegmentInfo], gaps: Sequence[GapInfo] = ()) -> list[Run]:
+    """Split a source's segments (any order) into unbroken runs, in binlog order."""
+    runs: list[Run] = []
+    for s in in_use(segments):  # a segment inside a wider one (compacted) is left out
         if runs:
             prev = runs[-1].segments[-1]
-            if covered_by(s, prev):
-                continue  # a wider segment holds it (compacted), or the same stretch twice
             if continues(prev, s) and gap_between(gaps, prev, s) is None:
                 runs[-1].segments.append(s)
                 continue

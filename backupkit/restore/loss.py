@@ -27,6 +27,7 @@ from backupkit.errors import BackupkitError
 from backupkit.mysql import binlog_events as be
 from backupkit.repo.catalog import BackupManifest, Catalog, GapInfo, SegmentInfo
 from backupkit.repo.codec import iter_object
+from backupkit.repo.coverage import in_use
 from backupkit.repo.watermark import watermarks
 from backupkit.restore.plan import Planner
 from backupkit.storage.base import ObjectStore
@@ -240,7 +241,7 @@ def count_losses(store: ObjectStore, segments: Sequence[SegmentInfo], windows: S
     wins = [w for w in windows if w is not None]
     if not wins:
         return
-    segs = sorted(segments, key=lambda s: (s.binlog_file, s.start_pos, s.end_pos))
+    segs = in_use(segments)  # a compacted segment, not also the small ones it covers
     newest = max((s.last_commit_time for s in segs), default=0.0)
     for w in wins:
         w.counted_through = min(w.end, newest) if newest else None

@@ -34,6 +34,7 @@ from backupkit.mysql.connection import ConnSpec, connect, qualified, quote_ident
 from backupkit.mysql.gtid import GtidSet, try_parse_gtid
 from backupkit.repo.catalog import Catalog, SegmentInfo
 from backupkit.repo.codec import iter_object
+from backupkit.repo.coverage import in_use
 from backupkit.restore.replay.apply import SESSION_SETUP, find_binlog_tool
 from backupkit.restore.replay.filter import TableFilter, rename_table_map
 from backupkit.storage.base import ObjectStore
@@ -425,7 +426,7 @@ def undo(store: ObjectStore, catalog: Catalog, spec: ConnSpec, *, gtids: Sequenc
     sources = [source_id] if source_id else catalog.sources()
     if len(sources) != 1:
         raise UsageError("the repository holds several sources: give --source-id")
-    segments = catalog.segments(sources[0])
+    segments = in_use(catalog.segments(sources[0]))  # a compacted segment, not also its parts
     if t_from is not None or t_to is not None:
         segments = [s for s in segments if (t_to is None or not s.first_event_time
                                             or s.first_event_time <= t_to + 1)

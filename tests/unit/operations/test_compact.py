@@ -198,3 +198,15 @@ def test_a_day_of_one_second_segments_compacts_to_under_2000_objects():
     assert live < 2000, live
     assert live <= 24 + 3 + 1
     assert max(len(g) for g in groups) <= 3600
+
+
+def test_event_readers_see_a_compacted_stretch_once_while_its_small_segments_remain(tmp_path):
+    from backupkit.repo.coverage import in_use
+
+    r = Repo(tmp_path, 10)
+    cp.compact_source(r.catalog, SRC, older_than=0, grace=3600, now=T0 + 100)
+    segs = r.catalog.segments(SRC)
+    assert len(segs) == 11
+    used = in_use(segs)
+    assert [(s.start_pos, s.end_pos, s.merged) for s in used] == [
+        (4, r.segments[8].end_pos, 9), (r.segments[9].start_pos, r.end, 0)]

@@ -313,3 +313,19 @@ def test_gaps_before_every_kept_segment_go_with_them():
     for s, _ in plan.remove_segments:
         per[s.binlog_file] += 1
     assert per["binlog.000001"] > 0
+
+
+def test_prune_leaves_small_segments_a_kept_compacted_one_covers_to_binlog_compact():
+    """Deleting them is compaction's job, after its grace period: a restore may be reading them."""
+    f = "binlog.000001"
+    t = EPOCH
+    small = [seg(f, 4 + 100 * i, 104 + 100 * i, t + i, t + i) for i in range(10)]
+    wide = seg(f, 4, 1004, t, t + 9)
+    wide.merged = 10
+    tail = seg(f, 1004, 1104, t + 20, t + 20)
+    b = base("b1", f, 4, t - 1)
+    plan = plan_prune([b], {SRC: [*small, wide, tail]}, RetentionRules(keep_last=1), t + 30, UTC)
+    assert wide.key in plan.keep_segments and tail.key in plan.keep_segments
+    for s in small:
+        assert "superseded by compacted segment" in plan.keep_segments[s.key]
+    assert plan.remove_segments == []

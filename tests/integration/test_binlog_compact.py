@@ -1,0 +1,286 @@
+"""Binlog compaction with a real shipper and real servers (issue 16).
+
+One source under a continuous write load, shipped by a real `backupkit binlog ship` process, and
+`backupkit binlog compact` run while it ships. At marked moments the writes pause across a second
+boundary and the moment, GTID position, binlog position and CHECKSUM TABLE are recorded.
+Restores to --to-time, --to-gtid and --to-position marks that lie inside compacted segments must
+reproduce those checksums exactly; `verify` passes on the compacted repository; a compaction run
+stopped between commit and delete leaves a readable repository that a rerun finishes; the grace
+period keeps a restore that planned with the small segments working while compaction runs. The
+same on the S3 server (moto).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+
+import pytest
+
+from backupkit.mysql.sandbox import Sandbox
+from backupkit.operations import compact as cp
+from backupkit.repo import layout
+from backupkit.repo.catalog import Catalog
+from backupkit.repo.coverage import build_runs
+from backupkit.restore.pitr import make_plan, restore_to_point
+from backupkit.restore.replay import fetch
+from backupkit.restore.stoppoint import parse_target, time_target
+from backupkit.storage import open_store
+from tests.support import run_cli, table_checksums
+from tests.support.shipping import cli_env, make_table, shipping_writer, start_shipper, stop_proc
+
+pytestmark = pytest.mark.timeout(900)
+
+
+def _position(sb: Sandbox) -> tuple[str, int, str]:
+    conn = sb.connect()
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SHOW MASTER STATUS")
+            row = cur.fetchone()
+            cur.execute("SELECT @@gtid_binlog_pos")
+            gtid = cur.fetchone()[0]
+        return row[0], int(row[1]), gtid
+    finally:
+        conn.close()
+
+
+def _mark(src: Sandbox, writer) -> dict:
+    """Pause the writes across a second boundary and record where the source is."""
+    writer.pause()
+    time.sleep(int(time.time()) + 1 - time.time() + 0.05)
+    t = int(time.time())  # nothing commits in this second
+    f, p, g = _position(src)
+    mark = {"time": float(t), "file": f, "pos": p, "gtid": g.split(",")[0],
+            "sums": table_checksums(src, ["w"])}
+    time.sleep(t + 1 - time.time() + 0.05)
+    writer.resume()
+    return mark
+
+
+def _wait_shipped(catalog: Catalog, src: Sandbox, timeout: float = 60) -> None:
+    f, p, _ = _position(src)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        sid = catalog.sources()[0] if catalog.sources() else None
+        if sid and catalog.shipped_position(sid) == (f, p):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"the shipper did not reach {f}:{p}")
+
+
+def _compact_cli(env: dict, *args: str) -> dict:
+    r = run_cli("binlog", "compact", "--json", *args, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+@pytest.fixture(scope="module")
+def shipped(tmp_path_factory):
+    """Writes, a continuous shipper, compaction while both run, and marks; then one final
+    compaction. Copies of the repository before the final run are kept for the grace and crash
+    tests."""
+    base = tmp_path_factory.mktemp("compact")
+    repo = base / "repo"
+    url = f"file://{repo}"
+    src = Sandbox(name="compact-src").start()
+    env = cli_env(src, url)
+    shipper = writer = None
+    try:
+        make_table(src)
+        src.sql("INSERT INTO w.t (k, v) SELECT seq, 'base' FROM w.seq_1_to_200")
+        r = run_cli("snapshot", "--json", env=env)
+        assert r.returncode == 0, r.stderr
+        shipper = start_shipper(src, url, base / "ship.log")
+        writer = shipping_writer(src, rotate_every=5.0, pause=0.01)
+        writer.start()
+        marks, runs = [], []
+        for i in range(6):
+            time.sleep(1.5)
+            marks.append(_mark(src, writer))
+            if i in (2, 4):  # compaction under the write load, the shipper committing meanwhile
+                runs.append(_compact_cli(env, "--older-than", "0", "--grace", "0"))
+        time.sleep(1.5)
+        writer.stop()
+        store = open_store(url)
+        catalog = Catalog(store)
+        _wait_shipped(catalog, src)
+        assert stop_proc(shipper) == 0, (base / "ship.log").read_text()[-2000:]
+        shipper = None
+        final = {"sums": table_checksums(src, ["w"])}
+        sid = catalog.sources()[0]
+        before = base / "before-final"
+        shutil.copytree(repo, before)
+        runs.append(_compact_cli(env, "--older-than", "0", "--grace", "0"))
+        yield {"url": url, "repo": repo, "env": env, "marks": marks, "final": final, "runs": runs,
+               "store": store, "catalog": catalog, "sid": sid, "before": before, "src": src}
+    finally:
+        if writer is not None:
+            writer.stop()
+        if shipper is not None:
+            stop_proc(shipper)
+        src.destroy()
+
+
+def _restore(store, catalog, target, plan=None) -> dict:
+    tgt = Sandbox(name="compact-t").start()
+    try:
+        restore_to_point(store, catalog, target, tgt.spec, report_loss=False, plan=plan)
+        return table_checksums(tgt, ["w"])
+    finally:
+        tgt.destroy()
+
+
+def test_compaction_under_load_leaves_one_run_of_merged_segments(shipped):
+    runs = shipped["runs"]
+    assert all(r["sources"][0]["merged_segments"] >= 2 for r in runs[:2]), runs
+    segs = shipped["catalog"].segments(shipped["sid"])
+    live = build_runs(segs, shipped["catalog"].gaps(shipped["sid"]))
+    assert len(live) == 1
+    merged = [s for s in live[0].segments if s.merged]
+    assert merged and sum(s.merged for s in merged) > 3 * len(merged)
+    # nothing superseded is left (grace 0) and every listed data object has its entry
+    assert len(segs) == len(live[0].segments)
+    keys = {i.key for i in shipped["store"].list(layout.binlog_prefix(shipped["sid"]))}
+    for k in keys:
+        marker = layout.commit_marker_of(k)
+        assert marker is None or marker in keys, k
+
+
+def _inside_merged(catalog, sid, file: str, pos: int) -> bool:
+    for s in build_runs(catalog.segments(sid))[0].segments:
+        if s.binlog_file == file and s.start_pos <= pos <= s.end_pos:
+            return bool(s.merged)
+    return False
+
+
+def test_restores_to_marks_inside_compacted_segments_are_exact(shipped):
+    store, catalog, sid, marks = shipped["store"], shipped["catalog"], shipped["sid"], shipped["marks"]
+    inside = [m for m in marks if _inside_merged(catalog, sid, m["file"], m["pos"])]
+    assert len(inside) >= 4, [(m["file"], m["pos"]) for m in marks]
+    by_time, by_gtid, by_pos = inside[0], inside[len(inside) // 2], inside[-1]
+    assert _restore(store, catalog, time_target(by_time["time"])) == by_time["sums"]
+    assert _restore(store, catalog, parse_target(to_gtid=by_gtid["gtid"])) == by_gtid["sums"]
+    target = parse_target(to_position=f"{by_pos['file']}:{by_pos['pos']}")
+    assert _restore(store, catalog, target) == by_pos["sums"]
+
+
+def test_restore_latest_from_the_cli_and_verify_pass_on_a_compacted_repository(shipped):
+    tgt = Sandbox(name="compact-t").start()
+    try:
+        r = run_cli("restore", "--latest", "--target", tgt.url, "--json", env=shipped["env"])
+        assert r.returncode == 0, r.stderr
+        assert table_checksums(tgt, ["w"]) == shipped["final"]["sums"]
+    finally:
+        tgt.destroy()
+    r = run_cli("verify", "--all", "--json", env=shipped["env"])
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert json.loads(r.stdout)["problems"] == []
+
+
+def test_a_run_stopped_between_commit_and_delete_is_readable_and_a_rerun_finishes(shipped, tmp_path):
+    repo = tmp_path / "repo"
+    shutil.copytree(shipped["before"], repo)
+    store = open_store(f"file://{repo}")
+    catalog = Catalog(store)
+    sid = shipped["sid"]
+
+    class Crash(Exception):
+        pass
+
+    def crash(_info):
+        raise Crash("killed after the commit, before any delete")
+
+    with pytest.raises(Crash):
+        cp.compact_source(catalog, sid, older_than=0, grace=0, after_commit=crash)
+    segs = catalog.segments(sid)
+    assert any(s.merged for s in segs) and len(cp.superseded(segs)) >= 2
+    assert _restore(store, catalog, parse_target(latest=True)) == shipped["final"]["sums"]
+    res = cp.compact_source(catalog, sid, older_than=0, grace=0)
+    assert res.deleted and res.waiting == 0
+    assert cp.superseded(catalog.segments(sid)) == []
+    r = run_cli("verify", "--all", "--json", env={**shipped["env"], "BACKUPKIT_STORAGE": f"file://{repo}"})
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_the_grace_period_keeps_a_running_restore_reading_the_small_segments(shipped, tmp_path,
+                                                                              monkeypatch):
+    repo = tmp_path / "repo"
+    shutil.copytree(shipped["before"], repo)
+    store = open_store(f"file://{repo}")
+    catalog = Catalog(store)
+    sid = shipped["sid"]
+    target = parse_target(latest=True)
+    plan = make_plan(catalog, target)
+    small = [s for s in plan.segments if not s.merged]
+    assert len(small) >= 3, "the plan reads small segments"
+    # the restore fetches slowly; compaction (with its grace) runs while it reads
+    real = fetch.iter_object
+    started = threading.Event()
+
+    def slow(store_, obj, **kw):
+        started.set()
+        time.sleep(0.02)
+        return real(store_, obj, **kw)
+
+    monkeypatch.setattr(fetch, "iter_object", slow)
+    out: dict = {}
+
+    def restore() -> None:
+        try:
+            out["sums"] = _restore(store, catalog, target, plan=plan)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            out["error"] = exc
+
+    th = threading.Thread(target=restore)
+    th.start()
+    assert started.wait(120)
+    res = cp.compact_source(catalog, sid, older_than=0, grace=3600)
+    assert res.merged and res.deleted == []  # merged, nothing deleted inside the grace
+    th.join(300)
+    assert "error" not in out, out.get("error")
+    assert out["sums"] == shipped["final"]["sums"]
+    # past the grace the small segments go, and the old plan could no longer be read: the grace is
+    # what protected it (refused before anything is changed, naming the missing object)
+    res = cp.compact_source(catalog, sid, older_than=0, grace=3600, now=time.time() + 3601)
+    assert res.deleted
+    monkeypatch.setattr(fetch, "iter_object", real)
+    from backupkit.errors import ObjectNotFound
+    from backupkit.restore.pitr import preflight
+    with pytest.raises(ObjectNotFound):
+        preflight(store, plan)
+    fresh = make_plan(catalog, target)
+    assert all(s.merged for s in fresh.segments[:-1])
+
+
+def test_compaction_on_the_s3_server_keeps_gtid_restores_exact_and_verify_clean(s3_url, tmp_path):
+    src = Sandbox(name="compact-s3-src").start()
+    env = cli_env(src, s3_url)
+    try:
+        make_table(src)
+        r = run_cli("snapshot", "--json", env=env)
+        assert r.returncode == 0, r.stderr
+        marks = []
+        for i in range(8):
+            for j in range(5):
+                src.sql(f"INSERT INTO w.t (k, v) VALUES ({i * 10 + j}, 'r{i}')")
+            f, p, g = _position(src)
+            marks.append({"gtid": g, "sums": table_checksums(src, ["w"])})
+            r = run_cli("binlog", "ship", "--once", "--json", env=env, timeout=120)
+            assert r.returncode == 0, r.stderr
+        out = _compact_cli(env, "--older-than", "0", "--grace", "0")
+        assert out["sources"][0]["merged_segments"] >= 6, out
+        store = open_store(s3_url)
+        catalog = Catalog(store)
+        (sid,) = catalog.sources()
+        mark = marks[4]
+        plan = make_plan(catalog, parse_target(to_gtid=mark["gtid"]))
+        assert plan.segments[-1].merged, [s.key for s in plan.segments]
+        assert _restore(store, catalog, parse_target(to_gtid=mark["gtid"])) == mark["sums"]
+        r = run_cli("verify", "--all", "--json", env=env)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert len(catalog.segments(sid)) <= 3
+    finally:
+        src.destroy()
