@@ -134,6 +134,10 @@ def ship(
             ("stopped", result.stopped_by or "-"),
             ("duration", human_seconds(wall)),
         ]))
+        for sw in result.switchovers:
+            if sw.get("lossless"):
+                console.print(f"switchover followed: server_id {sw['from_server_id']} -> "
+                              f"{sw['to_server_id']}, linked by GTID {sw['gtid']} at {sw['resume']}")
         for g in result.gaps:
             console.print(f"[bold red]gap[/] after {g['after_file']}:{g['after_pos']}: {g['reason']}")
 
@@ -253,6 +257,12 @@ def status(
             if srv_id:
                 console.print(f"shipping from server_id {srv_id.get('server_id')} "
                               f"({srv_id.get('hostname')}:{srv_id.get('port')}, {srv_id.get('version')})")
+            servers = st.get("servers") or []
+            if len(servers) > 1:
+                console.print(table("servers shipped (switchovers)", ["epoch", "server_id", "from",
+                                                                       "to", "joined"],
+                                    [[e["epoch"], e["server_id"], e["first"], e["last"],
+                                      e.get("joined", "-")] for e in servers]))
             if st.get("loss_window_seconds") is not None and not st.get("server"):
                 console.print(f"loss window {human_seconds(st['loss_window_seconds'])} "
                               "(now minus the newest confirmed moment)")
@@ -263,6 +273,8 @@ def status(
             srv = st.get("server")
             if srv and "error" in srv:
                 console.print(f"[yellow]server not checked:[/] {srv['error']}")
+            elif srv and "note" in srv:
+                console.print(f"[yellow]server at {srv['position']}:[/] {srv['note']}")
             elif srv:
                 console.print(f"server at {srv['position']}; behind by {human_bytes(srv['lag_bytes'])}, "
                               f"{human_seconds(srv['lag_seconds'])}; current loss window "

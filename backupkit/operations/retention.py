@@ -234,7 +234,7 @@ def _plan_segments(plan: PrunePlan, planner: Planner, segs: list[SegmentInfo],
         if loc is None:
             continue
         run = planner.runs[loc.run].segments
-        if loc.index > 0 and ends_at(run[loc.index - 1], (b.point.file, b.point.pos)):
+        if loc.index > 0 and ends_at(run[loc.index - 1], planner.base_point(b)):
             # The point sits at this segment's end: the planner finds the base through it.
             needed.setdefault(run[loc.index - 1].key, f"locates kept base {b.id} in the binlog")
         for s in run[loc.index:]:

@@ -130,7 +130,10 @@ class BackupManifest:
 
 @dataclass
 class SegmentInfo:
-    """Index entry of one shipped binlog segment: events [start_pos, end_pos) of binlog_file."""
+    """Index entry of one shipped binlog segment: events [start_pos, end_pos) of binlog_file.
+
+    binlog_file is the file's identity in the repository: the server's file name, prefixed by
+    the server's epoch after a switchover (repo/servers.py)."""
 
     source_id: str
     binlog_file: str
@@ -144,6 +147,7 @@ class SegmentInfo:
     gtid_first: str = ""
     gtid_last: str = ""
     gtid_state: str = ""  # GTID position after the last transaction of the segment
+    gtid_start: str = ""  # GTID position at start_pos (links a new server's first segment)
     events: int = 0
     transactions: int = 0
     next_file: str = ""  # set when the segment ends with a rotation to this file

@@ -14,6 +14,12 @@ Rules (pure, no I/O; segments may come in any order):
   ``[p, q)``.
 - A segment continues a run when it starts exactly where the run ends (``continues``: the
   previous segment's ``next_point()``, or position 4 of the next binlog file in the same range).
+- Across servers (a switchover: the new server's file identities carry a later epoch,
+  repo/servers.py) positions mean nothing; a segment continues a run when it opens a later
+  epoch and its GTID position at start (``gtid_start``) is exactly the run's GTID position at
+  its end, server ids included (``linked``): the new server's binlog goes on right after the
+  last transaction shipped from the old one. The shipper records that anchor only after
+  checking the new server's binlog by GTID (strategies/binlog/failover.py).
 - A recorded gap whose ``after`` point is the run's end and whose ``resume`` point is the
   segment's start breaks the run even when the positions would join.
 - A confirmed-through watermark (the shipper's status object: "every commit at or before
@@ -26,7 +32,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from backupkit.mysql.gtid import normalize_gtid
 from backupkit.repo.catalog import GapInfo, SegmentInfo
+from backupkit.repo.servers import epoch_of
 
 
 def next_binlog_name(name: str) -> str:
@@ -44,8 +52,20 @@ def continues(prev: SegmentInfo, seg: SegmentInfo) -> bool:
     ROTATE, a STOP at shutdown, or a crash)."""
     if prev.next_point() == (seg.binlog_file, seg.start_pos):
         return True
+    if linked(prev, seg):
+        return True
     return (seg.start_pos == 4 and not prev.next_file and seg.range_id == prev.range_id
             and seg.binlog_file == next_binlog_name(prev.binlog_file))
+
+
+def linked(prev: SegmentInfo, seg: SegmentInfo) -> bool:
+    """True when seg is the first segment of a later server (epoch) and starts at exactly the
+    GTID position prev ends at: the switchover lost nothing and doubled nothing."""
+    if epoch_of(seg.binlog_file) <= epoch_of(prev.binlog_file):
+        return False
+    if not seg.gtid_start or not prev.gtid_state:
+        return False
+    return normalize_gtid(seg.gtid_start) == normalize_gtid(prev.gtid_state)
 
 
 @dataclass

@@ -195,8 +195,9 @@ def build_loss_report(backups: Sequence[BackupManifest],
             s.loss_seconds = max(0.0, at - b.point.time)
             s.downtime_seconds, s.downtime_note = _downtime(b)
             loc = planner_all.base_location(b)
-            s.window = Window(at, start_file=b.point.file if loc else None,
-                              start_pos=b.point.pos if loc else 0,
+            start = planner_all.base_point(b)
+            s.window = Window(at, start_file=start[0] if loc else None,
+                              start_pos=start[1] if loc else 0,
                               start_time=None if loc else b.point.time)
         s.rto_seconds, s.rto_record = _rto(records, kind)
         out.append(s)

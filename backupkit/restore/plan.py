@@ -28,6 +28,10 @@ Rules:
 - A base is usable for time T when its consistent point time <= T; replay applies every
   transaction whose commit second is <= T. Binlog commit times are whole seconds, so the newest
   reachable moment of a run is the commit time of its newest transaction.
+- After a switchover (repo/servers.py) segments of later servers carry an epoch in their file
+  identity. A base's point is in its own server's file names: ``base_point`` finds it in the
+  epoch(s) of that server (by server id) where a segment holds it, so a base from before the
+  switchover replays the old server's segments, then (linked by GTID) the new server's.
 - GTID targets compare by domain (MariaDB) or source uuid (MySQL) and sequence number; a base
   whose GTID position already holds a --stop-before-gtid transaction cannot be used.
 
@@ -48,6 +52,7 @@ from backupkit.mysql.gtid import Gtid, GtidSet, try_parse_gtid
 from backupkit.repo.catalog import BackupManifest, GapInfo, SegmentInfo
 from backupkit.repo.chain import broken_chains
 from backupkit.repo.coverage import Run, build_runs, confirm, ends_at, gap_between
+from backupkit.repo.servers import epochs, file_id
 from backupkit.restore.stoppoint import RestoreTarget
 from backupkit.util.units import format_time, human_bytes, human_seconds
 
@@ -244,6 +249,10 @@ class Planner:
         for lst in self._by_file.values():
             lst.sort()
         self._loc_cache: dict[str, Location | None] = {}
+        self._point_cache: dict[str, tuple[str, int]] = {}
+        #: epochs by server id, newest first (0: entries that do not record a server)
+        self._epochs: list[tuple[int, int]] = [(e.epoch, e.server_id) for e in
+                                               reversed(epochs(segs.get(source_id, [])))]
         self._intervals: list[tuple[float, float]] | None = None
 
     # -- locating ---------------------------------------------------------------------------
@@ -264,10 +273,28 @@ class Planner:
                     return Location(ri, si + 1)
         return None
 
+    def base_point(self, base: BackupManifest) -> tuple[str, int]:
+        """The base's binlog point as a repository file identity: in the epoch of the server it
+        was taken on where a shipped segment holds that point (its own name without one)."""
+        if base.id not in self._point_cache:
+            p = base.point
+            found = (p.file, p.pos)
+            if p.file and self._epochs and any(e for e, _ in self._epochs):
+                sid = base.source.server_id
+                for e, server in self._epochs:
+                    if server and sid and server != sid:
+                        continue
+                    fid = file_id(e, p.file)
+                    if self.locate(fid, p.pos) is not None:
+                        found = (fid, p.pos)
+                        break
+            self._point_cache[base.id] = found
+        return self._point_cache[base.id]
+
     def base_location(self, base: BackupManifest) -> Location | None:
         if base.id not in self._loc_cache:
-            p = base.point
-            self._loc_cache[base.id] = self.locate(p.file, p.pos) if p.file else None
+            p = self.base_point(base)
+            self._loc_cache[base.id] = self.locate(*p) if p[0] else None
         return self._loc_cache[base.id]
 
     def reach_end(self, base: BackupManifest) -> float:
@@ -378,7 +405,7 @@ class Planner:
         rate = self.rates.get(base.kind, self.rates["snapshot"])
         est = self.rates["fixed"] + base_raw / max(rate, 1) + seg_raw / max(self.rates["replay"], 1)
         return RestorePlan(target=target, source_id=self.source_id, base=base, segments=segs,
-                           start=(base.point.file, base.point.pos), stop_time=stop_time,
+                           start=self.base_point(base), stop_time=stop_time,
                            expected_end_time=expected_end, base_bytes=base_bytes,
                            segment_bytes=seg_bytes, base_raw_bytes=base_raw,
                            segment_raw_bytes=seg_raw, estimated_seconds=est,
@@ -478,7 +505,7 @@ class Planner:
             run = self.runs[loc.run]
             end_point, later = run.end, self.runs[loc.run + 1:]
         else:
-            end_point = (base.point.file, base.point.pos)
+            end_point = self.base_point(base)
             later = [r for r in self.runs if r.start > end_point]
         reach = self.reach_end(base)
         recorded = [g for g in self.gaps if (g.after_file, g.after_pos) >= end_point
@@ -509,7 +536,7 @@ class Planner:
         tloc = self._locate_target_pos(*want)
         plans: list[RestorePlan] = []
         for base in reversed(self.bases):
-            p = (base.point.file, base.point.pos)
+            p = self.base_point(base)
             if not base.point.file or p > want or len(plans) >= MAX_CANDIDATES:
                 continue
             if p == want:

@@ -1,43 +1,39 @@
-"""Shipping across a failover (issue 15, part 4), the part that is built: segments record the
-server they came from, and a shipper pointed at another server under the same source id refuses
-to resume into the first server's binlog positions (wal-g#1636: a new primary's binlog.000001
-must never continue the old one's chain), saying by GTID whether the promoted replica lost
-transactions. A primary and a replica: two private mariadbd with GTID replication."""
+"""Shipping across a failover (issue 15, part 4). Under one source id the shipper follows a
+switchover to a promoted replica that logs its own binlog: its segments live in a new server
+epoch (a new primary's binlog.000001 never lands on the old one's, wal-g#1636), the link is
+found by GTID, and a restore to a moment after the switchover uses a base from before it and
+replays the old server's segments, then the new server's, exactly (CHECKSUM TABLE). A switchover
+that lost transactions is a recorded gap, never silent. A primary and a replica: two private
+mariadbd with GTID replication."""
 
 from __future__ import annotations
 
 import json
+import math
+import time
 
 import pytest
 
-from tests.support import run_cli
-from tests.support.shipping import cli_env, make_table
+from backupkit.mysql.workload import WriteLoad
+from backupkit.repo.catalog import Catalog
+from backupkit.storage import open_store
+from tests.support import run_cli, table_checksums, wait_for
+from tests.support.shipping import cli_env, make_table, ship_once, start_shipper, stop_proc
 
 pytestmark = pytest.mark.timeout(300)
+SOURCE = "shop"
 
 
-def test_a_new_server_under_the_same_source_id_is_refused_not_mixed(mariadb_factory, tmp_path):
-    primary = mariadb_factory(server_id=1)
-    replica = mariadb_factory(server_id=2)
-    url = f"file://{tmp_path / 'repo'}"
-    for sb in (primary, replica):
-        make_table(sb)
-    r = run_cli("binlog", "ship", "--once", "--from-current", "--source-id", "shop", "--json",
-                env=cli_env(primary, url))
-    assert r.returncode == 0, r.stderr
-    primary.sql("INSERT INTO w.t (k) VALUES (1)")
-    r = run_cli("binlog", "ship", "--once", "--source-id", "shop", env=cli_env(primary, url))
-    assert r.returncode == 0, r.stderr
-    status = json.loads(run_cli("binlog", "status", "--json", env=cli_env(primary, url)).stdout)
-    assert status["sources"][0]["shipped_server"]["server_id"] == 1
-    # the "promoted" server, same source id: refused, nothing written
-    before = sorted(p.name for p in (tmp_path / "repo").rglob("*.json"))
-    r = run_cli("binlog", "ship", "--once", "--source-id", "shop", env=cli_env(replica, url))
-    assert r.returncode == 3, r.stderr
-    assert "server_id 2" in r.stderr and "shipped from server_id 1" in r.stderr
-    assert "failover" in r.stderr
-    after = sorted(p.name for p in (tmp_path / "repo").rglob("*.json"))
-    assert [n for n in after if not n.startswith("ship-")] == [n for n in before if not n.startswith("ship-")]
+def _ok(r):
+    assert r.returncode == 0, r.stderr + r.stdout
+    return json.loads(r.stdout) if r.stdout.strip().startswith("{") else r.stdout
+
+
+def _env(sb, url: str, tmp_path) -> dict[str, str]:
+    """The CLI's environment for sb, with a policy naming the source id both servers share."""
+    policy = tmp_path / "policy.toml"
+    policy.write_text(f'name = "{SOURCE}"\n[source]\nsource_id = "{SOURCE}"\n[storage]\nurl = "{url}"\n')
+    return cli_env(sb, url, BACKUPKIT_POLICY=str(policy))
 
 
 def _replica_of(primary, replica) -> None:
@@ -50,34 +46,206 @@ def _caught_up(primary, replica) -> bool:
     return replica.sql("SELECT @@gtid_slave_pos")[0][0] == primary.sql("SELECT @@gtid_binlog_pos")[0][0]
 
 
-@pytest.mark.parametrize("lossy", [False, True])
-def test_a_promoted_replica_is_judged_by_gtid(mariadb_factory, tmp_path, lossy):
-    from tests.support import wait_for
+def _promote(replica) -> None:
+    replica.sql("STOP SLAVE")
+    replica.sql("RESET SLAVE ALL")
 
-    primary = mariadb_factory(server_id=1)
+
+def _pair(mariadb_factory):
+    primary = mariadb_factory(server_id=1, extra_args=["--log-slave-updates"])
     replica = mariadb_factory(server_id=2, extra_args=["--log-slave-updates"])
     make_table(primary)
     _replica_of(primary, replica)
+    wait_for(lambda: _caught_up(primary, replica), 30, "the replica")
+    return primary, replica
+
+
+def _shipped_through(url: str, sb, timeout: float = 30) -> None:
+    """Wait until the repository's newest segment ends at sb's GTID position."""
+    catalog = Catalog(open_store(url))
+    want = sb.sql("SELECT @@gtid_binlog_pos")[0][0]
+
+    def done():
+        last = catalog.last_segment(SOURCE)
+        return last is not None and last.gtid_state == want
+    wait_for(done, timeout, f"shipping up to {want}", interval=0.2)
+
+
+def _mark(writer: WriteLoad, sb) -> tuple[float, dict]:
+    """A moment between two whole seconds of commits: pause the writes, read the checksums, let
+    the second end, resume. Restoring --to-time that moment must give exactly these checksums."""
+    writer.pause()
+    sums = table_checksums(sb, ["w"])
+    at = time.time()
+    time.sleep(math.ceil(at) - at + 0.05)
+    writer.resume()
+    return at, sums
+
+
+def _writes(current: list) -> WriteLoad:
+    """Small transactions against whichever server is the primary now (current[0])."""
+    def step(cur, i: int) -> None:
+        if i % 11 == 0:
+            cur.execute("BEGIN")
+            cur.execute("INSERT INTO w.t (k, v) VALUES (%s, REPEAT('m', 100))", (i,))
+            cur.execute("UPDATE w.t SET k = k + 1 WHERE id = %s", (i // 3 + 1,))
+            cur.execute("COMMIT")
+        else:
+            cur.execute("INSERT INTO w.t (k, v) VALUES (%s, 'v')", (i,))
+    return WriteLoad(lambda: current[0].connect(), step, pause=0.004, name="failover-writer")
+
+
+def test_the_shipper_follows_a_switchover_and_restores_across_it_are_exact(mariadb_factory, tmp_path):
+    primary, replica = _pair(mariadb_factory)
     url = f"file://{tmp_path / 'repo'}"
-    r = run_cli("binlog", "ship", "--once", "--from-current", "--source-id", "shop",
-                env=cli_env(primary, url))
-    assert r.returncode == 0, r.stderr
-    for i in range(20):
+    env_p, env_r = _env(primary, url, tmp_path), _env(replica, url, tmp_path)
+    base = _ok(run_cli("snapshot", "--json", env=env_p))
+    procs = [start_shipper(primary, url, tmp_path / "ship-primary.log", "--source-id", SOURCE)]
+    current = [primary]
+    writer = _writes(current)
+    writer.start()
+    try:
+        time.sleep(2)
+        before = _mark(writer, primary)
+        primary.sql("FLUSH BINARY LOGS")  # the old server's binlog spans two files
+        time.sleep(1.5)
+        # the switchover, under the write load: writes stop between two transactions, the
+        # replica catches up, it is promoted, and the writes go on against it
+        writer.pause()
+        wait_for(lambda: _caught_up(primary, replica), 30, "the replica")
+        _promote(replica)
+        primary.sql("SET GLOBAL read_only = 1")
+        current[0] = replica
+        writer.resume()
+        switched_at = time.time()
+        assert stop_proc(procs[0]) == 0
+        procs.append(start_shipper(replica, url, tmp_path / "ship-replica.log", "--source-id", SOURCE))
+        time.sleep(1.5)
+        across = _mark(writer, replica)
+        replica.sql("FLUSH BINARY LOGS")
+        time.sleep(1.5)
+        after = _mark(writer, replica)
+        time.sleep(1)
+        writer.pause()
+        _shipped_through(url, replica)
+        status = _ok(run_cli("binlog", "status", "--json", env=env_r))["sources"][0]
+    finally:
+        writer.stop()
+        for p in procs:
+            stop_proc(p)
+    final = table_checksums(replica, ["w"])
+    log = (tmp_path / "ship-replica.log").read_text()
+    assert "switchover" in log and "no transaction was lost" in log, log
+    assert writer.commits > 300, writer.commits
+    print(f"commits {writer.commits}, write errors {writer.errors}")
+
+    # status: which server is shipped, and the switchover history
+    assert status["shipped_server"]["server_id"] == 2 and status["shipped_server"]["epoch"] == 1
+    servers = status["servers"]
+    assert [s["server_id"] for s in servers] == [1, 2], servers
+    assert servers[1]["joined"] == "by GTID" and servers[1]["first"].startswith("~0001~binlog.")
+    assert len(status["ranges"]) == 1 and not status["gaps"], status["ranges"]
+    # the two servers' file names repeat (both have binlog.000001/2), their segments never collide
+    catalog = Catalog(open_store(url))
+    files = {s.binlog_file for s in catalog.segments(SOURCE)}
+    assert "binlog.000002" in files and "~0001~binlog.000002" in files, files
+
+    # restores to moments before, across and after the switchover, from the base before it
+    target = mariadb_factory(server_id=9)
+    for at, sums in (before, across, after):
+        out = _ok(run_cli("restore", "--to-time", f"@{at:.3f}", "--target", target.url, "--force",
+                          "--json", env=env_r))
+        assert out["plan"]["base"]["id"] == base["backup_id"]
+        epochs = {s["file"].startswith("~0001~") for s in out["plan"]["segments"]}
+        assert epochs == ({False} if at < switched_at else {False, True}), epochs
+        assert table_checksums(target, ["w"]) == sums, (at - switched_at)
+    plan = _ok(run_cli("restore", "--latest", "--dry-run", "--json", env=env_r))
+    shipped = [s["file"] for s in plan["segments"]]
+    first_new = next(i for i, f in enumerate(shipped) if f.startswith("~"))
+    assert first_new > 0 and all(f.startswith("~0001~") for f in shipped[first_new:]), shipped
+    out = _ok(run_cli("restore", "--latest", "--target", target.url, "--force", "--json", env=env_r))
+    assert out["gap"] is None
+    assert table_checksums(target, ["w"]) == final
+
+
+def test_a_lossy_switchover_is_a_recorded_gap_and_the_runbook_recovers(mariadb_factory, tmp_path):
+    primary, replica = _pair(mariadb_factory)
+    url = f"file://{tmp_path / 'repo'}"
+    env_p, env_r = _env(primary, url, tmp_path), _env(replica, url, tmp_path)
+    _ok(run_cli("snapshot", "--json", env=env_p))
+    for i in range(10):
         primary.sql("INSERT INTO w.t (k) VALUES (%s)", (i,))
     wait_for(lambda: _caught_up(primary, replica), 30, "the replica")
-    if lossy:
-        replica.sql("STOP SLAVE")  # the replica falls behind, then is promoted anyway
-        for i in range(5):
-            primary.sql("INSERT INTO w.t (k) VALUES (%s)", (100 + i,))
-    r = run_cli("binlog", "ship", "--once", "--source-id", "shop", env=cli_env(primary, url))
-    assert r.returncode == 0, r.stderr
-    replica.sql("STOP SLAVE")  # the switchover: the replica is the primary now
-    replica.sql("INSERT INTO w.t (k) VALUES (999)")
-    r = run_cli("binlog", "ship", "--once", "--source-id", "shop", env=cli_env(replica, url))
+    replica.sql("STOP SLAVE")  # the replica falls behind, then is promoted anyway
+    for i in range(5):
+        primary.sql("INSERT INTO w.t (k) VALUES (%s)", (100 + i,))
+    _ok(ship_once(primary, url, "--source-id", SOURCE))
+    shipped = table_checksums(primary, ["w"])
+    _promote(replica)
+    for i in range(7):  # its own 0-2-N take the sequence numbers of the lost 0-1-N
+        replica.sql("INSERT INTO w.t (k) VALUES (%s)", (900 + i,))
+    before = sorted(p.name for p in (tmp_path / "repo").rglob("*.binlog.zst"))
+    r = ship_once(replica, url, "--source-id", SOURCE)
     assert r.returncode == 3, r.stderr
     line = " ".join(r.stderr.split())
-    assert "shipped from server_id 1" in line
-    if lossy:
-        assert "before the last shipped transaction" in line, line
-    else:
-        assert "holds every transaction after the last shipped one" in line, line
+    assert "GAP" in line and "server_id 1" in line and "server_id 2" in line, line
+    assert "diverged" in line or "before the last shipped transaction" in line, line
+    assert sorted(p.name for p in (tmp_path / "repo").rglob("*.binlog.zst")) == before  # nothing shipped
+    status = _ok(run_cli("binlog", "status", "--json", env=env_r))["sources"][0]
+    assert any("switchover" in g["reason"] and "lost transactions" in g["reason"] for g in status["gaps"])
+
+    # --latest names the gap and refuses; --accept-gap restores what was shipped, exactly
+    target = mariadb_factory(server_id=9)
+    r = run_cli("restore", "--latest", "--target", target.url, "--force", "--json", env=env_r)
+    assert r.returncode == 2, r.stderr
+    err = json.loads(r.stdout)
+    assert "switchover" in err["error"] and err["details"]["gap"]["recorded"]
+    _ok(run_cli("restore", "--latest", "--accept-gap", "--target", target.url, "--force", "--json",
+                env=env_r))
+    assert table_checksums(target, ["w"]) == shipped
+
+    # the runbook: a snapshot of the new primary, then restart shipping from it
+    new_base = _ok(run_cli("snapshot", "--json", env=env_r))
+    for i in range(4):
+        replica.sql("INSERT INTO w.t (k) VALUES (%s)", (950 + i,))
+    out = _ok(ship_once(replica, url, "--source-id", SOURCE, "--restart-from-current"))
+    gap = out["gaps"][0]
+    assert gap["resume_file"].startswith("~0001~") and "restarted at the point of snapshot" in gap["reason"]
+    assert out["switchovers"][0]["lossless"] is False
+    out = _ok(run_cli("restore", "--latest", "--target", target.url, "--force", "--json", env=env_r))
+    assert out["plan"]["base"]["id"] == new_base["backup_id"] and out["gap"] is None
+    assert table_checksums(target, ["w"]) == table_checksums(replica, ["w"])
+
+
+def test_a_new_server_whose_binlog_was_purged_past_the_link_point_is_refused(mariadb_factory, tmp_path):
+    """Failure injection: the promoted replica holds every transaction, but its binlog no longer
+    does (purged past the last shipped one): the link cannot be proven, so it is a gap."""
+    primary, replica = _pair(mariadb_factory)
+    url = f"file://{tmp_path / 'repo'}"
+    env_p, env_r = _env(primary, url, tmp_path), _env(replica, url, tmp_path)
+    _ok(run_cli("snapshot", "--json", env=env_p))
+    _ok(ship_once(primary, url, "--source-id", SOURCE))
+    primary.sql("INSERT INTO w.t (k) VALUES (1)")
+    _ok(ship_once(primary, url, "--source-id", SOURCE))
+    wait_for(lambda: _caught_up(primary, replica), 30, "the replica")
+    for i in range(3):
+        primary.sql("INSERT INTO w.t (k) VALUES (%s)", (10 + i,))
+    wait_for(lambda: _caught_up(primary, replica), 30, "the replica")
+    _promote(replica)
+    replica.sql("FLUSH BINARY LOGS")
+
+    def purged():
+        cur = replica.sql("SHOW MASTER STATUS")[0][0]
+        replica.sql(f"PURGE BINARY LOGS TO '{cur}'")
+        return [r[0] for r in replica.sql("SHOW BINARY LOGS")] == [cur]
+    wait_for(purged, 20, "the purge", interval=0.3)
+    r = ship_once(replica, url, "--source-id", SOURCE)
+    assert r.returncode == 3, r.stderr
+    line = " ".join(r.stderr.split())
+    assert "GAP" in line and "purged" in line and "are not in it" in line, line
+    gaps = Catalog(open_store(url)).gaps(SOURCE)
+    assert len(gaps) == 1 and "switchover" in gaps[0].reason
+    # nothing of the replica's binlog was written; status names the gap
+    assert all(s.server_id == 1 for s in Catalog(open_store(url)).segments(SOURCE))
+    status = _ok(run_cli("binlog", "status", "--json", env=env_r))["sources"][0]
+    assert status["gaps"] and "purged" in status["gaps"][0]["reason"]

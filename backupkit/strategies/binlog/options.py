@@ -15,6 +15,11 @@ from backupkit.mysql.server import (
 from backupkit.strategies.binlog.spill import MIB
 
 
+class BinlogGapError(SourceError):
+    """The source no longer has binlog the repository still needs (purged before shipping, or
+    not on the server a switchover moved to)."""
+
+
 @dataclass
 class ShipOptions:
     """How the shipper runs (the CLI fills this from options and the [binlog] policy)."""
@@ -53,6 +58,8 @@ class ShipResult:
     transactions: int = 0
     reconnects: int = 0
     gaps: list[dict[str, Any]] = field(default_factory=list)
+    #: switchovers followed (or refused) by this run: from/to server ids, the link or the loss
+    switchovers: list[dict[str, Any]] = field(default_factory=list)
     stopped_by: str = ""
 
     def to_dict(self) -> dict[str, Any]:

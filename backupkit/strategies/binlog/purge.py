@@ -9,6 +9,9 @@ files the repository holds: a file may go when
   first shipped point of the source (shipping began after it; no restore needs it), and
 - its newest event is older than ``keep`` seconds.
 
+After a switchover (repo/servers.py) only the segments of this server's newest epoch count: its
+file names are its own, and a server not shipped under the source purges nothing.
+
 PURGE removes a prefix of the files, so it stops at the first file that must stay. A committed
 segment is on the write quorum of a mirrored repository by definition (the index entry is written
 once the quorum holds the data), so "committed" is the test for several targets too.
@@ -32,6 +35,7 @@ from backupkit.mysql.connection import ConnSpec, connect
 from backupkit.mysql.server import binary_logs, master_status, server_facts
 from backupkit.repo.catalog import Catalog, GapInfo, SegmentInfo
 from backupkit.repo.coverage import build_runs
+from backupkit.repo.servers import epoch_of, epochs, file_id, server_file
 
 
 @dataclass
@@ -99,8 +103,25 @@ def purge_binlogs(catalog: Catalog, spec: ConnSpec, source_id: str, keep_seconds
         facts = server_facts(conn)
         current, _ = master_status(conn, facts)
         names = [n for n, _ in binary_logs(conn)]
-        plan = plan_purge(source_id, names, current, catalog.segments(source_id),
+        segs = catalog.segments(source_id)
+        mine = [e for e in epochs(segs) if e.server_id in (0, facts.server_id)]
+        if segs and not mine:
+            plan = PurgePlan(source_id, names, current, keep_seconds, stops_at={
+                "file": names[0] if names else current,
+                "reason": f"server_id {facts.server_id} is not shipped under {source_id}"})
+            plan.remaining = names
+            return plan
+        epoch = mine[-1].epoch if mine else 0
+        fid = {file_id(epoch, n): n for n in names}
+        plan = plan_purge(source_id, list(fid), file_id(epoch, current),
+                          [s for s in segs if epoch_of(s.binlog_file) == epoch],
                           catalog.gaps(source_id), time.time() if now is None else now, keep_seconds)
+        plan.server_files, plan.current_file = names, current
+        plan.files = [server_file(f) for f in plan.files]
+        if plan.purge_to:
+            plan.purge_to = server_file(plan.purge_to)
+        if plan.stops_at.get("file"):
+            plan.stops_at["file"] = server_file(plan.stops_at["file"])
         if plan.purge_to and not dry_run:
             with conn.cursor() as cur:
                 cur.execute("PURGE BINARY LOGS TO %s", (plan.purge_to,))

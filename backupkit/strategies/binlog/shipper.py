@@ -38,12 +38,13 @@ from backupkit.repo.catalog import (
 )
 from backupkit.repo.coverage import next_binlog_name
 from backupkit.repo.lease import Lease, LeaseHeld, LeaseKeeper, LeaseLost
+from backupkit.repo.servers import file_id, split_file_id
 from backupkit.repo.watermark import ShipperStatus
 from backupkit.storage.base import ObjectStore
 from backupkit.storage.mirror import find_mirror
 from backupkit.strategies.binlog.confirm import StatusWriter, server_clock_offset, watermark_of
-from backupkit.strategies.binlog.failover import judge
-from backupkit.strategies.binlog.options import ShipOptions, ShipResult, resolve_source
+from backupkit.strategies.binlog.failover import Follower
+from backupkit.strategies.binlog.options import BinlogGapError, ShipOptions, ShipResult, resolve_source
 from backupkit.strategies.binlog.progress import ShipProgress
 from backupkit.strategies.binlog.spill import SpillBuffer
 from backupkit.strategies.binlog.stream import EventStats, StreamReader
@@ -52,11 +53,7 @@ from backupkit.strategies.binlog.upload import SegmentUploader, SegmentWriter
 log = logging.getLogger(__name__)
 
 
-class BinlogGapError(SourceError):
-    """The source no longer has binlog the repository still needs (purged before shipping)."""
-
-
-class Shipper(StreamReader, SegmentWriter):
+class Shipper(StreamReader, SegmentWriter, Follower):
     """Ships one source's binlog into one repository. Call run(); stop() from a signal handler."""
 
     def __init__(self, store: ObjectStore, spec: ConnSpec, options: ShipOptions,
@@ -73,7 +70,8 @@ class Shipper(StreamReader, SegmentWriter):
         self.lease: Lease | None = None
         self.result: ShipResult | None = None
         # stream position and buffer
-        self.file = ""
+        self.file = ""  # the server's own file name
+        self.epoch = 0  # the server's epoch under this source: 1 more at each switchover followed
         self.seg_start = 0
         self.buf = SpillBuffer(options.spill_bytes)
         self.boundary_len = 0
@@ -85,6 +83,7 @@ class Shipper(StreamReader, SegmentWriter):
         self.txn_gtid_time = 0
         self.gtid = GtidSet()
         self.seg_gtid_state = ""
+        self.seg_gtid_start = ""  # the GTID position where the segment being read begins
         self.range_id = ""
         self.pending_since: float | None = None  # monotonic time the oldest unflushed commit arrived
         self.on_commit: Callable[[SegmentInfo], None] | None = None
@@ -182,8 +181,8 @@ class Shipper(StreamReader, SegmentWriter):
     def _status(self, state: str = "shipping") -> ShipperStatus:
         f = self.facts
         server = {"server_id": f.server_id, "server_uuid": f.server_uuid, "hostname": f.hostname,
-                  "port": f.port, "version": f.version} if f else {}
-        return ShipperStatus(self.source_id, self.confirmed_at, self.file, self.seg_start,
+                  "port": f.port, "version": f.version, "epoch": self.epoch} if f else {}
+        return ShipperStatus(self.source_id, self.confirmed_at, self._fid(self.file), self.seg_start,
                              self.seg_gtid_state, self.range_id, time.time(), state,
                              self.lease.holder if self.lease else "", server)
 
@@ -206,6 +205,10 @@ class Shipper(StreamReader, SegmentWriter):
             return
         final = self._status("stopped") if self.confirmed_at else None
         self.status_writer.close(final)
+
+    def _fid(self, name: str) -> str:
+        """The repository's identity of the server's file name (repo/servers.py)."""
+        return file_id(self.epoch, name)
 
     def _control(self):
         """The set-up connection (opened again if the first session already took it)."""
@@ -280,25 +283,17 @@ class Shipper(StreamReader, SegmentWriter):
                 last = None
         if last is not None and last.server_id and last.server_id != self.facts.server_id:
             # Another server's binlog: its file names and positions mean nothing here (a new
-            # primary's binlog.000001 is not the old one's). Never resume into it.
-            try:
-                verdict = judge(self._control(), self.facts, last.gtid_state)
-            except SourceError:
-                verdict = ""
-            raise SourceError(
-                f"the source {self.spec.display()} is server_id {self.facts.server_id}, but the binlog "
-                f"of {self.source_id} in the repository was shipped from server_id {last.server_id} "
-                "(a failover or switchover?); its binlog positions do not apply to this server"
-                + (f"; {verdict}" if verdict else ""),
-                "shipping across a failover is not supported yet: take a snapshot of the new server "
-                "and ship it under a new --source-id (docs/operations.md, 'After a failover')")
+            # primary's binlog.000001 is not the old one's). Follow it by GTID, in a new epoch.
+            self._follow(last)
+            return
         if last is not None:
-            self.file, self.seg_start = last.next_point()
+            fid, self.seg_start = last.next_point()
+            self.epoch, self.file = split_file_id(fid)
             self.range_id = last.range_id or uuid.uuid4().hex[:12]
             self.gtid = GtidSet.parse(last.gtid_state, strict=False)
-            self.seg_gtid_state = last.gtid_state
+            self.seg_gtid_state = self.seg_gtid_start = last.gtid_state
             self._last_closed = last.file_closed and not last.next_file
-            self.notify(f"resuming {self.source_id} at {self.file}:{self.seg_start}")
+            self.notify(f"resuming {self.source_id} at {fid}:{self.seg_start}")
             return
         if self.opts.from_position:
             file, pos = self.opts.from_position
@@ -316,13 +311,17 @@ class Shipper(StreamReader, SegmentWriter):
                                  "shipping from", "take a snapshot first, or start with --from-current")
             point = snaps[-1].point
             where = f"{snaps[-1].kind} backup {snaps[-1].id}"
+        self._begin_range(point, uuid.uuid4().hex[:12])
+        self.notify(f"starting {self.source_id} at {self.file}:{self.seg_start} ({where})")
+
+    def _begin_range(self, point: BinlogPoint, range_id: str) -> None:
+        """Ship from point (on this server, in this epoch); an anchor records where it begins."""
         self.file, self.seg_start = point.file, point.pos
-        self.range_id = uuid.uuid4().hex[:12]
+        self.range_id = range_id
         self.gtid = GtidSet.parse(point.gtid, strict=False)
-        self.seg_gtid_state = point.gtid
+        self.seg_gtid_state = self.seg_gtid_start = point.gtid
         self._last_closed = False
         self._anchor = True
-        self.notify(f"starting {self.source_id} at {self.file}:{self.seg_start} ({where})")
 
     def _check_position(self, file: str, pos: int) -> None:
         """--from-position must name a binary log the server has, at most its size: a typo is
@@ -355,7 +354,7 @@ class Shipper(StreamReader, SegmentWriter):
         assert self.result is not None
         self._start_point()
         if not self.result.start:
-            self.result.start = f"{self.file}:{self.seg_start}"
+            self.result.start = f"{self._fid(self.file)}:{self.seg_start}"
         self.result.range_id = self.range_id
         backoff = 0.5
         while not self.stopping:
@@ -417,7 +416,7 @@ class Shipper(StreamReader, SegmentWriter):
         if last is not None:
             last_time = last.last_commit_time or last.last_event_time
         if not self.opts.restart_from_current:
-            gap = GapInfo(self.source_id, after_file, after_pos, "", 0, time.time(),
+            gap = GapInfo(self.source_id, self._fid(after_file), after_pos, "", 0, time.time(),
                           f"{after_file} was purged from the source before it was shipped "
                           f"({exc.server_message}); shipping stopped", last_time)
             self.catalog.record_gap(gap)
@@ -429,7 +428,8 @@ class Shipper(StreamReader, SegmentWriter):
                 "this start shipped nothing: give the right --from-position (see SHOW BINARY LOGS)"
                 if self._nothing_shipped() else
                 "take a new snapshot and run 'backupkit binlog ship --restart-from-current'")
-        gap = GapInfo(self.source_id, after_file, after_pos, point.file, point.pos, time.time(),
+        gap = GapInfo(self.source_id, self._fid(after_file), after_pos, self._fid(point.file),
+                      point.pos, time.time(),
                       f"{after_file} was purged from the source before it was shipped "
                       f"({exc.server_message}); restarted at {where}", last_time)
         # Overwrite a record left by an earlier run that stopped at this gap.
@@ -443,7 +443,7 @@ class Shipper(StreamReader, SegmentWriter):
         self.range_id = uuid.uuid4().hex[:12]
         self.result.range_id = self.range_id
         self.gtid = GtidSet.parse(point.gtid, strict=False)
-        self.seg_gtid_state = point.gtid
+        self.seg_gtid_state = self.seg_gtid_start = point.gtid
         self._anchor = True
         self.tracker.reset()
         self.seg = EventStats()
@@ -454,10 +454,17 @@ class Shipper(StreamReader, SegmentWriter):
         inside the unshipped stretch on a file the server still has, so that backup (and every
         later one) reaches every later moment: the runbook takes a snapshot first, then restarts
         shipping. Without such a backup: the server's current position."""
+        assert self.facts is not None
+        return self._oldest_backup_point(conn, lambda b: b.source.server_id in (0, self.facts.server_id)
+                                         and (b.point.file, b.point.pos) > (after_file, after_pos))
+
+    def _oldest_backup_point(self, conn, wanted: Callable[[Any], bool]) -> tuple[BinlogPoint, str]:
+        """The consistent point of the oldest wanted backup of this source on a binlog file the
+        server still has, or the server's current position."""
+        assert self.facts is not None
         have = {n for n, _ in binary_logs(conn)}
         inside = [b for b in self.catalog.backups() if b.source.source_id == self.source_id
-                  and b.point.file and (b.point.file, b.point.pos) > (after_file, after_pos)
-                  and b.point.file in have]
+                  and b.point.file in have and wanted(b)]
         if inside:
             b = min(inside, key=lambda x: ((x.point.file, x.point.pos), x.id))
             gtid = b.point.gtid or gtid_position(conn, self.facts, b.point.file, b.point.pos)

@@ -15,8 +15,9 @@ from backupkit.repo.catalog import (
     SegmentInfo,
     utc_iso,
 )
-from backupkit.repo.coverage import build_runs, confirm
+from backupkit.repo.coverage import build_runs, confirm, gap_between, linked
 from backupkit.repo.lease import Lease
+from backupkit.repo.servers import epochs, split_file_id
 from backupkit.repo.watermark import read_status
 
 
@@ -37,6 +38,7 @@ def shipping_status(catalog: Catalog, source_id: str, spec: ConnSpec | None = No
             "first_commit_time": r.first.first_commit_time or None,
             "last_commit_time": r.last.last_commit_time or None, "gtid_state": r.last.gtid_state})
     out["gaps"] = [g.to_dict() for g in gaps]
+    out["servers"] = switchover_history(segs, gaps)
     last = segs[-1] if segs else None
     out["last_segment_at"] = last.created_at if last else None
     out["shipped_to"] = "{}:{}".format(*last.next_point()) if last else None
@@ -78,6 +80,24 @@ def shipping_status(catalog: Catalog, source_id: str, spec: ConnSpec | None = No
     return out
 
 
+def switchover_history(segs: list[SegmentInfo], gaps) -> list[dict[str, Any]]:
+    """The servers shipped under the source, oldest first, and how each switchover joined the
+    one before: by GTID (lossless), or a recorded gap."""
+    out: list[dict[str, Any]] = []
+    eps = epochs(segs)
+    for i, e in enumerate(eps):
+        d = e.to_dict()
+        if i:
+            prev = eps[i - 1].last
+            gap = gap_between(gaps, prev, e.first) or next(
+                (g for g in gaps if (g.after_file, g.after_pos) == prev.next_point()), None)
+            d["joined"] = ("by GTID" if linked(prev, e.first) and gap is None
+                           else f"gap: {gap.reason}" if gap is not None else "not joined")
+            d["from_server_id"] = eps[i - 1].server_id
+        out.append(d)
+    return out
+
+
 def _server_lag(spec: ConnSpec, last: SegmentInfo, now: float) -> dict[str, Any]:
     conn = connect(spec)
     try:
@@ -86,7 +106,15 @@ def _server_lag(spec: ConnSpec, last: SegmentInfo, now: float) -> dict[str, Any]
         logs = binary_logs(conn)
     finally:
         conn.close()
-    sfile, spos = last.next_point()
+    epoch, sfile = split_file_id(last.next_point()[0])
+    spos = last.next_point()[1]
+    if last.server_id and facts.server_id != last.server_id:
+        # another server (a switchover the shipper has not followed yet): its positions are
+        # not comparable with the shipped ones
+        return {"position": f"{file}:{pos}", "server_id": facts.server_id,
+                "note": f"this server (server_id {facts.server_id}) is not the one shipped last "
+                        f"(server_id {last.server_id}); the shipper follows it by GTID when it "
+                        "is pointed at it"}
     lag = 0
     for name, size in logs:
         if name < sfile:

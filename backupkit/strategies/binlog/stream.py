@@ -290,14 +290,17 @@ class StreamReader:
             data, self.buf = self.buf, self.buf.split(n)
         st = self.seg
         item = PendingSegment(head, data, n, dict(
-            source_id=self.source_id, binlog_file=self.file, start_pos=self.seg_start, end_pos=end,
+            source_id=self.source_id, binlog_file=self._fid(self.file), start_pos=self.seg_start,
+            end_pos=end, gtid_start=self.seg_gtid_start,
             first_event_time=st.first_event_time, last_event_time=st.last_event_time,
             first_commit_time=st.first_commit_time, last_commit_time=st.last_commit_time,
             gtid_first=st.gtid_first, gtid_last=st.gtid_last, gtid_state=self.seg_gtid_state,
-            events=st.events, transactions=st.transactions, next_file=next_file,
+            events=st.events, transactions=st.transactions,
+            next_file=self._fid(next_file) if next_file else "",
             file_closed=closed, range_id=self.range_id,
             server_id=self.facts.server_id if self.facts else 0))
         self.seg_start = end
+        self.seg_gtid_start = self.seg_gtid_state
         self.boundary_len = 0
         self.seg = EventStats()
         self.pending_since = None  # what is left is an incomplete transaction
