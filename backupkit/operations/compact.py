@@ -156,6 +156,7 @@ def merged_info(group: Sequence[SegmentInfo], obj, now: float) -> SegmentInfo:
         gtid_first=next((s.gtid_first for s in group if s.gtid_first), ""),
         gtid_last=next((s.gtid_last for s in reversed(group) if s.gtid_last), ""),
         gtid_state=next((s.gtid_state for s in reversed(group) if s.gtid_state), ""),
+        gtid_start=first.gtid_start,
         events=sum(s.events for s in group), transactions=sum(s.transactions for s in group),
         next_file=last.next_file, file_closed=last.file_closed, range_id=first.range_id,
         server_id=first.server_id, created_at=now, merged=sum(max(1, s.merged) for s in group))
