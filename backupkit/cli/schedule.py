@@ -74,6 +74,10 @@ def run(
                                            "across the policies (shippers always run)."),
     max_cold: int = typer.Option(None, "--max-concurrent-cold", min=1,
                                  help="With --policies: at most this many cold backups at once."),
+    reload_interval: float = typer.Option(2.0, "--reload-interval", min=0,
+                                          help="With --policies: seconds between two reads of the "
+                                               "folder (a changed, added or removed policy is "
+                                               "reloaded; 0: only on SIGHUP)."),
 ) -> None:
     """Run the policy: its cron schedules on APScheduler, and the binlog shipper, supervised.
 
@@ -88,7 +92,8 @@ def run(
             raise UsageError("--policies runs each policy with its own source and storage",
                              "leave out --policy, --storage and --source")
         raise typer.Exit(serve_fleet(policies, max_snapshots=max_snapshots, max_cold=max_cold,
-                                     stop_timeout=stop_timeout, emit=_emitter()))
+                                     stop_timeout=stop_timeout, emit=_emitter(),
+                                     metrics_listen=metrics_listen, reload_interval=reload_interval))
     if max_snapshots or max_cold:
         raise UsageError("--max-concurrent-snapshots and --max-concurrent-cold go with --policies",
                          "one policy runs one snapshot at a time anyway")
@@ -154,15 +159,26 @@ def status(
 
         fleet = load_fleet(policies)
         outs = [_status_of(m.settings) for m in fleet.good]
-        broken = [{"file": str(m.path), "error": m.error} for m in fleet.broken]
+        broken = [{"file": str(m.path), "error": m.error, **_running_version(m.path)}
+                  for m in fleet.broken]
         healthy = all(o["healthy"] for o in outs) and not broken
 
         def human_all(c) -> None:
+            c.print(table("fleet", ["policy", "protection", "loss window now", "shipper lag",
+                                    "last base", "gaps"],
+                          [[o["policy"], "ok" if o["healthy"] else f"{len(o['problems'])} problem(s)",
+                            human_seconds(o["summary"]["loss_window_s"]),
+                            human_seconds(o["summary"]["lag_s"]),
+                            utc_iso_seconds(o["summary"]["last_base_at"]) or "-",
+                            str(o["summary"]["gaps"])] for o in outs]))
             for o in outs:
                 _print_status(c, o)
                 c.print("")
             for b in broken:
-                c.print(f"broken policy {b['file']}: {b['error']}", highlight=False, markup=False)
+                c.print(f"broken policy {b['file']}: {b['error']}"
+                        + (f" (the daemon pid {b['pid']} runs its previous version as policy "
+                           f"{b['running']!r})" if b.get("running") else ""),
+                        highlight=False, markup=False)
 
         render({"policies": outs, "broken": broken, "healthy": healthy}, human_all)
         if check and not healthy:
@@ -207,7 +223,30 @@ def _status_of(st) -> dict:
                  and (alive or p.kind != "shipper_down")]
     out["healthy"] = not problems
     out["problems"] = problems
+    out["reload_error"] = data.get("reload_error")
+    from backupkit.monitor.fleet import FleetEntry, source_summary  # lazy: start-up time
+
+    out["summary"] = source_summary(FleetEntry(st.policy.name, st.policy.path or ""), model)
     return out
+
+
+def _running_version(path) -> dict:
+    """A daemon that still runs the previous version of a policy file that no longer loads."""
+    from pathlib import Path
+
+    from backupkit.config import state_dir  # lazy: start-up time
+
+    want = Path(path).resolve()
+    for f in sorted(state_dir().glob("*.status.json")):
+        try:
+            d = json.loads(f.read_text())
+        except (OSError, ValueError):
+            continue
+        pid = d.get("pid") if isinstance(d, dict) else None
+        if (d.get("policy_file") and Path(d["policy_file"]).resolve() == want and pid
+                and d.get("state") in ("running", "stopping") and pid_alive(int(pid))):
+            return {"running": d.get("policy"), "pid": pid, "status_file": str(f)}
+    return {}
 
 
 def _print_status(c, out: dict) -> None:

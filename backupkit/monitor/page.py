@@ -140,14 +140,15 @@ height:12px;vertical-align:middle;margin-right:4px}
 """
 
 
-def render_page(st: ProtectionStatus, refresh: int | None = None) -> str:
-    """The whole page as one HTML string."""
+def render_page(st: ProtectionStatus, refresh: int | None = None, back: str | None = None) -> str:
+    """The whole page as one HTML string (back: a link to the fleet overview)."""
     repo = st.repository
     out = ["<!DOCTYPE html><html lang=en><head><meta charset=utf-8>",
            f"<title>backupkit: {_e(st.policy)}</title>",
            '<meta name="viewport" content="width=device-width, initial-scale=1">',
            *([f'<meta http-equiv="refresh" content="{int(refresh)}">'] if refresh else []),
            f"<style>{CSS}</style></head><body>",
+           *([f'<div><a id=back href="{_e(back)}">fleet overview</a></div>'] if back else []),
            f"<h1>backupkit: am I protected? <span class=muted>policy {_e(st.policy)}</span></h1>",
            f'<div class=muted>at {_e(_t(st.now))}; daemon {_e(st.daemon.get("state"))}'
            + (f"; repository {_e(repo.storage)} read {_e(_t(repo.read_at))}" if repo else "") + "</div>"]

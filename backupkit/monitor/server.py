@@ -34,13 +34,34 @@ def parse_listen(text: str | None) -> tuple[str, int]:
     return host, int(port)
 
 
+def policy_routes(status_fn: Callable[[], ProtectionStatus]) -> Callable[[str], tuple[bytes, str] | None]:
+    """/metrics, / (the status page) and /status.json of one policy."""
+    registry = registry_for(status_fn)
+
+    def route(path: str) -> tuple[bytes, str] | None:
+        if path == "/metrics":
+            return generate_latest(registry), CONTENT_TYPE_LATEST
+        if path in ("/", "/index.html"):
+            return render_page(status_fn(), refresh=30).encode(), "text/html; charset=utf-8"
+        if path == "/status.json":
+            return json.dumps(status_fn().to_dict(), default=str).encode(), "application/json"
+        return None
+
+    return route
+
+
 class MetricsServer:
     """A small threaded HTTP server in a daemon thread."""
 
-    def __init__(self, listen: str | None, status_fn: Callable[[], ProtectionStatus]) -> None:
+    def __init__(self, listen: str | None, status_fn: Callable[[], ProtectionStatus] | None = None, *,
+                 routes: Callable[[str], tuple[bytes, str] | None] | None = None) -> None:
+        """Serves one policy's status_fn, or the given routes (path -> body and content type, or
+        None: not found), as the fleet does (monitor/fleet.py)."""
         self.address = parse_listen(listen)
-        self.status_fn = status_fn
-        self.registry = registry_for(status_fn)
+        if routes is None:
+            assert status_fn is not None
+            routes = policy_routes(status_fn)
+        self.routes = routes
         self.httpd: ThreadingHTTPServer | None = None
         self.thread: threading.Thread | None = None
 
@@ -55,22 +76,16 @@ class MetricsServer:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - http.server's name
                 path = self.path.split("?", 1)[0]
+                if path == "/favicon.ico":
+                    self.send_response(204)
+                    self.end_headers()
+                    return
                 try:
-                    if path == "/metrics":
-                        body, ctype = generate_latest(outer.registry), CONTENT_TYPE_LATEST
-                    elif path in ("/", "/index.html"):
-                        body = render_page(outer.status_fn(), refresh=30).encode()
-                        ctype = "text/html; charset=utf-8"
-                    elif path == "/status.json":
-                        body = json.dumps(outer.status_fn().to_dict(), default=str).encode()
-                        ctype = "application/json"
-                    elif path == "/favicon.ico":
-                        self.send_response(204)
-                        self.end_headers()
-                        return
-                    else:
+                    got = outer.routes(path)
+                    if got is None:
                         self.send_error(404)
                         return
+                    body, ctype = got
                 except Exception as exc:  # noqa: BLE001 - a bad scrape must not kill the daemon
                     log.warning("monitor endpoint %s failed: %s", path, exc)
                     self.send_error(500, str(exc)[:200])

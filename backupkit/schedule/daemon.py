@@ -211,6 +211,7 @@ class Daemon:
         self.binlog_lock: FileLock | None = None
         self._dirty = threading.Event()
         self.after_run: Callable[[], None] | None = None  # a run finished (the monitor reads again)
+        self.extra_status: dict[str, Any] = {}  # more keys for the status file (the fleet's reload)
 
     # -- configuration -------------------------------------------------------------------
     def schedules(self) -> dict[str, str]:
@@ -271,6 +272,7 @@ class Daemon:
                 j["next_run"] = utc_iso_seconds(nrt.timestamp()) if nrt is not None else None
             if self.shipper is not None:
                 d["shipper"] = self.shipper.status()
+            d.update(self.extra_status)
 
         with contextlib.suppress(OSError):
             self.status.update(change)

@@ -49,8 +49,11 @@ class Monitoring:
     failure here is logged and skipped."""
 
     def __init__(self, policy: Policy, open_store: Callable[[], Any] | None, status_file: Path,
-                 listen: str | None = None, notifier: Notifier | None = None) -> None:
+                 listen: str | None = None, notifier: Notifier | None = None,
+                 refresh: bool = False) -> None:
+        """refresh: keep the state fresh although nothing is served here (the fleet serves it)."""
         self.state = policy_monitor(policy, open_store, status_file=status_file)
+        self.refresh = refresh
         self.notifier = notifier if notifier is not None else notifier_for(policy)
         self.listen = listen
         self.server: MetricsServer | None = None
@@ -64,7 +67,7 @@ class Monitoring:
                 self.server = MetricsServer(self.listen, self.state.status).start()
             except UsageError as exc:  # a busy port never stops the backups
                 log.warning("%s; running without serving metrics", exc.one_line())
-        if self.listen or self.notifier is not None:
+        if self.listen or self.refresh or self.notifier is not None:
             self.state.start()
         return self
 

@@ -61,3 +61,44 @@ def test_every_fault_fires_its_alert_in_a_real_prometheus(tmp_path):
     finally:
         prom.stop()
         srv.stop()
+
+
+def test_the_rules_fire_per_policy_on_the_fleet_endpoint(tmp_path):
+    """One endpoint for a fleet (every series labelled with its policy): the unchanged rules match
+    each policy's series with its own thresholds, and fire for the faulty policy only."""
+    import time as _t
+
+    from backupkit.monitor.fleet import FleetEntry, fleet_routes
+    from backupkit.monitor.metrics import MonitorState
+
+    rules = tmp_path / "alerts.yml"
+    rules.write_text(re.sub(r"for: \S+", "for: 0s", RULES.read_text()))
+
+    def entry(name: str, make) -> FleetEntry:
+        state = MonitorState(name)
+
+        def status(now=None):
+            st = make()
+            st.now = _t.time()
+            return st
+
+        state.status = status  # type: ignore[method-assign]
+        return FleetEntry(name, f"/p/{name}.toml", state)
+
+    entries = [entry("good", healthy), entry("bad", faulty), entry("also-good", healthy)]
+    srv = MetricsServer("127.0.0.1:0", routes=fleet_routes(lambda: entries)).start()
+    prom = PrometheusServer(tmp_path / "prom", [srv.url.removeprefix("http://")], rules).start()
+    try:
+        deadline = time.monotonic() + 60
+        got: dict = {}
+        while time.monotonic() < deadline:
+            got = prom.firing()
+            if set(got) >= EXPECTED:
+                break
+            time.sleep(0.5)
+        assert set(got) >= EXPECTED, f"missing {EXPECTED - set(got)}; firing {sorted(got)}"
+        assert {a.get("policy") for alerts in got.values() for a in alerts} == {"bad"}, got
+        assert prom.query("count(backupkit_healthy)")[0]["value"][1] == "3"
+    finally:
+        prom.stop()
+        srv.stop()
