@@ -185,7 +185,7 @@ class _Watch:
             self.state.touch()  # a gap was recorded: read the repository again for the page
         return ShipperLive(
             source_id=sh.source_id, pid=os.getpid(), updated_at=time.time(), confirmed_at=p.confirmed_at(),
-            state=p.state, segments=r.segments if r else 0, bytes=r.bytes if r else 0,
+            state=p.state, error=p.error, segments=r.segments if r else 0, bytes=r.bytes if r else 0,
             stored_bytes=r.stored_bytes if r else 0, transactions=r.transactions if r else 0,
             upload_errors=p.upload_errors, reconnects=r.reconnects if r else 0, gaps=p.gaps,
             started_at=self.started, lease_holder=lease.holder if lease is not None and lease.held else "")

@@ -205,7 +205,8 @@ def render_page(st: ProtectionStatus, refresh: int | None = None, back: str | No
     if sh is None:
         out.append("<p class=muted>No shipper state (binlog shipping is not running here).</p>")
     else:
-        state = "shipping" if st.shipper_up else ("stopped" if sh.state == "stopped" else "not responding")
+        known = ("stopped", "reconnecting", "standby")
+        state = "shipping" if st.shipper_up else (sh.state if sh.state in known else "not responding")
         up = "ok" if st.shipper_up else "bad"
         out.append(f"<p id=shipper>{_e(sh.source_id)}: <b class={up}>{state}</b>"
                    f"; lag {_e(_secs(st.lag_seconds))}; confirmed complete up to {_e(_t(sh.confirmed_at))}; "

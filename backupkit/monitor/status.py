@@ -145,7 +145,8 @@ class ShipperLive:
     pid: int | None = None
     updated_at: float = 0.0  # when the shipper last wrote this
     confirmed_at: float | None = None  # everything committed on the source up to here is shipped
-    state: str = "shipping"  # shipping | standby | stopped
+    state: str = "shipping"  # shipping | reconnecting | standby | stopped
+    error: str = ""  # why it is reconnecting (the source is down or unreachable)
     segments: int = 0
     bytes: int = 0
     stored_bytes: int = 0
@@ -455,6 +456,8 @@ def _shipper_down(st: ProtectionStatus) -> str:
         return "no binlog shipper has reported" + why
     if sh.state == "stopped":
         return "the binlog shipper is stopped" + why
+    if sh.state == "reconnecting":
+        return f"the binlog shipper lost the source and is reconnecting: {sh.error or 'no reason given'}"
     if sh.state == "standby":
         return "the binlog shipper is a standby: another one holds the lease"
     return f"the binlog shipper has not reported for {_secs(max(0.0, st.now - sh.updated_at))}" + why

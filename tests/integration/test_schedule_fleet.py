@@ -15,10 +15,14 @@ from pathlib import Path
 
 import pytest
 
+from backupkit.mysql.sandbox import free_port
 from backupkit.mysql.server import master_status, server_facts
 from backupkit.repo.catalog import Catalog
 from backupkit.storage import open_store
-from tests.support import run_cli
+from tests.support import PrometheusServer, run_cli
+from tests.support.monitoring import browser, per_policy, wait_policies
+
+RULES = Path(__file__).parents[2] / "docs" / "alerts.yml"
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -80,8 +84,10 @@ def test_three_sources_one_daemon_one_snapshot_at_a_time_shippers_keep_up(mariad
     env["BACKUPKIT_STATE_DIR"] = str(tmp_path / "state")
     log = tmp_path / "daemon.log"
     fh = open(log, "wb")  # noqa: SIM115 - closed below
+    url = f"http://127.0.0.1:{free_port()}"
     proc = subprocess.Popen([sys.executable, "-m", "backupkit", "schedule", "run", "--policies",
-                             str(tmp_path / "policies"), "--max-concurrent-snapshots", "1"],
+                             str(tmp_path / "policies"), "--max-concurrent-snapshots", "1",
+                             "--metrics-listen", url.removeprefix("http://")],
                             stdout=fh, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     urls = {name: f"file://{tmp_path / 'repos' / name}" for name in boxes}
     windows: list[float] = []
@@ -101,6 +107,7 @@ def test_three_sources_one_daemon_one_snapshot_at_a_time_shippers_keep_up(mariad
                 break
             time.sleep(0.3)
         assert len(snaps) == 3 and all(snaps.values()), log.read_text()[-3000:]
+        _check_fleet_endpoint(url, tmp_path)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -125,3 +132,49 @@ def test_three_sources_one_daemon_one_snapshot_at_a_time_shippers_keep_up(mariad
     cron = json.loads(r.stdout)
     assert sorted(p["policy"] for p in cron["policies"]) == ["src0", "src1", "src2"]
     assert all(any("snapshot" in ln for ln in p["lines"]) for p in cron["policies"])
+
+
+def _check_fleet_endpoint(url: str, tmp_path: Path) -> None:
+    """One endpoint covers the three sources: metrics labelled by policy (scraped by a real
+    Prometheus with the unchanged rules), and the overview page in a real browser."""
+    names = ["src0", "src1", "src2"]
+    up = wait_policies(url, "backupkit_binlog_shipper_up", lambda v: sorted(v) == names
+                       and all(x == 1.0 for x in v.values()), timeout=30)
+    assert sorted(up) == names
+    snaps = wait_policies(url, "backupkit_backups", lambda v: sorted(v) == names
+                          and all(x >= 1 for x in v.values()), timeout=40, strategy="snapshot")
+    assert all(x >= 1 for x in snaps.values())
+    lag = per_policy(url, "backupkit_binlog_lag_seconds")
+    assert sorted(lag) == names and max(lag.values()) < 2.0, lag
+    assert per_policy(url, "backupkit_policy_error") == {"broken": 1.0}
+    prom = PrometheusServer(tmp_path / "prom", [url.removeprefix("http://")], RULES).start()
+    try:
+        deadline = time.monotonic() + 30
+        got: list = []
+        while time.monotonic() < deadline:
+            got = prom.query("backupkit_binlog_shipper_up == 1")
+            if len(got) == 3:
+                break
+            time.sleep(0.5)
+        assert sorted(r["metric"]["policy"] for r in got) == names, got
+        assert not prom.firing().get("BackupkitShipperLagging")
+    finally:
+        prom.stop()
+    driver = browser()
+    try:
+        from selenium.webdriver.common.by import By
+
+        driver.get(url + "/")
+        rows = driver.find_elements(By.CSS_SELECTOR, "#fleet tr.source")
+        assert sorted(r.get_attribute("data-policy") for r in rows) == names
+        assert len(driver.find_elements(By.CSS_SELECTOR, "svg.timeline rect.interval")) >= 3
+        assert driver.find_elements(By.CSS_SELECTOR, "#broken li.broken")
+        driver.find_element(By.LINK_TEXT, "src1").click()
+        assert driver.title == "backupkit: src1"
+        assert driver.find_elements(By.CSS_SELECTOR, "#loss tr.strategy[data-strategy=snapshot]")
+        driver.find_element(By.ID, "back").click()
+        assert driver.title.startswith("backupkit fleet")
+        errors = [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "WARNING")]
+        assert errors == [], errors
+    finally:
+        driver.quit()

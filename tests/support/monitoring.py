@@ -27,6 +27,33 @@ def scrape(url: str) -> dict[str, float]:
     return out
 
 
+def per_policy(url: str, name: str, **labels: str) -> dict[str, float]:
+    """policy -> value of one series of a fleet endpoint (the samples matching labels)."""
+    with urllib.request.urlopen(url + "/metrics", timeout=5) as r:
+        text = r.read().decode()
+    out: dict[str, float] = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                out[s.labels["policy"]] = s.value
+    return out
+
+
+def wait_policies(url: str, name: str, cond, timeout: float = 30, **labels: str) -> dict[str, float]:
+    """Scrape until cond(per_policy(...)) holds; the last values in the error otherwise."""
+    deadline = time.monotonic() + timeout
+    last: dict[str, float] = {}
+    while time.monotonic() < deadline:
+        try:
+            last = per_policy(url, name, **labels)
+            if cond(last):
+                return last
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting on {name}{labels or ''}; last scrape: {last}")
+
+
 def wait_metric(url: str, cond, timeout: float = 30) -> dict[str, float]:
     deadline = time.monotonic() + timeout
     last: dict[str, float] = {}

@@ -31,7 +31,8 @@ class ShipProgress:
         self.live_at: float | None = None
         self.upload_errors = 0
         self.gaps = 0
-        self.state = "starting"  # starting | shipping | standby | stopped
+        self.state = "starting"  # starting | shipping | reconnecting | standby | stopped
+        self.error = ""  # why the shipper is reconnecting
 
     def commit_seen(self, event_time: float) -> None:
         """A complete transaction arrived while none was waiting (event_time: its header's)."""
@@ -62,6 +63,12 @@ class ShipProgress:
         """The stream is live and everything it delivered so far was read."""
         self.live_at = time.time()
         self.state = "shipping"
+        self.error = ""
+
+    def disconnected(self, why: str) -> None:
+        """The stream was lost (the source died or went away): reconnecting."""
+        self.state = "reconnecting"
+        self.error = why
 
     def confirmed_at(self) -> float | None:
         """Everything committed on the source up to this moment is in the repository."""

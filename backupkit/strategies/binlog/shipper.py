@@ -380,6 +380,7 @@ class Shipper(StreamReader, SegmentWriter, Follower):
                     # The last reconnect worked: this is a new failure, not the same one again.
                     backoff = 0.5
                 self.result.reconnects += 1
+                self.progress.disconnected(exc.message)  # until the stream is live again
                 self.notify(f"warning: {exc.message}; reconnecting in {backoff:.1f}s")
                 self._drop_partial()
                 self._sleep(backoff)

@@ -72,3 +72,13 @@ def test_a_physical_snapshot_schedule_judges_the_physical_backups():
     st = build_status("prod", now=NOW, daemon_status=daemon(), daemon_alive=True, objectives=obj)
     (row,) = [s for s in st.strategies if s.strategy in ("snapshot", "physical")]
     assert row.strategy == "physical" and row.last_result == "ok" and row.runs == 10
+
+
+def test_a_shipper_that_lost_its_source_is_down_and_says_why():
+    sh = shipper(lag=20.0)
+    sh.state, sh.error = "reconnecting", "source 127.0.0.1:3307 is unreachable: Connection refused"
+    st = build_status("prod", now=NOW, repository=repository(), daemon_status=daemon(), daemon_alive=True,
+                      shipper=sh, objectives=objectives())
+    assert not st.shipper_up
+    (p,) = [p for p in st.problems if p.kind == "shipper_down"]
+    assert "lost the source and is reconnecting" in p.message and "Connection refused" in p.message
