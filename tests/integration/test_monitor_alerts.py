@@ -24,7 +24,7 @@ EXPECTED = {"BackupkitShipperLagging", "BackupkitBinlogGap", "BackupkitBackupOve
 def test_promtool_accepts_the_rules():
     r = subprocess.run(["promtool", "check", "rules", str(RULES)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "SUCCESS: 9 rules found" in r.stdout
+    assert "SUCCESS: 10 rules found" in r.stdout
 
 
 def test_every_fault_fires_its_alert_in_a_real_prometheus(tmp_path):
@@ -85,7 +85,8 @@ def test_the_rules_fire_per_policy_on_the_fleet_endpoint(tmp_path):
         state.status = status  # type: ignore[method-assign]
         return FleetEntry(name, f"/p/{name}.toml", state)
 
-    entries = [entry("good", healthy), entry("bad", faulty), entry("also-good", healthy)]
+    entries = [entry("good", healthy), entry("bad", faulty), entry("also-good", healthy),
+               FleetEntry("broken", "/p/broken.toml", None, "not TOML")]
     srv = MetricsServer("127.0.0.1:0", routes=fleet_routes(lambda: entries)).start()
     prom = PrometheusServer(tmp_path / "prom", [srv.url.removeprefix("http://")], rules).start()
     try:
@@ -93,11 +94,13 @@ def test_the_rules_fire_per_policy_on_the_fleet_endpoint(tmp_path):
         got: dict = {}
         while time.monotonic() < deadline:
             got = prom.firing()
-            if set(got) >= EXPECTED:
+            if set(got) >= EXPECTED | {"BackupkitPolicyBroken"}:
                 break
             time.sleep(0.5)
         assert set(got) >= EXPECTED, f"missing {EXPECTED - set(got)}; firing {sorted(got)}"
-        assert {a.get("policy") for alerts in got.values() for a in alerts} == {"bad"}, got
+        assert {a.get("policy") for name, alerts in got.items() for a in alerts
+                if name != "BackupkitPolicyBroken"} == {"bad"}, got
+        assert {a["file"] for a in got.get("BackupkitPolicyBroken", [])} == {"/p/broken.toml"}, got
         assert prom.query("count(backupkit_healthy)")[0]["value"][1] == "3"
     finally:
         prom.stop()
