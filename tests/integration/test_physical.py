@@ -17,7 +17,7 @@ from pathlib import Path
 import pymysql
 import pytest
 
-from backupkit.errors import IntegrityError, UsageError
+from backupkit.errors import BackupkitError, IntegrityError, UsageError
 from backupkit.mysql.connection import ConnSpec
 from backupkit.mysql.mariabackup import ToolMissing
 from backupkit.mysql.sandbox import Sandbox
@@ -401,3 +401,80 @@ def test_plan_skips_an_incremental_whose_chain_is_broken_and_says_why(mariadb, t
     (tmp_path / "repo" / layout.backup_manifest(full.id)).unlink()
     r = run_cli(*args, env=env)
     assert r.returncode == 5 and inc1.id in r.stderr, r.stderr
+
+
+# -- the compressor: zstd children, the Python codec, encryption ----------------------------------
+def test_zstd_children_cut_bounded_parts_and_the_python_codec_is_the_fallback(mariadb, tmp_path, spare,
+                                                                              monkeypatch):
+    from backupkit.restore import physical as restore_mod
+    from backupkit.strategies.physical import engine
+
+    _fill(mariadb, rows=20000)
+    store = open_store(f"file://{tmp_path / 'repo'}")
+    catalog = Catalog(store)
+    native = take_physical_backup(mariadb.spec, store, PhysicalOptions(part_size_mb=1))
+    assert native.details["compressor"] == "zstd child per part"
+    assert native.stats["parts"] > 2 and all(o.raw_size <= 1 << 20 for o in native.objects)
+    assert sum(o.raw_size for o in native.objects) == native.stats["raw_bytes"]
+    monkeypatch.setattr(engine, "zstd_binary", lambda: None)
+    codec = take_physical_backup(mariadb.spec, store, PhysicalOptions(part_size_mb=1))
+    assert codec.details["compressor"] == "python-zstandard" and codec.stats["parts"] > 2
+    want = _log_state(mariadb), table_checksums(mariadb, ["app"])
+    for m, python_decode in ((native, True), (codec, False)):  # each read the other way round too
+        box = spare()
+        with monkeypatch.context() as patch:
+            if python_decode:
+                patch.setattr(restore_mod, "_native_zstd", lambda store, link: None)
+            restore_physical(store, m, box.datadir, catalog=catalog, conn=box.spec,
+                             start_command=box.start_command(), pid_file=box.pid_file)
+        assert (_log_state(box), table_checksums(box, ["app"])) == want, m.details["compressor"]
+        box.stop()
+
+
+def _fake_zstd(tmp_path, body: str) -> str:
+    fake = tmp_path / "zstd"
+    fake.write_text(f"#!/bin/sh\n{body}\n")
+    fake.chmod(0o755)
+    return str(fake)
+
+
+@pytest.mark.parametrize("body,why", [
+    ("head -c 300000 >/dev/null; echo 'zstd: error 70 : Write error : No space left' >&2; exit 70",
+     "zstd exited with status 70: zstd: error 70"),
+    ("kill -9 $$", "zstd was killed by SIGKILL"),
+])
+def test_a_failing_or_killed_zstd_child_leaves_no_backup_and_no_objects(mariadb, local_url, tmp_path,
+                                                                        monkeypatch, body, why):
+    from backupkit.strategies.physical import engine
+
+    _fill(mariadb, rows=20000)
+    store = open_store(local_url)
+    monkeypatch.setattr(engine, "zstd_binary", lambda: _fake_zstd(tmp_path, body))
+    with pytest.raises(BackupkitError) as err:
+        take_physical_backup(mariadb.spec, store, PhysicalOptions(part_size_mb=1))
+    assert why in str(err.value) and "\n" not in err.value.message
+    assert [i.key for i in store.list(layout.BACKUPS)] == []
+    assert _child_named("mariadb-backup") is None and _child_named("zstd") is None
+
+
+def test_an_encrypted_repository_stores_physical_parts_encrypted_and_restores_them(mariadb, tmp_path,
+                                                                                  spare):
+    import json
+
+    _fill(mariadb, rows=5000)
+    key = tmp_path / "k1.key"
+    assert run_cli("repo", "keygen", str(key), "--json").returncode == 0
+    repo = tmp_path / "repo"
+    policy = tmp_path / "p.toml"
+    policy.write_text(f'[storage]\nurl = "file://{repo}"\n\n[encryption]\nkey_file = "{key}"\n'
+                      f'key_id = "k1"\n\n[source]\nurl = "{mariadb.url}"\n')
+    r = run_cli("snapshot", "--engine", "physical", "--policy", str(policy), "--json")
+    assert r.returncode == 0, r.stderr
+    bid = json.loads(r.stdout)["backup_id"]
+    parts = sorted((repo / layout.BACKUPS).rglob("*.mbstream*"))
+    assert parts and all(p.read_bytes()[:6] == b"BKENC1" for p in parts)
+    box = spare()
+    r = run_cli("restore", bid, "--datadir", str(box.datadir), "--start-command", box.start_command(),
+                "--target", box.url, "--policy", str(policy), "--json", timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert table_checksums(box, ["app"]) == table_checksums(mariadb, ["app"])

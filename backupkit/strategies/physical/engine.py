@@ -1,9 +1,10 @@
 """The physical backup engine: mariadb-backup's mbstream, compressed and stored while it runs.
 
 ``take_physical_backup(spec, store, options)`` runs ``mariadb-backup --backup --stream=mbstream``
-as a child and pipes its stdout through the codec (zstd + sha256) into objects of at most
-``part_size_mb`` raw bytes each, uploaded while the child still reads the datadir: nothing is
-staged on local disk but the two small info files of ``--extra-lsndir``. The manifest, written
+as a child and pipes its stdout through zstd (a ``zstd`` child per part, or the Python codec:
+stream.py) and sha256 into objects of at most ``part_size_mb`` raw bytes each, uploaded while
+the child still reads the datadir: nothing is staged on local disk but the two small info
+files of ``--extra-lsndir``. The manifest, written
 last, records the consistent point (binlog file, position, GTID, from xtrabackup_info), the LSN
 range, the tool version, the measured commit block, and for an incremental the chain it extends.
 
@@ -14,10 +15,8 @@ deleted and no manifest is written, so no backup exists.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -33,23 +32,22 @@ from backupkit.mysql.gtid import BinlogPoint
 from backupkit.mysql.mariabackup import find_tool, tool_version
 from backupkit.mysql.process import kill_group
 from backupkit.mysql.server import identity, server_facts
-from backupkit.repo import layout
 from backupkit.repo.catalog import BackupManifest, Catalog, new_backup_id
 from backupkit.repo.chain import PHYSICAL, chain_raw_bytes
-from backupkit.repo.codec import StoredObject, put_object
+from backupkit.repo.codec import StoredObject
 from backupkit.storage.base import ObjectStore
+from backupkit.strategies.physical.stream import store_parts_codec, store_parts_native, zstd_binary
 from backupkit.strategies.physical.tool import (
     CredentialsFile,
     LogWatch,
+    exit_text,
     parse_binlog_pos,
     private_tempdir,
     read_lsndir,
     watch_stderr,
 )
-from backupkit.util.ratelimit import Limiter, TokenBucket
+from backupkit.util.ratelimit import TokenBucket
 
-MIB = 1024 * 1024
-READ_BLOCK = MIB
 Progress = Callable[..., None]
 
 
@@ -66,8 +64,8 @@ class PhysicalOptions:
     full_if_none: bool = False  # incremental, or a full backup when there is none to extend
     parallel: int | None = None  # mariadb-backup --parallel (default: the number of cores)
     compression_level: int = 1
-    compression_threads: int = 0
-    part_size_mb: int = 1024  # raw bytes of mbstream per stored object
+    compression_threads: int = 0  # zstd -T (0: one thread, as `mariadb-backup | zstd -1` runs)
+    part_size_mb: int = 1024  # raw bytes of mbstream per stored object (one zstd frame each)
     datadir: str | None = None  # default: the server's @@datadir
     backup_id: str | None = None
     extra_args: list[str] = field(default_factory=list)
@@ -128,88 +126,6 @@ def newest_physical(catalog: Catalog, source_id: str) -> BackupManifest | None:
     return max(mine, key=lambda b: (b.finished_at, b.id), default=None)
 
 
-# -- the stream ----------------------------------------------------------------------------------
-F_SETPIPE_SZ = 1031  # Linux fcntl
-
-
-def _read_block(fd: int) -> bytes:
-    """Up to READ_BLOCK bytes: what the pipe holds, waiting only when it is empty."""
-    parts = []
-    size = 0
-    while size < READ_BLOCK:
-        chunk = os.read(fd, READ_BLOCK - size)
-        if not chunk:
-            break
-        parts.append(chunk)
-        size += len(chunk)
-        if size >= READ_BLOCK // 4:
-            break
-    return b"".join(parts)
-
-
-class _Pipe:
-    """Reads the child's stdout straight from a 1 MiB pipe, on the thread that compresses.
-
-    The child keeps writing into the pipe while a block is compressed, which is about what
-    `mariadb-backup | zstd` does. (A reader thread with a queue was measured slower on two
-    cores: the hand-offs cost more than they overlap.)"""
-
-    def __init__(self, stream, limiter: Limiter | None = None) -> None:
-        self.fd = stream.fileno()
-        self.bytes = 0
-        self.limiter = limiter
-        with contextlib.suppress(OSError):
-            fcntl.fcntl(self.fd, F_SETPIPE_SZ, READ_BLOCK)
-
-    def get(self) -> bytes | None:
-        block = _read_block(self.fd)
-        self.bytes += len(block)
-        if block and self.limiter is not None:  # a full pipe makes mariadb-backup wait
-            self.limiter.take(len(block))
-        return block or None
-
-    def close(self) -> None:
-        pass
-
-
-def _store_parts(store: ObjectStore, backup_id: str, pipe: _Pipe, opts: PhysicalOptions,
-                 started_keys: list[str], report: Progress) -> list[StoredObject]:
-    """Cut the stream into parts of about part_size_mb raw bytes, each stored as it is read."""
-    limit = max(1, opts.part_size_mb) * MIB
-    objects: list[StoredObject] = []
-    done = 0
-    pending = pipe.get()
-    while pending is not None:
-        key = layout.physical_part(backup_id, len(objects))
-        started_keys.append(key)
-
-        def part() -> Any:
-            nonlocal pending, done
-            raw = 0
-            while pending is not None:
-                block = pending
-                yield block
-                raw += len(block)
-                done += len(block)
-                report("bytes", done=done)
-                pending = pipe.get()
-                if raw >= limit:
-                    return
-
-        objects.append(put_object(store, key, part(), opts.compression_level, opts.compression_threads))
-    return objects
-
-
-def _exit_text(rc: int) -> str:
-    if rc < 0:
-        try:
-            name = signal.Signals(-rc).name
-        except ValueError:
-            name = f"signal {-rc}"
-        return f"was killed by {name}"
-    return f"exited with status {rc}"
-
-
 # -- the backup ---------------------------------------------------------------------------------
 def take_physical_backup(spec: ConnSpec, store: ObjectStore, opts: PhysicalOptions,
                          progress: Progress | None = None,
@@ -245,7 +161,7 @@ def take_physical_backup(spec: ConnSpec, store: ObjectStore, opts: PhysicalOptio
     tmp = private_tempdir("backupkit-physical-")
     started_keys: list[str] = []
     proc: subprocess.Popen | None = None
-    pipe: _Pipe | None = None
+    zstd = zstd_binary()
     watch = LogWatch()
     try:
         creds = CredentialsFile(spec, tmp)
@@ -261,20 +177,24 @@ def take_physical_backup(spec: ConnSpec, store: ObjectStore, opts: PhysicalOptio
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, start_new_session=True, cwd=tmp)
         log_thread = watch_stderr(proc.stderr, watch)
-        pipe = _Pipe(proc.stdout, TokenBucket(opts.max_rate) if opts.max_rate else None)
-        objects = _store_parts(store, backup_id, pipe, opts, started_keys, report)
+        limiter = TokenBucket(opts.max_rate) if opts.max_rate else None
+        common = dict(part_size_mb=opts.part_size_mb, level=opts.compression_level,
+                      threads=opts.compression_threads, limiter=limiter, started_keys=started_keys,
+                      report=report)
+        if zstd:
+            objects = store_parts_native(store, backup_id, proc.stdout, zstd=zstd, workdir=tmp, **common)
+        else:
+            objects = store_parts_codec(store, backup_id, proc.stdout, **common)
         rc = proc.wait()
         log_thread.join(timeout=30)
         if rc != 0 or "completed" not in watch.marks:
-            why = _exit_text(rc) if rc != 0 else "ended without 'completed OK!'"
+            why = exit_text(rc) if rc != 0 else "ended without 'completed OK!'"
             raise PhysicalBackupFailed(f"mariadb-backup {why}: {watch.error_line()}",
                                        "no backup was written; the partial objects were removed")
         checkpoints, info = read_lsndir(tmp / "lsn")
     except BaseException:
         if proc is not None:
             kill_group(proc)
-        if pipe is not None:
-            pipe.close()
         with contextlib.suppress(Exception):  # best effort: the data without a manifest is invisible
             store.delete(started_keys)
         raise
@@ -282,7 +202,7 @@ def take_physical_backup(spec: ConnSpec, store: ObjectStore, opts: PhysicalOptio
         shutil.rmtree(tmp, ignore_errors=True)
     finished = time.time()
     manifest = _manifest(backup_id, source, started, finished, objects, checkpoints, info, watch,
-                         parent, binary, opts, datadir)
+                         parent, binary, opts, datadir, native=bool(zstd))
     catalog.commit_backup(manifest)
     report("done", manifest=manifest)
     return manifest
@@ -291,7 +211,7 @@ def take_physical_backup(spec: ConnSpec, store: ObjectStore, opts: PhysicalOptio
 def _manifest(backup_id: str, source, started: float, finished: float, objects: list[StoredObject],
               checkpoints: dict[str, str], info: dict[str, str], watch: LogWatch,
               parent: BackupManifest | None, binary: str, opts: PhysicalOptions,
-              datadir: Path) -> BackupManifest:
+              datadir: Path, native: bool = False) -> BackupManifest:
     pos = parse_binlog_pos(info.get("binlog_pos", "")) or next(
         (p for p in (parse_binlog_pos(line) for line in reversed(watch.tail)) if p), None)
     point_time = watch.point_time() or finished
@@ -312,6 +232,7 @@ def _manifest(backup_id: str, source, started: float, finished: float, objects: 
         "tool_version": version,
         "server_version": info.get("server_version", ""),
         "format": "mbstream",
+        "compressor": "zstd child per part" if native else "python-zstandard",
         "incremental": parent is not None,
         "parent": parent.id if parent else None,
         "chain": chain_ids,

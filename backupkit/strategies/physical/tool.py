@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import tempfile
 import threading
 import time
@@ -109,6 +110,17 @@ def watch_stderr(stream, watch: LogWatch) -> threading.Thread:
     t = threading.Thread(target=run, name="mariadb-backup-log", daemon=True)
     t.start()
     return t
+
+
+def exit_text(rc: int) -> str:
+    """'exited with status 3' or 'was killed by SIGKILL', for a child's return code."""
+    if rc < 0:
+        try:
+            name = signal.Signals(-rc).name
+        except ValueError:
+            name = f"signal {-rc}"
+        return f"was killed by {name}"
+    return f"exited with status {rc}"
 
 
 # -- info files ---------------------------------------------------------------------------------
