@@ -3,14 +3,10 @@ complete (the server's bytes, nothing missing, nothing doubled)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import random
-import select
 import signal
-import socket
-import threading
 import time
 
 import pytest
@@ -19,6 +15,7 @@ from backupkit.repo.catalog import Catalog
 from backupkit.repo.lease import LeaseRecord
 from backupkit.storage import open_store
 from tests.support import wait_for
+from tests.support.proxy import FlakyProxy
 from tests.support.shipping import (
     assert_complete,
     make_table,
@@ -150,89 +147,6 @@ def test_source_restart_and_a_silent_stream_during_shipping(mariadb, local_url, 
     assert any(s.file_closed and not s.next_file for s in segs)  # the file that ended with STOP
     r = ship_once(sb, local_url)
     assert r.returncode == 0 and json.loads(r.stdout)["transactions"] == 0
-
-
-class FlakyProxy:
-    """A TCP proxy in front of the S3 server that can go down (refusing connections and
-    cutting open ones) and come back on the same port."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target = ("127.0.0.1", target_port)
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        self.port = s.getsockname()[1]
-        s.close()
-        self.listener: socket.socket | None = None
-        self.conns: list[socket.socket] = []
-        self.lock = threading.Lock()
-        self.running = True
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def up(self) -> FlakyProxy:
-        ls = socket.socket()
-        ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        ls.bind(("127.0.0.1", self.port))
-        ls.listen(64)
-        self.listener = ls
-        threading.Thread(target=self._accept, args=(ls,), daemon=True).start()
-        return self
-
-    def down(self) -> None:
-        ls, self.listener = self.listener, None
-        if ls is not None:
-            ls.close()
-        with self.lock:
-            for c in self.conns:
-                # shutdown first: close() alone does not end a connection whose socket another
-                # thread is blocked reading, and the client would wait for its read timeout (60 s)
-                with contextlib.suppress(OSError):
-                    c.shutdown(socket.SHUT_RDWR)
-                with contextlib.suppress(OSError):
-                    c.close()
-            self.conns.clear()
-
-    def close(self) -> None:
-        self.running = False
-        self.down()
-
-    def _accept(self, ls: socket.socket) -> None:
-        while self.running and self.listener is ls:
-            try:
-                r, _, _ = select.select([ls], [], [], 0.2)
-                if not r:
-                    continue
-                client, _ = ls.accept()
-            except OSError:
-                return
-            try:
-                upstream = socket.create_connection(self.target, timeout=5)
-            except OSError:
-                client.close()
-                continue
-            with self.lock:
-                self.conns += [client, upstream]
-            threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client), daemon=True).start()
-
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while True:
-                data = src.recv(65536)
-                if not data:
-                    break
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                try:
-                    s.close()
-                except OSError:
-                    pass
 
 
 def test_s3_outage_of_10s_during_shipping(mariadb, moto, s3_url, tmp_path):

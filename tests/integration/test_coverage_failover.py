@@ -12,12 +12,14 @@ import json
 import math
 import time
 
+import pymysql
 import pytest
 
 from backupkit.mysql.workload import WriteLoad
 from backupkit.repo.catalog import Catalog
 from backupkit.storage import open_store
 from tests.support import run_cli, table_checksums, wait_for
+from tests.support.proxy import FlakyProxy
 from tests.support.shipping import cli_env, make_table, ship_once, start_shipper, stop_proc
 
 pytestmark = pytest.mark.timeout(300)
@@ -85,6 +87,8 @@ def _mark(writer: WriteLoad, sb) -> tuple[float, dict]:
 def _writes(current: list) -> WriteLoad:
     """Small transactions against whichever server is the primary now (current[0])."""
     def step(cur, i: int) -> None:
+        if cur.connection.port != current[0].port:  # reconnect to the new primary
+            raise pymysql.err.InterfaceError("the primary moved")
         if i % 11 == 0:
             cur.execute("BEGIN")
             cur.execute("INSERT INTO w.t (k, v) VALUES (%s, REPEAT('m', 100))", (i,))
@@ -134,6 +138,7 @@ def test_the_shipper_follows_a_switchover_and_restores_across_it_are_exact(maria
         for p in procs:
             stop_proc(p)
     final = table_checksums(replica, ["w"])
+    assert before[1] != across[1] != after[1] != final  # the writes went on, on the new primary
     log = (tmp_path / "ship-replica.log").read_text()
     assert "switchover" in log and "no transaction was lost" in log, log
     assert writer.commits > 300, writer.commits
@@ -166,6 +171,60 @@ def test_the_shipper_follows_a_switchover_and_restores_across_it_are_exact(maria
     out = _ok(run_cli("restore", "--latest", "--target", target.url, "--force", "--json", env=env_r))
     assert out["gap"] is None
     assert table_checksums(target, ["w"]) == final
+
+
+def test_a_running_shipper_behind_a_virtual_ip_follows_the_switchover(mariadb_factory, tmp_path):
+    """The source's address moves to the promoted replica (a virtual IP, here a TCP proxy) while
+    the shipper runs: its next session reaches another server, and it follows it by GTID
+    without a restart."""
+    primary, replica = _pair(mariadb_factory)
+    vip = FlakyProxy(primary.port).up()
+    vip_env = {"BACKUPKIT_SOURCE": f"mysql://root@127.0.0.1:{vip.port}"}
+    url = f"file://{tmp_path / 'repo'}"
+    env = {**_env(primary, url, tmp_path), **vip_env}
+    current = [primary]
+    writer = _writes(current)
+    proc = None
+    try:
+        base = _ok(run_cli("snapshot", "--json", env=env))
+        proc = start_shipper(primary, url, tmp_path / "ship.log", "--source-id", SOURCE, env=vip_env)
+        writer.start()
+        time.sleep(1.5)
+        before = _mark(writer, primary)
+        time.sleep(1)
+        writer.pause()
+        wait_for(lambda: _caught_up(primary, replica), 30, "the replica")
+        _promote(replica)
+        primary.sql("SET GLOBAL read_only = 1")
+        vip.down()  # the address moves: open connections are cut, new ones reach the replica
+        vip.target = ("127.0.0.1", replica.port)
+        vip.up()
+        current[0] = replica
+        writer.resume()
+        time.sleep(1.5)
+        after = _mark(writer, replica)
+        time.sleep(1)
+        writer.pause()
+        _shipped_through(url, replica)
+    finally:
+        writer.stop()
+        if proc is not None:
+            stop_proc(proc)
+        vip.close()
+    assert before[1] != after[1] != table_checksums(replica, ["w"])
+    log = (tmp_path / "ship.log").read_text()
+    assert "is now server_id 2, not server_id 1" in log and "no transaction was lost" in log, log
+    status = _ok(run_cli("binlog", "status", "--json", env=env))["sources"][0]
+    assert [s["server_id"] for s in status["servers"]] == [1, 2]
+    assert status["servers"][1]["joined"] == "by GTID" and len(status["ranges"]) == 1
+    target = mariadb_factory(server_id=9)
+    for at, sums in (before, after):
+        out = _ok(run_cli("restore", "--to-time", f"@{at:.3f}", "--target", target.url, "--force",
+                          "--json", env=env))
+        assert out["plan"]["base"]["id"] == base["backup_id"]
+        assert table_checksums(target, ["w"]) == sums
+    _ok(run_cli("restore", "--latest", "--target", target.url, "--force", "--json", env=env))
+    assert table_checksums(target, ["w"]) == table_checksums(replica, ["w"])
 
 
 def test_a_lossy_switchover_is_a_recorded_gap_and_the_runbook_recovers(mariadb_factory, tmp_path):

@@ -26,8 +26,9 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
+from backupkit.errors import SourceError, UsageError
 from backupkit.mysql.gtid import BinlogPoint, Gtid, GtidSet, try_parse_gtid
-from backupkit.mysql.server import binary_logs, gtid_position
+from backupkit.mysql.server import ServerFacts, binary_logs, gtid_position
 from backupkit.repo import layout
 from backupkit.repo.catalog import GapInfo, SegmentInfo, encode_manifest
 from backupkit.repo.servers import split_file_id
@@ -159,9 +160,39 @@ def judge(conn, facts, shipped: str) -> str:
     return find_link(conn, facts, shipped).verdict()
 
 
+class SourceMoved(SourceError):
+    """A replication session reached another server than the one being shipped (the source's
+    address moved to a promoted replica: a virtual IP, a proxy, a DNS name)."""
+
+    def __init__(self, message: str, facts: ServerFacts) -> None:
+        super().__init__(message)
+        self.facts = facts
+
+
 class Follower:
     """The Shipper's switchover half (a mixin): when the source is another server than the one
     shipped last, continue in a new epoch at the GTID link, or record the loss as a gap."""
+
+    def _same_server(self, facts: ServerFacts | None) -> None:
+        """SourceMoved when a new session's server is not the one being shipped."""
+        if self.facts is not None and facts is not None and facts.server_id != self.facts.server_id:
+            raise SourceMoved(f"the source {self.spec.display()} is now server_id {facts.server_id}, "
+                              f"not server_id {self.facts.server_id} (a switchover)", facts)
+
+    def _source_moved(self, exc: SourceMoved) -> None:
+        """Commit what is complete from the old server, then follow the new one by GTID: its
+        binlog decides where shipping goes on (or that transactions were lost: a gap)."""
+        self._drop_partial()  # the new server has that transaction, or the link says it lost it
+        if self.boundary_len:
+            self._flush(force=True)
+        self.uploader.drain()
+        self.result.reconnects += 1
+        self.notify(f"warning: {exc.message}; following it")
+        if self.server_id == exc.facts.server_id:
+            raise UsageError(f"server_id {self.server_id} is the new source's own server_id",
+                             "give the shipper another --server-id")
+        self.facts = exc.facts
+        self._start_point()
 
     def _follow(self, last: SegmentInfo) -> None:
         """The source is now another server than the one shipped last (a switchover or a
@@ -173,6 +204,13 @@ class Follower:
         old_epoch, _ = split_file_id(last.binlog_file)
         after_file, after_pos = last.next_point()
         new = f"server_id {self.facts.server_id} ({self.spec.display()})"
+        if not self.facts.is_mariadb:
+            raise SourceError(
+                f"the source {self.spec.display()} is server_id {self.facts.server_id}, but the binlog "
+                f"of {self.source_id} was shipped from server_id {last.server_id} (a failover or "
+                "switchover?); following it is decided by MariaDB GTID positions, and this is MySQL",
+                "take a snapshot of the new server and ship it under a new --source-id "
+                "(docs/operations.md, 'After a failover')")
         link = find_link(self._control(), self.facts, last.gtid_state)
         self.epoch = old_epoch + 1
         record = {"from_server_id": last.server_id, "to_server_id": self.facts.server_id,

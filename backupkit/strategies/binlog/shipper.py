@@ -43,7 +43,7 @@ from backupkit.repo.watermark import ShipperStatus
 from backupkit.storage.base import ObjectStore
 from backupkit.storage.mirror import find_mirror
 from backupkit.strategies.binlog.confirm import StatusWriter, server_clock_offset, watermark_of
-from backupkit.strategies.binlog.failover import Follower
+from backupkit.strategies.binlog.failover import Follower, SourceMoved
 from backupkit.strategies.binlog.options import BinlogGapError, ShipOptions, ShipResult, resolve_source
 from backupkit.strategies.binlog.progress import ShipProgress
 from backupkit.strategies.binlog.spill import SpillBuffer
@@ -363,6 +363,8 @@ class Shipper(StreamReader, SegmentWriter, Follower):
                 if done:
                     return
                 backoff = 0.5
+            except SourceMoved as exc:
+                self._source_moved(exc)
             except (StreamLost, SourceError) as exc:
                 if isinstance(exc, DumpError):
                     if exc.purged:

@@ -82,9 +82,10 @@ class StreamReader:
         ctl, self._ctl = self._ctl, None
         self._session_opened = False
         stream.open(ctl)
-        self._connected_once = self._session_opened = True
         watchdog = max(2.0, self.opts.heartbeat * self.opts.watchdog_periods)
         try:
+            self._same_server(stream.facts)  # behind a virtual IP, a reconnect may reach another
+            self._connected_once = self._session_opened = True
             while True:
                 self.uploader.check()
                 if self.stopping:
