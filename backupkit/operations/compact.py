@@ -275,12 +275,13 @@ def compact_source(catalog: Catalog, source_id: str, *, older_than: float = DEFA
     segs = catalog.segments(source_id)
     gaps = catalog.gaps(source_id)
     res.segments_before = len(segs)
-    gone = _sweep(catalog, source_id, segs, gaps, grace, now, dry_run, res, say)
+    gone, listed_keys = _sweep(catalog, source_id, segs, gaps, grace, now, dry_run, res, say)
     live = [s for s in segs if s.key not in gone]
     # 2. the merges
     groups = plan_merges(live, gaps, now=now, older_than=older_than, window=window,
                          max_bytes=max_bytes)
     merged_keys: set[str] = set()
+    rollups = {k for k in listed_keys if layout.rollup_file_of(k) is not None}
     for group in groups:
         first, last = group[0], group[-1]
         row = {"file": first.binlog_file, "start_pos": first.start_pos, "end_pos": last.end_pos,
@@ -290,6 +291,12 @@ def compact_source(catalog: Catalog, source_id: str, *, older_than: float = DEFA
         if not dry_run:
             info = merge_group(catalog, group, level=level, parallel=parallel, now=now)
             row["stored_bytes"] = info.object.size
+            # the file's roll-up names the compacted entry at once (readers then prefer it)
+            listed = {i.key for i in catalog.store.list(layout.segment_file_prefix(source_id,
+                                                                                    first.binlog_file))}
+            if layout.segment_rollup(source_id, first.binlog_file) in rollups:
+                _refresh_rollups(catalog, source_id, {first.binlog_file},
+                                 listed | {layout.segment_rollup(source_id, first.binlog_file)})
             say(f"compacted {len(group)} segments of {first.binlog_file} "
                 f"[{first.start_pos}, {last.end_pos})")
             if after_commit is not None:
@@ -298,7 +305,7 @@ def compact_source(catalog: Catalog, source_id: str, *, older_than: float = DEFA
         res.merged.append(row)
     if groups and grace <= 0 and not dry_run:  # no grace: the small ones go in this run
         segs = catalog.segments(source_id)
-        gone = _sweep(catalog, source_id, segs, gaps, grace, now, dry_run, res, say)
+        gone, _ = _sweep(catalog, source_id, segs, gaps, grace, now, dry_run, res, say)
         live = [s for s in segs if s.key not in gone]
         merged_keys.clear()
         groups = []
@@ -310,37 +317,49 @@ def compact_source(catalog: Catalog, source_id: str, *, older_than: float = DEFA
 
 def _sweep(catalog: Catalog, source_id: str, segs: Sequence[SegmentInfo], gaps: Sequence,
            grace: float, now: float, dry_run: bool, res: CompactResult,
-           say: Callable[[str], None]) -> set[str]:
-    """Delete the segments superseded more than grace ago (entries, then data) and data objects
-    a stopped run left without an entry; returns the index keys deleted."""
+           say: Callable[[str], None]) -> tuple[set[str], set[str]]:
+    """Delete the segments superseded more than grace ago, and whatever a stopped run left of
+    them (an entry or a data object lying inside such a compacted segment); returns the index
+    keys deleted and the keys listed before. Order: the file's roll-up is rewritten without
+    them first (a reader of the roll-up must not plan with what goes next), then the entries
+    go, then the data."""
     pairs = superseded(segs, gaps)
     due = [(s, w) for s, w in pairs if w.created_at and now - w.created_at >= grace]
     res.waiting = len(pairs) - len(due)
     listed = {i.key for i in catalog.store.list(layout.binlog_prefix(source_id))}
-    orphans = _orphans(listed, segs, grace, now)
-    entries = [s.key for s, _ in due]
-    data = [s.object.key for s, _ in due] + orphans
-    if not dry_run and (due or orphans):
-        catalog.store.delete(entries)  # first the entries: readers stop seeing them
+    keep = {s.key for s in segs} - {s.key for s, _ in due}
+    left = _leftovers(listed, segs, keep, grace, now)
+    entries = sorted({s.key for s, _ in due} | {k for k in left if layout.segment_of(k)})
+    data = sorted({s.object.key for s, _ in due} | {k for k in left if not layout.segment_of(k)})
+    if not dry_run and (entries or data):
+        files = {s.binlog_file for s, _ in due} | {pos[0] for k in entries
+                                                    if (pos := layout.segment_of(k))}
+        _refresh_rollups(catalog, source_id, files, listed, set(entries))
+        catalog.store.delete(entries)  # then the entries: listings stop showing them
         catalog.store.delete(data)
         say(f"deleted {len(due)} superseded segment(s) of {source_id}"
-            + (f" and {len(orphans)} data object(s) without an entry" if orphans else ""))
-        _refresh_rollups(catalog, source_id, {s.binlog_file for s, _ in due}, listed)
+            + (f" and {len(left)} object(s) a stopped run left" if left else ""))
     res.deleted += entries + data
-    return set(entries)
+    return set(entries), listed
 
 
-def _orphans(listed: set[str], segs: Sequence[SegmentInfo], grace: float, now: float) -> list[str]:
-    """Data objects without an index entry that lie inside a compacted segment committed more
-    than grace ago: left by a run that stopped between deleting an entry and its data."""
-    entries = {s.key for s in segs}
+def _leftovers(listed: set[str], segs: Sequence[SegmentInfo], keep: set[str], grace: float,
+               now: float) -> list[str]:
+    """Listed segment keys (entries and data) that no reader uses and that lie inside a
+    compacted segment committed more than grace ago: left by a run that stopped while deleting."""
     wide = [s for s in segs if s.merged and s.created_at and now - s.created_at >= grace]
+    if not wide:
+        return []
+    data_of = {s.key: s.object.key for s in segs}
+    keep_data = {data_of[k] for k in keep if k in data_of}
     out = []
     for key in listed:
-        marker = layout.commit_marker_of(key)
-        if marker is None or marker in entries or key.startswith(layout.BACKUPS):
+        if key in keep or key in keep_data:
             continue
-        pos = layout.segment_of(marker)
+        pos = layout.segment_of(key)
+        if pos is None:
+            marker = layout.commit_marker_of(key)
+            pos = layout.segment_of(marker) if marker and layout.is_binlog_key(key) else None
         if pos is None:
             continue
         f, start, end = pos
@@ -350,15 +369,18 @@ def _orphans(listed: set[str], segs: Sequence[SegmentInfo], grace: float, now: f
     return sorted(out)
 
 
-def _refresh_rollups(catalog: Catalog, source_id: str, files: set[str], listed: set[str]) -> None:
-    """Rewrite the roll-up of each file whose segments changed (or delete it when the file is
-    left with one segment): a roll-up is a cache, so a failure only costs readers GETs."""
+def _refresh_rollups(catalog: Catalog, source_id: str, files: set[str], listed: set[str],
+                     dropping: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+    """Rewrite the roll-up of each file whose segments change, from its listed entries less
+    those being dropped (or delete it when fewer than two are left)."""
     for f in sorted(files):
         key = layout.segment_rollup(source_id, f)
         if key not in listed:
             continue
+        keys = [k for k in listed if (pos := layout.segment_of(k)) and pos[0] == f
+                and k not in dropping]
         try:
-            if catalog.roll_up_file(source_id, f) is None:
+            if catalog.roll_up_file(source_id, f, keys=keys) is None:
                 catalog.store.delete([key])
         except StorageError as exc:
             log.warning("roll-up of %s not rewritten after compaction: %s", f, exc.message)

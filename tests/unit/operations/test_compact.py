@@ -102,6 +102,9 @@ def test_small_segments_go_only_after_the_grace_then_the_rollup_is_rewritten(tmp
     r = Repo(tmp_path, 20)
     r.catalog.roll_up_file(SRC, FILE)
     cp.compact_source(r.catalog, SRC, older_than=0, grace=600, now=T0 + 100)
+    # the roll-up names the compacted entry at once, beside the small ones it covers
+    body = r.catalog.read_rollup(layout.segment_rollup(SRC, FILE))
+    assert sorted(d.get("merged", 0) for d in body["segments"]) == [0] * 20 + [19]
     before = {i.key for i in r.store.list(layout.BINLOG)}
     # inside the grace: a reader that planned with the small segments still reads them
     early = cp.compact_source(r.catalog, SRC, older_than=0, grace=600, now=T0 + 100 + 599)
