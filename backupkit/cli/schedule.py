@@ -109,7 +109,7 @@ def run(
 @app.command("exec", hidden=True)
 def exec_(
     strategy: str = typer.Argument(..., help="cold, snapshot, snapshot_incremental, verify, prune, "
-                                             "sync or binlog_purge."),
+                                             "sync, binlog_purge or binlog_compact."),
     locked: bool = typer.Option(False, "--locked", help="The strategy lock is held by flock(1)."),
 ) -> None:
     """Run one strategy once as the daemon would: locks, one log line, the status file."""

@@ -284,3 +284,27 @@ def test_compaction_on_the_s3_server_keeps_gtid_restores_exact_and_verify_clean(
         assert len(catalog.segments(sid)) <= 3
     finally:
         src.destroy()
+
+
+def test_the_scheduled_strategy_compacts_with_the_policy_ages(shipped, tmp_path):
+    repo = tmp_path / "repo"
+    shutil.copytree(shipped["before"], repo)
+    policy = tmp_path / "p.toml"
+    policy.write_text(f"""
+name = "compact-sched"
+[storage]
+url = "file://{repo}"
+[strategies]
+binlog_compact = "*/15 * * * *"
+[binlog]
+compact_after = "0"
+compact_grace = "0"
+""")
+    state = tmp_path / "state"
+    r = run_cli("--policy", str(policy), "schedule", "exec", "binlog_compact",
+                env={"BACKUPKIT_STATE_DIR": str(state), "BACKUPKIT_STORAGE": "", "BACKUPKIT_SOURCE": ""})
+    assert r.returncode == 0, r.stdout + r.stderr
+    catalog = Catalog(open_store(f"file://{repo}"))
+    segs = catalog.segments(shipped["sid"])
+    assert any(s.merged for s in segs) and cp.superseded(segs) == []
+    assert len(segs) < len(Catalog(open_store(f"file://{shipped['before']}")).segments(shipped["sid"]))
