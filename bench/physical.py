@@ -1,8 +1,8 @@
 """Physical backups against mariadb-backup itself and against the logical restore, in one run.
 
-On a private mariadbd holding one sysbench-like table (1,000,000 rows, about 250 MB of .ibd;
---quick: 200,000; --rows N for 4,000,000), settled (dirty pages flushed, so the checkpoint where an
-incremental starts is current), each measured in the same run:
+On a private mariadbd holding one sysbench-like table of 1,000,000 and then 4,000,000 rows (about
+250 MB and 1 GB of .ibd; --quick: 200,000; --rows N: N only), settled (dirty pages flushed, so the
+checkpoint where an incremental starts is current), each measured in the same run:
 - backup: `mariadb-backup --backup --stream=mbstream --parallel=2 | zstd -1 > file` against
   `backupkit snapshot --engine physical` into a local repository on the same disk;
 - restore to a startable datadir: `zstd -dc file | mbstream -x` + `mariadb-backup --prepare`
@@ -13,12 +13,13 @@ incremental starts is current), each measured in the same run:
 - an incremental after 1% of the rows changed (contiguous rows) against the full backup's stored
   bytes, and one after 1% changed scattered over every page (informative);
 - the peak RSS of backupkit's backup and restore processes.
-The best of the rounds is kept (the machine is shared; best-of is fair to every side).
+The tools run interleaved, round after round (3 rounds; --rounds N), and the median of each is
+kept: the machine is shared, so its load (1-minute average) is reported beside the numbers.
 Goals (issue 17): backup <= 1.15x; restore to a startable datadir <= 1.2x; full physical restore
 at least 3x faster than the logical one (at 4M rows); incremental < 10% of the full's stored
 bytes; peak RSS < 200 MiB.
 
-Usage: python bench/physical.py [--quick] [--rows N] [--json]
+Usage: python bench/physical.py [--quick] [--rows N] [--rounds N] [--json]
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -80,11 +82,31 @@ def _ok(m, what: str) -> None:
         raise RuntimeError(f"{what} failed: {m.stderr.strip()[-500:]}")
 
 
+def _arg(name: str) -> int | None:
+    return int(sys.argv[sys.argv.index(name) + 1]) if name in sys.argv else None
+
+
 def run(quick: bool = False, rows: int | None = None, rounds: int | None = None) -> list[dict]:
-    if rows is None:
-        rows = int(sys.argv[sys.argv.index("--rows") + 1]) if "--rows" in sys.argv else (
-            200_000 if quick else 1_000_000)
-    rounds = rounds or (1 if quick else 2)
+    rows = rows or _arg("--rows")
+    sizes = [rows] if rows else ([200_000] if quick else [1_000_000, 4_000_000])
+    rounds = rounds or _arg("--rounds") or (1 if quick else 3)
+    out: list[dict] = []
+    rss: dict[int, dict[str, float]] = {}
+    for n in sizes:
+        got, rss[n] = run_size(n, rounds)
+        out += got
+    if len(sizes) > 1:
+        a, b = sizes[0], sizes[-1]
+        for what in ("backup", "restore"):
+            growth = rss[b][what] - rss[a][what]
+            out.append(row(BENCH, f"peak RSS growth of the {what}, {a:,} -> {b:,} rows", growth, "MiB",
+                           "flat (< 200 MiB at every size)", None, rss[b][what] < 200 and growth < 20))
+    return out
+
+
+def run_size(rows: int, rounds: int) -> tuple[list[dict], dict[str, float]]:
+    """Every measure at one table size, the tools interleaved round after round."""
+    loads = [os.getloadavg()[0]]
     work = Path(tempfile.mkdtemp(prefix="backupkit-bench-physical-"))
     sb = Sandbox(base=work / "server", name="bench-physical", extra_args=SERVER_ARGS)
     boxes: list[Sandbox] = []
@@ -102,7 +124,12 @@ def run(quick: bool = False, rows: int | None = None, rounds: int | None = None)
         tool = ["mariadb-backup", "--backup", "--stream=mbstream", "--parallel=2", "--user=root",
                 f"--socket={sb.socket}", f"--target-dir={work / 'mbtarget'}"]
         full_id = ""
+        # the logical snapshot of the same data, restored in every round beside the physical one
+        m = measure(["backupkit", "snapshot", "--json"], env=env)
+        _ok(m, "backupkit snapshot")
+        snap_id = json.loads(m.stdout)["backup_id"]
         for _ in range(rounds):
+            loads.append(os.getloadavg()[0])
             stream = work / "base.mbstream.zst"
             os.sync()  # each measure starts with nothing left to write back from the one before
             m = measure(" ".join(tool) + f" 2>/dev/null | zstd -1 -q -f -o {stream}", shell=True)
@@ -151,11 +178,6 @@ def run(quick: bool = False, rows: int | None = None, rounds: int | None = None)
             n = box.sql("SELECT COUNT(*) FROM sbtest.sbtest1")[0][0]
             assert n == rows, f"restored {n} rows, expected {rows}"
             box.destroy()
-        # the logical restore of the same data
-        m = measure(["backupkit", "snapshot", "--json"], env=env)
-        _ok(m, "backupkit snapshot")
-        snap_id = json.loads(m.stdout)["backup_id"]
-        for _ in range(rounds):
             box = Sandbox(name="bench-logical-restore", extra_args=SERVER_ARGS).start()
             boxes.append(box)
             os.sync()
@@ -180,36 +202,41 @@ def run(quick: bool = False, rows: int | None = None, rounds: int | None = None)
         sb.destroy()
         shutil.rmtree(work, ignore_errors=True)
 
-    best = {k: min(v) for k, v in res.items() if v}
+    loads.append(os.getloadavg()[0])
+    med = {k: statistics.median(v) for k, v in res.items() if v}
     mib = 1 << 20
     label = f"{rows:,} rows"
-    b = best["bk_backup"] / best["base_backup"]
-    r = best["bk_restore"] / best["base_prepare"]
-    f = best["logical_restore"] / best["bk_full_restore"]
+    at = f" ({label})"
+    b = med["bk_backup"] / med["base_backup"]
+    r = med["bk_restore"] / med["base_prepare"]
+    f = med["logical_restore"] / med["bk_full_restore"]
     i = sizes["inc_stored"] / sizes["full_stored"]
     return [
-        row(BENCH, f"mbstream ({label})", sizes["full_raw"] / mib, "MiB"),
-        row(BENCH, "baseline: mariadb-backup --stream | zstd -1", best["base_backup"], "s"),
-        row(BENCH, "backup: snapshot --engine physical", best["bk_backup"], "s",
+        row(BENCH, f"mbstream{at}", sizes["full_raw"] / mib, "MiB"),
+        row(BENCH, "baseline: mariadb-backup --stream | zstd -1" + at, med["base_backup"], "s"),
+        row(BENCH, "backup: snapshot --engine physical" + at, med["bk_backup"], "s",
             "<= 1.15x mariadb-backup | zstd -1", b, b <= 1.15),
-        row(BENCH, "backup: of which the stream (manifest duration)", best["bk_backup_inside"], "s", "",
-            best["bk_backup_inside"] / best["base_backup"]),
-        row(BENCH, "baseline: zstd -dc | mbstream -x + --prepare", best["base_prepare"], "s"),
-        row(BENCH, "restore to a startable datadir", best["bk_restore"], "s",
+        row(BENCH, "backup: of which the stream (manifest duration)" + at, med["bk_backup_inside"], "s", "",
+            med["bk_backup_inside"] / med["base_backup"]),
+        row(BENCH, "baseline: zstd -dc | mbstream -x + --prepare" + at, med["base_prepare"], "s"),
+        row(BENCH, "restore to a startable datadir" + at, med["bk_restore"], "s",
             "<= 1.2x mbstream -x + --prepare", r, r <= 1.2),
-        row(BENCH, "restore: of which extract + prepare", best["bk_restore_inside"], "s", "",
-            best["bk_restore_inside"] / best["base_prepare"]),
-        row(BENCH, "logical restore (snapshot) of the same data", best["logical_restore"], "s"),
-        row(BENCH, "full physical restore (server started)", best["bk_full_restore"], "s",
+        row(BENCH, "restore: of which extract + prepare" + at, med["bk_restore_inside"], "s", "",
+            med["bk_restore_inside"] / med["base_prepare"]),
+        row(BENCH, "logical restore (snapshot) of the same data" + at, med["logical_restore"], "s"),
+        row(BENCH, "full physical restore (server started)" + at, med["bk_full_restore"], "s",
             ">= 3x faster than logical (goal at 4M rows)", f, f >= 3 if rows >= 4_000_000 else None),
-        row(BENCH, "incremental after 1% of rows changed: stored", sizes["inc_stored"] / mib, "MiB",
+        row(BENCH, "incremental after 1% of rows changed: stored" + at, sizes["inc_stored"] / mib, "MiB",
             "< 10% of the full backup's stored bytes", i, i < 0.10),
-        row(BENCH, "incremental after 1% of rows changed, scattered over every page",
+        row(BENCH, "incremental after 1% of rows changed, scattered over every page" + at,
             sizes["inc_scattered"] / mib, "MiB", "", sizes["inc_scattered"] / sizes["full_stored"]),
-        row(BENCH, "full backup stored", sizes["full_stored"] / mib, "MiB"),
-        row(BENCH, "peak RSS: backup", rss["backup"], "MiB", "< 200 MiB", None, rss["backup"] < 200),
-        row(BENCH, "peak RSS: restore", rss["restore"], "MiB", "< 200 MiB", None, rss["restore"] < 200),
-    ]
+        row(BENCH, "full backup stored" + at, sizes["full_stored"] / mib, "MiB"),
+        row(BENCH, "peak RSS: backup" + at, rss["backup"], "MiB", "< 200 MiB", None, rss["backup"] < 200),
+        row(BENCH, "peak RSS: restore" + at, rss["restore"], "MiB", "< 200 MiB", None, rss["restore"] < 200),
+        row(BENCH, "machine load (1-min average) during the rounds" + at, statistics.median(loads),
+            "", f"min {min(loads):.1f}, max {max(loads):.1f} on {os.cpu_count()} cores; medians of "
+            f"{rounds} interleaved rounds"),
+    ], rss
 
 
 if __name__ == "__main__":

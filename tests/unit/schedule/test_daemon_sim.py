@@ -351,7 +351,8 @@ def test_misfires_within_the_grace_run_late_and_beyond_it_are_skipped(monkeypatc
     assert datetime.fromtimestamp(missed[0].scheduled_at, UTC).strftime("%H:%M") == "18:00"
 
 
-@pytest.mark.parametrize("group", [("cold", "snapshot"), ("prune", "verify")])
+@pytest.mark.parametrize("group", [("cold", "snapshot"), ("prune", "verify"),
+                                   ("snapshot", "snapshot_incremental")])
 def test_strategies_sharing_a_lock_wait_for_each_other(monkeypatch, tmp_path, group):
     first, second = group
     sim = Sim(monkeypatch, tmp_path, {first: "0 3 * * *", second: "30 3 * * *"},
@@ -362,3 +363,17 @@ def test_strategies_sharing_a_lock_wait_for_each_other(monkeypatch, tmp_path, gr
     assert spans[first][1] <= spans[second][0], "the second waits until the first ends"
     assert spans[second][0] - spans[first][1] <= 2.0
     assert datetime.fromtimestamp(spans[first][0], UTC).strftime("%H:%M") == "03:00"
+
+
+def test_a_week_of_a_weekly_full_and_hourly_physical_incrementals(monkeypatch, tmp_path):
+    sim = Sim(monkeypatch, tmp_path, {"snapshot": "0 2 * * 0", "snapshot_incremental": "0 * * * *"},
+              {"snapshot": 30 * 60, "snapshot_incremental": 5 * 60}, shipper=False)
+    sim.drive(sim.clock.t + 7 * DAY)
+    sim.finish()
+    full = [(s, e) for n, s, e in sim.runs if n == "snapshot"]
+    inc = [(s, e) for n, s, e in sim.runs if n == "snapshot_incremental"]
+    assert len(full) == 1
+    sunday_2am = datetime(2026, 1, 11, 2, 0, tzinfo=UTC).timestamp()
+    assert sunday_2am <= full[0][0] <= sunday_2am + 5 * 60 + 2  # at 02:00, or after that hour's incremental
+    assert len(inc) == 7 * 24  # every hour, the one beside the full included (one waits for the other)
+    assert all(e <= full[0][0] or s >= full[0][1] for s, e in inc), "never while the full runs"
