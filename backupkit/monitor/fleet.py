@@ -147,9 +147,10 @@ def render_fleet_page(entries: list[FleetEntry],
            f"<div class=muted>at {_e(_t(now))}</div>"]
     bad = len(pairs) - ok
     if bad or broken:
-        out.append(f'<div id=problems class="banner bad"><b>{bad} of {len(pairs)} sources not protected '
-                   f"as promised</b>" + (f"; {len(broken)} policy file(s) do not load" if broken else "")
-                   + "</div>")
+        head = (f"{bad} of {len(pairs)} sources not protected as promised" if bad
+                else f"All {len(pairs)} sources meet every objective")
+        out.append(f'<div id=problems class="banner bad"><b>{head}</b>'
+                   + (f"; {len(broken)} policy file(s) do not load" if broken else "") + "</div>")
     else:
         out.append(f'<div id=problems class="banner ok"><b>All {len(pairs)} sources meet every '
                    "objective.</b></div>")
@@ -173,7 +174,8 @@ def render_fleet_page(entries: list[FleetEntry],
     out.append("</table>")
     if broken:
         out.append("<h2>Policy files that do not load</h2><ul id=broken>" + "".join(
-            f'<li class=broken data-file="{_e(e.file)}">{_e(e.file)}: {_e(e.error)}'
+            f'<li class=broken data-file="{_e(e.file)}"><code>{_e(e.file)}</code>: '
+            f'{_e((e.error or "").removeprefix(e.file + ": "))}'
             + (" <b>(the previous version keeps running)</b>" if e.state is not None else " (skipped)")
             + "</li>" for e in broken) + "</ul>")
     out.append("<h2>Restorable time</h2>")

@@ -285,11 +285,13 @@ class Daemon:
 
     # -- running -----------------------------------------------------------------------------
     def start_shipper(self) -> None:
-        """Take the binlog lock (so a cron shipper and this daemon never both run one)."""
+        """Take the binlog lock (so a cron shipper and this daemon never both run one), unless it
+        was handed over with a running shipper (a fleet's reload that keeps the shipper)."""
         if self.shipper is None:
             return
-        self.binlog_lock = FileLock(self.paths.lock_file(self.policy.name, "binlog"))
-        if not self.binlog_lock.acquire():
+        if self.binlog_lock is None:
+            self.binlog_lock = FileLock(self.paths.lock_file(self.policy.name, "binlog"))
+        if self.binlog_lock.fd is None and not self.binlog_lock.acquire():
             raise UsageError(f"another binlog shipper of policy {self.policy.name!r} runs on this "
                              f"machine (lock {self.binlog_lock.path} is held)",
                              "stop it, or remove strategies.binlog from one of them")

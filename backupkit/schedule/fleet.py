@@ -145,6 +145,22 @@ class SlotRunner:
 
 
 
+#: Policy sections the binlog shipper never reads: an edit limited to them (and to the cron
+#: schedules of [strategies] other than binlog) restarts the jobs and keeps the shipper running.
+JOBS_ONLY_SECTIONS = ("snapshot", "cold", "retention", "verify", "metrics", "notify")
+
+
+def jobs_only_change(old: Policy, new: Policy) -> bool:
+    """True when new differs from old only where the shipper does not look (see JOBS_ONLY_SECTIONS)."""
+    a, b = old.model_dump(), new.model_dump()
+    for d in (a, b):
+        for k in JOBS_ONLY_SECTIONS:
+            d.pop(k, None)
+        strategies = d.get("strategies") or {}
+        d["strategies"] = {"binlog": strategies.get("binlog")}
+    return a == b
+
+
 @dataclass
 class Member:
     """A policy of the fleet that runs: its daemon, scheduler, runner and monitoring."""
@@ -228,14 +244,15 @@ class FleetDaemon:
         return sorted(out, key=lambda e: (e.name, e.file))
 
     # -- one member ----------------------------------------------------------------------------
-    def _build(self, path: Path, digest: str, st: Settings) -> Member:
+    def _build(self, path: Path, digest: str, st: Settings,
+               shipper: ShipperSupervisor | None = None) -> Member:
+        """A member, not started; shipper: a running one handed over by a reload."""
         policy = st.policy
         paths = Paths.of(policy)
         extra_env = {SHIPPER_STATE_ENV: str(shipper_state_file(paths.status_file))}
         cli = CliRunner(str(path), self.python, extra_env)
         opener = functools.partial(st.open_store, create=True)
-        shipper = None
-        if scheduled_strategies(policy).get("binlog") == "continuous":
+        if shipper is None and scheduled_strategies(policy).get("binlog") == "continuous":
             sc = policy.schedule
             shipper = ShipperSupervisor(shipper_spawner(str(path), self.python, extra_env, opener),
                                         SystemClock(), sc.shipper_backoff_min, sc.shipper_backoff_max)
@@ -265,10 +282,13 @@ class FleetDaemon:
         m.daemon.shutdown(wait, m.cli.cut)
         m.monitoring.stop()
 
-    def _launch(self, path: Path, digest: str, st: Settings, event: str) -> bool:
+    def _launch(self, path: Path, digest: str, st: Settings, event: str,
+                handover: tuple[ShipperSupervisor, Any] | None = None) -> bool:
         """Build and start a member; a failure makes the file refused. True when it runs."""
         try:
-            m = self._build(path, digest, st)
+            m = self._build(path, digest, st, handover[0] if handover else None)
+            if handover is not None:
+                m.daemon.binlog_lock = handover[1]
             self._start(m)
         except BackupkitError as exc:
             err = _one_line(exc)
@@ -287,12 +307,26 @@ class FleetDaemon:
         t.start()
 
     def _replace(self, old: Member, digest: str, st: Settings) -> None:
+        handover = None
+        sh = old.daemon.shipper
+        if sh is not None and jobs_only_change(old.settings.policy, st.policy):
+            # only the jobs change: the running shipper (and its binlog lock) go to the new version
+            handover = (sh, old.daemon.binlog_lock)
+            old.daemon.shipper = old.daemon.binlog_lock = None
         self._stop(old, self.stop_timeout)
         with self.lock:
             self.members.pop(old.path, None)
         if self.stopping.is_set():
+            if handover is not None:
+                handover[0].stop()
+                if handover[1] is not None:
+                    handover[1].release()
             return
-        self._launch(old.path, digest, st, "reloaded")
+        if not self._launch(old.path, digest, st, "reloaded" + (" shipper=kept" if handover else ""),
+                            handover) and handover is not None:
+            handover[0].stop()
+            if handover[1] is not None:
+                handover[1].release()
 
     def _remove(self, m: Member) -> None:
         self._stop(m, self.stop_timeout)

@@ -176,5 +176,9 @@ def _check_fleet_endpoint(url: str, tmp_path: Path) -> None:
         assert driver.title.startswith("backupkit fleet")
         errors = [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "WARNING")]
         assert errors == [], errors
+        shot = os.environ.get("BACKUPKIT_FLEET_SCREENSHOT")  # docs/fleet-page.png
+        if shot:
+            driver.get(url + "/")
+            driver.save_screenshot(shot)
     finally:
         driver.quit()

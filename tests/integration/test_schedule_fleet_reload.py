@@ -158,11 +158,18 @@ def test_policies_reload_one_source_at_a_time_and_the_others_keep_shipping(maria
         pids = {n: fleet.shipper_pid(n) for n in ("src0", "src1")}
         assert all(pids.values()), pids
 
-        # 1. edit src0's cron: only src0 restarts, with the new schedule
+        # 1. edit src0's cron: src0's jobs restart with the new schedule, its shipper keeps running
         _write(pol["src0"], _text(tmp_path, "src0", boxes["src0"], snapshot="30 4 * * *",
                                   extra=f'listen = "127.0.0.1:{port}"'))
-        fleet.wait_log("event=reloaded policy=src0", boxes, ["src1"])
+        fleet.wait_log("event=reloaded shipper=kept policy=src0", boxes, ["src0", "src1"])
         assert fleet.status("src0")["jobs"]["snapshot"]["schedule"] == "30 4 * * *"
+        fleet.measure(boxes, ["src0", "src1"], seconds=2)
+        assert fleet.shipper_pid("src0") == pids["src0"], "src0's shipper was kept"
+        # ... and an edit its shipper reads restarts that shipper too
+        _write(pol["src0"], _text(tmp_path, "src0", boxes["src0"], snapshot="30 4 * * *",
+                                  extra=f'listen = "127.0.0.1:{port}"').replace("heartbeat = 0.5",
+                                                                                "heartbeat = 0.4"))
+        fleet.wait_log("event=reloaded policy=src0", boxes, ["src1"])
         deadline = time.monotonic() + 20
         while fleet.shipper_pid("src0") in (None, pids["src0"]) and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -210,7 +217,8 @@ def test_policies_reload_one_source_at_a_time_and_the_others_keep_shipping(maria
     w = fleet.windows
     print("loss windows (s), max per source:", {n: round(max(v), 3) for n, v in w.items()},
           "samples:", {n: len(v) for n, v in w.items()})
-    # src1 shipped through every step (its shipper never restarted); the others between their steps
+    # src1 shipped through every step (its shipper never restarted); src0 through its cron edit;
+    # the others between their steps
     assert len(w["src1"]) > 10 and max(w["src1"]) < 2.0, sorted(w["src1"])[-5:]
     assert all(max(v) < 2.0 for v in w.values()), {n: sorted(v)[-3:] for n, v in w.items()}
 

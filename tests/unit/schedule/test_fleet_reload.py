@@ -1,0 +1,106 @@
+"""The fleet daemon's reading of its folder (FleetDaemon.scan), with policies that schedule only a
+yearly verify (no shipper, no run during the test): which file starts, restarts, is refused while
+its previous version keeps running, comes back, or stops."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from backupkit.schedule.fleet import FleetDaemon
+
+
+def _policy(tmp_path: Path, name: str, cron: str = "0 0 1 1 *", extra: str = "") -> str:
+    return f"""
+name = "{name}"
+[storage]
+url = "file://{tmp_path / 'repos' / name}"
+[strategies]
+verify = "{cron}"
+{extra}
+"""
+
+
+def _scan(fleet: FleetDaemon) -> None:
+    fleet.scan()
+    for w in list(fleet.workers):
+        w.join(30)
+
+
+def test_scan_starts_reloads_refuses_and_stops_one_policy_at_a_time(tmp_path, monkeypatch):
+    monkeypatch.setenv("BACKUPKIT_STATE_DIR", str(tmp_path / "state"))
+    d = tmp_path / "policies"
+    d.mkdir()
+    (d / "a.toml").write_text(_policy(tmp_path, "a"))
+    (d / "b.toml").write_text(_policy(tmp_path, "b"))
+    (d / "c.toml").write_text("not toml [")
+    lines: list[str] = []
+    fleet = FleetDaemon(d, event_log=lines.append, reload_interval=0)
+    try:
+        _scan(fleet)
+        assert sorted(m.name for m in fleet.members.values()) == ["a", "b"]
+        assert {e.name: (e.state is not None, bool(e.error)) for e in fleet.entries()} == {
+            "a": (True, False), "b": (True, False), "c": (False, True)}
+        a0, b0 = fleet.members[d / "a.toml"], fleet.members[d / "b.toml"]
+
+        # unchanged content (even touched): nothing happens
+        (d / "a.toml").write_text(_policy(tmp_path, "a"))
+        _scan(fleet)
+        assert fleet.members[d / "a.toml"] is a0
+
+        # a's schedule changes: a restarts with it, b is the same object
+        (d / "a.toml").write_text(_policy(tmp_path, "a", cron="0 0 2 1 *"))
+        _scan(fleet)
+        a1 = fleet.members[d / "a.toml"]
+        assert a1 is not a0 and a1.settings.policy.strategies.verify == "0 0 2 1 *"
+        assert a0.daemon.stopping.is_set() and fleet.members[d / "b.toml"] is b0
+        assert any("event=reloaded policy=a" in ln for ln in lines)
+
+        # b takes a's name: refused, b's previous version keeps running
+        good_b = (d / "b.toml").read_text()
+        (d / "b.toml").write_text(_policy(tmp_path, "a"))
+        _scan(fleet)
+        assert fleet.members[d / "b.toml"] is b0 and "also the name of" in (b0.error or "")
+        assert not b0.daemon.stopping.is_set()
+        # a typo: still refused, with the new reason
+        (d / "b.toml").write_text(good_b.replace("verify", "verfy"))
+        _scan(fleet)
+        assert fleet.members[d / "b.toml"] is b0 and "verfy" in (b0.error or "")
+        assert [e.error is not None for e in fleet.entries() if e.name == "b"] == [True]
+        # put back: the error clears, nothing restarts
+        (d / "b.toml").write_text(good_b)
+        _scan(fleet)
+        assert fleet.members[d / "b.toml"] is b0 and b0.error is None
+        assert any("event=reload_reverted policy=b" in ln for ln in lines)
+
+        # c fixed: it starts; a removed: it stops
+        (d / "c.toml").write_text(_policy(tmp_path, "c"))
+        (d / "a.toml").unlink()
+        _scan(fleet)
+        assert sorted(m.name for m in fleet.members.values()) == ["b", "c"]
+        assert a1.daemon.stopping.is_set() and not fleet.refused
+        assert any("event=removed policy=a" in ln for ln in lines)
+    finally:
+        fleet._shutdown(0.0)
+
+
+def test_only_an_edit_the_shipper_does_not_read_keeps_it_running():
+    from backupkit.config import Policy
+    from backupkit.schedule.fleet import jobs_only_change
+
+    base = {"name": "p", "source": {"url": "mysql://root@127.0.0.1:3307"}, "storage": {"url": "file:///r"},
+            "strategies": {"snapshot": "0 3 * * *", "binlog": "continuous"}, "binlog": {"sync_interval": 1}}
+
+    def with_(**kw) -> Policy:
+        d = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
+        for k, v in kw.items():
+            d[k] = {**d.get(k, {}), **v}
+        return Policy.model_validate(d)
+
+    old = with_()
+    assert jobs_only_change(old, with_(strategies={"snapshot": "30 4 * * *", "verify": "0 5 * * *"}))
+    assert jobs_only_change(old, with_(snapshot={"parallel": 1}, metrics={"lag_threshold": 5}))
+    assert not jobs_only_change(old, with_(binlog={"sync_interval": 0.5}))
+    assert not jobs_only_change(old, with_(strategies={"binlog": "off"}))
+    assert not jobs_only_change(old, with_(source={"url": "mysql://root@127.0.0.1:3308"}))
+    assert not jobs_only_change(old, with_(storage={"url": "file:///other"}))
+    assert not jobs_only_change(old, with_(schedule={"shipper_backoff_max": 9}))
