@@ -8,6 +8,7 @@ import typer
 
 from backupkit.cli.common import json_mode, render, settings
 from backupkit.cli.console import table
+from backupkit.cli.context import COMMON
 from backupkit.errors import StorageError, UsageError
 from backupkit.monitor.live import write_atomic
 from backupkit.monitor.page import render_page
@@ -29,11 +30,64 @@ def monitor_state():
     return state
 
 
+def fleet_entries(folder: str):
+    """Every policy of a fleet folder, its repository read once; a file that does not load as such."""
+    from backupkit.monitor.fleet import FleetEntry  # lazy: start-up time
+    from backupkit.schedule.fleet import load_fleet  # lazy: start-up time
+    from backupkit.schedule.monitoring import policy_monitor  # lazy: start-up time
+
+    if COMMON.policy or COMMON.storage or COMMON.source:
+        raise UsageError("--policies reads each policy's own source and storage",
+                         "leave out --policy, --storage and --source")
+    entries = []
+    for m in load_fleet(folder).members:
+        if m.settings is None:
+            entries.append(FleetEntry(m.path.stem, str(m.path), None, m.error))
+            continue
+        st = m.settings
+        state = policy_monitor(st.policy, lambda st=st: st.open_store(create=False))
+        state.refresh()
+        entries.append(FleetEntry(st.policy.name, str(m.path), state))
+    return entries
+
+
+def _fleet_status(folder: str, html: Path | None, check: bool) -> None:
+    from backupkit.monitor.fleet import fleet_json, render_fleet_page, statuses  # lazy: start-up time
+
+    entries = fleet_entries(folder)
+    pairs = statuses(entries)
+    if html is not None:
+        write_atomic(html, render_fleet_page(entries, pairs).encode())
+    data = fleet_json(entries)
+    if html is not None:
+        data["html"] = str(html)
+
+    def human(c) -> None:
+        for _, stt in pairs:
+            summary(c, stt)
+            c.print("")
+        for e in entries:
+            if e.error:
+                c.print(f"[red]policy file does not load:[/] {e.error}", highlight=False)
+        if html is not None:
+            c.print(f"fleet page written to {html}", highlight=False)
+
+    render(data, human)
+    if check and not data["healthy"]:
+        raise typer.Exit(1)
+
+
 def status(
     html: Path = typer.Option(None, "--html", help="Write the status page (self-contained HTML) to FILE."),
     check: bool = typer.Option(False, "--check", help="Exit 1 when an objective is not met."),
+    policies: str = typer.Option(None, "--policies", metavar="DIR",
+                                 help="Every policy in this folder (a fleet): one summary each, and "
+                                      "--html writes the fleet overview."),
 ) -> None:
     """Am I protected right now? Restorable time and its gaps, loss windows, last runs, shipper, targets."""
+    if policies:
+        _fleet_status(policies, html, check)
+        return
     state = monitor_state()
     stt = state.status()
     if html is not None:
@@ -98,19 +152,31 @@ def metrics(
     textfile: Path = typer.Option(None, "--textfile",
                                   help="Write the metrics to FILE atomically (node_exporter's textfile "
                                        "collector), instead of printing them."),
+    policies: str = typer.Option(None, "--policies", metavar="DIR",
+                                 help="Every policy in this folder (a fleet), each series with a "
+                                      "policy label."),
 ) -> None:
     """The Prometheus metrics of the policy, read once (for cron and node_exporter)."""
-    from backupkit.monitor.metrics import render as render_metrics  # lazy: start-up time
-    from backupkit.monitor.metrics import write_textfile  # lazy: start-up time
+    from prometheus_client import generate_latest  # lazy: start-up time
 
-    state = monitor_state()
+    from backupkit.monitor.metrics import registry_for  # lazy: start-up time
+
+    if policies:
+        from backupkit.monitor.fleet import fleet_registry  # lazy: start-up time
+
+        entries = fleet_entries(policies)
+        registry = fleet_registry(lambda: entries)
+    else:
+        registry = registry_for(monitor_state().status)
     if textfile is None:
-        text = render_metrics(state.status).decode()
+        text = generate_latest(registry).decode()
         if json_mode():
             render({"metrics": text}, lambda c: None)
         else:
             typer.echo(text, nl=False)
         return
-    n = write_textfile(textfile, state.status)
+    data = generate_latest(registry)
+    write_atomic(Path(textfile), data)
+    n = len(data)
     render({"textfile": str(textfile), "bytes": n},
            lambda c: c.print(f"wrote {n} bytes of metrics to {textfile}", highlight=False))

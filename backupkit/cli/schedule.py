@@ -175,7 +175,7 @@ def status(
                 _print_status(c, o)
                 c.print("")
             for b in broken:
-                c.print(f"broken policy {b['file']}: {b['error']}"
+                c.print(f"broken policy {b['file']}: {b['error'].removeprefix(b['file'] + ': ')}"
                         + (f" (the daemon pid {b['pid']} runs its previous version as policy "
                            f"{b['running']!r})" if b.get("running") else ""),
                         highlight=False, markup=False)

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from backupkit.mysql.sandbox import free_port
 from backupkit.mysql.server import master_status, server_facts
@@ -121,6 +122,7 @@ def test_three_sources_one_daemon_one_snapshot_at_a_time_shippers_keep_up(mariad
         assert a1 <= b0, f"snapshots of {an} and {bn} overlapped: {firsts}"
     assert all(f[1] - f[0] > 0.5 for f in firsts)  # each took a while (3MB/s): overlap was possible
     assert windows and max(windows) < 2.0, sorted(windows)[-5:]
+    print(f"loss windows: {len(windows)} samples, max {max(windows):.3f} s; snapshots {firsts}")
 
     r = run_cli("schedule", "status", "--policies", str(tmp_path / "policies"), "--json",
                 env={"BACKUPKIT_STATE_DIR": str(tmp_path / "state")})
@@ -128,6 +130,19 @@ def test_three_sources_one_daemon_one_snapshot_at_a_time_shippers_keep_up(mariad
     assert sorted(p["policy"] for p in out["policies"]) == ["src0", "src1", "src2"]
     assert [b["file"].endswith("broken.toml") for b in out["broken"]] == [True]
     assert all(p["jobs"]["snapshot"]["last"]["result"] == "ok" for p in out["policies"])
+    # without a daemon (cron): the fleet's page and metrics, read once
+    page, prom = tmp_path / "fleet.html", tmp_path / "textfile" / "fleet.prom"
+    names = ["src0", "src1", "src2"]
+    r = run_cli("status", "--policies", str(tmp_path / "policies"), "--html", str(page), "--json",
+                env={"BACKUPKIT_STATE_DIR": str(tmp_path / "state")})
+    assert sorted(p["summary"]["policy"] for p in json.loads(r.stdout)["policies"]) == names
+    assert page.read_text().count("<tr class=source ") == 3
+    r = run_cli("metrics", "--policies", str(tmp_path / "policies"), "--textfile", str(prom),
+                env={"BACKUPKIT_STATE_DIR": str(tmp_path / "state")})
+    assert r.returncode == 0, r.stderr
+    got = {s.labels["policy"]: s.value for f in text_string_to_metric_families(prom.read_text())
+           for s in f.samples if s.name == "backupkit_backups" and s.labels.get("strategy") == "snapshot"}
+    assert sorted(got) == names and min(got.values()) >= 1, got
     r = run_cli("schedule", "cron", "--policies", str(tmp_path / "policies"), "--json")
     cron = json.loads(r.stdout)
     assert sorted(p["policy"] for p in cron["policies"]) == ["src0", "src1", "src2"]
