@@ -188,6 +188,7 @@ class Refused:
     digest: str
     error: str
     name: str
+    retry: bool = False  # it loads but did not start (its shipper's lock is held): try again
 
 
 def _digest(path: Path) -> str | None:
@@ -225,6 +226,7 @@ class FleetDaemon:
                                                               ("cold", max_cold)) if n}
         self.members: dict[Path, Member] = {}
         self.refused: dict[Path, Refused] = {}
+        self.start_errors: dict[Path, str] = {}
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         self.workers: list[threading.Thread] = []
@@ -293,9 +295,13 @@ class FleetDaemon:
         except BackupkitError as exc:
             err = _one_line(exc)
             with self.lock:
-                self.refused[path] = Refused(digest, err, st.policy.name)
-            self._say(f"event=policy_error file={path} error={err!r}: skipped")
+                self.refused[path] = Refused(digest, err, st.policy.name, retry=True)
+            if self.start_errors.get(path) != err:  # said once; retried at every scan
+                self._say(f"event=policy_error file={path} error={err!r}: skipped for now, "
+                          "tried again at each reload")
+            self.start_errors[path] = err
             return False
+        self.start_errors.pop(path, None)
         with self.lock:
             self.members[path] = m
         self._say(f"event={event} policy={m.name} file={path}")
@@ -362,7 +368,7 @@ class FleetDaemon:
                     self._say(f"event=reload_reverted policy={m.name} file={path}")
                 continue
             r = self.refused.get(path)
-            if r is not None and r.digest == digest:
+            if r is not None and r.digest == digest and not r.retry:
                 continue  # already reported
             taken = {mm.name: pp for pp, mm in members.items() if pp != path}
             try:

@@ -104,3 +104,36 @@ def test_only_an_edit_the_shipper_does_not_read_keeps_it_running():
     assert not jobs_only_change(old, with_(source={"url": "mysql://root@127.0.0.1:3308"}))
     assert not jobs_only_change(old, with_(storage={"url": "file:///other"}))
     assert not jobs_only_change(old, with_(schedule={"shipper_backoff_max": 9}))
+
+
+def test_a_policy_whose_shipper_lock_is_held_starts_once_it_is_free(tmp_path, monkeypatch):
+    """Another shipper of the policy runs on this machine (a cron one): the policy is reported and
+    tried again at every reload, and starts when that shipper is gone."""
+    import stat
+
+    from backupkit.schedule.state import FileLock
+
+    monkeypatch.setenv("BACKUPKIT_STATE_DIR", str(tmp_path / "state"))
+    fake = tmp_path / "fakepy"  # stands in for `python -m backupkit ... binlog ship`
+    fake.write_text("#!/bin/sh\nexec sleep 30\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
+    d = tmp_path / "policies"
+    d.mkdir()
+    (d / "s.toml").write_text(_policy(tmp_path, "s", extra='[source]\nurl = "mysql://root@127.0.0.1:1"\n')
+                              .replace("[strategies]", '[strategies]\nbinlog = "continuous"'))
+    held = FileLock(tmp_path / "state" / "locks" / "s-binlog.lock")
+    assert held.acquire()
+    lines: list[str] = []
+    fleet = FleetDaemon(d, event_log=lines.append, reload_interval=0, python=str(fake))
+    try:
+        _scan(fleet)
+        _scan(fleet)
+        assert not fleet.members and "lock" in fleet.refused[d / "s.toml"].error
+        assert sum("event=policy_error" in ln for ln in lines) == 1, lines
+        held.release()
+        _scan(fleet)
+        (m,) = fleet.members.values()
+        assert m.daemon.shipper is not None and m.daemon.shipper.proc.poll() is None
+        assert not fleet.refused
+    finally:
+        fleet._shutdown(0.0)
