@@ -313,20 +313,27 @@ class FleetDaemon:
         t.start()
 
     def _replace(self, old: Member, digest: str, st: Settings) -> None:
-        handover = None
-        sh = old.daemon.shipper
-        if sh is not None and jobs_only_change(old.settings.policy, st.policy):
-            # only the jobs change: the running shipper (and its binlog lock) go to the new version
-            handover = (sh, old.daemon.binlog_lock)
-            old.daemon.shipper = old.daemon.binlog_lock = None
-        self._stop(old, self.stop_timeout)
+        """Stop old's jobs (running ones finish) while its shipper keeps shipping, then start the
+        new version: with the same shipper when the edit is one the shipper does not read,
+        else after that shipper flushed and stopped (shipping pauses for the restart only)."""
+        sh, lock = old.daemon.shipper, old.daemon.binlog_lock
+        old.daemon.shipper = old.daemon.binlog_lock = None  # not stopped with the jobs
+        keep = sh is not None and jobs_only_change(old.settings.policy, st.policy)
+        stopper = threading.Thread(target=self._stop, args=(old, self.stop_timeout),
+                                   name=f"stop-jobs-{old.name}")
+        stopper.start()
+        while stopper.is_alive():  # the main loop no longer ticks old: restart its shipper here
+            if sh is not None:
+                sh.tick()
+            stopper.join(1.0)
         with self.lock:
             self.members.pop(old.path, None)
+        handover = (sh, lock) if keep and sh is not None and not self.stopping.is_set() else None
+        if handover is None and sh is not None:
+            sh.stop()
+            if lock is not None:
+                lock.release()
         if self.stopping.is_set():
-            if handover is not None:
-                handover[0].stop()
-                if handover[1] is not None:
-                    handover[1].release()
             return
         if not self._launch(old.path, digest, st, "reloaded" + (" shipper=kept" if handover else ""),
                             handover) and handover is not None:

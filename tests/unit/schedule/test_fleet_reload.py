@@ -137,3 +137,48 @@ def test_a_policy_whose_shipper_lock_is_held_starts_once_it_is_free(tmp_path, mo
         assert not fleet.refused
     finally:
         fleet._shutdown(0.0)
+
+
+def test_a_reload_lets_the_running_job_finish_while_the_old_shipper_keeps_shipping(tmp_path, monkeypatch):
+    """An edit the shipper reads, during a running job: the old shipper runs until that job has
+    finished, then the new version starts with a new shipper (child processes stand in for
+    `backupkit binlog ship` and `backupkit verify`)."""
+    import stat
+    import time
+    from datetime import UTC, datetime
+
+    monkeypatch.setenv("BACKUPKIT_STATE_DIR", str(tmp_path / "state"))
+    fake = tmp_path / "fakepy"
+    fake.write_text('#!/bin/sh\ncase "$*" in *binlog*) exec sleep 60;; esac\nsleep 3\necho "{}"\n')
+    fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
+    d = tmp_path / "policies"
+    d.mkdir()
+    extra = '[source]\nurl = "mysql://root@127.0.0.1:1"\n[binlog]\nheartbeat = 0.5\n'
+    text = (_policy(tmp_path, "s", extra=extra)
+            .replace("[strategies]", '[strategies]\nbinlog = "continuous"'))
+    (d / "s.toml").write_text(text)
+    fleet = FleetDaemon(d, event_log=lambda line: None, reload_interval=0, python=str(fake))
+    try:
+        fleet.scan()
+        (old,) = fleet.members.values()
+        ship0 = old.daemon.shipper.proc
+        old.scheduler.get_job("verify").modify(next_run_time=datetime.now(UTC))  # run it now
+        deadline = time.monotonic() + 10
+        while not (old.daemon.status.read().get("jobs", {}).get("verify") or {}).get("running_since"):
+            assert time.monotonic() < deadline, "the verify run did not start"
+            time.sleep(0.1)
+        (d / "s.toml").write_text(text.replace("heartbeat = 0.5", "heartbeat = 0.4"))
+        t0 = time.monotonic()
+        fleet.scan()
+        time.sleep(1.0)
+        assert ship0.poll() is None, "the old shipper ships while the job finishes"
+        for w in list(fleet.workers):
+            w.join(30)
+        assert time.monotonic() - t0 >= 2.0  # the new version waited for the job
+        assert ship0.poll() is not None  # then the old shipper was stopped
+        (new,) = fleet.members.values()
+        assert new is not old and new.daemon.shipper.proc.poll() is None
+        assert new.daemon.shipper.proc.pid != ship0.pid
+        assert old.daemon.status.read()["jobs"]["verify"]["last"]["result"] == "ok"
+    finally:
+        fleet._shutdown(0.0)
