@@ -69,12 +69,15 @@ class BinlogStream:
     """One replication connection streaming raw events from (file, pos).
 
     read() returns each event's bytes (header, body, checksum) exactly as the server stores
-    them, or None when nothing arrives before the timeout."""
+    them, or None when nothing arrives before the timeout. With connect_state (MariaDB), the
+    server finds where to start itself, as a GTID replica connects: right after that GTID
+    position (file and pos are then ignored)."""
 
     def __init__(self, spec: ConnSpec, server_id: int, file: str, pos: int, *,
                  heartbeat: float = 1.0, non_blocking: bool = False,
-                 connect_timeout: float = 5.0) -> None:
+                 connect_timeout: float = 5.0, connect_state: str = "") -> None:
         self.spec = spec
+        self.connect_state = connect_state
         self.server_id = server_id
         self.file = file
         self.pos = pos
@@ -106,6 +109,9 @@ class BinlogStream:
                     cur.execute("SET @source_binlog_checksum = @@global.binlog_checksum")
                 else:
                     cur.execute("SET @mariadb_slave_capability = %s", (MARIA_SLAVE_CAPABILITY_GTID,))
+                    if self.connect_state:
+                        cur.execute("SET @slave_connect_state = %s", (self.connect_state,))
+                        cur.execute("SET @slave_gtid_strict_mode = 1")
                 period = int(self.heartbeat * 1_000_000_000)
                 cur.execute("SET @master_heartbeat_period = %s", (period,))
                 if self.facts.flavor == "mysql":
@@ -113,7 +119,8 @@ class BinlogStream:
             flags = BINLOG_SEND_ANNOTATE_ROWS_EVENT if self.facts.flavor == "mariadb" else 0
             if self.non_blocking:
                 flags |= BINLOG_DUMP_NON_BLOCK
-            payload = struct.pack("<IHI", self.pos, flags, self.server_id) + self.file.encode()
+            file, pos = ("", 4) if self.connect_state else (self.file, self.pos)
+            payload = struct.pack("<IHI", pos, flags, self.server_id) + file.encode()
             conn._execute_command(COMMAND.COM_BINLOG_DUMP, payload)
         except pymysql.err.MySQLError as exc:
             conn.close()

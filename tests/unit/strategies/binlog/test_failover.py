@@ -60,3 +60,11 @@ def test_a_binlog_purged_past_the_link_point_is_refused():
 
 def test_no_gtid_position_to_link_by():
     assert not locate_link("", FILES, EVENTS.__getitem__).ok
+
+
+def test_a_point_the_server_names_is_the_link_only_when_its_position_is_exactly_the_shipped_one():
+    from backupkit.strategies.binlog.failover import _state_is
+
+    assert _state_is("0-1-7", "0-1-7") and _state_is("0-1-7,1-3-9", "0-1-7")
+    assert not _state_is("0-2-7", "0-1-7")  # the same sequence number from another server
+    assert not _state_is("0-1-8", "0-1-7") and not _state_is("", "0-1-7") and not _state_is("0-1-7", "")
