@@ -227,7 +227,8 @@ class FleetDaemon:
         self.members: dict[Path, Member] = {}
         self.refused: dict[Path, Refused] = {}
         self.start_errors: dict[Path, str] = {}
-        self.lock = threading.Lock()
+        self.folder_missing = False
+        self.lock = threading.RLock()  # reentrant: the signal handler takes it in the main thread
         self.stopping = threading.Event()
         self.workers: list[threading.Thread] = []
         self.server: Any = None
@@ -352,6 +353,13 @@ class FleetDaemon:
         """Compare the folder with what runs: start, reload, stop; report what does not load."""
         files = {p: _digest(p) for p in sorted(self.folder.glob("*.toml"))}
         files = {p: d for p, d in files.items() if d is not None}
+        if not files and self.members:  # a folder moved away or emptied by mistake
+            if not self.folder_missing:
+                self._say(f"event=reload_error folder={self.folder}: no policy file there; every "
+                          "policy keeps running (remove the files one by one to stop them)")
+            self.folder_missing = True
+            return
+        self.folder_missing = False
         with self.lock:
             members = dict(self.members)
             for p in [p for p in self.refused if p not in files]:

@@ -72,6 +72,14 @@ def test_scan_starts_reloads_refuses_and_stops_one_policy_at_a_time(tmp_path, mo
         assert fleet.members[d / "b.toml"] is b0 and b0.error is None
         assert any("event=reload_reverted policy=b" in ln for ln in lines)
 
+        # the folder emptied (moved away, or a deploy in progress): nothing stops
+        moved = tmp_path / "moved"
+        d.rename(moved)
+        _scan(fleet)
+        moved.rename(d)
+        assert sorted(m.name for m in fleet.members.values()) == ["a", "b"]
+        assert any("event=reload_error folder=" in ln for ln in lines)
+
         # c fixed: it starts; a removed: it stops
         (d / "c.toml").write_text(_policy(tmp_path, "c"))
         (d / "a.toml").unlink()
