@@ -1,4 +1,4 @@
-"""backupkit repo info | sync | targets | keygen | rotate-key."""
+"""backupkit repo info | sync | targets | migrate | keygen | rotate-key."""
 
 from __future__ import annotations
 
@@ -174,6 +174,32 @@ def loss_by_target_table(survival: list[dict]):
             rows.append([s["lost_target"], x["label"], point, human_seconds(x["loss_seconds"])])
     return table("if one storage target is lost (the others still hold)",
                  ["lost target", "strategy", "newest recovery point", "loss window"], rows)
+
+
+@app.command("migrate")
+def migrate(
+    dry_run: bool = typer.Option(False, "--dry-run", help="Count what would be rewritten; change nothing."),
+    parallel: int = typer.Option(8, "--parallel", min=1, max=64, help="Index entries copied at once."),
+) -> None:
+    """Bring a format-1 repository to format 2 (the binlog index apart from its data); stop the
+    shippers first. Idempotent: run it again after an interruption."""
+    from backupkit.repo.migrate import migrate_repository  # lazy: start-up time
+
+    repo = open_repo(create=False)
+    result = migrate_repository(repo.store, dry_run=dry_run, parallel=parallel)
+    data = result.to_dict()
+
+    def human(c) -> None:
+        if result.from_format is None:
+            c.print("empty repository: nothing to migrate (created as format "
+                    f"{layout.FORMAT_VERSION} on the first write)")
+            return
+        verb = "would rewrite" if dry_run else "rewrote"
+        c.print(f"format {result.from_format} -> {result.to_format}{' (dry run)' if dry_run else ''}: "
+                f"{verb} {result.entries} index entr{'y' if result.entries == 1 else 'ies'} of "
+                f"{len(result.sources)} source(s) in {result.seconds:.1f}s (data objects stay in place)")
+
+    render(data, human)
 
 
 @app.command("keygen")

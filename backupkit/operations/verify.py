@@ -190,7 +190,7 @@ def _read_backups(catalog: Catalog, ids: list[str] | None, report: VerifyReport,
 
 def _read_segments(catalog: Catalog, source_id: str, report: VerifyReport,
                    parallel: int) -> list[SegmentInfo]:
-    keys = [i.key for i in catalog.store.list(layout.binlog_prefix(source_id))
+    keys = [i.key for i in catalog.store.list(layout.index_prefix(source_id))
             if layout.is_segment_index(i.key)]
     segs = [SegmentInfo.from_dict(d) for d in _read_all(catalog, keys, report, parallel)]
     return sorted(segs, key=lambda s: (s.binlog_file, s.start_pos, s.end_pos))
@@ -234,7 +234,7 @@ def rollup_problems(catalog: Catalog, source_id: str, repair: bool = False
     is damage all the same; with repair it is rebuilt from the index entries (a note then)."""
     problems: list[Problem] = []
     notes: list[str] = []
-    for info in catalog.store.list(layout.binlog_prefix(source_id)):
+    for info in catalog.store.list(layout.rollup_prefix(source_id)):
         binlog_file = layout.rollup_file_of(info.key)
         if binlog_file is None:
             continue

@@ -223,6 +223,8 @@ class Catalog:
     def __init__(self, store: ObjectStore, parallel: int = 16) -> None:
         self.store = store
         self.parallel = parallel
+        self._partitioned = False  # the config says format 2 or later (see check_format)
+        self._no_legacy = False  # a format-1 config, but no format-1 segment key stored
 
     # -- repository config -----------------------------------------------------
     def repo_config(self) -> dict[str, Any] | None:
@@ -321,13 +323,50 @@ class Catalog:
         return {"encryption": info} if info is not None else {}
 
     # -- binlog ---------------------------------------------------------------------
+    def check_format(self, writing: bool = False) -> None:
+        """Refuse the binlog of a format-1 repository (its segment keys are not where this
+        backupkit looks) with one line naming `backupkit repo migrate`. A format-1 repository with
+        no binlog yet is fine; writing, its config is raised to format 2 first. One GET of the
+        config, once per catalog; readers call it only when they found nothing."""
+        if self._partitioned:
+            return
+        cfg = self.repo_config()
+        if cfg is None or int(cfg.get("format") or 1) >= layout.PARTITIONED_FORMAT:
+            self._partitioned = True
+            return
+        if not self._no_legacy and self.legacy_binlog():
+            raise UsageError(f"{self.store.describe()} holds binlog in repository format "
+                             f"{cfg.get('format')}; this backupkit reads format {layout.FORMAT_VERSION}",
+                             "run 'backupkit repo migrate' once (it rewrites the binlog index in place)")
+        self._no_legacy = True
+        if writing:
+            self.store.put(layout.REPO_CONFIG, encode_manifest({**cfg, "format": layout.FORMAT_VERSION}))
+            self._partitioned = True
+
+    def legacy_binlog(self) -> bool:
+        """True when a format-1 segment key is stored (first keys of each source only)."""
+        for sid in self.sources():
+            if any(layout.legacy_segment_of(i.key) is not None
+                   for i in self.store.list(layout.binlog_prefix(sid))):
+                return True
+        return False
+
     def sources(self) -> list[str]:
-        seen: set[str] = set()
-        for info in self.store.list(layout.BINLOG):
-            sid = layout.source_of(info.key)
-            if sid:
-                seen.add(sid)
-        return sorted(seen)
+        """Every source with binlog keys: one LIST request per source (each skips past the keys of
+        the source before it), never a walk over every key."""
+        seen: list[str] = []
+        after = ""
+        while True:
+            it = self.store.list_after(layout.BINLOG, after) if after else self.store.list(layout.BINLOG)
+            first = next(iter(it), None)
+            close = getattr(it, "close", None)
+            if close is not None:
+                close()
+            sid = layout.source_of(first.key) if first is not None else None
+            if sid is None:
+                return sorted(seen)
+            seen.append(sid)
+            after = layout.source_after(sid)
 
     def segments(self, source_id: str) -> list[SegmentInfo]:
         """Every committed segment of a source, in binlog order.
@@ -337,12 +376,14 @@ class Catalog:
         itself; a roll-up entry without a listed index entry (pruned) is ignored; a damaged or
         unreadable roll-up is skipped with a warning."""
         listed: dict[str, float] = {}  # index entry -> its mtime
-        rollups: list[tuple[str, float]] = []
-        for info in self.store.list(layout.binlog_prefix(source_id)):
+        for info in self.store.list(layout.index_prefix(source_id)):
             if layout.is_segment_index(info.key):
                 listed[info.key] = info.mtime
-            elif layout.rollup_file_of(info.key) is not None:
-                rollups.append((info.key, info.mtime))
+        if not listed:
+            self.check_format()
+            return []
+        rollups = [(i.key, i.mtime) for i in self.store.list(layout.rollup_prefix(source_id))
+                   if layout.rollup_file_of(i.key) is not None]
         keys = list(listed)
         known = self._rolled_up(rollups, listed)
         segs = [known[k] for k in keys if k in known]
@@ -426,11 +467,12 @@ class Catalog:
         has no segment left (pruned) is deleted. The newest file is left alone: it still grows."""
         by_file: dict[str, dict[str, float]] = {}  # file -> index entry -> mtime
         rollups: dict[str, tuple[str, float]] = {}
-        for info in self.store.list(layout.binlog_prefix(source_id)):
+        for info in self.store.list(layout.index_prefix(source_id)):
             pos = layout.segment_of(info.key)
             if pos is not None:
                 by_file.setdefault(pos[0], {})[info.key] = info.mtime
-            elif (f := layout.rollup_file_of(info.key)) is not None:
+        for info in self.store.list(layout.rollup_prefix(source_id)):
+            if (f := layout.rollup_file_of(info.key)) is not None:
                 rollups[f] = (info.key, info.mtime)
         out: dict[str, list[str]] = {"written": [], "deleted": []}
         gone = [k for f, (k, _) in rollups.items() if f not in by_file]
@@ -455,6 +497,7 @@ class Catalog:
         """Write a segment's index entry after its data object."""
         if not info.created_at:
             info.created_at = time.time()
+        self.check_format(writing=True)
         if not self.store.put_if_absent(info.key, encode_manifest({**info.to_dict(), **self._encryption()})):
             raise StorageError(f"segment {info.key} already committed")
 
@@ -502,7 +545,7 @@ class Catalog:
         if self.store.stat(seg.key) is None:
             return None
         best: tuple[str, int, int, str] = (seg.binlog_file, seg.start_pos, seg.end_pos, seg.key)
-        for info in self.store.list_after(layout.binlog_prefix(source_id), seg.key):
+        for info in self.store.list_after(layout.index_prefix(source_id), seg.key):
             pos = layout.segment_of(info.key)
             if pos is not None and pos > best[:3]:
                 best = (*pos, info.key)
@@ -524,11 +567,14 @@ class Catalog:
     def _last_segment_listed(self, source_id: str) -> SegmentInfo | None:
         """The newest committed segment by a full listing, reading only its own index entry."""
         best: tuple[str, int, int, str] | None = None
-        for info in self.store.list(layout.binlog_prefix(source_id)):
+        for info in self.store.list(layout.index_prefix(source_id)):
             pos = layout.segment_of(info.key)
             if pos is not None and (best is None or pos > best[:3]):
                 best = (*pos, info.key)
-        return SegmentInfo.from_dict(self.read_manifest(best[3])) if best else None
+        if best is None:
+            self.check_format()
+            return None
+        return SegmentInfo.from_dict(self.read_manifest(best[3]))
 
     def shipped_position(self, source_id: str) -> tuple[str, int] | None:
         """Where the newest committed segment ends: the shipper resumes here."""

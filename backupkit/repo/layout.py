@@ -5,7 +5,11 @@ from __future__ import annotations
 import hashlib
 from urllib.parse import quote, unquote
 
-FORMAT_VERSION = 1
+#: 2: binlog index entries apart from their data (binlog/<src>/index/ and binlog/<src>/data/);
+#: format-1 repositories are converted by `backupkit repo migrate` (repo/migrate.py).
+FORMAT_VERSION = 2
+#: The first format with the partitioned binlog layout.
+PARTITIONED_FORMAT = 2
 REPO_CONFIG = "backupkit.json"
 BACKUPS = "backups/"
 BINLOG = "binlog/"
@@ -113,29 +117,49 @@ def binlog_prefix(source_id: str) -> str:
     return f"{BINLOG}{enc(source_id)}/"
 
 
+INDEX_DIR = "index"
+DATA_DIR = "data"
+
+
 def segment_data(source_id: str, binlog_file: str, start: int, end: int) -> str:
     """A segment: a valid binlog file holding events [start, end) of binlog_file."""
-    return f"{BINLOG}{enc(source_id)}/{enc(binlog_file)}/{start:012d}-{end:012d}.binlog.zst"
+    return f"{BINLOG}{enc(source_id)}/{DATA_DIR}/{enc(binlog_file)}/{start:012d}-{end:012d}.binlog.zst"
 
 
 def segment_index(source_id: str, binlog_file: str, start: int, end: int) -> str:
-    """The index entry (commit marker) of a segment."""
-    return f"{BINLOG}{enc(source_id)}/{enc(binlog_file)}/{start:012d}-{end:012d}.json"
+    """The index entry (commit marker) of a segment: under index/, apart from the data, so that
+    listing the index never pages through data keys."""
+    return f"{BINLOG}{enc(source_id)}/{INDEX_DIR}/{enc(binlog_file)}/{start:012d}-{end:012d}.json"
 
 
 ROLLUP_DIR = "_rollup"
 ROLLUP_SUFFIX = ".rollup.zst"
 
 
+def index_prefix(source_id: str) -> str:
+    """Every index entry of a source (and nothing else)."""
+    return f"{BINLOG}{enc(source_id)}/{INDEX_DIR}/"
+
+
 def segment_file_prefix(source_id: str, binlog_file: str) -> str:
-    """Every segment (data and index entry) of one binlog file."""
-    return f"{BINLOG}{enc(source_id)}/{enc(binlog_file)}/"
+    """Every index entry of one binlog file."""
+    return f"{BINLOG}{enc(source_id)}/{INDEX_DIR}/{enc(binlog_file)}/"
+
+
+def index_after_file(source_id: str, binlog_file: str) -> str:
+    """A key that sorts after every index entry of binlog_file and before those of any later file
+    (for list_after): '0' is the character after '/'."""
+    return segment_file_prefix(source_id, binlog_file)[:-1] + "0"
+
+
+def rollup_prefix(source_id: str) -> str:
+    """Every roll-up of a source."""
+    return f"{BINLOG}{enc(source_id)}/{ROLLUP_DIR}/"
 
 
 def segment_rollup(source_id: str, binlog_file: str) -> str:
-    """The index entries of one finished binlog file in one object: a cache, so that reading the
-    catalog costs one GET per file rather than one per segment. The entries stay the commit
-    markers; a roll-up never makes a segment exist."""
+    """The index entries of one binlog file in one object. For a finished file that the head
+    names, authoritative (the file's entries are not listed); otherwise a cache."""
     return f"{BINLOG}{enc(source_id)}/{ROLLUP_DIR}/{enc(binlog_file)}{ROLLUP_SUFFIX}"
 
 
@@ -150,8 +174,8 @@ def rollup_file_of(key: str) -> str | None:
 
 def is_segment_index(key: str) -> bool:
     parts = key.split("/")
-    return len(parts) == 4 and parts[0] + "/" == BINLOG and parts[3].endswith(".json") \
-        and parts[2] != "gaps"
+    return len(parts) == 5 and parts[0] + "/" == BINLOG and parts[2] == INDEX_DIR \
+        and parts[4].endswith(".json")
 
 
 def segment_of(key: str) -> tuple[str, int, int] | None:
@@ -159,10 +183,31 @@ def segment_of(key: str) -> tuple[str, int, int] | None:
     if not is_segment_index(key):
         return None
     parts = key.split("/")
-    start, _, end = parts[3].removesuffix(".json").partition("-")
+    start, _, end = parts[4].removesuffix(".json").partition("-")
     if not (start.isdigit() and end.isdigit()):
         return None
-    return dec(parts[2]), int(start), int(end)
+    return dec(parts[3]), int(start), int(end)
+
+
+def source_after(source_id: str) -> str:
+    """A key after every key of source_id and before those of any later source (for list_after)."""
+    return binlog_prefix(source_id)[:-1] + "0"
+
+
+# -- format 1 (read by repo/migrate.py only) -------------------------------------------
+def legacy_segment_of(key: str) -> tuple[str, str, int, int, str] | None:
+    """(source, binlog file, start, end, "index" or "data") of a format-1 segment key
+    (binlog/<src>/<file>/<start>-<end>.json or .binlog.zst), or None."""
+    parts = key.split("/")
+    if len(parts) != 4 or parts[0] + "/" != BINLOG or parts[2] in (ROLLUP_DIR, "gaps"):
+        return None
+    name = parts[3]
+    for suffix, kind in ((".json", "index"), (".binlog.zst", "data")):
+        if name.endswith(suffix):
+            start, _, end = name.removesuffix(suffix).partition("-")
+            if start.isdigit() and end.isdigit():
+                return dec(parts[1]), dec(parts[2]), int(start), int(end), kind
+    return None
 
 
 def gap_record(source_id: str, binlog_file: str, pos: int) -> str:
@@ -236,8 +281,13 @@ def commit_marker_of(key: str) -> str | None:
     parts = key.split("/")
     if parts[0] + "/" == BACKUPS and len(parts) >= 3 and not is_commit_marker(key):
         return backup_manifest(parts[1])
-    if parts[0] + "/" == BINLOG and len(parts) == 4 and parts[3].endswith(".binlog.zst"):
-        return key.removesuffix(".binlog.zst") + ".json"
+    if parts[0] + "/" == BINLOG and len(parts) == 5 and parts[2] == DATA_DIR \
+            and parts[4].endswith(".binlog.zst"):
+        parts[2] = INDEX_DIR
+        return "/".join(parts).removesuffix(".binlog.zst") + ".json"
+    legacy = legacy_segment_of(key)  # data left in place by `repo migrate`, named by a format-2 entry
+    if legacy is not None and legacy[4] == "data":
+        return segment_index(*legacy[:4])
     return None
 
 
