@@ -142,6 +142,9 @@ def prune(store: ObjectStore, rules: RetentionRules, *, dry_run: bool = False,
     for s, _ in plan.remove_segments:
         by_source[s.source_id].append(s)
     for sid in sorted(by_source):
+        # the roll-ups of the files it edits first: a reader that finds none lists those files,
+        # never an entry pruned under it (step 6 writes them anew)
+        repo.forget_rollups(sid, {s.binlog_file for s in by_source[sid]})
         for s in sorted(by_source[sid], key=lambda s: (s.binlog_file, s.start_pos, s.end_pos)):
             repo.uncommit_segment(s)
             deleted += 1

@@ -371,6 +371,85 @@ class Catalog:
     def segments(self, source_id: str) -> list[SegmentInfo]:
         """Every committed segment of a source, in binlog order.
 
+        With a head naming finished files (format 2), their roll-ups are authoritative: only the
+        files after the last of them are listed (_segments_from_head). Otherwise, or when the
+        head does not hold up, every index entry is listed (_segments_listed)."""
+        head = self.head(source_id)
+        if head is not None and head.rollups:
+            found = self._segments_from_head(source_id, head)
+            if found is not None:
+                return found
+        return self._segments_listed(source_id)
+
+    def _segments_from_head(self, source_id: str, head: BinlogHead) -> list[SegmentInfo] | None:
+        """The segments through the head: every file the head names as rolled up is read from its
+        roll-up alone (a file whose roll-up is missing or damaged is listed); the files after the
+        last of them are listed, their entries read through any partial roll-up. None when the
+        result lacks the head's own segment (a writer broke the rule that the named files are all
+        the finished files before the newest one): the caller lists everything then."""
+        rolled = sorted(set(head.rollups), key=lambda f: binlog_order(f, 0))
+        if binlog_order(rolled[-1], 0) > binlog_order(head.segment.binlog_file, 0):
+            log.warning("head of %s names roll-ups after its newest segment: listing", source_id)
+            return None
+        present = {i.key: i.mtime for i in self.store.list(layout.rollup_prefix(source_id))}
+        keys = [layout.segment_rollup(source_id, f) for f in rolled]
+
+        def one(key: str) -> dict[str, Any] | None:
+            if key not in present:
+                return None  # being rewritten by prune (or pruned whole): that file is listed
+            try:
+                return self._read_rollup(key)
+            except ObjectNotFound:
+                return None
+            except (IntegrityError, StorageError) as exc:
+                log.warning("ignoring roll-up %s (its file is listed): %s", key, exc.message)
+                return None
+
+        with ThreadPoolExecutor(max_workers=max(1, min(self.parallel, len(keys)))) as pool:
+            bodies = list(pool.map(one, keys))
+        segs: list[SegmentInfo] = []
+        for f, body in zip(rolled, bodies, strict=True):
+            if body is None:
+                segs += self._file_listed(source_id, f)
+                continue
+            for d in body.get("segments", []):
+                try:
+                    seg = SegmentInfo.from_dict(d)
+                except (KeyError, TypeError, ValueError, AttributeError):
+                    log.warning("ignoring roll-up %s (a malformed entry): its file is listed",
+                                layout.segment_rollup(source_id, f))
+                    segs = [s for s in segs if s.binlog_file != f] + self._file_listed(source_id, f)
+                    break
+                if seg.source_id == source_id and seg.binlog_file == f:
+                    segs.append(seg)
+        # the files after the last rolled-up one: listed (one LIST from there on)
+        listed = {i.key: i.mtime for i in self.store.list_after(
+            layout.index_prefix(source_id), layout.index_after_file(source_id, rolled[-1]))
+            if layout.is_segment_index(i.key)}
+        if listed:
+            partial = [(k, m) for k, m in present.items()
+                       if (f := layout.rollup_file_of(k)) is not None
+                       and binlog_order(f, 0) > binlog_order(rolled[-1], 0)]
+            known = self._rolled_up(partial, listed)
+            segs += [known[k] for k in listed if k in known]
+            segs += [SegmentInfo.from_dict(d) for d in self._read_many([k for k in listed if k not in known])]
+        newest = head.segment
+        if not any(s.binlog_file == newest.binlog_file and s.start_pos <= newest.start_pos
+                   and s.end_pos >= newest.end_pos for s in segs):
+            log.warning("head of %s names %s, which its roll-ups and listing lack: listing",
+                        source_id, newest.key)
+            return None
+        return sorted(segs, key=lambda s: (s.binlog_file, s.start_pos, s.end_pos))
+
+    def _file_listed(self, source_id: str, binlog_file: str) -> list[SegmentInfo]:
+        """The segments of one binlog file, every index entry listed and read."""
+        keys = [i.key for i in self.store.list(layout.segment_file_prefix(source_id, binlog_file))
+                if layout.is_segment_index(i.key)]
+        return [SegmentInfo.from_dict(d) for d in self._read_many(keys)]
+
+    def _segments_listed(self, source_id: str) -> list[SegmentInfo]:
+        """Every committed segment, by listing every index entry of the source.
+
         The listed index entries decide which segments exist; roll-ups (one object per finished
         binlog file) only save reading those entries one by one. An entry a roll-up lacks is read
         itself; a roll-up entry without a listed index entry (pruned) is ignored; a damaged or
@@ -438,16 +517,16 @@ class Catalog:
 
     def roll_up_file(self, source_id: str, binlog_file: str,
                      known: dict[str, SegmentInfo] | None = None,
-                     keys: Iterable[str] | None = None) -> str | None:
+                     keys: Iterable[str] | None = None, finished: bool = False) -> str | None:
         """Write the roll-up of one binlog file from its current index entries (keys: as just
         listed, else listed here); known entries (key -> SegmentInfo, e.g. what a shipper just
         committed) are not read again. Returns the roll-up's key, or None when the file has
-        fewer than two segments."""
+        no segment (a file still open: fewer than two)."""
         if keys is None:
             keys = (i.key for i in self.store.list(layout.segment_file_prefix(source_id, binlog_file))
                     if layout.is_segment_index(i.key))
         keys = sorted(keys)
-        if len(keys) < 2:
+        if len(keys) < (1 if finished else 2):
             return None
         listed = set(keys)
         have = {k: v for k, v in (known or {}).items() if k in listed}
@@ -483,12 +562,12 @@ class Catalog:
             return out
         newest = max(by_file, key=lambda f: binlog_order(f, 0))
         for f in sorted(by_file):
-            if f == newest or len(by_file[f]) < 2:
+            if f == newest:
                 continue
             covered = self._rolled_up([rollups[f]], by_file[f]) if f in rollups else {}
             if set(covered) == set(by_file[f]):
                 continue
-            key = self.roll_up_file(source_id, f, known=covered, keys=by_file[f])
+            key = self.roll_up_file(source_id, f, known=covered, keys=by_file[f], finished=True)
             if key:
                 out["written"].append(key)
         return out
@@ -511,6 +590,32 @@ class Catalog:
     def record_gap(self, gap: GapInfo) -> None:
         key = layout.gap_record(gap.source_id, gap.after_file, gap.after_pos)
         self.store.put_if_absent(key, encode_manifest(gap.to_dict()))
+
+    def settle_rollups(self, source_id: str) -> set[str]:
+        """The finished files a head may name as rolled up, for a shipper starting: the files the
+        current head names whose roll-up is still stored, plus every finished file after the
+        last of them, rolled up now (a run that stopped before its roll-up landed). The newest
+        file is left alone: it may still grow. Costs one LIST of the roll-ups and one LIST of
+        the index after the last rolled-up file."""
+        head = self.head(source_id)
+        present = {layout.rollup_file_of(i.key) for i in self.store.list(layout.rollup_prefix(source_id))}
+        rolled = {f for f in (head.rollups if head else []) if f in present}
+        after = max(rolled, key=lambda f: binlog_order(f, 0)) if rolled else None
+        listing = (self.store.list_after(layout.index_prefix(source_id),
+                                         layout.index_after_file(source_id, after))
+                   if after is not None else self.store.list(layout.index_prefix(source_id)))
+        by_file: dict[str, list[str]] = {}
+        for info in listing:
+            pos = layout.segment_of(info.key)
+            if pos is not None:
+                by_file.setdefault(pos[0], []).append(info.key)
+        files = sorted(by_file, key=lambda f: binlog_order(f, 0))
+        for f in files[:-1]:
+            if self.roll_up_file(source_id, f, keys=by_file[f], finished=True):
+                rolled.add(f)
+            else:
+                break  # never name a file after one that is not rolled up
+        return rolled
 
     # -- the head: the newest entry in one GET --------------------------------------------
     def write_head(self, newest: SegmentInfo, rollups: Iterable[str] = ()) -> None:

@@ -97,6 +97,7 @@ class Shipper(StreamReader, SegmentWriter, Follower):
         self._committed: dict[str, SegmentInfo] = {}  # this run's entries of the file being shipped
         self._rollups: list[threading.Thread] = []
         self._rolled: set[str] | None = None  # files whose roll-up is written (for the head)
+        self._unrolled: set[str] = set()  # finished files whose roll-up has not landed yet
         # the confirmed-through watermark (strategies/binlog/confirm.py)
         self.confirmed_at: float = 0.0  # every commit at or before this second is committed
         self._beat_at = 0.0  # local time of the newest heartbeat (or end of stream with --once)

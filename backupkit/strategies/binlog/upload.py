@@ -15,6 +15,7 @@ from backupkit.errors import IntegrityError, StorageError
 from backupkit.repo import layout
 from backupkit.repo.catalog import (
     SegmentInfo,
+    binlog_order,
 )
 from backupkit.repo.codec import put_object
 from backupkit.strategies.binlog.spill import SpillBuffer
@@ -171,12 +172,16 @@ class SegmentWriter:
             self._committed = {k: v for k, v in self._committed.items()
                                if v.binlog_file != binlog_file}
 
+        if finished:
+            self._unrolled.add(binlog_file)  # no later file is named by a head until it lands
+
         def work() -> None:
             try:
-                if self.catalog.roll_up_file(self.source_id, binlog_file, known) and finished \
-                        and self._rolled is not None:
+                if self.catalog.roll_up_file(self.source_id, binlog_file, known, finished=finished) \
+                        and finished and self._rolled is not None:
                     self._rolled.add(binlog_file)  # named by the next head
-            except Exception as exc:  # noqa: BLE001 - a cache; never stops shipping
+                    self._unrolled.discard(binlog_file)
+            except Exception as exc:  # noqa: BLE001 - never stops shipping; readers list the file
                 log.warning("roll-up of %s not written: %s", binlog_file, exc)
 
         self._rollups = [t for t in self._rollups if t.is_alive()]
@@ -189,9 +194,13 @@ class SegmentWriter:
         after a commit. Only a cache for readers: a failure is logged and costs them a listing."""
         try:
             if self._rolled is None:  # the roll-ups earlier runs wrote, once per run
-                head = self.catalog.head(self.source_id)
-                self._rolled = set(head.rollups) if head is not None else set()
-            self.catalog.write_head(info, sorted(self._rolled))
+                self._rolled = self.catalog.settle_rollups(self.source_id)
+            # name only finished files before the newest, and none after a finished file whose
+            # roll-up has not landed: readers take the named ones as every file before the rest
+            stop = min([info.binlog_file, *self._unrolled], key=lambda f: binlog_order(f, 0))
+            self.catalog.write_head(info, sorted(f for f in self._rolled
+                                                 if binlog_order(f, 0) < binlog_order(stop, 0)
+                                                 or (f == stop and f not in self._unrolled)))
         except StorageError as exc:
             log.warning("head of %s not written: %s", self.source_id, exc.message)
 

@@ -64,3 +64,54 @@ def test_the_head_works_through_the_encryption_layer(tmp_path):
             if layout.segment_of(i.key)] == [synthetic_segment(14, 10).key]
     assert cat.head(SOURCE).segment == synthetic_segment(14, 10)
     assert cat.last_segment(SOURCE) == synthetic_segment(14, 10)
+
+
+# -- the head drives the catalog: roll-ups of the files it names are authoritative ------------
+def _listed(cat):
+    """The segments as every index entry says, read one by one (no head, no roll-up)."""
+    return [s.to_dict() for s in cat._segments_listed(SOURCE)]
+
+
+def test_files_the_head_names_are_read_from_their_roll_ups_alone(tmp_path):
+    store, cat = _repo(tmp_path, n=35)  # files 1-3 finished and named, file 4 open (5 entries)
+    want = _listed(cat)
+    store.reset()
+    assert [s.to_dict() for s in cat.segments(SOURCE)] == want
+    # the head, the roll-ups listed, 3 roll-ups, one LIST after the last named file, 5 entries
+    assert store.counts == {"open": 1 + 3 + 5, "list": 2}
+
+
+def test_a_named_file_without_its_roll_up_is_listed(tmp_path):
+    store, cat = _repo(tmp_path, n=35)
+    want = _listed(cat)
+    store.delete([layout.segment_rollup(SOURCE, "binlog.000002")])  # prune or compaction at work
+    assert [s.to_dict() for s in cat.segments(SOURCE)] == want
+    store.put(layout.segment_rollup(SOURCE, "binlog.000001"), b"damaged")
+    assert [s.to_dict() for s in cat.segments(SOURCE)] == want
+
+
+def test_a_head_that_does_not_hold_up_falls_back_to_listing(tmp_path):
+    store, cat = _repo(tmp_path, n=35)
+    want = _listed(cat)
+    head = cat.head(SOURCE)
+    cat.write_head(head.segment, [*head.rollups, "binlog.000009"])  # names a file after its segment
+    assert [s.to_dict() for s in cat.segments(SOURCE)] == want
+    # a writer that named file 3 while file 2 had no roll-up: file 2's entries would be missed
+    store.delete([layout.segment_rollup(SOURCE, "binlog.000002")])
+    cat.write_head(synthetic_segment(19, 10), ["binlog.000001"])  # a head older than the entries
+    assert [s.to_dict() for s in cat.segments(SOURCE)] == want
+    store.delete([synthetic_segment(34, 10).key])  # the head's own segment gone (and no roll-up)
+    want = [d for d in want if d["start_pos"] != synthetic_segment(34, 10).start_pos
+            or d["binlog_file"] != "binlog.000004"]
+    cat.write_head(synthetic_segment(34, 10), head.rollups)
+    assert [s.to_dict() for s in cat.segments(SOURCE)] == want
+
+
+def test_settle_rolls_up_the_finished_files_after_the_named_ones(tmp_path):
+    store, cat = _repo(tmp_path, n=35)
+    for f in ("binlog.000002", "binlog.000003"):  # a shipper stopped before these landed
+        store.delete([layout.segment_rollup(SOURCE, f)])
+    cat.write_head(synthetic_segment(34, 10), ["binlog.000001", "binlog.000002", "binlog.000003"])
+    assert cat.settle_rollups(SOURCE) == {"binlog.000001", "binlog.000002", "binlog.000003"}
+    assert store.stat(layout.segment_rollup(SOURCE, "binlog.000003")) is not None
+    assert store.stat(layout.segment_rollup(SOURCE, "binlog.000004")) is None  # still open
