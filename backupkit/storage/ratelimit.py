@@ -48,6 +48,9 @@ class RateLimitedStore(ObjectStore):
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         return self.inner.list(prefix)
 
+    def list_after(self, prefix: str, after: str) -> Iterator[ObjectInfo]:
+        return self.inner.list_after(prefix, after)
+
     def delete(self, keys: Iterable[str]) -> None:
         self.inner.delete(keys)
 

@@ -42,6 +42,9 @@ class TargetStore(ObjectStore):
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         return self.target.store.list(prefix)
 
+    def list_after(self, prefix: str, after: str) -> Iterator[ObjectInfo]:
+        return self.target.store.list_after(prefix, after)
+
     def delete(self, keys: Iterable[str]) -> None:
         self.target.store.delete(keys)
 

@@ -164,7 +164,8 @@ class MirrorStore(MirrorHealth, ObjectStore):
             raise errors[0]
         return None
 
-    def _listing(self, t: Target, prefix: str, state: dict[str, bool]) -> Iterator[ObjectInfo]:
+    def _listing(self, t: Target, prefix: str, state: dict[str, bool],
+                 after: str | None = None) -> Iterator[ObjectInfo]:
         """One target's listing through a thread and a bounded queue, so a stalled target cannot hang us."""
         q: queue.Queue = queue.Queue(maxsize=8)
         stop = threading.Event()
@@ -175,7 +176,8 @@ class MirrorStore(MirrorHealth, ObjectStore):
         def work() -> None:
             batch: list[ObjectInfo] = []
             try:
-                for info in t.store.list(prefix):
+                listing = t.store.list(prefix) if after is None else t.store.list_after(prefix, after)
+                for info in listing:
                     batch.append(info)
                     if len(batch) >= 1000:
                         if not give(batch):
@@ -208,13 +210,21 @@ class MirrorStore(MirrorHealth, ObjectStore):
             stop.set()
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        return self._merged(prefix, None)
+
+    def list_after(self, prefix: str, after: str) -> Iterator[ObjectInfo]:
+        """Each target's own list_after (S3's StartAfter), merged as list() merges."""
+        return self._merged(prefix, after)
+
+    def _merged(self, prefix: str, after: str | None) -> Iterator[ObjectInfo]:
         if len(self.targets) == 1:
-            yield from self.targets[0].store.list(prefix)
+            store = self.targets[0].store
+            yield from (store.list(prefix) if after is None else store.list_after(prefix, after))
             return
         live = [t for t in self.read_order() if not t.is_down()] or list(self.targets)
         state: dict[str, bool] = {}
         def tagged(rank: int, t: Target) -> Iterator[tuple[str, int, ObjectInfo]]:
-            for info in self._listing(t, prefix, state):
+            for info in self._listing(t, prefix, state, after):
                 yield info.key, rank, info
 
         streams = [tagged(i, t) for i, t in enumerate(live)]
