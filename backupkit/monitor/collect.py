@@ -49,10 +49,13 @@ def read_repository(catalog: Catalog, targets: bool = True, now: float | None = 
 
 
 def _timeline(catalog: Catalog, sid: str, backups: list) -> SourceTimeline:
+    # the shipper's confirmed-through watermark first: it names a committed point, so the
+    # segments listed after it hold that point (read after them, a newer point is not found and
+    # a quiet stretch just confirmed shows as a false gap)
+    mark = read_status(catalog, sid)
     segs = catalog.segments(sid)
     gaps = catalog.gaps(sid)
     tl = SourceTimeline(sid, segments=len(segs), binlog_stored_bytes=sum(s.object.size for s in segs))
-    mark = read_status(catalog, sid)  # the shipper's confirmed-through watermark, if any
     tl.confirmed_at = mark.confirmed_at if mark is not None and mark.confirmed_at else None
     tl.intervals = restorable_intervals(backups, {sid: segs}, {sid: gaps}, sid,
                                         confirmed={sid: mark} if tl.confirmed_at else None)

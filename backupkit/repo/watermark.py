@@ -69,7 +69,11 @@ def write_status(catalog: Catalog, status: ShipperStatus) -> None:
 
 
 def watermarks(catalog: Catalog, sources: list[str]) -> dict[str, ShipperStatus]:
-    """The status objects of several sources (those that have one)."""
+    """The status objects of several sources (those that have one).
+
+    Read them before the segments: a status names a committed point, so segments listed after
+    it hold that point. Read after the listing, a newer point is not among the listed segments,
+    the watermark cannot be placed, and a quiet stretch already confirmed looks unreachable."""
     out = {}
     for sid in sources:
         st = read_status(catalog, sid)

@@ -320,10 +320,11 @@ def loss_report(catalog: Catalog, at: float | None = None, source_id: str | None
     if source_id is not None and source_id not in sources:
         raise BackupkitError(f"no source {source_id!r} in the repository",
                              f"sources: {', '.join(sources) or 'none'}")
+    confirmed = watermarks(catalog, sources)  # before the segments: see repo.watermark
     segs = {sid: catalog.segments(sid) for sid in sources}
     gaps = {sid: catalog.gaps(sid) for sid in sources}
     report = build_loss_report(backups, segs, gaps, catalog.restore_records(), at, source_id,
-                               watermarks(catalog, sources))
+                               confirmed)
     if count:
         windows = [s.window for s in report.strategies if s.window is not None]
         count_losses(catalog.store, segs.get(report.source_id, []), windows, max_parse_bytes)

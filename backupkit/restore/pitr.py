@@ -125,13 +125,13 @@ def make_plan(catalog: Catalog, target: RestoreTarget, backup_id: str | None = N
     sources = sorted({b.source.source_id for b in backups} | set(catalog.sources()))
     if source_id is not None:
         sources = [s for s in sources if s == source_id] or [source_id]
+    confirmed = watermarks(catalog, sources)  # before the segments: see repo.watermark
     segs = {sid: catalog.segments(sid) for sid in sources}
     gaps = {sid: catalog.gaps(sid) for sid in sources}
     try:
         records = catalog.restore_records()
     except Exception:  # an unreadable record only costs the estimate
         records = []
-    confirmed = watermarks(catalog, list(segs))
     return Planner(backups, segs, gaps, source_id, measured_rates(records), confirmed=confirmed,
                    databases=databases, links=links).plan(target)
 

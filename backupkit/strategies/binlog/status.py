@@ -25,6 +25,8 @@ def shipping_status(catalog: Catalog, source_id: str, spec: ConnSpec | None = No
                     now: float | None = None) -> dict[str, Any]:
     """Shipped range, lag in seconds and bytes behind the server, and the current loss window."""
     now = time.time() if now is None else now
+    # the status first: it names a committed point, so the segments listed after it hold it
+    st = read_status(catalog, source_id)
     segs = catalog.segments(source_id)
     gaps = catalog.gaps(source_id)
     runs = build_runs(segs, gaps)
@@ -44,7 +46,6 @@ def shipping_status(catalog: Catalog, source_id: str, spec: ConnSpec | None = No
     out["shipped_to"] = "{}:{}".format(*last.next_point()) if last else None
     out["last_shipped_commit_time"] = max((s.last_commit_time for s in segs), default=0) or None
     # the confirmed-through watermark: the loss window of shipping is now minus it
-    st = read_status(catalog, source_id)
     usable = bool(st is not None and st.confirmed_at and confirm(runs, st.point, st.confirmed_at))
     newest = max(float(out["last_shipped_commit_time"] or 0), st.confirmed_at if usable else 0.0)
     out["confirmed_through"] = st.confirmed_at if usable else None
