@@ -16,6 +16,8 @@ In one run, on private mariadbd servers and a moto_server built here:
     compacted segments;
 - `backupkit restore --latest` into an empty server (the whole RTO: snapshot load, plan, preflight,
   replay) over the small segments and again over the compacted ones.
+Every replay runs twice, interleaved with the standard's runs, and the faster run counts (the
+machine may be shared).
 Goal: restore --latest from S3 over many small segments >= 1.0x `mariadb-binlog | mariadb` from
 local files; peak RSS < 200 MiB.
 
@@ -165,13 +167,16 @@ def run(quick: bool = False) -> list[dict]:
 
         # the standard, from local files
         binlogs = " ".join(str(src.datadir / f) for f in logs)
-        sb = _copy_server(template, "bench-compact-std")
-        made.append(sb)
-        std = measure(f"mariadb-binlog --no-defaults --start-position={p0.pos} {binlogs} | "
-                      f"mariadb --no-defaults -h 127.0.0.1 -P {sb.port} -uroot", shell=True)
-        assert std.returncode == 0, std.stderr
-        assert _checksum(sb) == want, "mariadb-binlog | mariadb is not exact"
-        sb.destroy()
+
+        def standard():
+            sb = _copy_server(template, "bench-compact-std")
+            made.append(sb)
+            m = measure(f"mariadb-binlog --no-defaults --start-position={p0.pos} {binlogs} | "
+                        f"mariadb --no-defaults -h 127.0.0.1 -P {sb.port} -uroot", shell=True)
+            assert m.returncode == 0, m.stderr
+            assert _checksum(sb) == want, "mariadb-binlog | mariadb is not exact"
+            sb.destroy()
+            return m
 
         def rto(label: str):
             empty = Sandbox(name="bench-compact-rto", server_id=5).start()
@@ -183,15 +188,28 @@ def run(quick: bool = False) -> list[dict]:
             empty.destroy()
             return m
 
-        seq, seq_plan, _ = ours("sequential", 1, 2)
-        par, par_plan, par_n = ours("fetch-ahead", 8, 32)
+        # the machine is shared: every replay twice, interleaved, and the faster of the two
+        def best(runs):
+            return min(runs, key=lambda r: r[0].wall if isinstance(r, tuple) else r.wall)
+
+        stds, seqs, pars = [], [], []
+        for _ in range(2):
+            stds.append(standard())
+            seqs.append(ours("sequential", 1, 2))
+            pars.append(ours("fetch-ahead", 8, 32))
+        seq, seq_plan, _ = best(seqs)
+        par, par_plan, par_n = best(pars)
         rto_small = rto("small segments")
         comp = measure(["backupkit", "binlog", "compact", "--storage", url, "--older-than", "0",
                         "--grace", "0", "--json"], env=env)
         assert comp.returncode == 0, comp.stderr
         merged = json.loads(comp.stdout)["sources"][0]
-        after, after_plan, after_n = ours("compacted", 8, 32)
-
+        afters = []
+        for _ in range(2):
+            afters.append(ours("compacted", 8, 32))
+            stds.append(standard())
+        after, after_plan, after_n = best(afters)
+        std = best(stds)
         rto_comp = rto("compacted")
 
         out.append(row(name, f"shipped {n_segs} segments, {txns} transactions", ship_wall, "s"))

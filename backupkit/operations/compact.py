@@ -292,11 +292,11 @@ def compact_source(catalog: Catalog, source_id: str, *, older_than: float = DEFA
             info = merge_group(catalog, group, level=level, parallel=parallel, now=now)
             row["stored_bytes"] = info.object.size
             # the file's roll-up names the compacted entry at once (readers then prefer it)
-            listed = {i.key for i in catalog.store.list(layout.segment_file_prefix(source_id,
-                                                                                    first.binlog_file))}
-            if layout.segment_rollup(source_id, first.binlog_file) in rollups:
-                _refresh_rollups(catalog, source_id, {first.binlog_file},
-                                 listed | {layout.segment_rollup(source_id, first.binlog_file)})
+            rollup = layout.segment_rollup(source_id, first.binlog_file)
+            if rollup in rollups:
+                prefix = layout.segment_file_prefix(source_id, first.binlog_file)
+                listed = {i.key for i in catalog.store.list(prefix)}
+                _refresh_rollups(catalog, source_id, {first.binlog_file}, listed | {rollup})
             say(f"compacted {len(group)} segments of {first.binlog_file} "
                 f"[{first.start_pos}, {last.end_pos})")
             if after_commit is not None:

@@ -130,7 +130,8 @@ class RestorePlan:
                           "key": s.object.key, "bytes": s.object.size, "raw_bytes": s.object.raw_size,
                           "first_commit_time": s.first_commit_time,
                           "last_commit_time": s.last_commit_time,
-                          "gtid_first": s.gtid_first, "gtid_last": s.gtid_last}
+                          "gtid_first": s.gtid_first, "gtid_last": s.gtid_last,
+                          "merged": s.merged}
                          for s in self.segments],
             "start": {"file": self.start[0], "pos": self.start[1]},
             "stop_time": self.stop_time,

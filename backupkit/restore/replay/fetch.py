@@ -2,10 +2,11 @@
 spooled temporary files, and handed to the parser in order. Only verified bytes are handed on.
 
 The cost of a restore over many small segments is per object (a request's round trip), not per
-byte, so ``workers`` threads fetch at once. Memory stays bounded: at most ``ahead`` segments are
-fetched or waiting at a time, and each holds at most ``memory // ahead`` bytes in memory (the rest
-spills to a temporary file). The first failure stops the fetching of later segments; the parser
-still gets every segment before the failed one, then the error.
+byte, so ``workers`` threads fetch at once. Bounded: at most ``ahead`` segments are fetched or
+waiting at a time, and at most ``max_bytes`` of them once decoded (a larger one alone); each
+holds at most ``memory // ahead`` bytes in memory, the rest spills to a temporary file. The
+first failure stops the fetching of later segments; the parser still gets every segment before
+the failed one, then the error.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ FETCH_WORKERS = 8
 FETCH_AHEAD = 32
 #: Memory the waiting segments may hold in all; the rest of each spills to a temporary file.
 FETCH_MEMORY = 64 * MIB
+#: Decoded bytes fetched ahead at most (memory and temporary files together; one segment larger
+#: than this is still fetched, alone): compacted segments hold up to 256 MiB each.
+FETCH_BYTES = 512 * MIB
 
 
 class Fetched:
@@ -45,7 +49,7 @@ class Fetcher:
 
     def __init__(self, store: ObjectStore, segments: Sequence[SegmentInfo], ahead: int = FETCH_AHEAD,
                  on_bytes: Callable[[int], None] | None = None, workers: int = FETCH_WORKERS,
-                 memory: int = FETCH_MEMORY) -> None:
+                 memory: int = FETCH_MEMORY, max_bytes: int = FETCH_BYTES) -> None:
         self.store = store
         self.segments = list(segments)
         self.ahead = max(1, ahead)
@@ -60,6 +64,8 @@ class Fetcher:
         self._next_out = 0  # the next segment index get() hands on
         self._done: dict[int, Fetched | BaseException] = {}
         self._failed_at: int | None = None  # the first segment whose fetch failed
+        self.max_bytes = max_bytes
+        self._out_bytes = 0  # decoded bytes of the segments claimed and not yet handed on
 
     # -- the workers --------------------------------------------------------------------------
     def start(self) -> None:
@@ -77,8 +83,11 @@ class Fetcher:
                 if self._stop_evt.is_set() or i >= len(self.segments) or \
                         (self._failed_at is not None and i > self._failed_at):
                     return None
-                if i < self._next_out + self.ahead:
+                size = self.segments[i].object.raw_size
+                if i < self._next_out + self.ahead and \
+                        (i == self._next_out or self._out_bytes + size <= self.max_bytes):
                     self._next_claim += 1
+                    self._out_bytes += size
                     return i
                 self._cond.wait(0.2)
 
@@ -137,6 +146,7 @@ class Fetcher:
                 self._cond.wait(0.2)
             item = self._done.pop(i)
             self._next_out += 1
+            self._out_bytes -= self.segments[i].object.raw_size
             self._cond.notify_all()
         if isinstance(item, BaseException):
             self.stop()

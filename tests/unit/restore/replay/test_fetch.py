@@ -99,3 +99,20 @@ def test_a_failing_fetch_worker_hands_on_what_came_before_then_raises_and_stops(
         time.sleep(0.05)
     assert not f.is_alive()
     assert not fetched_after  # nothing past the window after the failure
+
+
+def test_fetching_ahead_stops_at_the_byte_budget_but_always_takes_the_next_segment(tmp_path):
+    store, segs = _segments(tmp_path, 12)
+    size = segs[5].object.raw_size
+    f = fetch.Fetcher(store, segs, ahead=10, workers=3, max_bytes=size * 2)
+    f.start()
+    time.sleep(0.5)
+    assert f._out_bytes <= size * 2 and f._next_claim < 10
+    got = []
+    while (item := f.get()) is not None:
+        got.append(item.index)
+        item.spool.close()
+    assert got == list(range(12))
+    f = fetch.Fetcher(store, segs, ahead=4, workers=2, max_bytes=1)  # every segment is too big
+    f.start()
+    assert [i.index for i in iter(f.get, None)] == list(range(12))
