@@ -159,7 +159,13 @@ class Lease:
             return ok
 
     def renew(self) -> bool:
-        """Extend the lease; False (and lost=True) when another shipper took it."""
+        """Extend the lease; False (and lost=True) when another shipper took it.
+
+        The lease follows the storage target that holds leases (a mirror's first healthy
+        target): when that target changed, the record found there is not the one renewed last.
+        While this holder's lease is still valid by its own clock it moves the lease there: it
+        creates it where there is none, and replaces its own older record or an expired one.
+        A valid record of another holder there means the lease is lost."""
         with self._lock:
             if not self.held:
                 return False
@@ -167,16 +173,30 @@ class Lease:
             if self.store.replace_if_match(self.key, self._record().encode(), self.etag) \
                     and self._confirm(started):
                 return True
+            rec, etag = self.current()
+            if self.remaining() > 0 and self._move(rec, etag, started):
+                return True
             rec, _ = self.current()
-            if rec is not None and rec.holder == self.holder:
-                return self._confirm(started)
             self.lost = True
             self.held = False
             self.lost_reason = (
-                f"was taken over by {rec.holder}" if rec is not None else
-                "could not be renewed: its object is gone from the storage target that holds leases "
-                "(that target went away or was replaced by the next one); taking it again")
+                f"was taken over by {rec.holder}" if rec is not None and rec.holder != self.holder else
+                "could not be renewed in time on the storage target that holds leases")
             return False
+
+    def _move(self, rec: LeaseRecord | None, etag: str, started: float) -> bool:
+        """Re-establish this holder's lease on the target that holds leases now (see renew)."""
+        if rec is None and not etag:
+            ok = self.store.put_if_absent(self.key, self._record().encode())
+        elif rec is None or rec.holder == self.holder or rec.free(self.clock(), self.grace):
+            ok = self.store.replace_if_match(self.key, self._record().encode(), etag)
+        else:
+            return False
+        if ok and self._confirm(started):
+            log.warning("the shipper lease of %s moved to the storage target that holds leases now",
+                        self.source_id)
+            return True
+        return False
 
     def release(self) -> None:
         """Give the lease up at a clean exit so a standby takes over at once."""

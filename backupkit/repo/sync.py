@@ -22,7 +22,7 @@ import io
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, BinaryIO
@@ -195,8 +195,16 @@ def _objects_of(body: dict[str, Any]) -> dict[str, tuple[str, int]]:
     return out
 
 
-def _listing(store: ObjectStore) -> dict[str, ObjectInfo]:
-    return {i.key: i for i in store.list("") if layout.is_replicated(i.key)}
+def _listing(store: ObjectStore, keys: set[str] | None = None) -> dict[str, ObjectInfo]:
+    """Every replicated object of store, or (keys) those of keys it holds: one HEAD each."""
+    if keys is None:
+        return {i.key: i for i in store.list("") if layout.is_replicated(i.key)}
+    out: dict[str, ObjectInfo] = {}
+    for k in sorted(keys):
+        info = store.stat(k) if layout.is_replicated(k) else None
+        if info is not None:
+            out[k] = info
+    return out
 
 
 def _copy_order(key: str) -> tuple[int, str]:
@@ -211,12 +219,16 @@ def _copy_order(key: str) -> tuple[int, str]:
 
 def sync_stores(sources: list[Named], dest: Named, *, keks: list | None = None, dry_run: bool = False,
                 repair: bool = False, deep: bool = False, parallel: int = 4,
-                progress: Callable[[int, int], None] | None = None) -> SyncResult:
+                progress: Callable[[int, int], None] | None = None,
+                keys: Collection[str] | None = None) -> SyncResult:
     """Copy to dest every object the sources hold and dest lacks, verified, data before commit markers.
 
     repair: replace objects whose copy on dest differs in size (or, with deep, fails its checksum).
     deep: also read back and check every object dest already holds.
     progress(done_bytes, total_bytes) is called as bytes are copied.
+    keys: only these objects (and the commit markers of their data), found with one HEAD each
+    rather than by listing the targets: a mirror's last catch-up pass, which copies only what its
+    own writes added since the bulk pass began (storage/mirror/store.py).
     """
     started = time.monotonic()
     dname, dstore = dest
@@ -226,11 +238,14 @@ def sync_stores(sources: list[Named], dest: Named, *, keks: list | None = None, 
     if not check.can_verify:
         result.verified = "sizes"
 
-    have = _listing(dstore)
+    wanted = None
+    if keys is not None:
+        wanted = set(keys) | {m for k in keys if (m := layout.commit_marker_of(k)) is not None}
+    have = _listing(dstore, wanted)
     held: dict[str, dict[str, ObjectInfo]] = {}
     for name, store in sources:
         try:
-            held[name] = _listing(store)
+            held[name] = _listing(store, wanted)
         except StorageError as exc:
             log.warning("source target %s cannot be listed: %s", name, exc.message)
             result.failed.append({"key": "*", "error": f"{name}: {exc.message}"})
@@ -339,7 +354,8 @@ def sync_stores(sources: list[Named], dest: Named, *, keks: list | None = None, 
     for key in [k for k in todo if _copy_order(k)[0] >= 2]:
         body = manifest(key) if check.can_verify else None
         if body is not None:
-            lacking = [k for k in _objects_of(body) if k not in present_now]
+            lacking = [k for k in _objects_of(body) if k not in present_now
+                       and (wanted is None or dstore.stat(k) is None)]  # not listed: ask
             if lacking:
                 result.held_back.append(key)
                 log.warning("not copying %s to %s: %d of its objects are missing there (%s)",

@@ -149,10 +149,10 @@ def wrap_encryption(store: ObjectStore, keks: list[KeyEncryptionKey]) -> ObjectS
 
 
 def _catch_up(sources: list[tuple[str, ObjectStore]], dest: tuple[str, ObjectStore],
-              progress: Callable[[int, int], None] | None):
+              progress: Callable[[int, int], None] | None, keys: list[str] | None = None):
     from backupkit.repo.sync import sync_stores  # lazy: start-up time (only a mirror catches up)
 
-    return sync_stores(sources, dest, progress=progress)
+    return sync_stores(sources, dest, progress=progress, keys=keys)
 
 
 def open_mirror(targets: list[tuple[str, ObjectStore]], write_quorum: int | None = None,

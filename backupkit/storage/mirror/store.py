@@ -17,8 +17,9 @@ Leases and conditional updates: the *authority* is the first reachable target in
 put_if_absent and replace_if_match of a lease (what the placement rule keeps on the authority only,
 repo/placement.py) run there only and are not copied; other
 conditional writes run on the authority first and are then copied to the other targets. While the
-first target is unreachable the next one is the authority, so two writers that see different targets
-as unreachable can both hold a lease: use one authority target you trust for leases, listed first.
+first target is unreachable the next one is the authority (a holder moves its valid lease there,
+repo/lease.py), so two writers that see different targets as unreachable can both hold a lease: use
+one authority target you trust for leases, listed first.
 """
 
 from __future__ import annotations
@@ -74,8 +75,11 @@ class CatchUpResult(Protocol):
     def to_dict(self) -> dict[str, Any]: ...
 
 
-#: Copies what a lagging target lacks from the others: (sources, target, progress) -> result.
-CatchUp = Callable[[list[Named], Named, Any], CatchUpResult]
+#: Copies what a lagging target lacks from the others: (sources, target, progress, keys=None) ->
+#: result; with keys, only those objects (found one by one, no listing).
+CatchUp = Callable[..., CatchUpResult]
+#: Keys the mirror remembers writing while a target lags; past this the last pass lists again.
+JOURNAL_LIMIT = 100_000
 
 
 class MirrorStore(MirrorHealth, ObjectStore):
@@ -97,6 +101,10 @@ class MirrorStore(MirrorHealth, ObjectStore):
         self._last_list_error: StorageError | None = None
         # commit markers and the last pass of a catch-up exclude each other (see catch_up)
         self._commit_lock = threading.RLock()
+        # keys written while a target lags: the last catch-up pass copies only these
+        self._journal: set[str] | None = None
+        self._journal_full = False
+        self._journal_lock = threading.Lock()
         self._closed = threading.Event()
         self._background: threading.Thread | None = None
         self._background_lock = threading.Lock()
@@ -263,7 +271,17 @@ class MirrorStore(MirrorHealth, ObjectStore):
                 self.mark_lagging(t, key, f"unreachable: {t.last_error}")
         return up
 
+    def _journal_key(self, key: str) -> None:
+        """Remember a write while a target lags (from before any catch-up lists the targets)."""
+        with self._journal_lock:
+            if self._journal is None and any(t.lagging for t in self.targets):
+                self._journal, self._journal_full = set(), False
+            if self._journal is not None and not self._journal_full:
+                self._journal.add(key)
+                self._journal_full = len(self._journal) > JOURNAL_LIMIT
+
     def put(self, key: str, data: BinaryIO | Chunks | bytes) -> ObjectInfo:
+        self._journal_key(key)
         writers = self._writers(key)
         if len(self.targets) == 1:
             info = writers[0].store.put(key, data)
@@ -343,6 +361,7 @@ class MirrorStore(MirrorHealth, ObjectStore):
     def put_if_absent(self, key: str, data: bytes) -> bool:
         if self.placement.authority_only(key):
             return self._on_authority(lambda s: s.put_if_absent(key, data))
+        self._journal_key(key)
         with self._commit_lock:
             return self._put_if_absent(key, data)
 
@@ -363,6 +382,7 @@ class MirrorStore(MirrorHealth, ObjectStore):
     def replace_if_match(self, key: str, data: bytes, etag: str) -> bool:
         if self.placement.authority_only(key):
             return self._on_authority(lambda s: s.replace_if_match(key, data, etag))
+        self._journal_key(key)
         authority, ok = self._first_ok(self.reachable(), lambda s: s.replace_if_match(key, data, etag), key)
         if not ok:
             return False
@@ -435,9 +455,16 @@ class MirrorStore(MirrorHealth, ObjectStore):
         The bulk copy runs while writes go on; a complete one is followed by a last pass under
         the commit lock (no commit marker can be written meanwhile) that copies what arrived in
         between, and only then is the flag cleared, so a target never gets a commit marker
-        before the data it commits."""
+        before the data it commits. The last pass copies only the keys this mirror wrote since
+        the target began to lag (its journal, kept from before the bulk pass listed anything):
+        one HEAD per key rather than a listing of both targets, so it holds commits up for
+        milliseconds, not for the time a large repository takes to list. Objects other
+        processes write are theirs to copy; each target stays consistent either way."""
         if self._catch_up is None:
             return []
+        with self._journal_lock:
+            if self._journal is None:
+                self._journal, self._journal_full = set(), False
         done = []
         sources = [t for t in self.targets if not t.lagging and not t.is_down()]
         for t in self.targets:
@@ -452,7 +479,12 @@ class MirrorStore(MirrorHealth, ObjectStore):
             copied = result.copied
             if result.complete:
                 with self._commit_lock:
-                    result = self._catch_up(named, (t.name, t.store), progress)
+                    with self._journal_lock:
+                        keys = None if self._journal_full else sorted(self._journal or ())
+                    if keys is None:
+                        result = self._catch_up(named, (t.name, t.store), progress)
+                    else:
+                        result = self._catch_up(named, (t.name, t.store), progress, keys=keys)
                     copied += result.copied
                     if result.complete and not t.inflight:
                         t.lagging = False
@@ -460,6 +492,9 @@ class MirrorStore(MirrorHealth, ObjectStore):
                         log.warning("storage target %s caught up: %d objects copied", t.name, copied)
                         self.record("caught_up", t.name, None, f"{copied} objects copied")
             done.append(result.to_dict())
+        with self._journal_lock:
+            if not any(t.lagging for t in self.targets):
+                self._journal = None
         return done
 
     # -- background catch-up (a shipper: the lagging target never holds its writes up) ------------
