@@ -155,6 +155,12 @@ def test_the_shipper_follows_a_switchover_and_restores_across_it_are_exact(maria
     files = {s.binlog_file for s in catalog.segments(SOURCE)}
     assert "binlog.000002" in files and "~0001~binlog.000002" in files, files
 
+    # binlog purge counts, on each server, only what was shipped from it, in its own file names
+    new = _ok(run_cli("binlog", "purge", "--keep", "0", "--dry-run", "--json", env=env_r))
+    assert new["files"] == ["binlog.000001"] and new["purge_to"] == "binlog.000002", new
+    old = _ok(run_cli("binlog", "purge", "--keep", "0", "--dry-run", "--json", env=env_p))
+    assert old["files"] == ["binlog.000001"] and old["current_file"] == "binlog.000002", old
+
     # restores to moments before, across and after the switchover, from the base before it
     target = mariadb_factory(server_id=9)
     for at, sums in (before, across, after):
