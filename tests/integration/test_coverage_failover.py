@@ -99,9 +99,10 @@ def _writes(current: list) -> WriteLoad:
     return WriteLoad(lambda: current[0].connect(), step, pause=0.004, name="failover-writer")
 
 
-def test_the_shipper_follows_a_switchover_and_restores_across_it_are_exact(mariadb_factory, tmp_path):
+def test_the_shipper_follows_a_switchover_and_restores_across_it_are_exact(mariadb_factory, tmp_path,
+                                                                            store_url):
     primary, replica = _pair(mariadb_factory)
-    url = f"file://{tmp_path / 'repo'}"
+    url = store_url
     env_p, env_r = _env(primary, url, tmp_path), _env(replica, url, tmp_path)
     base = _ok(run_cli("snapshot", "--json", env=env_p))
     procs = [start_shipper(primary, url, tmp_path / "ship-primary.log", "--source-id", SOURCE)]
@@ -231,6 +232,44 @@ def test_a_running_shipper_behind_a_virtual_ip_follows_the_switchover(mariadb_fa
         assert table_checksums(target, ["w"]) == sums
     _ok(run_cli("restore", "--latest", "--target", target.url, "--force", "--json", env=env))
     assert table_checksums(target, ["w"]) == table_checksums(replica, ["w"])
+
+
+def test_a_switchover_and_back_ships_the_first_server_again_in_a_third_epoch(mariadb_factory, tmp_path):
+    """Server 1, then server 2, then server 1 again: the first server's file names come back
+    (its binlog.000001 is shipped in epoch 0 and again, further on, in epoch 2), and a restore from the
+    first base across both switchovers is exact."""
+    primary, replica = _pair(mariadb_factory)
+    url = f"file://{tmp_path / 'repo'}"
+    env_p = _env(primary, url, tmp_path)
+    base = _ok(run_cli("snapshot", "--json", env=env_p))
+
+    def writes(sb, tag: int, n: int = 30) -> None:
+        for i in range(n):
+            sb.sql("INSERT INTO w.t (k, v) VALUES (%s, 'x')", (tag + i,))
+
+    writes(primary, 0)
+    _ok(ship_once(primary, url, "--source-id", SOURCE))
+    wait_for(lambda: _caught_up(primary, replica), 30, "the replica")
+    _promote(replica)  # switchover 1: server 2 is the primary, server 1 its replica
+    primary.sql("SET GLOBAL gtid_slave_pos = @@gtid_binlog_pos")
+    _replica_of(replica, primary)
+    writes(replica, 1000)
+    _ok(ship_once(replica, url, "--source-id", SOURCE))
+    writes(replica, 2000)
+    wait_for(lambda: _caught_up(replica, primary), 30, "the old primary")
+    _promote(primary)  # switchover 2: back to server 1
+    writes(primary, 3000)
+    out = _ok(ship_once(primary, url, "--source-id", SOURCE))
+    assert out["switchovers"][0]["lossless"] and out["switchovers"][0]["epoch"] == 2
+    status = _ok(run_cli("binlog", "status", "--json", env=env_p))["sources"][0]
+    assert [(e["epoch"], e["server_id"]) for e in status["servers"]] == [(0, 1), (1, 2), (2, 1)]
+    assert all(e.get("joined", "by GTID") == "by GTID" for e in status["servers"])
+    assert len(status["ranges"]) == 1 and not status["gaps"]
+    target = mariadb_factory(server_id=9)
+    out = _ok(run_cli("restore", "--latest", "--target", target.url, "--force", "--json", env=env_p))
+    assert out["plan"]["base"]["id"] == base["backup_id"]
+    assert {s["file"][:6] for s in out["plan"]["segments"]} >= {"~0001~", "~0002~"}
+    assert table_checksums(target, ["w"]) == table_checksums(primary, ["w"])
 
 
 def test_a_lossy_switchover_is_a_recorded_gap_and_the_runbook_recovers(mariadb_factory, tmp_path):
