@@ -372,7 +372,9 @@ def _leftovers(listed: set[str], segs: Sequence[SegmentInfo], keep: set[str], gr
 def _refresh_rollups(catalog: Catalog, source_id: str, files: set[str], listed: set[str],
                      dropping: set[str] = frozenset()) -> None:  # type: ignore[assignment]
     """Rewrite the roll-up of each file whose segments change, from its listed entries less
-    those being dropped (or delete it when fewer than two are left)."""
+    those being dropped (one entry is enough: a compacted finished file may have one left), or
+    delete it when none is left. A roll-up the head names is authoritative for its file, and it
+    is replaced in one PUT, so a reader sees the old set of entries or the new one."""
     for f in sorted(files):
         key = layout.segment_rollup(source_id, f)
         if key not in listed:
@@ -380,7 +382,7 @@ def _refresh_rollups(catalog: Catalog, source_id: str, files: set[str], listed: 
         keys = [k for k in listed if (pos := layout.segment_of(k)) and pos[0] == f
                 and k not in dropping]
         try:
-            if catalog.roll_up_file(source_id, f, keys=keys) is None:
+            if catalog.roll_up_file(source_id, f, keys=keys, finished=True) is None:
                 catalog.store.delete([key])
         except StorageError as exc:
             log.warning("roll-up of %s not rewritten after compaction: %s", f, exc.message)
