@@ -156,6 +156,9 @@ def test_the_shipper_follows_a_switchover_and_restores_across_it_are_exact(maria
     files = {s.binlog_file for s in catalog.segments(SOURCE)}
     assert "binlog.000002" in files and "~0001~binlog.000002" in files, files
 
+    listing = _ok(run_cli("list", "--json", env=env_r))
+    assert len(listing["binlog_coverage"]) == 1, listing["binlog_coverage"]  # one run across both
+    _ok(run_cli("report", "--json", env=env_r))
     # binlog purge counts, on each server, only what was shipped from it, in its own file names
     new = _ok(run_cli("binlog", "purge", "--keep", "0", "--dry-run", "--json", env=env_r))
     assert new["files"] == ["binlog.000001"] and new["purge_to"] == "binlog.000002", new
@@ -270,6 +273,32 @@ def test_a_switchover_and_back_ships_the_first_server_again_in_a_third_epoch(mar
     assert out["plan"]["base"]["id"] == base["backup_id"]
     assert {s["file"][:6] for s in out["plan"]["segments"]} >= {"~0001~", "~0002~"}
     assert table_checksums(target, ["w"]) == table_checksums(primary, ["w"])
+
+
+def test_transactions_the_dead_primary_never_shipped_are_shipped_from_the_promoted_replica(
+        mariadb_factory, tmp_path):
+    """The primary dies with committed transactions its shipper had not shipped yet, but its
+    replica had: the link is before them on the replica, so they are shipped from there."""
+    primary, replica = _pair(mariadb_factory)
+    url = f"file://{tmp_path / 'repo'}"
+    env_p, env_r = _env(primary, url, tmp_path), _env(replica, url, tmp_path)
+    _ok(run_cli("snapshot", "--json", env=env_p))
+    for i in range(10):
+        primary.sql("INSERT INTO w.t (k, v) VALUES (%s, 'shipped')", (i,))
+    _ok(ship_once(primary, url, "--source-id", SOURCE))
+    shipped = Catalog(open_store(url)).last_segment(SOURCE).gtid_state
+    for i in range(25):  # committed and replicated, never shipped: then the primary dies
+        primary.sql("INSERT INTO w.t (k, v) VALUES (%s, 'unshipped')", (100 + i,))
+    wait_for(lambda: _caught_up(primary, replica), 30, "the replica")
+    expected = table_checksums(replica, ["w"])
+    primary.stop()
+    _promote(replica)
+    out = _ok(ship_once(replica, url, "--source-id", SOURCE))
+    assert out["switchovers"][0]["lossless"] and out["transactions"] == 25, out
+    assert out["switchovers"][0]["gtid"] == shipped
+    target = mariadb_factory(server_id=9)
+    _ok(run_cli("restore", "--latest", "--target", target.url, "--force", "--json", env=env_r))
+    assert table_checksums(target, ["w"]) == expected
 
 
 def test_a_lossy_switchover_is_a_recorded_gap_and_the_runbook_recovers(mariadb_factory, tmp_path):
