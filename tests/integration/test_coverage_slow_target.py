@@ -30,17 +30,14 @@ pytestmark = [pytest.mark.timeout(400), pytest.mark.slow]
 BLACKHOLE = float(os.environ.get("BACKUPKIT_TEST_BLACKHOLE", "60"))
 
 
-def _policy(tmp_path: Path, west, bucket: str) -> Path:
+def _policy(tmp_path: Path, west, bucket: str, s3_first: bool = False) -> Path:
     p = tmp_path / "two-targets.toml"
-    p.write_text(f"""
-[storage]
-write_quorum = 1
-stall_timeout = 3
-
+    local = f"""
 [[storage.targets]]
 name = "local"
 url = "file://{tmp_path / 'local'}"
-
+"""
+    s3 = f"""
 [[storage.targets]]
 name = "west"
 url = "s3://{bucket}/repo"
@@ -49,7 +46,9 @@ region = "us-west-2"
 connect_timeout = 2
 read_timeout = 4
 max_attempts = 1
-""")
+"""
+    p.write_text("[storage]\nwrite_quorum = 1\nstall_timeout = 3\n"
+                 + (s3 + local if s3_first else local + s3))
     return p
 
 
@@ -141,3 +140,58 @@ def _blackhole_run(src, west, bucket, policy, env, proc, log) -> None:
     # within 5 s; on a loaded machine process start alone can take longer, so the outage may add
     # at most the interactive deadline (2 s) and a second to what status took before it
     assert max(status_times) < max(5.0, baseline + 3.0), (baseline, status_times)
+
+
+def test_a_frozen_first_target_does_not_cost_the_shipper_its_lease(mariadb_factory, regions, tmp_path):
+    """Leases live on the first reachable target. With S3 listed first and frozen, the holder
+    moves its still valid lease to the local target and keeps shipping: no standby, no lost
+    lease. (Commit markers still try the first target first until it is marked down, so one
+    commit may wait up to stall_timeout: the loss bound here is that, not 2.5 s.)"""
+    _, west = regions
+    bucket = f"first-{os.getpid()}-{int(time.time())}"
+    west.create_bucket(bucket)
+    src = mariadb_factory(server_id=1)
+    make_table(src)
+    policy = _policy(tmp_path, west, bucket, s3_first=True)
+    env = {"BACKUPKIT_SOURCE": src.url}
+    assert run_cli("--policy", str(policy), "snapshot", "--json", env=env).returncode == 0
+    log = tmp_path / "ship.log"
+    exe = str(Path(sys.executable).parent / "backupkit")
+    healthy = Catalog(open_store(f"file://{tmp_path / 'local'}"))
+    writer = shipping_writer(src, pause=0.05)
+    with open(log, "ab") as fh:
+        proc = subprocess.Popen([exe, "--policy", str(policy), "binlog", "ship", "--sync-interval", "0.2",
+                                 "--heartbeat", "0.5"],
+                                stdout=fh, stderr=fh, env={**os.environ, **env}, start_new_session=True)
+    frozen = False
+    try:
+        writer.start()
+        sid = wait_for(healthy.sources, 30, "the first segment")[0]
+        time.sleep(1)
+        os.killpg(west.proc.pid, signal.SIGSTOP)
+        frozen = True
+        windows = []
+        t_end = time.monotonic() + min(BLACKHOLE, 25)
+        while time.monotonic() < t_end:
+            last = healthy.last_segment(sid)
+            windows.append(time.time() - (last.last_commit_time if last else 0.0))
+            time.sleep(0.5)
+        os.killpg(west.proc.pid, signal.SIGCONT)
+        frozen = False
+        time.sleep(3)
+        writer.stop()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0, log.read_text()
+    finally:
+        if frozen:
+            os.killpg(west.proc.pid, signal.SIGCONT)
+        writer.stop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+    text = log.read_text()
+    print(f"S3 first and frozen: loss window from the local target max {max(windows):.2f} s, "
+          f"median {sorted(windows)[len(windows) // 2]:.2f} s")
+    assert "moved to the storage target that holds leases now" in text, text
+    assert "standing by" not in text and "taken over" not in text and "lost" not in text, text
+    assert max(windows) < 3.0 + 3.0, windows  # stall_timeout, plus the sync and a second
