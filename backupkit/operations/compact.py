@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from backupkit.errors import IntegrityError, StorageError
+from backupkit.errors import IntegrityError, ObjectNotFound, StorageError
 from backupkit.mysql import binlog_events as be
 from backupkit.repo import layout
 from backupkit.repo.catalog import Catalog, SegmentInfo
@@ -272,10 +272,10 @@ def compact_source(catalog: Catalog, source_id: str, *, older_than: float = DEFA
     now = time.time() if now is None else now
     say = report or (lambda _m: None)
     res = CompactResult(source_id, dry_run=dry_run)
-    segs = catalog.segments(source_id)
+    segs, listed_keys = _segments(catalog, source_id)
     gaps = catalog.gaps(source_id)
     res.segments_before = len(segs)
-    gone, listed_keys = _sweep(catalog, source_id, segs, gaps, grace, now, dry_run, res, say)
+    gone = _sweep(catalog, source_id, segs, listed_keys, gaps, grace, now, dry_run, res, say)
     live = [s for s in segs if s.key not in gone]
     # 2. the merges
     groups = plan_merges(live, gaps, now=now, older_than=older_than, window=window,
@@ -304,8 +304,8 @@ def compact_source(catalog: Catalog, source_id: str, *, older_than: float = DEFA
         merged_keys.update(s.key for s in group)
         res.merged.append(row)
     if groups and grace <= 0 and not dry_run:  # no grace: the small ones go in this run
-        segs = catalog.segments(source_id)
-        gone, _ = _sweep(catalog, source_id, segs, gaps, grace, now, dry_run, res, say)
+        segs, listed_keys = _segments(catalog, source_id)
+        gone = _sweep(catalog, source_id, segs, listed_keys, gaps, grace, now, dry_run, res, say)
         live = [s for s in segs if s.key not in gone]
         merged_keys.clear()
         groups = []
@@ -315,18 +315,47 @@ def compact_source(catalog: Catalog, source_id: str, *, older_than: float = DEFA
     return res
 
 
-def _sweep(catalog: Catalog, source_id: str, segs: Sequence[SegmentInfo], gaps: Sequence,
-           grace: float, now: float, dry_run: bool, res: CompactResult,
-           say: Callable[[str], None]) -> tuple[set[str], set[str]]:
+def _segments(catalog: Catalog, source_id: str) -> tuple[list[SegmentInfo], set[str]]:
+    """The source's segments as readers see them, plus every compacted entry that is listed but
+    not among them (a roll-up or chunk that names only the small ones, written before the
+    merge, or a run that stopped before rewriting the roll-up), and every key of the source."""
+    segs = catalog.segments(source_id)
+    listed = {i.key for i in catalog.store.list(layout.binlog_prefix(source_id))}
+    have = {s.key for s in segs}
+    by_file: dict[str, list[tuple[int, int]]] = {}
+    for s in segs:
+        by_file.setdefault(s.binlog_file, []).append((s.start_pos, s.end_pos))
+    wider = []
+    for key in listed - have:
+        pos = layout.segment_of(key)
+        if pos is None:
+            continue
+        f, start, end = pos
+        if end > start and sum(1 for a, b in by_file.get(f, ()) if start <= a and b <= end
+                               and (a, b) != (start, end)) >= 2:
+            wider.append(key)  # it covers two or more segments readers know: a compacted one
+    for key in sorted(wider):
+        try:
+            seg = SegmentInfo.from_dict(catalog.read_manifest(key))
+        except (ObjectNotFound, IntegrityError, KeyError, TypeError, ValueError) as exc:
+            log.warning("ignoring index entry %s: %s", key, exc)
+            continue
+        if seg.merged and seg.source_id == source_id:
+            segs.append(seg)
+    return sorted(segs, key=lambda s: (s.binlog_file, s.start_pos, s.end_pos)), listed
+
+
+def _sweep(catalog: Catalog, source_id: str, segs: Sequence[SegmentInfo], listed: set[str],
+           gaps: Sequence, grace: float, now: float, dry_run: bool, res: CompactResult,
+           say: Callable[[str], None]) -> set[str]:
     """Delete the segments superseded more than grace ago, and whatever a stopped run left of
-    them (an entry or a data object lying inside such a compacted segment); returns the index
-    keys deleted and the keys listed before. Order: the file's roll-up is rewritten without
+    them (an entry or a data object lying inside such a compacted segment; listed: every key of
+    the source); returns the index keys deleted. Order: the file's roll-up is rewritten without
     them first (a reader of the roll-up must not plan with what goes next), then the entries
     go, then the data."""
     pairs = superseded(segs, gaps)
     due = [(s, w) for s, w in pairs if w.created_at and now - w.created_at >= grace]
     res.waiting = len(pairs) - len(due)
-    listed = {i.key for i in catalog.store.list(layout.binlog_prefix(source_id))}
     keep = {s.key for s in segs} - {s.key for s, _ in due}
     left = _leftovers(listed, segs, keep, grace, now)
     entries = sorted({s.key for s, _ in due} | {k for k in left if layout.segment_of(k)})
@@ -340,7 +369,7 @@ def _sweep(catalog: Catalog, source_id: str, segs: Sequence[SegmentInfo], gaps: 
         say(f"deleted {len(due)} superseded segment(s) of {source_id}"
             + (f" and {len(left)} object(s) a stopped run left" if left else ""))
     res.deleted += entries + data
-    return set(entries), listed
+    return set(entries)
 
 
 def _leftovers(listed: set[str], segs: Sequence[SegmentInfo], keep: set[str], grace: float,

@@ -213,3 +213,18 @@ def test_event_readers_see_a_compacted_stretch_once_while_its_small_segments_rem
     used = in_use(segs)
     assert [(s.start_pos, s.end_pos, s.merged) for s in used] == [
         (4, r.segments[8].end_pos, 9), (r.segments[9].start_pos, r.end, 0)]
+
+
+def test_a_compacted_entry_the_readers_cache_does_not_name_yet_is_found_by_listing(tmp_path,
+                                                                                   monkeypatch):
+    """A roll-up (or open-file chunk) written before the merge names only the small segments:
+    the sweep still finds the compacted entry by listing, so the small ones go after the grace."""
+    r = Repo(tmp_path, 10)
+    cp.compact_source(r.catalog, SRC, older_than=0, grace=600, now=T0 + 100)
+    real = Catalog.segments
+    monkeypatch.setattr(Catalog, "segments", lambda self, sid: [s for s in real(self, sid) if not s.merged])
+    res = cp.compact_source(r.catalog, SRC, older_than=0, grace=600, now=T0 + 800)
+    assert res.merged == []  # not merged again: the listed compacted entry counts
+    assert len(res.deleted) == 2 * 9
+    monkeypatch.setattr(Catalog, "segments", real)
+    assert [s.merged for s in r.catalog.segments(SRC)] == [9, 0]
