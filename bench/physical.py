@@ -207,6 +207,9 @@ def run_size(rows: int, rounds: int) -> tuple[list[dict], dict[str, float]]:
     mib = 1 << 20
     label = f"{rows:,} rows"
     at = f" ({label})"
+    def walls(*keys: str) -> str:
+        return "; ".join(k.replace("_", " ") + " " + ", ".join(f"{v:.2f}" for v in res[k]) for k in keys)
+
     b = med["bk_backup"] / med["base_backup"]
     r = med["bk_restore"] / med["base_prepare"]
     f = med["logical_restore"] / med["bk_full_restore"]
@@ -216,14 +219,17 @@ def run_size(rows: int, rounds: int) -> tuple[list[dict], dict[str, float]]:
         row(BENCH, "baseline: mariadb-backup --stream | zstd -1" + at, med["base_backup"], "s"),
         row(BENCH, "backup: snapshot --engine physical" + at, med["bk_backup"], "s",
             "<= 1.15x mariadb-backup | zstd -1", b, b <= 1.15),
-        row(BENCH, "backup: of which the stream (manifest duration)" + at, med["bk_backup_inside"], "s", "",
+        row(BENCH, "backup: of which the stream (manifest duration)" + at, med["bk_backup_inside"], "s",
+            "rounds (s): " + walls("base_backup", "bk_backup", "bk_backup_inside"),
             med["bk_backup_inside"] / med["base_backup"]),
         row(BENCH, "baseline: zstd -dc | mbstream -x + --prepare" + at, med["base_prepare"], "s"),
         row(BENCH, "restore to a startable datadir" + at, med["bk_restore"], "s",
             "<= 1.2x mbstream -x + --prepare", r, r <= 1.2),
-        row(BENCH, "restore: of which extract + prepare" + at, med["bk_restore_inside"], "s", "",
+        row(BENCH, "restore: of which extract + prepare" + at, med["bk_restore_inside"], "s",
+            "rounds (s): " + walls("base_prepare", "bk_restore", "bk_restore_inside"),
             med["bk_restore_inside"] / med["base_prepare"]),
-        row(BENCH, "logical restore (snapshot) of the same data" + at, med["logical_restore"], "s"),
+        row(BENCH, "logical restore (snapshot) of the same data" + at, med["logical_restore"], "s",
+            "rounds (s): " + walls("logical_restore", "bk_full_restore")),
         row(BENCH, "full physical restore (server started)" + at, med["bk_full_restore"], "s",
             ">= 3x faster than logical (goal at 4M rows)", f, f >= 3 if rows >= 4_000_000 else None),
         row(BENCH, "incremental after 1% of rows changed: stored" + at, sizes["inc_stored"] / mib, "MiB",
