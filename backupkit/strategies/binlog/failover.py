@@ -201,13 +201,6 @@ def locate_link(shipped: str, files: Sequence[tuple[str, str]],
     return link
 
 
-def judge(conn, facts, shipped: str) -> str:
-    """One sentence on whether the server on conn continues the shipped history (MariaDB)."""
-    if not facts.is_mariadb or not shipped:
-        return ""
-    return find_link(conn, facts, shipped).verdict()
-
-
 class SourceMoved(SourceError):
     """A replication session reached another server than the one being shipped (the source's
     address moved to a promoted replica: a virtual IP, a proxy, a DNS name)."""
