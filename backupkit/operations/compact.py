@@ -364,6 +364,7 @@ def _sweep(catalog: Catalog, source_id: str, segs: Sequence[SegmentInfo], listed
         files = {s.binlog_file for s, _ in due} | {pos[0] for k in entries
                                                     if (pos := layout.segment_of(k))}
         _refresh_rollups(catalog, source_id, files, listed, set(entries))
+        catalog.forget_chunks(source_id, files)  # an open file's chunks name them too (rollups.py)
         catalog.store.delete(entries)  # then the entries: listings stop showing them
         catalog.store.delete(data)
         say(f"deleted {len(due)} superseded segment(s) of {source_id}"

@@ -30,6 +30,7 @@ from backupkit.repo import layout
 from backupkit.repo.catalog import (
     BackupManifest,
     Catalog,
+    Chunk,
     GapInfo,
     SegmentInfo,
     decode_manifest,
@@ -236,6 +237,12 @@ def rollup_problems(catalog: Catalog, source_id: str, repair: bool = False
     notes: list[str] = []
     for info in catalog.store.list(layout.rollup_prefix(source_id)):
         binlog_file = layout.rollup_file_of(info.key)
+        chunk = layout.rollup_chunk_of(info.key)
+        if chunk is not None:  # a chunk of an open file's roll-up (repo/rollups.py)
+            problem, note = _chunk_problem(catalog, Chunk(*chunk, info.key), repair)
+            problems += [problem] if problem else []
+            notes += [note] if note else []
+            continue
         if binlog_file is None:
             continue
         try:
@@ -254,6 +261,21 @@ def rollup_problems(catalog: Catalog, source_id: str, repair: bool = False
             problems.append(Problem("rollup", info.key, f"roll-up {info.key!r} of {binlog_file} is "
                                     f"damaged: {why} (run 'backupkit verify --repair' to rebuild it)"))
     return problems, notes
+
+
+def _chunk_problem(catalog: Catalog, chunk: Chunk, repair: bool) -> tuple[Problem | None, str | None]:
+    """A chunk that cannot be read: a problem, or with repair deleted (readers list its entries)."""
+    try:
+        catalog.read_chunk(chunk)
+        return None, None
+    except ObjectNotFound:
+        return None, None  # merged or pruned meanwhile
+    except IntegrityError as exc:
+        if repair:
+            catalog.store.delete([chunk.key])
+            return None, f"roll-up chunk {chunk.key} was damaged ({exc.message}); removed"
+        return Problem("rollup", chunk.key, f"roll-up chunk {chunk.key!r} of {chunk.binlog_file} is "
+                       f"damaged: {exc.message} (run 'backupkit verify --repair' to remove it)"), None
 
 
 def _segments_cheaply(catalog: Catalog, source_id: str, report: VerifyReport,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -77,8 +78,13 @@ def manifest_at(key: str, body: dict[str, Any]) -> BackupManifest:
     return manifest
 
 
+@functools.cache
+def _field_names(cls) -> frozenset[str]:
+    return frozenset(f.name for f in fields(cls))
+
+
 def _from_dict(cls, d: dict[str, Any]):
-    names = {f.name for f in fields(cls)}
+    names = _field_names(cls)  # once per class: a catalog reads millions of entries
     return cls(**{k: v for k, v in d.items() if k in names})
 
 
@@ -128,7 +134,7 @@ class BackupManifest:
         return _from_dict(cls, d)
 
 
-@dataclass
+@dataclass(slots=True)  # a catalog holds one per segment: no per-object __dict__
 class SegmentInfo:
     """Index entry of one shipped binlog segment: events [start_pos, end_pos) of binlog_file.
 
@@ -210,6 +216,42 @@ class BinlogHead:
     segment: SegmentInfo
     rollups: list[str]
     updated_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A stored chunk of an open file's roll-up: the entries of binlog_file starting in
+    [start, end) (repo/rollups.py writes them)."""
+
+    binlog_file: str
+    start: int
+    end: int
+    key: str
+
+
+def chunks_of(keys: Iterable[str]) -> dict[str, list[Chunk]]:
+    """The chunks among listed roll-up keys, by binlog file."""
+    out: dict[str, list[Chunk]] = {}
+    for key in keys:
+        pos = layout.rollup_chunk_of(key)
+        if pos is not None:
+            out.setdefault(pos[0], []).append(Chunk(pos[0], pos[1], pos[2], key))
+    return out
+
+
+def chain(chunks: Iterable[Chunk], start: int) -> list[Chunk]:
+    """From start on, the widest chunk starting there, then the widest starting where it ends, and
+    so on: the chunks a reader reads instead of the entries they hold."""
+    by_start: dict[int, Chunk] = {}
+    for c in chunks:
+        if c.end > c.start and (c.start not in by_start or c.end > by_start[c.start].end):
+            by_start[c.start] = c
+    out: list[Chunk] = []
+    pos = start
+    while pos in by_start:
+        out.append(by_start[pos])
+        pos = by_start[pos].end
+    return out
 
 
 def binlog_order(file: str, pos: int) -> tuple[str, int]:
@@ -357,7 +399,7 @@ class Catalog:
         seen: list[str] = []
         after = ""
         while True:
-            it = self.store.list_after(layout.BINLOG, after) if after else self.store.list(layout.BINLOG)
+            it = self.store.list_after(layout.BINLOG, after)  # from the start when after is ""
             first = next(iter(it), None)
             close = getattr(it, "close", None)
             if close is not None:
@@ -375,7 +417,7 @@ class Catalog:
         files after the last of them are listed (_segments_from_head). Otherwise, or when the
         head does not hold up, every index entry is listed (_segments_listed)."""
         head = self.head(source_id)
-        if head is not None and head.rollups:
+        if head is not None:
             found = self._segments_from_head(source_id, head)
             if found is not None:
                 return found
@@ -388,51 +430,37 @@ class Catalog:
         result lacks the head's own segment (a writer broke the rule that the named files are all
         the finished files before the newest one): the caller lists everything then."""
         rolled = sorted(set(head.rollups), key=lambda f: binlog_order(f, 0))
-        if binlog_order(rolled[-1], 0) > binlog_order(head.segment.binlog_file, 0):
+        if rolled and binlog_order(rolled[-1], 0) > binlog_order(head.segment.binlog_file, 0):
             log.warning("head of %s names roll-ups after its newest segment: listing", source_id)
             return None
         present = {i.key: i.mtime for i in self.store.list(layout.rollup_prefix(source_id))}
-        keys = [layout.segment_rollup(source_id, f) for f in rolled]
 
-        def one(key: str) -> dict[str, Any] | None:
+        def one(f: str) -> list[SegmentInfo] | None:
+            """The entries of file f from its roll-up (made here, so that only the roll-ups in
+            flight are held as parsed JSON), or None: list that file."""
+            key = layout.segment_rollup(source_id, f)
             if key not in present:
                 return None  # being rewritten by prune (or pruned whole): that file is listed
             try:
-                return self._read_rollup(key)
+                body = self._read_rollup(key)
+                segs = [SegmentInfo.from_dict(d) for d in body.get("segments", [])]
             except ObjectNotFound:
                 return None
             except (IntegrityError, StorageError) as exc:
                 log.warning("ignoring roll-up %s (its file is listed): %s", key, exc.message)
                 return None
+            except (KeyError, TypeError, ValueError, AttributeError):
+                log.warning("ignoring roll-up %s (a malformed entry): its file is listed", key)
+                return None
+            return [x for x in segs if x.source_id == source_id and x.binlog_file == f]
 
-        with ThreadPoolExecutor(max_workers=max(1, min(self.parallel, len(keys)))) as pool:
-            bodies = list(pool.map(one, keys))
         segs: list[SegmentInfo] = []
-        for f, body in zip(rolled, bodies, strict=True):
-            if body is None:
-                segs += self._file_listed(source_id, f)
-                continue
-            for d in body.get("segments", []):
-                try:
-                    seg = SegmentInfo.from_dict(d)
-                except (KeyError, TypeError, ValueError, AttributeError):
-                    log.warning("ignoring roll-up %s (a malformed entry): its file is listed",
-                                layout.segment_rollup(source_id, f))
-                    segs = [s for s in segs if s.binlog_file != f] + self._file_listed(source_id, f)
-                    break
-                if seg.source_id == source_id and seg.binlog_file == f:
-                    segs.append(seg)
-        # the files after the last rolled-up one: listed (one LIST from there on)
-        listed = {i.key: i.mtime for i in self.store.list_after(
-            layout.index_prefix(source_id), layout.index_after_file(source_id, rolled[-1]))
-            if layout.is_segment_index(i.key)}
-        if listed:
-            partial = [(k, m) for k, m in present.items()
-                       if (f := layout.rollup_file_of(k)) is not None
-                       and binlog_order(f, 0) > binlog_order(rolled[-1], 0)]
-            known = self._rolled_up(partial, listed)
-            segs += [known[k] for k in listed if k in known]
-            segs += [SegmentInfo.from_dict(d) for d in self._read_many([k for k in listed if k not in known])]
+        with ThreadPoolExecutor(max_workers=max(1, min(self.parallel, len(rolled)))) as pool:
+            for f, got in zip(rolled, pool.map(one, rolled), strict=True):
+                segs += got if got is not None else self._file_listed(source_id, f)
+        # the files after the last rolled-up one: their chunks, the entries after those listed
+        segs += self._tail(source_id, layout.index_after_file(source_id, rolled[-1]) if rolled else None,
+                           present)
         newest = head.segment
         if not any(s.binlog_file == newest.binlog_file and s.start_pos <= newest.start_pos
                    and s.end_pos >= newest.end_pos for s in segs):
@@ -440,6 +468,97 @@ class Catalog:
                         source_id, newest.key)
             return None
         return sorted(segs, key=lambda s: (s.binlog_file, s.start_pos, s.end_pos))
+
+    def _tail(self, source_id: str, after: str | None, present: dict[str, float]) -> list[SegmentInfo]:
+        """The entries after key after (all when None): from each listed entry where a chain of
+        chunks starts, the chunks (GETs) and a new LIST from where the chain ends; the entries no
+        chunk holds are read through a partial whole-file roll-up, else one by one. A chunk that
+        cannot be read is dropped and its entries listed."""
+        chunks = chunks_of(present)
+        segs: list[SegmentInfo] = []
+        pending: dict[str, float] = {}
+        while True:
+            listing = (self.store.list_after(layout.index_prefix(source_id), after) if after
+                       else self.store.list(layout.index_prefix(source_id)))
+            found: tuple[str, list[Chunk]] | None = None
+            for info in listing:
+                pos = layout.segment_of(info.key)
+                if pos is None:
+                    continue
+                ch = chain(chunks.get(pos[0], ()), pos[1])
+                if ch:
+                    found = (pos[0], ch)
+                    break
+                pending[info.key] = info.mtime
+            close = getattr(listing, "close", None)
+            if close is not None:
+                close()
+            if found is None:
+                break
+            f, ch = found
+            with ThreadPoolExecutor(max_workers=max(1, min(self.parallel, len(ch)))) as pool:
+                got = list(pool.map(self._read_chunk_or_none, ch))
+            bad = {c for c, entries in zip(ch, got, strict=True) if entries is None}
+            if bad:
+                chunks[f] = [c for c in chunks[f] if c not in bad]
+                continue  # list again from the same place, without them
+            for entries in got:
+                segs += entries or []
+            after = layout.index_from(source_id, f, ch[-1].end)
+        if pending:
+            files = {pos[0] for k in pending if (pos := layout.segment_of(k)) is not None}
+            partial = [(k, m) for k, m in present.items() if layout.rollup_file_of(k) in files]
+            known = self._rolled_up(partial, pending)
+            segs += [known[k] for k in pending if k in known]
+            segs += [SegmentInfo.from_dict(d) for d in self._read_many(
+                [k for k in pending if k not in known], missing_ok=True) if d is not None]
+        return segs
+
+    def read_chunk(self, c: Chunk) -> list[SegmentInfo]:
+        """The entries of a chunk (only those of its file and interval); IntegrityError when it is
+        damaged."""
+        out = []
+        for d in self._read_rollup(c.key).get("segments", []):
+            try:
+                seg = SegmentInfo.from_dict(d)
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                raise IntegrityError(f"roll-up {c.key!r} holds a malformed entry ({type(exc).__name__})",
+                                     "the stored copy is damaged") from None
+            if seg.binlog_file == c.binlog_file and c.start <= seg.start_pos < c.end:
+                out.append(seg)
+        return out
+
+    def _read_chunk_or_none(self, c: Chunk) -> list[SegmentInfo] | None:
+        try:
+            return self.read_chunk(c)
+        except ObjectNotFound:
+            return None
+        except (IntegrityError, StorageError) as exc:
+            log.warning("ignoring roll-up %s (its entries are listed): %s", c.key, exc.message)
+            return None
+
+    def forget_rollups(self, source_id: str, binlog_files: Iterable[str]) -> None:
+        """Delete the roll-up and the chunks of these files: done before their entries are edited
+        (prune, compaction), so that readers list those files meanwhile."""
+        files = sorted(set(binlog_files))
+        if files:
+            self.store.delete([layout.segment_rollup(source_id, f) for f in files])
+            self.forget_chunks(source_id, files)
+
+    def forget_chunks(self, source_id: str, binlog_files: Iterable[str]) -> None:
+        """Delete the chunks of these files' roll-ups (repo/rollups.py) before their entries are
+        edited: readers list those entries meanwhile, and a writer merges no chunk that is gone."""
+        keys = [i.key for f in sorted(set(binlog_files))
+                for i in self.store.list(layout.rollup_chunk_prefix(source_id, f))]
+        if keys:
+            self.store.delete(keys)
+
+    def write_rollup(self, key: str, source_id: str, binlog_file: str,
+                     segs: Iterable[SegmentInfo]) -> None:
+        """Store entries as one roll-up object at key (a file's or a chunk's)."""
+        body = {"type": "segment_rollup", "source_id": source_id, "binlog_file": binlog_file,
+                "created_at": time.time(), "segments": [s.to_dict() for s in segs]}
+        self.store.put(key, zstandard.ZstdCompressor(level=3).compress(encode_manifest(body)))
 
     def _file_listed(self, source_id: str, binlog_file: str) -> list[SegmentInfo]:
         """The segments of one binlog file, every index entry listed and read."""
@@ -534,10 +653,8 @@ class Catalog:
         for d in self._read_many(missing):
             seg = SegmentInfo.from_dict(d)
             have[seg.key] = seg
-        body = {"type": "segment_rollup", "source_id": source_id, "binlog_file": binlog_file,
-                "created_at": time.time(), "segments": [have[k].to_dict() for k in keys if k in have]}
         key = layout.segment_rollup(source_id, binlog_file)
-        self.store.put(key, zstandard.ZstdCompressor(level=3).compress(encode_manifest(body)))
+        self.write_rollup(key, source_id, binlog_file, [have[k] for k in keys if k in have])
         return key
 
     def roll_up(self, source_id: str) -> dict[str, list[str]]:

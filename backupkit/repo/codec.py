@@ -23,7 +23,7 @@ DEFAULT_LEVEL = 3
 READ_SIZE = 1 << 20
 
 
-@dataclass
+@dataclass(slots=True)  # one per object of every manifest and segment: no per-object __dict__
 class StoredObject:
     """One object of a backup as the manifest records it."""
 

@@ -172,6 +172,35 @@ def rollup_file_of(key: str) -> str | None:
     return None
 
 
+def rollup_chunk(source_id: str, binlog_file: str, start: int, end: int) -> str:
+    """The index entries of binlog_file that start in [start, end), in one object: written while
+    the file is still open, in levels (repo/rollups.py), authoritative for that interval."""
+    return (f"{BINLOG}{enc(source_id)}/{ROLLUP_DIR}/{enc(binlog_file)}/"
+            f"{start:012d}-{end:012d}{ROLLUP_SUFFIX}")
+
+
+def rollup_chunk_prefix(source_id: str, binlog_file: str) -> str:
+    """Every chunk of one binlog file."""
+    return f"{BINLOG}{enc(source_id)}/{ROLLUP_DIR}/{enc(binlog_file)}/"
+
+
+def rollup_chunk_of(key: str) -> tuple[str, int, int] | None:
+    """(binlog file, start, end) of a chunk key, or None for any other key."""
+    parts = key.split("/")
+    if len(parts) == 5 and parts[0] + "/" == BINLOG and parts[2] == ROLLUP_DIR \
+            and parts[4].endswith(ROLLUP_SUFFIX):
+        start, _, end = parts[4].removesuffix(ROLLUP_SUFFIX).partition("-")
+        if start.isdigit() and end.isdigit():
+            return dec(parts[3]), int(start), int(end)
+    return None
+
+
+def index_from(source_id: str, binlog_file: str, pos: int) -> str:
+    """A key just before every index entry of binlog_file starting at or after pos (for
+    list_after): entries are named <start>-<end>, 12 digits each."""
+    return f"{segment_file_prefix(source_id, binlog_file)}{pos:012d}"
+
+
 def is_segment_index(key: str) -> bool:
     parts = key.split("/")
     return len(parts) == 5 and parts[0] + "/" == BINLOG and parts[2] == INDEX_DIR \

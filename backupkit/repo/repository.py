@@ -135,9 +135,7 @@ class Repository:
 
     def forget_rollups(self, source_id: str, binlog_files: Iterable[str]) -> None:
         """Delete the roll-ups of these files (before their entries are edited: readers list them)."""
-        keys = [layout.segment_rollup(source_id, f) for f in sorted(binlog_files)]
-        if keys:
-            self.store.delete(keys)
+        self.catalog.forget_rollups(source_id, binlog_files)
 
     def roll_up(self, source_id: str) -> dict[str, list[str]]:
         """Bring the index roll-ups of a source up to date (a cache of its index entries)."""

@@ -160,6 +160,37 @@ class LocalStore(ObjectStore):
         found.sort(key=lambda o: o.key)
         yield from found
 
+    def list_after(self, prefix: str, after: str) -> Iterator[ObjectInfo]:
+        """Keys starting with prefix that sort after ``after``, in key order, walking only the
+        folders that can hold them, lazily (a caller that stops early reads no further)."""
+        if not self.root.is_dir():
+            raise StorageError(f"repository folder {self.root} does not exist")
+        base_rel = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        start = self.root / base_rel if base_rel else self.root
+        if start.is_dir():
+            yield from self._walk_after(str(start), f"{base_rel}/" if base_rel else "", prefix, after)
+
+    def _walk_after(self, path: str, rel: str, prefix: str, after: str) -> Iterator[ObjectInfo]:
+        try:
+            with os.scandir(path) as it:
+                entries = [(rel + e.name + ("/" if e.is_dir() else ""), e) for e in it
+                           if not e.name.startswith(".")]
+        except FileNotFoundError:
+            return
+        entries.sort(key=lambda x: x[0])  # a folder as "name/": exactly the order of the keys
+        for key, entry in entries:
+            if key.endswith("/"):
+                if (key < after and not after.startswith(key)) or \
+                        not (key.startswith(prefix) or prefix.startswith(key)):
+                    continue  # every key inside sorts before after, or lacks the prefix
+                yield from self._walk_after(entry.path, key, prefix, after)
+            elif key > after and key.startswith(prefix):
+                try:
+                    st = entry.stat()
+                except FileNotFoundError:
+                    continue
+                yield ObjectInfo(key, st.st_size, _etag(st), st.st_mtime)
+
     def delete(self, keys: Iterable[str]) -> None:
         parents = set()
         for key in keys:

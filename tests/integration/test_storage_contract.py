@@ -218,3 +218,26 @@ def test_boto3_sees_completed_object_with_expected_content(s3_url, moto):
     bucket = s3_url.split("/")[2]
     raw = boto3.client("s3", endpoint_url=moto.endpoint).get_object(Bucket=bucket, Key="repo/plain/hello")
     assert raw["Body"].read() == b"hello world"
+
+
+def test_list_after_gives_the_keys_after_a_point_in_key_order(store):
+    """What sources(), the catalog's tail and the head's resume point rely on (S3's StartAfter)."""
+    keys = ["binlog/a-/index/f/1.json", "binlog/a/data/f/1.binlog.zst", "binlog/a/head.json",
+            "binlog/a/index/binlog.000001/000000000004-000000000010.json",
+            "binlog/a/index/binlog.000001/000000000010-000000000020.json",
+            "binlog/a/index/binlog.000002/000000000004-000000000010.json",
+            "binlog/a0/index/f/1.json", "binlog/b.c/x", "binlog/b/x"]
+    for k in keys:
+        store.put(k, b"x")
+    want = sorted(keys)
+    for after in ("", "binlog/a", "binlog/a/", "binlog/a/index/binlog.000001/000000000010",
+                  "binlog/a/index/binlog.0000010", "binlog/a0", "binlog/b/x", "binlog/zzz"):
+        got = [o.key for o in store.list_after("binlog/", after)]
+        assert got == [k for k in want if k > after], after
+    index = [k for k in want if k.startswith("binlog/a/index/")]
+    got = [o.key for o in store.list_after("binlog/a/index/", "binlog/a/index/binlog.000001/000000000004")]
+    assert got == index  # entries starting at 4 sort after the bare position (layout.index_from)
+    got = [o.key for o in store.list_after("binlog/a/index/", "binlog/a/index/binlog.000001/000000000010")]
+    assert got == index[1:]
+    first = next(iter(store.list_after("binlog/", "binlog/a0")))  # one page, read no further
+    assert first.key == "binlog/a0/index/f/1.json" and first.size == 1

@@ -14,8 +14,8 @@ from backupkit.mysql.server import SourceIdentity
 from backupkit.repo import layout
 from backupkit.repo.catalog import BackupManifest, Catalog, SegmentInfo
 from backupkit.repo.codec import StoredObject, put_object
+from backupkit.repo.rollups import OpenFileRollups
 from backupkit.storage.base import ObjectInfo, ObjectStore
-from backupkit.strategies.binlog.upload import OPEN_ROLLUP_EVERY
 from backupkit.util.streams import Chunks
 
 #: What an S3 LIST request returns at most (list_objects_v2 pages at 1000 keys).
@@ -107,29 +107,34 @@ def synthetic_segment(i: int, per_file: int) -> SegmentInfo:
 
 
 def build_repository(store: ObjectStore, segments: int, per_file: int = 1000,
-                     with_head: bool = True, with_data: bool = False) -> Catalog:
+                     with_head: bool = True, with_data: bool = False, chunks: bool = True) -> Catalog:
     """A repository with one snapshot at the start and `segments` committed one-second segments,
-    every finished binlog file rolled up (the open one every OPEN_ROLLUP_EVERY entries), the head
-    replaced after each commit (unless not with_head: a repository of an older backupkit),
-    written through Catalog as the shipper does
-    (index entries only unless with_data: the data objects are not needed to plan, list or report)."""
+    written as the shipper writes them (strategies/binlog/upload.py): the open file's roll-up in
+    chunks (repo/rollups.py, unless not chunks), every finished file rolled up, the head naming
+    them (unless not with_head: a repository of an older backupkit), the head left naming the
+    newest segment (index entries only unless with_data: the data objects are not needed to
+    plan, list or report)."""
     catalog = Catalog(store)
     catalog.ensure_repo()
     src = SourceIdentity(SOURCE, version="10.11", server_id=1)
     catalog.commit_backup(BackupManifest(id="20231114T221319Z-snapshot-0001", kind="snapshot",
                                          source=src, point=BinlogPoint("binlog.000001", 4, "", T0 - 1),
                                          started_at=T0 - 2, finished_at=T0 - 1))
-    known: dict[str, SegmentInfo] = {}
+    open_file = OpenFileRollups(catalog, SOURCE)
     rolled: list[str] = []
+    known: dict[str, SegmentInfo] = {}
     for i in range(segments):
         seg = add_segment(catalog, i, per_file, with_data)
         known[seg.key] = seg
-        if not seg.file_closed and len(known) % OPEN_ROLLUP_EVERY == 0:  # as the shipper does
-            catalog.roll_up_file(SOURCE, seg.binlog_file, known)
+        if chunks:
+            open_file.add(seg)
         if seg.file_closed:
-            rolled.append(seg.binlog_file)
-            catalog.roll_up_file(SOURCE, seg.binlog_file, known)
+            catalog.roll_up_file(SOURCE, seg.binlog_file, known, finished=True)
             known = {}
+            rolled.append(seg.binlog_file)
+            if with_head:
+                catalog.write_head(seg, rolled)
+            open_file.forget(seg.binlog_file)  # named by the head: its chunks go
     if with_head and segments:  # as the shipper leaves it after its last commit
         catalog.write_head(seg, rolled)
     return catalog

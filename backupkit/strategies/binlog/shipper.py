@@ -38,6 +38,7 @@ from backupkit.repo.catalog import (
 )
 from backupkit.repo.coverage import next_binlog_name
 from backupkit.repo.lease import Lease, LeaseHeld, LeaseKeeper, LeaseLost
+from backupkit.repo.rollups import OpenFileRollups
 from backupkit.repo.servers import file_id, split_file_id
 from backupkit.repo.watermark import ShipperStatus
 from backupkit.storage.base import ObjectStore
@@ -98,6 +99,11 @@ class Shipper(StreamReader, SegmentWriter, Follower):
         self._rollups: list[threading.Thread] = []
         self._rolled: set[str] | None = None  # files whose roll-up is written (for the head)
         self._unrolled: set[str] = set()  # finished files whose roll-up has not landed yet
+        self._named: list[str] = []  # the rolled-up files the last head named
+        self._since_head = 0  # commits since the head was last written
+        self._head_key = ""  # the entry the last head named
+        self._last_info: SegmentInfo | None = None  # the newest entry this run committed
+        self._open_rollups: OpenFileRollups | None = None  # the open file's chunks (upload.py)
         # the confirmed-through watermark (strategies/binlog/confirm.py)
         self.confirmed_at: float = 0.0  # every commit at or before this second is committed
         self._beat_at = 0.0  # local time of the newest heartbeat (or end of stream with --once)
@@ -169,6 +175,7 @@ class Shipper(StreamReader, SegmentWriter, Follower):
         finally:
             for t in self._rollups:  # let a roll-up in progress land (it is small)
                 t.join(30)
+            self._final_head()
             self._close_status()
             self._close_control()
             if self.lease.held:

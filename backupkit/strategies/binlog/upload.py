@@ -18,13 +18,15 @@ from backupkit.repo.catalog import (
     binlog_order,
 )
 from backupkit.repo.codec import put_object
+from backupkit.repo.rollups import OpenFileRollups
 from backupkit.strategies.binlog.spill import SpillBuffer
 
 log = logging.getLogger(__name__)
 
-#: A file still being written gets a roll-up every this many committed entries, so that readers
-#: read at most about this many index entries one by one (issue 16: ~4 minutes at 1 s segments).
-OPEN_ROLLUP_EVERY = 256
+#: The head is replaced at least every this many commits (and whenever a chunk of the open file's
+#: roll-up lands, a file is finished, or the run stops): readers find the later entries with one
+#: LIST from the head's entry on (Catalog.last_segment), so one PUT per segment is not needed.
+HEAD_EVERY = 16
 
 
 @dataclass
@@ -153,27 +155,26 @@ class SegmentWriter:
         self.result.transactions += info.transactions
         self.result.end = "{}:{}".format(*info.next_point())
         self._committed[info.key] = info
-        self._write_head(info)
+        chunked = self._open_file.add(info)  # the open file's roll-up, in chunks (repo/rollups.py)
         if info.file_closed:
             self._roll_up(info.binlog_file)
-        elif len(self._committed) % OPEN_ROLLUP_EVERY == 0:
-            self._roll_up(info.binlog_file, finished=False)
+        self._since_head += 1
+        if chunked or info.file_closed or self._since_head >= HEAD_EVERY or self._rolled is None \
+                or self._named != self._to_name(info):
+            self._write_head(info)
+        self._last_info = info
         if self.on_commit is not None:
             self.on_commit(info)
 
     def _roll_up(self, binlog_file: str, finished: bool = True) -> None:
-        """A file is finished (or, not finished, has OPEN_ROLLUP_EVERY more entries): write its
-        roll-up (one object with every index entry of it so far) in the background, from the
-        entries this run committed plus any it did not. Only a cache for readers of the catalog
-        (an entry newer than the roll-up is read itself); a failure is logged and costs nothing
-        else."""
-        known = {k: v for k, v in self._committed.items() if v.binlog_file == binlog_file}
-        if finished:
-            self._committed = {k: v for k, v in self._committed.items()
-                               if v.binlog_file != binlog_file}
-
-        if finished:
-            self._unrolled.add(binlog_file)  # no later file is named by a head until it lands
+        """A file is finished: write its roll-up (one object with every index entry of it) in the
+        background, from the entries this run holds plus any it does not. Once the head names it,
+        readers read that file from it alone; until then (or when it fails: logged, never
+        stopping shipping) they read the file through its chunks and listing."""
+        known = {k: v for k, v in self._open_file.known().items() if v.binlog_file == binlog_file}
+        known.update((k, v) for k, v in self._committed.items() if v.binlog_file == binlog_file)
+        self._committed = {k: v for k, v in self._committed.items() if v.binlog_file != binlog_file}
+        self._unrolled.add(binlog_file)  # no later file is named by a head until it lands
 
         def work() -> None:
             try:
@@ -189,20 +190,47 @@ class SegmentWriter:
         self._rollups.append(t)
         t.start()
 
+    @property
+    def _open_file(self) -> OpenFileRollups:
+        """The chunks of the open file's roll-up (made once the source is known)."""
+        if self._open_rollups is None or self._open_rollups.source_id != self.source_id:
+            self._open_rollups = OpenFileRollups(self.catalog, self.source_id)
+        return self._open_rollups
+
+    def _to_name(self, info: SegmentInfo) -> list[str]:
+        """The rolled-up files a head written after info may name: finished files up to info's
+        file, and none after a finished file whose roll-up has not landed (readers take the named
+        files as every file before the rest)."""
+        if self._rolled is None:
+            return []
+        rolled, unrolled = set(self._rolled), set(self._unrolled)  # roll-up threads add to them
+        stop = min([info.binlog_file, *unrolled], key=lambda f: binlog_order(f, 0))
+        return sorted(f for f in rolled if binlog_order(f, 0) < binlog_order(stop, 0)
+                      or (f == stop and f not in unrolled))
+
     def _write_head(self, info: SegmentInfo) -> None:
-        """Replace the source's head (repo/catalog.py: the newest entry and the finished roll-ups)
-        after a commit. Only a cache for readers: a failure is logged and costs them a listing."""
+        """Replace the source's head (repo/catalog.py: the newest entry and the finished roll-ups).
+        Only a cache for readers: a failure is logged and costs them a listing. The chunks of a
+        file the head names for the first time go after it (its whole roll-up serves)."""
         try:
             if self._rolled is None:  # the roll-ups earlier runs wrote, once per run
+                head = self.catalog.head(self.source_id)
+                self._named = sorted(head.rollups) if head is not None else []  # chunks gone
                 self._rolled = self.catalog.settle_rollups(self.source_id)
-            # name only finished files before the newest, and none after a finished file whose
-            # roll-up has not landed: readers take the named ones as every file before the rest
-            stop = min([info.binlog_file, *self._unrolled], key=lambda f: binlog_order(f, 0))
-            self.catalog.write_head(info, sorted(f for f in self._rolled
-                                                 if binlog_order(f, 0) < binlog_order(stop, 0)
-                                                 or (f == stop and f not in self._unrolled)))
-        except StorageError as exc:
+            named = self._to_name(info)
+            self.catalog.write_head(info, named)
+            self._since_head = 0
+            self._head_key = info.key
+            fresh, self._named = set(named) - set(self._named), named
+            for f in sorted(fresh):
+                self._open_file.forget(f)
+        except (StorageError, IntegrityError) as exc:
             log.warning("head of %s not written: %s", self.source_id, exc.message)
+
+    def _final_head(self) -> None:
+        """At the end of a run: the head names the newest committed segment."""
+        if self._last_info is not None and self._head_key != self._last_info.key:
+            self._write_head(self._last_info)
 
     def _commit(self, info: SegmentInfo) -> None:
         """Commit the index entry once; an earlier attempt that landed counts as done."""

@@ -1,0 +1,115 @@
+"""Chunks of the open file's roll-up (repo/rollups.py): a file open for long costs a bounded number
+of GETs, never a LIST page per 1000 entries, and the catalog stays what the entries say."""
+
+from __future__ import annotations
+
+from backupkit.repo import layout
+from backupkit.repo.catalog import Catalog, chain, chunks_of
+from backupkit.repo.rollups import CHUNK, OpenFileRollups
+from backupkit.storage.local import LocalStore
+from tests.support.scale import (
+    SOURCE,
+    CountingStore,
+    add_segment,
+    build_repository,
+    no_fsync,
+    synthetic_segment,
+)
+
+PER_FILE = 100_000  # one file, still open
+
+
+def _open_file(tmp_path, n: int) -> tuple[CountingStore, Catalog]:
+    store = CountingStore(LocalStore(tmp_path / "repo"))
+    with no_fsync():
+        return store, build_repository(store, n, per_file=PER_FILE)
+
+
+def _chunks(store) -> list[tuple[int, int]]:
+    return sorted((c.start, c.end) for c in chunks_of(
+        i.key for i in store.list(layout.rollup_prefix(SOURCE))).get("binlog.000001", []))
+
+
+def _plain(cat: Catalog) -> list[dict]:
+    return [s.to_dict() for s in cat._segments_listed(SOURCE)]
+
+
+def test_an_open_file_is_read_from_its_chunks(tmp_path):
+    store, cat = _open_file(tmp_path, 600)
+    want = [(4 + i * 25600, 4 + (i + 1) * 25600) for i in range(2)]
+    want += [(4 + 51200 + i * 1600, 4 + 51200 + (i + 1) * 1600) for i in range(5)]
+    assert _chunks(store) == want  # the 32 level-0 chunks of the two wide ones are gone
+    plain = _plain(cat)
+    store.reset()
+    assert [s.to_dict() for s in cat.segments(SOURCE)] == plain
+    # the head, 7 chunks, 8 entries; LIST: the roll-ups, the index up to the chain, after it
+    assert store.counts == {"open": 1 + 7 + 8, "list": 3}
+
+
+def test_a_file_open_for_a_day_costs_a_bounded_number_of_requests(tmp_path):
+    n = 86_400 // 8  # a quarter of the levels' worth at unit-test speed: 10,800 entries
+    store, cat = _open_file(tmp_path, n)
+    store.reset()
+    segs = cat.segments(SOURCE)
+    assert len(segs) == n
+    # 10,800 = 2 x 4096 + 10 x 256 + 3 x 16 + 0: 15 chunks, one LIST page each side of the chain
+    assert store.counts["list"] <= 3 and store.counts["open"] <= 1 + 15 + CHUNK, store.counts
+    assert len(chain(chunks_of(i.key for i in store.list(layout.rollup_prefix(SOURCE)))["binlog.000001"],
+                     4)) == 15
+
+
+def test_a_damaged_or_missing_chunk_is_listed_instead(tmp_path):
+    store, cat = _open_file(tmp_path, 600)
+    plain = _plain(cat)
+    wide = layout.rollup_chunk(SOURCE, "binlog.000001", 4, 4 + 25600)
+    store.put(wide, b"damaged")
+    assert [s.to_dict() for s in cat.segments(SOURCE)] == plain
+    store.delete([wide, layout.rollup_chunk(SOURCE, "binlog.000001", 4 + 51200, 4 + 52800)])
+    assert [s.to_dict() for s in cat.segments(SOURCE)] == plain
+
+
+def test_a_writer_continues_the_chain_an_earlier_run_left(tmp_path):
+    store, cat = _open_file(tmp_path, 250)  # 15 chunks of 16, 10 entries after them
+    later = OpenFileRollups(cat, SOURCE)  # a shipper started anew in the middle of the file
+    for i in range(250, 600):
+        later.add(add_segment(cat, i, PER_FILE))
+    assert _chunks(store)[:2] == [(4, 4 + 25600), (4 + 25600, 4 + 51200)]  # merged across runs
+    cat.write_head(synthetic_segment(599, PER_FILE), [])
+    assert [s.to_dict() for s in cat.segments(SOURCE)] == _plain(cat)
+
+
+def test_no_merge_over_a_chunk_prune_or_compaction_removed(tmp_path):
+    store, cat = _open_file(tmp_path, 0)
+    writer = OpenFileRollups(cat, SOURCE)
+    for i in range(16 * 15):
+        writer.add(add_segment(cat, i, PER_FILE))
+    cat.forget_rollups(SOURCE, ["binlog.000001"])  # an editor at work on the file
+    assert _chunks(store) == []
+    for i in range(240, 256):
+        writer.add(add_segment(cat, i, PER_FILE))
+    assert _chunks(store) == [(4 + 240 * 100, 4 + 256 * 100)]  # a new chain, no wide chunk
+    cat.write_head(synthetic_segment(255, PER_FILE), [])
+    assert [s.to_dict() for s in cat.segments(SOURCE)] == _plain(cat)
+
+
+def test_chunks_of_a_finished_file_go_once_the_head_names_it(tmp_path):
+    cat2 = build_repository(CountingStore(LocalStore(tmp_path / "two")), 1_050, per_file=1_000)
+    keys = [i.key for i in cat2.store.list(layout.rollup_prefix(SOURCE))]
+    assert layout.segment_rollup(SOURCE, "binlog.000001") in keys
+    assert not [k for k in keys if layout.rollup_chunk_of(k) and "binlog.000001" in k]
+    assert [k for k in keys if layout.rollup_chunk_of(k)]  # the open file's
+    assert [s.to_dict() for s in cat2.segments(SOURCE)] == _plain(cat2)
+
+
+def test_verify_names_a_damaged_chunk_and_repair_removes_it(tmp_path):
+    from backupkit.operations.verify import rollup_problems
+
+    store, cat = _open_file(tmp_path, 100)
+    key = layout.rollup_chunk(SOURCE, "binlog.000001", 4, 4 + 1600)
+    assert rollup_problems(cat, SOURCE) == ([], [])
+    store.put(key, b"damaged")
+    problems, _ = rollup_problems(cat, SOURCE)
+    assert [p.key for p in problems] == [key] and "verify --repair" in problems[0].message
+    problems, notes = rollup_problems(cat, SOURCE, repair=True)
+    assert problems == [] and "removed" in notes[0] and store.stat(key) is None
+    assert [s.to_dict() for s in cat.segments(SOURCE)] == _plain(cat)
