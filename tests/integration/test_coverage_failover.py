@@ -53,9 +53,9 @@ def _promote(replica) -> None:
     replica.sql("RESET SLAVE ALL")
 
 
-def _pair(mariadb_factory):
+def _pair(mariadb_factory, replica_logs: bool = True):
     primary = mariadb_factory(server_id=1, extra_args=["--log-slave-updates"])
-    replica = mariadb_factory(server_id=2, extra_args=["--log-slave-updates"])
+    replica = mariadb_factory(server_id=2, extra_args=["--log-slave-updates"] if replica_logs else [])
     make_table(primary)
     _replica_of(primary, replica)
     wait_for(lambda: _caught_up(primary, replica), 30, "the replica")
@@ -382,3 +382,21 @@ def test_a_new_server_whose_binlog_was_purged_past_the_link_point_is_refused(mar
     assert all(s.server_id == 1 for s in Catalog(open_store(url)).segments(SOURCE))
     status = _ok(run_cli("binlog", "status", "--json", env=env_r))["sources"][0]
     assert status["gaps"] and "purged" in status["gaps"][0]["reason"]
+
+
+def test_a_promoted_replica_that_did_not_log_what_it_replicated_is_a_gap(mariadb_factory, tmp_path):
+    """Failure injection: log_slave_updates=OFF on the replica; its data is complete, but its
+    binlog holds none of the replicated transactions, so nothing links: a gap, named so."""
+    primary, replica = _pair(mariadb_factory, replica_logs=False)
+    url = f"file://{tmp_path / 'repo'}"
+    _ok(run_cli("snapshot", "--json", env=_env(primary, url, tmp_path)))
+    for i in range(5):
+        primary.sql("INSERT INTO w.t (k) VALUES (%s)", (i,))
+    _ok(ship_once(primary, url, "--source-id", SOURCE))
+    wait_for(lambda: _caught_up(primary, replica), 30, "the replica")
+    _promote(replica)
+    replica.sql("INSERT INTO w.t (k) VALUES (99)")
+    r = ship_once(replica, url, "--source-id", SOURCE)
+    assert r.returncode == 3, r.stderr
+    assert "log_slave_updates=OFF" in " ".join(r.stderr.split()), r.stderr
+    assert len(Catalog(open_store(url)).gaps(SOURCE)) == 1

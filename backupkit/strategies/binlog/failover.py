@@ -184,6 +184,13 @@ def locate_link(shipped: str, files: Sequence[tuple[str, str]],
                 if all(_matches(state, want, k) for k in keys):
                     link.file, link.pos = name, pos
                     return link
+                if not state.last_seq(g.key):
+                    link.problems.append(
+                        f"its binlog holds no transaction of GTID domain {g.key} before its own "
+                        f"{g.text} at {name}:{pos}: it did not log what it replicated "
+                        "(log_slave_updates=OFF?); the shipped transactions after "
+                        f"{shipped} are not on it")
+                    return link
                 have = state.text() or "nothing"
                 link.problems.append(
                     f"at {name}:{pos} its binlog goes on with {g.text} while it holds {have}, not "

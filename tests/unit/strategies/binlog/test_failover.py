@@ -68,3 +68,9 @@ def test_a_point_the_server_names_is_the_link_only_when_its_position_is_exactly_
     assert _state_is("0-1-7", "0-1-7") and _state_is("0-1-7,1-3-9", "0-1-7")
     assert not _state_is("0-2-7", "0-1-7")  # the same sequence number from another server
     assert not _state_is("0-1-8", "0-1-7") and not _state_is("", "0-1-7") and not _state_is("0-1-7", "")
+
+
+def test_a_replica_that_did_not_log_what_it_replicated_is_named_so():
+    own = {"binlog.000001": _file("0-2-21", "0-2-22")}  # log_slave_updates=OFF: only its own writes
+    link = locate_link("0-1-20", [("binlog.000001", "")], own.__getitem__)
+    assert not link.ok and "log_slave_updates=OFF" in link.problems[0]
