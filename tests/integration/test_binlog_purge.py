@@ -37,6 +37,8 @@ def test_purge_never_removes_an_unshipped_file_while_the_shipper_dies_and_restar
     writer = shipping_writer(src, rotate_every=0.3, pause=0.01)
     writer.start()
     sid = wait_for(catalog.sources, 20, "the first segment")[0]
+    # a source is listed once its first data object is; its index entry comes a moment later
+    wait_for(lambda: catalog.segments(sid), 20, "the first index entry")
     removed_all: list[str] = []
     purges = 0
 
