@@ -38,7 +38,7 @@ from backupkit.repo.catalog import (
     manifest_at,
 )
 from backupkit.repo.chain import broken_chains
-from backupkit.repo.codec import StoredObject, verify_object
+from backupkit.repo.codec import StoredObject, sha256_bytes, verify_object
 from backupkit.repo.coverage import build_runs
 from backupkit.restore.cold import restore_cold
 from backupkit.restore.load import RestoreOptions, restore_snapshot
@@ -97,6 +97,32 @@ class Verified:
 
     objects: dict[str, str] = field(default_factory=dict)
     full_at: float = 0.0
+    #: the segments of a finished binlog file, recorded as one digest of their keys and checksums
+    #: ("<source>\n<file>" -> digest): the record grows with files, not with segments
+    groups: dict[str, str] = field(default_factory=dict)
+
+    def has(self, obj: StoredObject, group: tuple[str, str] | None) -> bool:
+        """True when obj, as it is now, was checked: itself, or as one of its unchanged group."""
+        if self.objects.get(obj.key) == obj.sha256:
+            return True
+        return group is not None and self.groups.get(group[0]) == group[1]
+
+
+def segment_groups(per_source: dict[str, list[SegmentInfo]]) -> dict[str, tuple[str, str]]:
+    """object key -> (group, digest) for the segments of every finished binlog file (all files of
+    a source but its newest, which still grows): the digest covers each segment's data key and
+    checksum, so a group matches only while its file's segments are the very same."""
+    out: dict[str, tuple[str, str]] = {}
+    for sid, segs in per_source.items():
+        files: dict[str, list[StoredObject]] = {}
+        for seg in segs:
+            files.setdefault(seg.binlog_file, []).append(seg.object)
+        for f in sorted(files)[:-1]:
+            objs = sorted(files[f], key=lambda o: o.key)
+            digest = sha256_bytes("".join(f"{o.key} {o.sha256}\n" for o in objs).encode())
+            for o in objs:
+                out[o.key] = (f"{sid}\n{f}", digest)
+    return out
 
 
 def read_verified(catalog: Catalog) -> Verified:
@@ -105,7 +131,8 @@ def read_verified(catalog: Catalog) -> Verified:
     try:
         raw = zstandard.ZstdDecompressor().decompress(catalog.store.get_bytes(key))
         body = decode_manifest(key, raw)
-        return Verified({str(k): str(v) for k, v in body["objects"].items()}, float(body["full_at"]))
+        return Verified({str(k): str(v) for k, v in body["objects"].items()}, float(body["full_at"]),
+                        {str(k): str(v) for k, v in body.get("groups", {}).items()})
     except (StorageError, IntegrityError, zstandard.ZstdError, KeyError, TypeError, ValueError,
             AttributeError):
         return Verified()
@@ -113,8 +140,8 @@ def read_verified(catalog: Catalog) -> Verified:
 
 def write_verified(catalog: Catalog, verified: Verified) -> None:
     """Replace the verify record (one PUT)."""
-    body = {"type": "verified", "objects": verified.objects, "full_at": verified.full_at,
-            "updated_at": time.time()}
+    body = {"type": "verified", "objects": verified.objects, "groups": verified.groups,
+            "full_at": verified.full_at, "updated_at": time.time()}
     catalog.store.put(layout.verified_record(),
                       zstandard.ZstdCompressor(level=3).compress(encode_manifest(body)))
 
@@ -323,8 +350,9 @@ def verify_repository(store: ObjectStore, backup_ids: list[str] | None = None, *
             per_source[sid] = (segs, gaps)
             items += [(f"segment {s.key}", s.object) for s in segs]
     considered = items
+    groups = segment_groups({sid: segs for sid, (segs, _) in per_source.items()})
     if not report.full:
-        items = [(o, obj) for o, obj in items if verified.objects.get(obj.key) != obj.sha256]
+        items = [(o, obj) for o, obj in items if not verified.has(obj, groups.get(obj.key))]
         report.skipped = len(considered) - len(items)
     bar.update(task, total=sum(o.size for _, o in items))
     checker = _Checker(store, parallel, lambda n: bar.advance(task, n))
@@ -333,8 +361,11 @@ def verify_repository(store: ObjectStore, backup_ids: list[str] | None = None, *
     report.objects, report.bytes = checker.objects, checker.bytes
     if whole:
         bad = {p.key for p in checked}
-        record = Verified({o.key: o.sha256 for _, o in considered if o.key not in bad},
-                          time.time() if report.full else verified.full_at)
+        broken = {groups[k][0] for k in bad if k in groups}  # a group is recorded whole or not
+        whole_groups = {g: d for g, d in groups.values() if g not in broken}
+        record = Verified({o.key: o.sha256 for _, o in considered if o.key not in bad
+                           and groups.get(o.key, ("", ""))[0] not in whole_groups},
+                          time.time() if report.full else verified.full_at, whole_groups)
         try:
             write_verified(catalog, record)
         except StorageError as exc:

@@ -410,20 +410,22 @@ class Catalog:
             seen.append(sid)
             after = layout.source_after(sid)
 
-    def segments(self, source_id: str) -> list[SegmentInfo]:
+    def segments(self, source_id: str, since_file: str | None = None) -> list[SegmentInfo]:
         """Every committed segment of a source, in binlog order.
 
         With a head naming finished files (format 2), their roll-ups are authoritative: only the
         files after the last of them are listed (_segments_from_head). Otherwise, or when the
-        head does not hold up, every index entry is listed (_segments_listed)."""
+        head does not hold up, every index entry is listed (_segments_listed). since_file: the
+        named files before it may be left out (a restore plan that starts replaying there)."""
         head = self.head(source_id)
         if head is not None:
-            found = self._segments_from_head(source_id, head)
+            found = self._segments_from_head(source_id, head, since_file)
             if found is not None:
                 return found
         return self._segments_listed(source_id)
 
-    def _segments_from_head(self, source_id: str, head: BinlogHead) -> list[SegmentInfo] | None:
+    def _segments_from_head(self, source_id: str, head: BinlogHead,
+                            since_file: str | None = None) -> list[SegmentInfo] | None:
         """The segments through the head: every file the head names as rolled up is read from its
         roll-up alone (a file whose roll-up is missing or damaged is listed); the files after the
         last of them are listed, their entries read through any partial roll-up. None when the
@@ -454,9 +456,11 @@ class Catalog:
                 return None
             return [x for x in segs if x.source_id == source_id and x.binlog_file == f]
 
+        wanted = [f for f in rolled if since_file is None
+                  or binlog_order(f, 0) >= binlog_order(since_file, 0)]
         segs: list[SegmentInfo] = []
-        with ThreadPoolExecutor(max_workers=max(1, min(self.parallel, len(rolled)))) as pool:
-            for f, got in zip(rolled, pool.map(one, rolled), strict=True):
+        with ThreadPoolExecutor(max_workers=max(1, min(self.parallel, len(wanted)))) as pool:
+            for f, got in zip(wanted, pool.map(one, wanted), strict=True):
                 segs += got if got is not None else self._file_listed(source_id, f)
         # the files after the last rolled-up one: their chunks, the entries after those listed
         segs += self._tail(source_id, layout.index_after_file(source_id, rolled[-1]) if rolled else None,

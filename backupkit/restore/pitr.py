@@ -126,14 +126,43 @@ def make_plan(catalog: Catalog, target: RestoreTarget, backup_id: str | None = N
     if source_id is not None:
         sources = [s for s in sources if s == source_id] or [source_id]
     confirmed = watermarks(catalog, sources)  # before the segments: see repo.watermark
-    segs = {sid: catalog.segments(sid) for sid in sources}
     gaps = {sid: catalog.gaps(sid) for sid in sources}
     try:
         records = catalog.restore_records()
     except Exception:  # an unreadable record only costs the estimate
         records = []
-    return Planner(backups, segs, gaps, source_id, measured_rates(records), confirmed=confirmed,
-                   databases=databases, links=links).plan(target)
+
+    def plan(since: str | None) -> RestorePlan:
+        segs = {sid: catalog.segments(sid, since_file=since) for sid in sources}
+        return Planner(backups, segs, gaps, source_id, measured_rates(records), confirmed=confirmed,
+                       databases=databases, links=links).plan(target)
+
+    since = replay_from(backups, target)
+    if since is not None:
+        try:
+            return plan(since)
+        except BackupkitError:  # an older base may be needed: plan again with every segment
+            pass
+    return plan(None)
+
+
+def replay_from(backups: list, target: RestoreTarget) -> str | None:
+    """The earliest binlog file a replay can start in when the plan uses the newest base of each
+    kind at or before the target (the planner prefers those): the catalog then need not read
+    the roll-ups of earlier files. None (read every file) for targets by GTID or position, or
+    when a base has no coordinates. Stored file names with a server epoch (~0001~...) sort after
+    plain ones, so comparing raw names keeps a superset of the files needed."""
+    if target.kind not in ("latest", "time"):
+        return None
+    newest: dict[str, Any] = {}
+    for b in backups:
+        if target.kind == "time" and b.point.time > float(target.time or 0.0):
+            continue
+        if not b.point.file:
+            return None
+        if b.kind not in newest or b.point.time > newest[b.kind].point.time:
+            newest[b.kind] = b
+    return min((b.point.file for b in newest.values()), default=None)
 
 
 #: Segments of one binlog file above which preflight lists their keys instead of asking for

@@ -3,8 +3,8 @@
 The repository is written by backupkit's own writer (Catalog.commit_segment, the open file's
 chunks of repo/rollups.py, roll-ups of finished files and the head, as the shipper writes them)
 with synthetic one-second segments, the newest binlog file still open with 500 entries in both
-sizes. Timings live in bench/scale.py; here only request counts (S3 requests: LIST pages of 1000,
-GET, HEAD, PUT)."""
+sizes, a snapshot at the start and one at the start of the newest file. Timings live in
+bench/scale.py; here only request counts (S3 requests: LIST pages of 1000, GET, HEAD, PUT)."""
 
 from __future__ import annotations
 
@@ -35,6 +35,9 @@ def _check_growth(small: dict, big: dict, files_small: int, files_big: int) -> N
         assert b.get("open", 0) - s.get("open", 0) <= files_big - files_small, (cmd, s, b)
         assert b["total"] - b.get("open", 0) == s["total"] - s.get("open", 0), (cmd, s, b)
         assert b["total"] <= GOAL, (cmd, b)
+    # restore --latest replays from the newest base (the snapshot at the newest file's start): it
+    # reads no finished file's roll-up at all, so it does not grow even with files
+    assert small["restore --latest --dry-run"]["total"] == big["restore --latest --dry-run"]["total"]
 
 
 def test_planning_requests_grow_with_files_not_segments_local(tmp_path):

@@ -107,13 +107,15 @@ def synthetic_segment(i: int, per_file: int) -> SegmentInfo:
 
 
 def build_repository(store: ObjectStore, segments: int, per_file: int = 1000,
-                     with_head: bool = True, with_data: bool = False, chunks: bool = True) -> Catalog:
+                     with_head: bool = True, with_data: bool = False, chunks: bool = True,
+                     recent_base: bool = True) -> Catalog:
     """A repository with one snapshot at the start and `segments` committed one-second segments,
     written as the shipper writes them (strategies/binlog/upload.py): the open file's roll-up in
     chunks (repo/rollups.py, unless not chunks), every finished file rolled up, the head naming
     them (unless not with_head: a repository of an older backupkit), the head left naming the
     newest segment (index entries only unless with_data: the data objects are not needed to
-    plan, list or report)."""
+    plan, list or report). With recent_base, a second snapshot at the start of the newest file (as
+    a daily snapshot would be): restore --latest replays from there."""
     catalog = Catalog(store)
     catalog.ensure_repo()
     src = SourceIdentity(SOURCE, version="10.11", server_id=1)
@@ -137,6 +139,12 @@ def build_repository(store: ObjectStore, segments: int, per_file: int = 1000,
             open_file.forget(seg.binlog_file)  # named by the head: its chunks go
     if with_head and segments:  # as the shipper leaves it after its last commit
         catalog.write_head(seg, rolled)
+    if recent_base and segments > per_file:
+        first = synthetic_segment(segments - 1 - (segments - 1) % per_file, per_file)
+        at = first.first_commit_time - 0.5
+        catalog.commit_backup(BackupManifest(
+            id="20231115T000000Z-snapshot-0002", kind="snapshot", source=src,
+            point=BinlogPoint(first.binlog_file, first.start_pos, "", at), started_at=at - 1, finished_at=at))
     return catalog
 
 

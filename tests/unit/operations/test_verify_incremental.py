@@ -22,7 +22,9 @@ def test_a_second_run_reads_only_what_is_new(tmp_path):
     store, cat = _repo(tmp_path)
     first = _new(store)  # nothing recorded yet: a full run
     assert first.ok and first.full and first.objects == 25
-    assert len(read_verified(cat).objects) == 25
+    record = read_verified(cat)  # the finished files 1 and 2 as one digest each, file 3 per object
+    assert len(record.objects) == 5 and sorted(record.groups) == ["scale-src\nbinlog.000001",
+                                                                  "scale-src\nbinlog.000002"]
     store.reset()
     second = _new(store)
     assert second.ok and not second.full and second.objects == 0 and second.skipped == 25
@@ -56,3 +58,19 @@ def test_a_damaged_record_means_a_full_run(tmp_path):
     run = _new(store)
     assert run.full and run.objects == 5 and run.ok
     assert len(read_verified(cat).objects) == 5
+
+
+def test_a_changed_finished_file_is_checked_again_whole(tmp_path):
+    """A group stands for its file's segments as they were: compaction or prune changing them
+    changes the digest, so the file is read again (and damage in it is found)."""
+    store, cat = _repo(tmp_path)
+    assert _new(store).ok
+    seg = cat.segments(SOURCE)[3]  # binlog.000001
+    path = tmp_path / "repo" / seg.object.key
+    path.write_bytes(path.read_bytes()[:-1] + b"!")
+    gone = cat.segments(SOURCE)[5]
+    cat.forget_rollups(SOURCE, ["binlog.000001"])  # the file's segments change, as prune does it
+    store.delete([gone.key])
+    run = _new(store)
+    assert run.objects == 9 and seg.object.key in [p.key for p in run.problems]  # and the hole
+    assert "scale-src\nbinlog.000001" not in read_verified(cat).groups  # not recorded: again next time

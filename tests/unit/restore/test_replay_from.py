@@ -1,0 +1,49 @@
+"""A restore plan reads the roll-ups of the files it can replay from only (restore/pitr.py
+replay_from), and plans again with every segment when that is not enough."""
+
+from __future__ import annotations
+
+from backupkit.mysql.gtid import BinlogPoint
+from backupkit.repo.catalog import BackupManifest
+from backupkit.restore.pitr import make_plan, replay_from
+from backupkit.restore.stoppoint import RestoreTarget
+from backupkit.storage.local import LocalStore
+from tests.support.scale import SOURCE, T0, CountingStore, build_repository, synthetic_segment
+
+
+def _base(bid: str, kind: str, file: str, t: float) -> BackupManifest:
+    from backupkit.mysql.server import SourceIdentity
+
+    return BackupManifest(id=bid, kind=kind, source=SourceIdentity(SOURCE), point=BinlogPoint(file, 4, "", t),
+                          started_at=t - 1, finished_at=t)
+
+
+def test_replay_starts_at_the_oldest_of_the_newest_base_of_each_kind():
+    bases = [_base("a", "snapshot", "binlog.000001", 10), _base("b", "snapshot", "binlog.000005", 50),
+             _base("c", "physical", "binlog.000003", 30), _base("d", "cold", "binlog.000007", 70)]
+    assert replay_from(bases, RestoreTarget("latest")) == "binlog.000003"
+    assert replay_from(bases, RestoreTarget("time", time=40)) == "binlog.000001"  # b, d are later
+    assert replay_from(bases, RestoreTarget("time", time=5)) is None  # no base before it
+    assert replay_from(bases, RestoreTarget("position", file="binlog.000009", pos=4)) is None
+
+
+def test_latest_reads_no_roll_up_before_the_newest_base(tmp_path):
+    store = CountingStore(LocalStore(tmp_path / "repo"))
+    cat = build_repository(store, 45, per_file=10)  # files 1-4 finished, a base at file 5's start
+    store.reset()
+    plan = make_plan(cat, RestoreTarget("latest"))
+    assert plan.base.id.endswith("0002") and plan.segments[-1].key == synthetic_segment(44, 10).key
+    rollups = store.counts["open"]
+    store.reset()
+    make_plan(cat, RestoreTarget("time", time=T0 + 20))  # from the first base: 4 roll-ups more
+    assert store.counts["open"] == rollups + 4
+
+
+def test_a_plan_the_newest_base_cannot_make_is_made_from_every_segment(tmp_path):
+    store = CountingStore(LocalStore(tmp_path / "repo"))
+    cat = build_repository(store, 45, per_file=10, recent_base=False)
+    # the newest base before the target lies where no segment is: only the older one reaches it
+    cat.commit_backup(_base("20231115T000000Z-snapshot-0003", "snapshot", "binlog.000009", T0 + 25))
+    plan = make_plan(cat, RestoreTarget("time", time=T0 + 30))
+    assert plan.base.id == "20231114T221319Z-snapshot-0001"
+    assert plan.segments[0].key == synthetic_segment(0, 10).key
