@@ -251,6 +251,7 @@ class Planner:
             lst.sort()
         self._loc_cache: dict[str, Location | None] = {}
         self._point_cache: dict[str, tuple[str, int]] = {}
+        self._after_rotation: dict[tuple[str, int], Location] | None = None
         #: epochs by server id, newest first (0: entries that do not record a server)
         self._epochs: list[tuple[int, int]] = [(e.epoch, e.server_id) for e in
                                                reversed(epochs(segs.get(source_id, [])))]
@@ -268,11 +269,19 @@ class Planner:
                     return Location(ri, si)
                 if pos == end:
                     return Location(ri, si + 1)
-        for ri, run in enumerate(self.runs):  # the end of a file that rotated: next_point differs
-            for si, s in enumerate(run.segments):
-                if s.next_point() == (file, pos):
-                    return Location(ri, si + 1)
-        return None
+        return self._rotated().get((file, pos))  # the end of a file that rotated: next_point differs
+
+    def _rotated(self) -> dict[tuple[str, int], Location]:
+        """(next file, 4) -> the location after each segment that ends with a rotation (built once:
+        base_point asks for a point in every epoch of the base's server)."""
+        if self._after_rotation is None:
+            out: dict[tuple[str, int], Location] = {}
+            for ri, run in enumerate(self.runs):
+                for si, s in enumerate(run.segments):
+                    if s.next_file:
+                        out.setdefault(s.next_point(), Location(ri, si + 1))
+            self._after_rotation = out
+        return self._after_rotation
 
     def base_point(self, base: BackupManifest) -> tuple[str, int]:
         """The base's binlog point as a repository file identity: in the epoch of the server it
