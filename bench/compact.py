@@ -11,7 +11,8 @@ In one run, on private mariadbd servers and a moto_server built here:
     (the standard; local files, no network);
   - backupkit's replay (plan + fetch + apply, as `restore --latest` runs it after the base) from
     the S3 server over the N small segments: with one fetch at a time (the old fetcher) and with
-    the parallel fetch-ahead (the default);
+    the parallel fetch-ahead (the default); and both again with 20 ms added to each segment GET
+    (moto answers in about a millisecond; a real S3 endpoint's round trip is tens of them);
   - `backupkit binlog compact --older-than 0 --grace 0` (timed), then the replay again over the
     compacted segments;
 - `backupkit restore --latest` into an empty server (the whole RTO: snapshot load, plan, preflight,
@@ -52,11 +53,17 @@ from backupkit.restore.pitr import make_plan
 from backupkit.restore.replay import replay_segments
 from backupkit.restore.stoppoint import parse_target
 store = open_store(sys.argv[1])
-workers, ahead = int(sys.argv[3]), int(sys.argv[4])
+workers, ahead, delay = int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
 target = parse_target(latest=True)
 t = time.perf_counter()
 plan = make_plan(Catalog(store), target)
 planned = time.perf_counter() - t
+if delay:  # a real S3 endpoint's round trip, added to each segment GET (moto answers in ~1 ms)
+    real_open = store.open
+    def slow_open(key):
+        time.sleep(delay)
+        return real_open(key)
+    store.open = slow_open
 spec = ConnSpec(host="127.0.0.1", port=int(sys.argv[2]), user="root")
 res = replay_segments(store, plan.segments, plan.start, target, spec, prefetch=ahead,
                       fetch_workers=workers)
@@ -154,11 +161,11 @@ def run(quick: bool = False) -> list[dict]:
         base.stop()
         template = base.datadir
 
-        def ours(label: str, workers: int, ahead: int):
+        def ours(label: str, workers: int, ahead: int, delay: float = 0.0):
             sb = _copy_server(template, "bench-compact-ours")
             made.append(sb)
             m = measure([sys.executable, "-c", REPLAY_CHILD.format(root=str(ROOT)), url, str(sb.port),
-                         str(workers), str(ahead)], env=env)
+                         str(workers), str(ahead), str(delay)], env=env)
             assert m.returncode == 0, m.stderr
             assert _checksum(sb) == want, f"backupkit replay ({label}) is not exact"
             sb.destroy()
@@ -199,6 +206,9 @@ def run(quick: bool = False) -> list[dict]:
             pars.append(ours("fetch-ahead", 8, 32))
         seq, seq_plan, _ = best(seqs)
         par, par_plan, par_n = best(pars)
+        # the same with 20 ms added to each segment GET, as a real S3 endpoint's round trip costs
+        seq_rtt = ours("sequential, 20 ms per GET", 1, 2, 0.02)[0]
+        par_rtt = ours("fetch-ahead, 20 ms per GET", 8, 32, 0.02)[0]
         rto_small = rto("small segments")
         comp = measure(["backupkit", "binlog", "compact", "--storage", url, "--older-than", "0",
                         "--grace", "0", "--json"], env=env)
@@ -221,6 +231,10 @@ def run(quick: bool = False) -> list[dict]:
                        "s", ">= 1.0x mariadb-binlog | mariadb", std.wall / par.wall,
                        std.wall / par.wall >= 1.0))
         out.append(row(name, "  of which planning (list + index entries)", par_plan, "s"))
+        out.append(row(name, f"replay, {par_n} small segments, 20 ms added per GET, one fetch at a time",
+                       seq_rtt.wall, "s", "printed", std.wall / seq_rtt.wall))
+        out.append(row(name, f"replay, {par_n} small segments, 20 ms added per GET, fetch-ahead",
+                       par_rtt.wall, "s", "printed", std.wall / par_rtt.wall))
         out.append(row(name, f"binlog compact ({merged['merged_segments']} segments into "
                              f"{len(merged['merged'])})", comp.wall, "s", "printed"))
         out.append(row(name, "binlog compact peak RSS", comp.peak_rss_mib, "MiB", "< 200 MiB", None,
