@@ -17,7 +17,7 @@ from backupkit.repo.catalog import (
 )
 from backupkit.repo.coverage import build_runs, confirm, gap_between, linked
 from backupkit.repo.lease import Lease
-from backupkit.repo.servers import epochs, split_file_id
+from backupkit.repo.servers import epochs, server_file
 from backupkit.repo.watermark import read_status
 
 
@@ -107,8 +107,8 @@ def _server_lag(spec: ConnSpec, last: SegmentInfo, now: float) -> dict[str, Any]
         logs = binary_logs(conn)
     finally:
         conn.close()
-    epoch, sfile = split_file_id(last.next_point()[0])
-    spos = last.next_point()[1]
+    fid, spos = last.next_point()
+    sfile = server_file(fid)  # the server's own name (the stored one carries an epoch)
     if last.server_id and facts.server_id != last.server_id:
         # another server (a switchover the shipper has not followed yet): its positions are
         # not comparable with the shipped ones
