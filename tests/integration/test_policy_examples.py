@@ -91,7 +91,8 @@ def test_example_policy_runs_every_strategy_it_schedules(name, mariadb, tmp_path
     plan = json.loads(r.stdout)
     want = _strategies(policy)
     assert {s["strategy"] for s in plan["strategies"]} == set(want)
-    for strategy in ("cold", "snapshot", "snapshot_incremental", "binlog", "verify", "prune"):
+    for strategy in ("cold", "snapshot", "snapshot_incremental", "binlog", "binlog_compact",
+                     "binlog_purge", "verify", "prune"):
         if strategy not in want:
             continue
         if strategy == "binlog":
