@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import threading
+import time
 
 import pytest
 
@@ -18,6 +20,7 @@ from backupkit.repo.targets import open_mirror
 from backupkit.storage.crypto import KeyEncryptionKey
 from backupkit.storage.local import LocalStore
 from backupkit.storage.mirror import MirrorStore
+from tests.support import wait_for
 
 MIB = 1 << 20
 
@@ -290,3 +293,57 @@ def test_policy_check_and_the_daemon_sync_job(roots, tmp_path):
     assert json.loads(r.stdout)
     assert read_object(LocalStore(roots[1]), obj) == b"daemon" * 1000
     assert (roots[1] / "backups/b1/manifest.json").exists()
+
+
+class _Frozen(LocalStore):
+    """A local target whose conditional writes hang until released (a blackholed region)."""
+
+    def __init__(self, root) -> None:
+        super().__init__(root)
+        self.release = threading.Event()
+
+    def put_if_absent(self, key, data):
+        self.release.wait(30)
+        return super().put_if_absent(key, data)
+
+
+def test_a_frozen_first_target_costs_a_commit_marker_lag_grace_not_stall_timeout(roots):
+    """The first target decides a put_if_absent, but one that does not answer is waited for only
+    LAG_GRACE while the others still make the quorum: it becomes lagging (no further markers),
+    its write lands later on data it holds, and the next target's answer decides."""
+    frozen = _Frozen(roots[0])
+    m = open_mirror([("a", frozen), ("b", LocalStore(roots[1]))], 1, stall_timeout=5)
+    try:
+        m.put("backups/b1/data.zst", b"x" * 100)
+        t0 = time.monotonic()
+        assert m.put_if_absent("backups/b1/manifest.json", b"{}")
+        assert time.monotonic() - t0 < 3  # LAG_GRACE (0.5 s), far below stall_timeout (5 s)
+        a = m.target("a")
+        assert a.lagging and not a.is_down() and a.inflight
+        assert (roots[1] / "backups/b1/manifest.json").exists()
+        # the next target's answer decides: present there means not created
+        assert not m.put_if_absent("backups/b1/manifest.json", b"{}")
+        # a lagging target gets no further markers (not even a frozen call)
+        t0 = time.monotonic()
+        m.put("backups/b2/data.zst", b"y" * 100)
+        assert m.put_if_absent("backups/b2/manifest.json", b"{}")
+        assert time.monotonic() - t0 < 3
+    finally:
+        frozen.release.set()
+    wait_for(lambda: not m.target("a").inflight, 10, "the frozen write to end")
+    assert (roots[0] / "backups/b1/manifest.json").exists()  # its data was there first
+    assert not (roots[0] / "backups/b2/manifest.json").exists()
+
+
+def test_quorum_all_still_waits_for_a_slow_first_target(roots):
+    """With write_quorum = every target there is no one to decide instead: the first target is
+    waited for (up to stall_timeout), and a commit marker is never written without it."""
+    frozen = _Frozen(roots[0])
+    m = open_mirror([("a", frozen), ("b", LocalStore(roots[1]))], None, stall_timeout=1)
+    try:
+        m.put("backups/b1/data.zst", b"x" * 100)
+        with pytest.raises(StorageError):
+            m.put_if_absent("backups/b1/manifest.json", b"{}")
+        assert not (roots[1] / "backups/b1/manifest.json").exists()
+    finally:
+        frozen.release.set()

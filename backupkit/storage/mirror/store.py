@@ -6,7 +6,9 @@ makes no progress for `stall_timeout` seconds is dropped from that write and rec
 
 Commit markers (manifests, segment index entries: everything written with put_if_absent) are written
 only to targets that are not lagging, so that each target on its own obeys "data first, manifest
-last": a target never shows a backup whose data it missed. `backupkit repo sync` (or catch_up(),
+last": a target never shows a backup whose data it missed. The first of them decides a put_if_absent
+but is waited for only LAG_GRACE while the others still make the quorum (_first_to_create), so a
+frozen first target does not hold commits up. `backupkit repo sync` (or catch_up(),
 with the copier the repository gives: repo/sync.py) copies what a lagging target lacks and clears the flag.
 
 Reads: from the first target in policy order that answers; a target that is unreachable, misses the
@@ -367,10 +369,10 @@ class MirrorStore(MirrorHealth, ObjectStore):
 
     def _put_if_absent(self, key: str, data: bytes) -> bool:
         eligible = self._commit_targets(key)
-        authority, created = self._first_ok(eligible, lambda s: s.put_if_absent(key, data), key)
+        authority, created = self._first_to_create(eligible, key, data)
         if not created:
             return False
-        rest = [t for t in eligible if t is not authority and not t.is_down()]
+        rest = [t for t in eligible[eligible.index(authority) + 1:] if not t.is_down() and not t.lagging]
         results: dict[str, Any] = {authority.name: True}
         results.update(self._parallel(rest, lambda s: s.put_if_absent(key, data), key,
                                       max(0, self.quorum(key) - 1)))
@@ -378,6 +380,62 @@ class MirrorStore(MirrorHealth, ObjectStore):
         results = {n: (r if isinstance(r, BaseException) else True) for n, r in results.items()}
         self._settle([authority, *rest], key, results, self.quorum(key))
         return True
+
+    def _first_to_create(self, eligible: list[Target], key: str, data: bytes) -> tuple[Target, bool]:
+        """put_if_absent on the first eligible target that answers: its answer decides (first writer
+        wins there).
+
+        A target is waited for only LAG_GRACE seconds while the targets after it can still make
+        the write quorum: one that has not answered by then is recorded as lagging (it gets no
+        commit marker until a catch-up completes it; its write goes on in the background) and
+        the next one decides. So a frozen first target costs a commit LAG_GRACE, as a frozen
+        second target costs a data write, not stall_timeout. The marker that write may still
+        leave there commits data the target holds (it was not lagging)."""
+        if len(self.targets) == 1:  # nowhere to fail over to: inline, as call() runs it
+            return eligible[0], eligible[0].store.put_if_absent(key, data)
+        quorum = self.quorum(key)
+        errors = []
+        for i, t in enumerate(eligible):
+            spare = len(eligible) - i - 1 >= quorum
+            box: dict[str, Any] = {}
+
+            def work(t: Target = t, box: dict[str, Any] = box) -> None:
+                token = t.begin_write()
+                try:
+                    box["r"] = t.store.put_if_absent(key, data)
+                except BaseException as exc:  # noqa: BLE001 - judged below
+                    box["e"] = exc
+                finally:
+                    t.end_write(token)
+
+            th = threading.Thread(target=work, daemon=True, name=f"mirror-{t.name}")
+            th.start()
+            th.join(LAG_GRACE if spare else self.stall_timeout)
+            if th.is_alive() and spare:
+                self.mark_lagging(t, key, f"it did not answer within {LAG_GRACE:g} s; "
+                                          "the other targets took the commit")
+                errors.append(f"{t.name}: no answer within {LAG_GRACE:g} s")
+                continue
+            if th.is_alive():
+                err = StorageError(f"storage target {t.name} did not answer within {self.stall_timeout:g} s",
+                                   "it is unreachable or stalled")
+                self.mark_down(t, err)
+                self.mark_lagging(t, key, err.message)
+                errors.append(f"{t.name}: {err.message}")
+            elif "e" in box:
+                failure = box["e"]
+                if isinstance(failure, ObjectNotFound) or not isinstance(failure, StorageError):
+                    raise failure
+                self.mark_down(t, failure)
+                self.mark_lagging(t, key, failure.message)
+                errors.append(f"{t.name}: {failure.message}")
+            else:
+                return t, bool(box["r"])
+            if not spare:  # the targets left cannot make the quorum: no marker anywhere
+                break
+        raise StorageError(f"{key!r} was not committed: fewer than the write quorum {quorum} of the "
+                           f"complete targets accepted it ({'; '.join(errors)})",
+                           "bring the targets back, or lower storage.write_quorum")
 
     def replace_if_match(self, key: str, data: bytes, etag: str) -> bool:
         if self.placement.authority_only(key):
@@ -538,5 +596,3 @@ class MirrorStore(MirrorHealth, ObjectStore):
         self._closed.set()
         for t in self.targets:
             t.store.close()
-
-
