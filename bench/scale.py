@@ -64,6 +64,9 @@ def _on_s3(local, n: int) -> dict:
     from tests.support import MotoServer
     from tests.support.scale import CountingStore, measure
 
+    for k, v in (("AWS_ACCESS_KEY_ID", "bench"), ("AWS_SECRET_ACCESS_KEY", "bench"),
+                 ("AWS_DEFAULT_REGION", "us-east-1")):
+        os.environ.setdefault(k, v)  # moto takes any credentials
     moto = MotoServer().start()
     try:
         moto.create_bucket("scale")
