@@ -254,6 +254,11 @@ def chain(chunks: Iterable[Chunk], start: int) -> list[Chunk]:
     return out
 
 
+#: Roll-ups read at once (the work is decoding them, under one interpreter lock, so more
+#: threads only hold more decoded JSON at the same time).
+ROLLUP_READERS = 4
+
+
 def binlog_order(file: str, pos: int) -> tuple[str, int]:
     """Sort key for binlog coordinates (files are zero-padded, so names order correctly)."""
     return (file, pos)
@@ -459,7 +464,8 @@ class Catalog:
         wanted = [f for f in rolled if since_file is None
                   or binlog_order(f, 0) >= binlog_order(since_file, 0)]
         segs: list[SegmentInfo] = []
-        with ThreadPoolExecutor(max_workers=max(1, min(self.parallel, len(wanted)))) as pool:
+        # few at once: a decoded roll-up holds ~5 KB per entry until it is made into segments
+        with ThreadPoolExecutor(max_workers=max(1, min(ROLLUP_READERS, len(wanted)))) as pool:
             for f, got in zip(wanted, pool.map(one, wanted), strict=True):
                 segs += got if got is not None else self._file_listed(source_id, f)
         # the files after the last rolled-up one: their chunks, the entries after those listed
