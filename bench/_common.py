@@ -90,6 +90,9 @@ def machine() -> dict:
 
 
 def main_for(run) -> None:
+    if {"-h", "--help"} & set(sys.argv[1:]):  # the script's docstring is its usage; run nothing
+        print((sys.modules["__main__"].__doc__ or "").strip())
+        return
     quick = "--quick" in sys.argv
     rows = run(quick=quick)
     print_rows(rows)
