@@ -15,6 +15,8 @@ from typing import Any
 
 import pymysql
 
+from backupkit.errors import BackupkitError
+
 Step = Callable[[Any, int], None]
 
 
@@ -51,7 +53,7 @@ class WriteLoad(threading.Thread):
                 self.commits += 1
                 if self.record_acks:
                     self.acks.append((self.commits, time.time()))
-            except (pymysql.Error, OSError):
+            except (pymysql.Error, OSError, BackupkitError):  # a refused connect is a SourceError
                 self.errors += 1
                 _close(conn)
                 conn = None

@@ -133,7 +133,9 @@ def test_source_restart_and_a_silent_stream_during_shipping(mariadb, local_url, 
         sb.stop()  # a clean shutdown: STOP event, then a new binlog file at start
         time.sleep(1.0)
         sb.start()
+        restarted = writer.commits
         time.sleep(3.0)
+        assert writer.commits > restarted and writer.is_alive()  # the load goes on after the restart
     finally:
         writer.stop()
     time.sleep(1.0)
