@@ -64,7 +64,7 @@ class PhysicalOptions:
     full_if_none: bool = False  # incremental, or a full backup when there is none to extend
     parallel: int | None = None  # mariadb-backup --parallel (default: the number of cores)
     compression_level: int = 1
-    compression_threads: int = 0  # zstd -T (0: one thread, as `mariadb-backup | zstd -1` runs)
+    compression_threads: int = -1  # zstd -T; -1: one per core (as the cold copy), 0: one thread
     part_size_mb: int = 1024  # raw bytes of mbstream per stored object (one zstd frame each)
     datadir: str | None = None  # default: the server's @@datadir
     backup_id: str | None = None
@@ -179,7 +179,8 @@ def take_physical_backup(spec: ConnSpec, store: ObjectStore, opts: PhysicalOptio
         log_thread = watch_stderr(proc.stderr, watch)
         limiter = TokenBucket(opts.max_rate) if opts.max_rate else None
         common = dict(part_size_mb=opts.part_size_mb, level=opts.compression_level,
-                      threads=opts.compression_threads, limiter=limiter, started_keys=started_keys,
+                      threads=(opts.compression_threads if opts.compression_threads >= 0
+                               else os.cpu_count() or 1), limiter=limiter, started_keys=started_keys,
                       report=report)
         if zstd:
             objects = store_parts_native(store, backup_id, proc.stdout, zstd=zstd, workdir=tmp, **common)
