@@ -459,8 +459,12 @@ class Planner:
                     plans.append(self._make(target, base, [], t, base.point.time))
                 continue
             run = self.runs[loc.run]
+            newest = run.commit_end(loc.index)
+            # the newest commit's whole second counts only when that second began after the
+            # base: a commit in the base's own second may lie before the base's position, and
+            # then nothing proves what happened between the base and T
             if base.point.time < t and run.end_time(loc.index) < t and \
-                    run.commit_end(loc.index) < t_second:
+                    not (newest >= t_second and newest > base.point.time):
                 continue
             stop = loc.index
             while stop < len(run.segments) and not run.commit_time(stop) > t:

@@ -413,3 +413,12 @@ def test_when_only_a_broken_chain_reaches_the_target_the_missing_link_is_exit_5(
     assert p.base.id == "PI1" and not p.notes
     with pytest.raises(IntegrityError, match="PF"):
         Planner([PI1], SEGS, (), links=[PI1]).plan(time_target(118))
+
+
+def test_a_commit_in_the_bases_own_second_does_not_make_later_moments_reachable():
+    """The base is at 220.5 and the newest shipped commit is in second 220 (it may lie before the
+    base's position): 220.8 is not proven, so it is refused; the base's own time is reachable."""
+    late = base("L", "snapshot", "binlog.000004", 1500, "0-1-75", 220.5)
+    assert plan(time_target(220.5), bases=[late]).base.id == "L"
+    with pytest.raises(PlanError, match="later than the newest shipped commit"):
+        plan(time_target(220.8), bases=[late])
