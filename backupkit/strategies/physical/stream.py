@@ -193,6 +193,11 @@ class _Pump(threading.Thread):
         self.stopping = True
         for proc in list(self.procs):
             kill_group(proc)
+        for proc in list(self.procs):  # reap them: a killed child left unwaited stays a zombie
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
 
 
 def _zstd_blocks(fd: int) -> Iterator[bytes]:
