@@ -192,7 +192,11 @@ def unqualified_trigger(create: str, name: str, table: str) -> str:
 
 def move_aside(cur, db: str, stamp: str) -> tuple[str, list[str]]:
     """Rename every table of db into <db>_before_<stamp>; recreate its other objects there."""
-    aside = _aside_name(db, stamp)
+    taken = {r[0] for r in _fetch_all(cur, "SELECT schema_name FROM information_schema.schemata")}
+    aside, n = _aside_name(db, stamp), 1
+    while aside in taken:  # two forced restores within one second: never reuse a moved-aside name
+        n += 1
+        aside = _aside_name(db, f"{stamp}_{n}")
     problems: list[str] = []
     cs = _fetch_all(cur, "SELECT default_character_set_name, default_collation_name "
                          "FROM information_schema.schemata WHERE schema_name=%s", (db,))[0]
