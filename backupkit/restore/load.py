@@ -380,17 +380,7 @@ def restore_snapshot(store: ObjectStore, manifest: BackupManifest, target: ConnS
            rows=sum(t["rows"] for t in tables))
     try:
         # 1. schema of the tables, in staging databases
-        for db, stg in staging.items():
-            s = schemas[db]
-            cur.execute(f"CREATE DATABASE {quote_ident(stg)} CHARACTER SET {s['charset']} "
-                        f"COLLATE {s['collation']}")
-            created.append(stg)
-            cur.execute(f"USE {quote_ident(stg)}")
-            for t in s["tables"]:
-                try:
-                    cur.execute(t["create"])
-                except pymysql.err.MySQLError as exc:
-                    raise _err(exc, f"cannot create table {db}.{t['name']}") from None
+        _create_staging(cur, schemas, staging, created)
         # 2. data
         chunks = [_Chunk(t["db"], t["name"], staging[t["db"]],
                          [tsv.Column.from_list(c) for c in t["columns"]], objects[c["key"]], c["rows"])
@@ -471,6 +461,24 @@ def _verify(cur, tables: list[dict[str, Any]], staging: dict[str, str]) -> int:
                                  f"{want} at snapshot time", "nothing was kept on the target")
         verified += 1
     return verified
+
+
+def _create_staging(cur, schemas: dict[str, dict[str, Any]], staging: dict[str, str], created: list[str],
+                    only: dict[str, list[str]] | None = None) -> None:
+    """Each database's staging database (its charset and collation) with its tables: every table
+    of the schema, or only the names in only[db] (in that order); appends each to created."""
+    for db, stg in staging.items():
+        s = schemas[db]
+        cur.execute(f"CREATE DATABASE {quote_ident(stg)} CHARACTER SET {s['charset']} "
+                    f"COLLATE {s['collation']}")
+        created.append(stg)
+        cur.execute(f"USE {quote_ident(stg)}")
+        creates = {t["name"]: t["create"] for t in s["tables"]}
+        for name in creates if only is None else only[db]:
+            try:
+                cur.execute(creates[name])
+            except pymysql.err.MySQLError as exc:
+                raise _err(exc, f"cannot create table {db}.{name}") from None
 
 
 def _drop_staging(cur, created: list[str]) -> None:

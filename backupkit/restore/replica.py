@@ -59,28 +59,26 @@ def _one(cur, sql: str) -> Any:
     return v.decode() if isinstance(v, bytes) else v
 
 
+def _identity(spec: ConnSpec) -> tuple[Any, Any, Any]:
+    """(server_id, hostname, port) as the server itself reports them."""
+    conn = connect(spec)
+    try:
+        with conn.cursor() as cur:
+            return (_one(cur, "SELECT @@server_id"), _one(cur, "SELECT @@hostname"),
+                    _one(cur, "SELECT @@port"))
+    finally:
+        conn.close()
+
+
 def refuse_primary_as_target(target: ConnSpec, primary: ConnSpec) -> None:
     """The target must not be the primary (same address, or the same server behind another)."""
+    is_primary = UsageError(f"the target {target.display()} is the primary {primary.display()} of "
+                            "--replicate-from; nothing was changed", "restore into another server")
     if same_endpoint(target, primary):
-        raise UsageError(f"the target {target.display()} is the primary {primary.display()} of "
-                         "--replicate-from; nothing was changed", "restore into another server")
-    t = connect(target)
-    try:
-        with t.cursor() as cur:
-            tid = (_one(cur, "SELECT @@server_id"), _one(cur, "SELECT @@hostname"),
-                   _one(cur, "SELECT @@port"))
-    finally:
-        t.close()
-    p = connect(primary)
-    try:
-        with p.cursor() as cur:
-            pid = (_one(cur, "SELECT @@server_id"), _one(cur, "SELECT @@hostname"),
-                   _one(cur, "SELECT @@port"))
-    finally:
-        p.close()
+        raise is_primary
+    tid, pid = _identity(target), _identity(primary)
     if tid == pid:
-        raise UsageError(f"the target {target.display()} is the primary {primary.display()} of "
-                         "--replicate-from; nothing was changed", "restore into another server")
+        raise is_primary
     if tid[0] == pid[0]:
         raise UsageError(f"the target {target.display()} has the primary's server_id {tid[0]}: a "
                          "replica needs its own", "start the target with another --server-id")

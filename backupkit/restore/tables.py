@@ -20,8 +20,6 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-import pymysql
-
 from backupkit.errors import IntegrityError, TargetError, UsageError
 from backupkit.mysql import tsv
 from backupkit.mysql.connection import ConnSpec, qualified, quote_ident
@@ -91,19 +89,8 @@ def load_tables(store: ObjectStore, manifest: BackupManifest, spec: ConnSpec, fl
                              "use --force to move them aside as backupkit_aside_<stamp>_<table>")
         token = uuid.uuid4().hex[:8]
         staging = {db: f"bkrestore_{token}_{i}" for i, db in enumerate(schemas)}
-        for db, stg in staging.items():
-            s = schemas[db]
-            cur.execute(f"CREATE DATABASE {quote_ident(stg)} CHARACTER SET {s['charset']} "
-                        f"COLLATE {s['collation']}")
-            created.append(stg)
-            cur.execute(f"USE {quote_ident(stg)}")
-            creates = {x["name"]: x["create"] for x in s["tables"]}
-            for t in tables:
-                if t["db"] == db:
-                    try:
-                        cur.execute(creates[t["name"]])
-                    except pymysql.err.MySQLError as exc:
-                        raise load._err(exc, f"cannot create table {db}.{t['name']}") from None
+        load._create_staging(cur, schemas, staging, created,
+                             {db: [t["name"] for t in tables if t["db"] == db] for db in staging})
         chunks = [load._Chunk(t["db"], t["name"], staging[t["db"]],
                               [tsv.Column.from_list(c) for c in t["columns"]], objects[c["key"]],
                               c["rows"]) for t in tables for c in t["chunks"]]
