@@ -55,21 +55,18 @@ def test_purge_never_removes_an_unshipped_file_while_the_shipper_dies_and_restar
         assert not unshipped, (unshipped, plan.to_dict())
         removed_all.extend(gone)
 
+    def purge_and_check_for(seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            purge_and_check()
+            time.sleep(0.4)
+
     try:
-        deadline = time.monotonic() + 6
-        while time.monotonic() < deadline:
-            purge_and_check()
-            time.sleep(0.4)
+        purge_and_check_for(6)
         stop_proc(proc, signal.SIGKILL)  # the shipper dies; writes and rotations go on
-        down_until = time.monotonic() + 4
-        while time.monotonic() < down_until:
-            purge_and_check()
-            time.sleep(0.4)
+        purge_and_check_for(4)
         proc = start_shipper(src, url, log)
-        deadline = time.monotonic() + 6
-        while time.monotonic() < deadline:
-            purge_and_check()
-            time.sleep(0.4)
+        purge_and_check_for(6)
     finally:
         writer.stop()
         # let the shipper catch up, then stop it

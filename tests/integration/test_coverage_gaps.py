@@ -8,23 +8,14 @@ import json
 
 import pytest
 
-from tests.support import run_cli, table_checksums, wait_for
-from tests.support.shipping import cli_env, ship_once
+from tests.support import run_cli, table_checksums
+from tests.support.shipping import cli_env, purge_to_current, ship_once
 
 pytestmark = pytest.mark.timeout(300)
 
 
 def _json(r):
     return json.loads(r.stdout)
-
-
-def _purge_to_current(src) -> None:
-    """PURGE keeps files until InnoDB's binlog checkpoint moves on (FACTS.md): retry."""
-    def done():
-        cur = src.sql("SHOW MASTER STATUS")[0][0]
-        src.sql(f"PURGE BINARY LOGS TO '{cur}'")
-        return [r[0] for r in src.sql("SHOW BINARY LOGS")] == [cur]
-    wait_for(done, 20, "the purge", interval=0.3)
 
 
 def test_latest_names_a_purge_gap_and_the_runbook_recovery_restores_latest(mariadb_factory, tmp_path):
@@ -45,7 +36,7 @@ def test_latest_names_a_purge_gap_and_the_runbook_recovery_restores_latest(maria
     src.sql("FLUSH BINARY LOGS")
     src.sql("INSERT INTO w.t (k, v) VALUES (99, 'lost too')")
     src.sql("FLUSH BINARY LOGS")
-    _purge_to_current(src)
+    purge_to_current(src)
     r = ship_once(src, url)
     assert r.returncode == 3 and "GAP" in r.stderr, r.stderr
 

@@ -7,13 +7,14 @@ none fires on the healthy status.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import subprocess
 import time
 from pathlib import Path
 
 from backupkit.monitor.server import MetricsServer
-from tests.support import PrometheusServer
+from tests.support import PrometheusServer, poll
 from tests.unit.monitor.helpers import faulty, healthy
 
 RULES = Path(__file__).parents[2] / "docs" / "alerts.yml"
@@ -27,81 +28,60 @@ def test_promtool_accepts_the_rules():
     assert "SUCCESS: 10 rules found" in r.stdout
 
 
-def test_every_fault_fires_its_alert_in_a_real_prometheus(tmp_path):
-    import time as _t
+def _current(st):
+    """A fixture status dated now (the fixtures are dated; keep scrapes current)."""
+    st.now = time.time()
+    return st
 
+
+@contextlib.contextmanager
+def _prometheus(tmp_path, srv: MetricsServer):
+    """A real Prometheus scraping srv with docs/alerts.yml, every `for:` shortened to 0 s; srv and
+    Prometheus are stopped on leaving."""
     rules = tmp_path / "alerts.yml"
     rules.write_text(re.sub(r"for: \S+", "for: 0s", RULES.read_text()))
-    state = {"st": faulty}
-
-    def status():
-        st = state["st"]()
-        st.now = _t.time()  # the fixtures are dated; keep scrapes current
-        return st
-
-    srv = MetricsServer("127.0.0.1:0", status).start()
-    prom = PrometheusServer(tmp_path / "prom", [srv.url.removeprefix("http://")], rules).start()
     try:
-        deadline = time.monotonic() + 60
-        got: dict = {}
-        while time.monotonic() < deadline:
-            got = prom.firing()
-            if set(got) >= EXPECTED:
-                break
-            time.sleep(0.5)
+        prom = PrometheusServer(tmp_path / "prom", [srv.url.removeprefix("http://")], rules).start()
+        try:
+            yield prom
+        finally:
+            prom.stop()
+    finally:
+        srv.stop()
+
+
+def test_every_fault_fires_its_alert_in_a_real_prometheus(tmp_path):
+    state = {"st": faulty}
+    srv = MetricsServer("127.0.0.1:0", lambda: _current(state["st"]())).start()
+    with _prometheus(tmp_path, srv) as prom:
+        got = poll(prom.firing, lambda got: set(got) >= EXPECTED, 60)
         assert set(got) >= EXPECTED, f"missing {EXPECTED - set(got)}; firing {sorted(got)}"
         assert {a["target"] for a in got["BackupkitStorageTargetBehind"]} == {"west"}
         assert {a["strategy"] for a in got["BackupkitJobFailed"]} == {"cold"}
         # healthy again: every alert resolves
         state["st"] = healthy
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and prom.firing():
-            time.sleep(0.5)
+        poll(prom.firing, lambda got: not got, 60)
         assert prom.firing() == {}
-    finally:
-        prom.stop()
-        srv.stop()
 
 
 def test_the_rules_fire_per_policy_on_the_fleet_endpoint(tmp_path):
     """One endpoint for a fleet (every series labelled with its policy): the unchanged rules match
     each policy's series with its own thresholds, and fire for the faulty policy only."""
-    import time as _t
-
     from backupkit.monitor.fleet import FleetEntry, fleet_routes
     from backupkit.monitor.metrics import MonitorState
 
-    rules = tmp_path / "alerts.yml"
-    rules.write_text(re.sub(r"for: \S+", "for: 0s", RULES.read_text()))
-
     def entry(name: str, make) -> FleetEntry:
         state = MonitorState(name)
-
-        def status(now=None):
-            st = make()
-            st.now = _t.time()
-            return st
-
-        state.status = status  # type: ignore[method-assign]
+        state.status = lambda now=None: _current(make())  # type: ignore[method-assign]
         return FleetEntry(name, f"/p/{name}.toml", state)
 
     entries = [entry("good", healthy), entry("bad", faulty), entry("also-good", healthy),
                FleetEntry("broken", "/p/broken.toml", None, "not TOML")]
     srv = MetricsServer("127.0.0.1:0", routes=fleet_routes(lambda: entries)).start()
-    prom = PrometheusServer(tmp_path / "prom", [srv.url.removeprefix("http://")], rules).start()
-    try:
-        deadline = time.monotonic() + 60
-        got: dict = {}
-        while time.monotonic() < deadline:
-            got = prom.firing()
-            if set(got) >= EXPECTED | {"BackupkitPolicyBroken"}:
-                break
-            time.sleep(0.5)
+    with _prometheus(tmp_path, srv) as prom:
+        got = poll(prom.firing, lambda got: set(got) >= EXPECTED | {"BackupkitPolicyBroken"}, 60)
         assert set(got) >= EXPECTED, f"missing {EXPECTED - set(got)}; firing {sorted(got)}"
         assert {a.get("policy") for name, alerts in got.items() for a in alerts
                 if name != "BackupkitPolicyBroken"} == {"bad"}, got
         assert {a["file"] for a in got.get("BackupkitPolicyBroken", [])} == {"/p/broken.toml"}, got
         assert prom.query("count(backupkit_healthy)")[0]["value"][1] == "3"
-    finally:
-        prom.stop()
-        srv.stop()

@@ -8,14 +8,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
 
 from backupkit.mysql.sandbox import free_port
-from tests.support import PrometheusServer, run_cli
+from tests.support import PrometheusServer, poll, run_cli
+from tests.support.daemon import Daemon
 from tests.support.monitoring import Receiver, browser, make_history, scrape, wait_metric
 
 RULES = Path(__file__).parents[2] / "docs" / "alerts.yml"
@@ -40,10 +39,7 @@ retries = 1
 """)
     status_file = tmp_path / "state" / "mon.status.json"
     url = f"http://127.0.0.1:{port}"
-    log = tmp_path / "daemon.log"
-    fh = open(log, "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([sys.executable, "-m", "backupkit", "--policy", str(policy), "schedule", "run"],
-                            stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+    daemon = Daemon(["--policy", str(policy), "schedule", "run"], tmp_path / "daemon.log")
     prom = None
     try:
         m = wait_metric(url, lambda m: m.get("backupkit_binlog_shipper_up") == 1.0
@@ -53,9 +49,7 @@ retries = 1
         for i in range(20):
             sb.sql(f"INSERT INTO app.t (v) VALUES ({i})")
             time.sleep(0.1)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and not prom.query('backupkit_binlog_shipper_up == 1'):
-            time.sleep(0.5)
+        poll(lambda: prom.query("backupkit_binlog_shipper_up == 1"), bool, 20)
         assert prom.query("backupkit_binlog_shipper_up == 1"), "prometheus scrapes the daemon"
         assert not prom.firing().get("BackupkitShipperLagging")
         # the fault: the shipper stops (SIGSTOP: the daemon does not restart a stopped process)
@@ -69,13 +63,7 @@ retries = 1
             b = scrape(url)
             assert b["backupkit_binlog_lag_seconds"] > a["backupkit_binlog_lag_seconds"] + 1, "the lag grows"
             wait_metric(url, lambda m: m["backupkit_binlog_shipper_up"] == 0.0, timeout=15)
-            deadline = time.monotonic() + 60
-            firing: dict = {}
-            while time.monotonic() < deadline:
-                firing = prom.firing()
-                if "BackupkitShipperLagging" in firing:
-                    break
-                time.sleep(1)
+            firing = poll(prom.firing, lambda firing: "BackupkitShipperLagging" in firing, 60, 1)
             assert "BackupkitShipperLagging" in firing, firing
             fired_after = time.monotonic() - t_stop
             assert fired_after < 60
@@ -91,9 +79,7 @@ retries = 1
         r = run_cli("schedule", "status", "--check", env=env)
         assert r.returncode == 0, r.stdout + r.stderr
         # the webhook heard the lag, then the recovery
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and not any(b["event"] == "recovery" for b in rx.bodies):
-            time.sleep(0.2)
+        poll(lambda: rx.bodies, lambda bodies: any(b["event"] == "recovery" for b in bodies), 15, 0.2)
         events = [(b["event"], b["kind"]) for b in rx.bodies]
         assert ("lag", "shipper_lagging") in events and any(e == "recovery" for e, _ in events), events
         assert rx.bodies[0]["text"].startswith(":hourglass: backupkit mon: lag:")
@@ -101,15 +87,8 @@ retries = 1
         rx.close()
         if prom is not None:
             prom.stop()
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-        try:
-            rc = proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            rc = proc.wait()
-        fh.close()
-    assert rc == 0, log.read_text()[-3000:]
+        rc = daemon.stop()
+    assert rc == 0, daemon.text()[-3000:]
 
 
 def _screenshot(url: str, path: str) -> None:

@@ -10,7 +10,14 @@ from pathlib import Path
 
 from backupkit.mysql.sandbox import free_port
 from tests.support.monitoring import scrape, wait_metric
-from tests.support.shipping import make_table, ship_once, shipping_writer, start_shipper, stop_proc
+from tests.support.shipping import (
+    make_table,
+    purge_to_current,
+    ship_once,
+    shipping_writer,
+    start_shipper,
+    stop_proc,
+)
 
 
 def test_shipper_metrics_lag_under_load_and_the_gap_counter(mariadb, local_url, tmp_path):
@@ -44,12 +51,7 @@ def test_shipper_metrics_lag_under_load_and_the_gap_counter(mariadb, local_url, 
     sb.sql("INSERT INTO w.t (k) VALUES (-1)")
     sb.sql("FLUSH BINARY LOGS")
     sb.sql("INSERT INTO w.t (k) VALUES (-2)")
-    newest = sb.sql("SHOW MASTER STATUS")[0][0]
-    for _ in range(40):  # PURGE keeps files until InnoDB's binlog checkpoint moves on
-        sb.sql(f"PURGE BINARY LOGS TO '{newest}'")
-        if len(sb.sql("SHOW BINARY LOGS")) == 1:
-            break
-        time.sleep(0.25)
+    purge_to_current(sb)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     proc = start_shipper(sb, local_url, tmp_path / "ship2.log", "--restart-from-current",

@@ -21,9 +21,9 @@ from backupkit.repo.catalog import Catalog
 from backupkit.restore.pitr import restore_to_point
 from backupkit.restore.stoppoint import parse_target, time_target
 from backupkit.storage import open_store
-from backupkit.strategies.binlog import ShipOptions, Shipper
 from backupkit.strategies.snapshot import SnapshotOptions, take_snapshot
-from tests.support import EVERY_TYPE_TABLE, run_cli, table_checksums
+from tests.support import EVERY_TYPE_TABLE, cross_second, run_cli, table_checksums
+from tests.support.shipping import ship_in_process
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -115,16 +115,6 @@ class Workload:
         self.conn.close()
 
 
-def _cross_second(extra: float = 0.05) -> None:
-    """Sleep just past the next whole second."""
-    time.sleep(1 - (time.time() % 1) + extra)
-
-
-def _ship(store, spec) -> None:
-    Shipper(store, spec, ShipOptions(source_id=SOURCE, until_current=True, server_id=777,
-                                     sync_interval=0.2)).run()
-
-
 @pytest.fixture(scope="module")
 def campaign(tmp_path_factory):
     """The workload, marks, GTID points and the repository they were shipped to."""
@@ -147,7 +137,7 @@ def campaign(tmp_path_factory):
         marks: list[tuple[float, dict]] = []
         gtids: dict[str, object] = {}
         snaps = [take_snapshot(src.spec, store, SnapshotOptions(source_id=SOURCE, parallel=2))]
-        _ship(store, src.spec)  # the shipped range starts at the first snapshot
+        ship_in_process(store, src.spec, SOURCE, 777)  # the shipped range starts at the first snapshot
         steps = [
             lambda: (w.insert_rows(15), w.transfer(10)),
             lambda: (w.updates(), w.nopk(), w.transfer(5)),
@@ -182,13 +172,13 @@ def campaign(tmp_path_factory):
                 w.transfer(1)
                 gtids["next"] = w.last_gtid()
                 w.transfer(2)
-            _cross_second()
+            cross_second()
             t = time.time()
             marks.append((t, table_checksums(src, [DB])))
-            _cross_second()
+            cross_second()
         w.insert_rows(3)  # writes after the last mark, so that it lies inside the shipped binlog
         w.close()
-        _ship(store, src.spec)
+        ship_in_process(store, src.spec, SOURCE, 777)
         yield {"store": store, "catalog": Catalog(store), "marks": marks, "gtids": gtids,
                "snaps": snaps, "repo": repo}
     finally:

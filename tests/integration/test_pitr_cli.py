@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 
@@ -11,27 +10,16 @@ import pytest
 from backupkit.mysql.sandbox import Sandbox
 from backupkit.repo.catalog import Catalog
 from backupkit.storage import open_store
-from tests.support import run_cli, table_checksums
+from tests.support import cross_second, json_ok, run_cli, source_with_repo, table_checksums
 
 pytestmark = pytest.mark.timeout(300)
-
-
-def _cross_second() -> None:
-    time.sleep(1 - (time.time() % 1) + 0.05)
-
-
-def _ok(r):
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout) if r.stdout.strip().startswith("{") else r.stdout
 
 
 @pytest.fixture(scope="module")
 def shop(tmp_path_factory):
     """Orders written, snapshotted, shipped in three runs; then `DROP TABLE orders` by accident."""
     repo = tmp_path_factory.mktemp("accident") / "repo"
-    src = Sandbox(name="accident-src").start()
-    env = {"BACKUPKIT_STORAGE": f"file://{repo}", "BACKUPKIT_SOURCE": src.url}
-    try:
+    with source_with_repo("accident-src", repo) as (src, env):
         src.sql("CREATE DATABASE shop")
         src.sql("CREATE TABLE shop.orders (id INT PRIMARY KEY, customer INT, amount DECIMAL(10,2), "
                 "note VARCHAR(100), created DATETIME(6))")
@@ -39,42 +27,40 @@ def shop(tmp_path_factory):
         src.sql("INSERT INTO shop.customers SELECT seq, CONCAT('c', seq), 0 FROM shop.seq_1_to_40")
         src.sql("INSERT INTO shop.orders SELECT seq, seq % 40 + 1, seq * 1.25, REPEAT('n', seq % 90), "
                 "'2026-01-01' + INTERVAL seq MINUTE FROM shop.seq_1_to_500")
-        _ok(run_cli("snapshot", "--json", env=env))
+        json_ok(run_cli("snapshot", "--json", env=env))
         conn = src.connect(database="shop")
         cur = conn.cursor()
         for i in range(501, 551):  # orders after the snapshot, one commit each
             cur.execute("INSERT INTO orders VALUES (%s, %s, %s, 'late', NOW(6))", (i, i % 40 + 1, i))
             cur.execute("UPDATE customers SET orders = orders + 1 WHERE id = %s", (i % 40 + 1,))
-        _ok(run_cli("binlog", "ship", "--once", "--server-id", "555", "--json", env=env))
+        json_ok(run_cli("binlog", "ship", "--once", "--server-id", "555", "--json", env=env))
         cur.execute("UPDATE orders SET amount = amount * 2 WHERE id % 7 = 0")
-        _ok(run_cli("binlog", "ship", "--once", "--server-id", "555", "--json", env=env))
+        json_ok(run_cli("binlog", "ship", "--once", "--server-id", "555", "--json", env=env))
         before_drop = table_checksums(src, ["shop"])
         rows_before = src.sql("SELECT COUNT(*) FROM shop.orders")[0][0]
         cur.execute("DROP TABLE orders")  # the accident
-        _cross_second()
+        cross_second()
         t_after_drop = time.time()
-        _cross_second()
+        cross_second()
         for i in range(5):
             cur.execute("UPDATE customers SET name = CONCAT(name, '!') WHERE id = %s", (i + 1,))
         conn.close()
-        _ok(run_cli("binlog", "ship", "--once", "--server-id", "555", "--json", env=env))
+        json_ok(run_cli("binlog", "ship", "--once", "--server-id", "555", "--json", env=env))
         store = open_store(f"file://{repo}")
         catalog = Catalog(store)
         (sid,) = catalog.sources()
         yield {"repo": repo, "env": env, "before_drop": before_drop, "rows_before": rows_before,
                "t_after_drop": t_after_drop, "catalog": catalog, "source_id": sid,
                "snapshot": catalog.backups()[0]}
-    finally:
-        src.destroy()
 
 
 def test_accident_drop_table_is_found_and_undone_with_stop_before_gtid(shop):
-    found = _ok(run_cli("binlog", "events", "--grep", "DROP TABLE", "--json", env=shop["env"]))
+    found = json_ok(run_cli("binlog", "events", "--grep", "DROP TABLE", "--json", env=shop["env"]))
     assert found["count"] == 1
     gtid = found["transactions"][0]["gtid"]
     tgt = Sandbox(name="accident-t").start()
     try:
-        out = _ok(run_cli("restore", "--stop-before-gtid", gtid, "--target", tgt.url, "--json",
+        out = json_ok(run_cli("restore", "--stop-before-gtid", gtid, "--target", tgt.url, "--json",
                           env=shop["env"]))
         assert table_checksums(tgt, ["shop"]) == shop["before_drop"]
         assert tgt.sql("SELECT COUNT(*) FROM shop.orders")[0][0] == shop["rows_before"] == 550
@@ -183,10 +169,10 @@ def test_point_in_time_restore_streams_from_s3(shop, s3_url):
     for info in local.list(""):
         remote.put(info.key, local.get_bytes(info.key))
     env = {**shop["env"], "BACKUPKIT_STORAGE": s3_url}
-    found = _ok(run_cli("binlog", "events", "--grep", "DROP TABLE", "--json", env=env))
+    found = json_ok(run_cli("binlog", "events", "--grep", "DROP TABLE", "--json", env=env))
     tgt = Sandbox(name="accident-s3").start()
     try:
-        out = _ok(run_cli("restore", "--stop-before-gtid", found["transactions"][0]["gtid"],
+        out = json_ok(run_cli("restore", "--stop-before-gtid", found["transactions"][0]["gtid"],
                           "--target", tgt.url, "--json", env=env))
         assert out["replay"]["segments"] >= 2
         assert table_checksums(tgt, ["shop"]) == shop["before_drop"]

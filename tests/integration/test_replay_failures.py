@@ -14,7 +14,7 @@ from backupkit.repo.catalog import Catalog
 from backupkit.restore.replay import ReplayError
 from backupkit.restore.stoppoint import parse_target
 from backupkit.storage import open_store
-from tests.support import run_cli
+from tests.support import cross_second, run_cli, source_with_repo
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -23,9 +23,7 @@ pytestmark = pytest.mark.timeout(240)
 def shipped(tmp_path_factory):
     """A snapshot, then three shipping runs with writes before each: three non-empty segments."""
     repo = tmp_path_factory.mktemp("replayfail") / "repo"
-    src = Sandbox(name="replayfail-src").start()
-    env = {"BACKUPKIT_STORAGE": f"file://{repo}", "BACKUPKIT_SOURCE": src.url}
-    try:
+    with source_with_repo("replayfail-src", repo) as (src, env):
         src.sql("CREATE DATABASE shop")
         src.sql("CREATE TABLE shop.t (id INT PRIMARY KEY, v VARCHAR(50))")
         src.sql("INSERT INTO shop.t SELECT seq, 'base' FROM shop.seq_1_to_100")
@@ -41,8 +39,6 @@ def shipped(tmp_path_factory):
             r = run_cli("binlog", "ship", "--once", "--server-id", "556", "--json", env=env)
             assert r.returncode == 0, r.stderr
         yield {"repo": repo, "env": env}
-    finally:
-        src.destroy()
 
 
 def _copy(shipped, tmp_path):
@@ -89,11 +85,31 @@ def test_damaged_middle_segment_exits_5_naming_it_and_reports_the_target_partial
     assert target.sql("SELECT COUNT(*) FROM shop.t WHERE v IN ('run1', 'run2')")[0][0] == 0
 
 
-def _restore_in_process(store, catalog, target):
+def _restore_fails_promptly(store, catalog, target, error: type[Exception], match: str | None = None):
+    """restore --latest in process raises error (matching match) within 30 s; the error."""
     from backupkit.restore.pitr import restore_to_point
 
-    return restore_to_point(store, catalog, parse_target(None, None, None, None, True), target.spec,
-                            report_loss=False)
+    t0 = time.monotonic()
+    with pytest.raises(error, match=match) as info:
+        restore_to_point(store, catalog, parse_target(None, None, None, None, True), target.spec,
+                         report_loss=False)
+    assert time.monotonic() - t0 < 30
+    return info.value
+
+
+def _break_nth_call(monkeypatch, owner, name: str, n: int, error: Exception) -> None:
+    """The method owner.name raises error on its n-th call; the other calls run as usual."""
+    real = getattr(owner, name)
+    calls = 0
+
+    def broken(self, item):
+        nonlocal calls
+        calls += 1
+        if calls == n:
+            raise error
+        return real(self, item)
+
+    monkeypatch.setattr(owner, name, broken)
 
 
 def test_fetch_stage_failure_raises_the_integrity_error_promptly(shipped, tmp_path, target,
@@ -109,32 +125,18 @@ def test_fetch_stage_failure_raises_the_integrity_error_promptly(shipped, tmp_pa
         return real(store_, obj, **kw)
 
     monkeypatch.setattr(fetch, "iter_object", broken)
-    t0 = time.monotonic()
-    with pytest.raises(IntegrityError) as info:
-        _restore_in_process(store, catalog, target)
-    assert time.monotonic() - t0 < 30
-    assert segs[1].object.key in str(info.value)
-    assert "partial" in str(info.value)
+    err = _restore_fails_promptly(store, catalog, target, IntegrityError)
+    assert segs[1].object.key in str(err)
+    assert "partial" in str(err)
 
 
 def test_parse_stage_failure_raises_promptly(shipped, tmp_path, target, monkeypatch):
     from backupkit.restore.replay import parse
 
     _repo, store, catalog, _segs = _copy(shipped, tmp_path)
-    real = parse.Parser.segment
-    calls = []
-
-    def broken(self, item):
-        calls.append(item)
-        if len(calls) == 2:
-            raise IntegrityError("event at 1234 in segment is malformed")
-        return real(self, item)
-
-    monkeypatch.setattr(parse.Parser, "segment", broken)
-    t0 = time.monotonic()
-    with pytest.raises(IntegrityError, match="malformed.*partial"):
-        _restore_in_process(store, catalog, target)
-    assert time.monotonic() - t0 < 30
+    _break_nth_call(monkeypatch, parse.Parser, "segment", 2,
+                    IntegrityError("event at 1234 in segment is malformed"))
+    _restore_fails_promptly(store, catalog, target, IntegrityError, "malformed.*partial")
 
 
 def test_apply_stage_failure_raises_the_target_error_promptly(shipped, tmp_path, target,
@@ -142,21 +144,10 @@ def test_apply_stage_failure_raises_the_target_error_promptly(shipped, tmp_path,
     from backupkit.restore.replay import apply
 
     _repo, store, catalog, _segs = _copy(shipped, tmp_path)
-    real = apply.Applier._do
-    calls = []
-
-    def broken(self, item):
-        calls.append(item)
-        if len(calls) == 5:
-            raise ReplayError("replay failed at GTID 0-1-5: error 1146: Table 'x.y' doesn't exist")
-        return real(self, item)
-
-    monkeypatch.setattr(apply.Applier, "_do", broken)
-    t0 = time.monotonic()
-    with pytest.raises(ReplayError, match="1146.*partial") as info:
-        _restore_in_process(store, catalog, target)
-    assert time.monotonic() - t0 < 30
-    assert info.value.exit_code == 7
+    _break_nth_call(monkeypatch, apply.Applier, "_do", 5,
+                    ReplayError("replay failed at GTID 0-1-5: error 1146: Table 'x.y' doesn't exist"))
+    err = _restore_fails_promptly(store, catalog, target, ReplayError, "1146.*partial")
+    assert err.exit_code == 7
 
 
 def test_undecryptable_middle_segment_on_s3_exits_5_naming_it(tmp_path, s3_url, target):
@@ -204,23 +195,18 @@ def test_undecryptable_middle_segment_on_s3_exits_5_naming_it(tmp_path, s3_url, 
 def test_to_time_just_before_a_second_never_replays_that_seconds_commits(tmp_path, target):
     """Issue 14, defect 3 with a real server: --to-time S.999999999Z applies the commits of second
     S and none of second S+1."""
-    repo = tmp_path / "repo"
-    src = Sandbox(name="fraction-src").start()
-    env = {"BACKUPKIT_STORAGE": f"file://{repo}", "BACKUPKIT_SOURCE": src.url}
-    try:
+    with source_with_repo("fraction-src", tmp_path / "repo") as (src, env):
         src.sql("CREATE DATABASE shop")
         src.sql("CREATE TABLE shop.t (id INT PRIMARY KEY, v VARCHAR(20))")
         assert run_cli("snapshot", "--json", env=env).returncode == 0
-        time.sleep(1.05 - time.time() % 1)  # early in a fresh second
+        cross_second()  # early in a fresh second
         src.sql("INSERT INTO shop.t VALUES (1, 'before')")
         second = int(time.time())
-        time.sleep(1.05 - time.time() % 1)
+        cross_second()
         src.sql("INSERT INTO shop.t VALUES (2, 'accident')")
         assert int(time.time()) == second + 1
         r = run_cli("binlog", "ship", "--once", "--server-id", "560", "--json", env=env)
         assert r.returncode == 0, r.stderr
-    finally:
-        src.destroy()
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)) + ".999999999Z"
     r = run_cli("restore", "--to-time", stamp, "--target", target.url, "--json", env=env)
     assert r.returncode == 0, r.stderr

@@ -12,23 +12,10 @@ import pytest
 
 from backupkit.repo.catalog import Catalog
 from backupkit.storage import open_store
-from tests.support import run_cli, table_checksums, wait_for
+from tests.support import cross_second, run_cli, table_checksums, wait_for
+from tests.support.replication import caught_up, replicate
 
 pytestmark = pytest.mark.timeout(300)
-
-
-def _replica_of(primary, replica) -> None:
-    replica.sql(f"CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT={primary.port}, "
-                "MASTER_USER='root', MASTER_USE_GTID=slave_pos")
-    replica.sql("START SLAVE")
-
-
-def _caught_up(primary, replica) -> bool:
-    return replica.sql("SELECT @@gtid_slave_pos")[0][0] == primary.sql("SELECT @@gtid_binlog_pos")[0][0]
-
-
-def _cross_second() -> None:
-    time.sleep(1 - (time.time() % 1) + 0.05)
 
 
 def _env(sb, url: str) -> dict[str, str]:
@@ -49,8 +36,8 @@ def test_snapshot_and_ship_from_a_replica_restore_the_primarys_moments_exactly(
     primary.sql("CREATE DATABASE shop")
     primary.sql("CREATE TABLE shop.orders (id INT PRIMARY KEY, qty INT, note VARCHAR(20))")
     _round(primary, 1)
-    _replica_of(primary, replica)
-    wait_for(lambda: _caught_up(primary, replica), 30, "the replica")
+    replicate(primary, replica)
+    wait_for(lambda: caught_up(primary, replica), 30, "the replica")
     url = f"file://{tmp_path / 'repo'}"
     env = _env(replica, url)
     r = run_cli("snapshot", "--json", env=env)
@@ -63,11 +50,11 @@ def test_snapshot_and_ship_from_a_replica_restore_the_primarys_moments_exactly(
 
     marks = []
     for base in (100, 200, 300):
-        _cross_second()
+        cross_second()
         _round(primary, base)
         marks.append((time.time(), table_checksums(primary, ["shop"])))  # marked on the primary
-        _cross_second()
-    wait_for(lambda: _caught_up(primary, replica), 30, "the replica")
+        cross_second()
+    wait_for(lambda: caught_up(primary, replica), 30, "the replica")
     r = run_cli("binlog", "ship", "--once", "--server-id", "555", "--json", env=env)
     assert r.returncode == 0, r.stderr
 
@@ -83,8 +70,8 @@ def test_a_replica_that_cannot_serve_is_refused_in_one_line(mariadb_factory, tmp
     quiet = mariadb_factory(server_id=2)  # log_slave_updates off (the default)
     primary.sql("CREATE DATABASE shop")
     primary.sql("CREATE TABLE shop.orders (id INT PRIMARY KEY, qty INT, note VARCHAR(20))")
-    _replica_of(primary, quiet)
-    wait_for(lambda: _caught_up(primary, quiet), 30, "the replica")
+    replicate(primary, quiet)
+    wait_for(lambda: caught_up(primary, quiet), 30, "the replica")
     url = f"file://{tmp_path / 'repo'}"
     r = run_cli("binlog", "ship", "--once", "--server-id", "555", env=_env(quiet, url))
     assert r.returncode != 0

@@ -11,17 +11,13 @@ import pytest
 from backupkit.mysql.sandbox import Sandbox
 from backupkit.repo.catalog import Catalog
 from backupkit.storage import open_store
-from backupkit.strategies.binlog import ShipOptions, Shipper
 from backupkit.strategies.cold import ColdOptions, take_cold_backup
 from backupkit.strategies.snapshot import SnapshotOptions, take_snapshot
-from tests.support import run_cli
+from tests.support import cross_second, json_ok, run_cli
+from tests.support.shipping import ship_in_process
 
 pytestmark = pytest.mark.timeout(300)
 SID = "report-src"
-
-
-def _cross_second() -> None:
-    time.sleep(1 - (time.time() % 1) + 0.05)
 
 
 def _txns(sb: Sandbox, n: int, rows_each: int, tag: str) -> None:
@@ -35,15 +31,8 @@ def _txns(sb: Sandbox, n: int, rows_each: int, tag: str) -> None:
     conn.close()
 
 
-def _ship(store, sb: Sandbox, first: bool = False) -> None:
-    Shipper(store, sb.spec, ShipOptions(source_id=SID, from_current=first, until_current=True,
-                                        server_id=901, sync_interval=0.2)).run()
-
-
 def _report(env: dict[str, str], at: float) -> dict:
-    r = run_cli("report", "--at", f"@{at:.6f}", "--json", env=env)
-    assert r.returncode == 0, r.stderr
-    out = json.loads(r.stdout)
+    out = json_ok(run_cli("report", "--at", f"@{at:.6f}", "--json", env=env))
     return {s["strategy"]: s for s in out["strategies"]}
 
 
@@ -57,24 +46,25 @@ def test_report_matches_cold_snapshot_and_shipped_binlog(tmp_path):
         src.sql("CREATE DATABASE app")
         src.sql("CREATE TABLE app.t (id INT PRIMARY KEY AUTO_INCREMENT, tag VARCHAR(16), n INT)")
         _txns(src, 4, 1, "early")
-        _ship(store, src, first=True)  # shipping starts before the cold backup
+        # shipping starts before the cold backup
+        ship_in_process(store, src.spec, SID, 901, from_current=True)
         cold = take_cold_backup(store, src.spec, ColdOptions(
             start_command=src.start_command(), pid_file=str(src.pid_file), stop_timeout=60,
             start_timeout=60, source_id=SID))
         t0 = cold.point.time
         _txns(src, 3, 2, "after-t0")  # 3 transactions, 6 rows
-        _cross_second()
+        cross_second()
         t_cold_mark = time.time()  # only the cold backup is at or before this moment
-        _cross_second()
+        cross_second()
         snap = take_snapshot(src.spec, store, SnapshotOptions(source_id=SID, parallel=1))
         t1 = snap.point.time
-        _cross_second()
+        cross_second()
         _txns(src, 4, 3, "after-t1")  # 4 transactions, 12 rows
-        _cross_second()
+        cross_second()
         t_mid = time.time()  # before these were shipped
-        _ship(store, src)
+        ship_in_process(store, src.spec, SID, 901)
         t2 = max(s.last_commit_time for s in catalog.segments(SID))
-        _cross_second()
+        cross_second()
         _txns(src, 2, 1, "unshipped")
         at = time.time()
 

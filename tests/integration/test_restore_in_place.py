@@ -3,7 +3,6 @@ in-place restore records a timeline break that no later restore replays across (
 
 from __future__ import annotations
 
-import json
 import time
 
 import pytest
@@ -14,32 +13,23 @@ from backupkit.mysql.server import ServerFacts, SourceIdentity
 from backupkit.repo.catalog import Catalog
 from backupkit.restore.guard import why_target_is_source
 from backupkit.storage import open_store
-from tests.support import run_cli, table_checksums
+from tests.support import json_ok, run_cli, source_with_repo, table_checksums
 
 pytestmark = pytest.mark.timeout(300)
-
-
-def _ok(r):
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)
 
 
 @pytest.fixture
 def shipped(tmp_path):
     repo = tmp_path / "repo"
-    src = Sandbox(name="inplace-src").start()
-    env = {"BACKUPKIT_STORAGE": f"file://{repo}", "BACKUPKIT_SOURCE": src.url}
-    try:
+    with source_with_repo("inplace-src", repo) as (src, env):
         src.sql("CREATE DATABASE shop")
         src.sql("CREATE TABLE shop.t (id INT PRIMARY KEY, v INT)")
         src.sql("INSERT INTO shop.t SELECT seq, seq FROM shop.seq_1_to_50")
-        snap = _ok(run_cli("snapshot", "--json", env=env))
+        snap = json_ok(run_cli("snapshot", "--json", env=env))
         time.sleep(1.1)  # the next commit lands in a later whole second than the snapshot
         src.sql("INSERT INTO shop.t VALUES (100, 100)")
-        _ok(run_cli("binlog", "ship", "--once", "--server-id", "558", "--json", env=env))
+        json_ok(run_cli("binlog", "ship", "--once", "--server-id", "558", "--json", env=env))
         yield {"src": src, "env": env, "repo": repo, "snapshot": snap}
-    finally:
-        src.destroy()
 
 
 def _untouched(src) -> tuple:
@@ -63,7 +53,7 @@ def test_restore_onto_the_source_is_refused_with_exit_7_and_changes_nothing(ship
 def test_in_place_restore_records_a_timeline_break_and_asks_for_a_new_base(shipped, tmp_path):
     src, env = shipped["src"], shipped["env"]
     src.sql("DELETE FROM shop.t WHERE id > 40")  # the accident being undone in place
-    out = _ok(run_cli("restore", "--latest", "--force", "--in-place", "--target", src.url,
+    out = json_ok(run_cli("restore", "--latest", "--force", "--in-place", "--target", src.url,
                       "--json", env=env))
     assert any("timeline break" in n and "new base" in n for n in out["notes"])
     assert src.sql("SELECT COUNT(*) FROM shop.t")[0][0] == 51
@@ -73,7 +63,7 @@ def test_in_place_restore_records_a_timeline_break_and_asks_for_a_new_base(shipp
     assert "in-place restore" in gap.reason and gap.resume_pos == 4
     # the source goes on; its new history is shipped
     src.sql("INSERT INTO shop.t VALUES (200, 200)")
-    _ok(run_cli("binlog", "ship", "--once", "--server-id", "558", "--json", env=env))
+    json_ok(run_cli("binlog", "ship", "--once", "--server-id", "558", "--json", env=env))
     assert any(s.binlog_file == gap.resume_file for s in catalog.segments(sid))
     # no restore from the old base replays across the break
     tgt = Sandbox(name="inplace-t").start()
@@ -82,15 +72,15 @@ def test_in_place_restore_records_a_timeline_break_and_asks_for_a_new_base(shipp
         assert r.returncode == 2 and "in-place restore" in r.stderr, r.stderr
         last_before = max(s.last_commit_time for s in catalog.segments(sid)
                           if s.binlog_file == gap.after_file and s.transactions)
-        before = _ok(run_cli("restore", "--to-time", f"@{last_before:.0f}", "--target",
+        before = json_ok(run_cli("restore", "--to-time", f"@{last_before:.0f}", "--target",
                              tgt.url, "--dry-run", "--json", env=env))
         assert before["base"]["id"] == shipped["snapshot"]["backup_id"]
         assert all(s["file"] != gap.resume_file for s in before["segments"])
         # a new base after the break reaches the new history
-        _ok(run_cli("snapshot", "--json", env=env))
+        json_ok(run_cli("snapshot", "--json", env=env))
         src.sql("INSERT INTO shop.t VALUES (300, 300)")
-        _ok(run_cli("binlog", "ship", "--once", "--server-id", "558", "--json", env=env))
-        _ok(run_cli("restore", "--latest", "--target", tgt.url, "--json", env=env))
+        json_ok(run_cli("binlog", "ship", "--once", "--server-id", "558", "--json", env=env))
+        json_ok(run_cli("restore", "--latest", "--target", tgt.url, "--json", env=env))
         assert table_checksums(tgt, ["shop"]) == table_checksums(src, ["shop"])
     finally:
         tgt.destroy()

@@ -22,6 +22,7 @@ import pytest
 from backupkit.repo.catalog import Catalog
 from backupkit.storage import open_store
 from tests.support import run_cli
+from tests.support.daemon import read_status
 
 CRON_D = Path("/etc/cron.d")
 
@@ -38,13 +39,6 @@ def _running_cron() -> int | None:
         except (OSError, ValueError):
             continue
     return None
-
-
-def _status(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def test_cron_lines_install_and_run_under_real_cron_each_under_flock(mariadb, tmp_path):
@@ -98,7 +92,7 @@ log_dir = "{tmp_path / 'log'}"
                                          stderr=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + 150
         while time.monotonic() < deadline:
-            jobs_st = _status(status_file).get("jobs", {})
+            jobs_st = read_status(status_file).get("jobs", {})
             if all((jobs_st.get(k) or {}).get("last", {}).get("result") == "ok"
                    for k in ("snapshot", "verify")):
                 break
@@ -107,7 +101,7 @@ log_dir = "{tmp_path / 'log'}"
         else:
             logs = {p.name: p.read_text()[-2000:] for p in (tmp_path / "log").glob("*")} \
                 if (tmp_path / "log").is_dir() else {}
-            raise AssertionError(f"no runs from cron: {_status(status_file)} {logs}")
+            raise AssertionError(f"no runs from cron: {read_status(status_file)} {logs}")
     finally:
         installed.unlink(missing_ok=True)
         if cron_proc is not None:
@@ -119,7 +113,7 @@ log_dir = "{tmp_path / 'log'}"
                 cron_proc.wait()
     # Runs started by cron leave a backup, the log line and the status file.
     for _ in range(120):  # a run may still be finishing
-        if not any((j or {}).get("running_since") for j in _status(status_file).get("jobs", {}).values()):
+        if not any((j or {}).get("running_since") for j in read_status(status_file).get("jobs", {}).values()):
             break
         time.sleep(0.5)
     backups = Catalog(open_store(f"file://{repo}")).backups()

@@ -10,32 +10,24 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 from backupkit.repo.catalog import Catalog
 from backupkit.storage import open_store
 from tests.support import run_cli
+from tests.support.daemon import Daemon, read_status
 
 
-def _wait(what: str, cond, timeout: float, proc: subprocess.Popen, log: Path) -> object:
+def _wait(what: str, cond, timeout: float, daemon: Daemon) -> object:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         got = cond()
         if got:
             return got
-        assert proc.poll() is None, f"the daemon exited ({proc.returncode}): {log.read_text()[-3000:]}"
+        rc = daemon.proc.poll()
+        assert rc is None, f"the daemon exited ({rc}): {daemon.text()[-3000:]}"
         time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}: {log.read_text()[-3000:]}")
-
-
-def _status(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
+    raise AssertionError(f"timed out waiting for {what}: {daemon.text()[-3000:]}")
 
 
 def _alive(pid: int) -> bool:
@@ -76,23 +68,20 @@ log_dir = "{tmp_path / 'log'}"
 shipper_backoff_min = 0.5
 shipper_backoff_max = 5
 """)
-    log = tmp_path / "daemon.log"
-    fh = open(log, "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([sys.executable, "-m", "backupkit", "schedule", "run", "--policy", str(policy)],
-                            stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+    daemon = Daemon(["schedule", "run", "--policy", str(policy)], tmp_path / "daemon.log")
     try:
-        st = _wait("the shipper to start", lambda: (_status(status_file).get("shipper") or {}).get("pid"),
-                   30, proc, log)
+        st = _wait("the shipper to start", lambda: (read_status(status_file).get("shipper") or {}).get("pid"),
+                   30, daemon)
         first_pid = int(st)
         for i in range(20):
             sb.sql(f"INSERT INTO app.events (v) VALUES ({i})")
         # the snapshot of the next minute
-        _wait("a snapshot run", lambda: ((_status(status_file).get("jobs") or {}).get("snapshot") or {})
-              .get("last", {}).get("result") == "ok", 90, proc, log)
+        _wait("a snapshot run", lambda: ((read_status(status_file).get("jobs") or {}).get("snapshot") or {})
+              .get("last", {}).get("result") == "ok", 90, daemon)
         r = run_cli("schedule", "status", "--policy", str(policy), "--json")
         assert r.returncode == 0, r.stderr
         out = json.loads(r.stdout)
-        assert out["daemon"]["alive"] and out["daemon"]["pid"] == proc.pid
+        assert out["daemon"]["alive"] and out["daemon"]["pid"] == daemon.proc.pid
         snap = out["jobs"]["snapshot"]
         assert snap["last"]["result"] == "ok" and snap["last"]["stored_bytes"] > 0
         assert snap["next_run"] and snap["last"]["backup_id"]
@@ -101,8 +90,8 @@ shipper_backoff_max = 5
         # kill -9 the shipper: the daemon starts a new one
         os.kill(first_pid, signal.SIGKILL)
         new_pid = _wait("a new shipper", lambda: (
-            (s := _status(status_file).get("shipper") or {}).get("restarts", 0) >= 1
-            and s.get("pid") not in (None, first_pid) and s["pid"]), 30, proc, log)
+            (s := read_status(status_file).get("shipper") or {}).get("restarts", 0) >= 1
+            and s.get("pid") not in (None, first_pid) and s["pid"]), 30, daemon)
         assert _alive(int(new_pid)) and not _alive(first_pid)
         for i in range(20, 40):
             sb.sql(f"INSERT INTO app.events (v) VALUES ({i})")
@@ -112,19 +101,12 @@ shipper_backoff_max = 5
         end = tuple(sb.sql("SHOW MASTER STATUS")[0][:2])
         shipped = Catalog(open_store(f"file://{repo}"))
         _wait("the new shipper to ship the new rows", lambda: any(
-            shipped.shipped_position(s) == (end[0], int(end[1])) for s in shipped.sources()), 60, proc, log)
+            shipped.shipped_position(s) == (end[0], int(end[1])) for s in shipped.sources()), 60, daemon)
     finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-        try:
-            rc = proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            rc = proc.wait()
-        fh.close()
-    text = log.read_text()
+        rc = daemon.stop()
+    text = daemon.text()
     assert rc == 0, text[-3000:]
-    final = _status(status_file)
+    final = read_status(status_file)
     assert final["state"] == "stopped" and final["shipper"]["state"] == "stopped"
     assert final["shipper"]["last_exit"] == 0, "SIGTERM: the shipper flushed and exited 0"
     down = run_cli("schedule", "status", "--policy", str(policy), "--check")

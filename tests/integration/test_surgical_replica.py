@@ -13,9 +13,9 @@ from backupkit.mysql.sandbox import Sandbox
 from backupkit.repo.catalog import Catalog
 from backupkit.restore.replica import rebuild_replica, refuse_primary_as_target
 from backupkit.storage import open_store
-from backupkit.strategies.binlog import ShipOptions, Shipper
 from backupkit.strategies.snapshot import SnapshotOptions, take_snapshot
 from tests.support import run_cli, table_checksums, wait_for
+from tests.support.shipping import ship_in_process
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -49,8 +49,7 @@ def test_a_replica_rebuilt_from_the_repository_catches_up(tmp_path):
         thread.start()
         take_snapshot(primary.spec, store, SnapshotOptions(source_id="app", parallel=2))
         time.sleep(0.5)
-        Shipper(store, primary.spec, ShipOptions(source_id="app", until_current=True, server_id=780,
-                                                  sync_interval=0.2)).run()
+        ship_in_process(store, primary.spec, "app", 780)
         repl = replace(primary.spec, user="repl", password="replpw")
         with pytest.raises(UsageError, match="is the primary"):
             rebuild_replica(store, Catalog(store), primary.spec, repl)

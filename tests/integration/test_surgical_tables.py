@@ -12,16 +12,15 @@ import time
 import pytest
 
 from backupkit.errors import TargetError, UsageError
-from backupkit.mysql.sandbox import Sandbox
 from backupkit.repo.catalog import Catalog
 from backupkit.restore.replay import ReplayError
 from backupkit.restore.replay.filter import TableFilter
 from backupkit.restore.stoppoint import parse_target, time_target
 from backupkit.restore.tables import restore_tables_to_point
 from backupkit.storage import open_store
-from backupkit.strategies.binlog import ShipOptions, Shipper
 from backupkit.strategies.snapshot import SnapshotOptions, take_snapshot
-from tests.support import run_cli, table_checksums
+from tests.support import checksum, cross_second, run_cli, source_with_repo, table_checksums
+from tests.support.shipping import ship_in_process
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -34,21 +33,11 @@ CREATE TABLE customers (id INT PRIMARY KEY, name VARCHAR(40), orders_count INT)
 """
 
 
-def _cross_second() -> None:
-    time.sleep(1 - (time.time() % 1) + 0.05)
-
-
-def _checksum(cur, table: str) -> int:
-    cur.execute(f"CHECKSUM TABLE {table}")
-    return int(cur.fetchone()[1])
-
-
 @pytest.fixture(scope="module")
 def shop(tmp_path_factory):
     repo = tmp_path_factory.mktemp("surgical") / "repo"
     store = open_store(f"file://{repo}")
-    src = Sandbox(name="surgical-src").start()
-    try:
+    with source_with_repo("surgical-src", repo) as (src, _env):
         src.sql("CREATE DATABASE shop")
         conn = src.connect(database="shop")
         cur = conn.cursor()
@@ -59,8 +48,7 @@ def shop(tmp_path_factory):
         cur.execute("INSERT INTO customers SELECT seq, CONCAT('c', seq), 0 FROM seq_0_to_49")
         cur.execute("INSERT INTO items (order_id, sku) SELECT seq, 'sku' FROM seq_1_to_300")
         take_snapshot(src.spec, store, SnapshotOptions(source_id=SOURCE, parallel=2))
-        ship = ShipOptions(source_id=SOURCE, until_current=True, server_id=778, sync_interval=0.2)
-        Shipper(store, src.spec, ship).run()
+        ship_in_process(store, src.spec, SOURCE, 778)
         # after the base: changes to orders, to other tables, and mixed transactions
         for i in range(20):
             cur.execute("BEGIN")
@@ -74,10 +62,10 @@ def shop(tmp_path_factory):
         cur.execute("CREATE INDEX ix_customer ON orders (customer)")
         cur.execute("UPDATE orders SET extra = id % 7 WHERE id < 100")
         cur.execute("UPDATE items SET sku = 'x' WHERE id % 3 = 0")
-        _cross_second()
+        cross_second()
         t_before = time.time()
-        want = _checksum(cur, "shop.orders")
-        _cross_second()
+        want = checksum(cur, "shop.orders")
+        cross_second()
         cur.execute("DELETE FROM orders WHERE id % 3 = 0")  # the accident
         cur.execute("SELECT @@last_gtid")
         bad_gtid = cur.fetchone()[0]
@@ -88,12 +76,21 @@ def shop(tmp_path_factory):
         cur.execute("UPDATE orders SET note = 'sbr' WHERE id = 1")  # cannot be filtered
         cur.execute("SET SESSION binlog_format = 'ROW'")
         cur.execute("INSERT INTO items (order_id, sku) VALUES (0, 'last')")
-        Shipper(store, src.spec, ship).run()
+        ship_in_process(store, src.spec, SOURCE, 778)
         conn.close()
         yield {"store": store, "catalog": Catalog(store), "src": src, "t": t_before, "want": want,
                "bad_gtid": bad_gtid, "repo": repo}
+
+
+def _restored(src, db: str) -> tuple[list[str], int]:
+    """The tables of db on src, and the checksum of its orders."""
+    conn = src.connect()
+    try:
+        cur = conn.cursor()
+        cur.execute(f"SHOW TABLES FROM {db}")
+        return [r[0] for r in cur.fetchall()], checksum(cur, f"{db}.orders")
     finally:
-        src.destroy()
+        conn.close()
 
 
 def test_one_table_as_of_before_the_delete_lands_beside_the_live_data(shop):
@@ -102,12 +99,7 @@ def test_one_table_as_of_before_the_delete_lands_beside_the_live_data(shop):
     flt = TableFilter.parse(["shop.orders"], rename=["shop=shop_restored"])
     result = restore_tables_to_point(shop["store"], shop["catalog"], time_target(shop["t"]),
                                      src.spec, flt)
-    conn = src.connect()
-    cur = conn.cursor()
-    assert _checksum(cur, "shop_restored.orders") == shop["want"]
-    cur.execute("SHOW TABLES FROM shop_restored")
-    assert [r[0] for r in cur.fetchall()] == ["orders"]
-    conn.close()
+    assert _restored(src, "shop_restored") == (["orders"], shop["want"])
     assert table_checksums(src, ["shop"]) == before  # the live tables are untouched
     assert result.base["target_is_source"]
     assert any("only the selected tables' rows" in n for n in result.notes)
@@ -121,8 +113,8 @@ def test_one_table_as_of_before_the_delete_lands_beside_the_live_data(shop):
     (aside,) = again.base["moved_aside"].values()
     conn = src.connect()
     cur = conn.cursor()
-    assert _checksum(cur, "shop_restored.orders") == shop["want"]
-    assert _checksum(cur, aside) == shop["want"]
+    assert checksum(cur, "shop_restored.orders") == shop["want"]
+    assert checksum(cur, aside) == shop["want"]
     conn.close()
 
 
@@ -154,9 +146,4 @@ def test_cli_restores_tables_by_pattern_and_errors_in_one_line(shop):
     assert out.returncode == 0 and "shop.orders -> shop_cli.orders" in out.stdout, out.stderr
     out = run_cli(*args, "--json")
     assert out.returncode == 0, out.stderr
-    conn = src.connect()
-    cur = conn.cursor()
-    assert _checksum(cur, "shop_cli.orders") == shop["want"]
-    cur.execute("SHOW TABLES FROM shop_cli")
-    assert [r[0] for r in cur.fetchall()] == ["orders"]
-    conn.close()
+    assert _restored(src, "shop_cli") == (["orders"], shop["want"])

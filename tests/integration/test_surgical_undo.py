@@ -10,33 +10,22 @@ import time
 import pytest
 
 from backupkit.errors import UsageError
-from backupkit.mysql.sandbox import Sandbox
 from backupkit.repo.catalog import Catalog
 from backupkit.restore.undo import UndoConflict, segments_holding, undo
 from backupkit.storage import open_store
-from backupkit.strategies.binlog import ShipOptions, Shipper
 from backupkit.strategies.snapshot import SnapshotOptions, take_snapshot
 from tests.integration.test_pitr import ROW_SQL, every_type_row
-from tests.support import EVERY_TYPE_TABLE, run_cli
+from tests.support import EVERY_TYPE_TABLE, checksum, cross_second, run_cli, source_with_repo
+from tests.support.shipping import ship_in_process
 
 pytestmark = pytest.mark.timeout(300)
-
-
-def _sum(cur, table: str) -> int:
-    cur.execute(f"CHECKSUM TABLE {table}")
-    return int(cur.fetchone()[1])
-
-
-def _cross_second() -> None:
-    time.sleep(1 - (time.time() % 1) + 0.05)
 
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory):
     repo = tmp_path_factory.mktemp("undo") / "repo"
     store = open_store(f"file://{repo}")
-    src = Sandbox(name="undo-src").start()
-    try:
+    with source_with_repo("undo-src", repo) as (src, _env):
         src.sql("CREATE DATABASE shop")
         conn = src.connect(database="shop")
         cur = conn.cursor()
@@ -49,28 +38,25 @@ def live(tmp_path_factory):
         for i in range(1, 41):
             cur.execute(ROW_SQL, every_type_row(i, rnd))
         take_snapshot(src.spec, store, SnapshotOptions(source_id="shop", parallel=2))
-        ship = ShipOptions(source_id="shop", until_current=True, server_id=779, sync_interval=0.2)
-        Shipper(store, src.spec, ship).run()
+        ship_in_process(store, src.spec, "shop", 779)
         yield {"store": store, "catalog": Catalog(store), "src": src, "conn": conn, "cur": cur,
-               "ship": lambda: Shipper(store, src.spec, ship).run(), "rnd": rnd, "repo": repo}
+               "ship": lambda: ship_in_process(store, src.spec, "shop", 779), "rnd": rnd, "repo": repo}
         conn.close()
-    finally:
-        src.destroy()
 
 
 def test_undo_of_a_delete_restores_the_rows_and_a_second_run_refuses(live):
     cur, src = live["cur"], live["src"]
-    want = _sum(cur, "shop.orders")
+    want = checksum(cur, "shop.orders")
     cur.execute("DELETE FROM orders WHERE id % 3 = 0")
     cur.execute("SELECT @@last_gtid")
     bad = cur.fetchone()[0]
     cur.execute("UPDATE orders SET note = 'later' WHERE id = 1")  # a later, unrelated change
-    want_after = _sum(cur, "shop.orders")
+    want_after = checksum(cur, "shop.orders")
     live["ship"]()
     dry = undo(live["store"], live["catalog"], src.spec, gtids=[bad], dry_run=True)
     assert dry.sql.count("BINLOG '") >= 2 and not dry.applied
     assert "--   INSERT INTO `shop`.`orders`" in dry.sql, dry.sql[:2000]
-    assert _sum(cur, "shop.orders") == want_after
+    assert checksum(cur, "shop.orders") == want_after
     out = run_cli("--storage", f"file://{live['repo']}", "undo", "--gtid", bad, "--dry-run")
     assert out.returncode == 0 and "INSERT INTO `shop`.`orders`" in out.stdout, out.stderr
     out = run_cli("--storage", f"file://{live['repo']}", "undo", "--gtid", bad, "--json",
@@ -81,11 +67,11 @@ def test_undo_of_a_delete_restores_the_rows_and_a_second_run_refuses(live):
     cur.execute("SELECT COUNT(*) FROM orders")
     assert cur.fetchone()[0] == 600
     cur.execute("UPDATE orders SET note = 'n1' WHERE id = 1")  # back to the state before the DELETE
-    assert _sum(cur, "shop.orders") == want
+    assert checksum(cur, "shop.orders") == want
     with pytest.raises(UndoConflict, match=r"^200 row\(s\) changed.*shop.orders \(id=\d+\): "
                                            "a row with this key exists again"):
         undo(live["store"], live["catalog"], src.spec, gtids=[bad])
-    assert _sum(cur, "shop.orders") == want
+    assert checksum(cur, "shop.orders") == want
 
 
 def test_conflicts_name_the_changed_columns_and_force_skips_those_rows(live):
@@ -111,9 +97,9 @@ def test_conflicts_name_the_changed_columns_and_force_skips_those_rows(live):
 
 def test_an_update_storm_over_every_type_undone_returns_the_checksum(live):
     cur, src, rnd = live["cur"], live["src"], live["rnd"]
-    _cross_second()
-    want = _sum(cur, "shop.every_type")
-    _cross_second()
+    cross_second()
+    want = checksum(cur, "shop.every_type")
+    cross_second()
     t1 = time.time()
     for round_ in range(3):
         for i in rnd.sample(range(1, 41), 15):
@@ -125,12 +111,12 @@ def test_an_update_storm_over_every_type_undone_returns_the_checksum(live):
                     (str(round_), round_, round_, round_ % 2))
     cur.execute("INSERT INTO every_type (id, vc) VALUES (1000, 'new')")
     t2 = time.time()
-    _cross_second()
+    cross_second()
     live["ship"]()
-    assert _sum(cur, "shop.every_type") != want
+    assert checksum(cur, "shop.every_type") != want
     done = undo(live["store"], live["catalog"], src.spec, t_from=t1, t_to=t2)
     assert done.applied and len(done.transactions) >= 90
-    assert _sum(cur, "shop.every_type") == want
+    assert checksum(cur, "shop.every_type") == want
 
 
 def test_undo_from_a_damaged_segment_is_refused_and_changes_nothing(live, tmp_path):
@@ -140,7 +126,7 @@ def test_undo_from_a_damaged_segment_is_refused_and_changes_nothing(live, tmp_pa
     cur.execute("SELECT @@last_gtid")
     g = cur.fetchone()[0]
     live["ship"]()
-    want = _sum(cur, "shop.orders")
+    want = checksum(cur, "shop.orders")
     segs = live["catalog"].segments("shop")
     chosen = segments_holding(segs, {g})
     assert len(chosen) <= 2 < len(segs), (len(chosen), len(segs))  # not every segment is read
@@ -156,7 +142,7 @@ def test_undo_from_a_damaged_segment_is_refused_and_changes_nothing(live, tmp_pa
     assert out.returncode == 5, out.stderr
     lines = out.stderr.strip().splitlines()
     assert len(lines) <= 2 and holder.object.key in out.stderr and "Traceback" not in out.stderr
-    assert _sum(cur, "shop.orders") == want
+    assert checksum(cur, "shop.orders") == want
 
 
 def test_bad_undo_input_is_refused(live):

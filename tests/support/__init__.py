@@ -1,9 +1,14 @@
-"""Shared test helpers: real S3 server processes, table checksums, CLI runs, waiting.
+"""Shared test helpers: real S3 server processes, a source with its CLI environment, table
+checksums, CLI runs, waiting.
 
-More in this package: shipping.py (binlog shipping), regions.py (two S3 regions)."""
+More in this package: shipping.py (binlog shipping), regions.py (two S3 regions),
+replication.py (a primary and its replica), monitoring.py (metrics, webhooks, a browser),
+daemon.py (the scheduler daemon and fleets)."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
 import signal
@@ -11,9 +16,10 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
-from backupkit.mysql.sandbox import free_port
+from backupkit.mysql.sandbox import Sandbox, free_port
 
 #: One table with a column of every type the exactness tests cover (snapshot and point in time).
 EVERY_TYPE_TABLE = r"""CREATE TABLE every_type (
@@ -31,6 +37,29 @@ EVERY_TYPE_TABLE = r"""CREATE TABLE every_type (
   gen_s VARCHAR(210) AS (CONCAT('g', vc)) STORED
 ) ENGINE=InnoDB;
 """
+
+
+def _until_ready(proc: subprocess.Popen, url: str, timeout: float, interval: float) -> bool:
+    """Poll url until it answers (True), or until proc exits or timeout seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            urllib.request.urlopen(url, timeout=1).read()
+            return True
+        except Exception:
+            time.sleep(interval)
+    return False
+
+
+def stop_group(proc: subprocess.Popen | None, timeout: float) -> None:
+    """SIGTERM a running process's whole group (it started a session); SIGKILL after timeout s."""
+    if proc and proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 class MotoServer:
@@ -62,25 +91,14 @@ class MotoServer:
         self.proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(self.port)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                      env=env, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError("moto_server exited at start")
-            try:
-                urllib.request.urlopen(self.endpoint + "/moto-api/", timeout=1).read()
-                return self
-            except Exception:
-                time.sleep(0.1)
+        if _until_ready(self.proc, self.endpoint + "/moto-api/", timeout, 0.1):
+            return self
+        if self.proc.poll() is not None:
+            raise RuntimeError("moto_server exited at start")
         raise RuntimeError("moto_server did not start")
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        stop_group(self.proc, 10)
         self.proc = None
 
     def reset(self) -> None:
@@ -93,6 +111,28 @@ class MotoServer:
 
         boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
                      aws_access_key_id="test", aws_secret_access_key="test").create_bucket(Bucket=name)
+
+
+@contextlib.contextmanager
+def source_with_repo(name: str, repo: Path) -> Iterator[tuple[Sandbox, dict[str, str]]]:
+    """A private mariadbd and the CLI's environment for it and a local repository at repo;
+    the server is destroyed on leaving."""
+    src = Sandbox(name=name).start()
+    try:
+        yield src, {"BACKUPKIT_STORAGE": f"file://{repo}", "BACKUPKIT_SOURCE": src.url}
+    finally:
+        src.destroy()
+
+
+def cross_second(extra: float = 0.05) -> None:
+    """Sleep until extra seconds into the next whole second (binlog times are whole seconds)."""
+    time.sleep(1 - (time.time() % 1) + extra)
+
+
+def checksum(cur, table: str) -> int:
+    """CHECKSUM TABLE of one table (a qualified name), on an open cursor."""
+    cur.execute(f"CHECKSUM TABLE {table}")
+    return int(cur.fetchone()[1])
 
 
 def table_checksums(sandbox_or_conn, databases: list[str] | None = None) -> dict[str, int | None]:
@@ -123,6 +163,12 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600,
     full_env = {**os.environ, "COLUMNS": "200", **(env or {})}
     return subprocess.run([exe, *args], capture_output=True, text=True, env=full_env,
                           timeout=timeout, input=input)
+
+
+def json_ok(r: subprocess.CompletedProcess) -> dict:
+    """The JSON of a CLI run that succeeded (its output in the failure otherwise)."""
+    assert r.returncode == 0, r.stderr + r.stdout
+    return json.loads(r.stdout)
 
 
 class PrometheusServer:
@@ -156,15 +202,10 @@ class PrometheusServer:
              f"--storage.tsdb.path={self.base / 'data'}", f"--web.listen-address=127.0.0.1:{self.port}",
              "--storage.tsdb.retention.time=1h"],
             stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError("prometheus exited: " + (self.base / "prometheus.log").read_text()[-2000:])
-            try:
-                urllib.request.urlopen(self.url + "/-/ready", timeout=1).read()
-                return self
-            except Exception:
-                time.sleep(0.2)
+        if _until_ready(self.proc, self.url + "/-/ready", timeout, 0.2):
+            return self
+        if self.proc.poll() is not None:
+            raise RuntimeError("prometheus exited: " + (self.base / "prometheus.log").read_text()[-2000:])
         raise RuntimeError("prometheus did not become ready")
 
     def get(self, path: str) -> dict:
@@ -187,16 +228,21 @@ class PrometheusServer:
         return self.get("/api/v1/query?query=" + quote(expr))["data"]["result"]
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        stop_group(self.proc, 20)
         self.proc = None
         if getattr(self, "log", None):
             self.log.close()
+
+
+def poll(read, cond, timeout: float, interval: float = 0.5):
+    """read() until cond(value) holds or timeout seconds pass: the last value either way (the
+    caller asserts on it, with its own message)."""
+    deadline = time.monotonic() + timeout
+    value = read()
+    while not cond(value) and time.monotonic() < deadline:
+        time.sleep(interval)
+        value = read()
+    return value
 
 
 def wait_for(cond, timeout: float, what: str, interval: float = 0.1):

@@ -8,64 +8,59 @@ import shutil
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import run_cli
+from tests.support.shipping import purge_to_current
+
+
+def _samples(url: str) -> Iterator:
+    """Every sample of one scrape of url's /metrics."""
+    with urllib.request.urlopen(url + "/metrics", timeout=5) as r:
+        text = r.read().decode()
+    for fam in text_string_to_metric_families(text):
+        yield from fam.samples
 
 
 def scrape(url: str) -> dict[str, float]:
     """name{labels} -> value; unlabelled series under their bare name as well."""
-    with urllib.request.urlopen(url + "/metrics", timeout=5) as r:
-        text = r.read().decode()
-    out: dict[str, float] = {}
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            out[s.name] = s.value
-    return out
+    return {s.name: s.value for s in _samples(url)}
 
 
 def per_policy(url: str, name: str, **labels: str) -> dict[str, float]:
     """policy -> value of one series of a fleet endpoint (the samples matching labels)."""
-    with urllib.request.urlopen(url + "/metrics", timeout=5) as r:
-        text = r.read().decode()
-    out: dict[str, float] = {}
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
-                out[s.labels["policy"]] = s.value
-    return out
+    return {s.labels["policy"]: s.value for s in _samples(url)
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())}
+
+
+def _wait_scrape(read, cond, timeout: float, interval: float, what: str) -> dict[str, float]:
+    """read() until cond holds on what it returns (a refused connection counts as not yet)."""
+    deadline = time.monotonic() + timeout
+    last: dict[str, float] = {}
+    while time.monotonic() < deadline:
+        try:
+            last = read()
+            if cond(last):
+                return last
+        except OSError:
+            pass
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting on {what}; last scrape: {last}")
 
 
 def wait_policies(url: str, name: str, cond, timeout: float = 30, **labels: str) -> dict[str, float]:
     """Scrape until cond(per_policy(...)) holds; the last values in the error otherwise."""
-    deadline = time.monotonic() + timeout
-    last: dict[str, float] = {}
-    while time.monotonic() < deadline:
-        try:
-            last = per_policy(url, name, **labels)
-            if cond(last):
-                return last
-        except OSError:
-            pass
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting on {name}{labels or ''}; last scrape: {last}")
+    return _wait_scrape(lambda: per_policy(url, name, **labels), cond, timeout, 0.3,
+                        f"{name}{labels or ''}")
 
 
 def wait_metric(url: str, cond, timeout: float = 30) -> dict[str, float]:
-    deadline = time.monotonic() + timeout
-    last: dict[str, float] = {}
-    while time.monotonic() < deadline:
-        try:
-            last = scrape(url)
-            if cond(last):
-                return last
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"timed out; last scrape: {last}")
+    """Scrape until cond(scrape(url)) holds; the last scrape in the error otherwise."""
+    return _wait_scrape(lambda: scrape(url), cond, timeout, 0.2, url + "/metrics")
 
 
 def browser():
@@ -80,15 +75,6 @@ def browser():
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     service = Service(shutil.which("chromedriver") or "/usr/bin/chromedriver")
     return webdriver.Chrome(service=service, options=opts)
-
-
-def purge_to(sb, name: str) -> None:
-    for _ in range(40):  # PURGE keeps files until InnoDB's binlog checkpoint moves on
-        sb.sql(f"PURGE BINARY LOGS TO '{name}'")
-        if all(r[0] >= name for r in sb.sql("SHOW BINARY LOGS")):
-            return
-        time.sleep(0.25)
-    raise AssertionError("the binlog was not purged")
 
 
 def make_history(sb, tmp_path: Path, name: str = "page-test", extra: str = "") -> tuple[Path, dict[str, str]]:
@@ -132,8 +118,7 @@ log_dir = "{tmp_path / 'log'}"
     sb.sql("FLUSH BINARY LOGS")
     time.sleep(1.0)
     sb.sql("INSERT INTO app.t (v) VALUES (101)")
-    last = sb.sql("SHOW MASTER STATUS")[0][0]
-    purge_to(sb, last)
+    purge_to_current(sb)
     r = run_cli("binlog", "ship", "--once", "--restart-from-current", env=env)
     assert r.returncode == 0 and "GAP" in r.stderr, r.stderr
     time.sleep(1.0)

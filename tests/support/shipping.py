@@ -19,7 +19,8 @@ from backupkit.repo.catalog import Catalog
 from backupkit.repo.codec import read_object
 from backupkit.repo.coverage import build_runs
 from backupkit.storage import open_store
-from tests.support import run_cli
+from backupkit.strategies.binlog import ShipOptions, Shipper
+from tests.support import run_cli, wait_for
 
 
 def cli_env(sandbox, storage_url: str, **extra: str) -> dict[str, str]:
@@ -35,6 +36,12 @@ def ship_once(sandbox, storage_url: str, *args: str, env: dict[str, str] | None 
     r = run_cli("binlog", "ship", "--once", "--json", *args,
                 env={**cli_env(sandbox, storage_url), **(env or {})}, timeout=120)
     return r
+
+
+def ship_in_process(store, spec, source_id: str, server_id: int, **options) -> None:
+    """One shipper run in this process: the binlog up to the server's position now."""
+    Shipper(store, spec, ShipOptions(source_id=source_id, until_current=True, server_id=server_id,
+                                     sync_interval=0.2, **options)).run()
 
 
 def start_shipper(sandbox, storage_url: str, log_path: Path, *args: str,
@@ -85,6 +92,16 @@ def shipping_writer(sandbox, rotate_every: float | None = None, pause: float = 0
 def make_table(sandbox) -> None:
     sandbox.sql("CREATE DATABASE IF NOT EXISTS w")
     sandbox.sql("CREATE TABLE IF NOT EXISTS w.t (id INT PRIMARY KEY AUTO_INCREMENT, k INT, v TEXT)")
+
+
+def purge_to_current(sb) -> None:
+    """PURGE BINARY LOGS up to the server's current file; PURGE keeps files until InnoDB's binlog
+    checkpoint moves on (FACTS.md), so it is retried until only the current file is left."""
+    def done() -> bool:
+        cur = sb.sql("SHOW MASTER STATUS")[0][0]
+        sb.sql(f"PURGE BINARY LOGS TO '{cur}'")
+        return [r[0] for r in sb.sql("SHOW BINARY LOGS")] == [cur]
+    wait_for(done, 20, "the purge", interval=0.3)
 
 
 def segments_of(storage_url: str) -> tuple[Catalog, str, list]:
