@@ -21,6 +21,7 @@ from backupkit.repo.catalog import Catalog
 from backupkit.repo.codec import verify_object
 from tests.support import run_cli, table_checksums, wait_for
 from tests.support.regions import bucket_keys, s3_client, two_region_policy
+from tests.support.shipping import stop_proc
 
 pytestmark = pytest.mark.timeout(400)
 ENV = {"BACKUPKIT_TARGET_PASSWORD": ""}
@@ -57,6 +58,13 @@ def _ship_once(policy: str):
     return r
 
 
+def _lose(server, bucket: str) -> None:
+    """A region is lost: its bucket and every object in it are gone."""
+    c = s3_client(server)
+    c.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in bucket_keys(server, bucket)]})
+    c.delete_bucket(Bucket=bucket)
+
+
 def _commit_markers(server, bucket) -> set[str]:
     return {k for k in bucket_keys(server, bucket) if layout.is_commit_marker(k.removeprefix("repo/"))}
 
@@ -75,10 +83,7 @@ def test_snapshot_and_shipping_reach_both_regions_and_the_second_restores_alone(
     assert any(layout.is_segment_index(k.removeprefix("repo/")) for k in keys_w)
     assert "repo/" + layout.backup_manifest(backup_id) in keys_w
 
-    # The first region is lost entirely.
-    c = s3_client(east)
-    c.delete_objects(Bucket=eb, Delete={"Objects": [{"Key": k} for k in keys_e]})
-    c.delete_bucket(Bucket=eb)
+    _lose(east, eb)  # the first region is lost entirely
     target = mariadb_factory(server_id=2)
     r = run_cli("restore", backup_id, "--policy", policy, "--target", target.url, "--json", env=ENV)
     assert r.returncode == 0, r.stderr
@@ -102,9 +107,7 @@ def test_point_in_time_restore_from_the_second_region(regions, source, mariadb_f
     time.sleep(1.2)
     source.sql("DELETE FROM shop.orders WHERE id > 19000")
     _ship_once(policy)
-    c = s3_client(east)
-    c.delete_objects(Bucket=eb, Delete={"Objects": [{"Key": k} for k in bucket_keys(east, eb)]})
-    c.delete_bucket(Bucket=eb)
+    _lose(east, eb)
     target = mariadb_factory(server_id=2)
     r = run_cli("restore", "--to-time", moment, "--policy", policy, "--target", target.url, "--json",
                 env=ENV)
@@ -150,17 +153,6 @@ def _start_shipper(policy: str, log: Path) -> subprocess.Popen:
     return proc
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.kill(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-    proc._log.close()  # type: ignore[attr-defined]
-
-
 def _segments(server, bucket) -> int:
     return sum(1 for k in bucket_keys(server, bucket) if layout.is_segment_index(k.removeprefix("repo/")))
 
@@ -186,11 +178,11 @@ def test_region_stopped_while_shipping_writes_go_on_and_sync_completes_it(region
             assert shipper.poll() is None, log.read_text()
             # stopped before west wakes: a running shipper would complete west in the background
             # (test_coverage_slow_target.py); here west must stay behind for repo sync to complete
-            _stop(shipper)
+            stop_proc(shipper)
         finally:
             os.killpg(west.proc.pid, signal.SIGCONT)
     finally:
-        _stop(shipper)
+        stop_proc(shipper)
     assert _commit_markers(west, wb) < _commit_markers(east, eb)  # west lags, and shows only whole things
     r = run_cli("list", "--policy", policy, "--json")
     assert r.returncode == 0, r.stdout + r.stderr
