@@ -166,12 +166,66 @@ class BinlogSection(_Section):
     # (a restore that planned with them keeps reading them meanwhile)
     compact_after: str = "1h"
     compact_grace: str = "1h"
+    # compaction levels (Litestream's L1, L2): each merges the segments of every aligned window of
+    # commit time once the window ended `after` ago (default: its window; the last level's
+    # default is compact_after); `grace` defaults to compact_grace. Windows ascend, each a whole
+    # multiple of the one before. `[]`: one level of an hour, merging whatever is older than
+    # compact_after (before levels existed).
+    compact_levels: list[CompactLevel] = Field(default_factory=lambda: [
+        CompactLevel(window="1m", after="10s"), CompactLevel(window="1h")])
 
     @field_validator("purge_keep", "compact_after", "compact_grace")
     @classmethod
     def _duration(cls, v: str) -> str:
-        if v.strip() not in ("0", "0s"):
-            parse_duration(v)
+        _seconds(v)
+        return v
+
+    @field_validator("compact_levels")
+    @classmethod
+    def _levels(cls, v: list[CompactLevel]) -> list[CompactLevel]:
+        for i in range(1, len(v)):
+            lower, upper = _seconds(v[i - 1].window), _seconds(v[i].window)
+            if upper <= lower or upper % lower:
+                raise ValueError(f"level {i + 1}'s window {v[i].window!r} is not a larger whole "
+                                 f"multiple of level {i}'s {v[i - 1].window!r}")
+        return v
+
+    def compaction_levels(self) -> list[tuple[float, float, float]]:
+        """(window, after, grace) in seconds for each level, defaults filled in."""
+        out = []
+        for i, lv in enumerate(self.compact_levels):
+            after = lv.after if lv.after is not None else \
+                self.compact_after if i == len(self.compact_levels) - 1 else lv.window
+            out.append((_seconds(lv.window), _seconds(after),
+                        _seconds(lv.grace if lv.grace is not None else self.compact_grace)))
+        return out
+
+
+def _seconds(text: str) -> float:
+    """A duration in seconds; "0" is allowed (parse_duration wants it positive)."""
+    return 0.0 if str(text).strip() in ("0", "0s") else parse_duration(text)
+
+
+class CompactLevel(_Section):
+    """One entry of [binlog] compact_levels."""
+
+    window: str
+    after: str | None = None
+    grace: str | None = None
+
+    @field_validator("window")
+    @classmethod
+    def _window(cls, v: str) -> str:
+        w = _seconds(v)
+        if w < 1 or w != int(w):
+            raise ValueError(f"window {v!r} must be a whole number of seconds, at least 1s")
+        return v
+
+    @field_validator("after", "grace")
+    @classmethod
+    def _age(cls, v: str | None) -> str | None:
+        if v is not None:
+            _seconds(v)
         return v
 
 

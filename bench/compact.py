@@ -1,26 +1,28 @@
-"""Restore over many small segments from S3: fetch-ahead and compaction against
-`mariadb-binlog | mariadb` from local files (issue 16).
+"""restore --latest from S3 over many one-second segments, as the compaction levels leave them,
+against `mariadb-binlog | mariadb` from local files (issue 16).
 
 In one run, on private mariadbd servers and a moto_server built here:
 - a small table, a backupkit snapshot of it to the S3 server, then a real `backupkit binlog ship`
-  process with a short sync interval under a load of small transactions until it has shipped N
-  segments (2,000; 400 with --quick) of a few transactions each;
-- the snapshot loaded once into a target server whose datadir is then copied, so that every
-  replay starts from the same base, and each must give the source's CHECKSUM TABLE:
-  - `mariadb-binlog --start-position=P binlog... | mariadb` on the source's own binlog files
-    (the standard; local files, no network);
-  - backupkit's replay (plan + fetch + apply, as `restore --latest` runs it after the base) from
-    the S3 server over the N small segments: with one fetch at a time (the old fetcher) and with
-    the parallel fetch-ahead (the default); and both again with 20 ms added to each segment GET
-    (moto answers in about a millisecond; a real S3 endpoint's round trip is tens of them);
-  - `backupkit binlog compact --older-than 0 --grace 0` (timed), then the replay again over the
-    compacted segments;
+  process under a load of small transactions until it has shipped N segments (5,000; 600 with
+  --quick; BENCH_SEGMENTS=N to choose) of a few transactions each. Its sync interval is 0.05 s,
+  so about 20 segments are cut per second of commit time: the compaction windows are scaled by
+  the same factor (a "minute" is the commit time of 60 segments, an "hour" of 3,600), so that the
+  levels see the shapes a month of one-second segments gives them;
+- `mariadb-binlog --start-position=P binlog... | mariadb` over the source's own binlog files into a
+  server holding the snapshot (the standard; local files, no network), twice;
 - `backupkit restore --latest` into an empty server (the whole RTO: snapshot load, plan, preflight,
-  replay) over the small segments and again over the compacted ones.
-Every replay runs twice, interleaved with the standard's runs, and the faster run counts (the
-machine may be shared).
-Goal: restore --latest from S3 over many small segments >= 1.0x `mariadb-binlog | mariadb` from
-local files; peak RSS < 200 MiB.
+  replay), each time equal to the source's CHECKSUM TABLE:
+  1. over the N small segments (nothing compacted);
+  2. in the steady state of the levels: `binlog compact --level 1`, `--level 2`, then `--level 1`
+     again with the default levels scaled ([binlog] compact_levels: minute objects of what ended
+     10 "seconds" ago, hour objects of hours that ended an "hour" ago; the grace an "hour", so
+     the superseded small segments are still listed), as the running levels leave a repository:
+     hours merged, the last hour in minutes, the newest minute still small;
+  3. all compacted (`binlog compact --older-than 0 --grace 0`).
+Goal: restore --latest from S3 in the steady state >= 1.0x `mariadb-binlog | mariadb` from local
+files; peak RSS < 200 MiB.
+
+BENCH_PROFILE=DIR writes a cProfile of each restore there (the times then include its cost).
 
 Usage: python bench/compact.py [--quick] [--json]
 """
@@ -28,12 +30,15 @@ Usage: python bench/compact.py [--quick] [--json]
 from __future__ import annotations
 
 import json
+import math
+import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -42,33 +47,34 @@ from _common import ROOT, main_for, measure, row  # noqa: E402
 from backupkit.mysql.sandbox import Sandbox  # noqa: E402
 
 BENCH = "compact"
+SYNC_INTERVAL = 0.05
 
-REPLAY_CHILD = r'''
-import sys, time
-sys.path.insert(0, {root!r})
-from backupkit.storage import open_store
-from backupkit.repo.catalog import Catalog
-from backupkit.mysql.connection import ConnSpec
-from backupkit.restore.pitr import make_plan
-from backupkit.restore.replay import replay_segments
-from backupkit.restore.stoppoint import parse_target
-store = open_store(sys.argv[1])
-workers, ahead, delay = int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
-target = parse_target(latest=True)
-t = time.perf_counter()
-plan = make_plan(Catalog(store), target)
-planned = time.perf_counter() - t
-if delay:  # a real S3 endpoint's round trip, added to each segment GET (moto answers in ~1 ms)
-    real_open = store.open
-    def slow_open(key):
-        time.sleep(delay)
-        return real_open(key)
-    store.open = slow_open
-spec = ConnSpec(host="127.0.0.1", port=int(sys.argv[2]), user="root")
-res = replay_segments(store, plan.segments, plan.start, target, spec, prefetch=ahead,
-                      fetch_workers=workers)
-print(planned, len(plan.segments), res.transactions, res.binlog_bytes)
-'''
+
+@contextmanager
+def moto_bucket(env: dict[str, str]):
+    """A moto_server and a fresh bucket (its name); the credentials in env are exported."""
+    from tests.support import MotoServer
+
+    os.environ.update(env)
+    moto = MotoServer().start()
+    try:
+        bucket = f"bench-{uuid.uuid4().hex[:8]}"
+        moto.create_bucket(bucket)
+        yield moto, bucket
+    finally:
+        moto.stop()
+
+
+def stop_all(procs, sandboxes, *dirs: Path) -> None:
+    """The end of a benchmark: shippers stopped, servers destroyed, scratch folders removed."""
+    for p in procs:
+        if p is not None and p.poll() is None:
+            p.terminate()
+            p.wait(60)
+    for sb in sandboxes:
+        sb.destroy()
+    for d in dirs:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def _checksum(sb: Sandbox) -> int:
@@ -83,183 +89,181 @@ def _copy_server(template: Path, name: str) -> Sandbox:
     return sb.start()
 
 
-def _segments(url: str, env: dict) -> int:
+def _segments(url: str):
     from backupkit.repo.catalog import Catalog
+    from backupkit.repo.coverage import in_use
     from backupkit.storage import open_store
 
     cat = Catalog(open_store(url))
-    return sum(len(cat.segments(s)) for s in cat.sources())
+    return [s for sid in cat.sources() for s in in_use(cat.segments(sid))]
+
+
+def _levels_policy(path: Path, url: str, per_second: float) -> dict:
+    """A policy with the default levels scaled to per_second segments a second of commit time."""
+    minute = max(1, round(60 / per_second))
+    hour = 60 * minute
+    after1 = max(1, math.ceil(10 / per_second))
+    path.write_text(f"""name = "bench-compact"
+[storage]
+url = "{url}"
+[binlog]
+compact_grace = "{hour}s"
+compact_levels = [{{ window = "{minute}s", after = "{after1}s" }},
+                  {{ window = "{hour}s", after = "{hour}s" }}]
+""")
+    return {"minute": minute, "hour": hour, "after1": after1}
 
 
 def run(quick: bool = False) -> list[dict]:
     from backupkit.mysql.workload import WriteLoad
-    from tests.support import MotoServer
 
-    n_target = 400 if quick else 2000
+    n_target = int(os.environ.get("BENCH_SEGMENTS") or (600 if quick else 5000))
     work = Path(tempfile.mkdtemp(prefix="backupkit-bench-compact-"))
-    moto = MotoServer().start()
-    bucket = f"bench-{uuid.uuid4().hex[:8]}"
-    moto.create_bucket(bucket)
-    env = {"BACKUPKIT_S3_ENDPOINT": moto.endpoint, "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x"}
-    import os
-    os.environ.update(env)
-    url = f"s3://{bucket}/repo"
+    env = {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x"}
     src = Sandbox(name="bench-compact-src")
     base = Sandbox(name="bench-compact-base", server_id=2)
     made: list[Sandbox] = [src, base]
     out: list[dict] = []
-    name = f"{BENCH} ({n_target} one-second-ish segments on moto S3)"
     shipper = None
-    try:
-        src.start()
-        src.sql("CREATE DATABASE b")
-        src.sql("CREATE TABLE b.t (id INT PRIMARY KEY AUTO_INCREMENT, k INT, v VARCHAR(100))")
-        src.sql("INSERT INTO b.t (k, v) SELECT seq, 'base' FROM b.seq_1_to_1000")
-        snap = measure(["backupkit", "snapshot", "--source", src.url, "--storage", url, "--json"], env=env)
-        assert snap.returncode == 0, snap.stderr
-        from backupkit.repo.catalog import Catalog
-        from backupkit.storage import open_store
+    t_all = time.perf_counter()
+    with moto_bucket(env) as (moto, bucket):
+        env["BACKUPKIT_S3_ENDPOINT"] = moto.endpoint
+        os.environ.update(env)
+        url = f"s3://{bucket}/repo"
+        try:
+            src.start()
+            src.sql("CREATE DATABASE b")
+            src.sql("CREATE TABLE b.t (id INT PRIMARY KEY AUTO_INCREMENT, k INT, v VARCHAR(100))")
+            src.sql("INSERT INTO b.t (k, v) SELECT seq, 'base' FROM b.seq_1_to_1000")
+            snap = measure(["backupkit", "snapshot", "--source", src.url, "--storage", url, "--json"],
+                           env=env)
+            assert snap.returncode == 0, snap.stderr
+            from backupkit.repo.catalog import Catalog
+            from backupkit.storage import open_store
 
-        catalog = Catalog(open_store(url))
-        (manifest,) = catalog.backups()
-        p0 = manifest.point
+            (manifest,) = Catalog(open_store(url)).backups()
+            p0 = manifest.point
 
-        # N small segments from a real shipper under a load of small transactions
-        def step(cur, i: int) -> None:
-            cur.execute("INSERT INTO b.t (k, v) VALUES (%s, 'small transaction')", (i,))
+            # N small segments from a real shipper under a load of small transactions
+            def step(cur, i: int) -> None:
+                cur.execute("INSERT INTO b.t (k, v) VALUES (%s, 'small transaction')", (i,))
 
-        load = WriteLoad(lambda: src.connect(), step, pause=0.004, name="bench-writer")
-        log = open(work / "ship.log", "ab")  # noqa: SIM115 - closed below
-        shipper = subprocess.Popen(
-            [sys.executable, "-m", "backupkit", "binlog", "ship", "--source", src.url, "--storage", url,
-             "--sync-interval", "0.05", "--server-id", "4343"],
-            stdout=log, stderr=log, env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=str(ROOT))
-        load.start()
-        t_ship = time.perf_counter()
-        while True:
-            time.sleep(10)
-            n = _segments(url, env)
-            if n >= n_target or shipper.poll() is not None:
-                break
-        load.stop()
-        time.sleep(3)  # the shipper catches up
-        shipper.terminate()
-        shipper.wait(60)
-        log.close()
-        ship_wall = time.perf_counter() - t_ship
-        shipper = None
-        n_segs = _segments(url, env)
-        logs = [f for f, _ in src.sql("SHOW BINARY LOGS") if f >= p0.file]
-        want = _checksum(src)
-        txns = load.commits
+            load = WriteLoad(lambda: src.connect(), step, pause=0.004, name="bench-writer")
+            log = open(work / "ship.log", "ab")  # noqa: SIM115 - closed below
+            shipper = subprocess.Popen(
+                [sys.executable, "-m", "backupkit", "binlog", "ship", "--source", src.url,
+                 "--storage", url, "--sync-interval", str(SYNC_INTERVAL), "--server-id", "4343"],
+                stdout=log, stderr=log, env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=str(ROOT))
+            load.start()
+            t_ship = time.perf_counter()
+            from backupkit.repo.catalog import Catalog as _C  # noqa: N814
 
-        # the base, loaded once; its datadir is the start of every replay
-        base.start()
-        r = measure(["backupkit", "restore", manifest.id, "--storage", url, "--target", base.url, "--json"],
-                    env=env)
-        assert r.returncode == 0, r.stderr
-        base.stop()
-        template = base.datadir
-
-        def ours(label: str, workers: int, ahead: int, delay: float = 0.0):
-            sb = _copy_server(template, "bench-compact-ours")
-            made.append(sb)
-            m = measure([sys.executable, "-c", REPLAY_CHILD.format(root=str(ROOT)), url, str(sb.port),
-                         str(workers), str(ahead), str(delay)], env=env)
-            assert m.returncode == 0, m.stderr
-            assert _checksum(sb) == want, f"backupkit replay ({label}) is not exact"
-            sb.destroy()
-            planned, segs = m.stdout.split()[:2]
-            return m, float(planned), int(segs)
-
-        # the standard, from local files
-        binlogs = " ".join(str(src.datadir / f) for f in logs)
-
-        def standard():
-            sb = _copy_server(template, "bench-compact-std")
-            made.append(sb)
-            m = measure(f"mariadb-binlog --no-defaults --start-position={p0.pos} {binlogs} | "
-                        f"mariadb --no-defaults -h 127.0.0.1 -P {sb.port} -uroot", shell=True)
-            assert m.returncode == 0, m.stderr
-            assert _checksum(sb) == want, "mariadb-binlog | mariadb is not exact"
-            sb.destroy()
-            return m
-
-        def rto(label: str):
-            empty = Sandbox(name="bench-compact-rto", server_id=5).start()
-            made.append(empty)
-            m = measure(["backupkit", "restore", "--latest", "--storage", url, "--target", empty.url,
-                         "--json"], env=env)
-            assert m.returncode == 0, m.stderr
-            assert _checksum(empty) == want, f"restore --latest ({label}) is not exact"
-            empty.destroy()
-            return m
-
-        # the machine is shared: every replay twice, interleaved, and the faster of the two
-        def best(runs):
-            return min(runs, key=lambda r: r[0].wall if isinstance(r, tuple) else r.wall)
-
-        stds, seqs, pars = [], [], []
-        for _ in range(2):
-            stds.append(standard())
-            seqs.append(ours("sequential", 1, 2))
-            pars.append(ours("fetch-ahead", 8, 32))
-        seq, seq_plan, _ = best(seqs)
-        par, par_plan, par_n = best(pars)
-        # the same with 20 ms added to each segment GET, as a real S3 endpoint's round trip costs
-        seq_rtt = ours("sequential, 20 ms per GET", 1, 2, 0.02)[0]
-        par_rtt = ours("fetch-ahead, 20 ms per GET", 8, 32, 0.02)[0]
-        rto_small = rto("small segments")
-        comp = measure(["backupkit", "binlog", "compact", "--storage", url, "--older-than", "0",
-                        "--grace", "0", "--json"], env=env)
-        assert comp.returncode == 0, comp.stderr
-        merged = json.loads(comp.stdout)["sources"][0]
-        afters = []
-        for _ in range(2):
-            afters.append(ours("compacted", 8, 32))
-            stds.append(standard())
-        after, after_plan, after_n = best(afters)
-        std = best(stds)
-        rto_comp = rto("compacted")
-
-        out.append(row(name, f"shipped {n_segs} segments, {txns} transactions", ship_wall, "s"))
-        out.append(row(name, "mariadb-binlog | mariadb (local files) wall", std.wall, "s"))
-        out.append(row(name, f"replay from S3, {par_n} small segments, one fetch at a time", seq.wall, "s",
-                       "printed", std.wall / seq.wall))
-        out.append(row(name, "  of which planning (list + index entries)", seq_plan, "s"))
-        out.append(row(name, f"replay from S3, {par_n} small segments, fetch-ahead (8 workers)", par.wall,
-                       "s", ">= 1.0x mariadb-binlog | mariadb", std.wall / par.wall,
-                       std.wall / par.wall >= 1.0))
-        out.append(row(name, "  of which planning (list + index entries)", par_plan, "s"))
-        out.append(row(name, f"replay, {par_n} small segments, 20 ms added per GET, one fetch at a time",
-                       seq_rtt.wall, "s", "printed", std.wall / seq_rtt.wall))
-        out.append(row(name, f"replay, {par_n} small segments, 20 ms added per GET, fetch-ahead",
-                       par_rtt.wall, "s", "printed", std.wall / par_rtt.wall))
-        out.append(row(name, f"binlog compact ({merged['merged_segments']} segments into "
-                             f"{len(merged['merged'])})", comp.wall, "s", "printed"))
-        out.append(row(name, "binlog compact peak RSS", comp.peak_rss_mib, "MiB", "< 200 MiB", None,
-                       comp.peak_rss_mib < 200))
-        out.append(row(name, f"replay from S3 after compaction ({after_n} segments)", after.wall, "s",
-                       ">= 1.0x mariadb-binlog | mariadb", std.wall / after.wall,
-                       std.wall / after.wall >= 1.0))
-        out.append(row(name, "  of which planning (list + index entries)", after_plan, "s"))
-        out.append(row(name, "replay peak RSS (fetch-ahead)", par.peak_rss_mib, "MiB", "< 200 MiB", None,
-                       par.peak_rss_mib < 200))
-        out.append(row(name, f"restore --latest into an empty server, {par_n} small segments (whole RTO: "
-                             "snapshot load + replay)", rto_small.wall, "s", "printed",
-                       std.wall / rto_small.wall))
-        out.append(row(name, "restore --latest into an empty server, compacted (whole RTO)", rto_comp.wall,
-                       "s", "printed", std.wall / rto_comp.wall))
-        out.append(row(name, "restore --latest peak RSS", max(rto_small.peak_rss_mib, rto_comp.peak_rss_mib),
-                       "MiB", "< 200 MiB", None, max(rto_small.peak_rss_mib, rto_comp.peak_rss_mib) < 200))
-    finally:
-        if shipper is not None:
+            cat = _C(open_store(url))
+            while shipper.poll() is None:
+                time.sleep(10)
+                sid = (cat.sources() or [None])[0]
+                last = cat.last_segment(sid) if sid else None
+                # end positions grow with the segments; count them only now and then (a LIST)
+                if last is not None and time.perf_counter() - t_ship > 20 and \
+                        len(_segments(url)) >= n_target:
+                    break
+            load.stop()
+            time.sleep(3)  # the shipper catches up
             shipper.terminate()
             shipper.wait(60)
-        for sb in made:
-            sb.destroy()
-        moto.stop()
-        shutil.rmtree(work, ignore_errors=True)
+            log.close()
+            ship_wall = time.perf_counter() - t_ship
+            shipper = None
+            small = _segments(url)
+            span = max(s.last_commit_time for s in small) - min(
+                s.first_commit_time for s in small if s.first_commit_time)
+            per_second = len(small) / max(1.0, span)
+            logs = [f for f, _ in src.sql("SHOW BINARY LOGS") if f >= p0.file]
+            want = _checksum(src)
+            txns = load.commits
+
+            # the snapshot, loaded once; the standard starts from copies of that datadir
+            base.start()
+            r = measure(["backupkit", "restore", manifest.id, "--storage", url, "--target", base.url,
+                         "--json"], env=env)
+            assert r.returncode == 0, r.stderr
+            base.stop()
+            binlogs = " ".join(str(src.datadir / f) for f in logs)
+
+            def standard():
+                sb = _copy_server(base.datadir, "bench-compact-std")
+                made.append(sb)
+                m = measure(f"mariadb-binlog --no-defaults --start-position={p0.pos} {binlogs} | "
+                            f"mariadb --no-defaults -h 127.0.0.1 -P {sb.port} -uroot", shell=True)
+                assert m.returncode == 0, m.stderr
+                assert _checksum(sb) == want, "mariadb-binlog | mariadb is not exact"
+                sb.destroy()
+                return m
+
+            def restore(label: str):
+                empty = Sandbox(name="bench-compact-rto", server_id=5).start()
+                made.append(empty)
+                cmd = ["backupkit", "restore", "--latest", "--storage", url, "--target", empty.url, "--json"]
+                if os.environ.get("BENCH_PROFILE"):  # a folder: cProfile of each restore there
+                    prof = Path(os.environ["BENCH_PROFILE"]) / f"restore-{label.split()[0]}.prof"
+                    cmd = [sys.executable, "-m", "cProfile", "-o", str(prof), "-m", "backupkit", *cmd[1:]]
+                m = measure(cmd, env=env)
+                assert m.returncode == 0, m.stderr
+                assert _checksum(empty) == want, f"restore --latest ({label}) is not exact"
+                empty.destroy()
+                return m, len(_segments(url))
+
+            def compact(*args: str, policy: Path | None = None):
+                pol = ["--policy", str(policy)] if policy else []
+                m = measure(["backupkit", *pol, "binlog", "compact", "--storage", url, "--json", *args],
+                            env=env)
+                assert m.returncode == 0, m.stderr
+                return m, json.loads(m.stdout)["sources"][0]
+
+            stds = [standard()]
+            small_rto, n_small = restore("small segments")
+            policy = work / "levels.toml"
+            scale = _levels_policy(policy, url, per_second)
+            steady_runs = [compact("--level", "1", policy=policy), compact("--level", "2", policy=policy),
+                           compact("--level", "1", policy=policy)]
+            steady_listed = steady_runs[-1][1]["segments_after"]
+            stds.append(standard())
+            steady_rto, n_steady = restore("steady state of the levels")
+            shapes = {}
+            for s in _segments(url):
+                kind = "small" if not s.merged else (
+                    "minute" if s.last_commit_time - s.first_commit_time < 1.5 * scale["minute"] else "hour")
+                shapes[kind] = shapes.get(kind, 0) + 1
+            comp, merged = compact("--older-than", "0", "--grace", "0")
+            comp_rto, n_comp = restore("all compacted")
+            std = min(stds, key=lambda m: m.wall)
+            name = f"{BENCH} ({len(small)} segments on moto S3)"
+
+            out.append(row(name, f"shipped {len(small)} segments, {txns} transactions, "
+                                 f"{per_second:.1f} segments per second of commits", ship_wall, "s"))
+            out.append(row(name, "mariadb-binlog | mariadb (local files), faster of 2", std.wall, "s"))
+            out.append(row(name, f"restore --latest, {n_small} small segments", small_rto.wall, "s",
+                           "printed", std.wall / small_rto.wall))
+            out.append(row(name, f"restore --latest, steady state of the levels ({n_steady} objects: "
+                                 f"{shapes.get('hour', 0)} hour, {shapes.get('minute', 0)} minute, "
+                                 f"{shapes.get('small', 0)} small; a minute = {scale['minute']} s, "
+                                 f"{steady_listed} entries listed)", steady_rto.wall, "s",
+                           ">= 1.0x mariadb-binlog | mariadb", std.wall / steady_rto.wall,
+                           std.wall / steady_rto.wall >= 1.0))
+            out.append(row(name, f"restore --latest, all compacted ({n_comp} objects)", comp_rto.wall, "s",
+                           "printed", std.wall / comp_rto.wall))
+            for label, (m, res) in zip(("level 1", "level 2", "level 1 again"), steady_runs, strict=True):
+                out.append(row(name, f"binlog compact --level {label} ({res['merged_segments']} segments "
+                                     f"into {len(res['merged'])})", m.wall, "s", "printed"))
+            out.append(row(name, f"binlog compact --older-than 0 --grace 0 ({merged['merged_segments']} "
+                                 f"segments into {len(merged['merged'])})", comp.wall, "s", "printed"))
+            rss = max(m.peak_rss_mib for m in (small_rto, steady_rto, comp_rto))
+            out.append(row(name, "restore --latest peak RSS", rss, "MiB", "< 200 MiB", None, rss < 200))
+            crss = max(m.peak_rss_mib for m, _ in [*steady_runs, (comp, None)])
+            out.append(row(name, "binlog compact peak RSS", crss, "MiB", "< 200 MiB", None, crss < 200))
+            out.append(row(name, "whole benchmark", time.perf_counter() - t_all, "s"))
+        finally:
+            stop_all([shipper], made, work)
     return out
 
 

@@ -342,37 +342,50 @@ def _duration_option(text: str, name: str) -> float:
 @app.command("compact")
 def compact(
     older_than: str = typer.Option(None, "--older-than",
-                                   help="Merge segments committed longer ago than this (e.g. 1h, 0; "
-                                        "default [binlog] compact_after, 1h)."),
+                                   help="One pass instead of the levels: merge every segment committed "
+                                        "longer ago than this (e.g. 1h, 0), one object per hour."),
     grace: str = typer.Option(None, "--grace",
                               help="Delete merged small segments only this long after the merged one "
-                                   "was committed (default [binlog] compact_grace, 1h): restores "
-                                   "that planned with them keep reading them meanwhile."),
+                                   "was committed (default [binlog] compact_grace, 1h, or the level's "
+                                   "grace): restores that planned with them keep reading them meanwhile."),
+    only_level: int = typer.Option(None, "--level", min=1,
+                                   help="Run only this level of [binlog] compact_levels (1: the first)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Show what would be merged and deleted; "
                                                           "change nothing."),
     source_id: str = typer.Option(None, "--source-id", help="Compact only this source (default: "
                                                             "every source in the repository)."),
 ) -> None:
-    """Merge runs of small shipped segments into one verified object each (one per hour of
-    commits of one binlog file), then delete the small ones after a grace period.
+    """Merge runs of small shipped segments into verified objects, level by level ([binlog]
+    compact_levels: one per minute, then one per hour of commits), then delete the small ones
+    after a grace period.
 
-    The merged object is a valid binlog segment holding every event byte, and its index entry
+    A merged object is a valid binlog segment holding every event byte, and its index entry
     keeps what exact --to-time, --to-gtid and --to-position restores need. It is committed before
     anything is deleted; readers use it instead of the small ones from that moment."""
-    from backupkit.operations.compact import compact_repository  # lazy: start-up time
+    from backupkit.operations.compact import Level, compact_repository  # lazy: start-up time
 
     cfg = settings()
-    after = _duration_option(older_than if older_than is not None else cfg.policy.binlog.compact_after,
-                             "--older-than")
-    grace_s = _duration_option(grace if grace is not None else cfg.policy.binlog.compact_grace,
-                               "--grace")
+    b = cfg.policy.binlog
+    after = _duration_option(older_than if older_than is not None else b.compact_after, "--older-than")
+    grace_s = _duration_option(grace if grace is not None else b.compact_grace, "--grace")
+    levels = [] if older_than is not None else \
+        [Level(w, a, grace_s if grace is not None else g) for w, a, g in b.compaction_levels()]
+    if only_level is not None:
+        if only_level > len(levels):
+            raise UsageError(f"--level {only_level}: [binlog] compact_levels has {len(levels)} level(s)"
+                             + (" (--older-than runs one pass)" if older_than is not None else ""),
+                             "give a level from 1 to the number of levels")
+        levels = [lv if i == only_level else Level(lv.window, float("inf"), lv.grace)
+                  for i, lv in enumerate(levels, 1)]
     store, catalog = open_catalog(create=False)
     sources = [source_id or cfg.policy.source.source_id] if (source_id or cfg.policy.source.source_id) \
         else None
-    results = compact_repository(catalog, sources, older_than=after, grace=grace_s, dry_run=dry_run,
-                                 level=cfg.policy.binlog.compression_level,
+    results = compact_repository(catalog, sources, older_than=after, grace=grace_s, levels=levels,
+                                 dry_run=dry_run, level=b.compression_level,
                                  report=None if json_mode() else info)
     data = {"storage": store.describe(), "dry_run": dry_run, "older_than": after, "grace": grace_s,
+            "levels": [{"window": lv.window, "after": lv.after, "grace": lv.grace} for lv in levels
+                       if lv.after != float("inf")],
             "sources": [r.to_dict() for r in results]}
 
     def human(console) -> None:

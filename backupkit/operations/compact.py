@@ -40,7 +40,7 @@ from backupkit.errors import IntegrityError, ObjectNotFound, StorageError
 from backupkit.mysql import binlog_events as be
 from backupkit.repo import layout
 from backupkit.repo.catalog import Catalog, SegmentInfo
-from backupkit.repo.codec import put_object, verify_object
+from backupkit.repo.codec import StoredObject, put_object, verify_object
 from backupkit.repo.coverage import build_runs, covered_by
 from backupkit.restore.replay.fetch import Fetcher
 
@@ -55,6 +55,47 @@ DEFAULT_GRACE = 3600.0
 DEFAULT_WINDOW = 3600.0
 #: ... and at most this many bytes of binlog.
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Level:
+    """One compaction level ([binlog] compact_levels): the segments of each aligned ``window`` of
+    commit time are merged into one object once the window ended ``after`` seconds ago; the
+    pieces a merged segment of this level replaced are deleted ``grace`` seconds after its
+    commit. A level merges the segments spanning less than its window: the small ones and those
+    of the levels below (Litestream's L1, L2, ...)."""
+
+    window: float
+    after: float
+    grace: float = DEFAULT_GRACE
+
+
+#: [binlog] compact_levels by default: one-minute objects of what ended 10 s ago, then one-hour
+#: objects of those once the hour ended compact_after (1h) ago.
+DEFAULT_LEVELS = (Level(60.0, 10.0), Level(3600.0, DEFAULT_AFTER))
+
+
+def check_levels(levels: Sequence[Level]) -> None:
+    """ValueError naming what is wrong: windows ascending, each a whole multiple of the one
+    below (a window of a level then holds whole windows of the level below)."""
+    for i, lv in enumerate(levels, 1):
+        if lv.window < 1 or lv.window != int(lv.window):
+            raise ValueError(f"level {i}: the window must be a whole number of seconds, at least 1s")
+        if lv.after < 0 or lv.grace < 0:
+            raise ValueError(f"level {i}: after and grace must not be negative")
+        if i > 1:
+            below = levels[i - 2].window
+            if lv.window <= below or lv.window % below:
+                raise ValueError(f"level {i}: its window ({lv.window:g}s) must be a whole multiple "
+                                 f"of level {i - 1}'s ({below:g}s), and larger")
+
+
+def level_of(seg: SegmentInfo, levels: Sequence[Level]) -> int:
+    """The level (1-based) a compacted segment belongs to: the lowest that merges it (_fits);
+    0 for a shipped segment."""
+    if not seg.merged:
+        return 0
+    return next((i for i, lv in enumerate(levels, 1) if _fits(seg, lv.window)), len(levels))
 
 
 @dataclass
@@ -83,15 +124,35 @@ def _when(s: SegmentInfo) -> float:
     return s.created_at or s.last_event_time or s.first_event_time
 
 
+def _last(s: SegmentInfo) -> float:
+    return s.last_commit_time or s.last_event_time or _when(s)
+
+
+def _span(s: SegmentInfo) -> float:
+    """Seconds of commit time a segment spans."""
+    first = s.first_commit_time or s.first_event_time or _last(s)
+    return max(0.0, _last(s) - first)
+
+
+def _fits(s: SegmentInfo, window: float) -> bool:
+    """True when a level of this window merges s: s spans less than the window, give or take the
+    segment that crosses into it (a merged window's first piece may begin in the window before:
+    windows are by last commit), so not an object of a higher level."""
+    return _span(s) < 1.5 * window
+
+
 def _bucket(s: SegmentInfo, window: float) -> int:
-    t = s.last_commit_time or s.last_event_time or _when(s)
-    return int(math.floor(t / window)) if window > 0 else 0
+    return int(math.floor(_last(s) / window)) if window > 0 else 0
 
 
 def plan_merges(segments: Sequence[SegmentInfo], gaps: Sequence = (), *, now: float,
                 older_than: float = DEFAULT_AFTER, window: float = DEFAULT_WINDOW,
-                max_bytes: int = DEFAULT_MAX_BYTES) -> list[list[SegmentInfo]]:
-    """Groups of two or more contiguous segments to merge, each into one (see the module doc)."""
+                max_bytes: int = DEFAULT_MAX_BYTES, whole: bool = False) -> list[list[SegmentInfo]]:
+    """Groups of two or more contiguous segments to merge, each into one (see the module doc).
+
+    whole (a level): only segments spanning less than window (not those of a higher level), and
+    only windows that ended older_than ago, so that a window is merged once, whole, and not
+    rewritten each time another of its segments becomes old enough."""
     runs = build_runs(segments, gaps)
     if not runs:
         return []
@@ -104,7 +165,11 @@ def plan_merges(segments: Sequence[SegmentInfo], gaps: Sequence = (), *, now: fl
         size = 0
         for s in run.segments:
             # an empty anchor (where a shipped range begins, with its GTID state) stays as it is
-            ok = s is not newest and s.end_pos > s.start_pos and _when(s) <= cutoff
+            ok = s is not newest and s.end_pos > s.start_pos
+            if whole:  # by commit time: a merged piece was created later than its commits
+                ok = ok and _fits(s, window) and (_bucket(s, window) + 1) * window <= cutoff
+            else:
+                ok = ok and _when(s) <= cutoff
             if group:
                 last = group[-1]
                 joins = (ok and s.binlog_file == last.binlog_file and s.range_id == last.range_id
@@ -124,22 +189,27 @@ def plan_merges(segments: Sequence[SegmentInfo], gaps: Sequence = (), *, now: fl
     return out
 
 
-def superseded(segments: Sequence[SegmentInfo], gaps: Sequence = ()) -> list[tuple[SegmentInfo, SegmentInfo]]:
+def superseded(segments: Sequence[SegmentInfo], gaps: Sequence = (),
+               grace_of: Callable[[SegmentInfo], float] | None = None
+               ) -> list[tuple[SegmentInfo, SegmentInfo]]:
     """(small, compacted) pairs: listed segments readers no longer use because a compacted
-    segment covers them."""
+    segment covers them. Of several compacted segments covering one (a level-1 object, then the
+    level-2 object holding it), the one whose grace ends first (grace_of; else the oldest):
+    from its commit on, no new plan reads the small one."""
     used = [s for r in build_runs(segments, gaps) for s in r.segments]
     by_file: dict[str, list[SegmentInfo]] = {}
-    for s in used:
+    for s in segments:
         if s.merged:
             by_file.setdefault(s.binlog_file, []).append(s)
     keys = {s.key for s in used}
+    due = grace_of or (lambda _w: 0.0)
     out = []
     for s in segments:
         if s.key in keys:
             continue
-        wide = next((w for w in by_file.get(s.binlog_file, ()) if covered_by(s, w)), None)
-        if wide is not None:
-            out.append((s, wide))
+        wide = [w for w in by_file.get(s.binlog_file, ()) if w is not s and covered_by(s, w)]
+        if wide:
+            out.append((s, min(wide, key=lambda w: (w.created_at + due(w), w.created_at))))
     return out
 
 
@@ -262,57 +332,97 @@ def merge_group(catalog: Catalog, group: Sequence[SegmentInfo], *, level: int = 
 # -- one run -------------------------------------------------------------------------------------
 def compact_source(catalog: Catalog, source_id: str, *, older_than: float = DEFAULT_AFTER,
                    grace: float = DEFAULT_GRACE, window: float = DEFAULT_WINDOW,
-                   max_bytes: int = DEFAULT_MAX_BYTES, dry_run: bool = False, level: int = 1,
-                   parallel: int = 8, now: float | None = None,
-                   report: Callable[[str], None] | None = None,
+                   max_bytes: int = DEFAULT_MAX_BYTES, levels: Sequence[Level] | None = None,
+                   dry_run: bool = False, level: int = 1, parallel: int = 8,
+                   now: float | None = None, report: Callable[[str], None] | None = None,
                    after_commit: Callable[[SegmentInfo], None] | None = None) -> CompactResult:
-    """Sweep, then merge (see the module doc). after_commit: called after each compacted segment
-    is committed (tests inject a crash there)."""
+    """Sweep, then merge (see the module doc). levels: merge level by level, the highest first
+    (each merges whole windows; see Level), each superseded piece deleted after the grace of the
+    level that replaced it; without levels, one pass as older_than, window and grace say (every
+    segment older_than, partial windows too). level: the zstd level of merged objects.
+    after_commit: called after each compacted segment is committed (tests inject a crash there)."""
     t0 = time.monotonic()
     now = time.time() if now is None else now
     say = report or (lambda _m: None)
     res = CompactResult(source_id, dry_run=dry_run)
+    if levels:
+        check_levels(levels)
+        passes = [(lv.window, lv.after, True) for lv in reversed(levels)]
+
+        def grace_of(wide: SegmentInfo) -> float:
+            return levels[level_of(wide, levels) - 1].grace
+    else:
+        passes = [(window, older_than, False)]
+
+        def grace_of(wide: SegmentInfo) -> float:
+            return grace
     segs, listed_keys = _segments(catalog, source_id)
     gaps = catalog.gaps(source_id)
     res.segments_before = len(segs)
-    gone = _sweep(catalog, source_id, segs, listed_keys, gaps, grace, now, dry_run, res, say)
+    gone = _sweep(catalog, source_id, segs, listed_keys, gaps, grace_of, now, dry_run, res, say)
     live = [s for s in segs if s.key not in gone]
-    # 2. the merges
-    groups = plan_merges(live, gaps, now=now, older_than=older_than, window=window,
-                         max_bytes=max_bytes)
-    merged_keys: set[str] = set()
-    rollups = {k for k in listed_keys if layout.rollup_file_of(k) is not None}
-    for group in groups:
-        first, last = group[0], group[-1]
-        row = {"file": first.binlog_file, "start_pos": first.start_pos, "end_pos": last.end_pos,
-               "segments": len(group), "raw_bytes": sum(s.object.raw_size for s in group),
-               "key": layout.segment_index(source_id, first.binlog_file, first.start_pos,
-                                           last.end_pos)}
-        if not dry_run:
-            info = merge_group(catalog, group, level=level, parallel=parallel, now=now)
-            row["stored_bytes"] = info.object.size
-            # the file's roll-up names the compacted entry at once (readers then prefer it)
-            rollup = layout.segment_rollup(source_id, first.binlog_file)
-            if rollup in rollups:
-                prefix = layout.segment_file_prefix(source_id, first.binlog_file)
-                listed = {i.key for i in catalog.store.list(prefix)}
-                _refresh_rollups(catalog, source_id, {first.binlog_file}, listed | {rollup})
-            say(f"compacted {len(group)} segments of {first.binlog_file} "
-                f"[{first.start_pos}, {last.end_pos})")
-            if after_commit is not None:
-                after_commit(info)
-        merged_keys.update(s.key for s in group)
-        res.merged.append(row)
-    if groups and grace <= 0 and not dry_run:  # no grace: the small ones go in this run
+    # 2. the merges, level by level: a higher level's objects are whole to the levels below
+    made: list[SegmentInfo] = []
+    for win, after, whole in passes:
+        groups = plan_merges(live, gaps, now=now, older_than=after, window=win,
+                             max_bytes=max_bytes, whole=whole)
+        for group in groups:
+            first, last = group[0], group[-1]
+            row = {"file": first.binlog_file, "start_pos": first.start_pos, "end_pos": last.end_pos,
+                   "segments": sum(max(1, s.merged) for s in group), "pieces": len(group),
+                   "window": win, "raw_bytes": sum(s.object.raw_size for s in group),
+                   "key": layout.segment_index(source_id, first.binlog_file, first.start_pos,
+                                               last.end_pos)}
+            if dry_run:  # what the next pass would see
+                raw = sum(s.object.raw_size for s in group) - \
+                    sum(s.object.raw_size - (s.end_pos - s.start_pos) for s in group[1:])
+                info = merged_info(group, StoredObject(row["key"], 0, "", raw), now)
+            else:
+                info = merge_group(catalog, group, level=level, parallel=parallel, now=now)
+                row["stored_bytes"] = info.object.size
+                say(f"compacted {len(group)} segments of {first.binlog_file} "
+                    f"[{first.start_pos}, {last.end_pos}) ({win:g}s window)")
+                if after_commit is not None:
+                    _publish(catalog, source_id, [info], segs + made, listed_keys)
+                    after_commit(info)
+            made.append(info)
+            res.merged.append(row)
+        live = live + [m for m in made if m.key not in {s.key for s in live}]
+    if made and not dry_run:
+        _publish(catalog, source_id, made, segs + made, listed_keys)
+    if made and not dry_run and any(grace_of(m) <= 0 for m in made):
+        # no grace: the small ones go in this run
         segs, listed_keys = _segments(catalog, source_id)
-        gone = _sweep(catalog, source_id, segs, listed_keys, gaps, grace, now, dry_run, res, say)
+        gone = _sweep(catalog, source_id, segs, listed_keys, gaps, grace_of, now, dry_run, res, say)
         live = [s for s in segs if s.key not in gone]
-        merged_keys.clear()
-        groups = []
     used = [s for r in build_runs(live, gaps) for s in r.segments]
-    res.segments_after = len(used) - len(merged_keys & {s.key for s in used}) + len(groups)
+    res.segments_after = len(used)
     res.seconds = time.monotonic() - t0
     return res
+
+
+def _publish(catalog: Catalog, source_id: str, made: Sequence[SegmentInfo],
+             known: Sequence[SegmentInfo], listed: set[str]) -> None:
+    """Make readers see the compacted entries of each file at once: its roll-up is rewritten
+    with them (also for the file still open: readers use it for the entries they list), then the
+    open file's chunks are removed (a chunk names the small entries of its interval, and a
+    reader that follows the chunks never lists the compacted entry that starts inside them)."""
+    files = sorted({m.binlog_file for m in made})
+    have = {s.key: s for s in known}
+    for f in files:
+        chunks = [k for k in listed if (c := layout.rollup_chunk_of(k)) is not None and c[0] == f]
+        rollup = layout.segment_rollup(source_id, f)
+        if rollup not in listed and not chunks:
+            continue
+        keys = [i.key for i in catalog.store.list(layout.segment_file_prefix(source_id, f))
+                if layout.is_segment_index(i.key)]
+        try:
+            catalog.roll_up_file(source_id, f, known=have, keys=keys, finished=True)
+        except StorageError as exc:
+            log.warning("roll-up of %s not rewritten after compaction: %s", f, exc.message)
+            continue
+        if chunks:
+            catalog.forget_chunks(source_id, [f])
 
 
 def _segments(catalog: Catalog, source_id: str) -> tuple[list[SegmentInfo], set[str]]:
@@ -346,18 +456,18 @@ def _segments(catalog: Catalog, source_id: str) -> tuple[list[SegmentInfo], set[
 
 
 def _sweep(catalog: Catalog, source_id: str, segs: Sequence[SegmentInfo], listed: set[str],
-           gaps: Sequence, grace: float, now: float, dry_run: bool, res: CompactResult,
-           say: Callable[[str], None]) -> set[str]:
+           gaps: Sequence, grace_of: Callable[[SegmentInfo], float], now: float, dry_run: bool,
+           res: CompactResult, say: Callable[[str], None]) -> set[str]:
     """Delete the segments superseded more than grace ago, and whatever a stopped run left of
     them (an entry or a data object lying inside such a compacted segment; listed: every key of
     the source); returns the index keys deleted. Order: the file's roll-up is rewritten without
     them first (a reader of the roll-up must not plan with what goes next), then the entries
     go, then the data."""
-    pairs = superseded(segs, gaps)
-    due = [(s, w) for s, w in pairs if w.created_at and now - w.created_at >= grace]
+    pairs = superseded(segs, gaps, grace_of)
+    due = [(s, w) for s, w in pairs if w.created_at and now - w.created_at >= grace_of(w)]
     res.waiting = len(pairs) - len(due)
     keep = {s.key for s in segs} - {s.key for s, _ in due}
-    left = _leftovers(listed, segs, keep, grace, now)
+    left = _leftovers(listed, segs, keep, grace_of, now)
     entries = sorted({s.key for s, _ in due} | {k for k in left if layout.segment_of(k)})
     data = sorted({s.object.key for s, _ in due} | {k for k in left if not layout.segment_of(k)})
     if not dry_run and (entries or data):
@@ -373,11 +483,11 @@ def _sweep(catalog: Catalog, source_id: str, segs: Sequence[SegmentInfo], listed
     return set(entries)
 
 
-def _leftovers(listed: set[str], segs: Sequence[SegmentInfo], keep: set[str], grace: float,
-               now: float) -> list[str]:
+def _leftovers(listed: set[str], segs: Sequence[SegmentInfo], keep: set[str],
+               grace_of: Callable[[SegmentInfo], float], now: float) -> list[str]:
     """Listed segment keys (entries and data) that no reader uses and that lie inside a
     compacted segment committed more than grace ago: left by a run that stopped while deleting."""
-    wide = [s for s in segs if s.merged and s.created_at and now - s.created_at >= grace]
+    wide = [s for s in segs if s.merged and s.created_at and now - s.created_at >= grace_of(s)]
     if not wide:
         return []
     data_of = {s.key: s.object.key for s in segs}

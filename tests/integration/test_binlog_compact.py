@@ -308,3 +308,123 @@ compact_grace = "0"
     segs = catalog.segments(shipped["sid"])
     assert any(s.merged for s in segs) and cp.superseded(segs) == []
     assert len(segs) < len(Catalog(open_store(f"file://{shipped['before']}")).segments(shipped["sid"]))
+
+
+# -- levels, run continuously -------------------------------------------------------------------
+#: Scaled levels: 2 s "minutes" and 8 s "hours" (the defaults are 1m and 1h), a grace each.
+LEVELS = [cp.Level(2.0, 1.0, grace=4.0), cp.Level(8.0, 2.0, grace=20.0)]
+LEVELS_TOML = """compact_levels = [{ window = "2s", after = "1s", grace = "4s" },
+                  { window = "8s", after = "2s", grace = "20s" }]"""
+
+
+def _level(seg) -> int:
+    return cp.level_of(seg, LEVELS)
+
+
+def test_levels_run_continuously_while_shipping_and_restores_inside_level_two_are_exact(
+        s3_url, tmp_path):
+    """A real shipper to the S3 server under a write load, and `binlog compact` with levels run
+    again and again meanwhile (one process a run, as the scheduler starts it): level 2 merges the
+    objects of level 1, each level deletes what it replaced after its own grace, and --to-time,
+    --to-gtid and --to-position inside level-2 objects are exact. Then a run stopped between a
+    level-2 commit and its deletes: readable, and the next run finishes it."""
+    src = Sandbox(name="compact-lv-src").start()
+    env = cli_env(src, s3_url)
+    policy = tmp_path / "p.toml"
+    policy.write_text(f'name = "levels"\n[storage]\nurl = "{s3_url}"\n[binlog]\n{LEVELS_TOML}\n')
+    shipper = writer = None
+    runs: list[dict] = []
+    stop = threading.Event()
+
+    errors: list[str] = []
+
+    def compaction_loop() -> None:  # what `[strategies] binlog_compact` does, much faster
+        while not stop.is_set():
+            r = run_cli("--policy", str(policy), "binlog", "compact", "--json", env=env, timeout=300)
+            if r.returncode != 0:
+                errors.append(r.stderr)
+                return
+            runs.extend(json.loads(r.stdout)["sources"])  # none before the first segment
+            stop.wait(1.0)
+
+    loop = threading.Thread(target=compaction_loop, daemon=True)
+    try:
+        make_table(src)
+        r = run_cli("snapshot", "--json", env=env)
+        assert r.returncode == 0, r.stderr
+        shipper = start_shipper(src, s3_url, tmp_path / "ship.log")
+        writer = shipping_writer(src, pause=0.01)
+        writer.start()
+        loop.start()
+        marks = []
+        for _ in range(4):
+            time.sleep(2.5)
+            marks.append(_mark(src, writer))
+        time.sleep(11)  # the last "hour" ends and its after passes
+        writer.stop()
+        store = open_store(s3_url)
+        catalog = Catalog(store)
+        _wait_shipped(catalog, src)
+        final = table_checksums(src, ["w"])
+        time.sleep(6)  # a few more runs with the shipper still running (the newest stays small)
+        stop.set()
+        loop.join(300)
+        assert stop_proc(shipper) == 0, (tmp_path / "ship.log").read_text()[-2000:]
+        shipper = None
+        assert errors == []
+        sid = catalog.sources()[0]
+        rows = [m for res in runs for m in res["merged"]]
+        # level 2 merged level-1 objects (fewer pieces than segments), and deletions happened
+        assert any(m["window"] == 8.0 and m["pieces"] < m["segments"] for m in rows), rows
+        assert any(res["deleted"] for res in runs)
+        used = [s for s in build_runs(catalog.segments(sid))[0].segments if s.end_pos > s.start_pos]
+        assert [_level(s) for s in used] == sorted((_level(s) for s in used), reverse=True), \
+            "levels descend: hours, then minutes, then the newest small ones (the anchor aside)"
+        inside = [m for m in marks if any(
+            _level(s) == 2 and s.binlog_file == m["file"] and s.start_pos <= m["pos"] < s.end_pos
+            for s in used)]
+        assert len(inside) >= 3, ([(m["file"], m["pos"]) for m in marks],
+                                  [(s.start_pos, s.end_pos, _level(s)) for s in used])
+        assert _restore(store, catalog, time_target(inside[0]["time"])) == inside[0]["sums"]
+        assert _restore(store, catalog, parse_target(to_gtid=inside[1]["gtid"])) == inside[1]["sums"]
+        pos = inside[2]
+        target = parse_target(to_position=f"{pos['file']}:{pos['pos']}")
+        assert _restore(store, catalog, target) == pos["sums"]
+
+        # every level's grace: a superseded piece goes only once the grace of the level that
+        # replaced it is over (level 1: 4 s, level 2: 20 s), counted from that object's commit
+        segs = catalog.segments(sid)
+        pairs = cp.superseded(segs, grace_of=lambda w: LEVELS[_level(w) - 1].grace)
+        for small, wide in pairs:
+            assert time.time() - wide.created_at < LEVELS[_level(wide) - 1].grace + 30, \
+                (small.key, wide.key, _level(wide))
+
+        # a run stopped between a level's commit and its deletes: the small pieces and the merged
+        # object both readable, restores exact; the next run deletes (grace 0) what it replaced
+        nograce = [cp.Level(lv.window, 0.0, grace=0.0) for lv in LEVELS] + [cp.Level(64.0, 0.0, 0.0)]
+
+        class Crash(Exception):
+            pass
+
+        def crash(_info):
+            raise Crash("killed after the commit, before any delete")
+
+        with pytest.raises(Crash):
+            cp.compact_source(catalog, sid, levels=nograce, now=time.time() + 3600, after_commit=crash)
+        segs = catalog.segments(sid)
+        assert cp.superseded(segs)
+        assert _restore(store, catalog, parse_target(latest=True)) == final
+        cp.compact_source(catalog, sid, levels=nograce, now=time.time() + 3600)
+        segs = catalog.segments(sid)
+        assert cp.superseded(segs) == []
+        assert len([s for s in build_runs(segs)[0].segments if s.end_pos > s.start_pos]) <= 3
+        assert _restore(store, catalog, parse_target(latest=True)) == final
+        r = run_cli("verify", "--all", "--json", env=env)
+        assert r.returncode == 0, r.stdout + r.stderr
+    finally:
+        stop.set()
+        if writer is not None:
+            writer.stop()
+        if shipper is not None:
+            stop_proc(shipper)
+        src.destroy()

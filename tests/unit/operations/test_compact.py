@@ -41,7 +41,7 @@ def _fde(pos: int = 4) -> bytes:
 class Repo:
     """A repository of n one-second segments of one file, written by the catalog's own writer."""
 
-    def __init__(self, tmp_path, n: int, per_segment: int = 3) -> None:
+    def __init__(self, tmp_path, n: int, per_segment: int = 3, t0: float = T0) -> None:
         self.store = open_store(f"file://{tmp_path / 'repo'}")
         self.catalog = Catalog(self.store)
         self.fde = _fde()
@@ -55,19 +55,19 @@ class Repo:
                 body += self.fde
                 pos += len(self.fde)
             for j in range(per_segment):
-                ev = _event(be.QUERY_EVENT, pos, f"txn {i}.{j} ".encode() * (j + 1), int(T0) + i)
+                ev = _event(be.QUERY_EVENT, pos, f"txn {i}.{j} ".encode() * (j + 1), int(t0) + i)
                 body += ev
                 pos += len(ev)
             head = be.MAGIC + (b"" if start == 4 else self.fde)
             self.events += body
             obj = put_object(self.store, layout.segment_data(SRC, FILE, start, pos), head + body)
-            seg = SegmentInfo(SRC, FILE, start, pos, obj, first_event_time=T0 + i,
-                              last_event_time=T0 + i, first_commit_time=T0 + i,
-                              last_commit_time=T0 + i, gtid_first=f"0-1-{i * per_segment + 1}",
+            seg = SegmentInfo(SRC, FILE, start, pos, obj, first_event_time=t0 + i,
+                              last_event_time=t0 + i, first_commit_time=t0 + i,
+                              last_commit_time=t0 + i, gtid_first=f"0-1-{i * per_segment + 1}",
                               gtid_last=f"0-1-{(i + 1) * per_segment}",
                               gtid_state=f"0-1-{(i + 1) * per_segment}", events=per_segment,
                               transactions=per_segment, range_id="r1", server_id=1,
-                              created_at=T0 + i)
+                              created_at=t0 + i)
             self.catalog.commit_segment(seg)
             self.segments.append(seg)
         self.end = pos
@@ -228,3 +228,118 @@ def test_a_compacted_entry_the_readers_cache_does_not_name_yet_is_found_by_listi
     assert len(res.deleted) == 2 * 9
     monkeypatch.setattr(Catalog, "segments", real)
     assert [s.merged for s in r.catalog.segments(SRC)] == [9, 0]
+
+
+# -- levels ---------------------------------------------------------------------------------------
+T1 = 1_700_000_040.0  # a whole minute: the windows below start at T1
+L1, L2 = cp.Level(10.0, 2.0, grace=30.0), cp.Level(60.0, 60.0, grace=300.0)
+SWEEP = [cp.Level(10.0, float("inf"), grace=30.0), cp.Level(60.0, float("inf"), grace=300.0)]
+
+
+def _shapes(segs) -> list[tuple[int, int]]:
+    """(level, shipped segments held) of each segment readers use."""
+    return [(cp.level_of(s, [L1, L2]), max(1, s.merged)) for s in build_runs(segs)[0].segments]
+
+
+def _events_of(r: Repo, segs) -> bytes:
+    return b"".join(read_object(r.store, s.object)[4 + (len(r.fde) if s.start_pos != 4 else 0):]
+                    for s in build_runs(segs)[0].segments)
+
+
+def test_levels_merge_whole_windows_the_highest_first_and_keep_every_event_byte(tmp_path):
+    r = Repo(tmp_path, 200, t0=T1)  # segment i commits at T1 + i
+    res = cp.compact_source(r.catalog, SRC, levels=[L1, L2], now=T1 + 200)
+    segs = r.catalog.segments(SRC)
+    shapes = _shapes(segs)
+    # hours (60 s) that ended 60 s ago: [0, 60) and [60, 120); minutes (10 s) that ended 2 s ago
+    # after them: [120, 190); the rest small, and the newest is never merged
+    assert shapes == [(2, 60), (2, 60), *[(1, 10)] * 7, *[(0, 1)] * 10], shapes
+    assert [m["window"] for m in res.merged] == [60.0, 60.0, *[10.0] * 7]
+    assert _events_of(r, segs) == r.events
+    # a second run at the same moment has nothing to do: a window is merged once
+    again = cp.compact_source(r.catalog, SRC, levels=[L1, L2], now=T1 + 200)
+    assert again.merged == []
+
+
+def test_level_two_merges_level_one_objects_and_each_level_has_its_grace(tmp_path):
+    r = Repo(tmp_path, 130, t0=T1)
+    only1 = [L1, cp.Level(60.0, float("inf"), grace=300.0)]
+    cp.compact_source(r.catalog, SRC, levels=only1, now=T1 + 130)
+    assert _shapes(r.catalog.segments(SRC)) == [*[(1, 10)] * 12, *[(0, 1)] * 10]
+    # inside level 1's grace (30 s) the small ones stay; after it they go
+    early = cp.compact_source(r.catalog, SRC, levels=SWEEP, now=T1 + 159)
+    assert early.deleted == [] and early.waiting == 120
+    late = cp.compact_source(r.catalog, SRC, levels=SWEEP, now=T1 + 160)
+    assert late.waiting == 0 and len(late.deleted) == 2 * 120
+    # level 2 merges level-1 objects: six pieces of ten segments each per window
+    res = cp.compact_source(r.catalog, SRC, levels=[L1, L2], now=T1 + 180)
+    # (and level 1 the window [120, 130) that ended meanwhile, its newest segment left out)
+    assert [(m["pieces"], m["segments"]) for m in res.merged] == [(6, 60), (6, 60), (9, 9)]
+    segs = r.catalog.segments(SRC)
+    assert _shapes(segs)[:2] == [(2, 60), (2, 60)] and _events_of(r, segs) == r.events
+    merged = build_runs(segs)[0].segments[1]
+    assert merged.first_commit_time == T1 + 60 and merged.last_commit_time == T1 + 119
+    assert merged.transactions == 60 * 3 and merged.gtid_last == "0-1-360"
+    # the level-1 objects go only after level 2's grace (300 s), not level 1's (30 s)
+    inside = cp.compact_source(r.catalog, SRC, levels=SWEEP, now=T1 + 180 + 299)
+    assert inside.waiting == 12 and len(inside.deleted) == 2 * 9  # those 9 small ones: level 1's
+    after = cp.compact_source(r.catalog, SRC, levels=SWEEP, now=T1 + 180 + 300)
+    assert after.waiting == 0 and len(after.deleted) == 2 * 12
+    assert _events_of(r, r.catalog.segments(SRC)) == r.events
+
+
+def test_a_crash_between_a_levels_commit_and_its_deletes_is_finished_by_the_next_run(tmp_path):
+    r = Repo(tmp_path, 40, t0=T1)
+    grace0 = [cp.Level(10.0, 0.0, grace=0.0), cp.Level(60.0, 60.0, grace=0.0)]
+
+    class Crash(Exception):
+        pass
+
+    def crash(_info):
+        raise Crash
+
+    with pytest.raises(Crash):
+        cp.compact_source(r.catalog, SRC, levels=grace0, now=T1 + 41, after_commit=crash)
+    segs = r.catalog.segments(SRC)
+    assert len([s for s in segs if s.merged]) == 1 and len(segs) == 41
+    assert _events_of(r, segs) == r.events
+    cp.compact_source(r.catalog, SRC, levels=grace0, now=T1 + 41)
+    segs = r.catalog.segments(SRC)
+    assert _shapes(segs) == [(1, 10)] * 3 + [(1, 9), (0, 1)]
+    assert len(segs) == len(build_runs(segs)[0].segments)  # nothing superseded is left
+    assert _events_of(r, segs) == r.events
+
+
+def test_bad_levels_are_refused_with_one_line(tmp_path):
+    from backupkit.config import load_policy
+    from backupkit.errors import ConfigError
+
+    p = tmp_path / "p.toml"
+    p.write_text('[binlog]\ncompact_levels = [{ window = "1m" }, { window = "90s" }]\n')
+    with pytest.raises(ConfigError) as exc:
+        load_policy(p)
+    assert "whole multiple" in str(exc.value) and "\n" not in str(exc.value)
+    with pytest.raises(ValueError, match="whole multiple"):
+        cp.check_levels([cp.Level(60, 0), cp.Level(90, 0)])
+
+
+def test_readers_of_the_open_file_see_a_compacted_entry_at_once_though_chunks_name_the_small_ones(
+        tmp_path):
+    """The shipper's chunks of the open file name the small entries: a reader following them
+    would never list the compacted entry that starts inside them. The merge rewrites the file's
+    roll-up with it and removes the chunks, so a plan reads the compacted object at once (inside
+    the grace), not the small ones."""
+    from backupkit.repo.rollups import OpenFileRollups
+
+    r = Repo(tmp_path, 70, t0=T1)
+    chunks = OpenFileRollups(r.catalog, SRC)
+    for s in r.segments:
+        chunks.add(s)
+    r.catalog.write_head(r.segments[-1], [])
+    assert chunks.written >= 4
+    assert len(build_runs(r.catalog.segments(SRC))[0].segments) == 70  # the chunks' small entries
+    cp.compact_source(r.catalog, SRC, levels=[L1, L2], now=T1 + 70)
+    segs = r.catalog.segments(SRC)
+    assert _shapes(segs) == [(1, 10)] * 6 + [(0, 1)] * 10
+    assert len(segs) == 70 + 6  # the small ones are still there, inside their grace
+    assert _events_of(r, segs) == r.events
