@@ -6,9 +6,12 @@ import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import time
+import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,6 +70,33 @@ def measure(cmd: list[str] | str, env: dict[str, str] | None = None, shell: bool
         else:
             err_lines.append(line)
     return Measured(wall, rss_kib / 1024, r.returncode, r.stdout or "", "\n".join(err_lines))
+
+
+@contextmanager
+def moto_bucket(env: dict[str, str]):
+    """A moto_server and a fresh bucket (its name); the credentials in env are exported."""
+    from tests.support import MotoServer
+
+    os.environ.update(env)
+    moto = MotoServer().start()
+    try:
+        bucket = f"bench-{uuid.uuid4().hex[:8]}"
+        moto.create_bucket(bucket)
+        yield moto, bucket
+    finally:
+        moto.stop()
+
+
+def stop_all(procs, sandboxes, *dirs: Path) -> None:
+    """The end of a benchmark: shippers stopped, servers destroyed, scratch folders removed."""
+    for p in procs:
+        if p is not None and p.poll() is None:
+            p.terminate()
+            p.wait(60)
+    for sb in sandboxes:
+        sb.destroy()
+    for d in dirs:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def row(benchmark: str, metric: str, value: float, unit: str, goal: str = "",

@@ -19,18 +19,17 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, main_for, measure, row  # noqa: E402
+from _common import ROOT, main_for, measure, moto_bucket, row, stop_all  # noqa: E402
 
 MIB = 1 << 20
 
@@ -177,7 +176,26 @@ def _percentile(values: list[float], p: float) -> float:
     return s[k]
 
 
-def _loss_window(sb, name: str, url: str, tmp: Path, quick: bool, rate: float, env: dict) -> list[dict]:
+def _compaction_loop(url: str, tmp: Path, every: float, stop) -> dict:
+    """`binlog compact` with the levels of LEVELS_POLICY every `every` seconds until stop is set
+    (one process a run, as the scheduler starts it); what the runs merged and deleted."""
+    policy = tmp / "levels.toml"
+    policy.write_text(LEVELS_POLICY)
+    done = {"runs": 0, "merged": 0, "deleted": 0, "errors": []}
+    while not stop.wait(every):
+        m = measure(["backupkit", "--policy", str(policy), "binlog", "compact", "--storage", url, "--json"])
+        if m.returncode:
+            done["errors"].append(m.stderr[-500:])
+            continue
+        for res in json.loads(m.stdout)["sources"]:
+            done["merged"] += len(res["merged"])
+            done["deleted"] += res["deleted"]
+        done["runs"] += 1
+    return done
+
+
+def _loss_window(sb, name: str, url: str, tmp: Path, quick: bool, rate: float, env: dict,
+                 compact_every: float = 0.0) -> list[dict]:
     sb.sql("CREATE DATABASE IF NOT EXISTS bench")
     sb.sql("CREATE TABLE IF NOT EXISTS bench.load (id BIGINT PRIMARY KEY AUTO_INCREMENT, v TEXT)")
     seconds = 6.0 if quick else 20.0
@@ -192,6 +210,12 @@ def _loss_window(sb, name: str, url: str, tmp: Path, quick: bool, rate: float, e
                 raise RuntimeError(f"shipper exited: {log_path.read_text()[-2000:]}")
             time.sleep(0.1)
         time.sleep(1.0)
+        stop = threading.Event()
+        compaction: dict = {}
+        loop = threading.Thread(target=lambda: compaction.update(_compaction_loop(url, tmp, compact_every,
+                                                                                  stop)), daemon=True)
+        if compact_every:
+            loop.start()
         cpu0, t0 = _cpu_seconds(shipper.pid), time.monotonic()
         writers = []
         for w in range(2):
@@ -201,6 +225,9 @@ def _loss_window(sb, name: str, url: str, tmp: Path, quick: bool, rate: float, e
         for p, _ in writers:
             p.wait()
         cpu1, t1 = _cpu_seconds(shipper.pid), time.monotonic()
+        stop.set()
+        if compact_every:
+            loop.join(300)
         time.sleep(3.0)
         peak = _peak_rss_mib(shipper.pid)
     finally:
@@ -237,7 +264,13 @@ def _loss_window(sb, name: str, url: str, tmp: Path, quick: bool, rate: float, e
     cpu_share = (cpu1 - cpu0) / (t1 - t0)
     p50, p99, mx = (_percentile(losses, 50), _percentile(losses, 99), max(losses))
     label = f"{name}, {achieved:.0f} tx/s"
-    return [
+    extra = []
+    if compact_every:
+        if compaction.get("errors") or not compaction.get("runs"):
+            raise RuntimeError(f"compaction failed: {compaction}")
+        extra.append(row("ship", f"compaction during the load ({name})", compaction["runs"], "runs",
+                         f"info: {compaction['merged']} objects merged, {compaction['deleted']} deleted"))
+    return extra + [
         row("ship", f"loss window p50 ({label})", p50, "s", "info"),
         row("ship", f"loss window p99 ({label})", p99, "s", "p99 <= 1.5 s (sync interval 1 s)",
             None, p99 <= 1.5),
@@ -252,31 +285,38 @@ def _loss_window(sb, name: str, url: str, tmp: Path, quick: bool, rate: float, e
     ]
 
 
+#: Compaction levels run every COMPACT_EVERY seconds during the third loss-window run: windows of
+#: 2 s and 10 s (the defaults are 1 min and 1 h), so that level 1 and level 2 both merge while the
+#: shipper ships, 30 times as often as a one-minute level runs.
+COMPACT_EVERY = 2.0
+LEVELS_POLICY = """name = "bench-ship-levels"
+[binlog]
+compact_grace = "5s"
+compact_levels = [{ window = "2s", after = "1s" }, { window = "10s", after = "2s" }]
+"""
+
+
 def run(quick: bool = False) -> list[dict]:
     from backupkit.mysql.sandbox import Sandbox
-    from tests.support import MotoServer
 
     env = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
     os.environ.update(env)
     tmp = Path(tempfile.mkdtemp(prefix="bk-bench-ship-"))
     rows: list[dict] = []
     sb = Sandbox(name="bench-ship", extra_args=["--innodb-flush-log-at-trx-commit=2", "--sync-binlog=0"])
-    moto = None
     try:
         sb.start()
         rows += _throughput(sb, tmp, quick)
         rate = 2000.0
         rows += _loss_window(sb, "local", f"file://{tmp / 'repo-load'}", tmp, quick, rate, {})
-        moto = MotoServer().start()
-        bucket = f"bench-{uuid.uuid4().hex[:8]}"
-        moto.create_bucket(bucket)
-        sb.sql("DROP DATABASE IF EXISTS bench")
-        rows += _loss_window(sb, "s3", f"s3://{bucket}/bk?endpoint={moto.endpoint}", tmp, quick, rate, env)
+        with moto_bucket(env) as (moto, bucket):
+            for name, prefix, every in (("s3", "bk", 0.0), ("s3, compaction levels every 2 s", "lv",
+                                                              COMPACT_EVERY)):
+                sb.sql("DROP DATABASE IF EXISTS bench")
+                rows += _loss_window(sb, name, f"s3://{bucket}/{prefix}?endpoint={moto.endpoint}", tmp,
+                                     quick, rate, env, compact_every=every)
     finally:
-        if moto is not None:
-            moto.stop()
-        sb.destroy()
-        shutil.rmtree(tmp, ignore_errors=True)
+        stop_all([], [sb], tmp)
     return rows
 
 

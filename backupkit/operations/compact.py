@@ -342,6 +342,7 @@ def compact_source(catalog: Catalog, source_id: str, *, older_than: float = DEFA
     segment older_than, partial windows too). level: the zstd level of merged objects.
     after_commit: called after each compacted segment is committed (tests inject a crash there)."""
     t0 = time.monotonic()
+    stamp = now  # a merged entry's created_at: its commit's moment, unless a test sets the clock
     now = time.time() if now is None else now
     say = report or (lambda _m: None)
     res = CompactResult(source_id, dry_run=dry_run)
@@ -378,7 +379,7 @@ def compact_source(catalog: Catalog, source_id: str, *, older_than: float = DEFA
                     sum(s.object.raw_size - (s.end_pos - s.start_pos) for s in group[1:])
                 info = merged_info(group, StoredObject(row["key"], 0, "", raw), now)
             else:
-                info = merge_group(catalog, group, level=level, parallel=parallel, now=now)
+                info = merge_group(catalog, group, level=level, parallel=parallel, now=stamp)
                 row["stored_bytes"] = info.object.size
                 say(f"compacted {len(group)} segments of {first.binlog_file} "
                     f"[{first.start_pos}, {last.end_pos}) ({win:g}s window)")
