@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,10 +14,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from backupkit.mysql.sandbox import free_port
-from backupkit.mysql.server import master_status, server_facts
 from backupkit.repo.catalog import Catalog
 from backupkit.storage import open_store
-from tests.support import PrometheusServer, run_cli
+from tests.support import PrometheusServer, poll, run_cli
+from tests.support.daemon import Daemon, fleet_env, fleet_policy, seconds_until_shipped
 from tests.support.monitoring import browser, per_policy, wait_policies
 
 RULES = Path(__file__).parents[2] / "docs" / "alerts.yml"
@@ -31,26 +28,7 @@ pytestmark = pytest.mark.timeout(240)
 def _policy(tmp_path: Path, name: str, sb) -> Path:
     p = tmp_path / "policies" / f"{name}.toml"
     p.parent.mkdir(exist_ok=True)
-    p.write_text(f"""
-name = "{name}"
-[source]
-url = "{sb.url}"
-source_id = "{name}"
-[storage]
-url = "file://{tmp_path / 'repos' / name}"
-[strategies]
-snapshot = "* * * * *"
-binlog = "continuous"
-[snapshot]
-max_rate = "3MB/s"
-parallel = 1
-[binlog]
-sync_interval = 0.2
-heartbeat = 0.5
-[schedule]
-shipper_backoff_min = 0.5
-shipper_backoff_max = 5
-""")
+    p.write_text(fleet_policy(tmp_path, name, sb, more='[snapshot]\nmax_rate = "3MB/s"\nparallel = 1\n'))
     return p
 
 
@@ -60,62 +38,38 @@ def _fill(sb) -> None:
     sb.sql("INSERT INTO app.t (c, v) SELECT SHA2(seq, 512), seq FROM seq_1_to_25000", database="app")
 
 
-def _shipped_through(sb, url: str, name: str, timeout: float) -> float:
-    """Seconds until the repository holds the source's binlog up to its position now."""
-    with sb.connect() as conn:
-        file, pos = master_status(conn, server_facts(conn))
-    t0 = time.monotonic()
-    cat = Catalog(open_store(url))
-    while time.monotonic() - t0 < timeout:
-        got = cat.shipped_position(name)
-        if got is not None and (got[0], got[1]) >= (file, pos):
-            return time.monotonic() - t0
-        time.sleep(0.05)
-    return float("inf")
-
-
 def test_three_sources_one_daemon_one_snapshot_at_a_time_shippers_keep_up(mariadb_factory, tmp_path):
     boxes = {f"src{i}": mariadb_factory(server_id=i + 1) for i in range(3)}
     for name, sb in boxes.items():
         _fill(sb)
         _policy(tmp_path, name, sb)
     (tmp_path / "policies" / "broken.toml").write_text("name = 'broken'\n[snapshot]\nparalel = 2\n")
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("BACKUPKIT_STORAGE", "BACKUPKIT_SOURCE", "BACKUPKIT_POLICY")}
-    env["BACKUPKIT_STATE_DIR"] = str(tmp_path / "state")
-    log = tmp_path / "daemon.log"
-    fh = open(log, "wb")  # noqa: SIM115 - closed below
     url = f"http://127.0.0.1:{free_port()}"
-    proc = subprocess.Popen([sys.executable, "-m", "backupkit", "schedule", "run", "--policies",
-                             str(tmp_path / "policies"), "--max-concurrent-snapshots", "1",
-                             "--metrics-listen", url.removeprefix("http://")],
-                            stdout=fh, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+    daemon = Daemon(["schedule", "run", "--policies", str(tmp_path / "policies"),
+                     "--max-concurrent-snapshots", "1", "--metrics-listen", url.removeprefix("http://")],
+                    tmp_path / "daemon.log", fleet_env(tmp_path))
     urls = {name: f"file://{tmp_path / 'repos' / name}" for name in boxes}
     windows: list[float] = []
     try:
         deadline = time.monotonic() + 150
         snaps: dict[str, list] = {}
         while time.monotonic() < deadline:
-            assert proc.poll() is None, log.read_text()[-3000:]
+            assert daemon.proc.poll() is None, daemon.text()[-3000:]
             for sb in boxes.values():
                 sb.sql(f"INSERT INTO app.t (c, v) VALUES ('w', {int(time.time())})")
             for name, sb in boxes.items():
                 if (tmp_path / "repos" / name).exists():
-                    windows.append(_shipped_through(sb, urls[name], name, 5.0))
+                    windows.append(seconds_until_shipped(sb, urls[name], name, 5.0))
             snaps = {n: Catalog(open_store(u)).backups(kind="snapshot") for n, u in urls.items()
                      if (tmp_path / "repos" / n).exists()}
             if len(snaps) == 3 and all(snaps.values()):
                 break
             time.sleep(0.3)
-        assert len(snaps) == 3 and all(snaps.values()), log.read_text()[-3000:]
+        assert len(snaps) == 3 and all(snaps.values()), daemon.text()[-3000:]
         _check_fleet_endpoint(url, tmp_path)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        finally:
-            fh.close()
-    text = log.read_text()
+        daemon.stop()
+    text = daemon.text()
     assert "event=policy_error" in text and "broken.toml" in text and "paralel" in text
     firsts = sorted((s[0].started_at, s[0].finished_at, n) for n, s in snaps.items())
     for (_, a1, an), (b0, _, bn) in zip(firsts, firsts[1:], strict=False):
@@ -164,13 +118,7 @@ def _check_fleet_endpoint(url: str, tmp_path: Path) -> None:
     assert per_policy(url, "backupkit_policy_error") == {"broken": 1.0}
     prom = PrometheusServer(tmp_path / "prom", [url.removeprefix("http://")], RULES).start()
     try:
-        deadline = time.monotonic() + 30
-        got: list = []
-        while time.monotonic() < deadline:
-            got = prom.query("backupkit_binlog_shipper_up == 1")
-            if len(got) == 3:
-                break
-            time.sleep(0.5)
+        got = poll(lambda: prom.query("backupkit_binlog_shipper_up == 1"), lambda got: len(got) == 3, 30)
         assert sorted(r["metric"]["policy"] for r in got) == names, got
         assert not prom.firing().get("BackupkitShipperLagging")
     finally:

@@ -13,8 +13,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -22,37 +20,17 @@ from pathlib import Path
 import pytest
 
 from backupkit.mysql.sandbox import free_port
-from backupkit.mysql.server import master_status, server_facts
-from backupkit.repo.catalog import Catalog
-from backupkit.storage import open_store
-from tests.support import run_cli
+from tests.support import poll, run_cli
+from tests.support.daemon import Daemon, fleet_env, fleet_policy, seconds_until_shipped
 from tests.support.monitoring import per_policy, wait_policies
 
 pytestmark = pytest.mark.timeout(300)
 
 
 def _text(tmp_path: Path, name: str, sb, snapshot: str = "0 3 * * *", extra: str = "") -> str:
-    return f"""
-name = "{name}"
-[source]
-url = "{sb.url}"
-source_id = "{name}"
-[storage]
-url = "file://{tmp_path / 'repos' / name}"
-[strategies]
-snapshot = "{snapshot}"
-binlog = "continuous"
-[binlog]
-sync_interval = 0.2
-heartbeat = 0.5
-[schedule]
-shipper_backoff_min = 0.5
-shipper_backoff_max = 2
-[metrics]
-lag_threshold = 3
-refresh_interval = 2
-{extra}
-"""
+    """extra: more [metrics] keys."""
+    return fleet_policy(tmp_path, name, sb, snapshot, backoff_max=2,
+                        more=f"[metrics]\nlag_threshold = 3\nrefresh_interval = 2\n{extra}\n")
 
 
 def _write(path: Path, text: str) -> None:
@@ -66,36 +44,18 @@ def _write(path: Path, text: str) -> None:
 def _window(sb, name: str, repos: Path, timeout: float = 5.0) -> float:
     """Write a row; seconds until the repository holds the source's binlog through it."""
     sb.sql(f"INSERT INTO app.t (v) VALUES ({int(time.time())})")
-    with sb.connect() as conn:
-        file, pos = master_status(conn, server_facts(conn))
-    t0 = time.monotonic()
-    cat = Catalog(open_store(f"file://{repos / name}"))
-    while time.monotonic() - t0 < timeout:
-        got = cat.shipped_position(name)
-        if got is not None and (got[0], got[1]) >= (file, pos):
-            return time.monotonic() - t0
-        time.sleep(0.05)
-    return float("inf")
+    return seconds_until_shipped(sb, f"file://{repos / name}", name, timeout)
 
 
-class Fleet:
-    """The daemon process, its log, and what the test measures while it runs."""
+class Fleet(Daemon):
+    """The fleet daemon process, its log, and what the test measures while it runs."""
 
     def __init__(self, tmp_path: Path, args: list[str]) -> None:
         self.tmp = tmp_path
-        self.env = {k: v for k, v in os.environ.items()
-                    if k not in ("BACKUPKIT_STORAGE", "BACKUPKIT_SOURCE", "BACKUPKIT_POLICY")}
-        self.env["BACKUPKIT_STATE_DIR"] = str(tmp_path / "state")
-        self.log = tmp_path / "daemon.log"
-        self.fh = open(self.log, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen([sys.executable, "-m", "backupkit", "schedule", "run", "--policies",
-                                      str(tmp_path / "policies"), *args],
-                                     stdout=self.fh, stderr=subprocess.STDOUT, start_new_session=True,
-                                     env=self.env)
+        self.env = fleet_env(tmp_path)
+        super().__init__(["schedule", "run", "--policies", str(tmp_path / "policies"), *args],
+                         tmp_path / "daemon.log", self.env)
         self.windows: dict[str, list[float]] = {}
-
-    def text(self) -> str:
-        return self.log.read_text()
 
     def status(self, name: str) -> dict:
         return json.loads((self.tmp / "state" / f"{name}.status.json").read_text())
@@ -123,16 +83,12 @@ class Fleet:
             if time.monotonic() >= end:
                 return
 
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            rc = self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            rc = self.proc.wait()
-        self.fh.close()
-        return rc
+    def print_windows(self) -> dict[str, list[float]]:
+        """Print the largest loss window and the sample count of each source; the windows."""
+        w = self.windows
+        print("loss windows (s), max per source:", {n: round(max(v), 3) for n, v in w.items()},
+              "samples:", {n: len(v) for n, v in w.items()})
+        return w
 
 
 def _fill(sb) -> None:
@@ -170,9 +126,7 @@ def test_policies_reload_one_source_at_a_time_and_the_others_keep_shipping(maria
                                   extra=f'listen = "127.0.0.1:{port}"').replace("heartbeat = 0.5",
                                                                                 "heartbeat = 0.4"))
         fleet.wait_log("event=reloaded policy=src0", boxes, ["src1"])
-        deadline = time.monotonic() + 20
-        while fleet.shipper_pid("src0") in (None, pids["src0"]) and time.monotonic() < deadline:
-            time.sleep(0.2)
+        poll(lambda: fleet.shipper_pid("src0"), lambda pid: pid not in (None, pids["src0"]), 20, 0.2)
         assert fleet.shipper_pid("src0") not in (None, pids["src0"]), "src0's shipper restarted"
         fleet.measure(boxes, ["src0", "src1"], seconds=2)
 
@@ -214,9 +168,7 @@ def test_policies_reload_one_source_at_a_time_and_the_others_keep_shipping(maria
     finally:
         rc = fleet.stop()
     assert rc == 0, fleet.text()[-3000:]
-    w = fleet.windows
-    print("loss windows (s), max per source:", {n: round(max(v), 3) for n, v in w.items()},
-          "samples:", {n: len(v) for n, v in w.items()})
+    w = fleet.print_windows()
     # src1 shipped through every step (its shipper never restarted); src0 through its cron edit;
     # the others between their steps
     assert len(w["src1"]) > 10 and max(w["src1"]) < 2.0, sorted(w["src1"])[-5:]
@@ -268,7 +220,5 @@ def test_a_source_that_dies_is_reported_and_the_others_keep_shipping(mariadb_fac
     finally:
         rc = fleet.stop()
     assert rc == 0, fleet.text()[-3000:]
-    w = fleet.windows
-    print("loss windows (s), max per source:", {n: round(max(v), 3) for n, v in w.items()},
-          "samples:", {n: len(v) for n, v in w.items()})
+    w = fleet.print_windows()
     assert max(w["src0"]) < 2.0 and max(w["src2"]) < 2.0, {n: sorted(v)[-3:] for n, v in w.items()}
