@@ -1,32 +1,19 @@
-"""Policy files (policies/*.toml) and settings. Precedence: command line > environment > policy."""
+"""Policy files (policies/*.toml): the validated models and their loading. What a command works with
+(command line > environment > policy) is settings.Settings, which imports this only when needed."""
 
 from __future__ import annotations
 
 import difflib
-import hashlib
-import os
 import tomllib
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from backupkit.errors import ConfigError, UsageError
+from backupkit.errors import ConfigError
 from backupkit.util.paths import expand_user
 from backupkit.util.units import RATE_HELP, parse_duration, parse_rate
-
-
-def state_dir() -> Path:
-    """This host's local state of backupkit: BACKUPKIT_STATE_DIR, /var/lib/backupkit for root,
-    else $XDG_STATE_HOME/backupkit (status files, locks, logs, shared rate-limit buckets)."""
-    env = os.environ.get("BACKUPKIT_STATE_DIR")
-    if env:
-        return expand_user(env)
-    if os.geteuid() == 0:
-        return Path("/var/lib/backupkit")
-    return expand_user(os.environ.get("XDG_STATE_HOME", "~/.local/state")) / "backupkit"
 
 
 def check_rate(v: str | None) -> str | None:
@@ -397,73 +384,3 @@ def load_policy(path: str | Path, checks: PolicyChecks | None = None) -> Policy:
     if problems:
         raise ConfigError("\n".join(problems))
     return policy
-
-
-@dataclass
-class Settings:
-    """What a command works with, resolved from the command line, the environment and a policy."""
-
-    policy: Policy
-    storage_url: str | None
-    source_url: str
-    json: bool = False
-    debug: bool = False
-    storage_explicit: bool = False  # --storage or BACKUPKIT_STORAGE given: use that one target
-
-    @classmethod
-    def resolve(cls, policy_path: str | None, storage: str | None, source: str | None,
-                json: bool = False, debug: bool = False, checks: PolicyChecks | None = None) -> Settings:
-        for option, value in (("--policy", policy_path), ("--storage", storage), ("--source", source)):
-            if value is not None and not value.strip():  # "" must not quietly mean the default
-                raise UsageError(f"{option} is empty", f"give a value or leave {option} out")
-        policy_path = policy_path or os.environ.get("BACKUPKIT_POLICY")
-        policy = load_policy(policy_path, checks) if policy_path else Policy()
-        primary = policy.storage.primary()
-        storage_url = storage or os.environ.get("BACKUPKIT_STORAGE") or (primary.url if primary else None)
-        source_url = source or os.environ.get("BACKUPKIT_SOURCE") or policy.source.url
-        settings = cls(policy, storage_url, source_url, json, debug)
-        settings.storage_explicit = bool(storage or os.environ.get("BACKUPKIT_STORAGE"))
-        return settings
-
-    def storage_settings(self) -> dict[str, Any]:
-        primary = self.policy.storage.primary()
-        if primary is None or (self.storage_url and self.storage_url != primary.url):
-            return {}
-        return primary.s3_settings()
-
-    def repository_spec(self):
-        """The repository to open, as plain specs (repo/targets.py knows no policy)."""
-        from backupkit.repo.targets import EncryptionSpec, RepositorySpec, TargetSpec  # lazy: start-up time
-
-        storage, enc = self.policy.storage, self.policy.encryption
-        configured = tuple(TargetSpec(t.name or t.url, t.url, t.s3_settings()) for t in storage.targets)
-        targets = configured
-        if not configured:
-            url = self.storage_url or ""
-            targets = (TargetSpec(url or "default", url, self.storage_settings()),)
-        elif self.storage_explicit and self.storage_url:
-            chosen = [s for s in configured if self.storage_url in (s.url, s.name)]
-            targets = (chosen[0] if chosen else TargetSpec(self.storage_url, self.storage_url, {}),)
-        encryption = None if enc is None else EncryptionSpec(
-            enc.key_file, enc.key_env, enc.key_id, tuple(enc.old_key_files), tuple(enc.old_key_envs))
-        rate = parse_rate(storage.max_rate) if storage.max_rate else None
-        return RepositorySpec(targets, configured, storage.write_quorum, storage.stall_timeout,
-                              encryption, rate, str(self.rate_file(targets)) if rate else None)
-
-    @staticmethod
-    def rate_file(targets) -> Path:
-        """The file holding the shared rate-limit bucket of a repository on this host: one per
-        set of target URLs, so every job writing there shares one [storage] max_rate."""
-        ident = "\n".join(sorted(t.url for t in targets)).encode()
-        return state_dir() / "rate" / f"storage-{hashlib.sha256(ident).hexdigest()[:16]}.bucket"
-
-    def open_store(self, create: bool = True):
-        """The repository: one target or a mirror of the policy's targets, encrypted when configured."""
-        from backupkit.repo.targets import open_repository  # lazy: start-up time
-
-        return open_repository(self.repository_spec(), create=create)
-
-    def source_spec(self):
-        from backupkit.mysql.connection import parse_conn  # lazy: start-up time
-
-        return parse_conn(self.source_url, password_file=self.policy.source.password_file)

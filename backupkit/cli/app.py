@@ -2,48 +2,156 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 import traceback
+from collections.abc import Iterator, MutableMapping
+from typing import Any
 
-import click
 import typer
+import typer.core
 
 from backupkit import __version__
-from backupkit.cli import (
-    binlog,
-    cold,
-    context,
-    demo,
-    listing,
-    monitor,
-    policy,
-    prune,
-    repo,
-    report,
-    restore,
-    schedule,
-    snapshot,
-    undo,
-    verify,
-)
+from backupkit.cli import context
 from backupkit.cli.console import emit_json, error_line
 from backupkit.errors import BackupkitError
 from backupkit.util.paths import PathError
 from backupkit.util.redact import printable, redact_text
 
-try:  # typer >= 0.2x vendors its own copy of click
-    from typer._click import exceptions as _vendored
+try:  # typer >= 0.2x vendors its own copy of click (and click itself is then not needed)
+    from typer._click import exceptions as _click_exceptions
 except ImportError:  # pragma: no cover - older typer uses click itself
-    _vendored = click.exceptions
-_EXIT = (click.exceptions.Exit, typer.Exit)
-_ABORT = (click.exceptions.Abort, typer.Abort)
-_CLICK_ERROR = (click.ClickException, _vendored.ClickException)
+    from click import exceptions as _click_exceptions
+_EXIT = (getattr(_click_exceptions, "Exit", typer.Exit), typer.Exit)  # the vendored copy raises typer's
+_ABORT = (getattr(_click_exceptions, "Abort", typer.Abort), typer.Abort)
+_CLICK_ERROR = (_click_exceptions.ClickException,)
 _NO_ARGS: tuple[type[BaseException], ...] = tuple(
-    c for c in (getattr(_vendored, "NoArgsIsHelpError", None),) if c is not None)
+    c for c in (getattr(_click_exceptions, "NoArgsIsHelpError", None),) if c is not None)
 
 COMMON_HELP = ("Common options, before or after the command: --policy FILE, --storage URL, "
                "--source URL, --json, --debug.")
+
+#: The commands in the order --help lists them (commands, then groups, as typer does): name, the
+#: module of backupkit.cli that defines it, the attribute there (a command function, or the typer
+#: app of a group) and a group's help.
+#: A module is imported when its command runs or help lists it, so that a call imports only its
+#: own command's code (start-up time: every module imported at once cost ~0.1 s a call).
+COMMANDS: tuple[tuple[str, str, str, str | None], ...] = (
+    ("snapshot", "snapshot", "snapshot", None),
+    ("cold", "cold", "cold", None),
+    ("restore", "restore", "restore", None),
+    ("undo", "undo", "undo", None),
+    ("report", "report", "report", None),
+    ("list", "listing", "list_cmd", None),
+    ("verify", "verify", "verify", None),
+    ("prune", "prune", "prune", None),
+    ("demo", "demo", "demo", None),
+    ("status", "monitor", "status", None),
+    ("metrics", "monitor", "metrics", None),
+    ("binlog", "binlog", "app", "Ship, inspect and check the binlog."),
+    ("schedule", "schedule", "app", "Run policies on a schedule or from cron."),
+    ("policy", "policy", "app", "Check policy files and show what they imply."),
+    ("repo", "repo", "app", "The repository: info and sync between targets."),
+)
+_BUILT: dict[str, Any] = {}  # name: the built command (kept for later calls in this process)
+
+
+class _QuickCoercion:
+    """typer 0.2x coerces each option's value through a pydantic TypeAdapter that it builds on first
+    use, also for an option left out (None): importing pydantic and building the adapters was
+    ~0.1 s of every call. An option left out, and a plain string for a `str` option, get here what
+    typer would answer (None or () for a repeated option; the string itself); every other value
+    goes through typer's own coercion, so its results and its error messages are typer's."""
+
+    def __init__(self) -> None:
+        self._typer: Any = None
+
+    def coerce(self, value: Any, param: Any, ctx: Any) -> Any:
+        if value is None:
+            return () if (param.multiple or param.nargs == -1) else None
+        desc = param.type_descriptor
+        if (type(value) is str and desc.annotation is str and desc.parameter_info.parser is None
+                and desc.file_annotation is None and not (param.multiple or param.nargs == -1)):
+            return value
+        if self._typer is None:
+            param._runtime_param = None
+            self._typer = param.get_runtime_param()  # typer's own, built now
+            param._runtime_param = self
+        return self._typer.coerce(value, param=param, ctx=ctx)
+
+
+def _quick_param(param: Any) -> Any:
+    if getattr(param, "_runtime_param", 0) is None and hasattr(param, "type_descriptor"):
+        param._runtime_param = _QuickCoercion()
+    return param
+
+
+def _quick_coercion(command: Any, subcommands: bool = True) -> Any:
+    """Install _QuickCoercion on every option of a command, its --help (made on first parse) and
+    its subcommands'; a typer without runtime coercion (older or newer) is left alone."""
+    for param in command.params:
+        _quick_param(param)
+    made = command.get_help_option
+    command.get_help_option = lambda ctx: _quick_param(made(ctx))
+    for sub in getattr(command, "commands", {}).values() if subcommands else ():
+        _quick_coercion(sub)
+    return command
+
+
+def _build(name: str):
+    """The click command `name`, made by typer as app.command()/app.add_typer() would make it."""
+    if name not in _BUILT:
+        module, attr, group_help = next(c[1:] for c in COMMANDS if c[0] == name)
+        obj = getattr(importlib.import_module(f"backupkit.cli.{module}"), attr)
+        holder = typer.Typer(add_completion=False)
+        if group_help is None:
+            holder.command(name, epilog=COMMON_HELP)(obj)
+            _BUILT[name] = _quick_coercion(typer.main.get_command(holder))
+        else:
+            holder.add_typer(obj, name=name, help=group_help)
+            _BUILT[name] = _quick_coercion(typer.main.get_command(holder).commands[name])  # type: ignore[attr-defined]
+    return _BUILT[name]
+
+
+class _LazyCommands(MutableMapping):
+    """A group's commands by name; each is built on first access (help lists them all)."""
+
+    def __init__(self, names: list[str], extra: dict[str, Any]) -> None:
+        self._names = [*names, *(n for n in extra if n not in names)]
+        self._extra = dict(extra)  # commands given as objects
+
+    def __getitem__(self, name: str):
+        if name in self._extra:
+            return self._extra[name]
+        if name not in self._names:
+            raise KeyError(name)
+        return _build(name)
+
+    def __setitem__(self, name: str, command) -> None:
+        self._extra[name] = command
+        if name not in self._names:
+            self._names.append(name)
+
+    def __delitem__(self, name: str) -> None:
+        self._extra.pop(name, None)
+        self._names.remove(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
+class LazyGroup(typer.core.TyperGroup):
+    """The root group: its commands are COMMANDS, imported and built when one is used."""
+
+    def __init__(self, *args, commands=None, **kwargs) -> None:
+        super().__init__(*args, commands=commands, **kwargs)
+        self.commands = _LazyCommands([c[0] for c in COMMANDS], dict(self.commands))
+        _quick_coercion(self, subcommands=False)  # its commands get it when built
+
 
 app = typer.Typer(
     name="backupkit",
@@ -52,6 +160,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
+    cls=LazyGroup,
 )
 
 
@@ -72,27 +181,6 @@ def _root(
                                  help="Show the version and exit."),
 ) -> None:
     """Back up MySQL/MariaDB and restore it to any second in the past."""
-
-
-def _register() -> None:
-    app.command("snapshot", epilog=COMMON_HELP)(snapshot.snapshot)
-    app.command("cold", epilog=COMMON_HELP)(cold.cold)
-    app.add_typer(binlog.app, name="binlog", help="Ship, inspect and check the binlog.")
-    app.command("restore", epilog=COMMON_HELP)(restore.restore)
-    app.command("undo", epilog=COMMON_HELP)(undo.undo)
-    app.command("report", epilog=COMMON_HELP)(report.report)
-    app.command("list", epilog=COMMON_HELP)(listing.list_cmd)
-    app.command("verify", epilog=COMMON_HELP)(verify.verify)
-    app.command("prune", epilog=COMMON_HELP)(prune.prune)
-    app.add_typer(schedule.app, name="schedule", help="Run policies on a schedule or from cron.")
-    app.add_typer(policy.app, name="policy", help="Check policy files and show what they imply.")
-    app.command("demo", epilog=COMMON_HELP)(demo.demo)
-    app.add_typer(repo.app, name="repo", help="The repository: info and sync between targets.")
-    app.command("status", epilog=COMMON_HELP)(monitor.status)
-    app.command("metrics", epilog=COMMON_HELP)(monitor.metrics)
-
-
-_register()
 
 
 class _RedactFilter(logging.Filter):

@@ -7,8 +7,8 @@ from typing import Any
 
 from backupkit.cli.console import console, emit_json
 from backupkit.cli.context import COMMON
-from backupkit.config import Settings
 from backupkit.errors import BackupkitError, UsageError
+from backupkit.settings import Settings
 from backupkit.util.ratelimit import TokenBucket
 from backupkit.util.units import RATE_HELP, parse_rate
 

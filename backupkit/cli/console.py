@@ -1,4 +1,6 @@
-"""The one place that writes to the terminal: rich for people, JSON for automation."""
+"""The one place that writes to the terminal: rich for people, JSON for automation.
+
+rich is imported when something is drawn (a JSON run never needs it: start-up time)."""
 
 from __future__ import annotations
 
@@ -6,27 +8,45 @@ import json
 import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any
-
-from rich.console import Console
-from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-from rich.table import Table
+from typing import TYPE_CHECKING, Any
 
 from backupkit.util.progress import NullProgress
 from backupkit.util.progress import Progress as ProgressSink
 from backupkit.util.redact import printable, redact_text
 
-console = Console()
-err_console = Console(stderr=True)
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress
+    from rich.table import Table
+
+
+class _LazyConsole:
+    """A rich Console made on first use (the output streams are looked up then, as rich does)."""
+
+    def __init__(self, **options: Any) -> None:
+        self._options = options
+        self._console: Console | None = None
+
+    def real(self) -> Console:
+        if self._console is None:
+            from rich.console import Console  # lazy: start-up time
+
+            self._console = Console(**self._options)
+        return self._console
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real(), name)
+
+
+console: Console = _LazyConsole()  # type: ignore[assignment]
+err_console: Console = _LazyConsole(stderr=True)  # type: ignore[assignment]
+
+
+def escape(text: str) -> str:
+    """rich markup escaped (rich.markup.escape)."""
+    from rich.markup import escape as rich_escape  # lazy: start-up time
+
+    return rich_escape(text)
 
 
 def emit_json(data: Any) -> None:
@@ -36,6 +56,8 @@ def emit_json(data: Any) -> None:
 
 
 def table(title: str | None, columns: Iterable[str], rows: Iterable[Iterable[Any]]) -> Table:
+    from rich.table import Table  # lazy: start-up time
+
     t = Table(title=title, title_justify="left", header_style="bold")
     for c in columns:
         t.add_column(c)
@@ -72,12 +94,22 @@ def progress(enabled: bool = True, transfer: bool = True) -> Iterator[Progress |
     if not enabled or not err_console.is_terminal:
         yield None
         return
+    from rich.progress import (  # lazy: start-up time
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
     cols: list[Any] = [TextColumn("[bold]{task.description}"), BarColumn(),
                        TextColumn("{task.percentage:>3.0f}%")]
     if transfer:
         cols += [DownloadColumn(), TransferSpeedColumn()]
     cols += [TimeElapsedColumn(), TimeRemainingColumn()]
-    with Progress(*cols, console=err_console, transient=False) as p:
+    with Progress(*cols, console=err_console.real(), transient=False) as p:  # type: ignore[attr-defined]
         yield p
 
 

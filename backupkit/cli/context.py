@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from backupkit.config import Settings
 from backupkit.errors import UsageError
-from backupkit.schedule.checks import semantic_problems
+from backupkit.settings import Settings
 
 VALUE_OPTIONS = ("--policy", "--storage", "--source")
 FLAG_OPTIONS = ("--json", "--debug")
@@ -25,8 +24,15 @@ class Common:
         """Resolved settings (loads the policy file once)."""
         if self._settings is None:
             self._settings = Settings.resolve(self.policy, self.storage, self.source,
-                                              self.json, self.debug, semantic_problems)
+                                              self.json, self.debug, policy_checks)
         return self._settings
+
+
+def policy_checks(policy, path) -> list[str]:
+    """The semantic checks of a loaded policy file (schedule.checks; imported only then)."""
+    from backupkit.schedule.checks import semantic_problems  # lazy: start-up time
+
+    return semantic_problems(policy, path)
 
 
 COMMON = Common()

@@ -18,14 +18,14 @@ def snapshot_physical_cli(*, incremental: bool, parallel: int | None, or_full: b
     from backupkit.strategies.physical import PhysicalOptions, take_physical_backup  # lazy: start-up time
 
     cfg = settings()
-    section = cfg.policy.snapshot
+    section = cfg.values.snapshot
     if or_full and not incremental:
         raise UsageError("--or-full goes with --incremental")
     opts = PhysicalOptions.from_policy(section, incremental=incremental, parallel=parallel,
                                        full_if_none=or_full,
                                        compression_level=compression_level,
-                                       source_id=cfg.policy.source.source_id,
-                                       datadir=cfg.policy.source.datadir, max_rate=max_rate)
+                                       source_id=cfg.values.source.source_id,
+                                       datadir=cfg.values.source.datadir, max_rate=max_rate)
     spec = cfg.source_spec()
     store = cfg.open_store()
     t0 = time.monotonic()

@@ -10,10 +10,10 @@ import typer
 from backupkit.cli.common import render
 from backupkit.cli.console import table
 from backupkit.cli.context import COMMON
-from backupkit.config import Settings
 from backupkit.errors import BackupkitError, ConfigError, StorageError
 from backupkit.mysql.server import server_facts
 from backupkit.schedule.checks import semantic_problems, storage_problem
+from backupkit.settings import Settings
 from backupkit.util.paths import expand_user
 from backupkit.util.units import human_seconds
 

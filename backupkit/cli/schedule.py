@@ -234,7 +234,7 @@ def _running_version(path) -> dict:
     """A daemon that still runs the previous version of a policy file that no longer loads."""
     from pathlib import Path
 
-    from backupkit.config import state_dir  # lazy: start-up time
+    from backupkit.settings import state_dir  # lazy: start-up time
 
     want = Path(path).resolve()
     for f in sorted(state_dir().glob("*.status.json")):

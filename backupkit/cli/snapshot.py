@@ -100,7 +100,7 @@ def snapshot(
                                       "to extend (what [strategies] snapshot_incremental runs)."),
 ) -> None:
     """Take a consistent snapshot of the source while it keeps serving writes."""
-    engine = (engine or settings().policy.snapshot.engine).lower()
+    engine = (engine or settings().values.snapshot.engine).lower()
     if engine not in ("logical", "physical"):
         raise UsageError(f"unknown engine {engine!r}", "use --engine logical or --engine physical")
     if engine == "physical":
@@ -113,17 +113,17 @@ def snapshot(
         return snapshot_physical_cli(incremental=incremental, or_full=or_full, parallel=parallel,
                                      compression_level=compression_level,
                                      max_rate=parse_max_rate(max_rate,
-                                                             settings().policy.snapshot.max_rate))
+                                                             settings().values.snapshot.max_rate))
     if incremental or or_full:
         raise UsageError("--incremental needs the physical engine", "add --engine physical")
     from backupkit.strategies.snapshot import SnapshotOptions, take_snapshot  # lazy: start-up time
 
     cfg = settings()
-    section = cfg.policy.snapshot
+    section = cfg.values.snapshot
     options = SnapshotOptions.from_policy(
         section, databases=_split(databases) or None, tables=_split(tables) or None,
         include_users=include_users, parallel=parallel, chunk_size_mb=chunk_size,
-        compression_level=compression_level, source_id=cfg.policy.source.source_id,
+        compression_level=compression_level, source_id=cfg.values.source.source_id,
         max_lock_wait=max_lock_wait, lock_retries=lock_retries)
     options.checksums = checksums
     options.max_rate = parse_max_rate(max_rate, section.max_rate)

@@ -1,6 +1,6 @@
 """The repository a policy describes: one target or a mirror of several, encrypted when configured.
 
-It works from plain specs (RepositorySpec), which config.Settings.repository_spec() builds from the
+It works from plain specs (RepositorySpec), which settings.Settings.repository_spec() builds from the
 policy and the command line; Settings.open_store() calls open_repository() and every command goes
 through it.
 """

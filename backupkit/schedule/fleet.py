@@ -27,7 +27,7 @@ from typing import Any
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from backupkit.config import Policy, Settings
+from backupkit.config import Policy
 from backupkit.errors import BackupkitError, ConfigError, UsageError
 from backupkit.monitor.fleet import FleetEntry
 from backupkit.monitor.live import SHIPPER_STATE_ENV, shipper_state_file
@@ -37,6 +37,7 @@ from backupkit.schedule.daemon import Daemon, ShipperSupervisor, shipper_spawner
 from backupkit.schedule.monitoring import Monitoring
 from backupkit.schedule.runner import CliRunner, Runner, RunRecord, SystemClock, catalog_describer
 from backupkit.schedule.state import Paths
+from backupkit.settings import Settings
 from backupkit.util.units import utc_iso_seconds
 
 #: Environment that would point every policy's runs at one storage or source: refused in a fleet.

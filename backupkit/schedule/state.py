@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from backupkit.config import Policy, state_dir
+from backupkit.config import Policy
+from backupkit.settings import state_dir
 from backupkit.util.paths import expand_user
 from backupkit.util.units import utc_iso_seconds
 

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from backupkit.config import Settings
 from backupkit.repo import layout
 from backupkit.repo.catalog import Catalog
 from backupkit.repo.codec import verify_object
+from backupkit.settings import Settings
 from tests.support import run_cli, table_checksums, wait_for
 from tests.support.regions import bucket_keys, s3_client, two_region_policy
 from tests.support.shipping import stop_proc

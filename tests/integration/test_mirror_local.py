@@ -241,7 +241,7 @@ def _synthetic_backup(store, backup_id: str, objects) -> None:
 def test_cli_lists_from_the_surviving_target_and_sync_reseeds_the_lost_one(roots, tmp_path):
     import json
 
-    from backupkit.config import Settings
+    from backupkit.settings import Settings
     from tests.support import run_cli
 
     policy = tmp_path / "p.toml"

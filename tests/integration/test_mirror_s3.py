@@ -9,10 +9,10 @@ import os
 import signal
 import time
 
-from backupkit.config import Settings
 from backupkit.repo import layout
 from backupkit.repo.catalog import BackupManifest, BinlogPoint, Catalog, SourceIdentity
 from backupkit.repo.codec import put_object, read_object
+from backupkit.settings import Settings
 from backupkit.storage.mirror import find_mirror
 from tests.support import run_cli
 from tests.support.regions import bucket_keys, s3_client, two_region_policy

@@ -112,7 +112,7 @@ def test_a_limited_physical_backup_reads_mariadb_backups_stream_at_the_limit(mar
 
 
 def test_the_storage_limit_of_a_policy_is_shared_through_the_state_folder(tmp_path, monkeypatch):
-    from backupkit.config import Settings
+    from backupkit.settings import Settings
 
     monkeypatch.setenv("BACKUPKIT_STATE_DIR", str(tmp_path / "state"))
     policy = tmp_path / "p.toml"
