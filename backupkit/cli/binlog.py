@@ -11,6 +11,7 @@ from typing import Any
 
 import typer
 
+from backupkit.cli import options as opt
 from backupkit.cli.common import json_mode, open_catalog, render, settings
 from backupkit.cli.console import info, progress, table, warn
 from backupkit.cli.context import COMMON
@@ -19,6 +20,8 @@ from backupkit.util.streams import ChunkReader
 from backupkit.util.units import human_bytes, human_seconds, parse_duration, parse_time, utc_iso
 
 app = typer.Typer(no_args_is_help=True)
+
+SOURCE_ID_HELP = "Source id (default: from the policy or derived from the server)."
 
 
 def _source_given() -> bool:
@@ -37,30 +40,25 @@ def ship(
                                         help="Seconds between segment flushes (default 1)."),
     max_segment_mb: int = typer.Option(None, "--max-segment-mb", min=1, max=4096,
                                        help="Flush when a segment reaches this many MiB (default 16)."),
-    from_current: bool = typer.Option(False, "--from-current",
-                                      help="First run: start at the server's current position "
-                                           "instead of the newest snapshot's consistent point."),
-    from_position: str = typer.Option(None, "--from-position",
-                                      help="First run: start at FILE:POS (a transaction boundary), "
-                                           "for example binlog.000001:4; checked against SHOW "
-                                           "BINARY LOGS. Also replaces a start that shipped nothing."),
-    restart_from_current: bool = typer.Option(
-        False, "--restart-from-current",
-        help="After a gap (binlog purged before it was shipped): record the gap and start a new "
-             "continuous range at the server's current position."),
-    source_id: str = typer.Option(None, "--source-id", help="Source id (default: from the policy or "
-                                                            "derived from the server)."),
-    once: bool = typer.Option(False, "--once", "--until-current",
-                              help="Ship what the server has now, then exit (for cron and tests)."),
+    from_current: bool = opt.flag("--from-current", "First run: start at the server's current position "
+                                  "instead of the newest snapshot's consistent point."),
+    from_position: str = opt.text("--from-position", "First run: start at FILE:POS (a transaction "
+                                  "boundary), for example binlog.000001:4; checked against SHOW BINARY "
+                                  "LOGS. Also replaces a start that shipped nothing."),
+    restart_from_current: bool = opt.flag("--restart-from-current", "After a gap (binlog purged before "
+                                          "it was shipped): record the gap and start a new continuous "
+                                          "range at the server's current position."),
+    source_id: str = opt.source_id(SOURCE_ID_HELP),
+    once: bool = opt.flag("--once", "Ship what the server has now, then exit (for cron and tests).",
+                          "--until-current"),
     lease_seconds: float = typer.Option(None, "--lease-seconds", min=1.5, max=3600,
                                         help="Lease period; a standby takes over this long after the "
                                              "active shipper stops renewing (default 15)."),
     heartbeat: float = typer.Option(None, "--heartbeat", min=0.1, max=3600,
                                     help="Seconds between server heartbeats on an idle stream."),
-    metrics_listen: str = typer.Option(None, "--metrics-listen",
-                                       help="Serve /metrics and the status page on HOST:PORT while "
-                                            "shipping ('on': 127.0.0.1:9108; default [metrics] listen, "
-                                            "unless the daemon runs this shipper)."),
+    metrics_listen: str = opt.metrics_listen("Serve /metrics and the status page on HOST:PORT while "
+                                             "shipping ('on': 127.0.0.1:9108; default [metrics] listen, "
+                                             "unless the daemon runs this shipper)."),
     confirm_interval: float = typer.Option(
         None, "--confirm-interval", min=0.5, max=3600,
         help="While the source is quiet, write the confirmed-through watermark at most this "
@@ -201,7 +199,7 @@ class _Watch:
 
 @app.command("status")
 def status(
-    source_id: str = typer.Option(None, "--source-id", help="Only this source."),
+    source_id: str = opt.source_id("Only this source."),
     check: bool = typer.Option(False, "--check",
                                help="Exit 1 when the server could drop binlog that is not shipped yet "
                                     "(its expiry, a size limit, free disk) or the lag exceeds "
@@ -296,9 +294,8 @@ def purge(
     keep: str = typer.Option(None, "--keep",
                              help="Keep files whose newest event is younger than this (e.g. 1d, 6h, "
                                   "0; default [binlog] purge_keep, 1d)."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Show what would be purged; change nothing."),
-    source_id: str = typer.Option(None, "--source-id", help="Source id (default: from the policy or "
-                                                            "derived from the server)."),
+    dry_run: bool = opt.dry_run("Show what would be purged; change nothing."),
+    source_id: str = opt.source_id(SOURCE_ID_HELP),
 ) -> None:
     """PURGE BINARY LOGS on the source, only up to files the repository holds completely.
 
@@ -445,7 +442,7 @@ def events(
     to: str = typer.Option(None, "--to", help="Only transactions committed at or before this time."),
     table_filter: str = typer.Option(None, "--table", help="Only transactions touching db.table."),
     grep: str = typer.Option(None, "--grep", help="Only transactions whose statements contain TEXT."),
-    source_id: str = typer.Option(None, "--source-id", help="The source (default: the only one)."),
+    source_id: str = opt.source_id("The source (default: the only one)."),
     limit: int = typer.Option(1000, "--limit", min=1, help="At most this many transactions."),
 ) -> None:
     """List shipped transactions: commit time, GTID, position, tables, row counts, DDL.

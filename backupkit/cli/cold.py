@@ -8,7 +8,8 @@ from typing import Any
 
 import typer
 
-from backupkit.cli.common import MAX_RATE_HELP, json_mode, parse_max_rate, render, settings
+from backupkit.cli import options as opt
+from backupkit.cli.common import json_mode, parse_max_rate, render, settings
 from backupkit.cli.console import info, progress, table
 from backupkit.cli.datadir import run_datadir_restore
 from backupkit.util.units import human_bytes, human_seconds
@@ -42,8 +43,7 @@ def cold(
     datadir: str = typer.Option(None, "--datadir", help="The server's datadir (default: its @@datadir)."),
     stop_command: str = typer.Option(None, "--stop-command",
                                      help="Command that stops the server (default: SQL SHUTDOWN)."),
-    start_command: str = typer.Option(None, "--start-command",
-                                      help="Command that starts the server (required here or in the "
+    start_command: str = opt.start_command("Command that starts the server (required here or in the "
                                            "policy)."),
     pid_file: str = typer.Option(None, "--pid-file", help="The server's pid file (default: its @@pid_file)."),
     staging: str = typer.Option(None, "--staging", metavar="auto|none|DIR",
@@ -58,14 +58,11 @@ def cold(
     stop_timeout: float = typer.Option(None, "--stop-timeout", help="Seconds to wait for the stop."),
     start_timeout: float = typer.Option(None, "--start-timeout",
                                         help="Seconds to wait until the server accepts connections."),
-    compression_level: int = typer.Option(None, "--compression-level", min=-7, max=22,
-                                          help="zstd level (default from the policy: 1)."),
+    compression_level: int = opt.compression_level("zstd level (default from the policy: 1)."),
     preflush_timeout: float = typer.Option(None, "--preflush-timeout",
                                            help="Seconds to flush dirty pages before the stop (0: off)."),
-    max_rate: str = typer.Option(None, "--max-rate", metavar="RATE",
-                                 help=MAX_RATE_HELP + " Limits the upload of the staging copy (the "
-                                      "server serves again), never the copy while it is down. "
-                                      "Policy: [cold] max_rate."),
+    max_rate: str = opt.max_rate("Limits the upload of the staging copy (the server serves again), "
+                                 "never the copy while it is down. Policy: [cold] max_rate."),
     idle_io: bool = typer.Option(None, "--idle-io/--normal-io",
                                  help="Read the staging copy at idle I/O priority (ionice -c3; the "
                                       "default where the platform allows). Policy: [cold] idle_io."),

@@ -98,10 +98,6 @@ def render(data: dict[str, Any], human) -> None:
             console.print(f"  ... and {len(targets['events']) - 10} more", highlight=False)
 
 
-MAX_RATE_HELP = ("At most this many bytes per second, e.g. 50MB/s (MB = 10^6 bytes) or 40MiB/s "
-                 "(MiB = 2^20 bytes).")
-
-
 def parse_max_rate(text: str | None, policy_value: str | None = None) -> float | None:
     """--max-rate (or else the policy's key) in bytes per second; None: no limit."""
     value = text if text not in (None, "") else policy_value

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from backupkit.cli import options as opt
 from backupkit.cli.common import render, settings
 from backupkit.cli.console import warn
 from backupkit.errors import ConfigError, UsageError
@@ -12,10 +13,9 @@ from backupkit.util.units import human_bytes, parse_duration
 
 
 def prune(
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print what would be removed; remove nothing."),
-    force: bool = typer.Option(False, "--force",
-                               help="Really remove (the scheduler and cron lines pass it); without it, "
-                                    "prune only shows what it would remove."),
+    dry_run: bool = opt.dry_run("Print what would be removed; remove nothing."),
+    force: bool = opt.force("Really remove (the scheduler and cron lines pass it); without it, prune "
+                            "only shows what it would remove."),
     keep_last: int = typer.Option(None, "--keep-last", min=0, help="Override retention.keep_last."),
     keep_daily: int = typer.Option(None, "--keep-daily", min=0, help="Override retention.keep_daily."),
     keep_weekly: int = typer.Option(None, "--keep-weekly", min=0, help="Override retention.keep_weekly."),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from backupkit.cli import options as opt
 from backupkit.cli.common import INTERACTIVE_DEADLINE, json_mode, open_repo, render, settings
 from backupkit.cli.console import console, emit_json, error_line, progress, table
 from backupkit.errors import ConfigError, UsageError
@@ -54,7 +55,7 @@ def sync(
                                      "repeat for fallbacks. Default: every other policy target."),
     dest: list[str] = typer.Option(None, "--to", help="Complete this target (name, number or URL). "
                                    "Default: every policy target."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Show what is missing; copy nothing."),
+    dry_run: bool = opt.dry_run("Show what is missing; copy nothing."),
     repair: bool = typer.Option(False, "--repair", help="Replace damaged copies on the target with "
                                 "verified copies from the source."),
     deep: bool = typer.Option(False, "--deep", help="Also read back and check every object the target "
@@ -178,7 +179,7 @@ def loss_by_target_table(survival: list[dict]):
 
 @app.command("migrate")
 def migrate(
-    dry_run: bool = typer.Option(False, "--dry-run", help="Count what would be rewritten; change nothing."),
+    dry_run: bool = opt.dry_run("Count what would be rewritten; change nothing."),
     parallel: int = typer.Option(8, "--parallel", min=1, max=64, help="Index entries copied at once."),
 ) -> None:
     """Bring a format-1 repository to format 2 (the binlog index apart from its data); stop the

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from backupkit.cli import options as opt
 from backupkit.cli.common import open_catalog, render, settings
 from backupkit.cli.console import loss_table
 from backupkit.cli.listing import _targets, targets_table
@@ -13,7 +14,7 @@ from backupkit.util.units import parse_time
 
 def report(
     at: str = typer.Option(None, "--at", help="Disaster time (default now; local zone unless a zone or Z)."),
-    source_id: str = typer.Option(None, "--source-id", help="Source to report on (default: the only one)."),
+    source_id: str = opt.source_id("Source to report on (default: the only one)."),
     count: bool = typer.Option(True, "--count/--no-count",
                                help="Count lost transactions and rows from the shipped binlog."),
 ) -> None:

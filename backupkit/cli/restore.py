@@ -11,9 +11,9 @@ from typing import Any
 
 import typer
 
+from backupkit.cli import options as opt
 from backupkit.cli.cold import restore_cold_cli
 from backupkit.cli.common import (
-    MAX_RATE_HELP,
     configured_source,
     json_mode,
     open_catalog,
@@ -29,8 +29,7 @@ from backupkit.util.units import human_bytes, human_seconds
 
 def restore(
     backup_id: str = typer.Argument(None, help="Backup to restore (snapshot or cold); omit with --to-*."),
-    target: str = typer.Option(None, "--target",
-        help="Target server for a logical restore: mysql://user@host:port."),
+    target: str = opt.target("Target server for a logical restore: mysql://user@host:port."),
     datadir: str = typer.Option(None, "--datadir", help="Target datadir for a cold or physical restore."),
     to_time: str = typer.Option(None, "--to-time",
         help="Restore to this moment (local zone unless a zone or Z is given)."),
@@ -43,31 +42,26 @@ def restore(
     accept_gap: bool = typer.Option(False, "--accept-gap",
         help="With --latest: when a gap in the shipped binlog follows the newest reachable point, "
              "restore that point anyway (the gap and its cost are reported)."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and change nothing."),
-    force: bool = typer.Option(False, "--force",
-        help="Move existing databases or datadir aside (never deleted)."),
+    dry_run: bool = opt.dry_run("Print the plan and change nothing."),
+    force: bool = opt.force("Move existing databases or datadir aside (never deleted)."),
     verify: bool = typer.Option(False, "--verify",
         help="Compare CHECKSUM TABLE with the values recorded at backup time."),
     parallel: int = typer.Option(None, "--parallel", help="Parallel load workers (default: cores)."),
-    start_command: str = typer.Option(None, "--start-command",
-        help="Cold or physical restore: command that starts the server."),
+    start_command: str = opt.start_command("Cold or physical restore: command that starts the server."),
     databases: list[str] = typer.Option(None, "--databases", "-d",
         help="Snapshot restore: only these databases."),
     include_users: bool = typer.Option(False, "--include-users",
         help="Snapshot restore: also create saved users and grants."),
     log_bin: bool = typer.Option(False, "--log-bin",
         help="Snapshot restore: write the load to the target's binlog."),
-    tables: list[str] = typer.Option(None, "--tables",
-        help="Point-in-time restore of these tables only: 'db.table,db.*' patterns as mydumper's "
-             "filters (the rest of the server is not touched)."),
-    exclude_tables: list[str] = typer.Option(None, "--exclude-tables",
-        help="With --tables: leave out these db.table patterns."),
+    tables: list[str] = opt.tables("Point-in-time restore of these tables only: 'db.table,db.*' patterns "
+                                   "as mydumper's filters (the rest of the server is not touched)."),
+    exclude_tables: list[str] = opt.exclude_tables("With --tables: leave out these db.table patterns."),
     rename_db: list[str] = typer.Option(None, "--rename-db",
         help="With --tables: OLD=NEW puts the tables of OLD into database NEW (then the target "
              "may be the live source)."),
-    max_rate: str = typer.Option(None, "--max-rate", metavar="RATE",
-        help=MAX_RATE_HELP + " Limits reading the repository; a restore is not limited otherwise "
-             "(no policy key applies to restores)."),
+    max_rate: str = opt.max_rate("Limits reading the repository; a restore is not limited otherwise "
+                                 "(no policy key applies to restores)."),
     replicate_from: str = typer.Option(None, "--replicate-from",
         help="With --latest: then make the target a replica of this primary (mysql://repl@host:port; "
              "password from BACKUPKIT_REPLICATE_PASSWORD or ?password_file=) at the reached GTID."),

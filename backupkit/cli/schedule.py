@@ -10,6 +10,7 @@ from datetime import datetime
 
 import typer
 
+from backupkit.cli import options as opt
 from backupkit.cli.common import json_mode, render
 from backupkit.cli.console import table, warn
 from backupkit.cli.context import COMMON
@@ -61,10 +62,9 @@ def run(
     stop_timeout: float = typer.Option(600.0, "--stop-timeout", min=0,
                                        help="On SIGTERM, seconds to let running jobs finish before "
                                             "cutting them safely."),
-    metrics_listen: str = typer.Option(None, "--metrics-listen",
-                                       help="Serve /metrics (Prometheus) and the status page at / on "
-                                            "HOST:PORT ('on': 127.0.0.1:9108; default [metrics] listen, "
-                                            "else off)."),
+    metrics_listen: str = opt.metrics_listen("Serve /metrics (Prometheus) and the status page at / on "
+                                             "HOST:PORT ('on': 127.0.0.1:9108; default [metrics] "
+                                             "listen, else off)."),
     policies: str = typer.Option(None, "--policies", metavar="DIR",
                                  help="Run every policy in this folder (one source each, its own "
                                       "repository or prefix) in this one daemon; a broken file is "

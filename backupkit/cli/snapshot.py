@@ -8,7 +8,8 @@ from typing import Any
 
 import typer
 
-from backupkit.cli.common import MAX_RATE_HELP, json_mode, parse_max_rate, render, settings
+from backupkit.cli import options as opt
+from backupkit.cli.common import json_mode, parse_max_rate, render, settings
 from backupkit.cli.console import progress, table
 from backupkit.errors import UsageError
 from backupkit.util.units import human_bytes, human_seconds
@@ -69,16 +70,14 @@ def progress_view(verb: str):
 def snapshot(
     databases: list[str] = typer.Option(None, "--databases", "-d",
                                         help="Only these databases (repeat or comma-separate; * ? allowed)."),
-    tables: list[str] = typer.Option(None, "--tables", "-t",
-                                     help="Only these tables as db.table (repeat or comma-separate)."),
+    tables: list[str] = opt.tables("Only these tables as db.table (repeat or comma-separate).", "-t"),
     include_users: bool = typer.Option(None, "--include-users/--no-users",
                                        help="Also save users and grants."),
     parallel: int = typer.Option(None, "--parallel", "-p", min=1, max=64,
                                  help="Parallel workers (default: the number of cores)."),
     chunk_size: int = typer.Option(None, "--chunk-size", min=1, max=4096,
                                    help="MiB of data per chunk (default 64)."),
-    compression_level: int = typer.Option(None, "--compression-level", min=-7, max=22,
-                                          help="zstd level (default from the policy)."),
+    compression_level: int = opt.compression_level("zstd level (default from the policy)."),
     checksums: bool = typer.Option(True, "--checksums/--no-checksums",
                                    help="CHECKSUM TABLE inside the snapshot, for restore --verify."),
     engine: str = typer.Option(None, "--engine",
@@ -89,10 +88,8 @@ def snapshot(
                                              "(and so stall commits) before it backs off (default 5)."),
     lock_retries: int = typer.Option(None, "--lock-retries", min=0, max=100,
                                      help="Tries after a cut lock wait before giving up (default 3)."),
-    max_rate: str = typer.Option(None, "--max-rate", metavar="RATE",
-                                 help=MAX_RATE_HELP + " Limits reading the source (logical: row "
-                                      "text; physical: mariadb-backup's stream). Policy: "
-                                      "[snapshot] max_rate."),
+    max_rate: str = opt.max_rate("Limits reading the source (logical: row text; physical: "
+                                 "mariadb-backup's stream). Policy: [snapshot] max_rate."),
     incremental: bool = typer.Option(False, "--incremental",
                                      help="Physical: only pages changed since the newest physical backup."),
     or_full: bool = typer.Option(False, "--or-full",

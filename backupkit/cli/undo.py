@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import typer
 
+from backupkit.cli import options as opt
 from backupkit.cli.common import configured_source, open_catalog, render
 from backupkit.cli.console import table
 from backupkit.errors import UsageError
@@ -16,17 +17,13 @@ def undo(
     gtid: list[str] = typer.Option(None, "--gtid", help="Undo these transactions: G[,G2...]."),
     from_time: str = typer.Option(None, "--from", help="Undo every transaction committed from T1..."),
     to_time: str = typer.Option(None, "--to", help="... up to T2 (local zone unless a zone is given)."),
-    tables: list[str] = typer.Option(None, "--tables",
-        help="Only these db.table patterns (as mydumper's filters)."),
-    exclude_tables: list[str] = typer.Option(None, "--exclude-tables",
-        help="With --tables: leave out these patterns."),
-    target: str = typer.Option(None, "--target",
-        help="The live server to undo on (default: the configured source)."),
-    source_id: str = typer.Option(None, "--source-id", help="Whose shipped binlog to read."),
-    dry_run: bool = typer.Option(False, "--dry-run",
-        help="Print the undo as SQL (BINLOG statements in one transaction); change nothing."),
-    force: bool = typer.Option(False, "--force",
-        help="Leave rows that changed since as they are (reported) and undo the rest."),
+    tables: list[str] = opt.tables("Only these db.table patterns (as mydumper's filters)."),
+    exclude_tables: list[str] = opt.exclude_tables("With --tables: leave out these patterns."),
+    target: str = opt.target("The live server to undo on (default: the configured source)."),
+    source_id: str = opt.source_id("Whose shipped binlog to read."),
+    dry_run: bool = opt.dry_run("Print the undo as SQL (BINLOG statements in one transaction); "
+                                "change nothing."),
+    force: bool = opt.force("Leave rows that changed since as they are (reported) and undo the rest."),
 ) -> None:
     """Undo bad transactions (flashback): the inverse of their row events, conflict-checked."""
     from backupkit.mysql.connection import PASSWORD_ENV, parse_conn  # lazy: start-up time
