@@ -31,35 +31,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import main_for, measure, row  # noqa: E402
+from _sysbench import SERVER_ARGS, build  # noqa: E402
 
 from backupkit.mysql.control import ServiceControl  # noqa: E402
 from backupkit.mysql.sandbox import Sandbox  # noqa: E402
 
 BENCH = "cold"
-SERVER_ARGS = ["--innodb-buffer-pool-size=512M", "--innodb-log-file-size=256M",
-               "--innodb-flush-log-at-trx-commit=2"]
-
-
-def _digits(n: int) -> str:
-    """SQL for sysbench-like groups of 11 random digits joined by '-'."""
-    part = "LPAD(FLOOR(RAND() * 100000000000), 11, '0')"
-    return "CONCAT(" + ", '-', ".join([part] * n) + ")"
-
-
-def build(sb: Sandbox, tables: int, rows: int) -> None:
-    """sysbench-like tables, generated in the server (not written to the binlog)."""
-    sb.sql("CREATE DATABASE sbtest")
-    conn = sb.connect(database="sbtest")
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SET SESSION sql_log_bin = 0")
-            for i in range(1, tables + 1):
-                cur.execute(f"CREATE TABLE sbtest{i} (id INT NOT NULL PRIMARY KEY, k INT NOT NULL, "
-                            f"c CHAR(120) NOT NULL, pad CHAR(60) NOT NULL, KEY k_1 (k)) ENGINE=InnoDB")
-                cur.execute(f"INSERT INTO sbtest{i} SELECT seq, FLOOR(RAND(seq) * {rows}), "
-                            f"{_digits(10)}, {_digits(5)} FROM seq_1_to_{rows}")
-    finally:
-        conn.close()
 
 
 def du(path: Path) -> int:
@@ -132,7 +109,7 @@ def run(quick: bool = False) -> list[dict]:
     sb = Sandbox(base=work / "server", name="bench-cold", extra_args=SERVER_ARGS)
     try:
         sb.start()
-        build(sb, tables, rows)
+        build(sb, rows, tables=tables, log_bin=False)
         size = du(sb.datadir)
         repo = work / "repo"
         measures: list[tuple[str, Callable[[], dict]]] = [
