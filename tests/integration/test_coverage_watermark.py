@@ -4,7 +4,6 @@ and once the shipper stops the watermark stops and restoring past it is refused 
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
@@ -14,7 +13,7 @@ from backupkit.repo.catalog import Catalog
 from backupkit.repo.watermark import read_status
 from backupkit.restore.loss import loss_report
 from backupkit.storage import open_store
-from tests.support import run_cli, table_checksums, wait_for
+from tests.support import json_ok, run_cli, table_checksums, wait_for
 from tests.support.shipping import cli_env, start_shipper, stop_proc
 
 pytestmark = pytest.mark.timeout(300)
@@ -24,18 +23,13 @@ pytestmark = pytest.mark.timeout(300)
 QUIET = float(os.environ.get("BACKUPKIT_TEST_QUIET", "20"))
 
 
-def _ok(r):
-    assert r.returncode == 0, r.stderr + r.stdout
-    return json.loads(r.stdout) if r.stdout.strip().startswith("{") else r.stdout
-
-
 def test_quiet_stretch_is_restorable_and_the_loss_window_stays_small(mariadb_factory, tmp_path):
     src = mariadb_factory(server_id=1)
     url = f"file://{tmp_path / 'repo'}"
     env = cli_env(src, url)
     src.sql("CREATE DATABASE w")
     src.sql("CREATE TABLE w.t (id INT AUTO_INCREMENT PRIMARY KEY, k INT, v VARCHAR(300))")
-    _ok(run_cli("snapshot", "--json", env=env))
+    json_ok(run_cli("snapshot", "--json", env=env))
     proc = start_shipper(src, url, tmp_path / "ship.log", "--confirm-interval", "1")
     catalog = Catalog(open_store(url))
     try:
@@ -59,9 +53,9 @@ def test_quiet_stretch_is_restorable_and_the_loss_window_stays_small(mariadb_fac
         # sync interval 0.2 s + heartbeat 0.5 s + the one-second margin + confirm interval 1 s
         print("binlog loss window during the quiet stretch (s):", windows)
         assert max(windows) < 4.0, windows
-        listing = _ok(run_cli("list", "--json", env=env))
+        listing = json_ok(run_cli("list", "--json", env=env))
         assert listing["binlog_coverage"][-1]["confirmed_through"]
-        status = _ok(run_cli("binlog", "status", "--json", env=env))["sources"][0]
+        status = json_ok(run_cli("binlog", "status", "--json", env=env))["sources"][0]
         assert status["confirmed_through"] >= st.confirmed_at
         assert status["shipped_server"]["server_id"] == 1
     finally:
@@ -71,7 +65,7 @@ def test_quiet_stretch_is_restorable_and_the_loss_window_stays_small(mariadb_fac
     # a moment inside the quiet stretch equals the state at its start
     target = mariadb_factory(server_id=2)
     mid = quiet_from + QUIET / 2
-    out = _ok(run_cli("restore", "--to-time", f"@{mid:.3f}", "--target", target.url, "--force",
+    out = json_ok(run_cli("restore", "--to-time", f"@{mid:.3f}", "--target", target.url, "--force",
                       "--json", env=env))
     assert out["reached"]
     assert table_checksums(target, ["w"]) == expected

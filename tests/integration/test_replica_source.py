@@ -14,12 +14,9 @@ from backupkit.repo.catalog import Catalog
 from backupkit.storage import open_store
 from tests.support import cross_second, run_cli, table_checksums, wait_for
 from tests.support.replication import caught_up, replicate
+from tests.support.shipping import cli_env
 
 pytestmark = pytest.mark.timeout(300)
-
-
-def _env(sb, url: str) -> dict[str, str]:
-    return {"BACKUPKIT_SOURCE": sb.url, "BACKUPKIT_STORAGE": url}
 
 
 def _round(primary, base: int) -> None:
@@ -39,7 +36,7 @@ def test_snapshot_and_ship_from_a_replica_restore_the_primarys_moments_exactly(
     replicate(primary, replica)
     wait_for(lambda: caught_up(primary, replica), 30, "the replica")
     url = f"file://{tmp_path / 'repo'}"
-    env = _env(replica, url)
+    env = cli_env(replica, url)
     r = run_cli("snapshot", "--json", env=env)
     assert r.returncode == 0, r.stderr
     snap = Catalog(open_store(url)).backup(json.loads(r.stdout)["backup_id"])
@@ -73,18 +70,18 @@ def test_a_replica_that_cannot_serve_is_refused_in_one_line(mariadb_factory, tmp
     replicate(primary, quiet)
     wait_for(lambda: caught_up(primary, quiet), 30, "the replica")
     url = f"file://{tmp_path / 'repo'}"
-    r = run_cli("binlog", "ship", "--once", "--server-id", "555", env=_env(quiet, url))
+    r = run_cli("binlog", "ship", "--once", "--server-id", "555", env=cli_env(quiet, url))
     assert r.returncode != 0
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and "log_slave_updates=OFF" in errors[0], r.stderr
     # a snapshot from it is fine (its data is the primary's)
-    assert run_cli("snapshot", env=_env(quiet, url)).returncode == 0
+    assert run_cli("snapshot", env=cli_env(quiet, url)).returncode == 0
 
     # the SQL thread stops on a conflict: the replica is frozen in the past
     quiet.sql("INSERT INTO shop.orders VALUES (7, 0, 'local')")
     primary.sql("INSERT INTO shop.orders VALUES (7, 1, 'primary')")
     wait_for(lambda: quiet.sql("SHOW SLAVE STATUS")[0][11] == "No", 30, "the SQL thread to stop")
-    r = run_cli("snapshot", env=_env(quiet, url))
+    r = run_cli("snapshot", env=cli_env(quiet, url))
     assert r.returncode != 0
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and "SQL thread stopped with error 1062" in errors[0], r.stderr

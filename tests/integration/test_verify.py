@@ -17,14 +17,11 @@ from backupkit.mysql.sandbox import Sandbox
 from backupkit.repo.catalog import Catalog
 from backupkit.storage import open_store
 from tests.support import run_cli
-
-
-def _env(sb: Sandbox, url: str, **extra: str) -> dict[str, str]:
-    return {"BACKUPKIT_SOURCE": sb.url, "BACKUPKIT_STORAGE": url, **extra}
+from tests.support.shipping import cli_env
 
 
 def _build(sb: Sandbox, url: str, env_extra: dict[str, str] | None = None, create: bool = True) -> None:
-    env = _env(sb, url, **(env_extra or {}))
+    env = cli_env(sb, url, **(env_extra or {}))
     if create:
         sb.sql("CREATE DATABASE shop")
         sb.sql("CREATE TABLE shop.orders (id INT PRIMARY KEY, item VARCHAR(40), qty INT)")
@@ -238,7 +235,7 @@ def test_a_garbage_or_copied_manifest_is_skipped_with_a_warning_and_fails_verify
     for key, data in ((garbage, b"{not json"), (copied, original)):
         (repo / key).parent.mkdir(parents=True)
         (repo / key).write_bytes(data)
-    env = _env(sb, f"file://{repo}")
+    env = cli_env(sb, f"file://{repo}")
     r = run_cli("list", "--json", env=env)
     assert r.returncode == 0, r.stderr
     assert [b["id"] for b in json.loads(r.stdout)["backups"]] == [real.id]
