@@ -354,11 +354,11 @@ def loss_report(catalog: Catalog, at: float | None = None, source_id: str | None
 
 def loss_after_restore(catalog: Catalog, source_id: str | None = None) -> LossReport | None:
     """The report printed after a restore: never fails the restore (None if it cannot be made).
-    Rows are counted from at most 4 MiB of parsed binlog besides the segments at a window's edge
-    (transactions always, from the index): parsing the whole binlog again after replaying it cost
-    as much as a fifth of a restore over small transactions (bench/compact.py); `backupkit
-    report` counts them all."""
+    Transactions are counted from the index entries, rows only in the segments at a window's
+    edge (else unknown, "-"): reading and parsing the whole binlog again after replaying it cost
+    as much as the replay over small segments (bench/compact.py); `backupkit report` counts
+    them all."""
     try:
-        return loss_report(catalog, source_id=source_id, max_parse_bytes=4 << 20)
+        return loss_report(catalog, source_id=source_id, max_parse_bytes=0)
     except Exception:
         return None

@@ -343,3 +343,22 @@ def test_readers_of_the_open_file_see_a_compacted_entry_at_once_though_chunks_na
     assert _shapes(segs) == [(1, 10)] * 6 + [(0, 1)] * 10
     assert len(segs) == 70 + 6  # the small ones are still there, inside their grace
     assert _events_of(r, segs) == r.events
+
+
+def test_a_day_of_one_second_segments_under_the_default_levels_is_about_150_live_objects():
+    segs = _day()
+    now = T0 + 86_400
+    live = list(segs)
+    for lv in reversed(cp.DEFAULT_LEVELS):  # as compact_source runs them: the highest first
+        for group in cp.plan_merges(live, now=now, older_than=lv.after, window=lv.window, whole=True):
+            keys = {s.key for s in group}
+            live = [s for s in live if s.key not in keys] + [cp.merged_info(
+                group, StoredObject("m", 0, "", sum(s.object.raw_size for s in group)), now)]
+        live.sort(key=lambda s: (s.binlog_file, s.start_pos))
+    used = build_runs(live)
+    shapes = [cp.level_of(s, cp.DEFAULT_LEVELS) for r in used for s in r.segments]
+    # hours that ended an hour ago, then minutes, then the small segments of the last ~70 s
+    # (measured: 25 hour objects, the files rotating twice; 73 minute objects, 20 small ones)
+    assert shapes.count(2) <= 24 + 3 and shapes.count(1) <= 120 + 3 and shapes.count(0) <= 75, \
+        (shapes.count(2), shapes.count(1), shapes.count(0))
+    assert len(shapes) < 2000
