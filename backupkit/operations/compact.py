@@ -415,15 +415,32 @@ def _publish(catalog: Catalog, source_id: str, made: Sequence[SegmentInfo],
         rollup = layout.segment_rollup(source_id, f)
         if rollup not in listed and not chunks:
             continue
-        keys = [i.key for i in catalog.store.list(layout.segment_file_prefix(source_id, f))
-                if layout.is_segment_index(i.key)]
         try:
-            catalog.roll_up_file(source_id, f, known=have, keys=keys, finished=True)
+            _roll_up_listed(catalog, source_id, f, have)
         except StorageError as exc:
             log.warning("roll-up of %s not rewritten after compaction: %s", f, exc.message)
             continue
         if chunks:
             catalog.forget_chunks(source_id, [f])
+
+
+def _index_keys(catalog: Catalog, source_id: str, binlog_file: str) -> set[str]:
+    return {i.key for i in catalog.store.list(layout.segment_file_prefix(source_id, binlog_file))
+            if layout.is_segment_index(i.key)}
+
+
+def _roll_up_listed(catalog: Catalog, source_id: str, binlog_file: str,
+                    have: dict[str, SegmentInfo], tries: int = 4) -> None:
+    """Write the roll-up of a file from its listed entries, then list again: the shipper may
+    have finished the file meanwhile (its last entry, then its own roll-up, which this one must
+    not replace with fewer entries). Written again until a listing after the write holds nothing
+    it lacks; after `tries` writes (a busy open file) it is removed: readers list the file."""
+    for _ in range(tries):
+        keys = _index_keys(catalog, source_id, binlog_file)
+        catalog.roll_up_file(source_id, binlog_file, known=have, keys=keys, finished=True)
+        if _index_keys(catalog, source_id, binlog_file) <= keys:
+            return
+    catalog.store.delete([layout.segment_rollup(source_id, binlog_file)])
 
 
 def _segments(catalog: Catalog, source_id: str) -> tuple[list[SegmentInfo], set[str]]:
