@@ -17,20 +17,22 @@ def repository_listing(repo) -> dict:
     sources = repo.sources()
     coverage, gaps = [], []
     for sid in sources:
-        segs = repo.segments(sid)
+        # the watermark first: it names a committed point, so the segments read after it hold it
+        st = repo.shipper_status(sid)
+        # stretches (repo/stretches.py): the same runs as the segments, a few objects per file
+        segs = repo.catalog.stretches(sid, cuts=[st.point] if st is not None else ())
         source_gaps = repo.gaps(sid)
         runs = build_runs(segs, source_gaps)
-        st = repo.shipper_status(sid)
         if st is not None:
             confirm(runs, st.point, st.confirmed_at)
         for run in runs:
             coverage.append({
                 "source_id": sid, "range_id": run.range_id,
                 "start": f"{run.start[0]}:{run.start[1]}", "end": f"{run.end[0]}:{run.end[1]}",
-                "first_commit": utc_iso(run.first.first_commit_time or None),
-                "last_commit": utc_iso(run.last.last_commit_time or None),
+                "first_commit": utc_iso(run.first.head.first_commit_time or None),
+                "last_commit": utc_iso(run.last.tail.last_commit_time or None),
                 "last_gtid": run.last.gtid_state,
-                "segments": run.count, "stored_bytes": run.stored_bytes,
+                "segments": sum(s.count for s in run.segments), "stored_bytes": run.stored_bytes,
                 # the shipper confirmed every commit up to here shipped (a quiet stretch after
                 # the last commit is restorable up to it)
                 "confirmed_through": utc_iso(max(run.confirmed.values())) if run.confirmed else None,

@@ -53,25 +53,31 @@ def _timeline(catalog: Catalog, sid: str, backups: list) -> SourceTimeline:
     # segments listed after it hold that point (read after them, a newer point is not found and
     # a quiet stretch just confirmed shows as a false gap)
     mark = read_status(catalog, sid)
-    segs = catalog.segments(sid)
+    # stretches (repo/stretches.py): the same runs as the segments, a few objects per binlog
+    # file; each base's point and the watermark's stay where the segments put them (cuts)
+    cuts = [(b.point.file, b.point.pos) for b in backups if b.point.file]
+    cuts += [mark.point] if mark is not None else []
+    segs = catalog.stretches(sid, cuts=cuts)
     gaps = catalog.gaps(sid)
-    tl = SourceTimeline(sid, segments=len(segs), binlog_stored_bytes=sum(s.object.size for s in segs))
+    tl = SourceTimeline(sid, segments=sum(s.listed for s in segs),
+                        binlog_stored_bytes=sum(s.listed_bytes for s in segs))
     tl.confirmed_at = mark.confirmed_at if mark is not None and mark.confirmed_at else None
     tl.intervals = restorable_intervals(backups, {sid: segs}, {sid: gaps}, sid,
                                         confirmed={sid: mark} if tl.confirmed_at else None)
     tl.bases = [Base(b.id, b.kind, b.point.time, b.stored_bytes, round(b.duration, 3), b.finished_at)
                 for b in backups]
-    tl.newest_commit = max((s.last_commit_time for s in segs), default=0.0) or None
+    tl.newest_commit = max((s.max_last_commit for s in segs), default=0.0) or None
     runs = build_runs(segs, gaps)
-    tl.binlog_runs = [(r.first_commit_time or r.first.created_at, r.end_time() or r.last.created_at)
-                      for r in runs]
+    tl.binlog_runs = [(r.first_commit_time or r.first.head.created_at,
+                       r.end_time() or r.last.tail.created_at) for r in runs]
     for a, z in zip(runs, runs[1:], strict=False):
         rec = gap_between(gaps, a.last, z.first) or next(
             (g for g in gaps if ends_at(a.last, (g.after_file, g.after_pos))), None)
         why = rec.reason if rec else f"binlog {a.end[0]}:{a.end[1]} to {z.start[0]}:{z.start[1]} not shipped"
         # a range after a gap begins with an empty anchor segment: it starts when shipping resumed
-        end = z.first_commit_time or (rec.detected_at if rec else 0) or z.first.created_at or None
-        tl.gaps.append(Gap(a.end_time() or a.last.last_event_time, end, why, rec.detected_at if rec else 0.0))
+        end = z.first_commit_time or (rec.detected_at if rec else 0) or z.first.head.created_at or None
+        tl.gaps.append(Gap(a.end_time() or a.last.tail.last_event_time, end, why,
+                           rec.detected_at if rec else 0.0))
     if runs:  # a gap recorded after the newest range: shipping stopped there
         for g in gaps:
             if ends_at(runs[-1].last, (g.after_file, g.after_pos)) and not g.resume_file:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Iterable
@@ -22,7 +23,8 @@ from backupkit.repo import layout
 from backupkit.repo.codec import StoredObject, sha256_bytes
 from backupkit.repo.failover import read_checked
 from backupkit.repo.scope import Scope, scope_of
-from backupkit.storage.base import ObjectStore
+from backupkit.repo.stretches import Stretch, inside, summarize
+from backupkit.storage.base import ObjectInfo, ObjectStore
 from backupkit.util.units import utc_iso, utc_stamp
 
 log = logging.getLogger(__name__)
@@ -264,6 +266,48 @@ def binlog_order(file: str, pos: int) -> tuple[str, int]:
     return (file, pos)
 
 
+def _named_files(head: BinlogHead, source_id: str) -> list[str] | None:
+    """The files a head names as rolled up, in binlog order; None when it names one after its
+    newest segment (the caller lists everything then)."""
+    rolled = sorted(set(head.rollups), key=lambda f: binlog_order(f, 0))
+    if rolled and binlog_order(rolled[-1], 0) > binlog_order(head.segment.binlog_file, 0):
+        log.warning("head of %s names roll-ups after its newest segment: listing", source_id)
+        return None
+    return rolled
+
+
+def _holds_newest(head: BinlogHead, items: Iterable[Any], source_id: str) -> bool:
+    """True when what was read holds the head's own segment. False when a writer broke the rule
+    that the named files are all the finished files before the newest one: list everything."""
+    newest = head.segment
+    if any(s.binlog_file == newest.binlog_file and s.start_pos <= newest.start_pos
+           and s.end_pos >= newest.end_pos for s in items):
+        return True
+    log.warning("head of %s names %s, which its roll-ups and listing lack: listing",
+                source_id, newest.key)
+    return False
+
+
+def _summary_of(entry: Any, listed: ObjectInfo | None, source_id: str, binlog_file: str
+                ) -> list[Stretch] | None:
+    """The stretches of a file from its summary entry, or None when the entry does not hold up:
+    none, made from another roll-up than the listed one (ETag, size), or malformed."""
+    if not isinstance(entry, dict) or listed is None or not listed.etag \
+            or entry.get("etag") != listed.etag or entry.get("size") != listed.size:
+        return None
+    try:
+        out = [Stretch.from_dict(d, SegmentInfo.from_dict) for d in entry["stretches"]]
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError):
+        log.warning("ignoring the summary entry of %s (malformed): its roll-up is read", binlog_file)
+        return None
+    if any(st.source_id != source_id or st.binlog_file != binlog_file
+           or st.tail.binlog_file != binlog_file for st in out):
+        log.warning("ignoring the summary entry of %s (another file's): its roll-up is read",
+                    binlog_file)
+        return None
+    return out
+
+
 class Catalog:
     """Reads and commits the repository's manifests."""
 
@@ -272,6 +316,12 @@ class Catalog:
         self.parallel = parallel
         self._partitioned = False  # the config says format 2 or later (see check_format)
         self._no_legacy = False  # a format-1 config, but no format-1 segment key stored
+        # the source summary a writer keeps (see _remember_summary): entries made, not yet
+        # published; all it knows; what it last wrote (file -> ETag)
+        self._summary_lock = threading.Lock()
+        self._summary_new: dict[str, dict[str, dict[str, Any]]] = {}
+        self._summary_known: dict[str, dict[str, dict[str, Any]]] = {}
+        self._summary_written: dict[str, dict[str, str]] = {}
 
     # -- repository config -----------------------------------------------------
     def repo_config(self) -> dict[str, Any] | None:
@@ -429,6 +479,116 @@ class Catalog:
                 return found
         return self._segments_listed(source_id)
 
+    def stretches(self, source_id: str, cuts: Iterable[tuple[str, int]] = ()) -> list[Stretch]:
+        """Every committed segment of a source as stretches (repo/stretches.py), in binlog order:
+        what the commands that only summarize coverage read (list, binlog status, report, the
+        status page). The same runs as segments() gives, held in a few objects per binlog file.
+
+        With a head (format 2): each named file from the source summary when its entry there
+        was made from the roll-up now listed (same ETag and size), else from its roll-up (or
+        listing), folded as it is read; the files after them as segments() reads them. Without
+        a head, or when it does not hold up: every index entry listed, then folded.
+
+        cuts: binlog points that must be stretch boundaries or lie in a stretch of one segment
+        (stretches.summarize): a base's point, the watermark's. A file whose summary has one
+        strictly inside a stretch is read from its roll-up instead."""
+        cuts = list(cuts)
+        head = self.head(source_id)
+        if head is not None:
+            found = self._stretches_from_head(source_id, head, cuts)
+            if found is not None:
+                return found
+        return summarize(self._segments_listed(source_id), cuts)
+
+    def _stretches_from_head(self, source_id: str, head: BinlogHead, cuts: list[tuple[str, int]]
+                             ) -> list[Stretch] | None:
+        rolled = _named_files(head, source_id)
+        if rolled is None:
+            return None
+        listed = {i.key: i for i in self.store.list(layout.rollup_prefix(source_id))}
+        present = {k: i.mtime for k, i in listed.items()}
+        summary = layout.binlog_summary(source_id)
+        entries = self.summary_entries(source_id) if summary in listed else {}
+        items: list[SegmentInfo | Stretch] = []
+        todo: list[str] = []
+        for f in rolled:
+            got = _summary_of(entries.get(f), listed.get(layout.segment_rollup(source_id, f)),
+                              source_id, f)
+            if got is None or (cuts and inside(got, cuts)):
+                todo.append(f)
+            else:
+                items += got
+
+        def one(f: str) -> list[Stretch]:
+            got = self._rollup_entries(source_id, f, present)
+            return summarize(got if got is not None else self._file_listed(source_id, f), cuts)
+
+        if todo:  # no usable summary entry: read the roll-up, few at once, folded as read
+            with ThreadPoolExecutor(max_workers=max(1, min(ROLLUP_READERS, len(todo)))) as pool:
+                for got in pool.map(one, todo):
+                    items += got
+        items += self._tail(source_id, layout.index_after_file(source_id, rolled[-1]) if rolled else None,
+                            present)
+        if not _holds_newest(head, items, source_id):
+            return None
+        return summarize(items, cuts)
+
+    # -- the summary of finished files (repo/stretches.py) --------------------------------------
+    def summary_entries(self, source_id: str) -> dict[str, dict[str, Any]]:
+        """The stored summary's entries (binlog file -> {"etag", "size", "stretches"}); empty
+        when there is none or it cannot be read (readers read the roll-ups then)."""
+        key = layout.binlog_summary(source_id)
+        try:
+            body = self._read_rollup(key)
+            files = body.get("files", {})
+            if body.get("source_id") != source_id or not isinstance(files, dict):
+                raise IntegrityError(f"summary {key!r} is not this source's summary")
+            return files
+        except ObjectNotFound:
+            return {}
+        except (IntegrityError, StorageError) as exc:
+            log.warning("ignoring summary %s (the roll-ups are read): %s", key, exc.message)
+            return {}
+
+    def _remember_summary(self, source_id: str, binlog_file: str, info: ObjectInfo,
+                          segs: list[SegmentInfo]) -> None:
+        """A finished file's roll-up was written (info: as the store returned it): its entry in
+        the source summary, published with the next head that names the file."""
+        if not info.etag:
+            return  # nothing to check it against: readers read the roll-up
+        entry = {"etag": info.etag, "size": info.size,
+                 "stretches": [st.to_dict() for st in summarize(segs)]}
+        with self._summary_lock:
+            self._summary_new.setdefault(source_id, {})[binlog_file] = entry
+
+    def _publish_summary(self, source_id: str, named: Iterable[str]) -> None:
+        """Replace the source summary when the files it should hold (the named ones whose entry is
+        known: made by this process, or stored) changed. One GET (once per process) and one PUT
+        per change; a failure only costs readers the roll-ups' GETs."""
+        with self._summary_lock:
+            new = self._summary_new.pop(source_id, {})
+            if not new and source_id not in self._summary_written:
+                return  # this process made no entry: leave the summary to those that do
+            known = self._summary_known.get(source_id)
+        if known is None:
+            known = self.summary_entries(source_id)
+        known.update(new)
+        want = {f: known[f] for f in sorted(set(named)) if f in known}
+        with self._summary_lock:
+            self._summary_known[source_id] = known
+            if self._summary_written.get(source_id) == {f: e["etag"] for f, e in want.items()}:
+                return
+            self._summary_written[source_id] = {f: e["etag"] for f, e in want.items()}
+        body = {"type": "binlog_summary", "source_id": source_id, "files": want,
+                "updated_at": time.time()}
+        try:
+            self.store.put(layout.binlog_summary(source_id),
+                           zstandard.ZstdCompressor(level=3).compress(encode_manifest(body)))
+        except StorageError as exc:
+            log.warning("summary of %s not written: %s", source_id, exc.message)
+            with self._summary_lock:
+                self._summary_written.pop(source_id, None)
+
     def _segments_from_head(self, source_id: str, head: BinlogHead,
                             since_file: str | None = None) -> list[SegmentInfo] | None:
         """The segments through the head: every file the head names as rolled up is read from its
@@ -436,30 +596,13 @@ class Catalog:
         last of them are listed, their entries read through any partial roll-up. None when the
         result lacks the head's own segment (a writer broke the rule that the named files are all
         the finished files before the newest one): the caller lists everything then."""
-        rolled = sorted(set(head.rollups), key=lambda f: binlog_order(f, 0))
-        if rolled and binlog_order(rolled[-1], 0) > binlog_order(head.segment.binlog_file, 0):
-            log.warning("head of %s names roll-ups after its newest segment: listing", source_id)
+        rolled = _named_files(head, source_id)
+        if rolled is None:
             return None
         present = {i.key: i.mtime for i in self.store.list(layout.rollup_prefix(source_id))}
 
         def one(f: str) -> list[SegmentInfo] | None:
-            """The entries of file f from its roll-up (made here, so that only the roll-ups in
-            flight are held as parsed JSON), or None: list that file."""
-            key = layout.segment_rollup(source_id, f)
-            if key not in present:
-                return None  # being rewritten by prune (or pruned whole): that file is listed
-            try:
-                body = self._read_rollup(key)
-                segs = [SegmentInfo.from_dict(d) for d in body.get("segments", [])]
-            except ObjectNotFound:
-                return None
-            except (IntegrityError, StorageError) as exc:
-                log.warning("ignoring roll-up %s (its file is listed): %s", key, exc.message)
-                return None
-            except (KeyError, TypeError, ValueError, AttributeError):
-                log.warning("ignoring roll-up %s (a malformed entry): its file is listed", key)
-                return None
-            return [x for x in segs if x.source_id == source_id and x.binlog_file == f]
+            return self._rollup_entries(source_id, f, present)
 
         wanted = [f for f in rolled if since_file is None
                   or binlog_order(f, 0) >= binlog_order(since_file, 0)]
@@ -471,13 +614,29 @@ class Catalog:
         # the files after the last rolled-up one: their chunks, the entries after those listed
         segs += self._tail(source_id, layout.index_after_file(source_id, rolled[-1]) if rolled else None,
                            present)
-        newest = head.segment
-        if not any(s.binlog_file == newest.binlog_file and s.start_pos <= newest.start_pos
-                   and s.end_pos >= newest.end_pos for s in segs):
-            log.warning("head of %s names %s, which its roll-ups and listing lack: listing",
-                        source_id, newest.key)
+        if not _holds_newest(head, segs, source_id):
             return None
         return sorted(segs, key=lambda s: (s.binlog_file, s.start_pos, s.end_pos))
+
+    def _rollup_entries(self, source_id: str, f: str, present: dict[str, float]
+                        ) -> list[SegmentInfo] | None:
+        """The entries of file f from its roll-up (made here, so that only the roll-ups in flight
+        are held as parsed JSON), or None: list that file. present: the listed roll-up keys."""
+        key = layout.segment_rollup(source_id, f)
+        if key not in present:
+            return None  # being rewritten by prune (or pruned whole): that file is listed
+        try:
+            body = self._read_rollup(key)
+            segs = [SegmentInfo.from_dict(d) for d in body.get("segments", [])]
+        except ObjectNotFound:
+            return None
+        except (IntegrityError, StorageError) as exc:
+            log.warning("ignoring roll-up %s (its file is listed): %s", key, exc.message)
+            return None
+        except (KeyError, TypeError, ValueError, AttributeError):
+            log.warning("ignoring roll-up %s (a malformed entry): its file is listed", key)
+            return None
+        return [x for x in segs if x.source_id == source_id and x.binlog_file == f]
 
     def _tail(self, source_id: str, after: str | None, present: dict[str, float]) -> list[SegmentInfo]:
         """The entries after key after (all when None): from each listed entry where a chain of
@@ -564,11 +723,11 @@ class Catalog:
             self.store.delete(keys)
 
     def write_rollup(self, key: str, source_id: str, binlog_file: str,
-                     segs: Iterable[SegmentInfo]) -> None:
+                     segs: Iterable[SegmentInfo]) -> ObjectInfo:
         """Store entries as one roll-up object at key (a file's or a chunk's)."""
         body = {"type": "segment_rollup", "source_id": source_id, "binlog_file": binlog_file,
                 "created_at": time.time(), "segments": [s.to_dict() for s in segs]}
-        self.store.put(key, zstandard.ZstdCompressor(level=3).compress(encode_manifest(body)))
+        return self.store.put(key, zstandard.ZstdCompressor(level=3).compress(encode_manifest(body)))
 
     def _file_listed(self, source_id: str, binlog_file: str) -> list[SegmentInfo]:
         """The segments of one binlog file, every index entry listed and read."""
@@ -664,7 +823,10 @@ class Catalog:
             seg = SegmentInfo.from_dict(d)
             have[seg.key] = seg
         key = layout.segment_rollup(source_id, binlog_file)
-        self.write_rollup(key, source_id, binlog_file, [have[k] for k in keys if k in have])
+        entries = [have[k] for k in keys if k in have]
+        info = self.write_rollup(key, source_id, binlog_file, entries)
+        if finished:
+            self._remember_summary(source_id, binlog_file, info, entries)
         return key
 
     def roll_up(self, source_id: str) -> dict[str, list[str]]:
@@ -697,6 +859,8 @@ class Catalog:
             key = self.roll_up_file(source_id, f, known=covered, keys=by_file[f], finished=True)
             if key:
                 out["written"].append(key)
+        if out["written"] and (head := self.head(source_id)) is not None:
+            self._publish_summary(source_id, head.rollups)  # the new roll-ups' entries
         return out
 
     def commit_segment(self, info: SegmentInfo) -> None:
@@ -751,6 +915,7 @@ class Catalog:
         body = {"type": "binlog_head", "source_id": newest.source_id, "segment": newest.to_dict(),
                 "rollups": sorted(set(rollups)), "updated_at": time.time()}
         self.store.put(layout.binlog_head(newest.source_id), encode_manifest(body))
+        self._publish_summary(newest.source_id, body["rollups"])
 
     def head(self, source_id: str) -> BinlogHead | None:
         """The source's head, or None when there is none or it cannot be read (readers list then)."""

@@ -172,6 +172,17 @@ def rollup_file_of(key: str) -> str | None:
     return None
 
 
+SUMMARY_NAME = "summary.json.zst"
+
+
+def binlog_summary(source_id: str) -> str:
+    """The summary of a source's finished binlog files (repo/stretches.py): for each file, its
+    stretches and the ETag and size of the roll-up they were made from. Derived data, replaced in
+    place when a roll-up is written; a reader uses a file's entry only while the listed roll-up
+    has that ETag and size. Under _rollup/, so the listing of the roll-ups shows it."""
+    return f"{BINLOG}{enc(source_id)}/{ROLLUP_DIR}/{SUMMARY_NAME}"
+
+
 def rollup_chunk(source_id: str, binlog_file: str, start: int, end: int) -> str:
     """The index entries of binlog_file that start in [start, end), in one object: written while
     the file is still open, in levels (repo/rollups.py), authoritative for that interval."""

@@ -24,8 +24,9 @@ from typing import Any
 
 from backupkit.errors import BackupkitError
 from backupkit.mysql import binlog_events as be
-from backupkit.repo.catalog import BackupManifest, Catalog, GapInfo, SegmentInfo
+from backupkit.repo.catalog import BackupManifest, Catalog, GapInfo, SegmentInfo, binlog_order
 from backupkit.repo.coverage import in_use
+from backupkit.repo.stretches import Stretch
 from backupkit.repo.watermark import watermarks
 from backupkit.restore.plan import Planner
 from backupkit.restore.replay.fetch import Fetcher
@@ -201,7 +202,7 @@ def build_loss_report(backups: Sequence[BackupManifest],
         out.append(s)
     if segs:
         s = StrategyLoss("binlog")
-        shipped = [x for x in segs if not x.created_at or x.created_at <= at]
+        shipped = _shipped_by(segs, at)
         avail = [b for b in bases if b.finished_at <= at]
         conf = {k: v for k, v in (confirmed or {}).items()
                 if k == sid and getattr(v, "updated_at", 0) <= at}
@@ -213,13 +214,11 @@ def build_loss_report(backups: Sequence[BackupManifest],
         elif newest is None:
             s.notes.append("nothing reachable by then")
         else:
-            last = max((x for x in shipped if x.last_commit_time and x.last_commit_time <= newest),
-                       key=lambda x: (x.last_commit_time, x.binlog_file, x.end_pos), default=None)
+            last = _newest_shipped(shipped, newest)  # (commit time, file, end, GTID) or None
             s.recovery_point = newest
-            s.recovery_source = (f"{last.binlog_file}:{last.end_pos} {last.gtid_last}".strip()
-                                 if last else "base only")
+            s.recovery_source = (f"{last[1]}:{last[2]} {last[3]}".strip() if last else "base only")
             if planner.confirmed_at and newest >= planner.confirmed_at and \
-                    (last is None or planner.confirmed_at > last.last_commit_time):
+                    (last is None or planner.confirmed_at > last[0]):
                 s.recovery_source = "confirmed through by the shipper"
             s.loss_seconds = max(0.0, at - newest)
             s.window = Window(at, start_time=newest)
@@ -227,6 +226,41 @@ def build_loss_report(backups: Sequence[BackupManifest],
         s.rto_seconds, s.rto_record = _rto(records, "binlog")
         out.append(s)
     return LossReport(at, sid, out)
+
+
+class NeedSegments(Exception):
+    """A stretch cannot answer what the report asks (a segment made after the disaster time, the
+    newest commit before a moment inside it): the report is made from the segments."""
+
+
+def _shipped_by(segs: Sequence[SegmentInfo | Stretch], at: float) -> list[SegmentInfo | Stretch]:
+    """The segments committed by at (an index entry without a time counts as committed)."""
+    out: list[SegmentInfo | Stretch] = []
+    for x in segs:
+        if isinstance(x, Stretch):
+            if x.created_max > at:
+                raise NeedSegments
+            out.append(x)
+        elif not x.created_at or x.created_at <= at:
+            out.append(x)
+    return out
+
+
+def _newest_shipped(shipped: Sequence[SegmentInfo | Stretch], newest: float
+                    ) -> tuple[float, str, int, str] | None:
+    """The shipped segment with the newest commit at or before newest: (its last commit time,
+    file, end position, last GTID); the latest position among equal times."""
+    best: tuple[float, str, int, str] | None = None
+    for x in shipped:
+        if isinstance(x, Stretch):
+            if x.max_last_commit > newest:
+                raise NeedSegments
+            commit, end, gtid = x.best
+        else:
+            commit, end, gtid = x.last_commit_time, x.end_pos, x.gtid_last
+        if commit and commit <= newest and (best is None or (commit, x.binlog_file, end) > best[:3]):
+            best = (commit, x.binlog_file, end, gtid)
+    return best
 
 
 # -- counting from the shipped binlog -------------------------------------------------------------
@@ -333,13 +367,27 @@ def loss_report(catalog: Catalog, at: float | None = None, source_id: str | None
         raise BackupkitError(f"no source {source_id!r} in the repository",
                              f"sources: {', '.join(sources) or 'none'}")
     confirmed = watermarks(catalog, sources)  # before the segments: see repo.watermark
-    segs = {sid: catalog.segments(sid) for sid in sources}
+    # stretches (repo/stretches.py): the same runs, a few objects per binlog file; the bases' and
+    # the watermark's points stay where the segments put them
+    segs: dict[str, Any] = {}
+    for sid in sources:
+        cuts = [(b.point.file, b.point.pos) for b in backups
+                if b.source.source_id == sid and b.point.file]
+        cuts += [confirmed[sid].point] if sid in confirmed else []
+        segs[sid] = catalog.stretches(sid, cuts=cuts)
     gaps = {sid: catalog.gaps(sid) for sid in sources}
-    report = build_loss_report(backups, segs, gaps, catalog.restore_records(), at, source_id,
-                               confirmed)
+    records = catalog.restore_records()
+    try:
+        report = build_loss_report(backups, segs, gaps, records, at, source_id, confirmed)
+    except NeedSegments:  # a moment inside a stretch: the segments say
+        segs = {sid: catalog.segments(sid) for sid in sources}
+        report = build_loss_report(backups, segs, gaps, records, at, source_id, confirmed)
     if count:
         windows = [s.window for s in report.strategies if s.window is not None]
-        count_losses(catalog.store, segs.get(report.source_id, []), windows, max_parse_bytes)
+        if windows:
+            sid = report.source_id
+            count_losses(catalog.store, _counted(catalog, sid, segs.get(sid, []), windows),
+                         windows, max_parse_bytes)
     shipped = bool(segs.get(report.source_id))
     for s in report.strategies:
         w = s.window
@@ -350,6 +398,22 @@ def loss_report(catalog: Catalog, at: float | None = None, source_id: str | None
             s.rows_lost = w.rows if count else None
             s.counted_through, s.complete = w.counted_through, w.complete
     return report
+
+
+def _counted(catalog: Catalog, source_id: str, segs: Sequence[SegmentInfo | Stretch],
+             windows: Sequence[Window]) -> list[SegmentInfo]:
+    """The segments count_losses needs: those of the files from the first one a window may touch
+    on (a superset: files before it hold no transaction after any window's start)."""
+    if not segs or not isinstance(segs[0], Stretch):
+        return list(segs)  # type: ignore[arg-type]
+    firsts: list[str] = []
+    for w in windows:
+        if w.start_file is not None:
+            firsts.append(w.start_file)
+        else:
+            firsts += [next((x.binlog_file for x in segs if x.newest_commit > (w.start_time or 0)),
+                            segs[-1].binlog_file)]
+    return catalog.segments(source_id, since_file=min(firsts, key=lambda f: binlog_order(f, 0)))
 
 
 def loss_after_restore(catalog: Catalog, source_id: str | None = None) -> LossReport | None:

@@ -17,7 +17,8 @@ from backupkit.repo.catalog import (
 )
 from backupkit.repo.coverage import build_runs, confirm, gap_between, linked
 from backupkit.repo.lease import Lease
-from backupkit.repo.servers import epochs, server_file
+from backupkit.repo.servers import Epoch, epochs, server_file
+from backupkit.repo.stretches import Stretch
 from backupkit.repo.watermark import read_status
 
 
@@ -27,24 +28,25 @@ def shipping_status(catalog: Catalog, source_id: str, spec: ConnSpec | None = No
     now = time.time() if now is None else now
     # the status first: it names a committed point, so the segments listed after it hold it
     st = read_status(catalog, source_id)
-    segs = catalog.segments(source_id)
+    # stretches (repo/stretches.py): the same runs as the segments, a few objects per binlog file
+    segs = catalog.stretches(source_id, cuts=[st.point] if st is not None else ())
     gaps = catalog.gaps(source_id)
     runs = build_runs(segs, gaps)
-    out: dict[str, Any] = {"source_id": source_id, "segments": len(segs),
-                           "stored_bytes": sum(s.object.size for s in segs),
+    out: dict[str, Any] = {"source_id": source_id, "segments": sum(s.listed for s in segs),
+                           "stored_bytes": sum(s.listed_bytes for s in segs),
                            "ranges": [], "gaps": [], "lease": None, "server": None}
     for r in runs:
         out["ranges"].append({
             "range_id": r.range_id, "start": f"{r.start[0]}:{r.start[1]}",
-            "end": f"{r.end[0]}:{r.end[1]}", "segments": r.count,
-            "first_commit_time": r.first.first_commit_time or None,
-            "last_commit_time": r.last.last_commit_time or None, "gtid_state": r.last.gtid_state})
+            "end": f"{r.end[0]}:{r.end[1]}", "segments": sum(s.count for s in r.segments),
+            "first_commit_time": r.first.head.first_commit_time or None,
+            "last_commit_time": r.last.tail.last_commit_time or None, "gtid_state": r.last.gtid_state})
     out["gaps"] = [g.to_dict() for g in gaps]
     out["servers"] = switchover_history(segs, gaps)
-    last = segs[-1] if segs else None
+    last = segs[-1].tail if segs else None
     out["last_segment_at"] = last.created_at if last else None
     out["shipped_to"] = "{}:{}".format(*last.next_point()) if last else None
-    out["last_shipped_commit_time"] = max((s.last_commit_time for s in segs), default=0) or None
+    out["last_shipped_commit_time"] = max((s.max_last_commit for s in segs), default=0) or None
     # the confirmed-through watermark: the loss window of shipping is now minus it
     usable = bool(st is not None and st.confirmed_at and confirm(runs, st.point, st.confirmed_at))
     newest = max(float(out["last_shipped_commit_time"] or 0), st.confirmed_at if usable else 0.0)
@@ -81,11 +83,12 @@ def shipping_status(catalog: Catalog, source_id: str, spec: ConnSpec | None = No
     return out
 
 
-def switchover_history(segs: list[SegmentInfo], gaps) -> list[dict[str, Any]]:
+def switchover_history(segs: list[Stretch], gaps) -> list[dict[str, Any]]:
     """The servers shipped under the source, oldest first, and how each switchover joined the
     one before: by GTID (lossless), or a recorded gap."""
     out: list[dict[str, Any]] = []
-    eps = epochs(segs)
+    # each epoch's first and last segment: the first stretch's first, the last stretch's last
+    eps = [Epoch(e.epoch, e.server_id, e.first.head, e.last.tail) for e in epochs(segs)]
     for i, e in enumerate(eps):
         d = e.to_dict()
         if i:

@@ -1,0 +1,269 @@
+"""Stretches (repo/stretches.py) give exactly what the segments give: runs, their times and
+positions, the confirmed-through watermark, restorable intervals and the loss report.
+
+Hypothesis draws shipping histories with holes, recorded gaps, new ranges, server epochs joined
+by GTID (a failover), empty anchors, commit times that go backwards, compacted segments lying
+over the small ones they merged (their grace period), and bases and a watermark at segment
+starts and strictly inside segments; every view is computed from the segments and from their
+stretches and compared. The catalog tests check the source summary: used when it matches the
+listed roll-ups, ignored (the roll-ups read) when it does not, and a base inside a summarized
+stretch makes that file read from its roll-up.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from backupkit.repo import layout
+from backupkit.repo.catalog import BackupManifest, BinlogPoint, Catalog, GapInfo, SegmentInfo, SourceIdentity
+from backupkit.repo.codec import StoredObject
+from backupkit.repo.coverage import build_runs, confirm, in_use
+from backupkit.repo.servers import file_id
+from backupkit.repo.stretches import Stretch, inside, summarize
+from backupkit.restore.loss import NeedSegments, build_loss_report
+from backupkit.restore.plan import Planner
+from backupkit.storage.local import LocalStore
+from backupkit.strategies.binlog.status import switchover_history
+from tests.support.scale import SOURCE, build_repository, no_fsync, synthetic_segment
+
+SRC = "src-1"
+
+
+def _seg(file: str, start: int, end: int, t: float, txns: int, rid: str, server: int, gtid: int,
+         created: float, next_file: str = "", gtid_start: str = "", merged: int = 0) -> SegmentInfo:
+    obj = StoredObject(layout.segment_data(SRC, file, start, end), end - start + 7, "0" * 64, end - start)
+    state = f"0-{server}-{gtid}"
+    return SegmentInfo(SRC, file, start, end, obj, first_event_time=t, last_event_time=t + 1,
+                       first_commit_time=t if txns else 0.0, last_commit_time=t + 1 if txns else 0.0,
+                       gtid_first=state if txns else "", gtid_last=state if txns else "",
+                       gtid_state=state, gtid_start=gtid_start, events=max(txns, 1) * 3,
+                       transactions=txns, next_file=next_file, file_closed=bool(next_file),
+                       range_id=rid, server_id=server, created_at=created, merged=merged)
+
+
+@dataclass
+class History:
+    segments: list[SegmentInfo] = field(default_factory=list)  # every listed one
+    gaps: list[GapInfo] = field(default_factory=list)
+    points: list[tuple[str, int, float]] = field(default_factory=list)  # candidate bases
+
+
+@st.composite
+def histories(draw) -> History:
+    h = History()
+    epoch, server, fileno, pos, t, rid, gtid = 0, 1, 1, 4, 1_000_000.0, 0, 0
+    created = 2_000_000.0
+    for r in range(draw(st.integers(1, 5))):
+        if r:
+            prev = h.segments[-1]
+            kind = draw(st.sampled_from(["hole", "gap", "new_range", "failover", "restart"]))
+            if kind == "hole":
+                pos += draw(st.integers(1, 50))
+            elif kind == "gap":
+                after = (prev.binlog_file, prev.end_pos)
+                fileno, pos, rid = fileno + 1, 4, rid + 1
+                h.gaps.append(GapInfo(SRC, *after, file_id(epoch, f"binlog.{fileno:06d}"), 4, t, "purged"))
+            elif kind == "new_range":
+                fileno, pos, rid = fileno + 1, 4, rid + 1
+            elif kind == "failover":  # a new server, linked by GTID (or not, when drawn)
+                epoch, server, fileno, pos = epoch + 1, server + 1, 1, 4
+            # "restart": the same file goes on (an empty anchor may start it)
+        first_of_epoch = not h.segments or h.segments[-1].server_id != server
+        anchor = draw(st.booleans())
+        f = file_id(epoch, f"binlog.{fileno:06d}")
+        if anchor:
+            h.segments.append(_seg(f, pos, pos, t, 0, f"r{rid}", server, gtid, created))
+        link = ""
+        if first_of_epoch and h.segments and draw(st.booleans()):
+            link = h.segments[-1].gtid_state if not anchor else h.segments[-2].gtid_state \
+                if len(h.segments) > 1 else ""
+        for i in range(draw(st.integers(1, 12))):
+            n = draw(st.integers(1, 60))
+            txns = draw(st.sampled_from([0, 1, 2]))
+            rotate = draw(st.integers(0, 5)) == 0
+            gtid += txns
+            t += draw(st.integers(-3, 6))  # commit times may go backwards
+            created += draw(st.integers(0, 3))
+            h.segments.append(_seg(f, pos, pos + n, t, txns, f"r{rid}", server, gtid, created,
+                                   next_file=file_id(epoch, f"binlog.{fileno + 1:06d}") if rotate else "",
+                                   gtid_start=link if i == 0 else ""))
+            h.points.append((f, pos, t - 0.5))
+            h.points.append((f, pos + n // 2, t))  # strictly inside (when n > 1)
+            if rotate:
+                fileno, pos = fileno + 1, 4
+                f = file_id(epoch, f"binlog.{fileno:06d}")
+            else:
+                pos += n
+    # compaction: a run of contiguous small segments of one file merged into one wide segment,
+    # the small ones still listed (the grace period)
+    for _ in range(draw(st.integers(0, 3))):
+        i = draw(st.integers(0, len(h.segments) - 1))
+        j = i
+        while j + 1 < len(h.segments) and h.segments[j + 1].binlog_file == h.segments[i].binlog_file \
+                and h.segments[j + 1].start_pos == h.segments[j].end_pos and not h.segments[j].next_file \
+                and h.segments[j + 1].range_id == h.segments[i].range_id and j - i < 4:
+            j += 1
+        if j > i:
+            a, z = h.segments[i], h.segments[j]
+            part = h.segments[i:j + 1]
+            merged = SegmentInfo(SRC, a.binlog_file, a.start_pos, z.end_pos,
+                                 StoredObject("m", sum(s.object.size for s in part), "0" * 64, 1),
+                                 a.first_event_time, z.last_event_time, a.first_commit_time,
+                                 max(s.last_commit_time for s in part), a.gtid_first, z.gtid_last,
+                                 z.gtid_state, a.gtid_start, sum(s.events for s in part),
+                                 sum(s.transactions for s in part), z.next_file, z.file_closed,
+                                 a.range_id, a.server_id, created + 100, merged=j - i + 1)
+            h.segments.append(merged)
+    return h
+
+
+def _runs_view(runs) -> list[tuple]:
+    """What every command reads of a run, members in the segments' terms."""
+    out = []
+    for r in runs:
+        first = r.first.head if isinstance(r.first, Stretch) else r.first
+        last = r.last.tail if isinstance(r.last, Stretch) else r.last
+        count = sum(getattr(s, "count", 1) for s in r.segments)
+        out.append((r.start, r.end, r.range_id, count, r.stored_bytes, r.first_commit_time,
+                    r.end_time(), r.commit_end(), r.confirmed and max(r.confirmed.values()),
+                    first.key, last.key, r.last.gtid_state, r.first.gtid_start))
+    return out
+
+
+def _bases(h: History, picks: list[int]) -> list[BackupManifest]:
+    out = []
+    for i, k in enumerate(picks):
+        f, p, t = h.points[k % len(h.points)]
+        name = f.rsplit("~", 1)[-1]  # a base records the server's own file name
+        out.append(BackupManifest(f"b{i}", "snapshot", SourceIdentity(SRC, server_id=0),
+                                  BinlogPoint(name, p, "", t), t - 1, t))
+    return out
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(histories(), st.lists(st.integers(0, 10_000), min_size=1, max_size=4), st.integers(0, 10_000),
+       st.integers(0, 2**31))
+def test_stretches_give_what_segments_give(h: History, picks: list[int], mark: int, seed: int) -> None:
+    rnd = random.Random(seed)
+    segs = rnd.sample(h.segments, len(h.segments))
+    bases = _bases(h, picks)
+    f, p, _ = h.points[mark % len(h.points)]
+    cuts = [(b.point.file, b.point.pos) for b in bases] + [(f, p)]
+    stretches = summarize(segs, cuts)
+    assert sum(s.listed for s in stretches) == len(segs)
+    assert sum(s.listed_bytes for s in stretches) == sum(s.object.size for s in segs)
+    assert sum(s.count for s in stretches) == len(in_use(segs))
+
+    by_segs, by_str = build_runs(segs, h.gaps), build_runs(stretches, h.gaps)
+    assert confirm(by_segs, (f, p), 3e6) == confirm(by_str, (f, p), 3e6)
+    assert _runs_view(by_segs) == _runs_view(by_str)
+    assert switchover_history(stretches, h.gaps) == switchover_history(summarize(segs), h.gaps)
+
+    class Mark:
+        point, confirmed_at, updated_at = (f, p), 3e6, 0.0
+
+    def planner(items) -> Planner:
+        return Planner(bases, {SRC: items}, {SRC: h.gaps}, SRC, confirmed={SRC: Mark()})
+
+    a, b = planner(segs), planner(stretches)
+    assert a.intervals() == b.intervals()
+    assert [a.reach_end(x) for x in bases] == [b.reach_end(x) for x in bases]
+    assert a.newest_commit() == b.newest_commit()
+    for at in (3e6, 2_000_000.0 + len(segs)):
+        want = build_loss_report(bases, {SRC: segs}, {SRC: h.gaps}, [], at, SRC, {SRC: Mark()})
+        try:
+            got = build_loss_report(bases, {SRC: stretches}, {SRC: h.gaps}, [], at, SRC, {SRC: Mark()})
+        except NeedSegments:
+            continue  # the caller reads the segments then
+        assert got.to_dict() == want.to_dict()
+
+
+def test_a_cut_inside_keeps_a_segment_alone() -> None:
+    segs = [_seg("binlog.000001", 4 + 10 * i, 14 + 10 * i, 100.0 + i, 1, "r", 1, i, 0.0) for i in range(6)]
+    assert [s.count for s in summarize(segs)] == [6]
+    parts = summarize(segs, [("binlog.000001", 27)])  # inside the third segment
+    assert [(s.start_pos, s.end_pos, s.count) for s in parts] == [(4, 24, 2), (24, 34, 1), (34, 64, 3)]
+    assert inside(summarize(segs), [("binlog.000001", 24)]) == {"binlog.000001"}
+    assert inside(parts, [("binlog.000001", 24), ("binlog.000001", 27)]) == set()
+
+
+# -- the source summary in a repository -----------------------------------------------------------
+def _repo(tmp_path, n: int = 330, per_file: int = 100) -> Catalog:
+    with no_fsync():
+        return build_repository(LocalStore(tmp_path / "repo"), n, per_file=per_file)
+
+
+def _same(cat: Catalog, cuts=()) -> list[Stretch]:
+    got = cat.stretches(SOURCE, cuts)
+    want = summarize(cat.segments(SOURCE), cuts)
+    assert [st.to_dict() for st in got] == [st.to_dict() for st in want]
+    return got
+
+
+def test_the_summary_replaces_the_rollups(tmp_path) -> None:
+    cat = _repo(tmp_path)
+    entries = cat.summary_entries(SOURCE)
+    assert sorted(entries) == ["binlog.000001", "binlog.000002", "binlog.000003"]
+    got = _same(Catalog(cat.store))
+    assert [(s.binlog_file, s.count) for s in got] == [
+        ("binlog.000001", 100), ("binlog.000002", 100), ("binlog.000003", 100), ("binlog.000004", 30)]
+    reads: list[str] = []
+    real = cat.store.open
+
+    def counting(key: str):
+        reads.append(key)
+        return real(key)
+
+    cat.store.open = counting  # type: ignore[method-assign]
+    Catalog(cat.store).stretches(SOURCE)
+    assert not [k for k in reads if layout.rollup_file_of(k)]  # no finished file's roll-up read
+
+
+def test_a_stale_or_damaged_summary_is_not_used(tmp_path) -> None:
+    cat = _repo(tmp_path)
+    # a file's roll-up rewritten without its last entry (as prune would after editing it): the
+    # summary's entry no longer matches the listed roll-up, so the roll-up is read
+    segs = [s for s in cat.segments(SOURCE) if s.binlog_file == "binlog.000002"]
+    cat.store.delete([segs[-1].key])
+    cat.write_rollup(layout.segment_rollup(SOURCE, "binlog.000002"), SOURCE, "binlog.000002", segs[:-1])
+    got = _same(Catalog(cat.store))
+    assert [s.count for s in got if s.binlog_file == "binlog.000002"] == [99]
+    cat.store.put(layout.binlog_summary(SOURCE), b"not zstd")
+    _same(Catalog(cat.store))
+    cat.store.delete([layout.binlog_summary(SOURCE)])  # a repository of an older backupkit
+    _same(Catalog(cat.store))
+
+
+def test_a_point_inside_a_summarized_stretch_reads_its_file(tmp_path) -> None:
+    cat = _repo(tmp_path)
+    inner = synthetic_segment(150, 100)
+    got = _same(Catalog(cat.store), [(inner.binlog_file, inner.start_pos + 50)])
+    assert [(s.binlog_file, s.count) for s in got if s.binlog_file == inner.binlog_file] == [
+        ("binlog.000002", 50), ("binlog.000002", 1), ("binlog.000002", 49)]
+
+
+def test_the_summary_follows_the_head(tmp_path) -> None:
+    """Only files the head names are in it; a file rolled up but not yet named waits."""
+    cat = _repo(tmp_path, 250)
+    assert sorted(cat.summary_entries(SOURCE)) == ["binlog.000001", "binlog.000002"]
+    head = cat.head(SOURCE)
+    assert head is not None
+    fresh = Catalog(cat.store)
+    fresh._remember_summary(SOURCE, "binlog.000003", cat.store.stat(head.segment.key), [head.segment])
+    fresh.write_head(head.segment, head.rollups)
+    assert sorted(cat.summary_entries(SOURCE)) == ["binlog.000001", "binlog.000002"]
+    fresh.write_head(head.segment, [*head.rollups, "binlog.000003"])
+    assert sorted(cat.summary_entries(SOURCE)) == ["binlog.000001", "binlog.000002", "binlog.000003"]
+
+
+@pytest.mark.parametrize("per_file", [70, 100])
+def test_cuts_at_every_base_of_a_repository(tmp_path, per_file) -> None:
+    cat = _repo(tmp_path, 330, per_file)
+    points = [(s.binlog_file, s.start_pos + d) for s in map(lambda i: synthetic_segment(i, per_file),
+                                                          (0, 99, 123, 299)) for d in (0, 1, 100)]
+    _same(Catalog(cat.store), points)
