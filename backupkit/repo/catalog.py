@@ -288,12 +288,17 @@ def _holds_newest(head: BinlogHead, items: Iterable[Any], source_id: str) -> boo
     return False
 
 
+def _entry_matches(entry: Any, listed: ObjectInfo | None) -> bool:
+    """True when a summary entry was made from the roll-up listed (same ETag and size)."""
+    return (isinstance(entry, dict) and listed is not None and bool(listed.etag)
+            and entry.get("etag") == listed.etag and entry.get("size") == listed.size)
+
+
 def _summary_of(entry: Any, listed: ObjectInfo | None, source_id: str, binlog_file: str
                 ) -> list[Stretch] | None:
     """The stretches of a file from its summary entry, or None when the entry does not hold up:
     none, made from another roll-up than the listed one (ETag, size), or malformed."""
-    if not isinstance(entry, dict) or listed is None or not listed.etag \
-            or entry.get("etag") != listed.etag or entry.get("size") != listed.size:
+    if not _entry_matches(entry, listed):
         return None
     try:
         out = [Stretch.from_dict(d, SegmentInfo.from_dict) for d in entry["stretches"]]
@@ -316,12 +321,9 @@ class Catalog:
         self.parallel = parallel
         self._partitioned = False  # the config says format 2 or later (see check_format)
         self._no_legacy = False  # a format-1 config, but no format-1 segment key stored
-        # the source summary a writer keeps (see _remember_summary): entries made, not yet
-        # published; all it knows; what it last wrote (file -> ETag)
+        # summary entries a writer made and has not published yet (see _remember_summary)
         self._summary_lock = threading.Lock()
         self._summary_new: dict[str, dict[str, dict[str, Any]]] = {}
-        self._summary_known: dict[str, dict[str, dict[str, Any]]] = {}
-        self._summary_written: dict[str, dict[str, str]] = {}
 
     # -- repository config -----------------------------------------------------
     def repo_config(self) -> dict[str, Any] | None:
@@ -562,32 +564,49 @@ class Catalog:
             self._summary_new.setdefault(source_id, {})[binlog_file] = entry
 
     def _publish_summary(self, source_id: str, named: Iterable[str]) -> None:
-        """Replace the source summary when the files it should hold (the named ones whose entry is
-        known: made by this process, or stored) changed. One GET (once per process) and one PUT
-        per change; a failure only costs readers the roll-ups' GETs."""
+        """Add the entries this process made for files now named (by the head) to the source
+        summary. The entries kept are those matching the roll-ups listed now (so a writer never
+        puts back an entry that another one, prune or compaction, made stale), replaced with a
+        conditional write (retried when another writer got there first). One GET, one LIST and
+        one PUT per finished file, none while nothing new is named; a failure only costs readers
+        the roll-ups' GETs."""
+        named = set(named)
         with self._summary_lock:
-            new = self._summary_new.pop(source_id, {})
-            if not new and source_id not in self._summary_written:
-                return  # this process made no entry: leave the summary to those that do
-            known = self._summary_known.get(source_id)
-        if known is None:
-            known = self.summary_entries(source_id)
-        known.update(new)
-        want = {f: known[f] for f in sorted(set(named)) if f in known}
-        with self._summary_lock:
-            self._summary_known[source_id] = known
-            if self._summary_written.get(source_id) == {f: e["etag"] for f, e in want.items()}:
+            pending = self._summary_new.get(source_id, {})
+            ready = {f: pending.pop(f) for f in sorted(pending) if f in named}
+        if not ready:
+            return
+        key = layout.binlog_summary(source_id)
+        for _ in range(3):
+            try:
+                try:
+                    data, etag = self.store.read_small(key)
+                    stored = self._summary_body(key, data)
+                except ObjectNotFound:
+                    etag, stored = "", {}
+                listed = {f: i for i in self.store.list(layout.rollup_prefix(source_id))
+                          if (f := layout.rollup_file_of(i.key)) is not None}
+                want = {f: e for f in sorted(named)
+                        if (e := next((x for x in (ready.get(f), stored.get(f))
+                                       if _entry_matches(x, listed.get(f))), None)) is not None}
+                body = {"type": "binlog_summary", "source_id": source_id, "files": want,
+                        "updated_at": time.time()}
+                blob = zstandard.ZstdCompressor(level=3).compress(encode_manifest(body))
+                if (self.store.replace_if_match(key, blob, etag) if etag
+                        else self.store.put_if_absent(key, blob)):
+                    return
+            except StorageError as exc:
+                log.warning("summary of %s not written: %s", source_id, exc.message)
                 return
-            self._summary_written[source_id] = {f: e["etag"] for f, e in want.items()}
-        body = {"type": "binlog_summary", "source_id": source_id, "files": want,
-                "updated_at": time.time()}
+        log.warning("summary of %s not written: other writers kept replacing it", source_id)
+
+    def _summary_body(self, key: str, data: bytes) -> dict[str, Any]:
+        """The files of a stored summary ({} when it is damaged: it is rewritten whole)."""
         try:
-            self.store.put(layout.binlog_summary(source_id),
-                           zstandard.ZstdCompressor(level=3).compress(encode_manifest(body)))
-        except StorageError as exc:
-            log.warning("summary of %s not written: %s", source_id, exc.message)
-            with self._summary_lock:
-                self._summary_written.pop(source_id, None)
+            files = decode_manifest(key, zstandard.ZstdDecompressor().decompress(data)).get("files")
+        except (zstandard.ZstdError, IntegrityError):
+            return {}
+        return files if isinstance(files, dict) else {}
 
     def _segments_from_head(self, source_id: str, head: BinlogHead,
                             since_file: str | None = None) -> list[SegmentInfo] | None:

@@ -108,14 +108,19 @@ def synthetic_segment(i: int, per_file: int) -> SegmentInfo:
 
 def build_repository(store: ObjectStore, segments: int, per_file: int = 1000,
                      with_head: bool = True, with_data: bool = False, chunks: bool = True,
-                     recent_base: bool = True) -> Catalog:
+                     recent_base: bool = True, index_finished: bool = True) -> Catalog:
     """A repository with one snapshot at the start and `segments` committed one-second segments,
     written as the shipper writes them (strategies/binlog/upload.py): the open file's roll-up in
     chunks (repo/rollups.py, unless not chunks), every finished file rolled up, the head naming
     them (unless not with_head: a repository of an older backupkit), the head left naming the
     newest segment (index entries only unless with_data: the data objects are not needed to
     plan, list or report). With recent_base, a second snapshot at the start of the newest file (as
-    a daily snapshot would be): restore --latest replays from there."""
+    a daily snapshot would be): restore --latest replays from there.
+
+    Without index_finished, the segments of finished files get no index entry of their own, only
+    their file's roll-up (bench/scale.py's 2.6M-segment catalog, built in minutes): the commands
+    measured read the same objects either way (the head, the summary, the listing of the roll-ups,
+    the open file), never a finished file's index entries."""
     catalog = Catalog(store)
     catalog.ensure_repo()
     src = SourceIdentity(SOURCE, version="10.11", server_id=1)
@@ -125,13 +130,17 @@ def build_repository(store: ObjectStore, segments: int, per_file: int = 1000,
     open_file = OpenFileRollups(catalog, SOURCE)
     rolled: list[str] = []
     known: dict[str, SegmentInfo] = {}
+    open_from = segments - 1 - (segments - 1) % per_file  # the first segment of the newest file
     for i in range(segments):
-        seg = add_segment(catalog, i, per_file, with_data)
+        if index_finished or i >= open_from:
+            seg = add_segment(catalog, i, per_file, with_data)
+        else:
+            seg = synthetic_segment(i, per_file)
         known[seg.key] = seg
-        if chunks:
+        if chunks and (index_finished or i >= open_from):
             open_file.add(seg)
         if seg.file_closed:
-            catalog.roll_up_file(SOURCE, seg.binlog_file, known, finished=True)
+            catalog.roll_up_file(SOURCE, seg.binlog_file, known, keys=list(known), finished=True)
             known = {}
             rolled.append(seg.binlog_file)
             if with_head:
@@ -173,11 +182,13 @@ class no_fsync:
         self._os.fsync = self._fsync
 
 
-def measure(store: CountingStore, segments: int) -> dict[str, dict[str, int]]:
+def measure(store: CountingStore, segments: int, only: str | None = None) -> dict[str, dict[str, int]]:
     """Requests each planning and listing command makes on a repository of `segments` segments
     (in-process service calls, as the CLI makes them): command -> {request kind: count, "total":
-    all requests, "seconds": its wall time (for bench/scale.py only; tests never assert times)}."""
+    all requests, "seconds": its wall time (for bench/scale.py only; tests never assert times)}.
+    only: that command alone (bench/scale.py runs each in its own process for its peak RSS)."""
     from backupkit.cli.listing import repository_listing  # local: tests/support stays light
+    from backupkit.monitor.collect import read_repository
     from backupkit.repo.repository import Repository
     from backupkit.restore.loss import loss_report
     from backupkit.restore.pitr import make_plan
@@ -192,9 +203,13 @@ def measure(store: CountingStore, segments: int) -> dict[str, dict[str, int]]:
         "restore --to-time --dry-run": lambda: make_plan(
             Catalog(store), RestoreTarget("time", time=T0 + segments // 2)),
         "report": lambda: loss_report(Catalog(store), at=T0 + segments + 5, count=False),
+        "status page (monitor collect)": lambda: read_repository(Catalog(store), targets=False,
+                                                                 now=T0 + segments + 5),
     }
     out = {}
     for name, run in commands.items():
+        if only is not None and name != only:
+            continue
         store.reset()
         t0 = time.perf_counter()
         run()

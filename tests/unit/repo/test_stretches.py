@@ -239,6 +239,29 @@ def test_a_stale_or_damaged_summary_is_not_used(tmp_path) -> None:
     _same(Catalog(cat.store))
 
 
+def test_a_writer_keeps_only_entries_that_match_the_rollups(tmp_path) -> None:
+    """A writer publishing its new entry does not put back one another writer made stale, and
+    keeps the others' fresh ones (compaction rewrote a roll-up meanwhile)."""
+    cat = _repo(tmp_path, 250)
+    shipper, compactor = Catalog(cat.store), Catalog(cat.store)
+    head = cat.head(SOURCE)
+    assert head is not None
+    assert shipper.roll_up_file(SOURCE, "binlog.000003", finished=True)
+    before = cat.summary_entries(SOURCE)["binlog.000001"]["etag"]
+    segs = [s for s in cat.segments(SOURCE) if s.binlog_file == "binlog.000001"]
+    compactor.forget_rollups(SOURCE, ["binlog.000001"])  # as prune and compaction edit a file
+    cat.store.delete([segs[-1].key])
+    assert compactor.roll_up(SOURCE)["written"]
+    entries = cat.summary_entries(SOURCE)
+    assert entries["binlog.000001"]["etag"] != before
+    assert entries["binlog.000001"]["etag"] == cat.store.stat(layout.segment_rollup(SOURCE, "binlog.000001")).etag
+    shipper.write_head(head.segment, [*head.rollups, "binlog.000003"])
+    entries = cat.summary_entries(SOURCE)
+    assert sorted(entries) == ["binlog.000001", "binlog.000002", "binlog.000003"]
+    assert entries["binlog.000001"]["etag"] == cat.store.stat(layout.segment_rollup(SOURCE, "binlog.000001")).etag
+    _same(Catalog(cat.store))
+
+
 def test_a_point_inside_a_summarized_stretch_reads_its_file(tmp_path) -> None:
     cat = _repo(tmp_path)
     inner = synthetic_segment(150, 100)
@@ -254,7 +277,7 @@ def test_the_summary_follows_the_head(tmp_path) -> None:
     head = cat.head(SOURCE)
     assert head is not None
     fresh = Catalog(cat.store)
-    fresh._remember_summary(SOURCE, "binlog.000003", cat.store.stat(head.segment.key), [head.segment])
+    assert fresh.roll_up_file(SOURCE, "binlog.000003", finished=True)  # its entry is made
     fresh.write_head(head.segment, head.rollups)
     assert sorted(cat.summary_entries(SOURCE)) == ["binlog.000001", "binlog.000002"]
     fresh.write_head(head.segment, [*head.rollups, "binlog.000003"])
