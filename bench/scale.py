@@ -1,17 +1,24 @@
 #!/usr/bin/env python3
-"""Requests, time and peak RSS of list, binlog status, restore --dry-run and report at several
-repository sizes (issue 16). The repository is synthetic, written by backupkit's own writer
-(tests/support/scale.py: the shipper's chunks, roll-ups and head) on the local store; requests are
-counted as S3 would see them (LIST pages of 1000 keys). Each size runs in its own process so that
-its peak RSS is its own. With --s3, the largest quick size is also copied to a real S3 server
-(moto_server) and timed there.
+"""Requests, time and peak RSS of list, binlog status, restore --dry-run, report and the status
+page collector at several repository sizes (issue 16). The repository is synthetic, written by
+backupkit's own writer (tests/support/scale.py: the shipper's chunks, roll-ups, head and source
+summary) on the local store; requests are counted as S3 would see them (LIST pages of 1000 keys).
+Each command runs in a process of its own, so that its peak RSS (VmHWM) is its own. Without
+--quick, a 30-day window (2,590,500 segments, 10,000 to a file) is built too, its finished files
+as roll-ups alone (no index entry each: the commands measured never read those; built in
+minutes). With --s3, 20,500 segments are also copied to a real S3 server (moto_server) and timed
+there.
 
-The growth law: a command's requests = a constant + one GET per finished binlog file (its
-roll-up) + at most 15 per chunk level of the open file. It is measured at two sizes and
-extrapolated to a 30-day window of one-second segments (2,592,000) for two file sizes: 10,000
-segments a file (a rotation every 2.8 hours) and 86,400 (one a day).
+The growth law: list, binlog status, report and the status page read the head, the source
+summary (every finished file in one GET) and the open file: a constant + at most 15 GETs per
+chunk level of the open file. restore --latest reads the files from the newest base on;
+restore --to-time reads one roll-up per finished file from the base before the target on (the
+planner holds real segments). Requests are measured at two sizes and extrapolated to a 30-day
+window of one-second segments (2,592,000) for two file sizes: 10,000 segments a file (a rotation
+every 2.8 hours) and 86,400 (one a day).
 
 Usage: bench/scale.py [--quick] [--s3] [--json]
+       bench/scale.py --size N --per-file F [--on-s3] [--no-finished-index] [--skip CMD]
 """
 
 from __future__ import annotations

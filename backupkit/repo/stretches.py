@@ -58,7 +58,9 @@ class Stretch:
     #: Run.first_commit_time of its members (the first member with a commit), and whether any
     first_commit: float = 0.0
     has_first: bool = False
-    #: newest last_commit_time of a member as stored (status's "last shipped commit")
+    #: The figures below are over every listed segment in it, covered ones included (what a
+    #: command reading the listed segments sees), the ones above over its members in use.
+    #: newest last_commit_time of a segment as stored (status's "last shipped commit")
     max_last_commit: float = 0.0
     #: the member with the newest (last_commit_time, end_pos) among those with one: its
     #: last_commit_time, end_pos and gtid_last (the loss report names it)
@@ -70,6 +72,8 @@ class Stretch:
     #: small ones during their grace period), and their stored bytes
     hidden: int = 0
     hidden_stored: int = 0
+    #: the oldest last_commit_time of a member that has one (0: none has)
+    min_last_commit: float = 0.0
 
     # -- the segment interface the coverage code reads -------------------------------------
     @property
@@ -179,13 +183,26 @@ class Stretch:
         self.newest_commit = max(self.newest_commit, nxt.newest_commit)
         if not self.has_first and nxt.has_first:
             self.first_commit, self.has_first = nxt.first_commit, True
-        self.max_last_commit = max(self.max_last_commit, nxt.max_last_commit)
-        self.best = max(self.best, nxt.best, key=lambda b: (b[0], b[1]))
-        self.created_min = min(self.created_min, nxt.created_min)
-        self.created_max = max(self.created_max, nxt.created_max)
         self.merged_sum += nxt.merged_sum
-        self.hidden += nxt.hidden
-        self.hidden_stored += nxt.hidden_stored
+        self._listed(nxt)
+
+    def hide(self, covered: Stretch) -> None:
+        """covered lies inside a member: left out of the run, still a listed segment (what the
+        segments' counts, newest commit, creation times and the report's newest commit see)."""
+        self.hidden += covered.count
+        self.hidden_stored += covered.stored
+        self._listed(covered)
+
+    def _listed(self, other: Stretch) -> None:
+        """The figures over every listed segment, other's included."""
+        self.hidden += other.hidden
+        self.hidden_stored += other.hidden_stored
+        self.max_last_commit = max(self.max_last_commit, other.max_last_commit)
+        self.min_last_commit = min((t for t in (self.min_last_commit, other.min_last_commit) if t),
+                                   default=0.0)
+        self.best = max(self.best, other.best, key=lambda b: (b[0], b[1]))
+        self.created_min = min(self.created_min, other.created_min)
+        self.created_max = max(self.created_max, other.created_max)
 
     @property
     def listed(self) -> int:
@@ -204,7 +221,7 @@ class Stretch:
                 "max_last_commit": self.max_last_commit, "best": list(self.best),
                 "created_min": self.created_min, "created_max": self.created_max,
                 "merged": self.merged_sum, "hidden": self.hidden,
-                "hidden_stored": self.hidden_stored}
+                "hidden_stored": self.hidden_stored, "min_last_commit": self.min_last_commit}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], segment: Callable[[dict[str, Any]], Any]) -> Stretch:
@@ -215,7 +232,8 @@ class Stretch:
                    float(d["newest_commit"]), float(d["first_commit"]), bool(d["has_first"]),
                    float(d["max_last_commit"]), (float(best[0]), int(best[1]), str(best[2])),
                    float(d["created_min"]), float(d["created_max"]), int(d.get("merged", 0)),
-                   int(d.get("hidden", 0)), int(d.get("hidden_stored", 0)))
+                   int(d.get("hidden", 0)), int(d.get("hidden_stored", 0)),
+                   float(d.get("min_last_commit", 0.0)))
 
 
 def of_segment(s: SegmentInfo) -> Stretch:
@@ -225,7 +243,8 @@ def of_segment(s: SegmentInfo) -> Stretch:
     return Stretch(s, s, 1, s.object.size, s.events, s.transactions, commit,
                    (s.first_commit_time or s.first_event_time) if has_first else 0.0, has_first,
                    s.last_commit_time, (s.last_commit_time, s.end_pos, s.gtid_last) if s.last_commit_time
-                   else (0.0, 0, ""), s.created_at, s.created_at, s.merged)
+                   else (0.0, 0, ""), s.created_at, s.created_at, s.merged,
+                   min_last_commit=s.last_commit_time)
 
 
 def _order(s: SegmentInfo | Stretch) -> tuple:
@@ -259,8 +278,7 @@ def summarize(items: Iterable[SegmentInfo | Stretch], cuts: Iterable[tuple[str, 
     last: SegmentInfo | Stretch | None = None  # the last item kept (in_use compares with it)
     for s in sorted(items, key=_order):
         if last is not None and _covered(s, last):
-            out[-1].hidden += s.listed if isinstance(s, Stretch) else 1
-            out[-1].hidden_stored += s.listed_bytes if isinstance(s, Stretch) else s.object.size
+            out[-1].hide(s if isinstance(s, Stretch) else of_segment(s))
             continue
         last = s
         st = _copy(s) if isinstance(s, Stretch) else of_segment(s)  # never change the caller's

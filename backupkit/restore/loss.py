@@ -253,6 +253,8 @@ def _newest_shipped(shipped: Sequence[SegmentInfo | Stretch], newest: float
     best: tuple[float, str, int, str] | None = None
     for x in shipped:
         if isinstance(x, Stretch):
+            if not x.min_last_commit or x.min_last_commit > newest:
+                continue  # no member with a commit at or before newest
             if x.max_last_commit > newest:
                 raise NeedSegments
             commit, end, gtid = x.best

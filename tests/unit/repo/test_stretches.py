@@ -252,13 +252,14 @@ def test_a_writer_keeps_only_entries_that_match_the_rollups(tmp_path) -> None:
     compactor.forget_rollups(SOURCE, ["binlog.000001"])  # as prune and compaction edit a file
     cat.store.delete([segs[-1].key])
     assert compactor.roll_up(SOURCE)["written"]
+    rollup = layout.segment_rollup(SOURCE, "binlog.000001")
     entries = cat.summary_entries(SOURCE)
     assert entries["binlog.000001"]["etag"] != before
-    assert entries["binlog.000001"]["etag"] == cat.store.stat(layout.segment_rollup(SOURCE, "binlog.000001")).etag
+    assert entries["binlog.000001"]["etag"] == cat.store.stat(rollup).etag
     shipper.write_head(head.segment, [*head.rollups, "binlog.000003"])
     entries = cat.summary_entries(SOURCE)
     assert sorted(entries) == ["binlog.000001", "binlog.000002", "binlog.000003"]
-    assert entries["binlog.000001"]["etag"] == cat.store.stat(layout.segment_rollup(SOURCE, "binlog.000001")).etag
+    assert entries["binlog.000001"]["etag"] == cat.store.stat(rollup).etag
     _same(Catalog(cat.store))
 
 
@@ -290,3 +291,27 @@ def test_cuts_at_every_base_of_a_repository(tmp_path, per_file) -> None:
     points = [(s.binlog_file, s.start_pos + d) for s in map(lambda i: synthetic_segment(i, per_file),
                                                           (0, 99, 123, 299)) for d in (0, 1, 100)]
     _same(Catalog(cat.store), points)
+
+
+def test_summarizing_commands_never_read_every_segment(tmp_path, monkeypatch) -> None:
+    """list, binlog status, report and the status page work on stretches alone (a month of
+    one-second segments would not fit in memory as segments)."""
+    from backupkit.cli.listing import repository_listing
+    from backupkit.monitor.collect import read_repository
+    from backupkit.repo.repository import Repository
+    from backupkit.restore.loss import loss_report
+    from backupkit.strategies.binlog.status import shipping_status
+    from tests.support.scale import T0
+
+    cat = _repo(tmp_path)
+
+    def refused(*args, **kwargs):
+        raise AssertionError("read every segment")
+
+    monkeypatch.setattr(Catalog, "segments", refused)
+    assert repository_listing(Repository(cat.store))["binlog_coverage"][0]["segments"] == 330
+    assert shipping_status(Catalog(cat.store), SOURCE, now=T0 + 400)["segments"] == 330
+    report = loss_report(Catalog(cat.store), at=T0 + 400, count=False)
+    assert report.get("binlog").recovery_point == T0 + 329
+    view = read_repository(Catalog(cat.store), targets=False, now=T0 + 400)
+    assert not view.error and view.sources[0].segments == 330
