@@ -846,6 +846,11 @@ class Catalog:
         info = self.write_rollup(key, source_id, binlog_file, entries)
         if finished:
             self._remember_summary(source_id, binlog_file, info, entries)
+            # a file the head names already (prune, compaction rewrite it): its entry goes into
+            # the summary now; the shipper's new file goes with the head that first names it
+            head = self.head(source_id)
+            if head is not None and binlog_file in head.rollups:
+                self._publish_summary(source_id, head.rollups)
         return key
 
     def roll_up(self, source_id: str) -> dict[str, list[str]]:
@@ -878,8 +883,6 @@ class Catalog:
             key = self.roll_up_file(source_id, f, known=covered, keys=by_file[f], finished=True)
             if key:
                 out["written"].append(key)
-        if out["written"] and (head := self.head(source_id)) is not None:
-            self._publish_summary(source_id, head.rollups)  # the new roll-ups' entries
         return out
 
     def commit_segment(self, info: SegmentInfo) -> None:
