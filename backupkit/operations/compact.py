@@ -392,9 +392,11 @@ def compact_source(catalog: Catalog, source_id: str, *, older_than: float = DEFA
     if made and not dry_run:
         _publish(catalog, source_id, made, segs + made, listed_keys)
     if made and not dry_run and any(grace_of(m) <= 0 for m in made):
-        # no grace: the small ones go in this run
+        # no grace: the small ones go in this run (by the clock now: the merged entries were
+        # committed after the run began)
         segs, listed_keys = _segments(catalog, source_id)
-        gone = _sweep(catalog, source_id, segs, listed_keys, gaps, grace_of, now, dry_run, res, say)
+        later = now if stamp is not None else max(now, time.time())
+        gone = _sweep(catalog, source_id, segs, listed_keys, gaps, grace_of, later, dry_run, res, say)
         live = [s for s in segs if s.key not in gone]
     used = [s for r in build_runs(live, gaps) for s in r.segments]
     res.segments_after = len(used)

@@ -362,3 +362,14 @@ def test_a_day_of_one_second_segments_under_the_default_levels_is_about_150_live
     assert shapes.count(2) <= 24 + 3 and shapes.count(1) <= 120 + 3 and shapes.count(0) <= 75, \
         (shapes.count(2), shapes.count(1), shapes.count(0))
     assert len(shapes) < 2000
+
+
+def test_grace_zero_by_the_real_clock_deletes_in_the_same_run(tmp_path):
+    """Without a test clock a merged entry is stamped when it is committed, after the run began:
+    grace 0 still deletes what it replaced in the same run."""
+    r = Repo(tmp_path, 8)
+    res = cp.compact_source(r.catalog, SRC, older_than=0, grace=0)
+    assert res.waiting == 0 and len(res.deleted) == 2 * 7
+    res = cp.compact_source(Repo(tmp_path / "b", 30, t0=T1).catalog, SRC, levels=[
+        cp.Level(10.0, 0.0, grace=0.0)])
+    assert res.merged and res.waiting == 0 and res.deleted
