@@ -60,9 +60,10 @@ _BUILT: dict[str, Any] = {}  # name: the built command (kept for later calls in 
 class _QuickCoercion:
     """typer 0.2x coerces each option's value through a pydantic TypeAdapter that it builds on first
     use, also for an option left out (None): importing pydantic and building the adapters was
-    ~0.1 s of every call. An option left out, and a plain string for a `str` option, get here what
-    typer would answer (None or () for a repeated option; the string itself); every other value
-    goes through typer's own coercion, so its results and its error messages are typer's."""
+    ~0.1 s of every call. An option left out, a plain string for a `str` option and a number left
+    at its default get here what typer would answer (None or () for a repeated option; the value
+    itself); every other value goes through typer's own coercion, so its results and its error
+    messages are typer's."""
 
     def __init__(self) -> None:
         self._typer: Any = None
@@ -74,6 +75,9 @@ class _QuickCoercion:
         if (type(value) is str and desc.annotation is str and desc.parameter_info.parser is None
                 and desc.file_annotation is None and not (param.multiple or param.nargs == -1)):
             return value
+        if (type(value) in (int, float) and desc.annotation is type(value) and value == param.default
+                and desc.parameter_info.parser is None):
+            return value  # a number option left at its own default (e.g. restore's --replica-wait)
         if self._typer is None:
             param._runtime_param = None
             self._typer = param.get_runtime_param()  # typer's own, built now
