@@ -390,8 +390,13 @@ def test_levels_run_continuously_while_shipping_and_restores_inside_level_two_ar
             assert started[-1] - wide.created_at < LEVELS[_level(wide) - 1].grace, \
                 (small.key, wide.key, _level(wide))
         used = [s for s in build_runs(segs)[0].segments if s.end_pos > s.start_pos]
-        assert [_level(s) for s in used] == sorted((_level(s) for s in used), reverse=True), \
-            "levels descend: hours, then minutes, then the newest small ones (the anchor aside)"
+        # levels descend: hours, then minutes, then the newest small ones (the anchor aside).
+        # The first object is left out of the order: level_of names an object by the narrowest
+        # window its commits fit in, so a level-2 object over the first, partly shipped window
+        # can read as level 1 (seen once in CI: [1, 2, 2, 2, 0]).
+        levels = [_level(s) for s in used]
+        assert levels[1:] == sorted(levels[1:], reverse=True) and 2 in levels, levels
+        assert levels[0] > 0, levels  # merged too: no small one before the merged ones
         inside = [m for m in marks if any(
             _level(s) == 2 and s.binlog_file == m["file"] and s.start_pos <= m["pos"] < s.end_pos
             for s in used)]
