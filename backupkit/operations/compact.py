@@ -388,7 +388,8 @@ def compact_source(catalog: Catalog, source_id: str, *, older_than: float = DEFA
                     after_commit(info)
             made.append(info)
             res.merged.append(row)
-        live = live + [m for m in made if m.key not in {s.key for s in live}]
+        have = {s.key for s in live}
+        live = live + [m for m in made if m.key not in have]
     if made and not dry_run:
         _publish(catalog, source_id, made, segs + made, listed_keys)
     if made and not dry_run and any(grace_of(m) <= 0 for m in made):
