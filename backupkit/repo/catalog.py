@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import sys
 import threading
 import time
 import uuid
@@ -187,7 +188,16 @@ class SegmentInfo:
     def from_dict(cls, d: dict[str, Any]) -> SegmentInfo:
         d = dict(d)
         d["object"] = StoredObject.from_dict(d["object"])
+        # the same few names on millions of entries: one string each, not one per entry
+        for k in _SHARED:
+            v = d.get(k)
+            if type(v) is str:
+                d[k] = sys.intern(v)
         return _from_dict(cls, d)
+
+
+#: SegmentInfo fields that repeat across entries (interned on decode)
+_SHARED = ("source_id", "binlog_file", "range_id", "next_file")
 
 
 @dataclass

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from typing import BinaryIO, TypeVar
@@ -38,8 +39,9 @@ class StoredObject:
 
     @classmethod
     def from_dict(cls, d: dict) -> StoredObject:
+        comp = d.get("compression", "zstd")
         return cls(**{k: d[k] for k in ("key", "size", "sha256", "raw_size") if k in d},
-                   compression=d.get("compression", "zstd"))
+                   compression=sys.intern(comp) if type(comp) is str else comp)
 
 
 class _Counted:
