@@ -9,7 +9,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -24,6 +24,7 @@ from backupkit.repo import layout
 from backupkit.repo.codec import StoredObject, sha256_bytes
 from backupkit.repo.failover import read_checked
 from backupkit.repo.scope import Scope, scope_of
+from backupkit.repo.streamed import NotCanonical, decode_list
 from backupkit.repo.stretches import Stretch, inside, summarize
 from backupkit.storage.base import ObjectInfo, ObjectStore
 from backupkit.util.units import utc_iso, utc_stamp
@@ -321,6 +322,15 @@ def _summary_of(entry: Any, listed: ObjectInfo | None, source_id: str, binlog_fi
                     binlog_file)
         return None
     return out
+
+
+def _parse_rollup(key: str, data: bytes) -> dict[str, Any]:
+    """A roll-up's (or summary's) stored bytes decoded whole; IntegrityError when damaged."""
+    try:
+        raw = zstandard.ZstdDecompressor().decompress(data)
+    except zstandard.ZstdError as exc:
+        raise IntegrityError(f"roll-up {key!r} is not valid zstd", "the stored copy is damaged") from exc
+    return decode_manifest(key, raw)
 
 
 class Catalog:
@@ -655,8 +665,7 @@ class Catalog:
         if key not in present:
             return None  # being rewritten by prune (or pruned whole): that file is listed
         try:
-            body = self._read_rollup(key)
-            segs = [SegmentInfo.from_dict(d) for d in body.get("segments", [])]
+            return self.rollup_segments(key, lambda x: x.source_id == source_id and x.binlog_file == f)
         except ObjectNotFound:
             return None
         except (IntegrityError, StorageError) as exc:
@@ -665,7 +674,6 @@ class Catalog:
         except (KeyError, TypeError, ValueError, AttributeError):
             log.warning("ignoring roll-up %s (a malformed entry): its file is listed", key)
             return None
-        return [x for x in segs if x.source_id == source_id and x.binlog_file == f]
 
     def _tail(self, source_id: str, after: str | None, present: dict[str, float]) -> list[SegmentInfo]:
         """The entries after key after (all when None): from each listed entry where a chain of
@@ -715,16 +723,31 @@ class Catalog:
     def read_chunk(self, c: Chunk) -> list[SegmentInfo]:
         """The entries of a chunk (only those of its file and interval); IntegrityError when it is
         damaged."""
-        out = []
-        for d in self._read_rollup(c.key).get("segments", []):
+        try:
+            return self.rollup_segments(c.key, lambda s: s.binlog_file == c.binlog_file
+                                        and c.start <= s.start_pos < c.end)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise IntegrityError(f"roll-up {c.key!r} holds a malformed entry ({type(exc).__name__})",
+                                 "the stored copy is damaged") from None
+
+    def rollup_segments(self, key: str, keep: Callable[[SegmentInfo], bool] = lambda s: True
+                        ) -> list[SegmentInfo]:
+        """The entries of a roll-up (a file's or a chunk's) that keep accepts, made one at a time as
+        the roll-up is decoded (repo/streamed.py: a roll-up of 65,536 entries parsed whole is about
+        300 MiB of dicts). IntegrityError when it is damaged; a malformed entry raises what
+        SegmentInfo.from_dict raises (KeyError, TypeError, ValueError, AttributeError)."""
+        def one(d: dict[str, Any]) -> SegmentInfo | None:
+            seg = SegmentInfo.from_dict(d)
+            return seg if keep(seg) else None
+
+        def parse(data: bytes) -> list[SegmentInfo]:
             try:
-                seg = SegmentInfo.from_dict(d)
-            except (KeyError, TypeError, ValueError, AttributeError) as exc:
-                raise IntegrityError(f"roll-up {c.key!r} holds a malformed entry ({type(exc).__name__})",
-                                     "the stored copy is damaged") from None
-            if seg.binlog_file == c.binlog_file and c.start <= seg.start_pos < c.end:
-                out.append(seg)
-        return out
+                return decode_list(key, data, "segments", one, layout.FORMAT_VERSION)[1]
+            except NotCanonical:  # not written by encode_manifest: decoded whole
+                return [s for d in _parse_rollup(key, data).get("segments", [])
+                        if (s := one(d)) is not None]
+
+        return read_checked(self.store, key, parse)
 
     def _read_chunk_or_none(self, c: Chunk) -> list[SegmentInfo] | None:
         try:
@@ -792,15 +815,7 @@ class Catalog:
         return self._read_rollup(key)
 
     def _read_rollup(self, key: str) -> dict[str, Any]:
-        def parse(data: bytes) -> dict[str, Any]:
-            try:
-                raw = zstandard.ZstdDecompressor().decompress(data)
-            except zstandard.ZstdError as exc:
-                raise IntegrityError(f"roll-up {key!r} is not valid zstd",
-                                     "the stored copy is damaged") from exc
-            return decode_manifest(key, raw)
-
-        return read_checked(self.store, key, parse)
+        return read_checked(self.store, key, lambda data: _parse_rollup(key, data))
 
     def _rolled_up(self, rollups: list[tuple[str, float]], wanted: dict[str, float]
                    ) -> dict[str, SegmentInfo]:
@@ -810,27 +825,25 @@ class Catalog:
         if not rollups or not wanted:
             return {}
 
-        def one(key: str) -> dict[str, Any] | None:
+        def one(rollup: tuple[str, float]) -> list[SegmentInfo]:
+            key, written = rollup
+
+            def keep(seg: SegmentInfo) -> bool:
+                # the key is computed from the entry itself, so it must be a listed one
+                return seg.key in wanted and wanted[seg.key] <= written
+
             try:
-                return self._read_rollup(key)
+                return self.rollup_segments(key, keep)
             except (IntegrityError, StorageError) as exc:
                 log.warning("ignoring roll-up %s (its segments are read one by one): %s", key,
                             exc.message)
-                return None
+            except (KeyError, TypeError, ValueError, AttributeError):
+                log.warning("ignoring roll-up %s (a malformed entry): its segments are read one "
+                            "by one", key)
+            return []
 
         with ThreadPoolExecutor(max_workers=min(self.parallel, len(rollups))) as pool:
-            bodies = list(pool.map(one, [k for k, _ in rollups]))
-        out: dict[str, SegmentInfo] = {}
-        for (_, written), body in zip(rollups, bodies, strict=True):
-            for d in (body or {}).get("segments", []):
-                try:
-                    seg = SegmentInfo.from_dict(d)
-                except (KeyError, TypeError, ValueError):
-                    continue
-                # the key is computed from the entry itself, so it must be a listed one
-                if seg.key in wanted and wanted[seg.key] <= written:
-                    out[seg.key] = seg
-        return out
+            return {seg.key: seg for segs in pool.map(one, rollups) for seg in segs}
 
     def roll_up_file(self, source_id: str, binlog_file: str,
                      known: dict[str, SegmentInfo] | None = None,
