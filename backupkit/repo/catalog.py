@@ -476,11 +476,7 @@ class Catalog:
         seen: list[str] = []
         after = ""
         while True:
-            it = self.store.list_after(layout.BINLOG, after)  # from the start when after is ""
-            first = next(iter(it), None)
-            close = getattr(it, "close", None)
-            if close is not None:
-                close()
+            first = self.store.first_after(layout.BINLOG, after)  # from the start when after is ""
             sid = layout.source_of(first.key) if first is not None else None
             if sid is None:
                 return sorted(seen)

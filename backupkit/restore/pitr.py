@@ -10,7 +10,6 @@ missing segment object leaves the target exactly as it was.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -166,23 +165,34 @@ def replay_from(backups: list, target: RestoreTarget) -> str | None:
 
 
 #: Segments of one binlog file above which preflight lists their keys instead of asking for
-#: each one (a LIST page holds 1000 keys; a HEAD is one round trip per object).
-PREFLIGHT_LIST_ABOVE = 16
+#: each one. A HEAD costs a round trip per object; a LIST page holds 1000 keys, but the folder
+#: may hold many more keys than the plan reads (the data of small segments a compacted one
+#: superseded stays for its grace period), so only a plan reading many segments lists.
+PREFLIGHT_LIST_ABOVE = 64
 
 
 def _present(store: ObjectStore, keys: list[str]) -> list[bool]:
-    """Whether each key exists: many keys sharing a prefix by listing it, the others by HEAD."""
+    """Whether each key exists: many keys sharing a prefix by listing it from the first of them
+    to the last, the others by HEAD."""
     groups: dict[str, list[int]] = {}
     for i, k in enumerate(keys):
         groups.setdefault(k.rsplit("/", 1)[0] + "/", []).append(i)
     out = [False] * len(keys)
     single: list[int] = []
-    for idx in groups.values():
+    for folder, idx in groups.items():
         if len(idx) <= PREFLIGHT_LIST_ABOVE:
             single += idx
             continue
-        common = os.path.commonprefix([keys[i] for i in idx])
-        listed = {info.key for info in store.list(common)}
+        wanted = sorted(keys[i] for i in idx)
+        listed = set()
+        listing = store.list_after(folder, wanted[0][:-1])  # from the first wanted key on
+        for info in listing:
+            if info.key > wanted[-1]:
+                break
+            listed.add(info.key)
+        close = getattr(listing, "close", None)
+        if close is not None:
+            close()
         for i in idx:
             out[i] = keys[i] in listed
     with ThreadPoolExecutor(max_workers=8) as pool:

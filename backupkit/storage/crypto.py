@@ -412,6 +412,10 @@ class EncryptedStore(ObjectStore):
         for info in self.inner.list_after(prefix, after):  # keys are stored as they are
             yield self._info(info)
 
+    def first_after(self, prefix: str, after: str) -> ObjectInfo | None:
+        info = self.inner.first_after(prefix, after)
+        return None if info is None else self._info(info)
+
     def delete(self, keys: Iterable[str]) -> None:
         self.inner.delete(keys)
 

@@ -358,6 +358,16 @@ class S3Store(ObjectStore):
         """One LIST request from after on (StartAfter), not a walk over every earlier key."""
         return self._list(prefix, after)
 
+    def first_after(self, prefix: str, after: str) -> ObjectInfo | None:
+        """One LIST request for one key (MaxKeys=1)."""
+        extra = {"StartAfter": self.prefix + after} if after else {}
+        r = self._call(self.client.list_objects_v2, "list", prefix or "/", Bucket=self.bucket,
+                       Prefix=self.prefix + prefix, MaxKeys=1, **extra)
+        for obj in r.get("Contents", [])[:1]:
+            return ObjectInfo(obj["Key"][len(self.prefix):], obj["Size"], obj.get("ETag", ""),
+                              obj["LastModified"].timestamp())
+        return None
+
     def _list(self, prefix: str, after: str | None) -> Iterator[ObjectInfo]:
         self._reachable()
         paginator = self.client.get_paginator("list_objects_v2")

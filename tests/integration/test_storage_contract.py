@@ -241,3 +241,7 @@ def test_list_after_gives_the_keys_after_a_point_in_key_order(store):
     assert got == index[1:]
     first = next(iter(store.list_after("binlog/", "binlog/a0")))  # one page, read no further
     assert first.key == "binlog/a0/index/f/1.json" and first.size == 1
+    for after in ("", "binlog/a", "binlog/a0", "binlog/b/x", "binlog/zzz"):  # one key, one request
+        one = store.first_after("binlog/", after)
+        assert (one.key if one else None) == next((k for k in want if k > after), None), after
+    assert store.first_after("binlog/a/index/", "").key == index[0]
