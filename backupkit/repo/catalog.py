@@ -546,10 +546,40 @@ class Catalog:
                 for got in pool.map(one, todo):
                     items += got
         items += self._tail(source_id, layout.index_after_file(source_id, rolled[-1]) if rolled else None,
-                            present)
+                            present, self._chunk_summaries(source_id, rolled, listed, cuts))
         if not _holds_newest(head, items, source_id):
             return None
         return summarize(items, cuts)
+
+    def _chunk_summaries(self, source_id: str, rolled: list[str], listed: dict[str, ObjectInfo],
+                         cuts: list[tuple[str, int]]) -> dict[str, list[Stretch]]:
+        """The stretches of the open files' chunks (chunk key -> stretches) from their chunk
+        summaries (repo/rollups.py): one GET per file after the named ones that has one. A chunk
+        is left out (read itself) unless its entry was made from the chunk listed now (same ETag
+        and size), lies in the chunk's interval and has no cut strictly inside."""
+        out: dict[str, list[Stretch]] = {}
+        last = binlog_order(rolled[-1], 0) if rolled else None
+        for key in listed:
+            f = layout.chunk_summary_of(key)
+            if f is None or (last is not None and binlog_order(f, 0) <= last):
+                continue
+            try:
+                body = self._read_rollup(key)
+                chunks = body.get("chunks")
+                if body.get("source_id") != source_id or body.get("binlog_file") != f \
+                        or not isinstance(chunks, dict):
+                    raise IntegrityError(f"chunk summary {key!r} is not the summary of {f}")
+            except ObjectNotFound:
+                continue
+            except (IntegrityError, StorageError) as exc:
+                log.warning("ignoring chunk summary %s (its chunks are read): %s", key, exc.message)
+                continue
+            for c in chunks_of(listed).get(f, []):
+                got = _summary_of(chunks.get(c.key), listed[c.key], source_id, f)
+                if got and all(c.start <= st.start_pos and st.end_pos <= c.end for st in got) \
+                        and not (cuts and inside(got, cuts)):
+                    out[c.key] = got
+        return out
 
     # -- the summary of finished files (repo/stretches.py) --------------------------------------
     def summary_entries(self, source_id: str) -> dict[str, dict[str, Any]]:
@@ -671,13 +701,19 @@ class Catalog:
             log.warning("ignoring roll-up %s (a malformed entry): its file is listed", key)
             return None
 
-    def _tail(self, source_id: str, after: str | None, present: dict[str, float]) -> list[SegmentInfo]:
+    def _tail(self, source_id: str, after: str | None, present: dict[str, float],
+              summaries: dict[str, list[Stretch]] | None = None) -> list[Any]:
         """The entries after key after (all when None): from each listed entry where a chain of
         chunks starts, the chunks (GETs) and a new LIST from where the chain ends; the entries no
         chunk holds are read through a partial whole-file roll-up, else one by one. A chunk that
-        cannot be read is dropped and its entries listed."""
+        cannot be read is dropped and its entries listed. summaries: stretches standing for
+        chunks (chunk key -> stretches, _chunk_summaries), used instead of reading those chunks,
+        unless an entry read reaches into the chunk (a compacted one: only its entries tell
+        which of them it covers)."""
         chunks = chunks_of(present)
-        segs: list[SegmentInfo] = []
+        segs: list[Any] = []
+        used: list[Chunk] = []
+        start = after
         pending: dict[str, float] = {}
         while True:
             listing = (self.store.list_after(layout.index_prefix(source_id), after) if after
@@ -698,14 +734,17 @@ class Catalog:
             if found is None:
                 break
             f, ch = found
-            with ThreadPoolExecutor(max_workers=max(1, min(self.parallel, len(ch)))) as pool:
-                got = list(pool.map(self._read_chunk_or_none, ch))
-            bad = {c for c, entries in zip(ch, got, strict=True) if entries is None}
+            stand = {c: summaries[c.key] for c in ch if summaries and c.key in summaries}
+            read = [c for c in ch if c not in stand]
+            with ThreadPoolExecutor(max_workers=max(1, min(self.parallel, len(read)))) as pool:
+                got = dict(zip(read, pool.map(self._read_chunk_or_none, read), strict=True))
+            bad = {c for c, entries in got.items() if entries is None}
             if bad:
                 chunks[f] = [c for c in chunks[f] if c not in bad]
                 continue  # list again from the same place, without them
-            for entries in got:
-                segs += entries or []
+            for c in ch:
+                segs += stand[c] if c in stand else got[c] or []
+            used += stand
             after = layout.index_from(source_id, f, ch[-1].end)
         if pending:
             files = {pos[0] for k in pending if (pos := layout.segment_of(k)) is not None}
@@ -714,6 +753,11 @@ class Catalog:
             segs += [known[k] for k in pending if k in known]
             segs += [SegmentInfo.from_dict(d) for d in self._read_many(
                 [k for k in pending if k not in known], missing_ok=True) if d is not None]
+        reaching = {c.key for c in used if any(
+            s.binlog_file == c.binlog_file and s.start_pos < c.start < s.end_pos for s in segs)}
+        if reaching:  # read those chunks after all (a LIST again; rare: compaction removes chunks)
+            return self._tail(source_id, start, present,
+                              {k: v for k, v in (summaries or {}).items() if k not in reaching})
         return segs
 
     def read_chunk(self, c: Chunk) -> list[SegmentInfo]:

@@ -195,6 +195,13 @@ def rollup_chunk_prefix(source_id: str, binlog_file: str) -> str:
     return f"{BINLOG}{enc(source_id)}/{ROLLUP_DIR}/{enc(binlog_file)}/"
 
 
+def chunk_summary(source_id: str, binlog_file: str) -> str:
+    """The summary of an open file's chunks (repo/rollups.py): for each chunk of the writer's
+    chain, its stretches and the ETag and size of the chunk they were made from. Derived data,
+    replaced in place after each chunk; beside the chunks, so it goes with them."""
+    return f"{rollup_chunk_prefix(source_id, binlog_file)}{SUMMARY_NAME}"
+
+
 def rollup_chunk_of(key: str) -> tuple[str, int, int] | None:
     """(binlog file, start, end) of a chunk key, or None for any other key."""
     parts = key.split("/")
@@ -203,6 +210,15 @@ def rollup_chunk_of(key: str) -> tuple[str, int, int] | None:
         start, _, end = parts[4].removesuffix(ROLLUP_SUFFIX).partition("-")
         if start.isdigit() and end.isdigit():
             return dec(parts[3]), int(start), int(end)
+    return None
+
+
+def chunk_summary_of(key: str) -> str | None:
+    """The binlog file of a chunk summary key, or None for any other key."""
+    parts = key.split("/")
+    if len(parts) == 5 and parts[0] + "/" == BINLOG and parts[2] == ROLLUP_DIR \
+            and parts[4] == SUMMARY_NAME:
+        return dec(parts[3])
     return None
 
 

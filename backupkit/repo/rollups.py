@@ -12,11 +12,16 @@ entries of a file (prune, compaction) delete its chunks first (Catalog.forget_ro
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
+
+import zstandard
 
 from backupkit.errors import IntegrityError, StorageError
 from backupkit.repo import layout
-from backupkit.repo.catalog import Catalog, Chunk, SegmentInfo, chain, chunks_of
+from backupkit.repo.catalog import Catalog, Chunk, SegmentInfo, chain, chunks_of, encode_manifest
+from backupkit.repo.stretches import summarize
+from backupkit.storage.base import ObjectInfo
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +56,8 @@ class OpenFileRollups:
     #: the chain of chunks of binlog_file: (chunk, level, its entries)
     levels: list[tuple[Chunk, int, list[SegmentInfo]]] = field(default_factory=list)
     written: int = 0  # chunks written (for tests and the head's cadence)
+    #: the chunk summary's entry of each chunk written or read back (chunk key -> entry)
+    summaries: dict[str, dict] = field(default_factory=dict)
 
     def add(self, seg: SegmentInfo) -> bool:
         """seg was just committed; True when a chunk was written."""
@@ -62,11 +69,33 @@ class OpenFileRollups:
             return False
         try:
             self._flush()
-            return True
         except (StorageError, IntegrityError) as exc:
             log.warning("chunk of %s not written: %s", self.binlog_file, exc.message)
             self.levels = []  # a new chain from the next chunk on; readers list the stretch
             return False
+        self._summarize()
+        return True
+
+    def _summarize(self) -> None:
+        """Replace the file's chunk summary (layout.chunk_summary): the stretches of each chunk of
+        the chain, with the ETag and size of the chunk they were made from, so that the commands
+        that only summarize (list, binlog status, report) read one object, not the chunks. A
+        cache: a reader uses an entry only while the listed chunk has that ETag and size; a
+        failure costs readers the chunks' GETs."""
+        chain_keys = {c.key for c, _, _ in self.levels}
+        self.summaries = {k: v for k, v in self.summaries.items() if k in chain_keys}
+        body = {"type": "chunk_summary", "source_id": self.source_id, "binlog_file": self.binlog_file,
+                "updated_at": time.time(), "chunks": self.summaries}
+        try:
+            self.catalog.store.put(layout.chunk_summary(self.source_id, self.binlog_file),
+                                   zstandard.ZstdCompressor(level=3).compress(encode_manifest(body)))
+        except StorageError as exc:
+            log.warning("chunk summary of %s not written: %s", self.binlog_file, exc.message)
+
+    def _remember(self, c: Chunk, info: ObjectInfo | None, segs: list[SegmentInfo]) -> None:
+        if info is not None and info.etag:
+            self.summaries[c.key] = {"etag": info.etag, "size": info.size,
+                                     "stretches": [st.to_dict() for st in summarize(segs)]}
 
     def known(self) -> dict[str, SegmentInfo]:
         """Every entry of the open file this writer holds (key -> entry)."""
@@ -96,19 +125,22 @@ class OpenFileRollups:
     def _write(self, segs: list[SegmentInfo]) -> Chunk:
         start, end = segs[0].start_pos, max(s.end_pos for s in segs)
         key = layout.rollup_chunk(self.source_id, self.binlog_file, start, end)
-        self.catalog.write_rollup(key, self.source_id, self.binlog_file, segs)
+        info = self.catalog.write_rollup(key, self.source_id, self.binlog_file, segs)
         self.written += 1
-        return Chunk(self.binlog_file, start, end, key)
+        c = Chunk(self.binlog_file, start, end, key)
+        self._remember(c, info, segs)
+        return c
 
     def _resume(self, seg: SegmentInfo) -> None:
         """A new file, or the first commit of this run: continue the chain an earlier run left in
         seg's file (its chunks, then the entries after them), up to RESUME_READ_MAX entries."""
         self.binlog_file, self.pending, self.levels = seg.binlog_file, [], []
+        self.summaries = {}
         if seg.start_pos <= 4:
             return  # the file starts here: nothing before it
         try:
-            listed = [i.key for i in self.catalog.store.list(
-                layout.rollup_chunk_prefix(self.source_id, seg.binlog_file))]
+            listed = {i.key: i for i in self.catalog.store.list(
+                layout.rollup_chunk_prefix(self.source_id, seg.binlog_file))}
             chunks = chunks_of(listed).get(seg.binlog_file, [])
             first = min((c.start for c in chunks), default=None)
             ch = chain(chunks, first) if first is not None else []
@@ -122,6 +154,7 @@ class OpenFileRollups:
             for c in ch:
                 entries = self.catalog.read_chunk(c)
                 self.levels.append((c, _level(len(entries)), entries))
+                self._remember(c, listed[c.key], entries)
             self.pending = [SegmentInfo.from_dict(d) for d in self.catalog._read_many(keys)]
             self.pending.sort(key=lambda s: (s.start_pos, s.end_pos))
         except (StorageError, IntegrityError) as exc:
@@ -139,4 +172,4 @@ class OpenFileRollups:
         except StorageError as exc:
             log.warning("chunks of %s not removed: %s", binlog_file, exc.message)
         if binlog_file == self.binlog_file:
-            self.binlog_file, self.pending, self.levels = "", [], []
+            self.binlog_file, self.pending, self.levels, self.summaries = "", [], [], {}

@@ -113,3 +113,86 @@ def test_verify_names_a_damaged_chunk_and_repair_removes_it(tmp_path):
     problems, notes = rollup_problems(cat, SOURCE, repair=True)
     assert problems == [] and "removed" in notes[0] and store.stat(key) is None
     assert [s.to_dict() for s in cat.segments(SOURCE)] == _plain(cat)
+
+
+# -- the chunk summary: what list, binlog status and report read of the open file ---------------
+def _stretches(cat: Catalog, cuts=()) -> list[dict]:
+    return [st.to_dict() for st in cat.stretches(SOURCE, cuts)]
+
+
+def _want(cat: Catalog, cuts=()) -> list[dict]:
+    from backupkit.repo.stretches import summarize
+    return [st.to_dict() for st in summarize(cat._segments_listed(SOURCE), cuts)]
+
+
+def test_the_summarizing_commands_read_the_chunk_summary_not_the_chunks(tmp_path):
+    store, cat = _open_file(tmp_path, 600)  # 7 chunks in the chain, 8 entries after it
+    assert store.stat(layout.chunk_summary(SOURCE, "binlog.000001")) is not None
+    store.reset()
+    got = _stretches(cat)
+    # the head, the chunk summary, the 8 entries after the chain (no chunk read)
+    assert store.counts["open"] == 1 + 1 + 8, store.counts
+    assert got == _want(cat)
+    # a cut (a base's point) inside a chunk's stretch: that chunk is read, the point located
+    cut = [("binlog.000001", 4 + 100 * 300 + 50)]
+    store.reset()
+    got = _stretches(cat, cut)
+    assert store.counts["open"] == 1 + 1 + 1 + 8, store.counts
+    assert got == _want(cat, cut) and len(got) == 3
+    # a file open for longer: the same GETs whatever its chunks
+    store2, cat2 = _open_file(tmp_path / "bigger", 5_000)
+    store2.reset()
+    got = _stretches(cat2)
+    assert store2.counts["open"] == 1 + 1 + 8, store2.counts
+    assert got == _want(cat2)
+
+
+def test_a_stale_or_damaged_chunk_summary_is_ignored(tmp_path):
+    store, cat = _open_file(tmp_path, 600)
+    want = _want(cat)
+    summary = layout.chunk_summary(SOURCE, "binlog.000001")
+    good = store.get_bytes(summary)
+    # a chunk rewritten after the summary was made (another ETag): that chunk is read itself
+    wide = layout.rollup_chunk(SOURCE, "binlog.000001", 4, 4 + 25600)
+    store.put(wide, store.get_bytes(wide))
+    store.reset()
+    assert _stretches(cat) == want
+    assert store.counts["open"] == 1 + 1 + 1 + 8, store.counts  # and that chunk
+    # a summary whose entries lie (a checksummed body naming other entries): not trusted beyond
+    # its chunk's interval; a damaged one: every chunk is read
+    store.put(summary, good[:-7] + b"damaged")
+    store.reset()
+    assert _stretches(cat) == want
+    assert store.counts["open"] == 1 + 1 + 7 + 8, store.counts
+    store.delete([summary])
+    assert _stretches(cat) == want
+
+
+def test_a_compacted_entry_reaching_into_a_chunk_has_that_chunk_read(tmp_path):
+    """Compaction merges entries the writer still holds (not in a chunk yet) and removes the
+    chunks; the writer's next chunk starts inside the merged entry, which the reader lists before
+    it: only the chunk's entries tell which of them the merged one hides."""
+    store, cat = _open_file(tmp_path, 0)
+    writer = OpenFileRollups(cat, SOURCE)
+    segs = []
+    for i in range(40):  # chunks of entries 0-15 and 16-31; 32-39 held by the writer
+        segs.append(add_segment(cat, i, PER_FILE))
+        writer.add(segs[-1])
+    merged = synthetic_segment(0, PER_FILE)
+    merged.end_pos, merged.merged = segs[35].end_pos, 36  # entries 0-35, small ones still listed
+    merged.last_commit_time, merged.gtid_last = segs[35].last_commit_time, segs[35].gtid_last
+    merged.gtid_state = segs[35].gtid_state
+    cat.commit_segment(merged)
+    cat.forget_chunks(SOURCE, ["binlog.000001"])  # as compaction does after a merge
+    for i in range(40, 60):  # the next chunk: entries 32-47, from inside the merged entry
+        segs.append(add_segment(cat, i, PER_FILE))
+        writer.add(segs[-1])
+    assert _chunks(store) == [(4 + 3200, 4 + 4800)]
+    cat.write_head(segs[-1], [])
+    want = _want(cat)
+    assert want[0]["merged"] == 36 and want[0]["hidden"] == 36  # the merged entry hides 0-35
+    store.reset()
+    assert _stretches(cat) == want
+    assert store.counts["open"] >= 1 + 1 + 1  # the chunk was read after all
+    cut = [("binlog.000001", segs[40].start_pos + 50)]  # inside the chunk, and the merged entry
+    assert _stretches(cat, cut) == _want(cat, cut)
