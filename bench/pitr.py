@@ -49,7 +49,7 @@ target = parse_target(latest=True)
 plan = make_plan(Catalog(store), target)
 spec = ConnSpec(host="127.0.0.1", port=int(sys.argv[2]), user="root")
 t = time.perf_counter()
-res = replay_segments(store, plan.segments, plan.start, target, spec)
+res = replay_segments(store, plan.iter_segments(), plan.start, target, spec)
 print(time.perf_counter() - t, res.transactions, res.binlog_bytes)
 '''
 

@@ -581,6 +581,23 @@ class Catalog:
                     out[c.key] = got
         return out
 
+    def file_segments(self, source_id: str, binlog_file: str) -> list[SegmentInfo]:
+        """Every listed segment of one binlog file (covered ones included), in binlog order: what
+        a restore planned over stretches reads when it reaches that file (restore/plan.py), so it
+        holds one file's segments at a time. A finished file the head names: its roll-up (one
+        GET; the file's entries listed when it is missing or damaged). Any other file (the open
+        one): its entries listed from the file's first key on, through the open file's chunks."""
+        head = self.head(source_id)
+        named = _named_files(head, source_id) if head is not None else None
+        present = {i.key: i.mtime for i in self.store.list(layout.rollup_prefix(source_id))}
+        if named and binlog_file in named:
+            got = self._rollup_entries(source_id, binlog_file, present)
+            segs = got if got is not None else self._file_listed(source_id, binlog_file)
+        else:
+            segs = [s for s in self._tail(source_id, layout.segment_file_prefix(source_id, binlog_file),
+                                          present) if s.binlog_file == binlog_file]
+        return sorted(segs, key=lambda s: (s.start_pos, s.end_pos))
+
     # -- the summary of finished files (repo/stretches.py) --------------------------------------
     def summary_entries(self, source_id: str) -> dict[str, dict[str, Any]]:
         """The stored summary's entries (binlog file -> {"etag", "size", "stretches"}); empty

@@ -38,9 +38,11 @@ def _server_name(fid: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Bytes:
-    """What a stretch says of its objects: their stored size (``s.object.size``)."""
+    """What a stretch says of its objects: their stored size (``s.object.size``) and their size
+    before compression (``s.object.raw_size``; the stored size when the summary entry predates it)."""
 
     size: int
+    raw_size: int = 0
 
 
 @dataclass(slots=True)
@@ -74,6 +76,9 @@ class Stretch:
     hidden_stored: int = 0
     #: the oldest last_commit_time of a member that has one (0: none has)
     min_last_commit: float = 0.0
+    #: its members' bytes before compression (a restore's estimate); -1: not known (a summary
+    #: entry written before it was recorded)
+    raw: int = -1
 
     # -- the segment interface the coverage code reads -------------------------------------
     @property
@@ -160,7 +165,7 @@ class Stretch:
 
     @property
     def object(self) -> Bytes:
-        return Bytes(self.stored)
+        return Bytes(self.stored, self.raw if self.raw >= 0 else self.stored)
 
     def next_point(self) -> tuple[str, int]:
         return self.tail.next_point()
@@ -184,6 +189,7 @@ class Stretch:
         if not self.has_first and nxt.has_first:
             self.first_commit, self.has_first = nxt.first_commit, True
         self.merged_sum += nxt.merged_sum
+        self.raw = self.raw + nxt.raw if self.raw >= 0 and nxt.raw >= 0 else -1
         self._listed(nxt)
 
     def hide(self, covered: Stretch) -> None:
@@ -221,7 +227,8 @@ class Stretch:
                 "max_last_commit": self.max_last_commit, "best": list(self.best),
                 "created_min": self.created_min, "created_max": self.created_max,
                 "merged": self.merged_sum, "hidden": self.hidden,
-                "hidden_stored": self.hidden_stored, "min_last_commit": self.min_last_commit}
+                "hidden_stored": self.hidden_stored, "min_last_commit": self.min_last_commit,
+                "raw": self.raw}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], segment: Callable[[dict[str, Any]], Any]) -> Stretch:
@@ -233,7 +240,7 @@ class Stretch:
                    float(d["max_last_commit"]), (float(best[0]), int(best[1]), str(best[2])),
                    float(d["created_min"]), float(d["created_max"]), int(d.get("merged", 0)),
                    int(d.get("hidden", 0)), int(d.get("hidden_stored", 0)),
-                   float(d.get("min_last_commit", 0.0)))
+                   float(d.get("min_last_commit", 0.0)), int(d.get("raw", -1)))
 
 
 def of_segment(s: SegmentInfo) -> Stretch:
@@ -244,7 +251,7 @@ def of_segment(s: SegmentInfo) -> Stretch:
                    (s.first_commit_time or s.first_event_time) if has_first else 0.0, has_first,
                    s.last_commit_time, (s.last_commit_time, s.end_pos, s.gtid_last) if s.last_commit_time
                    else (0.0, 0, ""), s.created_at, s.created_at, s.merged,
-                   min_last_commit=s.last_commit_time)
+                   min_last_commit=s.last_commit_time, raw=s.object.raw_size)
 
 
 def _order(s: SegmentInfo | Stretch) -> tuple:
@@ -306,3 +313,46 @@ def inside(stretches: Iterable[Stretch], cuts: Iterable[tuple[str, int]]) -> set
         at.setdefault(_server_name(f), set()).add(p)
     return {st.binlog_file for st in stretches if st.count > 1
             and any(st.start_pos < p < st.end_pos for p in at.get(_server_name(st.binlog_file), ()))}
+
+
+def _in_use(segments: Iterable[SegmentInfo]) -> list[SegmentInfo]:
+    # repo/coverage.py in_use (which this module cannot import: it builds on repo/catalog.py)
+    out: list[SegmentInfo] = []
+    for s in sorted(segments, key=_order):
+        if not (out and _covered(s, out[-1])):
+            out.append(s)
+    return out
+
+
+def members(segments: Iterable[SegmentInfo], st: Stretch) -> list[SegmentInfo] | None:
+    """The segments that hold exactly the events of st, from the listed segments of its binlog
+    file (covered ones included): its members (the segments in use from its head to its tail)
+    while the index is as it was when st was made; else, after a compaction or a prune since, the
+    widest listed segment at each point that ends within st (the same events, other objects).
+    None when no listed segments hold them all (the caller refuses: never a silent hole)."""
+    segs = [s for s in segments if s.binlog_file == st.binlog_file]
+    a, z = st.start_pos, st.end_pos
+    used = _in_use(segs)
+    ends = [(s.start_pos, s.end_pos) for s in used]
+    head, tail = (st.head.start_pos, st.head.end_pos), (st.tail.start_pos, st.tail.end_pos)
+    if head in ends and tail in ends:
+        i, j = ends.index(head), len(ends) - 1 - ends[::-1].index(tail)
+        got = used[i:j + 1]
+        if len(got) == st.count and all(x.end_pos == y.start_pos for x, y in zip(got, got[1:], strict=False)):
+            return got
+    widest: dict[int, SegmentInfo] = {}
+    for s in segs:
+        if a <= s.start_pos and s.end_pos <= z and s.end_pos > s.start_pos and \
+                (s.start_pos not in widest or s.end_pos > widest[s.start_pos].end_pos):
+            widest[s.start_pos] = s
+    out: list[SegmentInfo] = []
+    pos = a
+    while pos < z:
+        s = widest.get(pos)
+        if s is None:
+            return None
+        out.append(s)
+        pos = s.end_pos
+    if not out:  # an empty stretch: its anchor
+        out = [s for s in segs if s.start_pos == s.end_pos == a][:1]
+    return out or None

@@ -19,7 +19,8 @@ from typing import Any
 from backupkit.errors import BackupkitError, ObjectNotFound, UsageError
 from backupkit.mysql.connection import TARGET_PASSWORD_ENV, ConnSpec
 from backupkit.repo import layout
-from backupkit.repo.catalog import Catalog
+from backupkit.repo.catalog import Catalog, SegmentInfo
+from backupkit.repo.stretches import Stretch, members
 from backupkit.repo.watermark import watermarks
 from backupkit.restore.cold import restore_cold
 from backupkit.restore.guard import ensure_not_source
@@ -136,6 +137,15 @@ def make_plan(catalog: Catalog, target: RestoreTarget, backup_id: str | None = N
         return Planner(backups, segs, gaps, source_id, measured_rates(records), confirmed=confirmed,
                        databases=databases, links=links).plan(target)
 
+    if target.kind in ("time", "latest", "position"):
+        # stretches (repo/stretches.py): a few per binlog file, cut at every base's point and the
+        # watermark's, so the plan is the one the segments give; the segments of the stretch
+        # where the replay stops are read then, the others' when the replay reaches them
+        cuts = [(b.point.file, b.point.pos) for b in backups if b.point.file]
+        items = {sid: catalog.stretches(sid, cuts=cuts + ([confirmed[sid].point] if sid in confirmed
+                                                          else [])) for sid in sources}
+        return Planner(backups, items, gaps, source_id, measured_rates(records), confirmed=confirmed,
+                       databases=databases, links=links, expand=FileSegments(catalog)).plan(target)
     since = replay_from(backups, target)
     if since is not None:
         try:
@@ -143,6 +153,30 @@ def make_plan(catalog: Catalog, target: RestoreTarget, backup_id: str | None = N
         except BackupkitError:  # an older base may be needed: plan again with every segment
             pass
     return plan(None)
+
+
+class FileSegments:
+    """A plan's ``expand``: a stretch's segments from the listed segments of its binlog file
+    (Catalog.file_segments), the last file read kept (the replay goes through a file's stretches
+    in order, so it holds one file's segments at a time)."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+        self._file: tuple[str, str] | None = None
+        self._segs: list = []
+
+    def __call__(self, st: Stretch) -> list[SegmentInfo] | None:
+        at = (st.source_id, st.binlog_file)
+        if at != self._file:
+            self._file, self._segs = None, []
+            try:
+                self._segs = self.catalog.file_segments(*at)
+            except BackupkitError as exc:
+                exc.message = f"reading the index of binlog file {st.binlog_file}: {exc.message}"
+                exc.args = (exc.message,)
+                raise
+            self._file = at
+        return members(self._segs, st)
 
 
 def replay_from(backups: list, target: RestoreTarget) -> str | None:
@@ -203,8 +237,24 @@ def _present(store: ObjectStore, keys: list[str]) -> list[bool]:
 
 def preflight(store: ObjectStore, plan: RestorePlan) -> None:
     """Every object the plan reads exists (checked before anything is changed): one LIST page
-    per thousand segments of a file rather than one request per segment."""
-    keys = [o.key for o in plan.base.objects] + [s.object.key for s in plan.segments]
+    per thousand segments of a file rather than one request per segment, the segments read one
+    binlog file at a time (a plan over stretches reads each file's index here and again when
+    the replay reaches it: memory for one file, not for the month)."""
+    _check(store, plan, [o.key for o in plan.base.objects])
+    batch: list[str] = []
+    for seg in plan.iter_segments():
+        if batch and not _same_dir(batch[-1], seg.object.key):
+            _check(store, plan, batch)
+            batch = []
+        batch.append(seg.object.key)
+    _check(store, plan, batch)
+
+
+def _same_dir(a: str, b: str) -> bool:
+    return a.rsplit("/", 1)[0] == b.rsplit("/", 1)[0]
+
+
+def _check(store: ObjectStore, plan: RestorePlan, keys: list[str]) -> None:
     for key, ok in zip(keys, _present(store, keys), strict=True):
         if not ok:
             what = "segment" if layout.is_binlog_key(key) else f"{plan.base.kind} backup {plan.base.id}"
@@ -232,7 +282,7 @@ def restore_to_point(store: ObjectStore, catalog: Catalog, target: RestoreTarget
             raise UsageError(f"the plan starts from {base.kind} backup {base.id}; give --datadir DIR "
                              "(and --start-command and --target to replay the binlog)")
         if plan.segments and not (start_command and spec):
-            raise UsageError(f"the plan replays {len(plan.segments)} binlog segment(s) after {base.kind} "
+            raise UsageError(f"the plan replays {plan.segment_count} binlog segment(s) after {base.kind} "
                              f"backup {base.id}: give --start-command and --target for the server "
                              "that runs on --datadir")
     elif spec is None:
@@ -273,10 +323,11 @@ def restore_to_point(store: ObjectStore, catalog: Catalog, target: RestoreTarget
     # 2. the binlog
     if plan.segments:
         assert spec is not None
-        say(f"replaying {len(plan.segments)} binlog segment(s) to {target.describe()}")
+        say(f"replaying {plan.segment_count} binlog segment(s) to {target.describe()}")
         try:
-            result.replay = replay_segments(store, plan.segments, plan.start, target, spec,
+            result.replay = replay_segments(store, plan.iter_segments(), plan.start, target, spec,
                                             start_point=result.reached, log_bin=log_bin,
+                                            count=plan.segment_count, raw_bytes=plan.segment_raw_bytes,
                                             progress=lambda ev, **kw: report("replay", ev, **kw))
         except BackupkitError as exc:
             raise _partial(exc, where, base.id, result.reached) from None
@@ -291,7 +342,7 @@ def restore_to_point(store: ObjectStore, catalog: Catalog, target: RestoreTarget
               "replay_seconds": round(replay.seconds, 3) if replay else 0.0,
               "replay_bytes": replay.binlog_bytes if replay else 0,
               "transactions": replay.transactions if replay else 0,
-              "segments": len(plan.segments), "restore_target": target.to_dict(),
+              "segments": plan.segment_count, "restore_target": target.to_dict(),
               "reached": result.reached.to_dict(), "source_id": plan.source_id}
     try:
         result.record_id = catalog.commit_restore_record(record)

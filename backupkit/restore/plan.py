@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +53,7 @@ from backupkit.repo.catalog import BackupManifest, GapInfo, SegmentInfo
 from backupkit.repo.chain import broken_chains
 from backupkit.repo.coverage import Run, build_runs, confirm, ends_at, gap_between
 from backupkit.repo.servers import epochs, file_id
+from backupkit.repo.stretches import Stretch, summarize
 from backupkit.restore.stoppoint import RestoreTarget
 from backupkit.util.units import format_time, human_bytes, human_seconds
 
@@ -64,6 +65,19 @@ DEFAULT_RATES = {
     "replay": 4 * 1024 * 1024,  # mariadb-binlog | mariadb: 53.6 MB of row events in ~12.5 s
     "fixed": 3.0,  # server start, connections, bookkeeping
 }
+
+
+#: What a plan replays: segments, or stretches of contiguous segments of one file
+#: (repo/stretches.py) that ``Expand`` turns into their segments when they are read.
+Item = SegmentInfo | Stretch
+#: A stretch's segments, read from the catalog (restore/pitr.py FileSegments); None when the
+#: index no longer holds its events.
+Expand = Callable[[Stretch], "list[SegmentInfo] | None"]
+
+
+def _commit(s: Item) -> float:
+    """Newest commit time of a segment as Run.commit_time takes it (0 when none)."""
+    return s.last_commit_time or (s.last_event_time if s.transactions else 0.0)
 
 
 def _state(s: SegmentInfo) -> GtidSet | None:
@@ -90,12 +104,16 @@ TIME_SLACK = 0.5e-6
 # -- the plan ---------------------------------------------------------------------------------
 @dataclass
 class RestorePlan:
-    """A base, the segments to replay after it, and where to stop. Printable and executable."""
+    """A base, the segments to replay after it, and where to stop. Printable and executable.
+
+    ``segments`` holds segments, or stretches of one file's contiguous segments (a plan over a
+    month of one-second segments holds a few per binlog file); ``iter_segments()`` gives the
+    segments themselves, reading one file's at a time (``expand``)."""
 
     target: RestoreTarget
     source_id: str
     base: BackupManifest
-    segments: list[SegmentInfo]
+    segments: list[Item]
     start: tuple[str, int]  # replay from here: the base's binlog coordinates
     stop_time: float | None = None  # newest commit second to apply (time targets)
     expected_end_time: float | None = None  # newest commit time the replay can reach
@@ -107,6 +125,24 @@ class RestorePlan:
     notes: list[str] = field(default_factory=list)
     #: --latest --accept-gap: the break after the newest reachable point and what it costs
     gap: dict[str, Any] | None = None
+    #: reads a stretch's segments (None: the plan holds segments, or stretches of one segment)
+    expand: Expand | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def segment_count(self) -> int:
+        """Segments the replay reads (as planned)."""
+        return sum(s.count if isinstance(s, Stretch) else 1 for s in self.segments)
+
+    def iter_segments(self) -> Iterator[SegmentInfo]:
+        """The segments to replay, in order: a stretch's read when it is reached (one binlog file
+        held at a time). IntegrityError naming the file when the index no longer holds them."""
+        for item in self.segments:
+            if not isinstance(item, Stretch):
+                yield item
+            elif item.count == 1:
+                yield item.head
+            else:
+                yield from expand_stretch(self.expand, item)
 
     @property
     def fetch_bytes(self) -> int:
@@ -126,13 +162,16 @@ class RestorePlan:
                                "gtid": b.point.gtid, "time": b.point.time,
                                "time_text": format_time(b.point.time)},
                      "stored_bytes": self.base_bytes, "raw_bytes": self.base_raw_bytes},
+            "segment_count": self.segment_count,
+            # one row per stretch of contiguous segments of a file (a key when it is one segment)
             "segments": [{"file": s.binlog_file, "start_pos": s.start_pos, "end_pos": s.end_pos,
-                          "key": s.object.key, "bytes": s.object.size, "raw_bytes": s.object.raw_size,
+                          "segments": s.count, "key": s.head.object.key if s.count == 1 else None,
+                          "bytes": s.stored, "raw_bytes": s.object.raw_size,
                           "first_commit_time": s.first_commit_time,
-                          "last_commit_time": s.last_commit_time,
+                          "last_commit_time": s.max_last_commit,
                           "gtid_first": s.gtid_first, "gtid_last": s.gtid_last,
                           "merged": s.merged}
-                         for s in self.segments],
+                         for s in self.rows()],
             "start": {"file": self.start[0], "pos": self.start[1]},
             "stop_time": self.stop_time,
             "fetch_bytes": self.fetch_bytes,
@@ -142,6 +181,11 @@ class RestorePlan:
             "gap": self.gap,
         }
 
+    def rows(self) -> list[Stretch]:
+        """The replayed segments folded per stretch of contiguous segments of one file (what
+        --dry-run prints: a few rows per binlog file however many segments)."""
+        return summarize(self.segments)
+
     def lines(self) -> list[str]:
         """The plan for people (--dry-run)."""
         b = self.base
@@ -150,15 +194,14 @@ class RestorePlan:
                f"({b.point.file}:{b.point.pos}, GTID {b.point.gtid or '-'}), "
                f"{human_bytes(self.base_bytes)} stored, scope {b.scope.describe()}"]
         if self.segments:
-            first, last = self.segments[0], self.segments[-1]
-            out.append(f"replay:    {len(self.segments)} segment(s) from {self.start[0]}:{self.start[1]} "
+            last = self.segments[-1]
+            out.append(f"replay:    {self.segment_count} segment(s) from {self.start[0]}:{self.start[1]} "
                        f"to {last.binlog_file}:{last.end_pos} ({human_bytes(self.segment_bytes)} stored, "
                        f"{human_bytes(self.segment_raw_bytes)} of binlog)")
-            for s in self.segments:
-                out.append(f"           {s.binlog_file} [{s.start_pos}, {s.end_pos}) "
-                           f"{human_bytes(s.object.size)} commits {format_time(s.first_commit_time or None)}"
-                           f" .. {format_time(s.last_commit_time or None)}")
-            del first
+            for s in self.rows():
+                out.append(f"           {s.binlog_file} [{s.start_pos}, {s.end_pos}) {s.count} segment(s) "
+                           f"{human_bytes(s.stored)} commits {format_time(s.first_commit_time or None)}"
+                           f" .. {format_time(s.max_last_commit or None)}")
         else:
             out.append("replay:    none (the base is the target)")
         out.append(f"fetch:     {human_bytes(self.fetch_bytes)}")
@@ -201,12 +244,19 @@ class Planner:
                  source_id: str | None = None, rates: Mapping[str, float] | None = None,
                  databases: Sequence[str] | None = None,
                  confirmed: Mapping[str, Any] | None = None,
-                 links: Sequence[BackupManifest] | None = None) -> None:
+                 links: Sequence[BackupManifest] | None = None,
+                 expand: Expand | None = None) -> None:
         """databases: a restore limited to these (a partial base holding them whole may start
         it); None, a whole-server restore: only full bases (repo/scope.py). confirmed: the
         shippers' watermarks by source (see the module docstring). links: every manifest of the
         repository, where the parents of physical incrementals are looked up (default: backups);
-        an incremental whose chain is broken is no base (``self.broken`` says why)."""
+        an incremental whose chain is broken is no base (``self.broken`` says why).
+
+        segments_by_source may hold stretches (repo/stretches.py) made with every base's point
+        and the watermark's as cuts: a time, latest or position plan is then the same as over
+        the segments, reading the segments of the one stretch where the replay stops through
+        expand (GTID targets need segments)."""
+        self.expand = expand
         segs = _by_source(segments_by_source)
         gap_map = _gaps_by_source(gaps)
         self.rates = {**DEFAULT_RATES, **(rates or {})}
@@ -343,7 +393,9 @@ class Planner:
         for ri, run in enumerate(self.runs):
             if run.end_time() >= t:
                 if ri == 0:
-                    first = run.segments[0].first_commit_time or run.segments[0].first_event_time
+                    s0 = run.segments[0]
+                    s0 = s0.head if isinstance(s0, Stretch) else s0
+                    first = s0.first_commit_time or s0.first_event_time
                     return (f" (the shipped binlog begins at {run.start[0]}:{run.start[1]}, "
                             f"{format_time(first or None)}, with no base before it)")
                 a = self.runs[ri - 1]
@@ -419,7 +471,20 @@ class Planner:
                            expected_end_time=expected_end, base_bytes=base_bytes,
                            segment_bytes=seg_bytes, base_raw_bytes=base_raw,
                            segment_raw_bytes=seg_raw, estimated_seconds=est,
-                           notes=list(self.notes))
+                           notes=list(self.notes), expand=self.expand)
+
+    def _upto(self, item: Item, hit: Callable[[SegmentInfo], bool]) -> list[Item]:
+        """item's segments up to and including the first that hit (a stretch read through expand
+        and folded again), where the replay stops: what a plan over the segments holds."""
+        if not isinstance(item, Stretch) or item.count == 1:
+            return [item]
+        segs = expand_stretch(self.expand, item)
+        k = next((i for i, s in enumerate(segs) if hit(s)), None)
+        if k is None:
+            raise IntegrityError(f"the index of binlog file {item.binlog_file} changed while planning "
+                                 f"(no segment of [{item.start_pos}, {item.end_pos}) holds the stop)",
+                                 "plan again (a compaction or prune ran meanwhile)")
+        return list(summarize(segs[:k + 1]))
 
     def _choose(self, plans: list[RestorePlan]) -> RestorePlan:
         """Among the newest reaching base of each kind (cold, snapshot, physical), the plan with
@@ -471,6 +536,8 @@ class Planner:
                 stop += 1
             # segments loc.index..stop inclusive; stop may be len (everything to the end)
             segs = run.segments[loc.index:min(stop + 1, len(run.segments))]
+            if stop < len(run.segments):  # a stretch: its segments up to the first after T
+                segs = segs[:-1] + self._upto(segs[-1], lambda s: _commit(s) > t)
             plans.append(self._make(target, base, segs, t, run.end_time(loc.index)))
         if plans:
             return self._choose(plans)
@@ -561,6 +628,7 @@ class Planner:
                 continue
             run = self.runs[loc.run]
             segs = run.segments[loc.index:tloc.index + 1]
+            segs = segs[:-1] + self._upto(segs[-1], lambda s: s.start_pos <= want[1] <= s.end_pos)
             plans.append(self._make(target, base, segs, None, None))
         if plans:
             return self._choose(plans)
@@ -595,6 +663,8 @@ class Planner:
     def _plan_gtid(self, target: RestoreTarget) -> RestorePlan:
         g = target.gtid
         assert g is not None
+        if any(isinstance(s, Stretch) and s.count > 1 for r in self.runs for s in r.segments):
+            raise ValueError("a GTID target is planned over segments, not stretches")
         before = target.kind == "before_gtid"
         tloc = self._gtid_segment(g)
         plans: list[RestorePlan] = []
@@ -649,3 +719,16 @@ def is_restorable(intervals: Sequence[tuple[float, float]], t: float) -> bool:
     """True when t lies in one of the sorted, merged intervals."""
     i = bisect.bisect_right(intervals, (t, math.inf)) - 1
     return i >= 0 and intervals[i][0] <= t <= intervals[i][1]
+
+
+def expand_stretch(expand: Expand | None, st: Stretch) -> list[SegmentInfo]:
+    """The segments of a stretch of several (IntegrityError naming its file when the index no
+    longer holds its events: a restore refuses rather than skip them)."""
+    if expand is None:
+        raise ValueError("a plan over stretches needs expand to read their segments")
+    segs = expand(st)
+    if not segs:
+        raise IntegrityError(f"the index of binlog file {st.binlog_file} no longer holds the segments "
+                             f"of [{st.start_pos}, {st.end_pos}) (pruned or damaged since the plan)",
+                             "plan again; 'backupkit verify' checks the index")
+    return segs

@@ -150,10 +150,11 @@ def restore_tables_to_point(store: ObjectStore, catalog: Catalog, target: Restor
     for old, aside in result.base["moved_aside"].items():
         result.notes.append(f"{old} existed: moved aside to {aside}")
     if plan.segments:
-        say(f"replaying the selected tables' rows from {len(plan.segments)} binlog segment(s)")
+        say(f"replaying the selected tables' rows from {plan.segment_count} binlog segment(s)")
         ev = EventFilter(flt, {(t["db"], t["name"]) for t in tables})
-        result.replay = replay_segments(store, plan.segments, plan.start, target, spec,
+        result.replay = replay_segments(store, plan.iter_segments(), plan.start, target, spec,
                                         start_point=result.reached, table_filter=ev,
+                                        count=plan.segment_count, raw_bytes=plan.segment_raw_bytes,
                                         progress=lambda e, **kw: report("replay", e, **kw))
         result.notes += result.replay.notes
     result.finished_at = time.time()

@@ -152,7 +152,7 @@ def test_replay_stops_at_the_first_error_naming_gtid_and_position(shop):
         restore_snapshot(catalog.store, plan.base, tgt.spec, RestoreOptions(record=False))
         tgt.sql("INSERT INTO shop.orders VALUES (520, 1, 1, 'in the way', NOW())")
         with pytest.raises(TargetError) as err:
-            replay_segments(catalog.store, plan.segments, plan.start, target, tgt.spec)
+            replay_segments(catalog.store, plan.iter_segments(), plan.start, target, tgt.spec)
         msg = err.value.one_line()
         assert "replay failed at GTID 0-1-" in msg and "binlog.000001:" in msg and "1062" in msg
         # every transaction before the failing one is applied, nothing after it

@@ -47,6 +47,9 @@ def _check_growth(small: dict, big: dict, files_small: int, files_big: int) -> N
     # restore --latest replays from the newest base (the snapshot at the newest file's start): it
     # reads no finished file's roll-up at all, so it does not grow even with files
     assert small["restore --latest --dry-run"]["total"] == big["restore --latest --dry-run"]["total"]
+    # restore --to-time from the first base to the middle of the window plans over stretches (the
+    # source summary) and reads only the roll-up of the file where it stops: no growth with files
+    assert small["restore --to-time --dry-run"]["total"] == big["restore --to-time --dry-run"]["total"]
 
 
 def test_planning_requests_grow_with_files_not_segments_local(tmp_path):

@@ -7,18 +7,23 @@ waiting at a time, and at most ``max_bytes`` of them once decoded (a larger one 
 holds at most ``memory // ahead`` bytes in memory, the rest spills to a temporary file. The
 first failure stops the fetching of later segments; the parser still gets every segment before
 the failed one, then the error.
+
+The segments come from an iterator, taken as they are claimed (a plan over a month reads one
+binlog file's index at a time as the replay reaches it: RestorePlan.iter_segments). An error
+raised by the iterator counts as the failure of the segment it was to give.
 """
 
 from __future__ import annotations
 
 import tempfile
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable
 from typing import BinaryIO
 
 from backupkit.errors import BackupkitError, IntegrityError
 from backupkit.repo.catalog import SegmentInfo
 from backupkit.repo.codec import iter_object
+from backupkit.repo.stretches import Stretch
 from backupkit.restore.replay.units import MIB
 from backupkit.storage.base import ObjectStore
 
@@ -47,15 +52,20 @@ class Fetcher:
     """Downloads segments with ``workers`` threads, at most ``ahead`` segments before the parser,
     and hands them on in plan order through ``get()``."""
 
-    def __init__(self, store: ObjectStore, segments: Sequence[SegmentInfo], ahead: int = FETCH_AHEAD,
+    def __init__(self, store: ObjectStore, segments: Iterable[SegmentInfo], ahead: int = FETCH_AHEAD,
                  on_bytes: Callable[[int], None] | None = None, workers: int = FETCH_WORKERS,
                  memory: int = FETCH_MEMORY, max_bytes: int = FETCH_BYTES) -> None:
         self.store = store
-        self.segments = list(segments)
+        self._source = iter(segments)
+        self._pull_lock = threading.Lock()  # one worker takes from the iterator at a time
+        #: segments taken from the iterator and not yet handed on, by index
+        self.segments: dict[int, SegmentInfo] = {}
+        self._total: int | None = None  # how many there are, once the iterator ended
         self.ahead = max(1, ahead)
         self.on_bytes = on_bytes
         self.spool_memory = max(MIB, memory // self.ahead)
-        n = max(1, min(workers, self.ahead, len(self.segments) or 1))
+        n = max(1, min(workers, self.ahead, len(segments) if isinstance(segments, list | tuple) and segments
+                       else workers))
         self._threads = [threading.Thread(target=self._work, name=f"backupkit-fetch-{i}", daemon=True)
                          for i in range(n)]
         self._cond = threading.Condition()
@@ -75,21 +85,58 @@ class Fetcher:
     def is_alive(self) -> bool:
         return any(t.is_alive() for t in self._threads)
 
+    def _pull(self, i: int) -> bool:
+        """Take segment i from the iterator (outside the condition: it may read an index); False
+        at its end. Its error is segment i's failure."""
+        with self._cond:
+            if i in self.segments or (self._total is not None and i >= self._total) or \
+                    self._failed_at is not None:
+                return i in self.segments
+        try:
+            seg = next(self._source, None)
+            if isinstance(seg, Stretch):  # a plan's item: RestorePlan.iter_segments expands them
+                if seg.count != 1:
+                    raise ValueError("the fetcher takes segments: pass RestorePlan.iter_segments()")
+                seg = seg.head
+        except BaseException as exc:  # handed to the parser after every segment before it
+            with self._cond:
+                self._total = i + 1
+                self._failed_at = i if self._failed_at is None else min(self._failed_at, i)
+                self._done[i] = exc
+                self.segments[i] = None  # type: ignore[assignment]
+                self._next_claim = max(self._next_claim, i + 1)
+                self._cond.notify_all()
+            return False
+        with self._cond:
+            if seg is None:
+                self._total = i
+            else:
+                self.segments[i] = seg
+            self._cond.notify_all()
+        return seg is not None
+
     def _claim(self) -> int | None:
         """The next index to fetch, waiting while ``ahead`` segments are out; None to stop."""
-        with self._cond:
+        with self._pull_lock:
             while True:
-                i = self._next_claim
-                if self._stop_evt.is_set() or i >= len(self.segments) or \
-                        (self._failed_at is not None and i > self._failed_at):
+                with self._cond:
+                    i = self._next_claim
+                    if self._stop_evt.is_set() or (self._total is not None and i >= self._total) or \
+                            (self._failed_at is not None and i > self._failed_at):
+                        return None
+                    waiting = i >= self._next_out + self.ahead
+                    if waiting:
+                        self._cond.wait(0.2)
+                        continue
+                if not self._pull(i):
                     return None
-                size = self.segments[i].object.raw_size
-                if i < self._next_out + self.ahead and \
-                        (i == self._next_out or self._out_bytes + size <= self.max_bytes):
-                    self._next_claim += 1
-                    self._out_bytes += size
-                    return i
-                self._cond.wait(0.2)
+                with self._cond:
+                    size = self.segments[i].object.raw_size
+                    if i == self._next_out or self._out_bytes + size <= self.max_bytes:
+                        self._next_claim += 1
+                        self._out_bytes += size
+                        return i
+                    self._cond.wait(0.2)
 
     def _work(self) -> None:
         while True:
@@ -138,15 +185,17 @@ class Fetcher:
         """The next verified segment, None at the end; raises what failed in its fetch."""
         with self._cond:
             i = self._next_out
-            if i >= len(self.segments):
-                return None
             while i not in self._done:
-                if not self.is_alive() and i not in self._done:  # ended without a word: never wait
+                if self._total is not None and i >= self._total:
+                    return None
+                if not self.is_alive():  # ended without a word: never wait
                     raise BackupkitError("the segment fetcher stopped unexpectedly")
                 self._cond.wait(0.2)
             item = self._done.pop(i)
+            seg = self.segments.pop(i, None)
             self._next_out += 1
-            self._out_bytes -= self.segments[i].object.raw_size
+            if seg is not None:
+                self._out_bytes -= seg.object.raw_size
             self._cond.notify_all()
         if isinstance(item, BaseException):
             self.stop()

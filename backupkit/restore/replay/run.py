@@ -35,7 +35,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import pymysql
 from pymysql.constants import CLIENT
@@ -76,21 +76,29 @@ def open_replay_connection(spec: ConnSpec, log_bin: bool = False):
     return conn
 
 
-def replay_segments(store: ObjectStore, segments: Sequence[SegmentInfo], start: tuple[str, int],
+def replay_segments(store: ObjectStore, segments: Iterable[SegmentInfo], start: tuple[str, int],
                     target: RestoreTarget, spec: ConnSpec, *, start_point: ReachedPoint | None = None,
                     log_bin: bool = False, progress: Progress | None = None, prefetch: int = FETCH_AHEAD,
                     fetch_workers: int = FETCH_WORKERS,
                     queue_bytes: int = 32 * MIB, chunk_bytes: int = CHUNK_BYTES,
-                    table_filter: EventFilter | None = None) -> ReplayResult:
+                    table_filter: EventFilter | None = None, count: int | None = None,
+                    raw_bytes: int | None = None) -> ReplayResult:
     """Apply segments from start (the base's binlog coordinates) up to the target's stop point
-    (table_filter: only the selected tables' row events, see filter.py)."""
+    (table_filter: only the selected tables' row events, see filter.py).
+
+    segments may be an iterator (RestorePlan.iter_segments: one binlog file's segments read at
+    a time); count and raw_bytes then say how many and how big, for the progress view. An
+    error raised by the iterator reaches the caller after every segment before it is applied."""
     report = progress or (lambda *a, **k: None)
     t0 = time.monotonic()
     reached = start_point or ReachedPoint(file=start[0], pos=start[1])
     result = ReplayResult(reached=reached)
-    if not segments:
-        result.stopped_by = "target"
-        return result
+    if isinstance(segments, Sequence):
+        count = len(segments) if count is None else count
+        raw_bytes = sum(s.object.raw_size for s in segments) if raw_bytes is None else raw_bytes
+        if not segments:
+            result.stopped_by = "target"
+            return result
     conn = open_replay_connection(spec, log_bin)
     units = ByteQueue(queue_bytes)
     lock = threading.Lock()
@@ -108,7 +116,7 @@ def replay_segments(store: ObjectStore, segments: Sequence[SegmentInfo], start: 
         report("applied", transactions=result.transactions, gtid=info.gtid, bytes=info.size)
 
     applier = Applier(conn, units, find_binlog_tool(), committed)
-    report("plan", segments=len(segments), bytes=sum(s.object.raw_size for s in segments))
+    report("plan", segments=count, bytes=raw_bytes)
     fetcher = Fetcher(store, segments, ahead=prefetch, workers=fetch_workers,
                       on_bytes=lambda n: report("fetched", bytes=n))
     parser = Parser(target, start, units.put, chunk_bytes,

@@ -19,6 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from backupkit.errors import PlanError
 from backupkit.repo import layout
 from backupkit.repo.catalog import BackupManifest, BinlogPoint, Catalog, GapInfo, SegmentInfo, SourceIdentity
 from backupkit.repo.codec import StoredObject
@@ -145,16 +146,21 @@ def _bases(h: History, picks: list[int]) -> list[BackupManifest]:
     return out
 
 
+def _drawn(h: History, picks: list[int], mark: int, seed: int):
+    """The listed segments in a random order, the bases, the watermark's point and the stretches
+    cut at those points."""
+    segs = random.Random(seed).sample(h.segments, len(h.segments))
+    bases = _bases(h, picks)
+    f, p, _ = h.points[mark % len(h.points)]
+    cuts = [(b.point.file, b.point.pos) for b in bases] + [(f, p)]
+    return segs, bases, (f, p), summarize(segs, cuts)
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(histories(), st.lists(st.integers(0, 10_000), min_size=1, max_size=4), st.integers(0, 10_000),
        st.integers(0, 2**31))
 def test_stretches_give_what_segments_give(h: History, picks: list[int], mark: int, seed: int) -> None:
-    rnd = random.Random(seed)
-    segs = rnd.sample(h.segments, len(h.segments))
-    bases = _bases(h, picks)
-    f, p, _ = h.points[mark % len(h.points)]
-    cuts = [(b.point.file, b.point.pos) for b in bases] + [(f, p)]
-    stretches = summarize(segs, cuts)
+    segs, bases, (f, p), stretches = _drawn(h, picks, mark, seed)
     assert sum(s.listed for s in stretches) == len(segs)
     assert sum(s.listed_bytes for s in stretches) == sum(s.object.size for s in segs)
     assert sum(s.count for s in stretches) == len(in_use(segs))
@@ -315,3 +321,83 @@ def test_summarizing_commands_never_read_every_segment(tmp_path, monkeypatch) ->
     assert report.get("binlog").recovery_point == T0 + 329
     view = read_repository(Catalog(cat.store), targets=False, now=T0 + 400)
     assert not view.error and view.sources[0].segments == 330
+
+
+# -- restore plans over stretches (restore/plan.py, restore/pitr.py make_plan) ---------------------
+def _plan_view(planner: Planner, target) -> tuple:
+    """What a plan restores (base, start, stop, every segment once expanded) or why it cannot."""
+    try:
+        p = planner.plan(target)
+    except PlanError as exc:
+        return ("error", exc.message)
+    return (p.base.id, p.start, p.stop_time, p.expected_end_time, p.segment_count,
+            [s.key for s in p.iter_segments()], p.segment_bytes, p.segment_raw_bytes,
+            round(p.estimated_seconds, 6), tuple(p.notes))
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(histories(), st.lists(st.integers(0, 10_000), min_size=1, max_size=4), st.integers(0, 10_000),
+       st.lists(st.tuples(st.integers(0, 10_000), st.sampled_from([-1.0, -0.5, 0.0, 0.5, 1.0])),
+                min_size=1, max_size=6),
+       st.integers(0, 2**31))
+def test_plans_over_stretches_are_the_plans_over_segments(h: History, picks: list[int], mark: int,
+                                                          times: list[tuple[int, float]], seed: int) -> None:
+    """Time (at, between and around commits: inside compacted segments, at rotations), latest and
+    position targets: the same base, start, stop and segments once the stretches are expanded
+    (from every listed segment of the file, as Catalog.file_segments gives them), with bases
+    inside segments, gaps and failover epochs."""
+    from backupkit.repo.stretches import members
+    from backupkit.restore.stoppoint import RestoreTarget
+
+    segs, bases, (f, p), stretches = _drawn(h, picks, mark, seed)
+    by_file: dict[str, list[SegmentInfo]] = {}
+    for s in segs:
+        by_file.setdefault(s.binlog_file, []).append(s)
+    expanded: list[str] = []
+
+    def expand(st_: Stretch):
+        expanded.append(st_.binlog_file)
+        return members(by_file[st_.binlog_file], st_)
+
+    class Mark:
+        point, confirmed_at, updated_at = (f, p), 3e6, 0.0
+
+    a = Planner(bases, {SRC: segs}, {SRC: h.gaps}, SRC, confirmed={SRC: Mark()})
+    b = Planner(bases, {SRC: stretches}, {SRC: h.gaps}, SRC, confirmed={SRC: Mark()}, expand=expand)
+    commits = sorted({s.last_commit_time for s in segs if s.last_commit_time} | {x[2] for x in h.points})
+    targets = [RestoreTarget("latest", accept_gap=True)]
+    targets += [RestoreTarget("time", time=commits[k % len(commits)] + d) for k, d in times]
+    targets += [RestoreTarget("position", file=h.points[k % len(h.points)][0],
+                              pos=h.points[k % len(h.points)][1]) for k, _ in times]
+    for target in targets:
+        expanded.clear()
+        try:
+            b.plan(target)
+        except PlanError:
+            pass
+        assert len(expanded) <= len(bases)  # planning reads where each base's replay stops, no more
+        assert _plan_view(a, target) == _plan_view(b, target), target.describe()
+
+
+def test_a_stretch_expands_to_the_segments_holding_its_events_after_a_compaction() -> None:
+    """A restore reads a stretch's segments when it reaches them: a compaction since the plan
+    gives the merged objects where they lie within it, the small ones (their grace period) where
+    a merged one reaches past its end, and a prune that left a hole gives None (refused)."""
+    from backupkit.repo.stretches import members
+
+    small = [_seg("binlog.000001", 4 + 10 * i, 14 + 10 * i, 100.0 + i, 1, "r", 1, i, 0.0) for i in range(8)]
+    a, b = summarize(small, [("binlog.000001", 44)])  # [4, 44) and [44, 84)
+    assert [s.key for s in members(small, a)] == [s.key for s in small[:4]]
+
+    def merged(i: int, j: int) -> SegmentInfo:
+        m = _seg("binlog.000001", small[i].start_pos, small[j].end_pos, 100.0, 1, "r", 1, j, 9.0)
+        m.merged = j - i + 1
+        return m
+
+    inner, across = merged(0, 2), merged(3, 5)  # the second reaches past a's end
+    now = small + [inner, across]
+    assert [(s.start_pos, s.end_pos) for s in members(now, a)] == [(4, 34), (34, 44)]
+    assert [(s.start_pos, s.end_pos) for s in members(now, b)] == [(44, 54), (54, 64), (64, 74), (74, 84)]
+    after_grace = [s for s in now if s not in small[:3] and s is not small[3]]
+    assert members(after_grace, a) is None  # [34, 44) is gone: nothing holds it
+    assert members([s for s in small if s is not small[5]], b) is None

@@ -212,7 +212,8 @@ def test_plan_is_printable_with_bytes_and_estimate():
     assert "snapshot A" in text and "2 segment(s)" in text and "estimate" in text
     assert p.fetch_bytes == 1000 + 996 + 1000
     d = p.to_dict()
-    assert d["base"]["id"] == "A" and len(d["segments"]) == 2 and d["estimated_seconds"] > 0
+    assert d["base"]["id"] == "A" and d["segment_count"] == 2 and d["estimated_seconds"] > 0
+    assert [(r["file"], r["segments"]) for r in d["segments"]] == [("binlog.000001", 2)]  # folded
 
 
 def _many(n: int) -> tuple[list[BackupManifest], list[SegmentInfo]]:

@@ -1,5 +1,7 @@
 """A restore plan reads the roll-ups of the files it can replay from only (restore/pitr.py
-replay_from), and plans again with every segment when that is not enough."""
+replay_from, for GTID targets), and plans again with every segment when that is not enough; a
+time, latest or position plan reads stretches (the source summary) and only the segments of the
+file where it stops."""
 
 from __future__ import annotations
 
@@ -32,11 +34,15 @@ def test_latest_reads_no_roll_up_before_the_newest_base(tmp_path):
     cat = build_repository(store, 45, per_file=10)  # files 1-4 finished, a base at file 5's start
     store.reset()
     plan = make_plan(cat, RestoreTarget("latest"))
-    assert plan.base.id.endswith("0002") and plan.segments[-1].key == synthetic_segment(44, 10).key
     rollups = store.counts["open"]
+    assert plan.base.id.endswith("0002")
+    assert list(plan.iter_segments())[-1].key == synthetic_segment(44, 10).key
     store.reset()
-    make_plan(cat, RestoreTarget("time", time=T0 + 20))  # from the first base: 4 roll-ups more
-    assert store.counts["open"] == rollups + 4
+    # from the first base over 4 finished files: their stretches from the summary, and only the
+    # file where the replay stops read (the head again and its roll-up: 2 GETs)
+    plan = make_plan(cat, RestoreTarget("time", time=T0 + 25))
+    assert store.counts["open"] == rollups + 2
+    assert [s.key for s in plan.iter_segments()] == [synthetic_segment(i, 10).key for i in range(27)]
 
 
 def test_a_plan_the_newest_base_cannot_make_is_made_from_every_segment(tmp_path):
@@ -46,4 +52,4 @@ def test_a_plan_the_newest_base_cannot_make_is_made_from_every_segment(tmp_path)
     cat.commit_backup(_base("20231115T000000Z-snapshot-0003", "snapshot", "binlog.000009", T0 + 25))
     plan = make_plan(cat, RestoreTarget("time", time=T0 + 30))
     assert plan.base.id == "20231114T221319Z-snapshot-0001"
-    assert plan.segments[0].key == synthetic_segment(0, 10).key
+    assert next(plan.iter_segments()).key == synthetic_segment(0, 10).key
