@@ -171,22 +171,22 @@ class LocalStore(ObjectStore):
             yield from self._walk_after(str(start), f"{base_rel}/" if base_rel else "", prefix, after)
 
     def _walk_after(self, path: str, rel: str, prefix: str, after: str) -> Iterator[ObjectInfo]:
-        try:
+        try:  # names only (a folder of a day's index entries: 86,400 DirEntry objects are 40 MiB)
             with os.scandir(path) as it:
-                entries = [(rel + e.name + ("/" if e.is_dir() else ""), e) for e in it
-                           if not e.name.startswith(".")]
+                keys = [rel + e.name + ("/" if e.is_dir() else "") for e in it
+                        if not e.name.startswith(".")]
         except FileNotFoundError:
             return
-        entries.sort(key=lambda x: x[0])  # a folder as "name/": exactly the order of the keys
-        for key, entry in entries:
+        keys.sort()  # a folder as "name/": exactly the order of the keys
+        for key in keys:
             if key.endswith("/"):
                 if (key < after and not after.startswith(key)) or \
                         not (key.startswith(prefix) or prefix.startswith(key)):
                     continue  # every key inside sorts before after, or lacks the prefix
-                yield from self._walk_after(entry.path, key, prefix, after)
+                yield from self._walk_after(os.path.join(path, key[len(rel):-1]), key, prefix, after)
             elif key > after and key.startswith(prefix):
                 try:
-                    st = entry.stat()
+                    st = os.stat(os.path.join(path, key[len(rel):]))
                 except FileNotFoundError:
                     continue
                 yield ObjectInfo(key, st.st_size, _etag(st), st.st_mtime)
