@@ -168,6 +168,9 @@ class SegmentInfo:
     #: a compacted segment (operations/compact.py): how many shipped segments it holds; 0 for one
     #: the shipper wrote. Readers prefer it over the small ones it covers (repo/coverage.py).
     merged: int = 0
+    #: a compacted segment's level (1-based, [binlog] compact_levels; 0: one pass without levels,
+    #: or an entry written before levels were recorded: compact.level_of infers it then)
+    level: int = 0
     format: int = layout.FORMAT_VERSION
 
     @property
@@ -331,6 +334,51 @@ def _parse_rollup(key: str, data: bytes) -> dict[str, Any]:
     except zstandard.ZstdError as exc:
         raise IntegrityError(f"roll-up {key!r} is not valid zstd", "the stored copy is damaged") from exc
     return decode_manifest(key, raw)
+
+
+def inner_hole(segs: Iterable[Any]) -> bool:
+    """True when, inside one binlog file, listed segments leave positions uncovered between two of
+    them. The shipper never leaves one (it resumes where the last committed segment ends); a
+    listing does when it passed a compacted entry's key before the merge was committed and
+    reached the small entries it replaces after they were deleted (operations/compact.py keeps
+    the last of them until the grace ends, so such a listing always shows a hole here)."""
+    end: dict[str, int] = {}
+    for s in sorted(segs, key=lambda s: (s.binlog_file, s.start_pos, -s.end_pos)):
+        if s.binlog_file in end and s.start_pos > end[s.binlog_file]:
+            return True
+        end[s.binlog_file] = max(end.get(s.binlog_file, 0), s.end_pos)
+    return False
+
+
+#: Reads of a listing with a hole inside a file (inner_hole) before it is taken as it is.
+SETTLE_READS = 3
+
+
+class _Moved(Exception):
+    """A listed index entry was gone when read: compaction (or prune) changed the entries."""
+
+
+def _settled(read: Callable[[bool], list[Any]]) -> list[Any]:
+    """read(strict), again (up to SETTLE_READS times) while a listed entry is gone when read
+    (strict: _Moved) or the result has a hole inside a file: a reader racing compaction then
+    sees the merged entry, never neither. A hole that stays is real (damage): the last read
+    returns it, and what was gone, for coverage to report."""
+    for _ in range(SETTLE_READS - 1):
+        try:
+            got = read(True)
+        except _Moved:
+            got = None
+        if got is not None and not inner_hole(got):
+            return got
+        log.info("index entries changed while they were read (compaction): reading again")
+    return read(False)
+
+
+def _present_only(bodies: list[dict[str, Any] | None], strict: bool) -> list[SegmentInfo]:
+    """The entries read, those gone since they were listed left out (strict: _Moved)."""
+    if strict and any(d is None for d in bodies):
+        raise _Moved
+    return [SegmentInfo.from_dict(d) for d in bodies if d is not None]
 
 
 class Catalog:
@@ -720,6 +768,13 @@ class Catalog:
 
     def _tail(self, source_id: str, after: str | None, present: dict[str, float],
               summaries: dict[str, list[Stretch]] | None = None) -> list[Any]:
+        """_tail_once, read again while what it read has a hole inside one binlog file (see
+        inner_hole): a listing made while compaction replaced small entries by a merged one."""
+        return _settled(lambda strict: self._tail_once(source_id, after, present, summaries, strict))
+
+    def _tail_once(self, source_id: str, after: str | None, present: dict[str, float],
+                   summaries: dict[str, list[Stretch]] | None = None, strict: bool = False
+                   ) -> list[Any]:
         """The entries after key after (all when None): from each listed entry where a chain of
         chunks starts, the chunks (GETs) and a new LIST from where the chain ends; the entries no
         chunk holds are read through a partial whole-file roll-up, else one by one. A chunk that
@@ -768,13 +823,14 @@ class Catalog:
             partial = [(k, m) for k, m in present.items() if layout.rollup_file_of(k) in files]
             known = self._rolled_up(partial, pending)
             segs += [known[k] for k in pending if k in known]
-            segs += [SegmentInfo.from_dict(d) for d in self._read_many(
-                [k for k in pending if k not in known], missing_ok=True) if d is not None]
+            segs += _present_only(self._read_many([k for k in pending if k not in known],
+                                                  missing_ok=True), strict)
         reaching = {c.key for c in used if any(
             s.binlog_file == c.binlog_file and s.start_pos < c.start < s.end_pos for s in segs)}
         if reaching:  # read those chunks after all (a LIST again; rare: compaction removes chunks)
-            return self._tail(source_id, start, present,
-                              {k: v for k, v in (summaries or {}).items() if k not in reaching})
+            return self._tail_once(source_id, start, present,
+                                   {k: v for k, v in (summaries or {}).items() if k not in reaching},
+                                   strict)
         return segs
 
     def read_chunk(self, c: Chunk) -> list[SegmentInfo]:
@@ -845,6 +901,10 @@ class Catalog:
         return [SegmentInfo.from_dict(d) for d in self._read_many(keys)]
 
     def _segments_listed(self, source_id: str) -> list[SegmentInfo]:
+        """_segments_listed_once, read again while it has a hole inside one file (inner_hole)."""
+        return _settled(lambda strict: self._segments_listed_once(source_id, strict))
+
+    def _segments_listed_once(self, source_id: str, strict: bool = False) -> list[SegmentInfo]:
         """Every committed segment, by listing every index entry of the source.
 
         The listed index entries decide which segments exist; roll-ups (one object per finished
@@ -863,8 +923,8 @@ class Catalog:
         keys = list(listed)
         known = self._rolled_up(rollups, listed)
         segs = [known[k] for k in keys if k in known]
-        segs += [SegmentInfo.from_dict(d) for d in self._read_many(
-            [k for k in keys if k not in known], missing_ok=True) if d is not None]
+        segs += _present_only(self._read_many([k for k in keys if k not in known], missing_ok=True),
+                              strict)
         return sorted(segs, key=lambda s: (s.binlog_file, s.start_pos, s.end_pos))
 
     def read_rollup(self, key: str) -> dict[str, Any]:
