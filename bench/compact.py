@@ -122,6 +122,7 @@ def run(quick: bool = False) -> list[dict]:
     out: list[dict] = []
     shipper = None
     t_all = time.perf_counter()
+    load0 = os.getloadavg()  # a shared machine: every number goes with its load
     with moto_bucket(env) as (moto, bucket):
         env["BACKUPKIT_S3_ENDPOINT"] = moto.endpoint
         os.environ.update(env)
@@ -263,6 +264,10 @@ def run(quick: bool = False) -> list[dict]:
             crss = max(m.peak_rss_mib for m, _ in [*steady_runs, (comp, None)])
             out.append(row(name, "binlog compact peak RSS", crss, "MiB", "< 200 MiB", None, crss < 200))
             out.append(row(name, "whole benchmark", time.perf_counter() - t_all, "s"))
+            load1 = os.getloadavg()
+            out.append(row(name, f"load average (1, 5, 15 min) at the start {load0[0]:.1f} "
+                                 f"{load0[1]:.1f} {load0[2]:.1f}, at the end {load1[0]:.1f} "
+                                 f"{load1[1]:.1f} {load1[2]:.1f}", load1[1], ""))
         finally:
             stop_all([shipper], made, work)
     return out

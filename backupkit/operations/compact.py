@@ -10,21 +10,35 @@ Nothing finer is needed for exact restores: the planner picks segments by these 
 replay stops inside a segment by reading its events (restore/replay/parse.py), so ``--to-time``,
 ``--to-gtid`` and ``--to-position`` inside a compacted stretch are as exact as before.
 
-One run (``compact_source``):
-1. Sweep: small segments covered by a compacted segment that was committed more than ``grace``
-   seconds ago are deleted, index entry first, then data (a crash between leaves only a data
-   object without an entry, removed by the next run); the file's roll-up is rewritten.
+One run (``compact_source``) lists the index of the files after the last rolled-up one, the
+roll-ups and the source's compaction records; never every key of the source:
+1. Settle and sweep: what a stopped run left is finished (a compacted entry committed without
+   its record gets one; a record whose early entries are still listed has them deleted). Each
+   record whose grace has ended loses its pieces: the last piece's entry (the open file's chunks
+   first), the file's roll-up rewritten, then the pieces' data, then the record. A record whose
+   compacted segment is gone (pruned) loses only itself.
 2. Merge: the source's segments as readers see them (repo/coverage.py ``build_runs``: the widest
    committed segment wins) are cut into groups: contiguous, one binlog file, one range, one
    ``window`` of commit time (aligned, default one hour), at most ``max_bytes``, every segment
    older than ``older_than`` and never the source's newest (the head and the shipper's resume
    point stay where they are). Each group of two or more is streamed into one object (data
    checked event by event: positions contiguous, CRC32 where the binlog has it), the stored
-   object is read back and verified, then its index entry is committed. The small segments stay.
+   object is read back and verified, then its index entry is committed, recording its level.
+3. Supersede: for each compacted segment a record (layout.compaction_record) names its pieces
+   (entries and data) and when they may go (its commit plus the grace of its level); then the
+   pieces' entries are deleted at once, all but the last; then each file's roll-up is rewritten
+   and the open file's chunks are removed. Readers list and decode two entries, not thousands.
 
-So a reader never sees neither (the small ones go only after the merged one is committed), a
-reader seeing both uses one (the widest), and a restore that planned with the small segments
-keeps reading them for ``grace`` seconds after they were superseded.
+So:
+- a reader never sees neither: the pieces' entries go only after the compacted entry is
+  committed. A listing that passed the compacted entry's key before its commit and reached the
+  pieces after their deletion either finds a listed entry gone when it reads it, or (entries
+  read from a roll-up) a hole before the last piece, which stays until the grace ends; the
+  catalog reads again then (catalog.inner_hole, tested with such a race);
+- a reader seeing both uses one (the widest);
+- a restore that planned with the pieces keeps reading them for ``grace`` seconds after they
+  were superseded: only their entries went, and prune's orphan sweep leaves data a record names;
+- crash-safe: every step is repeated or finished by the next run (tested at each step).
 """
 
 from __future__ import annotations
@@ -36,10 +50,10 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from backupkit.errors import IntegrityError, ObjectNotFound, StorageError
+from backupkit.errors import IntegrityError, StorageError
 from backupkit.mysql import binlog_events as be
 from backupkit.repo import layout
-from backupkit.repo.catalog import Catalog, SegmentInfo
+from backupkit.repo.catalog import Catalog, SegmentInfo, encode_manifest
 from backupkit.repo.codec import StoredObject, put_object, verify_object
 from backupkit.repo.coverage import build_runs, covered_by
 from backupkit.restore.replay.fetch import Fetcher
@@ -91,10 +105,13 @@ def check_levels(levels: Sequence[Level]) -> None:
 
 
 def level_of(seg: SegmentInfo, levels: Sequence[Level]) -> int:
-    """The level (1-based) a compacted segment belongs to: the lowest that merges it (_fits);
-    0 for a shipped segment."""
+    """The level (1-based) a compacted segment belongs to: the one recorded in its entry; for an
+    entry without one (written before levels were recorded, or by a pass without levels), the
+    lowest level that merges it (_fits); 0 for a shipped segment."""
     if not seg.merged:
         return 0
+    if 0 < seg.level <= len(levels):
+        return seg.level
     return next((i for i, lv in enumerate(levels, 1) if _fits(seg, lv.window)), len(levels))
 
 
@@ -213,8 +230,9 @@ def superseded(segments: Sequence[SegmentInfo], gaps: Sequence = (),
     return out
 
 
-def merged_info(group: Sequence[SegmentInfo], obj, now: float) -> SegmentInfo:
-    """The index entry of the compacted segment holding group (its object stored as obj)."""
+def merged_info(group: Sequence[SegmentInfo], obj, now: float, tier: int = 0) -> SegmentInfo:
+    """The index entry of the compacted segment holding group (its object stored as obj); tier:
+    the level that merged it (0: a pass without levels)."""
     first, last = group[0], group[-1]
     return SegmentInfo(
         source_id=first.source_id, binlog_file=first.binlog_file, start_pos=first.start_pos,
@@ -229,7 +247,8 @@ def merged_info(group: Sequence[SegmentInfo], obj, now: float) -> SegmentInfo:
         gtid_start=first.gtid_start,
         events=sum(s.events for s in group), transactions=sum(s.transactions for s in group),
         next_file=last.next_file, file_closed=last.file_closed, range_id=first.range_id,
-        server_id=first.server_id, created_at=now, merged=sum(max(1, s.merged) for s in group))
+        server_id=first.server_id, created_at=now, merged=sum(max(1, s.merged) for s in group),
+        level=tier)
 
 
 # -- merging (streams, bounded memory) ----------------------------------------------------------
@@ -310,9 +329,10 @@ def _merged_chunks(store, group: Sequence[SegmentInfo], parallel: int) -> Iterat
 
 
 def merge_group(catalog: Catalog, group: Sequence[SegmentInfo], *, level: int = 1,
-                parallel: int = 8, now: float | None = None) -> SegmentInfo:
+                parallel: int = 8, now: float | None = None, tier: int = 0) -> SegmentInfo:
     """Store one compacted segment for group, verify it, commit its index entry; returns it.
-    An entry an earlier run committed for the same stretch is kept (its data too)."""
+    An entry an earlier run committed for the same stretch is kept (its data too). level: zstd;
+    tier: the compaction level recorded in the entry."""
     first, last = group[0], group[-1]
     key = layout.segment_data(first.source_id, first.binlog_file, first.start_pos, last.end_pos)
     entry = layout.segment_index(first.source_id, first.binlog_file, first.start_pos, last.end_pos)
@@ -324,102 +344,176 @@ def merge_group(catalog: Catalog, group: Sequence[SegmentInfo], *, level: int = 
         raise IntegrityError(f"compacted segment {key!r} has {obj.raw_size} bytes, not the events "
                              f"[{first.start_pos}, {last.end_pos}) and one head")
     verify_object(catalog.store, obj)  # the stored copy, read back
-    info = merged_info(group, obj, now or time.time())
+    info = merged_info(group, obj, now or time.time(), tier)
     catalog.commit_segment(info)
     return info
 
 
 # -- one run -------------------------------------------------------------------------------------
+@dataclass
+class Record:
+    """A compaction record (layout.compaction_record): the pieces a compacted segment replaced,
+    whose data stays until ``due`` (its commit plus the grace of its level)."""
+
+    key: str
+    merged: str  # the compacted segment's index entry
+    binlog_file: str
+    start_pos: int
+    end_pos: int
+    due: float
+    pieces: list[tuple[str, str]]  # (index entry, data object) in binlog order
+
+    @property
+    def early(self) -> list[str]:
+        """The entries deleted at once: all but the last piece's (see the module doc)."""
+        return [e for e, _ in self.pieces[:-1]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": "compaction", "merged": self.merged, "binlog_file": self.binlog_file,
+                "start_pos": self.start_pos, "end_pos": self.end_pos, "due": self.due,
+                "pieces": [{"entry": e, "data": d} for e, d in self.pieces]}
+
+    @classmethod
+    def from_dict(cls, key: str, d: dict[str, Any]) -> Record:
+        return cls(key, str(d["merged"]), str(d["binlog_file"]), int(d["start_pos"]),
+                   int(d["end_pos"]), float(d["due"]),
+                   [(str(p["entry"]), str(p["data"])) for p in d["pieces"]])
+
+
+def record_for(info: SegmentInfo, group: Sequence[SegmentInfo], grace: float) -> Record:
+    """The record of the compacted segment info that replaced group."""
+    return Record(layout.compaction_record(info.source_id, info.binlog_file, info.start_pos,
+                                           info.end_pos),
+                  info.key, info.binlog_file, info.start_pos, info.end_pos,
+                  (info.created_at or time.time()) + grace,
+                  [(s.key, s.object.key) for s in sorted(group, key=lambda s: (s.start_pos, s.end_pos))])
+
+
+def records(catalog: Catalog, source_id: str) -> list[Record]:
+    """The source's compaction records (one LIST of a small prefix, one GET each). A record that
+    cannot be read is skipped with a warning: its pieces' data then stays (prune's orphans)."""
+    keys = [i.key for i in catalog.store.list(layout.compaction_prefix(source_id))
+            if layout.is_compaction_record(i.key)]
+    out = []
+    for key, body in zip(keys, catalog._read_many(keys, missing_ok=True), strict=True):
+        if body is None:
+            continue
+        try:
+            out.append(Record.from_dict(key, body))
+        except (KeyError, TypeError, ValueError) as exc:
+            log.warning("ignoring compaction record %s: %s", key, exc)
+    return out
+
+
 def compact_source(catalog: Catalog, source_id: str, *, older_than: float = DEFAULT_AFTER,
                    grace: float = DEFAULT_GRACE, window: float = DEFAULT_WINDOW,
                    max_bytes: int = DEFAULT_MAX_BYTES, levels: Sequence[Level] | None = None,
                    dry_run: bool = False, level: int = 1, parallel: int = 8,
                    now: float | None = None, report: Callable[[str], None] | None = None,
-                   after_commit: Callable[[SegmentInfo], None] | None = None) -> CompactResult:
-    """Sweep, then merge (see the module doc). levels: merge level by level, the highest first
-    (each merges whole windows; see Level), each superseded piece deleted after the grace of the
-    level that replaced it; without levels, one pass as older_than, window and grace say (every
-    segment older_than, partial windows too). level: the zstd level of merged objects.
-    after_commit: called after each compacted segment is committed (tests inject a crash there)."""
+                   after_commit: Callable[[SegmentInfo], None] | None = None,
+                   step: Callable[[str], None] | None = None) -> CompactResult:
+    """Settle and sweep, then merge (see the module doc). levels: merge level by level, the
+    highest first (each merges whole windows; see Level), each superseded piece's data deleted
+    after the grace of the level that replaced it; without levels, one pass as older_than,
+    window and grace say (every segment older_than, partial windows too). level: the zstd level
+    of merged objects. after_commit: called after each compacted segment is committed, step
+    with the name of each later step ("recorded", "entries deleted", "published"; tests inject
+    crashes there). Lists the index of the files still open, the roll-ups and the records; never
+    every key of the source."""
     t0 = time.monotonic()
     stamp = now  # a merged entry's created_at: its commit's moment, unless a test sets the clock
     now = time.time() if now is None else now
     say = report or (lambda _m: None)
+    at = step or (lambda _s: None)
     res = CompactResult(source_id, dry_run=dry_run)
     if levels:
         check_levels(levels)
-        passes = [(lv.window, lv.after, True) for lv in reversed(levels)]
+        passes = [(lv.window, lv.after, len(levels) - i) for i, lv in enumerate(reversed(levels))]
 
         def grace_of(wide: SegmentInfo) -> float:
             return levels[level_of(wide, levels) - 1].grace
     else:
-        passes = [(window, older_than, False)]
+        passes = [(window, older_than, 0)]
 
         def grace_of(wide: SegmentInfo) -> float:
             return grace
-    segs, listed_keys = _segments(catalog, source_id)
+    segs = catalog.segments(source_id)
     gaps = catalog.gaps(source_id)
+    recs = records(catalog, source_id)
     res.segments_before = len(segs)
-    gone = _sweep(catalog, source_id, segs, listed_keys, gaps, grace_of, now, dry_run, res, say)
-    live = [s for s in segs if s.key not in gone]
-    # 2. the merges, level by level: a higher level's objects are whole to the levels below
-    made: list[SegmentInfo] = []
-    for win, after, whole in passes:
+    segs = _settle(catalog, source_id, segs, gaps, recs, grace_of, now, dry_run, res, say)
+    # the merges, level by level: a higher level's objects are whole to the levels below
+    live = list(segs)
+    made: list[tuple[SegmentInfo, list[SegmentInfo]]] = []
+    for win, after, tier in passes:
         groups = plan_merges(live, gaps, now=now, older_than=after, window=win,
-                             max_bytes=max_bytes, whole=whole)
+                             max_bytes=max_bytes, whole=bool(tier))
         for group in groups:
             first, last = group[0], group[-1]
             row = {"file": first.binlog_file, "start_pos": first.start_pos, "end_pos": last.end_pos,
                    "segments": sum(max(1, s.merged) for s in group), "pieces": len(group),
-                   "window": win, "raw_bytes": sum(s.object.raw_size for s in group),
+                   "window": win, "level": tier, "raw_bytes": sum(s.object.raw_size for s in group),
                    "key": layout.segment_index(source_id, first.binlog_file, first.start_pos,
                                                last.end_pos)}
             if dry_run:  # what the next pass would see
                 raw = sum(s.object.raw_size for s in group) - \
                     sum(s.object.raw_size - (s.end_pos - s.start_pos) for s in group[1:])
-                info = merged_info(group, StoredObject(row["key"], 0, "", raw), now)
+                info = merged_info(group, StoredObject(row["key"], 0, "", raw), now, tier)
             else:
-                info = merge_group(catalog, group, level=level, parallel=parallel, now=stamp)
+                info = merge_group(catalog, group, level=level, parallel=parallel, now=stamp,
+                                   tier=tier)
                 row["stored_bytes"] = info.object.size
                 say(f"compacted {len(group)} segments of {first.binlog_file} "
                     f"[{first.start_pos}, {last.end_pos}) ({win:g}s window)")
                 if after_commit is not None:
-                    _publish(catalog, source_id, [info], segs + made, listed_keys)
                     after_commit(info)
-            made.append(info)
+            made.append((info, list(group)))
             res.merged.append(row)
-        have = {s.key for s in live}
-        live = live + [m for m in made if m.key not in have]
+        gone = {s.key for _, g in made for s in g}
+        live = [s for s in live if s.key not in gone] + \
+            [m for m, _ in made if m.key not in {s.key for s in live}]
     if made and not dry_run:
-        _publish(catalog, source_id, made, segs + made, listed_keys)
-    if made and not dry_run and any(grace_of(m) <= 0 for m in made):
-        # no grace: the small ones go in this run (by the clock now: the merged entries were
+        new = [record_for(info, group, grace_of(info)) for info, group in made]
+        _supersede(catalog, source_id, new, at)
+        # no grace: the pieces go in this run (by the clock now: the merged entries were
         # committed after the run began)
-        segs, listed_keys = _segments(catalog, source_id)
         later = now if stamp is not None else max(now, time.time())
-        gone = _sweep(catalog, source_id, segs, listed_keys, gaps, grace_of, later, dry_run, res, say)
-        live = [s for s in segs if s.key not in gone]
-    used = [s for r in build_runs(live, gaps) for s in r.segments]
-    res.segments_after = len(used)
+        live = _sweep(catalog, source_id, live, [r for r in new if r.due <= later], dry_run, res, say)
+        res.waiting += sum(len(r.pieces) for r in new if r.due > later)
+    res.segments_after = len([s for r in build_runs(live, gaps) for s in r.segments])
     res.seconds = time.monotonic() - t0
     return res
 
 
-def _publish(catalog: Catalog, source_id: str, made: Sequence[SegmentInfo],
-             known: Sequence[SegmentInfo], listed: set[str]) -> None:
-    """Make readers see the compacted entries of each file at once: its roll-up is rewritten
-    with them (also for the file still open: readers use it for the entries they list), then the
-    open file's chunks are removed (a chunk names the small entries of its interval, and a
-    reader that follows the chunks never lists the compacted entry that starts inside them)."""
-    files = sorted({m.binlog_file for m in made})
-    have = {s.key: s for s in known}
-    for f in files:
-        chunks = [k for k in listed if (c := layout.rollup_chunk_of(k)) is not None and c[0] == f]
-        rollup = layout.segment_rollup(source_id, f)
-        if rollup not in listed and not chunks:
+def _supersede(catalog: Catalog, source_id: str, new: Sequence[Record],
+               at: Callable[[str], None]) -> None:
+    """After the compacted entries are committed: their records, then the pieces' entries but
+    the last of each (readers stop listing them; a listing that missed the compacted entry still
+    shows that last one, so a hole, and reads again: catalog.inner_hole), then the files'
+    roll-ups rewritten and the open file's chunks removed (they name the pieces). The pieces'
+    data stays for the grace period: a restore that planned with them keeps reading them."""
+    for rec in new:
+        catalog.store.put(rec.key, encode_manifest(rec.to_dict()))
+    at("recorded")
+    catalog.store.delete([e for rec in new for e in rec.early])
+    at("entries deleted")
+    _publish(catalog, source_id, {rec.binlog_file for rec in new})
+    at("published")
+
+
+def _publish(catalog: Catalog, source_id: str, files: set[str]) -> None:
+    """Make readers see each file's entries as they now are: its roll-up is rewritten from its
+    listed entries (also for the file still open: readers use it for the entries they list),
+    then the open file's chunks are removed (a chunk names the entries of its interval as they
+    were, and a reader that follows the chunks never lists the compacted entry that starts
+    inside them)."""
+    rolled = {i.key for i in catalog.store.list(layout.rollup_prefix(source_id))}
+    for f in sorted(files):
+        chunks = [k for k in rolled if (c := layout.rollup_chunk_of(k)) is not None and c[0] == f]
+        if layout.segment_rollup(source_id, f) not in rolled and not chunks:
             continue
         try:
-            _roll_up_listed(catalog, source_id, f, have)
+            _roll_up_listed(catalog, source_id, f)
         except StorageError as exc:
             log.warning("roll-up of %s not rewritten after compaction: %s", f, exc.message)
             continue
@@ -432,121 +526,81 @@ def _index_keys(catalog: Catalog, source_id: str, binlog_file: str) -> set[str]:
             if layout.is_segment_index(i.key)}
 
 
-def _roll_up_listed(catalog: Catalog, source_id: str, binlog_file: str,
-                    have: dict[str, SegmentInfo], tries: int = 4) -> None:
+def _roll_up_listed(catalog: Catalog, source_id: str, binlog_file: str, tries: int = 4) -> None:
     """Write the roll-up of a file from its listed entries, then list again: the shipper may
     have finished the file meanwhile (its last entry, then its own roll-up, which this one must
     not replace with fewer entries). Written again until a listing after the write holds nothing
-    it lacks; after `tries` writes (a busy open file) it is removed: readers list the file."""
+    it lacks; after `tries` writes (a busy open file) it is removed: readers list the file.
+    A file with no entry left loses its roll-up."""
     for _ in range(tries):
         keys = _index_keys(catalog, source_id, binlog_file)
-        catalog.roll_up_file(source_id, binlog_file, known=have, keys=keys, finished=True)
+        if catalog.roll_up_file(source_id, binlog_file, keys=keys, finished=True) is None:
+            break
         if _index_keys(catalog, source_id, binlog_file) <= keys:
             return
     catalog.store.delete([layout.segment_rollup(source_id, binlog_file)])
 
 
-def _segments(catalog: Catalog, source_id: str) -> tuple[list[SegmentInfo], set[str]]:
-    """The source's segments as readers see them, plus every compacted entry that is listed but
-    not among them (a roll-up or chunk that names only the small ones, written before the
-    merge, or a run that stopped before rewriting the roll-up), and every key of the source."""
-    segs = catalog.segments(source_id)
-    listed = {i.key for i in catalog.store.list(layout.binlog_prefix(source_id))}
-    have = {s.key for s in segs}
-    by_file: dict[str, list[tuple[int, int]]] = {}
-    for s in segs:
-        by_file.setdefault(s.binlog_file, []).append((s.start_pos, s.end_pos))
-    wider = []
-    for key in listed - have:
-        pos = layout.segment_of(key)
-        if pos is None:
-            continue
-        f, start, end = pos
-        if end > start and sum(1 for a, b in by_file.get(f, ()) if start <= a and b <= end
-                               and (a, b) != (start, end)) >= 2:
-            wider.append(key)  # it covers two or more segments readers know: a compacted one
-    for key in sorted(wider):
-        try:
-            seg = SegmentInfo.from_dict(catalog.read_manifest(key))
-        except (ObjectNotFound, IntegrityError, KeyError, TypeError, ValueError) as exc:
-            log.warning("ignoring index entry %s: %s", key, exc)
-            continue
-        if seg.merged and seg.source_id == source_id:
-            segs.append(seg)
-    return sorted(segs, key=lambda s: (s.binlog_file, s.start_pos, s.end_pos)), listed
+def _settle(catalog: Catalog, source_id: str, segs: list[SegmentInfo], gaps: Sequence,
+            recs: list[Record], grace_of: Callable[[SegmentInfo], float], now: float,
+            dry_run: bool, res: CompactResult, say: Callable[[str], None]) -> list[SegmentInfo]:
+    """Finish what a stopped run left, then sweep the records that are due; returns the segments
+    readers see afterwards.
+    - A compacted segment committed without its record (a run stopped right after the commit):
+      its record is written now, with the visible segments it covers as its pieces.
+    - A record whose early entries are still listed (stopped before deleting them): deleted now.
+    - A compacted entry readers do not see yet (a roll-up or chunks written before it) is not
+      looked for: the merge is planned again, finds the committed entry and goes on from there."""
+    named = {e for r in recs for e, _ in r.pieces}
+    recorded = {r.merged for r in recs}
+    new: dict[str, tuple[SegmentInfo, list[SegmentInfo]]] = {}
+    for small, wide in superseded(segs, gaps):
+        if small.key not in named and wide.key not in recorded:
+            new.setdefault(wide.key, (wide, []))[1].append(small)
+    fresh = [record_for(w, g, grace_of(w)) for w, g in new.values()]
+    visible = {s.key for s in segs}
+    stale = [r for r in recs if any(e in visible for e in r.early)]
+    if (fresh or stale) and not dry_run:
+        _supersede(catalog, source_id, fresh + stale, lambda _s: None)
+        say(f"finished {len(fresh) + len(stale)} compaction(s) a stopped run left")
+        segs = catalog.segments(source_id)  # the roll-ups now name the compacted entries
+    recs = recs + fresh
+    due = [r for r in recs if r.due <= now]
+    res.waiting += sum(len(r.pieces) for r in recs if r.due > now)
+    return _sweep(catalog, source_id, segs, due, dry_run, res, say)
 
 
-def _sweep(catalog: Catalog, source_id: str, segs: Sequence[SegmentInfo], listed: set[str],
-           gaps: Sequence, grace_of: Callable[[SegmentInfo], float], now: float, dry_run: bool,
-           res: CompactResult, say: Callable[[str], None]) -> set[str]:
-    """Delete the segments superseded more than grace ago, and whatever a stopped run left of
-    them (an entry or a data object lying inside such a compacted segment; listed: every key of
-    the source); returns the index keys deleted. Order: the file's roll-up is rewritten without
-    them first (a reader of the roll-up must not plan with what goes next), then the entries
-    go, then the data."""
-    pairs = superseded(segs, gaps, grace_of)
-    due = [(s, w) for s, w in pairs if w.created_at and now - w.created_at >= grace_of(w)]
-    res.waiting = len(pairs) - len(due)
-    keep = {s.key for s in segs} - {s.key for s, _ in due}
-    left = _leftovers(listed, segs, keep, grace_of, now)
-    entries = sorted({s.key for s, _ in due} | {k for k in left if layout.segment_of(k)})
-    data = sorted({s.object.key for s, _ in due} | {k for k in left if not layout.segment_of(k)})
-    if not dry_run and (entries or data):
-        files = {s.binlog_file for s, _ in due} | {pos[0] for k in entries
-                                                    if (pos := layout.segment_of(k))}
-        _refresh_rollups(catalog, source_id, files, listed, set(entries))
-        catalog.forget_chunks(source_id, files)  # an open file's chunks name them too (rollups.py)
-        catalog.store.delete(entries)  # then the entries: listings stop showing them
+def _sweep(catalog: Catalog, source_id: str, segs: list[SegmentInfo], due: Sequence[Record],
+           dry_run: bool, res: CompactResult, say: Callable[[str], None]) -> list[SegmentInfo]:
+    """Delete the pieces of the records that are due, and the records: the entries left (the
+    last piece's; the open file's chunks first), each file's roll-up rewritten without them (a
+    roll-up read meanwhile names the compacted entry beside them, and readers use that one),
+    then the data, then the record. A record whose compacted segment is gone (pruned) loses
+    only itself: its pieces' data is left to prune (orphans). Returns the segments readers see
+    afterwards."""
+    if not due:
+        return segs
+    merged = [s for s in segs if s.merged]
+    # its compacted segment (or a wider one) still there: seen, else its entry asked for (a
+    # roll-up written before it may not name it yet)
+    ok = [r for r in due if any(w.binlog_file == r.binlog_file and w.start_pos <= r.start_pos
+                                and r.end_pos <= w.end_pos for w in merged)
+          or catalog.store.stat(r.merged) is not None]
+    entries = sorted({e for r in ok for e, _ in r.pieces})
+    data = sorted({d for r in ok for _, d in r.pieces})
+    drop = {r.key for r in due}
+    if not dry_run:
+        files = {r.binlog_file for r in ok}  # the roll-ups name the last pieces
+        catalog.forget_chunks(source_id, files)  # an open file's chunks name them too
+        catalog.store.delete(entries)
+        _publish(catalog, source_id, files)
         catalog.store.delete(data)
-        say(f"deleted {len(due)} superseded segment(s) of {source_id}"
-            + (f" and {len(left)} object(s) a stopped run left" if left else ""))
+        catalog.store.delete(sorted(drop))
+        say(f"deleted the {len(data)} piece(s) of {len(ok)} compacted segment(s) of {source_id} "
+            "after their grace period")
     res.deleted += entries + data
-    return set(entries)
-
-
-def _leftovers(listed: set[str], segs: Sequence[SegmentInfo], keep: set[str],
-               grace_of: Callable[[SegmentInfo], float], now: float) -> list[str]:
-    """Listed segment keys (entries and data) that no reader uses and that lie inside a
-    compacted segment committed more than grace ago: left by a run that stopped while deleting."""
-    wide = [s for s in segs if s.merged and s.created_at and now - s.created_at >= grace_of(s)]
-    if not wide:
-        return []
-    data_of = {s.key: s.object.key for s in segs}
-    keep_data = {data_of[k] for k in keep if k in data_of}
-    out = []
-    for key in listed:
-        if key in keep or key in keep_data:
-            continue
-        pos = layout.segment_of(key)
-        if pos is None:
-            marker = layout.commit_marker_of(key)
-            pos = layout.segment_of(marker) if marker and layout.is_binlog_key(key) else None
-        if pos is None:
-            continue
-        f, start, end = pos
-        if any(w.binlog_file == f and w.start_pos <= start and end <= w.end_pos
-               and (w.start_pos, w.end_pos) != (start, end) for w in wide):
-            out.append(key)
-    return sorted(out)
-
-
-def _refresh_rollups(catalog: Catalog, source_id: str, files: set[str], listed: set[str],
-                     dropping: set[str] = frozenset()) -> None:  # type: ignore[assignment]
-    """Rewrite the roll-up of each file whose segments change, from its listed entries less
-    those being dropped (one entry is enough: a compacted finished file may have one left), or
-    delete it when none is left. A roll-up the head names is authoritative for its file, and it
-    is replaced in one PUT, so a reader sees the old set of entries or the new one."""
-    for f in sorted(files):
-        key = layout.segment_rollup(source_id, f)
-        if key not in listed:
-            continue
-        keys = [k for k in listed if (pos := layout.segment_of(k)) and pos[0] == f
-                and k not in dropping]
-        try:
-            if catalog.roll_up_file(source_id, f, keys=keys, finished=True) is None:
-                catalog.store.delete([key])
-        except StorageError as exc:
-            log.warning("roll-up of %s not rewritten after compaction: %s", f, exc.message)
+    gone = set(entries)
+    return [s for s in segs if s.key not in gone]
 
 
 def compact_repository(catalog: Catalog, source_ids: Sequence[str] | None = None,

@@ -266,6 +266,27 @@ def legacy_segment_of(key: str) -> tuple[str, str, int, int, str] | None:
     return None
 
 
+COMPACTED_DIR = "compacted"
+
+
+def compaction_record(source_id: str, binlog_file: str, start: int, end: int) -> str:
+    """What a compacted segment [start, end) of binlog_file replaced, and when that may go
+    (operations/compact.py): written after its index entry, removed once the pieces' data is
+    deleted at the end of the grace period. Not a commit marker: it only says what to delete."""
+    return f"{BINLOG}{enc(source_id)}/{COMPACTED_DIR}/{enc(binlog_file)}/{start:012d}-{end:012d}.json"
+
+
+def compaction_prefix(source_id: str) -> str:
+    """Every compaction record of a source (a few per level and grace period)."""
+    return f"{BINLOG}{enc(source_id)}/{COMPACTED_DIR}/"
+
+
+def is_compaction_record(key: str) -> bool:
+    parts = key.split("/")
+    return len(parts) == 5 and parts[0] + "/" == BINLOG and parts[2] == COMPACTED_DIR \
+        and parts[4].endswith(".json")
+
+
 def gap_record(source_id: str, binlog_file: str, pos: int) -> str:
     """A recorded gap in the shipped binlog, named after where the gap begins."""
     return f"{BINLOG}{enc(source_id)}/gaps/{enc(binlog_file)}-{pos:012d}.json"

@@ -8,10 +8,12 @@ split into the steps prune orders for crash safety (uncommit first, data after).
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from typing import Any, BinaryIO
 
+from backupkit.errors import IntegrityError, ObjectNotFound, StorageError
 from backupkit.repo import layout
 from backupkit.repo.catalog import BackupManifest, Catalog, GapInfo, SegmentInfo, new_backup_id
 from backupkit.repo.codec import DEFAULT_LEVEL, READ_SIZE, StoredObject, iter_object, put_object
@@ -22,6 +24,8 @@ from backupkit.repo.targets import RepositorySpec, open_repository
 from backupkit.repo.watermark import read_status
 from backupkit.storage.base import ObjectInfo, ObjectStore
 from backupkit.storage.crypto import KeyEncryptionKey
+
+log = logging.getLogger(__name__)
 
 
 class Repository:
@@ -198,25 +202,50 @@ class Repository:
         info = self.store.stat(key)
         return info.size if info else 0
 
+    def _compacted_pieces(self, keys: list[str]) -> tuple[set[str], set[str]]:
+        """The data objects compaction records name (their pieces' data, kept for the grace), and
+        the binlog folders of records that cannot be read (nothing of theirs is an orphan while
+        in doubt)."""
+        named: set[str] = set()
+        doubt: set[str] = set()
+        for key in keys:
+            try:
+                named |= {str(p["data"]) for p in self.catalog.read_manifest(key)["pieces"]}
+            except ObjectNotFound:
+                continue  # swept meanwhile
+            except (StorageError, IntegrityError, KeyError, TypeError) as exc:
+                log.warning("compaction record %s cannot be read (%s): no orphan of its source "
+                            "is removed", key, exc)
+                doubt.add(key.split(layout.COMPACTED_DIR + "/")[0])
+        return named, doubt
+
     def orphans(self, older_than: float, removing_backups: Iterable[str] = (),
                 removing_segments: Iterable[str] = ()) -> list[str]:
         """Data objects whose manifest or index entry does not exist, last written before older_than.
 
-        Objects of backups and segments named in removing_* are left out (deleted as their data)."""
+        Objects of backups and segments named in removing_* are left out (deleted as their data),
+        and so is the data of small segments a compacted one replaced: their entries go at once,
+        their data only after the grace period (a compaction record names it; compaction deletes
+        it)."""
         removing_backups, removing_segments = set(removing_backups), set(removing_segments)
         present = set()
         candidates: dict[str, list[tuple[str, float]]] = defaultdict(list)
+        records: list[str] = []
         for prefix in (layout.BACKUPS, layout.BINLOG):
             for info in self.store.list(prefix):
                 if layout.is_commit_marker(info.key):
                     present.add(info.key)
                     continue
+                if layout.is_compaction_record(info.key):
+                    records.append(info.key)
+                    continue
                 marker = layout.commit_marker_of(info.key)
                 if marker is not None:
                     candidates[marker].append((info.key, info.mtime))
+        waiting, doubt = self._compacted_pieces(records)
         out: list[str] = []
         for marker, objs in candidates.items():
-            if marker in present:
+            if marker in present or any(k in waiting or k.startswith(tuple(doubt)) for k, _ in objs):
                 continue
             bid = layout.backup_id_of(marker)
             if bid is not None and bid in removing_backups:

@@ -92,8 +92,10 @@ def test_merged_segment_holds_every_event_byte_and_the_aggregated_index_fields(t
     import io
     evs = list(be.iter_events(io.BytesIO(data), verify_checksums=True))
     assert len(evs) == 1 + 29 * 3
-    # the small ones are all still there, unused, inside their grace period
-    assert res.waiting == 0 and len(segs) == 31
+    # the small ones' entries are gone but the last (readers list two entries, not 30); their
+    # data stays, inside the grace period, for a restore that planned with them
+    assert res.waiting == 29 and len(segs) == 3 and segs[1].key == r.segments[28].key
+    assert all(read_object(r.store, s.object) for s in r.segments)
     again = cp.compact_source(r.catalog, SRC, older_than=60, grace=3600, now=T0 + 3601)
     assert again.merged == [] and again.deleted == [] and again.waiting == 29
 
@@ -102,9 +104,9 @@ def test_small_segments_go_only_after_the_grace_then_the_rollup_is_rewritten(tmp
     r = Repo(tmp_path, 20)
     r.catalog.roll_up_file(SRC, FILE)
     cp.compact_source(r.catalog, SRC, older_than=0, grace=600, now=T0 + 100)
-    # the roll-up names the compacted entry at once, beside the small ones it covers
+    # the roll-up names the compacted entry at once, the last small one it covers and the newest
     body = r.catalog.read_rollup(layout.segment_rollup(SRC, FILE))
-    assert sorted(d.get("merged", 0) for d in body["segments"]) == [0] * 20 + [19]
+    assert sorted(d.get("merged", 0) for d in body["segments"]) == [0, 0, 19]
     before = {i.key for i in r.store.list(layout.BINLOG)}
     # inside the grace: a reader that planned with the small segments still reads them
     early = cp.compact_source(r.catalog, SRC, older_than=0, grace=600, now=T0 + 100 + 599)
@@ -114,42 +116,96 @@ def test_small_segments_go_only_after_the_grace_then_the_rollup_is_rewritten(tmp
     late = cp.compact_source(r.catalog, SRC, older_than=0, grace=600, now=T0 + 100 + 600)
     assert late.waiting == 0 and len(late.deleted) == 2 * 19
     after = {i.key for i in r.store.list(layout.BINLOG)}
-    assert len(before) - len(after) == 2 * 19
+    # the last small entry, the 19 data objects and the record
+    assert before - after == {r.segments[18].key, *(s.object.key for s in r.segments[:19]),
+                              layout.compaction_record(SRC, FILE, 4, r.segments[18].end_pos)}
     segs = r.catalog.segments(SRC)
     assert len(segs) == 2
     body = r.catalog.read_rollup(layout.segment_rollup(SRC, FILE))
     assert sorted(d["end_pos"] for d in body["segments"]) == sorted(s.end_pos for s in segs)
 
 
-def test_a_run_stopped_between_commit_and_delete_leaves_a_readable_repository_and_a_rerun_finishes(
-        tmp_path):
+class Crash(Exception):
+    pass
+
+
+def _events_whole(r: Repo, segs) -> bool:
+    runs = build_runs(segs)
+    return len(runs) == 1 and runs[0].end == (FILE, r.end) and b"".join(
+        read_object(r.store, s.object)[4 + (len(r.fde) if s.start_pos != 4 else 0):]
+        for s in runs[0].segments) == r.events
+
+
+@pytest.mark.parametrize("where", ["committed", "recorded", "entries deleted", "published"])
+def test_a_run_stopped_at_any_step_leaves_a_readable_repository_and_a_rerun_finishes(tmp_path, where):
+    """Killed after the commit, after the record, after the early deletes or after the roll-up
+    rewrite: readers see one whole run (the merged segment or the small ones), every byte
+    readable; the next run finishes, and after the grace nothing superseded is left."""
     r = Repo(tmp_path, 12)
+    r.catalog.roll_up_file(SRC, FILE)  # a roll-up written before the merge names the small ones
 
-    class Crash(Exception):
-        pass
-
-    def crash(_info):
+    def crash(*_a):
         raise Crash
 
+    hook = {"after_commit": crash} if where == "committed" else \
+        {"step": lambda s: crash() if s == where else None}
     with pytest.raises(Crash):
-        cp.compact_source(r.catalog, SRC, older_than=0, grace=0, now=T0 + 100, after_commit=crash)
+        cp.compact_source(r.catalog, SRC, older_than=0, grace=600, now=T0 + 100, **hook)
+    assert _events_whole(r, r.catalog.segments(SRC))
+    res = cp.compact_source(r.catalog, SRC, older_than=0, grace=600, now=T0 + 200)
+    assert res.merged == [] and res.waiting == 11
     segs = r.catalog.segments(SRC)
-    assert len(segs) == 13  # both the merged one and every small one
-    runs = build_runs(segs)
-    assert len(runs) == 1 and runs[0].end == (FILE, r.end)
-    assert b"".join(read_object(r.store, s.object)[4 + (len(r.fde) if s.start_pos != 4 else 0):]
-                    for s in runs[0].segments) == r.events
-    # the small ones are removed a piece at a time: the reader always sees one whole run
-    smalls = [s for s in segs if not s.merged][:-1]
-    r.store.delete([smalls[3].key])  # an entry deleted, its data not yet: a crash mid-sweep
-    runs = build_runs(r.catalog.segments(SRC))
-    assert len(runs) == 1 and runs[0].end == (FILE, r.end)
-    res = cp.compact_source(r.catalog, SRC, older_than=0, grace=0, now=T0 + 100)
-    assert smalls[3].object.key in res.deleted  # the orphan data object, too
+    assert [s.merged for s in segs] == [11, 0, 0] and _events_whole(r, segs)
+    assert all(read_object(r.store, s.object) for s in r.segments)  # inside the grace
+    res = cp.compact_source(r.catalog, SRC, older_than=0, grace=600, now=T0 + 100 + 600)
+    assert res.waiting == 0
     keys = {i.key for i in r.store.list(layout.BINLOG)}
-    assert not any(s.object.key in keys or s.key in keys for s in smalls)
-    runs = build_runs(r.catalog.segments(SRC))
-    assert len(runs) == 1 and [s.merged for s in runs[0].segments] == [11, 0]
+    assert not any(s.object.key in keys or s.key in keys for s in r.segments[:11])
+    assert not any(layout.is_compaction_record(k) for k in keys)
+    segs = r.catalog.segments(SRC)
+    assert [s.merged for s in segs] == [11, 0] and _events_whole(r, segs)
+
+
+@pytest.mark.parametrize("cached", [False, True])
+def test_a_listing_that_races_the_merge_is_read_again_never_neither(tmp_path, cached):
+    """A reader's listing passes the compacted entry's key before it is committed (a LIST page),
+    and reaches the small entries after they are deleted (the next page): it reads again and
+    sees the compacted segment, never a hole. Found by a listed entry gone when read, or (cached:
+    the entries read from the file's roll-up) by the hole before the last small entry, which
+    compaction keeps until the grace ends."""
+    from tests.support.scale import CountingStore
+
+    r = Repo(tmp_path, 12)
+    if cached:
+        r.catalog.roll_up_file(SRC, FILE)
+    inner = r.store
+    state = {"armed": True}
+
+    class Racing(CountingStore):
+        def list(self, prefix: str = ""):
+            return self._race(prefix, self.inner.list(prefix))
+
+        def list_after(self, prefix: str, after: str):
+            return self._race(prefix, self.inner.list_after(prefix, after))
+
+        def _race(self, prefix, listing):
+            if not (state["armed"] and prefix == layout.index_prefix(SRC)):
+                yield from listing
+                return
+            state["armed"] = False
+            last = ""
+            for n, info in enumerate(listing):
+                if n == 2:  # the first page ends here; compaction runs before the next
+                    cp.compact_source(Catalog(inner), SRC, older_than=0, grace=600, now=T0 + 100)
+                    break
+                last = info.key
+                yield info
+            yield from self.inner.list_after(prefix, last)
+
+    reader = Catalog(Racing(inner))
+    segs = reader.segments(SRC)
+    assert not state["armed"]  # the race happened
+    assert [s.merged for s in segs] == [11, 0, 0] and _events_whole(r, segs)
 
 
 def test_a_damaged_small_segment_stops_the_merge_and_commits_nothing(tmp_path):
@@ -209,25 +265,34 @@ def test_event_readers_see_a_compacted_stretch_once_while_its_small_segments_rem
     r = Repo(tmp_path, 10)
     cp.compact_source(r.catalog, SRC, older_than=0, grace=3600, now=T0 + 100)
     segs = r.catalog.segments(SRC)
-    assert len(segs) == 11
+    assert len(segs) == 3  # the merged one, the last small one it covers, the newest
     used = in_use(segs)
     assert [(s.start_pos, s.end_pos, s.merged) for s in used] == [
         (4, r.segments[8].end_pos, 9), (r.segments[9].start_pos, r.end, 0)]
 
 
-def test_a_compacted_entry_the_readers_cache_does_not_name_yet_is_found_by_listing(tmp_path,
-                                                                                   monkeypatch):
-    """A roll-up (or open-file chunk) written before the merge names only the small segments:
-    the sweep still finds the compacted entry by listing, so the small ones go after the grace."""
+def test_a_compacted_entry_the_readers_cache_does_not_name_yet_is_asked_for_by_the_sweep(
+        tmp_path, monkeypatch):
+    """When the pieces are due and the segments read do not hold the compacted entry (a roll-up
+    written before it), the sweep asks for the entry itself: the pieces go after the grace; a
+    record whose compacted entry is gone (pruned) loses only itself, its pieces' data stays."""
     r = Repo(tmp_path, 10)
     cp.compact_source(r.catalog, SRC, older_than=0, grace=600, now=T0 + 100)
     real = Catalog.segments
     monkeypatch.setattr(Catalog, "segments", lambda self, sid: [s for s in real(self, sid) if not s.merged])
     res = cp.compact_source(r.catalog, SRC, older_than=0, grace=600, now=T0 + 800)
-    assert res.merged == []  # not merged again: the listed compacted entry counts
+    assert res.merged == []  # not merged again
     assert len(res.deleted) == 2 * 9
     monkeypatch.setattr(Catalog, "segments", real)
     assert [s.merged for s in r.catalog.segments(SRC)] == [9, 0]
+
+    r = Repo(tmp_path / "b", 10)
+    cp.compact_source(r.catalog, SRC, older_than=0, grace=600, now=T0 + 100)
+    merged = r.catalog.segments(SRC)[0]
+    r.store.delete([merged.key])
+    res = cp.compact_source(r.catalog, SRC, older_than=0, grace=600, now=T0 + 800)
+    assert res.deleted == [] and not list(r.store.list(layout.compaction_prefix(SRC)))
+    assert all(read_object(r.store, s.object) for s in r.segments)
 
 
 # -- levels ---------------------------------------------------------------------------------------
@@ -341,7 +406,7 @@ def test_readers_of_the_open_file_see_a_compacted_entry_at_once_though_chunks_na
     cp.compact_source(r.catalog, SRC, levels=[L1, L2], now=T1 + 70)
     segs = r.catalog.segments(SRC)
     assert _shapes(segs) == [(1, 10)] * 6 + [(0, 1)] * 10
-    assert len(segs) == 70 + 6  # the small ones are still there, inside their grace
+    assert len(segs) == 6 + 6 + 10  # of each merged ten, only the last small entry is left
     assert _events_of(r, segs) == r.events
 
 
@@ -368,8 +433,30 @@ def test_grace_zero_by_the_real_clock_deletes_in_the_same_run(tmp_path):
     """Without a test clock a merged entry is stamped when it is committed, after the run began:
     grace 0 still deletes what it replaced in the same run."""
     r = Repo(tmp_path, 8)
+    r.catalog.roll_up_file(SRC, FILE)
     res = cp.compact_source(r.catalog, SRC, older_than=0, grace=0)
     assert res.waiting == 0 and len(res.deleted) == 2 * 7
+    # the roll-up names what is listed: not the last piece, deleted in this run too
+    body = r.catalog.read_rollup(layout.segment_rollup(SRC, FILE))
+    assert sorted(d["end_pos"] for d in body["segments"]) == [r.segments[6].end_pos, r.end]
     res = cp.compact_source(Repo(tmp_path / "b", 30, t0=T1).catalog, SRC, levels=[
         cp.Level(10.0, 0.0, grace=0.0)])
     assert res.merged and res.waiting == 0 and res.deleted
+
+
+def test_prune_never_takes_the_pieces_data_inside_the_grace_for_orphans(tmp_path):
+    """The pieces' entries are gone at once, their data stays for the grace: prune's orphan
+    sweep (data without an entry, older than a day) must leave it, even when the small segments
+    were shipped long before; a record it cannot read keeps every orphan of its source."""
+    import time
+
+    from backupkit.repo.repository import Repository
+
+    r = Repo(tmp_path, 10)
+    cp.compact_source(r.catalog, SRC, older_than=0, grace=3600)
+    repo = Repository(r.store)
+    stray = put_object(r.store, layout.segment_data(SRC, "binlog.000002", 4, 90), b"x")
+    assert repo.orphans(time.time() + 1) == [stray.key]  # not one piece of the compacted segment
+    (rec,) = list(r.store.list(layout.compaction_prefix(SRC)))
+    r.store.put(rec.key, b"{damaged")
+    assert repo.orphans(time.time() + 1) == []
