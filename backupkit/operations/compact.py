@@ -469,9 +469,9 @@ def compact_source(catalog: Catalog, source_id: str, *, older_than: float = DEFA
                     after_commit(info)
             made.append((info, list(group)))
             res.merged.append(row)
-        gone = {s.key for _, g in made for s in g}
-        live = [s for s in live if s.key not in gone] + \
-            [m for m, _ in made if m.key not in {s.key for s in live}]
+        gone = {s.key for _, g in made for s in g}  # sets made once a pass: not quadratic
+        have = {s.key for s in live}
+        live = [s for s in live if s.key not in gone] + [m for m, _ in made if m.key not in have]
     if made and not dry_run:
         new = [record_for(info, group, grace_of(info)) for info, group in made]
         _supersede(catalog, source_id, new, at)
