@@ -24,7 +24,8 @@ In one run, on private mariadbd servers and a moto_server built here:
 Goal: restore --latest from S3 in the steady state >= 1.0x `mariadb-binlog | mariadb` from local
 files; peak RSS < 200 MiB.
 
-BENCH_PROFILE=DIR writes a cProfile of each restore there (the times then include its cost).
+BENCH_PROFILE=DIR writes a cProfile of each restore there, BENCH_PYSPY=DIR py-spy's samples of
+every thread (`py-spy record --format raw`; pip install py-spy); the times then include their cost.
 
 Usage: python bench/compact.py [--quick] [--json]
 """
@@ -203,6 +204,10 @@ def run(quick: bool = False) -> list[dict]:
                 if os.environ.get("BENCH_PROFILE"):  # a folder: cProfile of each restore there
                     prof = Path(os.environ["BENCH_PROFILE"]) / f"restore-{label.split()[0]}.prof"
                     cmd = [sys.executable, "-m", "cProfile", "-o", str(prof), "-m", "backupkit", *cmd[1:]]
+                elif os.environ.get("BENCH_PYSPY"):  # a folder: py-spy samples of every thread
+                    prof = Path(os.environ["BENCH_PYSPY"]) / f"restore-{label.split()[0]}.txt"
+                    cmd = ["py-spy", "record", "--threads", "--format", "raw", "-r", "200", "-o",
+                           str(prof), "--", sys.executable, "-m", "backupkit", *cmd[1:]]
                 m = measure(cmd, env=env)
                 assert m.returncode == 0, m.stderr
                 assert _checksum(empty) == want, f"restore --latest ({label}) is not exact"
