@@ -17,7 +17,10 @@ planner holds real segments). Requests are measured at two sizes and extrapolate
 window of one-second segments (2,592,000) for two file sizes: 10,000 segments a file (a rotation
 every 2.8 hours) and 86,400 (one a day).
 
-Usage: bench/scale.py [--quick] [--s3] [--json]
+With a file a day (--day alone, and in a full run), the open file holds 5,023 entries, then
+86,015 (most of a day): the summarizing commands read its chunk summary, not its chunks.
+
+Usage: bench/scale.py [--quick] [--s3] [--day] [--json]
        bench/scale.py --size N --per-file F [--on-s3] [--no-finished-index] [--skip CMD]
 """
 
@@ -140,7 +143,38 @@ BIG = WINDOW - WINDOW % PER_FILE + 500
 BIG_SKIP = ("restore --to-time --dry-run",)
 
 
+#: A file a day (86,400 one-second segments to a file, rotated at midnight): one finished day as
+#: its roll-up, the open file holding DAY_OPEN entries: a few, then most of a day (86,015 entries
+#: make its chain of chunks the longest a day has: 1 of 65,536 + 4 of 4,096 + 15 of 256 + 15 of 16,
+#: then 15 entries in no chunk; 5,023 leaves 15 too)
+DAY = 86_400
+DAY_OPEN = (5_023, 86_015)
+
+
+def day_rows() -> list[dict]:
+    """Requests, time and peak RSS of each command with a file a day, at two fills of the open
+    file: the summarizing commands must not grow with it (chunk summaries)."""
+    results = [_size(DAY + k, DAY, s3=False, index_finished=False) for k in DAY_OPEN]
+    rows = []
+    for k, res in zip(DAY_OPEN, results, strict=True):
+        for cmd, c in res["commands"].items():
+            at = f"@{res['segments']} (a file a day, {k} in the open file)"
+            rows.append(row("scale", f"{cmd} requests {at}", c["total"], "req", f"<= {GOAL_REQUESTS}",
+                            passed=c["total"] <= GOAL_REQUESTS))
+            rows.append(row("scale", f"{cmd} seconds {at} (local)", c["seconds"], "s"))
+            rows.append(row("scale", f"{cmd} peak RSS {at}", c["peak_rss_mib"], "MiB", "< 200",
+                            passed=c["peak_rss_mib"] < 200))
+    small, big = (r["commands"] for r in results)
+    for cmd in big:
+        grew = big[cmd]["total"] - small[cmd]["total"]
+        rows.append(row("scale", f"{cmd} requests grown from {DAY_OPEN[0]} to {DAY_OPEN[1]} entries in "
+                        "the open file", grew, "req"))
+    return rows
+
+
 def run(quick: bool = False) -> list[dict]:
+    if "--day" in sys.argv:
+        return day_rows()
     s3 = "--s3" in sys.argv
     # not whole files: the newest file is still open (500 entries), as on a live source
     sizes = [10_500, 30_500] if quick else [20_500, 100_500]
@@ -161,6 +195,8 @@ def run(quick: bool = False) -> list[dict]:
         for cmd, c in res.get("s3", {}).get("commands", {}).items():
             rows.append(row("scale", f"{cmd} seconds @{n} (S3 server)", c["seconds"], "s",
                             f"< {GOAL_SECONDS_S3}", passed=c["seconds"] < GOAL_SECONDS_S3))
+    if not quick:
+        rows += day_rows()
     # the growth law from the two sizes, in requests per finished binlog file
     (n1, r1), (n2, r2) = [(r["segments"], r["commands"]) for r in results[:2]]
     files1, files2 = n1 // PER_FILE, n2 // PER_FILE

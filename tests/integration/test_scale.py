@@ -66,3 +66,14 @@ def test_planning_requests_grow_with_files_not_segments_s3(s3_url):
     small = _measured(s3_url + "-small", 450, per_file=300)
     big = _measured(s3_url + "-big", 1_350, per_file=300)
     _check_growth(small, big, 1, 4)
+
+
+def test_summarizing_requests_do_not_grow_with_the_open_file(tmp_path):
+    """A file open for long (a file a day): list, binlog status, report and the status page read
+    the open file's chunk summary, not its chunks. 1,039 and 8,207 entries in one open file both
+    leave 15 entries in no chunk (read one by one); between them the chain of chunks goes from 5
+    to 15 chunks and one level up."""
+    small = _measured(f"file://{tmp_path / 'small'}", 1_039, per_file=100_000)
+    big = _measured(f"file://{tmp_path / 'big'}", 8_207, per_file=100_000)
+    for cmd in SUMMARIZING:
+        assert small[cmd]["total"] == big[cmd]["total"] <= GOAL, (cmd, small[cmd], big[cmd])
