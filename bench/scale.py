@@ -113,15 +113,42 @@ def _on_s3(local, n: int) -> dict:
     try:
         moto.create_bucket("scale")
         remote = open_store(f"s3://scale/repo?endpoint={moto.endpoint}")
-        keys = [i.key for i in local.list("")]
         t0 = time.perf_counter()
-        with ThreadPoolExecutor(16) as pool:
-            list(pool.map(lambda k: remote.put(k, local.get_bytes(k)), keys))
+        objects = _copy(local, remote)
         copy_s = time.perf_counter() - t0
-        return {"objects": len(keys), "copy_s": copy_s,
+        return {"objects": objects, "copy_s": copy_s,
                 "commands": measure(CountingStore(remote), n)}
     finally:
         moto.stop()
+
+
+def _copy(local, remote) -> int:
+    """Copy every object, then the summaries (the source summary, the chunk summaries) with each
+    entry's ETag and size made the copied roll-up's or chunk's, as a writer on that store would
+    have made them: copied as they are, they name the local store's ETags, match nothing there,
+    and every command would read the roll-ups and chunks instead. Returns the objects copied."""
+    import zstandard
+
+    from backupkit.repo import layout
+    from backupkit.repo.catalog import decode_manifest, encode_manifest
+
+    infos = {i.key: i for i in local.list("")}
+    summaries = [k for k in infos if k.endswith("/" + layout.SUMMARY_NAME)]
+    rest = [k for k in infos if k not in summaries]
+    with ThreadPoolExecutor(16) as pool:
+        copied = dict(zip(rest, pool.map(lambda k: remote.put(k, local.get_bytes(k)), rest), strict=True))
+    for key in summaries:
+        body = decode_manifest(key, zstandard.ZstdDecompressor().decompress(local.get_bytes(key)))
+        src = body["source_id"]
+        if body["type"] == "binlog_summary":  # entries by file: the file's roll-up
+            entries = {layout.segment_rollup(src, f): e for f, e in body["files"].items()}
+        else:  # a chunk summary: entries by chunk key
+            entries = body["chunks"]
+        for k, e in entries.items():
+            if k in copied and (e["etag"], e["size"]) == (infos[k].etag, infos[k].size):
+                e["etag"], e["size"] = copied[k].etag, copied[k].size
+        remote.put(key, zstandard.ZstdCompressor(level=3).compress(encode_manifest(body)))
+    return len(infos)
 
 
 def _size(n: int, per_file: int, s3: bool, index_finished: bool = True, skip: tuple[str, ...] = ()
