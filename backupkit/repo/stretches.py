@@ -24,6 +24,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from backupkit.errors import BackupkitError
+
 #: Segments here are SegmentInfo (repo/catalog.py), which builds on this module: any object with
 #: its fields will do.
 SegmentInfo = Any
@@ -356,3 +358,28 @@ def members(segments: Iterable[SegmentInfo], st: Stretch) -> list[SegmentInfo] |
     if not out:  # an empty stretch: its anchor
         out = [s for s in segs if s.start_pos == s.end_pos == a][:1]
     return out or None
+
+
+class FileMembers:
+    """Stretches' segments read one binlog file at a time: ``read(source_id, binlog_file)`` gives
+    the listed segments of a file (Catalog.file_segments), the last file read is kept (callers go
+    through a file's stretches in order), ``members`` picks each stretch's. A reader's error is
+    raised naming the file."""
+
+    def __init__(self, read: Callable[[str, str], list[SegmentInfo]]) -> None:
+        self.read = read
+        self._file: tuple[str, str] | None = None
+        self._segs: list[SegmentInfo] = []
+
+    def __call__(self, st: Stretch) -> list[SegmentInfo] | None:
+        at = (st.source_id, st.binlog_file)
+        if at != self._file:
+            self._file, self._segs = None, []
+            try:
+                self._segs = self.read(*at)
+            except BackupkitError as exc:
+                exc.message = f"reading the index of binlog file {st.binlog_file}: {exc.message}"
+                exc.args = (exc.message,)
+                raise
+            self._file = at
+        return members(self._segs, st)

@@ -24,9 +24,9 @@ from typing import Any
 
 from backupkit.errors import BackupkitError
 from backupkit.mysql import binlog_events as be
-from backupkit.repo.catalog import BackupManifest, Catalog, GapInfo, SegmentInfo, binlog_order
+from backupkit.repo.catalog import BackupManifest, Catalog, GapInfo, SegmentInfo
 from backupkit.repo.coverage import in_use
-from backupkit.repo.stretches import Stretch
+from backupkit.repo.stretches import FileMembers, Stretch
 from backupkit.repo.watermark import watermarks
 from backupkit.restore.plan import Planner
 from backupkit.restore.replay.fetch import Fetcher
@@ -229,20 +229,31 @@ def build_loss_report(backups: Sequence[BackupManifest],
 
 
 class NeedSegments(Exception):
-    """A stretch cannot answer what the report asks (a segment made after the disaster time, the
-    newest commit before a moment inside it): the report is made from the segments."""
+    """Stretches cannot answer what the report asks (segments made both before and after the
+    disaster time, the newest commit before a moment inside one): the report is made again with
+    their segments (loss_report: only theirs, read one binlog file each)."""
+
+    def __init__(self, stretches: Sequence[Stretch] = ()) -> None:
+        super().__init__()
+        self.stretches = list(stretches)
 
 
 def _shipped_by(segs: Sequence[SegmentInfo | Stretch], at: float) -> list[SegmentInfo | Stretch]:
     """The segments committed by at (an index entry without a time counts as committed)."""
     out: list[SegmentInfo | Stretch] = []
+    need: list[Stretch] = []
     for x in segs:
         if isinstance(x, Stretch):
+            if x.created_min > at:
+                continue  # every segment in it was made after at (created_min is 0 when one has no time)
             if x.created_max > at:
-                raise NeedSegments
-            out.append(x)
+                need.append(x)
+            else:
+                out.append(x)
         elif not x.created_at or x.created_at <= at:
             out.append(x)
+    if need:
+        raise NeedSegments(need)
     return out
 
 
@@ -256,7 +267,7 @@ def _newest_shipped(shipped: Sequence[SegmentInfo | Stretch], newest: float
             if not x.min_last_commit or x.min_last_commit > newest:
                 continue  # no member with a commit at or before newest
             if x.max_last_commit > newest:
-                raise NeedSegments
+                raise NeedSegments([x])
             commit, end, gtid = x.best
         else:
             commit, end, gtid = x.last_commit_time, x.end_pos, x.gtid_last
@@ -266,37 +277,74 @@ def _newest_shipped(shipped: Sequence[SegmentInfo | Stretch], newest: float
 
 
 # -- counting from the shipped binlog -------------------------------------------------------------
-def count_losses(store: ObjectStore, segments: Sequence[SegmentInfo], windows: Sequence[Window],
+def count_losses(store: ObjectStore, segments: Sequence[SegmentInfo | Stretch], windows: Sequence[Window],
                  max_parse_bytes: int = DEFAULT_PARSE_BYTES,
-                 read: Callable[[SegmentInfo], Any] | None = None) -> None:
+                 read: Callable[[SegmentInfo], Any] | None = None,
+                 expand: Callable[[Stretch], list[SegmentInfo] | None] | None = None) -> None:
     """Fill in each window's transactions and rows from the shipped binlog (bounded memory).
 
     Segments wholly inside a window count from their index entry; segments at a window's edge
-    are parsed. Rows need parsing: past max_parse_bytes they are left unknown (None)."""
+    are parsed. Rows need parsing: past max_parse_bytes they are left unknown (None).
+
+    segments may be stretches (repo/stretches.py, as Catalog.stretches reads them): one wholly
+    inside or outside every window, with no budget left to parse it, counts from its totals; the
+    others are read through expand (their segments, one binlog file at a time: restore/pitr.py
+    FileMembers), so a window reaching weeks back holds one file's segments, not all of them."""
     wins = [w for w in windows if w is not None]
     if not wins:
         return
-    segs = in_use(segments)  # a compacted segment, not also the small ones it covers
+    stretched = bool(segments) and isinstance(segments[0], Stretch)
+    # a compacted segment, not also the small ones it covers (stretches are folded so already)
+    segs = list(segments) if stretched else in_use(segments)
     newest = max((s.last_commit_time for s in segs), default=0.0)
     for w in wins:
         w.counted_through = min(w.end, newest) if newest else None
         w.complete = newest >= w.end
-    relevant = [s for s in segs if s.end_pos > s.start_pos and s.transactions
-                and (s.first_commit_time or 0) <= max(w.end for w in wins)
-                and any(_may_touch(s, w) for w in wins)]
-    budget = max_parse_bytes
-    parsed: list[tuple[SegmentInfo, list[str]]] = []
-    for s in relevant:
-        states = [_state(s, w) for w in wins]
-        parse = any(st == "edge" for st in states) or budget >= s.object.raw_size
-        if not parse:
-            for w, st in zip(wins, states, strict=True):
-                if st == "inside":
-                    w.transactions += s.transactions
-                    w.rows = None
+    budget = [max_parse_bytes]
+    if not stretched:
+        _count_segments(store, segs, wins, budget, read)
+        return
+    for st in _relevant(segs, wins):
+        states = [_state(st, w) for w in wins]
+        got = None
+        if "edge" in states or budget[0] >= st.object.raw_size:
+            got = expand(st) if expand is not None else None
+        if got is not None:
+            _count_segments(store, got, wins, budget, read)
             continue
-        budget -= s.object.raw_size
-        parsed.append((s, states))
+        _from_index(st, wins, states)
+        for w, state in zip(wins, states, strict=True):
+            if state == "edge":  # its segments are gone (pruned since): not counted
+                w.rows, w.complete = None, False
+
+
+def _relevant(segs: Sequence[Any], wins: Sequence[Window]) -> list[Any]:
+    """The segments (or stretches) holding a transaction that a window may count."""
+    last_end = max(w.end for w in wins)
+    return [s for s in segs if s.end_pos > s.start_pos and s.transactions
+            and (s.first_commit_time or 0) <= last_end and any(_may_touch(s, w) for w in wins)]
+
+
+def _from_index(s: SegmentInfo | Stretch, wins: Sequence[Window], states: Sequence[str]) -> None:
+    """Count s from its index entry (or a stretch's totals): its transactions, rows unknown."""
+    for w, st in zip(wins, states, strict=True):
+        if st == "inside":
+            w.transactions += s.transactions
+            w.rows = None
+
+
+def _count_segments(store: ObjectStore, segments: Sequence[SegmentInfo], wins: Sequence[Window],
+                    budget: list[int], read: Callable[[SegmentInfo], Any] | None) -> None:
+    """count_losses over segments: the edges and what budget[0] (bytes, spent here) allows are
+    parsed, fetched ahead in parallel; the others count from their index entries."""
+    parsed: list[tuple[SegmentInfo, list[str]]] = []
+    for s in _relevant(segments, wins):
+        states = [_state(s, w) for w in wins]
+        if any(st == "edge" for st in states) or budget[0] >= s.object.raw_size:
+            budget[0] -= s.object.raw_size
+            parsed.append((s, states))
+        else:
+            _from_index(s, wins, states)
     # fetched ahead in parallel: one request per segment, many small ones (replay/fetch.py)
     fetcher = None if read else Fetcher(store, [s for s, _ in parsed])
     if fetcher is not None:
@@ -379,17 +427,23 @@ def loss_report(catalog: Catalog, at: float | None = None, source_id: str | None
         segs[sid] = catalog.stretches(sid, cuts=cuts)
     gaps = {sid: catalog.gaps(sid) for sid in sources}
     records = catalog.restore_records()
-    try:
-        report = build_loss_report(backups, segs, gaps, records, at, source_id, confirmed)
-    except NeedSegments:  # a moment inside a stretch: the segments say
-        segs = {sid: catalog.segments(sid) for sid in sources}
-        report = build_loss_report(backups, segs, gaps, records, at, source_id, confirmed)
+    items = segs
+    for _ in range(EXPAND_TRIES):
+        try:
+            report = build_loss_report(backups, items, gaps, records, at, source_id, confirmed)
+            break
+        except NeedSegments as need:  # a moment inside stretches: their segments say
+            items = {sid: with_segments(v, need.stretches, catalog.file_segments)
+                     for sid, v in items.items()}
+    else:
+        segs = items = {sid: catalog.segments(sid) for sid in sources}
+        report = build_loss_report(backups, items, gaps, records, at, source_id, confirmed)
     if count:
         windows = [s.window for s in report.strategies if s.window is not None]
         if windows:
             sid = report.source_id
-            count_losses(catalog.store, _counted(catalog, sid, segs.get(sid, []), windows),
-                         windows, max_parse_bytes)
+            count_losses(catalog.store, segs.get(sid, []), windows, max_parse_bytes,
+                         expand=FileMembers(catalog.file_segments))
     shipped = bool(segs.get(report.source_id))
     for s in report.strategies:
         w = s.window
@@ -402,20 +456,30 @@ def loss_report(catalog: Catalog, at: float | None = None, source_id: str | None
     return report
 
 
-def _counted(catalog: Catalog, source_id: str, segs: Sequence[SegmentInfo | Stretch],
-             windows: Sequence[Window]) -> list[SegmentInfo]:
-    """The segments count_losses needs: those of the files from the first one a window may touch
-    on (a superset: files before it hold no transaction after any window's start)."""
-    if not segs or not isinstance(segs[0], Stretch):
-        return list(segs)  # type: ignore[arg-type]
-    firsts: list[str] = []
-    for w in windows:
-        if w.start_file is not None:
-            firsts.append(w.start_file)
-        else:
-            firsts += [next((x.binlog_file for x in segs if x.newest_commit > (w.start_time or 0)),
-                            segs[-1].binlog_file)]
-    return catalog.segments(source_id, since_file=min(firsts, key=lambda f: binlog_order(f, 0)))
+#: Reports made again with the segments of the stretches they could not answer from, before
+#: every segment is read (each round expands the stretches that one question needs).
+EXPAND_TRIES = 4
+
+
+def with_segments(items: Sequence[SegmentInfo | Stretch], need: Sequence[Stretch],
+                  read_file: Callable[[str, str], list[SegmentInfo]]) -> list[SegmentInfo | Stretch]:
+    """items with each stretch of need replaced by every listed segment folded into it (covered
+    ones included, as Catalog.segments lists them), read_file(source_id, binlog_file) giving the
+    listed segments of a file (each file read once)."""
+    wanted = {id(st) for st in need}
+    files: dict[tuple[str, str], list[SegmentInfo]] = {}
+    out: list[SegmentInfo | Stretch] = []
+    for x in items:
+        if id(x) not in wanted:
+            out.append(x)
+            continue
+        at = (x.source_id, x.binlog_file)
+        if at not in files:
+            files[at] = read_file(*at)
+        a, z = x.start_pos, x.end_pos
+        out += [s for s in files[at] if a <= s.start_pos and s.end_pos <= z
+                and (s.start_pos < z or a == z)]  # an empty anchor at z opens the next stretch
+    return out
 
 
 def loss_after_restore(catalog: Catalog, source_id: str | None = None) -> LossReport | None:
