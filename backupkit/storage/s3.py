@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import io
 import itertools
 import logging
@@ -51,6 +52,18 @@ class S3Options:
 _PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
 
 _RETRYABLE_STREAM_ERRORS: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError)
+
+
+def _timestamp(value: Any) -> datetime.datetime:
+    """botocore's timestamp parser, with the ISO 8601 form S3 lists (2026-12-01T08:40:54.000Z)
+    read by datetime.fromisoformat; anything else (RFC 1123 headers, epochs) goes to botocore's."""
+    if isinstance(value, str) and value.endswith("Z") and "T" in value:
+        try:
+            return datetime.datetime.fromisoformat(value[:-1]).replace(tzinfo=datetime.UTC)
+        except ValueError:
+            pass
+    from botocore.utils import parse_timestamp  # lazy: start-up time (botocore)
+    return parse_timestamp(value)
 
 
 def _botocore_stream_errors() -> tuple[type[BaseException], ...]:
@@ -130,6 +143,10 @@ class S3Store(ObjectStore):
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
         )
+        # every listed key's LastModified went through dateutil: 0.19 ms each, a third of the CPU
+        # of a LIST page of 1000 keys (per session: other boto3 users keep botocore's default)
+        session._session.get_component("response_parser_factory").set_parser_defaults(
+            timestamp_parser=_timestamp)
         try:
             self.client = session.client("s3", endpoint_url=o.endpoint_url, config=cfg,
                                          region_name=o.region or "us-east-1")
