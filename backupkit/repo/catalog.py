@@ -24,7 +24,7 @@ from backupkit.repo import layout
 from backupkit.repo.codec import StoredObject, sha256_bytes
 from backupkit.repo.failover import read_checked
 from backupkit.repo.scope import Scope, scope_of
-from backupkit.repo.streamed import NotCanonical, decode_list
+from backupkit.repo.streamed import NotCanonical, decode_list, encode_list
 from backupkit.repo.stretches import Stretch, inside, summarize
 from backupkit.storage.base import ObjectInfo, ObjectStore
 from backupkit.util.units import utc_iso, utc_stamp
@@ -891,8 +891,8 @@ class Catalog:
                      segs: Iterable[SegmentInfo]) -> ObjectInfo:
         """Store entries as one roll-up object at key (a file's or a chunk's)."""
         body = {"type": "segment_rollup", "source_id": source_id, "binlog_file": binlog_file,
-                "created_at": time.time(), "segments": [s.to_dict() for s in segs]}
-        return self.store.put(key, zstandard.ZstdCompressor(level=3).compress(encode_manifest(body)))
+                "created_at": time.time(), "format": layout.FORMAT_VERSION}
+        return self.store.put(key, encode_list(body, "segments", (s.to_dict() for s in segs)))
 
     def _file_listed(self, source_id: str, binlog_file: str) -> list[SegmentInfo]:
         """The segments of one binlog file, every index entry listed and read."""
