@@ -145,8 +145,11 @@ class S3Store(ObjectStore):
         )
         # every listed key's LastModified went through dateutil: 0.19 ms each, a third of the CPU
         # of a LIST page of 1000 keys (per session: other boto3 users keep botocore's default)
-        session._session.get_component("response_parser_factory").set_parser_defaults(
-            timestamp_parser=_timestamp)
+        try:
+            session._session.get_component("response_parser_factory").set_parser_defaults(
+                timestamp_parser=_timestamp)
+        except (AttributeError, ValueError) as exc:  # another botocore: its own parser, slower
+            log.debug("botocore's timestamp parser kept: %s", exc)
         try:
             self.client = session.client("s3", endpoint_url=o.endpoint_url, config=cfg,
                                          region_name=o.region or "us-east-1")
