@@ -519,17 +519,10 @@ class Catalog:
         return False
 
     def sources(self) -> list[str]:
-        """Every source with binlog keys: one LIST request per source (each skips past the keys of
-        the source before it), never a walk over every key."""
-        seen: list[str] = []
-        after = ""
-        while True:
-            first = self.store.first_after(layout.BINLOG, after)  # from the start when after is ""
-            sid = layout.source_of(first.key) if first is not None else None
-            if sid is None:
-                return sorted(seen)
-            seen.append(sid)
-            after = layout.source_after(sid)
+        """Every source with binlog keys: the folders under binlog/ (ObjectStore.folders: one
+        LIST request on S3; elsewhere one per source, each skipping past the source before it),
+        never a walk over every key."""
+        return sorted(layout.dec(name) for name in self.store.folders(layout.BINLOG))
 
     def segments(self, source_id: str, since_file: str | None = None) -> list[SegmentInfo]:
         """Every committed segment of a source, in binlog order.

@@ -245,11 +245,6 @@ def segment_of(key: str) -> tuple[str, int, int] | None:
     return dec(parts[3]), int(start), int(end)
 
 
-def source_after(source_id: str) -> str:
-    """A key after every key of source_id and before those of any later source (for list_after)."""
-    return binlog_prefix(source_id)[:-1] + "0"
-
-
 # -- format 1 (read by repo/migrate.py only) -------------------------------------------
 def legacy_segment_of(key: str) -> tuple[str, str, int, int, str] | None:
     """(source, binlog file, start, end, "index" or "data") of a format-1 segment key

@@ -93,6 +93,24 @@ class ObjectStore(abc.ABC):
             if close is not None:
                 close()
 
+    def folders(self, prefix: str) -> list[str]:
+        """The names of the folders right under prefix (which ends with "/"): each name such that
+        some key starts with prefix + name + "/", in key order. Stores that can ask for them in
+        one request (S3's Delimiter) override this; the default asks for one key per folder,
+        each after the folder before it."""
+        out: list[str] = []
+        after = ""
+        while True:
+            first = self.first_after(prefix, after)
+            if first is None:
+                return out
+            name, sep, _ = first.key[len(prefix):].partition("/")
+            if not sep:  # a key right under prefix: no folder
+                after = first.key
+                continue
+            out.append(name)
+            after = f"{prefix}{name}0"  # "0" follows "/": after every key of that folder
+
     def check(self) -> None:
         """Raise StorageError unless the target is reachable and usable (stores override this)."""
         self.stat("check")

@@ -412,6 +412,9 @@ class EncryptedStore(ObjectStore):
         for info in self.inner.list_after(prefix, after):  # keys are stored as they are
             yield self._info(info)
 
+    def folders(self, prefix: str) -> list[str]:
+        return self.inner.folders(prefix)  # keys are stored as they are
+
     def first_after(self, prefix: str, after: str) -> ObjectInfo | None:
         info = self.inner.first_after(prefix, after)
         return None if info is None else self._info(info)

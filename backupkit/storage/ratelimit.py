@@ -51,6 +51,9 @@ class RateLimitedStore(ObjectStore):
     def list_after(self, prefix: str, after: str) -> Iterator[ObjectInfo]:
         return self.inner.list_after(prefix, after)
 
+    def folders(self, prefix: str) -> list[str]:
+        return self.inner.folders(prefix)
+
     def first_after(self, prefix: str, after: str) -> ObjectInfo | None:
         return self.inner.first_after(prefix, after)
 

@@ -388,6 +388,18 @@ class S3Store(ObjectStore):
                               obj["LastModified"].timestamp())
         return None
 
+    def folders(self, prefix: str) -> list[str]:
+        """One LIST request per 1000 folders (Delimiter "/": S3 gives each folder once)."""
+        self._reachable()
+        paginator = self.client.get_paginator("list_objects_v2")
+        full = self.prefix + prefix
+        try:
+            return [p["Prefix"][len(full):-1]
+                    for page in paginator.paginate(Bucket=self.bucket, Prefix=full, Delimiter="/")
+                    for p in page.get("CommonPrefixes", [])]
+        except Exception as exc:
+            raise self._error(exc, "list", prefix or "/") from exc
+
     def _list(self, prefix: str, after: str | None) -> Iterator[ObjectInfo]:
         self._reachable()
         paginator = self.client.get_paginator("list_objects_v2")

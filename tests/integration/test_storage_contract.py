@@ -245,3 +245,7 @@ def test_list_after_gives_the_keys_after_a_point_in_key_order(store):
         one = store.first_after("binlog/", after)
         assert (one.key if one else None) == next((k for k in want if k > after), None), after
     assert store.first_after("binlog/a/index/", "").key == index[0]
+    # the folders right under a prefix, in key order (Catalog.sources: one request on S3)
+    assert store.folders("binlog/") == ["a-", "a", "a0", "b.c", "b"]
+    assert store.folders("binlog/a/") == ["data", "index"]  # head.json is no folder
+    assert store.folders("binlog/a/index/binlog.000001/") == [] and store.folders("nothing/") == []

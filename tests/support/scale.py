@@ -64,6 +64,11 @@ class CountingStore(ObjectStore):
     def list_after(self, prefix: str, after: str) -> Iterator[ObjectInfo]:
         return self._pages(self.inner.list_after(prefix, after))
 
+    def folders(self, prefix: str) -> list[str]:
+        names = self.inner.folders(prefix)
+        self._count("list", 1 + max(0, len(names) - 1) // LIST_PAGE)  # S3: 1000 a page
+        return names
+
     def _pages(self, listing: Iterator[ObjectInfo]) -> Iterator[ObjectInfo]:
         self._count("list")
         for n, info in enumerate(listing, start=1):
