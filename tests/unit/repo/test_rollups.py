@@ -196,3 +196,18 @@ def test_a_compacted_entry_reaching_into_a_chunk_has_that_chunk_read(tmp_path):
     assert store.counts["open"] >= 1 + 1 + 1  # the chunk was read after all
     cut = [("binlog.000001", segs[40].start_pos + 50)]  # inside the chunk, and the merged entry
     assert _stretches(cat, cut) == _want(cat, cut)
+
+
+def test_the_tail_is_exact_when_its_first_entry_starts_no_chain(tmp_path):
+    """The tail asks for one key first when a chain starts a file; a finished file the head does
+    not name (its roll-up not landed) lies before it: the whole listing is read after all."""
+    store = CountingStore(LocalStore(tmp_path / "repo"))
+    with no_fsync():
+        cat = build_repository(store, 1_050, per_file=1_000)
+    assert _chunks(store) == []  # binlog.000001's are gone; binlog.000002's start at 4:
+    assert [c.start for c in chunks_of(i.key for i in store.list(layout.rollup_prefix(SOURCE)))
+            ["binlog.000002"]] == [4, 4 + 1600, 4 + 3200]
+    cat.write_head(synthetic_segment(1_049, 1_000), [])  # names no file
+    want = _want(cat)
+    assert _stretches(cat) == want and sum(st["count"] for st in want) == 1_050
+    assert [s.to_dict() for s in cat.segments(SOURCE)] == _plain(cat)
