@@ -270,6 +270,11 @@ def rollup_problems(catalog: Catalog, source_id: str, repair: bool = False
             problems += [problem] if problem else []
             notes += [note] if note else []
             continue
+        if layout.chunk_summary_of(info.key) is not None:  # its chunks' summary (repo/rollups.py)
+            problem, note = _chunk_summary_problem(catalog, info.key, repair)
+            problems += [problem] if problem else []
+            notes += [note] if note else []
+            continue
         if binlog_file is None:
             continue
         try:
@@ -303,6 +308,23 @@ def _chunk_problem(catalog: Catalog, chunk: Chunk, repair: bool) -> tuple[Proble
             return None, f"roll-up chunk {chunk.key} was damaged ({exc.message}); removed"
         return Problem("rollup", chunk.key, f"roll-up chunk {chunk.key!r} of {chunk.binlog_file} is "
                        f"damaged: {exc.message} (run 'backupkit verify --repair' to remove it)"), None
+
+
+def _chunk_summary_problem(catalog: Catalog, key: str, repair: bool
+                           ) -> tuple[Problem | None, str | None]:
+    """A chunk summary that cannot be read: a problem, or with repair deleted (readers ignore it
+    and read the chunks; the shipper writes it again after its next chunk)."""
+    try:
+        catalog.read_rollup(key)
+        return None, None
+    except ObjectNotFound:
+        return None, None  # its file finished meanwhile
+    except IntegrityError as exc:
+        if repair:
+            catalog.store.delete([key])
+            return None, f"chunk summary {key} was damaged ({exc.message}); removed"
+        return Problem("rollup", key, f"chunk summary {key!r} is damaged: {exc.message} (run "
+                       "'backupkit verify --repair' to remove it)"), None
 
 
 def _segments_cheaply(catalog: Catalog, source_id: str, report: VerifyReport,

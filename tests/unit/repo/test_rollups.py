@@ -113,6 +113,14 @@ def test_verify_names_a_damaged_chunk_and_repair_removes_it(tmp_path):
     problems, notes = rollup_problems(cat, SOURCE, repair=True)
     assert problems == [] and "removed" in notes[0] and store.stat(key) is None
     assert [s.to_dict() for s in cat.segments(SOURCE)] == _plain(cat)
+    # a damaged chunk summary: named, and removed with --repair (readers ignore it meanwhile)
+    summary = layout.chunk_summary(SOURCE, "binlog.000001")
+    store.put(summary, b"damaged")
+    problems, _ = rollup_problems(cat, SOURCE)
+    assert [p.key for p in problems] == [summary] and "verify --repair" in problems[0].message
+    assert _stretches(cat) == _want(cat)
+    problems, notes = rollup_problems(cat, SOURCE, repair=True)
+    assert problems == [] and "removed" in notes[0] and store.stat(summary) is None
 
 
 # -- the chunk summary: what list, binlog status and report read of the open file ---------------
