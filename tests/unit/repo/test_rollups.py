@@ -3,6 +3,10 @@ of GETs, never a LIST page per 1000 entries, and the catalog stays what the entr
 
 from __future__ import annotations
 
+import random
+
+import pytest
+
 from backupkit.repo import layout
 from backupkit.repo.catalog import Catalog, chain, chunks_of
 from backupkit.repo.rollups import CHUNK, OpenFileRollups
@@ -219,3 +223,43 @@ def test_the_tail_is_exact_when_its_first_entry_starts_no_chain(tmp_path):
     want = _want(cat)
     assert _stretches(cat) == want and sum(st["count"] for st in want) == 1_050
     assert [s.to_dict() for s in cat.segments(SOURCE)] == _plain(cat)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_chunk_summaries_change_nothing_the_chunks_would_say(tmp_path, seed):
+    """Random open files written by the shipper's writer, with compaction merging random runs of
+    committed entries (forgetting the chunks, deleting the small entries or not) and random cut
+    points: the stretches read through the chunk summaries equal those read from the chunks."""
+    rng = random.Random(seed)
+    store, cat = _open_file(tmp_path, 0)
+    writer = OpenFileRollups(cat, SOURCE)
+    segs: list = []
+    for i in range(rng.randint(40, 400)):
+        segs.append(add_segment(cat, i, PER_FILE))
+        writer.add(segs[-1])
+        if rng.random() < 0.03 and len(segs) > 3:
+            a = rng.randrange(0, len(segs) - 2)
+            # up to the newest entry half the time: entries the writer holds in no chunk yet,
+            # which its next chunk starts with (inside the merged entry)
+            b = len(segs) if rng.random() < 0.5 else rng.randrange(a + 2, len(segs) + 1)
+            merged = synthetic_segment(a, PER_FILE)
+            merged.end_pos, merged.merged = segs[b - 1].end_pos, b - a
+            merged.last_commit_time, merged.gtid_last = segs[b - 1].last_commit_time, segs[b - 1].gtid_last
+            merged.gtid_state, merged.level = segs[b - 1].gtid_state, 1
+            if store.stat(merged.key) is not None:
+                continue
+            cat.commit_segment(merged)
+            cat.forget_chunks(SOURCE, ["binlog.000001"])
+            if rng.random() < 0.5:
+                store.delete([s.key for s in segs[a:b] if s.key != merged.key])
+    for i in range(len(segs), len(segs) + rng.randint(17, 40)):  # a chunk after the last merge
+        segs.append(add_segment(cat, i, PER_FILE))
+        writer.add(segs[-1])
+    cat.write_head(segs[-1], [])
+    ends = [s.end_pos for s in segs]
+    for cuts in ([], [("binlog.000001", rng.choice(ends))],
+                 [("binlog.000001", rng.choice(ends) - 50), ("binlog.000001", rng.choice(ends))]):
+        with_summaries = _stretches(cat, cuts)
+        store.delete([layout.chunk_summary(SOURCE, "binlog.000001")])
+        assert with_summaries == _stretches(cat, cuts), (seed, cuts)
+        writer._summarize()  # written again, as after the next chunk
