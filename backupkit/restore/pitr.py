@@ -132,27 +132,15 @@ def make_plan(catalog: Catalog, target: RestoreTarget, backup_id: str | None = N
     except Exception:  # an unreadable record only costs the estimate
         records = []
 
-    def plan(since: str | None) -> RestorePlan:
-        segs = {sid: catalog.segments(sid, since_file=since) for sid in sources}
-        return Planner(backups, segs, gaps, source_id, measured_rates(records), confirmed=confirmed,
-                       databases=databases, links=links).plan(target)
-
-    if target.kind in ("time", "latest", "position"):
-        # stretches (repo/stretches.py): a few per binlog file, cut at every base's point and the
-        # watermark's, so the plan is the one the segments give; the segments of the stretch
-        # where the replay stops are read then, the others' when the replay reaches them
-        cuts = [(b.point.file, b.point.pos) for b in backups if b.point.file]
-        items = {sid: catalog.stretches(sid, cuts=cuts + ([confirmed[sid].point] if sid in confirmed
-                                                          else [])) for sid in sources}
-        return Planner(backups, items, gaps, source_id, measured_rates(records), confirmed=confirmed,
-                       databases=databases, links=links, expand=FileSegments(catalog)).plan(target)
-    since = replay_from(backups, target)
-    if since is not None:
-        try:
-            return plan(since)
-        except BackupkitError:  # an older base may be needed: plan again with every segment
-            pass
-    return plan(None)
+    # stretches (repo/stretches.py): a few per binlog file, cut at every base's point and the
+    # watermark's, so the plan is the one the segments give; the segments of the stretch where the
+    # replay stops are read then (a GTID target: of each file up to the one holding it, one at a
+    # time), the others' when the replay reaches them
+    cuts = [(b.point.file, b.point.pos) for b in backups if b.point.file]
+    items = {sid: catalog.stretches(sid, cuts=cuts + ([confirmed[sid].point] if sid in confirmed
+                                                      else [])) for sid in sources}
+    return Planner(backups, items, gaps, source_id, measured_rates(records), confirmed=confirmed,
+                   databases=databases, links=links, expand=FileSegments(catalog)).plan(target)
 
 
 class FileSegments:
@@ -177,25 +165,6 @@ class FileSegments:
                 raise
             self._file = at
         return members(self._segs, st)
-
-
-def replay_from(backups: list, target: RestoreTarget) -> str | None:
-    """The earliest binlog file a replay can start in when the plan uses the newest base of each
-    kind at or before the target (the planner prefers those): the catalog then need not read
-    the roll-ups of earlier files. None (read every file) for targets by GTID or position, or
-    when a base has no coordinates. Stored file names with a server epoch (~0001~...) sort after
-    plain ones, so comparing raw names keeps a superset of the files needed."""
-    if target.kind not in ("latest", "time"):
-        return None
-    newest: dict[str, Any] = {}
-    for b in backups:
-        if target.kind == "time" and b.point.time > float(target.time or 0.0):
-            continue
-        if not b.point.file:
-            return None
-        if b.kind not in newest or b.point.time > newest[b.kind].point.time:
-            newest[b.kind] = b
-    return min((b.point.file for b in newest.values()), default=None)
 
 
 #: Segments of one binlog file above which preflight lists their keys instead of asking for

@@ -1,7 +1,9 @@
 """Pure restore planning: which base and which binlog segments reach a target.
 
 No I/O: every function takes manifests already read from the catalog, so a plan can be printed
-(``--dry-run``), unit-tested, and computed many times a second by retention checks.
+(``--dry-run``), unit-tested, and computed many times a second by retention checks. Given
+stretches (a few per binlog file: a month of one-second segments), the planner reads the segments
+of the stretch it stops in through the ``expand`` it is given (restore/pitr.py reads the catalog).
 
 - ``plan_restore(backups, segments_by_source, gaps, target) -> RestorePlan``: of the bases
   (snapshot, cold or physical) whose consistent point is at or before the target, the one with
@@ -253,9 +255,9 @@ class Planner:
         an incremental whose chain is broken is no base (``self.broken`` says why).
 
         segments_by_source may hold stretches (repo/stretches.py) made with every base's point
-        and the watermark's as cuts: a time, latest or position plan is then the same as over
-        the segments, reading the segments of the one stretch where the replay stops through
-        expand (GTID targets need segments)."""
+        and the watermark's as cuts: a plan is then the same as over the segments, reading
+        through expand the segments of the one stretch where the replay stops (a GTID target:
+        of each stretch in order up to the one holding the transaction)."""
         self.expand = expand
         segs = _by_source(segments_by_source)
         gap_map = _gaps_by_source(gaps)
@@ -645,28 +647,41 @@ class Planner:
                 return Location(ri, si)
         return None
 
-    def _gtid_segment(self, g: Gtid) -> Location | None:
-        """The segment holding transaction g: the first whose GTID state holds it."""
+    def _gtid_segment(self, g: Gtid) -> tuple[Location, list[Item], SegmentInfo] | None:
+        """The segment holding transaction g: the first whose GTID state holds it. With its
+        location (the item holding it), the items that replace that item in a plan (a
+        stretch's segments up to it, folded) and the segment itself. A stretch is read as its
+        segments (expand) to be searched: a GTID target reads the files in order up to the one
+        holding g, one at a time."""
         for ri, run in enumerate(self.runs):
-            for si, s in enumerate(run.segments):
-                first, last = try_parse_gtid(s.gtid_first), try_parse_gtid(s.gtid_last)
-                if first and last and first.key == last.key == g.key and first.seq <= g.seq <= last.seq:
-                    return Location(ri, si)
-                st = self.states[ri][si]
-                if st is None or not st.contains(g):
+            k = 0  # the segment's index in the run
+            for si, item in enumerate(run.segments):
+                segs = [item.head] if isinstance(item, Stretch) and item.count == 1 else \
+                    expand_stretch(self.expand, item) if isinstance(item, Stretch) else [item]
+                for mi, s in enumerate(segs):
+                    first, last = try_parse_gtid(s.gtid_first), try_parse_gtid(s.gtid_last)
+                    hit = bool(first and last and first.key == last.key == g.key
+                               and first.seq <= g.seq <= last.seq)
+                    if not hit:
+                        st = self.states[ri][si] if segs[mi] is item else _state(s)
+                        if st is None or not st.contains(g):
+                            k += 1
+                            continue
+                        if k == 0 and first is not None and first.key == g.key and first.seq > g.seq:
+                            break  # g is older than this run
+                    upto = [item] if segs[mi] is item else list(summarize(segs[:mi + 1]))
+                    return Location(ri, si), upto, s
+                else:
                     continue
-                if si == 0 and first is not None and first.key == g.key and first.seq > g.seq:
-                    break  # g is older than this run
-                return Location(ri, si)
+                break  # the run's first segment is after g: the next run
         return None
 
     def _plan_gtid(self, target: RestoreTarget) -> RestorePlan:
         g = target.gtid
         assert g is not None
-        if any(isinstance(s, Stretch) and s.count > 1 for r in self.runs for s in r.segments):
-            raise ValueError("a GTID target is planned over segments, not stretches")
         before = target.kind == "before_gtid"
-        tloc = self._gtid_segment(g)
+        found = self._gtid_segment(g)
+        tloc = found[0] if found else None
         plans: list[RestorePlan] = []
         for base in reversed(self.bases):
             if len(plans) >= MAX_CANDIDATES:
@@ -681,18 +696,19 @@ class Planner:
             loc = self.base_location(base)
             if loc is None or tloc is None or loc.run != tloc.run or loc.index > tloc.index:
                 continue
-            segs = self.runs[loc.run].segments[loc.index:tloc.index + 1]
+            assert found is not None
+            segs = self.runs[loc.run].segments[loc.index:tloc.index] + found[1]
             plans.append(self._make(target, base, segs, None, None))
         if plans:
             return self._choose(plans)
-        if tloc is None:
+        if found is None:
             shipped = [(r.segments[0].gtid_first, r.segments[-1].gtid_last) for r in self.runs]
             text = ", ".join(f"{a or '?'}..{b or '?'}" for a, b in shipped)
             raise self._fail(target, "that GTID is not in the shipped binlog"
                              + (f" (shipped: {text})" if text else " (nothing shipped)"),
                              "find it with 'backupkit binlog events'")
         raise self._fail(target, "no base before it has an unbroken binlog run to it; "
-                         f"{self._nearest(self.runs[tloc.run].segments[tloc.index].first_commit_time)}")
+                         f"{self._nearest(found[2].first_commit_time)}")
 
 
 def plan_restore(backups: Sequence[BackupManifest],

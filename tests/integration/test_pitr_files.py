@@ -21,7 +21,7 @@ from backupkit.repo import layout
 from backupkit.repo.catalog import Catalog
 from backupkit.repo.stretches import Stretch
 from backupkit.restore.pitr import make_plan, restore_to_point
-from backupkit.restore.stoppoint import time_target
+from backupkit.restore.stoppoint import parse_target, time_target
 from backupkit.storage import open_store
 from backupkit.util.units import utc_iso
 from tests.support import run_cli, table_checksums
@@ -35,7 +35,8 @@ def _mark(src: Sandbox, writer) -> dict:
     writer.pause()
     time.sleep(int(time.time()) + 1 - time.time() + 0.05)
     t = int(time.time())  # nothing commits in this second
-    mark = {"time": float(t), "sums": table_checksums(src, ["w"])}
+    gtid = src.sql("SELECT @@gtid_binlog_pos")[0][0]
+    mark = {"time": float(t), "gtid": gtid.split(",")[0], "sums": table_checksums(src, ["w"])}
     time.sleep(t + 1 - time.time() + 0.05)
     writer.resume()
     return mark
@@ -118,6 +119,21 @@ def test_to_time_over_several_files_expands_them_one_by_one_and_is_exact(files):
     assert r.returncode == 0, r.stderr
     got = json.loads(r.stdout)
     assert got["segment_count"] == plan.segment_count and len(got["segments"]) <= 2 * len(names)
+
+
+def test_to_gtid_searches_the_files_one_by_one_and_is_exact(files):
+    store = open_store(files["url"])
+    catalog = Catalog(store)
+    mark = files["marks"][-2]
+    target = parse_target(to_gtid=mark["gtid"])
+    plan = make_plan(catalog, target)
+    assert len({s.binlog_file for s in plan.segments}) >= 3, plan.lines()
+    tgt = Sandbox(name="files-g").start()
+    try:
+        restore_to_point(store, catalog, target, tgt.spec, plan=plan, report_loss=False)
+        assert table_checksums(tgt, ["w"]) == mark["sums"]
+    finally:
+        tgt.destroy()
 
 
 def test_a_file_whose_index_goes_away_during_the_replay_fails_promptly_naming_it(files):

@@ -345,9 +345,10 @@ def test_plans_over_stretches_are_the_plans_over_segments(h: History, picks: lis
     """Time (at, between and around commits: inside compacted segments, at rotations), latest and
     position targets: the same base, start, stop and segments once the stretches are expanded
     (from every listed segment of the file, as Catalog.file_segments gives them), with bases
-    inside segments, gaps and failover epochs."""
+    inside segments, gaps and failover epochs. GTID targets too (they read the files in order
+    up to the one holding the transaction)."""
     from backupkit.repo.stretches import members
-    from backupkit.restore.stoppoint import RestoreTarget
+    from backupkit.restore.stoppoint import RestoreTarget, parse_target
 
     segs, bases, (f, p), stretches = _drawn(h, picks, mark, seed)
     by_file: dict[str, list[SegmentInfo]] = {}
@@ -369,13 +370,19 @@ def test_plans_over_stretches_are_the_plans_over_segments(h: History, picks: lis
     targets += [RestoreTarget("time", time=commits[k % len(commits)] + d) for k, d in times]
     targets += [RestoreTarget("position", file=h.points[k % len(h.points)][0],
                               pos=h.points[k % len(h.points)][1]) for k, _ in times]
+    states = sorted({x.gtid_state for x in segs})
+    for k, _ in times:  # GTID targets: a shipped state, and one sequence number past it
+        domain, server, seq = states[k % len(states)].split("-")
+        for text in (f"{domain}-{server}-{seq}", f"{domain}-{server}-{int(seq) + 1}"):
+            targets += [parse_target(to_gtid=text), parse_target(stop_before_gtid=text)]
     for target in targets:
         expanded.clear()
         try:
             b.plan(target)
         except PlanError:
             pass
-        assert len(expanded) <= len(bases)  # planning reads where each base's replay stops, no more
+        if target.kind in ("time", "position", "latest"):  # where each base's replay stops, no more
+            assert len(expanded) <= len(bases)
         assert _plan_view(a, target) == _plan_view(b, target), target.describe()
 
 

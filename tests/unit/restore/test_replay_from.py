@@ -1,13 +1,11 @@
-"""A restore plan reads the roll-ups of the files it can replay from only (restore/pitr.py
-replay_from, for GTID targets), and plans again with every segment when that is not enough; a
-time, latest or position plan reads stretches (the source summary) and only the segments of the
-file where it stops."""
+"""A restore plan reads stretches (the source summary) and only the segments of the file where
+it stops; a plan from an older base than the newest one is the same as over the segments."""
 
 from __future__ import annotations
 
 from backupkit.mysql.gtid import BinlogPoint
 from backupkit.repo.catalog import BackupManifest
-from backupkit.restore.pitr import make_plan, replay_from
+from backupkit.restore.pitr import make_plan
 from backupkit.restore.stoppoint import RestoreTarget
 from backupkit.storage.local import LocalStore
 from tests.support.scale import SOURCE, T0, CountingStore, build_repository, synthetic_segment
@@ -18,15 +16,6 @@ def _base(bid: str, kind: str, file: str, t: float) -> BackupManifest:
 
     return BackupManifest(id=bid, kind=kind, source=SourceIdentity(SOURCE), point=BinlogPoint(file, 4, "", t),
                           started_at=t - 1, finished_at=t)
-
-
-def test_replay_starts_at_the_oldest_of_the_newest_base_of_each_kind():
-    bases = [_base("a", "snapshot", "binlog.000001", 10), _base("b", "snapshot", "binlog.000005", 50),
-             _base("c", "physical", "binlog.000003", 30), _base("d", "cold", "binlog.000007", 70)]
-    assert replay_from(bases, RestoreTarget("latest")) == "binlog.000003"
-    assert replay_from(bases, RestoreTarget("time", time=40)) == "binlog.000001"  # b, d are later
-    assert replay_from(bases, RestoreTarget("time", time=5)) is None  # no base before it
-    assert replay_from(bases, RestoreTarget("position", file="binlog.000009", pos=4)) is None
 
 
 def test_latest_reads_no_roll_up_before_the_newest_base(tmp_path):
