@@ -144,7 +144,8 @@ def test_apply_stage_failure_raises_the_target_error_promptly(shipped, tmp_path,
     from backupkit.restore.replay import apply
 
     _repo, store, catalog, _segs = _copy(shipped, tmp_path)
-    _break_nth_call(monkeypatch, apply.Applier, "_do", 5,
+    # whole row-based transactions go through _txns (several per round trip), the rest _do
+    _break_nth_call(monkeypatch, apply.Applier, "_txns", 1,
                     ReplayError("replay failed at GTID 0-1-5: error 1146: Table 'x.y' doesn't exist"))
     err = _restore_fails_promptly(store, catalog, target, ReplayError, "1146.*partial")
     assert err.exit_code == 7

@@ -116,6 +116,24 @@ class ByteQueue:
             self.cond.notify_all()
             return item
 
+    def get_ready(self, max_items: int, max_bytes: int) -> list[Any]:
+        """Items already queued, without waiting: up to max_items of them and max_bytes in all
+        (the first one whatever its size); raises Aborted once the queue is closed."""
+        with self.cond:
+            if self.closed:
+                raise Aborted()
+            out: list[Any] = []
+            total = 0
+            while self.items and len(out) < max_items and (
+                    not out or total + self.items[0][1] <= max_bytes):
+                item, n = self.items.pop(0)
+                self.bytes -= n
+                total += n
+                out.append(item)
+            if out:
+                self.cond.notify_all()
+            return out
+
     def close(self) -> None:
         """One side failed: wake both sides; producers and consumers get Aborted from now on."""
         with self.cond:
