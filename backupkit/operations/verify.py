@@ -297,34 +297,32 @@ def rollup_problems(catalog: Catalog, source_id: str, repair: bool = False
 
 def _chunk_problem(catalog: Catalog, chunk: Chunk, repair: bool) -> tuple[Problem | None, str | None]:
     """A chunk that cannot be read: a problem, or with repair deleted (readers list its entries)."""
-    try:
-        catalog.read_chunk(chunk)
-        return None, None
-    except ObjectNotFound:
-        return None, None  # merged or pruned meanwhile
-    except IntegrityError as exc:
-        if repair:
-            catalog.store.delete([chunk.key])
-            return None, f"roll-up chunk {chunk.key} was damaged ({exc.message}); removed"
-        return Problem("rollup", chunk.key, f"roll-up chunk {chunk.key!r} of {chunk.binlog_file} is "
-                       f"damaged: {exc.message} (run 'backupkit verify --repair' to remove it)"), None
+    return _removable(catalog, chunk.key, lambda: catalog.read_chunk(chunk),
+                      f"roll-up chunk {chunk.key!r} of {chunk.binlog_file}", repair)
 
 
 def _chunk_summary_problem(catalog: Catalog, key: str, repair: bool
                            ) -> tuple[Problem | None, str | None]:
     """A chunk summary that cannot be read: a problem, or with repair deleted (readers ignore it
     and read the chunks; the shipper writes it again after its next chunk)."""
+    return _removable(catalog, key, lambda: catalog.read_rollup(key), f"chunk summary {key!r}", repair)
+
+
+def _removable(catalog: Catalog, key: str, read: Callable[[], object], what: str, repair: bool
+               ) -> tuple[Problem | None, str | None]:
+    """read() of an object readers can do without: a problem when it is damaged, or with repair
+    the object deleted (a note). Gone meanwhile (merged, pruned, its file finished): nothing."""
     try:
-        catalog.read_rollup(key)
+        read()
         return None, None
     except ObjectNotFound:
-        return None, None  # its file finished meanwhile
+        return None, None
     except IntegrityError as exc:
         if repair:
             catalog.store.delete([key])
-            return None, f"chunk summary {key} was damaged ({exc.message}); removed"
-        return Problem("rollup", key, f"chunk summary {key!r} is damaged: {exc.message} (run "
-                       "'backupkit verify --repair' to remove it)"), None
+            return None, f"{what} was damaged ({exc.message}); removed"
+        return Problem("rollup", key, f"{what} is damaged: {exc.message} (run 'backupkit verify "
+                       "--repair' to remove it)"), None
 
 
 def _segments_cheaply(catalog: Catalog, source_id: str, report: VerifyReport,
