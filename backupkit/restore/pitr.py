@@ -19,8 +19,8 @@ from typing import Any
 from backupkit.errors import BackupkitError, ObjectNotFound, UsageError
 from backupkit.mysql.connection import TARGET_PASSWORD_ENV, ConnSpec
 from backupkit.repo import layout
-from backupkit.repo.catalog import Catalog, SegmentInfo
-from backupkit.repo.stretches import Stretch, members
+from backupkit.repo.catalog import Catalog
+from backupkit.repo.stretches import FileMembers
 from backupkit.repo.watermark import watermarks
 from backupkit.restore.cold import restore_cold
 from backupkit.restore.guard import ensure_not_source
@@ -143,28 +143,14 @@ def make_plan(catalog: Catalog, target: RestoreTarget, backup_id: str | None = N
                    databases=databases, links=links, expand=FileSegments(catalog)).plan(target)
 
 
-class FileSegments:
+class FileSegments(FileMembers):
     """A plan's ``expand``: a stretch's segments from the listed segments of its binlog file
     (Catalog.file_segments), the last file read kept (the replay goes through a file's stretches
     in order, so it holds one file's segments at a time)."""
 
     def __init__(self, catalog: Catalog) -> None:
-        self.catalog = catalog
-        self._file: tuple[str, str] | None = None
-        self._segs: list = []
-
-    def __call__(self, st: Stretch) -> list[SegmentInfo] | None:
-        at = (st.source_id, st.binlog_file)
-        if at != self._file:
-            self._file, self._segs = None, []
-            try:
-                self._segs = self.catalog.file_segments(*at)
-            except BackupkitError as exc:
-                exc.message = f"reading the index of binlog file {st.binlog_file}: {exc.message}"
-                exc.args = (exc.message,)
-                raise
-            self._file = at
-        return members(self._segs, st)
+        super().__init__(lambda source_id, binlog_file: catalog.file_segments(source_id, binlog_file))
+        self.catalog = catalog  # looked up at each read, as before
 
 
 #: Segments of one binlog file above which preflight lists their keys instead of asking for
