@@ -132,13 +132,19 @@ class _Pump(threading.Thread):
         self.procs: list[subprocess.Popen] = []
         self.error: BaseException | None = None
         self.stopping = False
+        # held while a child is started and while stop() takes the list of children: a child
+        # started after stop() read the list would be left running, or unreaped as a zombie
+        self.lock = threading.Lock()
         _grow_pipe(src)
 
     def _spawn(self) -> tuple[subprocess.Popen, int]:
-        with open(self.log, "ab") as err:
-            proc = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                    stderr=err, start_new_session=True)
-        self.procs.append(proc)
+        with self.lock:
+            if self.stopping:
+                raise StreamFailed("the stream was stopped", "no backup was written")
+            with open(self.log, "ab") as err:
+                proc = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        stderr=err, start_new_session=True)
+            self.procs.append(proc)
         assert proc.stdin is not None
         dst = os.dup(proc.stdin.fileno())
         proc.stdin.close()
@@ -190,10 +196,12 @@ class _Pump(threading.Thread):
             self.parts.put(None)
 
     def stop(self) -> None:
-        self.stopping = True
-        for proc in list(self.procs):
+        with self.lock:  # no child starts after this
+            self.stopping = True
+            procs = list(self.procs)
+        for proc in procs:
             kill_group(proc)
-        for proc in list(self.procs):  # reap them: a killed child left unwaited stays a zombie
+        for proc in procs:  # reap them: a killed child left unwaited stays a zombie
             try:
                 proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
