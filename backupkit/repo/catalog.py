@@ -9,7 +9,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -631,6 +631,10 @@ class Catalog:
         head = self.head(source_id)
         named = _named_files(head, source_id) if head is not None else None
         present = {i.key: i.mtime for i in self.store.list(layout.rollup_prefix(source_id))}
+        return self._file_segments(source_id, binlog_file, named, present)
+
+    def _file_segments(self, source_id: str, binlog_file: str, named: list[str] | None,
+                       present: dict[str, float]) -> list[SegmentInfo]:
         if named and binlog_file in named:
             got = self._rollup_entries(source_id, binlog_file, present)
             segs = got if got is not None else self._file_listed(source_id, binlog_file)
@@ -638,6 +642,19 @@ class Catalog:
             segs = [s for s in self._tail(source_id, layout.segment_file_prefix(source_id, binlog_file),
                                           present) if s.binlog_file == binlog_file]
         return sorted(segs, key=lambda s: (s.start_pos, s.end_pos))
+
+    def segments_by_file(self, source_id: str) -> Iterator[tuple[str, list[SegmentInfo]]]:
+        """Every listed segment of a source (covered ones included), one binlog file at a time
+        in binlog order: (file, its segments as file_segments gives them). What a command that
+        must see each segment (verify, prune, purge, undo, compaction) iterates, so it holds one
+        file's segments at a time, not the source's. The files come from stretches() (the
+        summary: a few objects per file), the head and roll-up listing are read once."""
+        files = list(dict.fromkeys(st.binlog_file for st in self.stretches(source_id)))
+        head = self.head(source_id)
+        named = _named_files(head, source_id) if head is not None else None
+        present = {i.key: i.mtime for i in self.store.list(layout.rollup_prefix(source_id))}
+        for f in files:
+            yield f, self._file_segments(source_id, f, named, present)
 
     # -- the summary of finished files (repo/stretches.py) --------------------------------------
     def summary_entries(self, source_id: str) -> dict[str, dict[str, Any]]:

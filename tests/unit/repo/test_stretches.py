@@ -408,3 +408,14 @@ def test_a_stretch_expands_to_the_segments_holding_its_events_after_a_compaction
     after_grace = [s for s in now if s not in small[:3] and s is not small[3]]
     assert members(after_grace, a) is None  # [34, 44) is gone: nothing holds it
     assert members([s for s in small if s is not small[5]], b) is None
+
+
+@pytest.mark.parametrize("with_head", [True, False])
+def test_segments_by_file_gives_what_segments_gives_one_file_at_a_time(tmp_path, with_head) -> None:
+    with no_fsync():
+        cat = build_repository(LocalStore(tmp_path / "repo"), 330, per_file=100, with_head=with_head)
+    got = list(Catalog(cat.store).segments_by_file(SOURCE))
+    assert [f for f, _ in got] == ["binlog.000001", "binlog.000002", "binlog.000003", "binlog.000004"]
+    assert all({s.binlog_file for s in segs} == {f} for f, segs in got)
+    flat = [s.to_dict() for _, segs in got for s in segs]
+    assert flat == [s.to_dict() for s in Catalog(cat.store).segments(SOURCE)]
