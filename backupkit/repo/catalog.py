@@ -679,10 +679,24 @@ class Catalog:
         the source summary, published with the next head that names the file."""
         if not info.etag:
             return  # nothing to check it against: readers read the roll-up
+        # cut at the points of the bases in this file: readers cut there (restore, report, the
+        # status page), and a cut strictly inside a stretch makes them read the roll-up instead
         entry = {"etag": info.etag, "size": info.size,
-                 "stretches": [st.to_dict() for st in summarize(segs)]}
+                 "stretches": [st.to_dict() for st in summarize(segs, self._base_points(binlog_file))]}
         with self._summary_lock:
             self._summary_new.setdefault(source_id, {})[binlog_file] = entry
+
+    def _base_points(self, binlog_file: str) -> list[tuple[str, int]]:
+        """The binlog points of the committed backups (summarize keeps those in the file; a
+        point of another source's backup only cuts a stretch in two, which is never wrong). Best
+        effort: without them the entry is still right, a reader cutting inside a stretch of it
+        reads the roll-up instead."""
+        try:
+            backups = self.backups()
+        except (IntegrityError, StorageError) as exc:
+            log.warning("summary of %s made without the bases' points: %s", binlog_file, exc.message)
+            return []
+        return [(b.point.file, b.point.pos) for b in backups if b.point.file]
 
     def _publish_summary(self, source_id: str, named: Iterable[str]) -> None:
         """Add the entries this process made for files now named (by the head) to the source

@@ -211,6 +211,19 @@ def _same(cat: Catalog, cuts=()) -> list[Stretch]:
     return got
 
 
+def _opened(store) -> list[str]:
+    """The keys store.open is called with from now on."""
+    reads: list[str] = []
+    real = store.open
+
+    def counting(key: str):
+        reads.append(key)
+        return real(key)
+
+    store.open = counting
+    return reads
+
+
 def test_the_summary_replaces_the_rollups(tmp_path) -> None:
     cat = _repo(tmp_path)
     entries = cat.summary_entries(SOURCE)
@@ -218,14 +231,7 @@ def test_the_summary_replaces_the_rollups(tmp_path) -> None:
     got = _same(Catalog(cat.store))
     assert [(s.binlog_file, s.count) for s in got] == [
         ("binlog.000001", 100), ("binlog.000002", 100), ("binlog.000003", 100), ("binlog.000004", 30)]
-    reads: list[str] = []
-    real = cat.store.open
-
-    def counting(key: str):
-        reads.append(key)
-        return real(key)
-
-    cat.store.open = counting  # type: ignore[method-assign]
+    reads = _opened(cat.store)
     Catalog(cat.store).stretches(SOURCE)
     assert not [k for k in reads if layout.rollup_file_of(k)]  # no finished file's roll-up read
 
@@ -419,3 +425,27 @@ def test_segments_by_file_gives_what_segments_gives_one_file_at_a_time(tmp_path,
     assert all({s.binlog_file for s in segs} == {f} for f, segs in got)
     flat = [s.to_dict() for _, segs in got for s in segs]
     assert flat == [s.to_dict() for s in Catalog(cat.store).segments(SOURCE)]
+
+
+def test_the_summary_is_cut_at_the_bases_so_their_points_read_no_rollup(tmp_path) -> None:
+    """A base taken while a file was open has its point inside the file: the summary entry made
+    when the file is rolled up is cut there, so restore, report and the status page (which cut
+    at every base) read the summary, not the file's roll-up."""
+    cat = _repo(tmp_path)
+    inner = synthetic_segment(150, 100)
+    point = BinlogPoint(inner.binlog_file, inner.start_pos + 50, "", inner.last_commit_time)
+    src = SourceIdentity(SOURCE, version="10.11", server_id=1)
+    cat.commit_backup(BackupManifest(id="20231114T230000Z-snapshot-0002", kind="snapshot", source=src,
+                                     point=point, started_at=point.time, finished_at=point.time))
+    cuts = [(point.file, point.pos)]
+    reads = _opened(cat.store)
+    Catalog(cat.store).stretches(SOURCE, cuts)  # made before the base: the roll-up is read
+    assert [k for k in reads if layout.rollup_file_of(k)] == [layout.segment_rollup(SOURCE, "binlog.000002")]
+    assert Catalog(cat.store).roll_up_file(SOURCE, "binlog.000002", finished=True)  # as prune would
+    reads.clear()
+    Catalog(cat.store).stretches(SOURCE, cuts)
+    assert not [k for k in reads if layout.rollup_file_of(k)]
+    got = _same(Catalog(cat.store), cuts)
+    assert [(s.binlog_file, s.count) for s in got if s.binlog_file == "binlog.000002"] == [
+        ("binlog.000002", 50), ("binlog.000002", 1), ("binlog.000002", 49)]
+    _same(Catalog(cat.store))  # and without the cut: the same as the segments give
