@@ -136,29 +136,9 @@ class LocalStore(ObjectStore):
         return ObjectInfo(key, st.st_size, _etag(st), st.st_mtime)
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        if not self.root.is_dir():
-            raise StorageError(f"repository folder {self.root} does not exist")
-        # Walk only the folder that can hold the prefix.
-        base_rel = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
-        start = self.root / base_rel if base_rel else self.root
-        if not start.is_dir():
-            return
-        found: list[ObjectInfo] = []
-        for dirpath, dirnames, filenames in os.walk(start):
-            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-            rel_dir = os.path.relpath(dirpath, self.root)
-            for name in filenames:
-                if name.startswith("."):
-                    continue
-                key = name if rel_dir == "." else f"{rel_dir}/{name}"
-                if key.startswith(prefix):
-                    try:
-                        st = os.stat(os.path.join(dirpath, name))
-                    except FileNotFoundError:
-                        continue
-                    found.append(ObjectInfo(key, st.st_size, _etag(st), st.st_mtime))
-        found.sort(key=lambda o: o.key)
-        yield from found
+        """Keys starting with prefix, in key order, walked lazily one folder at a time (memory of
+        one folder's names, never the whole listing: a month of segments is millions of keys)."""
+        return self.list_after(prefix, "")
 
     def list_after(self, prefix: str, after: str) -> Iterator[ObjectInfo]:
         """Keys starting with prefix that sort after ``after``, in key order, walking only the
