@@ -4,11 +4,13 @@
 written by backupkit's own writer with a data object per segment (tests/support/scale.py
 build_repository(with_data=True)): verify (the first, incremental run reads every object),
 prune --dry-run, binlog compact with nothing to do (--dry-run, everything younger than its age),
-and Catalog.segments, what undo and binlog purge read before they touch a server. Each command
+Catalog.segments, what undo and binlog purge read before they touch a server, repo sync to an
+empty second target and the comparison of the two targets (list, status and the monitor with
+several targets) after it. Each command
 runs in a process of its own (VmHWM); two sizes give the growth per segment, extrapolated to a
 30-day window of one-second segments.
 
-Usage: bench/scale_objects.py [--quick] [--json]
+Usage: [BENCH_COMMANDS=<part of a name>] bench/scale_objects.py [--quick] [--json]
 """
 
 from __future__ import annotations
@@ -30,7 +32,14 @@ from _common import main_for, row  # noqa: E402
 WINDOW = 2_592_000
 PER_FILE = 10_000
 COMMANDS = ("verify (first run)", "prune --dry-run", "binlog compact (nothing due) --dry-run",
-            "catalog.segments (undo, purge)")
+            "catalog.segments (undo, purge)", "repo sync (to an empty target)",
+            "repo targets comparison (2 targets)")
+
+
+def _copy_root(url: str) -> Path:
+    """The second target of the sync and the comparison (a sync fills it, the comparison after it
+    finds it complete)."""
+    return Path(url.removeprefix("file://") + "-copy")
 
 
 def _run(url: str, cmd: str) -> dict:
@@ -39,7 +48,9 @@ def _run(url: str, cmd: str) -> dict:
     from backupkit.operations.retention import RetentionRules
     from backupkit.operations.verify import verify_repository
     from backupkit.repo.catalog import Catalog
+    from backupkit.repo.sync import sync_stores, target_status
     from backupkit.storage import open_store
+    from backupkit.storage.local import LocalStore
     from tests.support.scale import SOURCE, CountingStore
 
     store = CountingStore(open_store(url))
@@ -52,6 +63,12 @@ def _run(url: str, cmd: str) -> dict:
         prune(store, RetentionRules(keep_last=2), dry_run=True)
     elif cmd == "binlog compact (nothing due) --dry-run":
         compact_source(Catalog(store), SOURCE, older_than=10 * 365 * 86400, levels=[], dry_run=True)
+    elif cmd == "repo sync (to an empty target)":
+        res = sync_stores([("a", store)], ("b", LocalStore(_copy_root(url))), parallel=4)
+        extra.update(copied=res.copied, complete=res.complete)
+    elif cmd == "repo targets comparison (2 targets)":
+        rows = target_status([("a", store), ("b", LocalStore(_copy_root(url)))])
+        extra["missing_objects"] = rows[1]["missing_objects"]
     else:
         extra["segments"] = len(Catalog(store).segments(SOURCE))
     seconds = time.perf_counter() - t0
@@ -70,7 +87,8 @@ def one_size(n: int) -> dict:
         with no_fsync():
             build_repository(open_store(url), n, per_file=PER_FILE, with_data=True)
         out: dict = {"segments": n, "build_s": time.perf_counter() - t0, "commands": {}}
-        for cmd in COMMANDS:
+        only = os.environ.get("BENCH_COMMANDS")  # e.g. "repo": the commands whose name holds it
+        for cmd in (c for c in COMMANDS if not only or only in c):
             proc = subprocess.run([sys.executable, __file__, "--command", cmd, "--repo", url],
                                   capture_output=True, text=True, check=True,
                                   env={**os.environ, "PYTHONPATH": str(HERE.parent)})

@@ -18,11 +18,12 @@ object). It never deletes, and never overwrites an object unless asked to repair
 from __future__ import annotations
 
 import hashlib
+import heapq
 import io
 import logging
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, BinaryIO
@@ -35,6 +36,7 @@ from backupkit.repo.placement import PLACEMENT
 from backupkit.storage.base import ObjectInfo, ObjectStore
 from backupkit.storage.crypto import DecryptingReader
 from backupkit.storage.mirror import MirrorStore
+from backupkit.util.workers import Stalled, prefetched
 
 log = logging.getLogger(__name__)
 
@@ -207,6 +209,95 @@ def _listing(store: ObjectStore, keys: set[str] | None = None) -> dict[str, Obje
     return out
 
 
+# -- the key space in parts ----------------------------------------------------------------
+@dataclass(frozen=True)
+class _Part:
+    """Keys listed and compared together, one part at a time, so that a sync or a comparison of
+    targets holds one part's listing, never the repository's (a month of one-second segments is
+    millions of keys): a backup (its objects and manifest), the segments of one binlog file of a
+    source (data and index entries: an entry names data of its own file only), the keyring, or
+    the rest (config, roll-ups, compaction and gap records, heads, restore and verify records:
+    a few objects per file or backup)."""
+
+    name: str
+    prefixes: tuple[str, ...] = ()
+    singles: tuple[str, ...] = ()  # keys asked for one by one (a HEAD each)
+
+    def listing(self, store: ObjectStore) -> dict[str, ObjectInfo]:
+        out: dict[str, ObjectInfo] = {}
+        for p in self.prefixes:
+            out.update((i.key, i) for i in store.list(p) if layout.is_replicated(i.key))
+        for k in self.singles:
+            if layout.is_replicated(k) and (info := store.stat(k)) is not None:
+                out[k] = info
+        return out
+
+    def holds(self, key: str) -> bool:
+        return key in self.singles or any(key.startswith(p) for p in self.prefixes)
+
+
+def _children(store: ObjectStore, prefix: str) -> tuple[list[str], list[str]]:
+    """(the folders right under prefix, the keys right under it): one request per entry."""
+    folders: list[str] = []
+    plain: list[str] = []
+    after = ""
+    while (first := store.first_after(prefix, after)) is not None:
+        name, sep, _ = first.key[len(prefix):].partition("/")
+        if sep:
+            folders.append(name)
+            after = f"{prefix}{name}0"  # "0" follows "/": after every key of that folder
+        else:
+            plain.append(first.key)
+            after = first.key
+    return folders, plain
+
+
+def _parts(stores: list[ObjectStore]) -> list[_Part]:
+    """Every key of the stores (their union) in parts, found by folder (one request per backup,
+    source and binlog file on each store, not per key): the keyring first, then each backup
+    and each binlog file of each source, then the rest. A store that cannot be listed raises."""
+    def union(found: Iterable[tuple[list[str], list[str]]]) -> tuple[list[str], list[str]]:
+        fs: set[str] = set()
+        ps: set[str] = set()
+        for f, p in found:
+            fs.update(f)
+            ps.update(p)
+        return sorted(fs), sorted(ps)
+
+    top, rest_singles = union(_children(s, "") for s in stores)
+    first = [_Part("keyring", (layout.KEYS,))] if layout.KEYS[:-1] in top else []
+    big: list[_Part] = []
+    rest: list[str] = []
+    for name in top:
+        folder = f"{name}/"
+        if folder in (layout.KEYS, layout.LEASES):
+            continue
+        if folder == layout.BACKUPS:
+            ids, plain = union(_children(s, folder) for s in stores)
+            rest_singles += plain
+            big += [_Part(f"backup {b}", (f"{folder}{b}/",)) for b in ids]
+            continue
+        if folder != layout.BINLOG:
+            rest.append(folder)
+            continue
+        sources, plain = union(_children(s, folder) for s in stores)
+        rest_singles += plain
+        for src in sources:
+            sp = f"{folder}{src}/"
+            subs, plain = union(_children(s, sp) for s in stores)
+            rest_singles += plain
+            files = sorted({f for s in stores for d in (layout.INDEX_DIR, layout.DATA_DIR)
+                            if d in subs for f in s.folders(f"{sp}{d}/")})
+            # data a `repo migrate` left in place (format 1: binlog/<src>/<file>/) is named by the
+            # entries of that file: the same part, so that it is copied before them
+            big += [_Part(f"binlog {src} {f}", (f"{sp}{layout.INDEX_DIR}/{f}/", f"{sp}{layout.DATA_DIR}/{f}/",
+                                                *([f"{sp}{f}/"] if f in subs else [])))
+                    for f in files]
+            rest += [f"{sp}{d}/" for d in subs if d not in (layout.INDEX_DIR, layout.DATA_DIR)
+                     and d not in files]
+    return [*first, *big, _Part("the rest", tuple(rest), tuple(rest_singles))]
+
+
 def _copy_order(key: str) -> tuple[int, str]:
     if key.startswith(layout.KEYS):
         return (0, key)
@@ -223,9 +314,14 @@ def sync_stores(sources: list[Named], dest: Named, *, keks: list | None = None, 
                 keys: Collection[str] | None = None) -> SyncResult:
     """Copy to dest every object the sources hold and dest lacks, verified, data before commit markers.
 
+    The repository is listed and copied one part at a time (_parts: the keyring, each backup,
+    each binlog file of each source, the rest), so memory holds one part's listing, whatever the
+    repository's size; within a part, data goes before the commit markers that name it.
+
     repair: replace objects whose copy on dest differs in size (or, with deep, fails its checksum).
     deep: also read back and check every object dest already holds.
-    progress(done_bytes, total_bytes) is called as bytes are copied.
+    progress(done_bytes, total_bytes) is called as bytes are copied; total_bytes is what the
+    parts listed so far lack (it grows as the sync goes on).
     keys: only these objects (and the commit markers of their data), found with one HEAD each
     rather than by listing the targets: a mirror's last catch-up pass, which copies only what its
     own writes added since the bulk pass began (storage/mirror/store.py).
@@ -237,69 +333,138 @@ def sync_stores(sources: list[Named], dest: Named, *, keks: list | None = None, 
     check.prepare([*sources, dest])
     if not check.can_verify:
         result.verified = "sizes"
-
-    wanted = None
+    run = _Sync(sources, dest, check, result, dry_run=dry_run, repair=repair, deep=deep,
+                parallel=parallel, progress=progress)
     if keys is not None:
         wanted = set(keys) | {m for k in keys if (m := layout.commit_marker_of(k)) is not None}
-    have = _listing(dstore, wanted)
-    held: dict[str, dict[str, ObjectInfo]] = {}
-    for name, store in sources:
-        try:
-            held[name] = _listing(store, wanted)
-        except StorageError as exc:
-            log.warning("source target %s cannot be listed: %s", name, exc.message)
-            result.failed.append({"key": "*", "error": f"{name}: {exc.message}"})
-    union: dict[str, ObjectInfo] = {}
-    for name, _ in sources:
-        for k, info in held.get(name, {}).items():
-            union.setdefault(k, info)
-
-    todo = sorted((k for k in union if k not in have), key=_copy_order)
-    differing = [k for k in union if k in have and have[k].size != union[k].size
-                 and not layout.is_replaced_in_place(k)]  # those differ between targets by design
-    keyring_update = [k for k in differing if k.startswith(layout.KEYS)]
-    differing = [k for k in differing if not k.startswith(layout.KEYS)]
-    result.missing = len(todo)
-    result.missing_bytes = sum(union[k].size for k in todo)
-    result.present = len(union) - len(todo)
-
-    # Manifests that give the checksums of what is copied (read from a source, verified by their checksum).
-    manifests: dict[str, dict[str, Any] | None] = {}
-
-    def manifest(mkey: str) -> dict[str, Any] | None:
-        if mkey in manifests:
-            return manifests[mkey]
-        body = None
-        if check.can_verify:
-            for name, store in sources:
-                if mkey not in held.get(name, {}):
-                    continue
-                try:
-                    body = _read_marker(store, mkey, check)
-                    break
-                except (IntegrityError, StorageError) as exc:
-                    log.warning("manifest %s on %s: %s", mkey, name, exc.message)
-        manifests[mkey] = body
-        return body
-
-    def expected(key: str) -> tuple[str, int] | None:
-        mkey = layout.commit_marker_of(key)
-        body = manifest(mkey) if mkey else None
-        return _objects_of(body).get(key) if body else None
-
-    if dry_run:
-        result.damaged = differing
-        result.seconds = round(time.monotonic() - started, 3)
-        return result
-
-    total = result.missing_bytes
-    done_bytes = 0
-    lock = threading.Lock()
-
-    def copy(key: str, overwrite: bool = False) -> bool:
-        nonlocal done_bytes
-        errors = []
+        run.part(lambda store: _listing(store, wanted), lambda key: key in wanted)
+    else:
+        live = []
         for name, store in sources:
+            try:
+                store.first_after("", "")
+                live.append((name, store))
+            except StorageError as exc:
+                log.warning("source target %s cannot be listed: %s", name, exc.message)
+                result.failed.append({"key": "*", "error": f"{name}: {exc.message}"})
+        run.sources = live
+        for part in _parts([s for _, s in live] + [dstore]):
+            run.part(part.listing, part.holds)
+    result.seconds = round(time.monotonic() - started, 3)
+    return result
+
+
+class _Sync:
+    """One sync (sync_stores), run part by part: what the parts found and did adds up in result."""
+
+    def __init__(self, sources: list[Named], dest: Named, check: ContentCheck, result: SyncResult, *,
+                 dry_run: bool, repair: bool, deep: bool, parallel: int,
+                 progress: Callable[[int, int], None] | None) -> None:
+        self.sources, self.dest, self.check, self.result = sources, dest, check, result
+        self.dry_run, self.repair, self.deep, self.parallel = dry_run, repair, deep, parallel
+        self.progress = progress
+        self.total = self.done_bytes = 0
+        self.lock = threading.Lock()
+
+    def part(self, listing: Callable[[ObjectStore], dict[str, ObjectInfo]],
+             holds: Callable[[str], bool]) -> None:
+        """Sync the keys one listing gives (holds: whether a key is one of them)."""
+        sources, (dname, dstore), check, result = self.sources, self.dest, self.check, self.result
+        have = listing(dstore)
+        held: dict[str, dict[str, ObjectInfo]] = {}
+        for name, store in sources:
+            try:
+                held[name] = listing(store)
+            except StorageError as exc:
+                log.warning("source target %s cannot be listed: %s", name, exc.message)
+                result.failed.append({"key": "*", "error": f"{name}: {exc.message}"})
+        union: dict[str, ObjectInfo] = {}
+        for name, _ in sources:
+            for k, info in held.get(name, {}).items():
+                union.setdefault(k, info)
+
+        todo = sorted((k for k in union if k not in have), key=_copy_order)
+        differing = [k for k in union if k in have and have[k].size != union[k].size
+                     and not layout.is_replaced_in_place(k)]  # those differ between targets by design
+        keyring_update = [k for k in differing if k.startswith(layout.KEYS)]
+        differing = [k for k in differing if not k.startswith(layout.KEYS)]
+        result.missing += len(todo)
+        missing_bytes = sum(union[k].size for k in todo)
+        result.missing_bytes += missing_bytes
+        result.present += len(union) - len(todo)
+        self.total += missing_bytes
+
+        # What the markers of this part name (key -> (sha256, size)), read from a source and
+        # verified by their checksum: one part's worth.
+        named: dict[str, dict[str, tuple[str, int]] | None] = {}
+
+        def objects(mkey: str) -> dict[str, tuple[str, int]] | None:
+            if mkey in named:
+                return named[mkey]
+            got = None
+            if check.can_verify:
+                for name, store in sources:
+                    if mkey not in held.get(name, {}):
+                        continue
+                    try:
+                        got = _objects_of(_read_marker(store, mkey, check))
+                        break
+                    except (IntegrityError, StorageError) as exc:
+                        log.warning("manifest %s on %s: %s", mkey, name, exc.message)
+            named[mkey] = got
+            return got
+
+        def expected(key: str) -> tuple[str, int] | None:
+            mkey = layout.commit_marker_of(key)
+            body = objects(mkey) if mkey else None
+            return body.get(key) if body else None
+
+        if self.dry_run:
+            result.damaged += differing
+            return
+
+        def copy(key: str, overwrite: bool = False) -> bool:
+            return self._copy(key, held, expected, overwrite)
+
+        # 1. keyring (copied, or replaced by the newer version), 2. data in parallel, 3. commit markers.
+        for key in [k for k in todo if _copy_order(k)[0] == 0]:
+            copy(key)
+        if keyring_update:
+            _update_keyring(sources, held, self.dest, check, result)
+        data_keys = [k for k in todo if _copy_order(k)[0] == 1]
+        failed_before = {f["key"] for f in result.failed}
+        with ThreadPoolExecutor(max_workers=max(1, self.parallel), thread_name_prefix="sync") as pool:
+            list(pool.map(copy, data_keys))
+        failed = {f["key"] for f in result.failed} - failed_before
+        present_now = set(have) | {k for k in data_keys if k not in failed}
+
+        if self.repair or self.deep:
+            repaired_before = len(result.repaired)
+            _repair(sources, held, self.dest, have, differing, self.deep, self.repair, check, expected,
+                    copy, result)
+            present_now |= set(result.repaired[repaired_before:])
+        else:
+            result.damaged += differing
+
+        for key in [k for k in todo if _copy_order(k)[0] >= 2]:
+            body = objects(key) if check.can_verify else None
+            if body is not None:
+                # an object of another part (or not listed: the keys of a last pass) is asked for
+                lacking = [k for k in body if k not in present_now
+                           and (holds(k) or dstore.stat(k) is None)]
+                if lacking:
+                    result.held_back.append(key)
+                    log.warning("not copying %s to %s: %d of its objects are missing there (%s)",
+                                key, dname, len(lacking), lacking[0])
+                    continue
+            copy(key)
+
+    def _copy(self, key: str, held: dict[str, dict[str, ObjectInfo]],
+              expected: Callable[[str], tuple[str, int] | None], overwrite: bool) -> bool:
+        dname, dstore = self.dest
+        check, result = self.check, self.result
+        errors = []
+        for name, store in self.sources:
             if key not in held.get(name, {}):
                 continue
             try:
@@ -323,47 +488,17 @@ def sync_stores(sources: list[Named], dest: Named, *, keks: list | None = None, 
                 errors.append(f"{name}: {exc.message}")
                 log.warning("copy of %s from %s to %s failed: %s", key, name, dname, exc.message)
                 continue
-            with lock:
+            with self.lock:
                 result.copied += 1
                 result.copied_bytes += held[name][key].size
                 result.served_by[name] = result.served_by.get(name, 0) + 1
-                done_bytes += held[name][key].size
-                if progress:
-                    progress(done_bytes, total)
+                self.done_bytes += held[name][key].size
+                if self.progress:
+                    self.progress(self.done_bytes, self.total)
             return True
-        with lock:
+        with self.lock:
             result.failed.append({"key": key, "error": "; ".join(errors) or "no source holds it"})
         return False
-
-    # 1. keyring (copied, or replaced by the newer version), 2. data in parallel, 3. commit markers.
-    for key in [k for k in todo if _copy_order(k)[0] == 0]:
-        copy(key)
-    if keyring_update:
-        _update_keyring(sources, held, dest, check, result)
-    data_keys = [k for k in todo if _copy_order(k)[0] == 1]
-    with ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix="sync") as pool:
-        list(pool.map(copy, data_keys))
-    present_now = set(have) | {k for k in data_keys if not any(f["key"] == k for f in result.failed)}
-
-    if repair or deep:
-        _repair(sources, held, dest, have, differing, deep, repair, check, expected, copy, result)
-        present_now |= set(result.repaired)
-    else:
-        result.damaged = differing
-
-    for key in [k for k in todo if _copy_order(k)[0] >= 2]:
-        body = manifest(key) if check.can_verify else None
-        if body is not None:
-            lacking = [k for k in _objects_of(body) if k not in present_now
-                       and (wanted is None or dstore.stat(k) is None)]  # not listed: ask
-            if lacking:
-                result.held_back.append(key)
-                log.warning("not copying %s to %s: %d of its objects are missing there (%s)",
-                            key, dname, len(lacking), lacking[0])
-                continue
-        copy(key)
-    result.seconds = round(time.monotonic() - started, 3)
-    return result
 
 
 def _decode_marker(key: str, data: bytes, check: ContentCheck) -> dict[str, Any]:
@@ -425,54 +560,83 @@ def _repair(sources, held, dest, have, differing, deep, repair, check, expected,
 
 
 # -- the state of every target -------------------------------------------------------------
+def _batches(infos: Iterable[ObjectInfo], size: int = 1000) -> Iterator[list[ObjectInfo]]:
+    batch: list[ObjectInfo] = []
+    for info in infos:
+        if layout.is_replicated(info.key):
+            batch.append(info)
+            if len(batch) >= size:
+                yield batch
+                batch = []
+    if batch:
+        yield batch
+
+
 def target_status(targets: list[Named], deadline: float | None = None) -> list[dict[str, Any]]:
     """For each target: reachable or not, and what it lacks compared with the union of all targets.
 
-    deadline: seconds to wait for each target's listing (a target that does not answer by then
-    is reported unreachable; its listing thread is left behind, so the answer never hangs)."""
-    listings: dict[str, dict[str, ObjectInfo] | None] = {}
+    The targets' listings (each in key order) are read side by side, each by a thread of its own
+    a few pages ahead, and compared key by key: memory holds a few pages per target, whatever the
+    repository's size. deadline: seconds a target may go without answering (it is then reported
+    unreachable; its listing thread is left behind, so the answer never hangs)."""
     errors: dict[str, str] = {}
 
-    def grab(nt: Named) -> None:
-        name, store = nt
+    def stream(rank: int, name: str, store: ObjectStore) -> Iterator[tuple[str, int, ObjectInfo]]:
         try:
-            listings[name] = _listing(store)
+            for batch in prefetched(_batches(store.list("")), depth=4, name=f"status-{name}",
+                                    stall=deadline):
+                for info in batch:
+                    yield info.key, rank, info
         except BackupkitError as exc:
-            listings[name] = None
             errors[name] = exc.message
-
-    threads = [threading.Thread(target=grab, args=(nt,), daemon=True, name=f"status-{nt[0]}")
-               for nt in targets]
-    for th in threads:
-        th.start()
-    end = None if deadline is None else time.monotonic() + deadline
-    for (name, _), th in zip(targets, threads, strict=True):
-        th.join(None if end is None else max(0.0, end - time.monotonic()))
-        if th.is_alive():
-            listings[name] = None
+        except Stalled:
             errors[name] = f"did not answer within {deadline:g} s"
-    union: dict[str, ObjectInfo] = {}
-    for name, _ in targets:
-        for k, info in (listings.get(name) or {}).items():
-            if k not in union or info.mtime < union[k].mtime:
-                union[k] = info
+
+    names = [name for name, _ in targets]
+    counts = {name: {"objects": 0, "missing": 0, "bytes": 0, "backups": 0, "segments": 0,
+                     "oldest": None} for name in names}
+    group: list[tuple[int, ObjectInfo]] = []
+
+    def settle() -> None:
+        if not group:
+            return
+        ranks = {r for r, _ in group}
+        first = min((info for _, info in group), key=lambda i: i.mtime)
+        key = first.key
+        for rank, name in enumerate(names):
+            c = counts[name]
+            if rank in ranks:
+                c["objects"] += 1
+                continue
+            c["missing"] += 1
+            c["bytes"] += first.size
+            c["backups"] += bool(layout.backup_id_of(key))
+            c["segments"] += layout.is_segment_index(key)
+            if c["oldest"] is None or first.mtime < c["oldest"]:
+                c["oldest"] = first.mtime
+        group.clear()
+
+    last = None
+    for key, rank, info in heapq.merge(*(stream(i, n, s) for i, (n, s) in enumerate(targets))):
+        if key != last:
+            settle()
+            last = key
+        group.append((rank, info))
+    settle()
     now = time.time()
     out = []
     for name, store in targets:
-        have = listings.get(name)
-        row: dict[str, Any] = {"name": name, "url": store.describe(), "reachable": have is not None}
-        if have is None:
-            row.update({"error": errors.get(name, ""), "objects": None, "missing_objects": None,
+        row: dict[str, Any] = {"name": name, "url": store.describe(), "reachable": name not in errors}
+        if name in errors:
+            row.update({"error": errors[name], "objects": None, "missing_objects": None,
                         "missing_bytes": None, "missing_backups": None, "missing_segments": None,
                         "behind_since": None, "lag_s": None})
         else:
-            missing = [k for k in union if k not in have]
-            oldest = min((union[k].mtime for k in missing), default=None)
+            c = counts[name]
+            oldest = c["oldest"]
             row.update({
-                "objects": len(have), "missing_objects": len(missing),
-                "missing_bytes": sum(union[k].size for k in missing),
-                "missing_backups": sum(1 for k in missing if layout.backup_id_of(k)),
-                "missing_segments": sum(1 for k in missing if layout.is_segment_index(k)),
+                "objects": c["objects"], "missing_objects": c["missing"], "missing_bytes": c["bytes"],
+                "missing_backups": c["backups"], "missing_segments": c["segments"],
                 "behind_since": oldest, "lag_s": round(now - oldest, 3) if oldest else 0.0,
             })
         out.append(row)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
@@ -50,12 +51,19 @@ class _Failed:
 _DONE = object()
 
 
-def prefetched(items: Iterable[T], depth: int = 2, name: str = "prefetch") -> Iterator[T]:
+class Stalled(TimeoutError):
+    """A producer gave nothing for the time its consumer waits (prefetched's stall)."""
+
+
+def prefetched(items: Iterable[T], depth: int = 2, name: str = "prefetch",
+               stall: float | None = None) -> Iterator[T]:
     """Iterate items in a helper thread, up to depth items ahead, so that producing the next item
     (a query in the server, say) overlaps consuming this one (compressing and storing it).
 
     The producer's exception is raised here. Closing the iterator early (or an exception in the
-    consumer) stops the producer and waits for it: whatever it uses is free again afterwards."""
+    consumer) stops the producer and waits for it: whatever it uses is free again afterwards.
+    stall: seconds without an item after which Stalled is raised and the producer (stuck in a
+    call that does not answer: a frozen storage target) is left behind, never waited for."""
     q: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
@@ -73,14 +81,20 @@ def prefetched(items: Iterable[T], depth: int = 2, name: str = "prefetch") -> It
 
     thread = threading.Thread(target=produce, name=name, daemon=True)
     thread.start()
+    stalled = False
+    since = time.monotonic()
     try:
         while True:
             try:
-                item = q.get(timeout=0.2)
+                item = q.get(timeout=0.2 if stall is None else min(0.2, stall))
             except queue.Empty:
                 if not thread.is_alive() and q.empty():  # never wait for a producer that is gone
                     raise RuntimeError(f"{name}: the producer thread ended without a result") from None
+                if stall is not None and time.monotonic() - since >= stall:
+                    stalled = True
+                    raise Stalled(f"{name}: nothing for {stall:g} s") from None
                 continue
+            since = time.monotonic()
             if item is _DONE:
                 return
             if isinstance(item, _Failed):
@@ -88,4 +102,5 @@ def prefetched(items: Iterable[T], depth: int = 2, name: str = "prefetch") -> It
             yield item  # type: ignore[misc]
     finally:
         stop.set()
-        thread.join()
+        if not stalled:
+            thread.join()
