@@ -33,7 +33,7 @@ WINDOW = 2_592_000
 PER_FILE = 10_000
 COMMANDS = ("verify (first run)", "prune --dry-run", "binlog compact (nothing due) --dry-run",
             "catalog.segments (undo, purge)", "repo sync (to an empty target)",
-            "repo targets comparison (2 targets)")
+            "repo targets comparison (2 targets)", "list/status comparison (2 targets, quick)")
 
 
 def _copy_root(url: str) -> Path:
@@ -48,7 +48,8 @@ def _run(url: str, cmd: str) -> dict:
     from backupkit.operations.retention import RetentionRules
     from backupkit.operations.verify import verify_repository
     from backupkit.repo.catalog import Catalog
-    from backupkit.repo.sync import sync_stores, target_status
+    from backupkit.repo.compare import target_status
+    from backupkit.repo.sync import sync_stores
     from backupkit.storage import open_store
     from backupkit.storage.local import LocalStore
     from tests.support.scale import SOURCE, CountingStore
@@ -66,8 +67,8 @@ def _run(url: str, cmd: str) -> dict:
     elif cmd == "repo sync (to an empty target)":
         res = sync_stores([("a", store)], ("b", LocalStore(_copy_root(url))), parallel=4)
         extra.update(copied=res.copied, complete=res.complete)
-    elif cmd == "repo targets comparison (2 targets)":
-        rows = target_status([("a", store), ("b", LocalStore(_copy_root(url)))])
+    elif cmd.endswith("(2 targets)") or cmd.endswith("quick)"):
+        rows = target_status([("a", store), ("b", LocalStore(_copy_root(url)))], quick="quick" in cmd)
         extra["missing_objects"] = rows[1]["missing_objects"]
     else:
         extra["segments"] = len(Catalog(store).segments(SOURCE))

@@ -69,14 +69,14 @@ def targets_table(targets: list[dict]):
 
 def _targets(store) -> dict:
     """{"targets": lag of each storage target} when the repository has several (storage/mirror/)."""
-    from backupkit.repo.sync import target_status  # lazy: start-up time
+    from backupkit.repo.compare import target_status  # lazy: start-up time
     from backupkit.storage.mirror import find_mirror  # lazy: start-up time
 
     mirror = find_mirror(store)
     if mirror is None or len(mirror.targets) < 2:
         return {}
     # each target gets the mirror's deadline (short for interactive commands): never a hang
-    return {"targets": target_status([(t.name, t.store) for t in mirror.targets],
+    return {"targets": target_status([(t.name, t.store) for t in mirror.targets], quick=True,
                                      deadline=mirror.stall_timeout)}
 
 

@@ -129,7 +129,8 @@ def sync(
 @app.command("targets")
 def targets() -> None:
     """Each storage target: reachable or not, what it lacks (its lag), and what survives its loss."""
-    from backupkit.repo.sync import survival_by_target, target_status  # lazy: start-up time
+    from backupkit.repo.compare import target_status  # lazy: start-up time
+    from backupkit.repo.sync import survival_by_target  # lazy: start-up time
     from backupkit.repo.targets import (  # lazy: start-up time
         key_encryption_keys,
         target_specs,

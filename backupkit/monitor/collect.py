@@ -19,8 +19,8 @@ from backupkit.monitor.status import (
 )
 from backupkit.repo import layout
 from backupkit.repo.catalog import Catalog
+from backupkit.repo.compare import target_status
 from backupkit.repo.coverage import build_runs, ends_at, gap_between
-from backupkit.repo.sync import target_status
 from backupkit.repo.watermark import read_status
 from backupkit.restore.plan import restorable_intervals
 from backupkit.storage.mirror import find_mirror
@@ -118,4 +118,4 @@ def target_health(store) -> list[TargetHealth]:
         return []
     return [TargetHealth(t["name"], t.get("url", ""), bool(t["reachable"]), t.get("lag_s"),
                          t.get("missing_objects"), t.get("error", "") or "")
-            for t in target_status([(t.name, t.store) for t in mirror.targets])]
+            for t in target_status([(t.name, t.store) for t in mirror.targets], quick=True)]

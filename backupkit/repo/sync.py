@@ -18,7 +18,6 @@ object). It never deletes, and never overwrites an object unless asked to repair
 from __future__ import annotations
 
 import hashlib
-import heapq
 import io
 import logging
 import threading
@@ -31,12 +30,12 @@ from typing import Any, BinaryIO
 from backupkit.errors import BackupkitError, IntegrityError, ObjectNotFound, StorageError
 from backupkit.repo import layout
 from backupkit.repo.catalog import Catalog, decode_manifest
+from backupkit.repo.compare import children
 from backupkit.repo.keyring import Keyring, is_plain_key
 from backupkit.repo.placement import PLACEMENT
 from backupkit.storage.base import ObjectInfo, ObjectStore
 from backupkit.storage.crypto import DecryptingReader
 from backupkit.storage.mirror import MirrorStore
-from backupkit.util.workers import Stalled, prefetched
 
 log = logging.getLogger(__name__)
 
@@ -236,22 +235,6 @@ class _Part:
         return key in self.singles or any(key.startswith(p) for p in self.prefixes)
 
 
-def _children(store: ObjectStore, prefix: str) -> tuple[list[str], list[str]]:
-    """(the folders right under prefix, the keys right under it): one request per entry."""
-    folders: list[str] = []
-    plain: list[str] = []
-    after = ""
-    while (first := store.first_after(prefix, after)) is not None:
-        name, sep, _ = first.key[len(prefix):].partition("/")
-        if sep:
-            folders.append(name)
-            after = f"{prefix}{name}0"  # "0" follows "/": after every key of that folder
-        else:
-            plain.append(first.key)
-            after = first.key
-    return folders, plain
-
-
 def _parts(stores: list[ObjectStore]) -> list[_Part]:
     """Every key of the stores (their union) in parts, found by folder (one request per backup,
     source and binlog file on each store, not per key): the keyring first, then each backup
@@ -264,7 +247,7 @@ def _parts(stores: list[ObjectStore]) -> list[_Part]:
             ps.update(p)
         return sorted(fs), sorted(ps)
 
-    top, rest_singles = union(_children(s, "") for s in stores)
+    top, rest_singles = union(children(s, "") for s in stores)
     first = [_Part("keyring", (layout.KEYS,))] if layout.KEYS[:-1] in top else []
     big: list[_Part] = []
     rest: list[str] = []
@@ -273,18 +256,18 @@ def _parts(stores: list[ObjectStore]) -> list[_Part]:
         if folder in (layout.KEYS, layout.LEASES):
             continue
         if folder == layout.BACKUPS:
-            ids, plain = union(_children(s, folder) for s in stores)
+            ids, plain = union(children(s, folder) for s in stores)
             rest_singles += plain
             big += [_Part(f"backup {b}", (f"{folder}{b}/",)) for b in ids]
             continue
         if folder != layout.BINLOG:
             rest.append(folder)
             continue
-        sources, plain = union(_children(s, folder) for s in stores)
+        sources, plain = union(children(s, folder) for s in stores)
         rest_singles += plain
         for src in sources:
             sp = f"{folder}{src}/"
-            subs, plain = union(_children(s, sp) for s in stores)
+            subs, plain = union(children(s, sp) for s in stores)
             rest_singles += plain
             files = sorted({f for s in stores for d in (layout.INDEX_DIR, layout.DATA_DIR)
                             if d in subs for f in s.folders(f"{sp}{d}/")})
@@ -560,89 +543,6 @@ def _repair(sources, held, dest, have, differing, deep, repair, check, expected,
 
 
 # -- the state of every target -------------------------------------------------------------
-def _batches(infos: Iterable[ObjectInfo], size: int = 1000) -> Iterator[list[ObjectInfo]]:
-    batch: list[ObjectInfo] = []
-    for info in infos:
-        if layout.is_replicated(info.key):
-            batch.append(info)
-            if len(batch) >= size:
-                yield batch
-                batch = []
-    if batch:
-        yield batch
-
-
-def target_status(targets: list[Named], deadline: float | None = None) -> list[dict[str, Any]]:
-    """For each target: reachable or not, and what it lacks compared with the union of all targets.
-
-    The targets' listings (each in key order) are read side by side, each by a thread of its own
-    a few pages ahead, and compared key by key: memory holds a few pages per target, whatever the
-    repository's size. deadline: seconds a target may go without answering (it is then reported
-    unreachable; its listing thread is left behind, so the answer never hangs)."""
-    errors: dict[str, str] = {}
-
-    def stream(rank: int, name: str, store: ObjectStore) -> Iterator[tuple[str, int, ObjectInfo]]:
-        try:
-            for batch in prefetched(_batches(store.list("")), depth=4, name=f"status-{name}",
-                                    stall=deadline):
-                for info in batch:
-                    yield info.key, rank, info
-        except BackupkitError as exc:
-            errors[name] = exc.message
-        except Stalled:
-            errors[name] = f"did not answer within {deadline:g} s"
-
-    names = [name for name, _ in targets]
-    counts = {name: {"objects": 0, "missing": 0, "bytes": 0, "backups": 0, "segments": 0,
-                     "oldest": None} for name in names}
-    group: list[tuple[int, ObjectInfo]] = []
-
-    def settle() -> None:
-        if not group:
-            return
-        ranks = {r for r, _ in group}
-        first = min((info for _, info in group), key=lambda i: i.mtime)
-        key = first.key
-        for rank, name in enumerate(names):
-            c = counts[name]
-            if rank in ranks:
-                c["objects"] += 1
-                continue
-            c["missing"] += 1
-            c["bytes"] += first.size
-            c["backups"] += bool(layout.backup_id_of(key))
-            c["segments"] += layout.is_segment_index(key)
-            if c["oldest"] is None or first.mtime < c["oldest"]:
-                c["oldest"] = first.mtime
-        group.clear()
-
-    last = None
-    for key, rank, info in heapq.merge(*(stream(i, n, s) for i, (n, s) in enumerate(targets))):
-        if key != last:
-            settle()
-            last = key
-        group.append((rank, info))
-    settle()
-    now = time.time()
-    out = []
-    for name, store in targets:
-        row: dict[str, Any] = {"name": name, "url": store.describe(), "reachable": name not in errors}
-        if name in errors:
-            row.update({"error": errors[name], "objects": None, "missing_objects": None,
-                        "missing_bytes": None, "missing_backups": None, "missing_segments": None,
-                        "behind_since": None, "lag_s": None})
-        else:
-            c = counts[name]
-            oldest = c["oldest"]
-            row.update({
-                "objects": c["objects"], "missing_objects": c["missing"], "missing_bytes": c["bytes"],
-                "missing_backups": c["backups"], "missing_segments": c["segments"],
-                "behind_since": oldest, "lag_s": round(now - oldest, 3) if oldest else 0.0,
-            })
-        out.append(row)
-    return out
-
-
 def survival_by_target(targets: list[Named], wrap: Callable[[ObjectStore], ObjectStore],
                        loss_report: Callable[..., Any], at: float | None = None,
                        source_id: str | None = None, stall_timeout: float = 30.0) -> list[dict[str, Any]]:

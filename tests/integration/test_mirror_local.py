@@ -14,8 +14,9 @@ from backupkit.errors import IntegrityError, StorageError
 from backupkit.repo import layout
 from backupkit.repo.catalog import Catalog, decode_manifest, encode_manifest
 from backupkit.repo.codec import consume_object, iter_object, put_object, read_object
+from backupkit.repo.compare import target_status
 from backupkit.repo.keyring import open_encrypted
-from backupkit.repo.sync import sync_stores, target_status
+from backupkit.repo.sync import sync_stores
 from backupkit.repo.targets import open_mirror
 from backupkit.storage.crypto import KeyEncryptionKey
 from backupkit.storage.local import LocalStore

@@ -9,7 +9,8 @@ import pytest
 from backupkit.repo import layout
 from backupkit.repo import sync as sync_mod
 from backupkit.repo.catalog import encode_manifest
-from backupkit.repo.sync import _parts, sync_stores, target_status
+from backupkit.repo.compare import target_status
+from backupkit.repo.sync import _parts, sync_stores
 from backupkit.storage.local import LocalStore
 from tests.support.scale import SOURCE, build_repository, no_fsync
 
