@@ -12,11 +12,12 @@ Every problem names the object (or the stretch of binlog) it concerns; the CLI e
 
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,19 +34,22 @@ from backupkit.repo.catalog import (
     Chunk,
     GapInfo,
     SegmentInfo,
+    binlog_order,
     decode_manifest,
     encode_manifest,
     manifest_at,
 )
 from backupkit.repo.chain import broken_chains
 from backupkit.repo.codec import StoredObject, sha256_bytes, verify_object
-from backupkit.repo.coverage import build_runs
+from backupkit.repo.coverage import Run, continues, gap_between, in_use
 from backupkit.restore.cold import restore_cold
 from backupkit.restore.load import RestoreOptions, restore_snapshot
 from backupkit.restore.physical import restore_physical, server_checksums
 from backupkit.storage.base import ObjectStore
 from backupkit.util.progress import NullProgress, Progress
 from backupkit.util.units import utc_iso
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -92,58 +96,165 @@ class VerifyReport:
 
 @dataclass
 class Verified:
-    """What earlier verify runs checked: object key -> sha256 of its stored bytes, and when a run
-    last read everything."""
+    """What earlier verify runs checked, as the top record (layout.verified_record()) holds it:
+    object key -> sha256 of its stored bytes for the objects outside the binlog (backups), the
+    segments of each finished binlog file as one digest of their data keys and checksums
+    (``groups``, "<source>\\n<file>" -> digest: grows with files, not segments), which files have
+    a record of their own (``files``: layout.verified_file_record, the open file's segments one by
+    one, read only when that file is checked) and when a run last read everything.
+
+    A format-1 record (one object, before per-file records) also held the open files' segments in
+    ``objects``: honoured as it is, and rewritten per file by the next run."""
 
     objects: dict[str, str] = field(default_factory=dict)
     full_at: float = 0.0
-    #: the segments of a finished binlog file, recorded as one digest of their keys and checksums
-    #: ("<source>\n<file>" -> digest): the record grows with files, not with segments
     groups: dict[str, str] = field(default_factory=dict)
+    files: list[str] = field(default_factory=list)
 
-    def has(self, obj: StoredObject, group: tuple[str, str] | None) -> bool:
-        """True when obj, as it is now, was checked: itself, or as one of its unchanged group."""
-        if self.objects.get(obj.key) == obj.sha256:
+    def has(self, obj: StoredObject, group: tuple[str, str] | None,
+            own: dict[str, str] | None = None) -> bool:
+        """True when obj, as it is now, was checked: itself (in this record, or own: its file's
+        record), or as one of its unchanged group."""
+        if self.objects.get(obj.key) == obj.sha256 or (own and own.get(obj.key) == obj.sha256):
             return True
         return group is not None and self.groups.get(group[0]) == group[1]
 
 
-def segment_groups(per_source: dict[str, list[SegmentInfo]]) -> dict[str, tuple[str, str]]:
-    """object key -> (group, digest) for the segments of every finished binlog file (all files of
-    a source but its newest, which still grows): the digest covers each segment's data key and
-    checksum, so a group matches only while its file's segments are the very same."""
-    out: dict[str, tuple[str, str]] = {}
-    for sid, segs in per_source.items():
-        files: dict[str, list[StoredObject]] = {}
-        for seg in segs:
-            files.setdefault(seg.binlog_file, []).append(seg.object)
-        for f in sorted(files)[:-1]:
-            objs = sorted(files[f], key=lambda o: o.key)
-            digest = sha256_bytes("".join(f"{o.key} {o.sha256}\n" for o in objs).encode())
-            for o in objs:
-                out[o.key] = (f"{sid}\n{f}", digest)
-    return out
+#: the format of the verify records (1: one object holding every open file's segments too)
+RECORD_FORMAT = 2
 
 
-def read_verified(catalog: Catalog) -> Verified:
-    """The verify record, or an empty one (everything is new) when missing or unreadable."""
-    key = layout.verified_record()
+def _group(source_id: str, binlog_file: str) -> str:
+    return f"{source_id}\n{binlog_file}"
+
+
+def _digest(segs: list[SegmentInfo]) -> str:
+    """One digest of a file's segments (their data keys and checksums, in key order): it matches
+    only while the file's segments are the very same."""
+    objs = sorted((s.object for s in segs), key=lambda o: o.key)
+    return sha256_bytes("".join(f"{o.key} {o.sha256}\n" for o in objs).encode())
+
+
+def _read_body(catalog: Catalog, key: str) -> dict[str, Any]:
+    return decode_manifest(key, zstandard.ZstdDecompressor().decompress(catalog.store.get_bytes(key)))
+
+
+_UNREADABLE = (StorageError, IntegrityError, zstandard.ZstdError, KeyError, TypeError, ValueError,
+               AttributeError)
+
+
+def _read_top(catalog: Catalog) -> Verified:
+    """The top record, or an empty one (everything is new) when missing or unreadable."""
     try:
-        raw = zstandard.ZstdDecompressor().decompress(catalog.store.get_bytes(key))
-        body = decode_manifest(key, raw)
+        body = _read_body(catalog, layout.verified_record())
         return Verified({str(k): str(v) for k, v in body["objects"].items()}, float(body["full_at"]),
-                        {str(k): str(v) for k, v in body.get("groups", {}).items()})
-    except (StorageError, IntegrityError, zstandard.ZstdError, KeyError, TypeError, ValueError,
-            AttributeError):
+                        {str(k): str(v) for k, v in body.get("groups", {}).items()},
+                        [str(g) for g in body.get("files", [])])
+    except _UNREADABLE:
         return Verified()
 
 
-def write_verified(catalog: Catalog, verified: Verified) -> None:
-    """Replace the verify record (one PUT)."""
-    body = {"type": "verified", "objects": verified.objects, "groups": verified.groups,
-            "full_at": verified.full_at, "updated_at": time.time()}
+def _read_file(catalog: Catalog, group: str) -> dict[str, str]:
+    """A file's own record (object key -> sha256), empty when missing or unreadable."""
+    source_id, _, binlog_file = group.partition("\n")
+    key = layout.verified_file_record(source_id, binlog_file)
+    try:
+        body = _read_body(catalog, key)
+        if body.get("source_id") != source_id or body.get("binlog_file") != binlog_file:
+            return {}
+        return {str(k): str(v) for k, v in body["objects"].items()}
+    except _UNREADABLE:
+        return {}
+
+
+def read_verified(catalog: Catalog) -> Verified:
+    """Everything the records hold, the files' own records merged into objects (to inspect them;
+    a verify run reads only the records of the files it checks)."""
+    top = _read_top(catalog)
+    for g in top.files:
+        top.objects.update(_read_file(catalog, g))
+    return top
+
+
+def _write_top(catalog: Catalog, verified: Verified) -> None:
+    body = {"type": "verified", "format": RECORD_FORMAT, "objects": verified.objects,
+            "groups": verified.groups, "files": verified.files, "full_at": verified.full_at,
+            "updated_at": time.time()}
     catalog.store.put(layout.verified_record(),
                       zstandard.ZstdCompressor(level=3).compress(encode_manifest(body)))
+
+
+class _Recorder:
+    """Builds the records of a run one binlog file at a time. A file is finished once the next
+    file of its source comes (all files of a source but its newest): one digest in the top record
+    when none of its objects failed; otherwise (the newest file, a finished one with damage) the
+    objects that passed go into the file's own record, written as soon as that is known, so the
+    run holds one file's entries (and the file before it, as key -> checksum) at a time."""
+
+    def __init__(self, catalog: Catalog, old: Verified) -> None:
+        self.catalog = catalog
+        self.old = old
+        self.notes: list[str] = []
+        self.groups: dict[str, str] = {}
+        self.files: list[str] = []
+        self.pending: tuple[str, str, dict[str, str], bool, dict[str, str]] | None = None
+        self.failed = False
+
+    def prior(self, group: str) -> dict[str, str]:
+        """What the file's own record holds (one GET, only for a file that has one)."""
+        return _read_file(self.catalog, group) if group in self.old.files else {}
+
+    def done(self, group: str, digest: str, ok: dict[str, str], broken: bool,
+             prior: dict[str, str]) -> None:
+        """A file was checked (ok: its objects that passed; broken: some failed)."""
+        self._flush(finished=True)
+        self.pending = (group, digest, ok, broken, prior)
+
+    def end_source(self) -> None:
+        self._flush(finished=False)
+
+    def _flush(self, finished: bool) -> None:
+        if self.pending is None:
+            return
+        group, digest, ok, broken, prior = self.pending
+        self.pending = None
+        if finished and not broken:
+            self.groups[group] = digest
+            return
+        if not ok:
+            return
+        if ok != prior or group not in self.old.files:
+            source_id, _, binlog_file = group.partition("\n")
+            body = {"type": "verified_file", "format": RECORD_FORMAT, "source_id": source_id,
+                    "binlog_file": binlog_file, "objects": ok, "updated_at": time.time()}
+            try:
+                self.catalog.store.put(layout.verified_file_record(source_id, binlog_file),
+                                       zstandard.ZstdCompressor(level=3).compress(encode_manifest(body)))
+            except StorageError as exc:
+                self._note(exc)
+                return
+        self.files.append(group)
+
+    def finish(self, objects: dict[str, str], full_at: float) -> None:
+        """The top record replaced, then the files' records no longer named deleted."""
+        try:
+            _write_top(self.catalog, Verified(objects, full_at, self.groups, self.files))
+        except StorageError as exc:
+            self._note(exc)
+            return
+        stale = [layout.verified_file_record(*g.partition("\n")[::2])
+                 for g in self.old.files if g not in self.files]
+        try:
+            if stale:
+                self.catalog.store.delete(stale)
+        except StorageError as exc:  # left behind: named by no record, never read
+            log.warning("verify records not deleted: %s", exc.message)
+
+    def _note(self, exc: StorageError) -> None:
+        if not self.failed:
+            self.failed = True
+            self.notes.append(f"the record of what was verified was not written: {exc.message} "
+                                     "(the next run reads everything again)")
 
 
 class _Checker:
@@ -216,42 +327,121 @@ def _read_backups(catalog: Catalog, ids: list[str] | None, report: VerifyReport,
     return out
 
 
-def _read_segments(catalog: Catalog, source_id: str, report: VerifyReport,
-                   parallel: int) -> list[SegmentInfo]:
-    keys = [i.key for i in catalog.store.list(layout.index_prefix(source_id))
-            if layout.is_segment_index(i.key)]
-    segs = [SegmentInfo.from_dict(d) for d in _read_all(catalog, keys, report, parallel)]
-    return sorted(segs, key=lambda s: (s.binlog_file, s.start_pos, s.end_pos))
+def _listed_files(catalog: Catalog, source_id: str, report: VerifyReport, parallel: int,
+                  after: str | None = None) -> Iterator[tuple[str, list[SegmentInfo]]]:
+    """Every index entry of a source read itself, one binlog file at a time in binlog order (the
+    files are the index's folders: one LIST on S3; then one listing per file), the files up to
+    after left out."""
+    names = sorted(layout.dec(n) for n in catalog.store.folders(layout.index_prefix(source_id)))
+    for f in names:
+        if after is not None and binlog_order(f, 0) <= binlog_order(after, 0):
+            continue
+        keys = [i.key for i in catalog.store.list(layout.segment_file_prefix(source_id, f))
+                if layout.is_segment_index(i.key)]
+        segs = [SegmentInfo.from_dict(d) for d in _read_all(catalog, keys, report, parallel)]
+        if segs:
+            yield f, sorted(segs, key=lambda s: (s.binlog_file, s.start_pos, s.end_pos))
 
 
-def coverage_problems(source_id: str, segs: list[SegmentInfo], gaps: list[GapInfo]
-                      ) -> tuple[list[Problem], list[str]]:
-    """Holes between runs of segments: recorded gaps are notes, the others are problems."""
-    problems: list[Problem] = []
-    notes: list[str] = []
-    runs = build_runs(segs, gaps)
-    for a, b in zip(runs, runs[1:], strict=False):
-        end, start = a.end, b.start
-        last = a.segments[-1]
-        known = [g for g in gaps if (g.resume_file, g.resume_pos) == start]
+def _source_files(catalog: Catalog, source_id: str, report: VerifyReport, parallel: int,
+                  full: bool) -> Iterator[tuple[str, list[SegmentInfo]]]:
+    """A source's segments one binlog file at a time: a full run reads every index entry itself;
+    an incremental one reads them through the roll-ups (Catalog.segments_by_file), and every
+    entry itself from where that fails, so that a damaged entry is still a problem naming it."""
+    if full:
+        yield from _listed_files(catalog, source_id, report, parallel)
+        return
+    last: str | None = None
+    try:
+        for f, segs in catalog.segments_by_file(source_id):
+            yield f, segs
+            last = f
+    except (IntegrityError, KeyError, TypeError, ValueError):
+        yield from _listed_files(catalog, source_id, report, parallel, after=last)
+
+
+class _Coverage:
+    """Holes between runs of segments (repo/coverage.py build_runs), fed one binlog file at a
+    time in binlog order: it keeps the last segment of the current run and its newest commit,
+    never the run. Recorded gaps are notes, the other holes problems."""
+
+    def __init__(self, source_id: str, gaps: list[GapInfo]) -> None:
+        self.source_id = source_id
+        self.gaps = gaps
+        self.last: SegmentInfo | None = None
+        self.newest = 0.0  # newest commit time of the current run
+        self.problems: list[Problem] = []
+        self.notes: list[str] = []
+
+    def add(self, segs: list[SegmentInfo]) -> None:
+        for s in in_use(segs):  # a segment inside a wider one (compacted) is left out
+            last = self.last
+            if last is None or not continues(last, s) or gap_between(self.gaps, last, s) is not None:
+                if last is not None:
+                    self._hole(last, (s.binlog_file, s.start_pos))
+                self.newest = 0.0
+            self.last = s
+            self.newest = max(self.newest, Run([s]).commit_time(0))
+
+    def _hole(self, last: SegmentInfo, start: tuple[str, int]) -> None:
+        end = last.next_point()
+        source_id = self.source_id
+        known = [g for g in self.gaps if (g.resume_file, g.resume_pos) == start]
         if known:
             g = known[0]
-            notes.append(f"binlog of {source_id}: recorded gap from {end[0]}:{end[1]} to "
-                         f"{start[0]}:{start[1]} ({g.reason}, detected {utc_iso(g.detected_at)})")
-            continue
+            self.notes.append(f"binlog of {source_id}: recorded gap from {end[0]}:{end[1]} to "
+                              f"{start[0]}:{start[1]} ({g.reason}, detected {utc_iso(g.detected_at)})")
+            return
         if end == start:  # contiguous by position but split by a gap record elsewhere
-            continue
+            return
+        if end[0] == start[0] and start[1] < end[1]:
+            return  # two segments overlapping: overlap_problems names them
         if end[0] == start[0]:
             key = layout.segment_index(source_id, end[0], end[1], start[1])
             what = f"missing segment {key}"
         else:
             key = layout.segment_index(source_id, end[0], end[1], 0).rsplit("-", 1)[0] + "-..."
             what = f"missing segment(s) from {end[0]}:{end[1]} to {start[0]}:{start[1]}"
-        problems.append(Problem(
+        self.problems.append(Problem(
             "gap", key,
             f"binlog of {source_id} has a hole no gap record explains: {what} (after "
-            f"{last.key}, commits up to {utc_iso(a.end_time() or None)})"))
-    return problems, notes
+            f"{last.key}, commits up to {utc_iso(self.newest or None)})"))
+
+
+def coverage_problems(source_id: str, segs: list[SegmentInfo], gaps: list[GapInfo]
+                      ) -> tuple[list[Problem], list[str]]:
+    """Holes between runs of segments: recorded gaps are notes, the others are problems."""
+    cover = _Coverage(source_id, gaps)
+    cover.add(segs)
+    return cover.problems, cover.notes
+
+
+def overlap_problems(segs: list[SegmentInfo]) -> list[Problem]:
+    """Segments of one binlog file whose ranges overlap without one covering the other: damage
+    (compaction merges whole runs of segments, so a compacted segment covers the pieces it
+    replaced, which stay listed for its grace period, and a higher level's covers the lower
+    ones'). Readers take the first and find a hole after it. Each such segment is named with
+    the one it overlaps."""
+    out: list[Problem] = []
+    stack: list[SegmentInfo] = []  # nested ranges holding the current start
+    for s in sorted((s for s in segs if s.end_pos > s.start_pos),
+                    key=lambda s: (s.binlog_file, s.start_pos, -s.end_pos)):
+        while stack and (stack[-1].binlog_file != s.binlog_file or stack[-1].end_pos <= s.start_pos):
+            stack.pop()
+        if stack and s.end_pos > stack[-1].end_pos:
+            w = stack[-1]
+            out.append(Problem("overlap", s.key, (
+                f"{_what(w)} {w.key} [{w.start_pos}, {w.end_pos}) and {_what(s)} {s.key} "
+                f"[{s.start_pos}, {s.end_pos}) of {s.binlog_file} overlap, neither covering the "
+                f"other: a restore stops at {w.end_pos} (remove the entry of the one whose events "
+                "the other lacks)")))
+            continue
+        stack.append(s)
+    return out
+
+
+def _what(s: SegmentInfo) -> str:
+    return f"compacted segment (of {s.merged})" if s.merged else "segment"
 
 
 def rollup_problems(catalog: Catalog, source_id: str, repair: bool = False
@@ -277,9 +467,8 @@ def rollup_problems(catalog: Catalog, source_id: str, repair: bool = False
             continue
         if binlog_file is None:
             continue
-        try:
-            for d in catalog.read_rollup(info.key).get("segments", []):
-                SegmentInfo.from_dict(d)
+        try:  # every entry made a segment as it is decoded, none kept
+            catalog.rollup_segments(info.key, lambda s: False)
         except ObjectNotFound:
             continue  # pruned meanwhile
         except (IntegrityError, KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -325,16 +514,6 @@ def _removable(catalog: Catalog, key: str, read: Callable[[], object], what: str
                        "--repair' to remove it)"), None
 
 
-def _segments_cheaply(catalog: Catalog, source_id: str, report: VerifyReport,
-                      parallel: int) -> list[SegmentInfo]:
-    """The segments through the roll-ups (an incremental run); every entry read itself when that
-    fails, so a damaged entry is still a problem naming it."""
-    try:
-        return catalog.segments(source_id)
-    except (IntegrityError, KeyError, TypeError, ValueError):
-        return _read_segments(catalog, source_id, report, parallel)
-
-
 def verify_repository(store: ObjectStore, backup_ids: list[str] | None = None, *,
                       binlog: bool = True, parallel: int = 8,
                       progress: Progress | None = None, repair: bool = False,
@@ -342,16 +521,18 @@ def verify_repository(store: ObjectStore, backup_ids: list[str] | None = None, *
     """Check the given backups (all when None) and, with binlog, every shipped segment and
     roll-up (repair: damaged roll-ups are rebuilt).
 
-    Without everything (a whole-repository run only), objects an earlier run checked with the
-    same checksum are not read again, unless the last full run is full_every seconds old or more;
-    the record of what was checked is replaced at the end."""
+    The segments are read, checked and recorded one binlog file at a time (memory: one file's
+    segments, whatever the source's size). Without everything (a whole-repository run only),
+    objects an earlier run checked with the same checksum are not read again, unless the last full
+    run is full_every seconds old or more; the records of what was checked are replaced as the
+    run goes (each file's) and at the end (the top record)."""
     started = time.monotonic()
     bar = progress or NullProgress()
     task = bar.start("verifying")
     catalog = Catalog(store)
     report = VerifyReport(storage=store.describe())
     whole = backup_ids is None and binlog
-    verified = read_verified(catalog) if whole else Verified()
+    verified = _read_top(catalog) if whole else Verified()
     report.last_full_at = verified.full_at
     report.full = everything or not whole or not verified.full_at or (
         full_every is not None and time.time() - verified.full_at >= full_every)
@@ -361,46 +542,60 @@ def verify_repository(store: ObjectStore, backup_ids: list[str] | None = None, *
         items += [(f"backup {b.id}", o) for o in b.objects]
         report.backups.append({"id": b.id, "kind": b.kind, "objects": len(b.objects),
                                "stored_bytes": b.stored_bytes, "point_time": utc_iso(b.point.time)})
-    per_source: dict[str, tuple[list[SegmentInfo], list[GapInfo]]] = {}
-    if binlog:
-        for sid in catalog.sources():
-            segs = (_read_segments if report.full else _segments_cheaply)(catalog, sid, report,
-                                                                          parallel)
-            gaps = catalog.gaps(sid)
-            per_source[sid] = (segs, gaps)
-            items += [(f"segment {s.key}", s.object) for s in segs]
     considered = items
-    groups = segment_groups({sid: segs for sid, (segs, _) in per_source.items()})
     if not report.full:
-        items = [(o, obj) for o, obj in items if not verified.has(obj, groups.get(obj.key))]
+        items = [(o, obj) for o, obj in items if not verified.has(obj, None)]
         report.skipped = len(considered) - len(items)
-    bar.update(task, total=sum(o.size for _, o in items))
+    total = sum(o.size for _, o in items)
+    bar.update(task, total=total)
     checker = _Checker(store, parallel, lambda n: bar.advance(task, n))
     checked = checker.check_all(items)
-    report.problems += checked
+    bad = {p.key for p in checked}
+    kept = {o.key: o.sha256 for _, o in considered if o.key not in bad}
+    del items, considered
+    recorder = _Recorder(catalog, verified)
+    entries = VerifyReport(storage="")  # the index entries' problems, reported before the objects'
+    after: list[tuple[list[Problem], list[str]]] = []
+    for sid in (catalog.sources() if binlog else []):
+        gaps = catalog.gaps(sid)
+        cover = _Coverage(sid, gaps)
+        overlaps: list[Problem] = []
+        count = size = 0
+        for f, segs in _source_files(catalog, sid, entries, parallel, report.full):
+            count += len(segs)
+            size += sum(s.object.size for s in segs)
+            cover.add(segs)
+            overlaps += overlap_problems(segs)
+            group = (_group(sid, f), _digest(segs))
+            prior = recorder.prior(group[0]) if whole and not report.full else {}
+            mine = [(f"segment {s.key}", s.object) for s in segs]
+            del segs
+            todo = mine if report.full else [(o, obj) for o, obj in mine
+                                              if not verified.has(obj, group, prior)]
+            report.skipped += len(mine) - len(todo)
+            total += sum(o.size for _, o in todo)
+            bar.update(task, total=total)
+            found = checker.check_all(todo)
+            checked += found
+            failed = {p.key for p in found}
+            if whole:
+                recorder.done(group[0], group[1], {o.key: o.sha256 for _, o in mine
+                                                   if o.key not in failed}, bool(failed), prior)
+            del mine, todo
+        recorder.end_source()
+        probs_r, notes_r = rollup_problems(catalog, sid, repair)
+        after.append((cover.problems + overlaps + probs_r, cover.notes + notes_r))
+        report.sources.append({"source_id": sid, "segments": count, "stored_bytes": size,
+                               "gaps_recorded": len(gaps), "holes": len(cover.problems)})
+    report.problems += entries.problems + checked
+    report.notes += entries.notes
     report.objects, report.bytes = checker.objects, checker.bytes
     if whole:
-        bad = {p.key for p in checked}
-        broken = {groups[k][0] for k in bad if k in groups}  # a group is recorded whole or not
-        whole_groups = {g: d for g, d in groups.values() if g not in broken}
-        record = Verified({o.key: o.sha256 for _, o in considered if o.key not in bad
-                           and groups.get(o.key, ("", ""))[0] not in whole_groups},
-                          time.time() if report.full else verified.full_at, whole_groups)
-        try:
-            write_verified(catalog, record)
-        except StorageError as exc:
-            report.notes.append(f"the record of what was verified was not written: {exc.message} "
-                                "(the next run reads everything again)")
-    for sid, (segs, gaps) in per_source.items():
-        probs, notes = coverage_problems(sid, segs, gaps)
+        recorder.finish(kept, time.time() if report.full else verified.full_at)
+        report.notes += recorder.notes
+    for probs, notes in after:
         report.problems += probs
         report.notes += notes
-        probs_r, notes_r = rollup_problems(catalog, sid, repair)
-        report.problems += probs_r
-        report.notes += notes_r
-        report.sources.append({"source_id": sid, "segments": len(segs),
-                               "stored_bytes": sum(s.object.size for s in segs),
-                               "gaps_recorded": len(gaps), "holes": len(probs)})
     report.problems += chain_problems(catalog, backups)
     bad = {p.key for p in report.problems}
     for b in report.backups:

@@ -322,10 +322,16 @@ def verified_record() -> str:
     return f"{VERIFY}verified.json.zst"
 
 
+def verified_file_record(source_id: str, binlog_file: str) -> str:
+    """What `verify` has checked of one binlog file whose segments are recorded one by one (the
+    open file; a finished one with damage): a run reads only the records of the files it checks."""
+    return f"{VERIFY}binlog/{enc(source_id)}/{enc(binlog_file)}.json.zst"
+
+
 def is_replaced_in_place(key: str) -> bool:
     """Small state objects each writer replaces in place (the head, the shipper's status, the
-    verify record): two targets may hold different versions of them, and that is no damage."""
-    if key == verified_record():
+    verify records): two targets may hold different versions of them, and that is no damage."""
+    if key.startswith(VERIFY):
         return True
     return key.startswith(BINLOG) and key.rsplit("/", 1)[-1] in ("head.json", "shipper-status.json")
 
