@@ -348,3 +348,36 @@ def test_quorum_all_still_waits_for_a_slow_first_target(roots):
         assert not (roots[1] / "backups/b1/manifest.json").exists()
     finally:
         frozen.release.set()
+
+
+@pytest.mark.parametrize("journal_limit", [100_000, 2])
+def test_a_catch_up_copies_what_the_journal_names_without_listing(roots, monkeypatch, journal_limit):
+    """A target that lagged since the journal began is caught up from the journal (one HEAD a
+    key, no listing: a month of segments lists for minutes); a journal that overflowed falls
+    back to comparing every key. Both end complete."""
+    from backupkit.repo.compare import target_status
+    from backupkit.storage.mirror import store as mirror_store
+    from tests.support.scale import CountingStore
+
+    monkeypatch.setattr(mirror_store, "JOURNAL_LIMIT", journal_limit)
+    a, b = CountingStore(LocalStore(roots[0])), CountingStore(LocalStore(roots[1]))
+    m = open_mirror([("a", a), ("b", b)], 1, stall_timeout=5)
+    put_object(m, "backups/b0/data.zst", [b"0" * 100])  # both hold it
+    away = roots[1].with_name("b-away")
+    roots[1].rename(away)  # b is unreachable (what it holds is kept)
+    roots[1].write_bytes(b"not a folder")
+    for i in range(1, 4):
+        obj = put_object(m, f"backups/b{i}/data.zst", [b"x" * 3000])
+        m.put_if_absent(layout.backup_manifest(f"b{i}"), encode_manifest({"objects": [obj.to_dict()]}))
+    assert m.target("b").lagging
+    roots[1].unlink()  # b is back
+    away.rename(roots[1])
+    m.target("b").down_until = 0
+    a.reset()
+    b.reset()
+    m.catch_up()
+    assert not m.target("b").lagging
+    listed = a.counts["list"] + b.counts["list"]
+    assert (listed == 0) if journal_limit > 2 else (listed > 0)
+    rows = {r["name"]: r for r in target_status([("a", LocalStore(roots[0])), ("b", LocalStore(roots[1]))])}
+    assert rows["b"]["missing_objects"] == 0 and rows["b"]["objects"] == rows["a"]["objects"] == 7

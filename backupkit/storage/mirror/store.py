@@ -103,9 +103,11 @@ class MirrorStore(MirrorHealth, ObjectStore):
         self._last_list_error: StorageError | None = None
         # commit markers and the last pass of a catch-up exclude each other (see catch_up)
         self._commit_lock = threading.RLock()
-        # keys written while a target lags: the last catch-up pass copies only these
+        # keys written while a target lags: the last catch-up pass copies only these, and the
+        # bulk pass too when the journal began with the lag (whole: every key a target missed)
         self._journal: set[str] | None = None
         self._journal_full = False
+        self._journal_whole = False
         self._journal_lock = threading.Lock()
         self._closed = threading.Event()
         self._background: threading.Thread | None = None
@@ -277,7 +279,7 @@ class MirrorStore(MirrorHealth, ObjectStore):
         """Remember a write while a target lags (from before any catch-up lists the targets)."""
         with self._journal_lock:
             if self._journal is None and any(t.lagging for t in self.targets):
-                self._journal, self._journal_full = set(), False
+                self._journal, self._journal_full, self._journal_whole = set(), False, False
             if self._journal is not None and not self._journal_full:
                 self._journal.add(key)
                 self._journal_full = len(self._journal) > JOURNAL_LIMIT
@@ -516,13 +518,17 @@ class MirrorStore(MirrorHealth, ObjectStore):
         before the data it commits. The last pass copies only the keys this mirror wrote since
         the target began to lag (its journal, kept from before the bulk pass listed anything):
         one HEAD per key rather than a listing of both targets, so it holds commits up for
-        milliseconds, not for the time a large repository takes to list. Objects other
-        processes write are theirs to copy; each target stays consistent either way."""
+        milliseconds, not for the time a large repository takes to list. The bulk pass does the
+        same when the journal began with the lag (it then names every key a lagging target
+        missed: each missed write is noted as the target is marked lagging) and holds at most
+        JOURNAL_LIMIT keys; otherwise it compares every key of the targets (repo/sync.py, one
+        part at a time). Objects other processes write are theirs to copy; each target stays
+        consistent either way."""
         if self._catch_up is None:
             return []
         with self._journal_lock:
             if self._journal is None:
-                self._journal, self._journal_full = set(), False
+                self._journal, self._journal_full, self._journal_whole = set(), False, False
         done = []
         sources = [t for t in self.targets if not t.lagging and not t.is_down()]
         for t in self.targets:
@@ -533,7 +539,12 @@ class MirrorStore(MirrorHealth, ObjectStore):
             except StorageError:
                 continue
             named = [(s.name, s.store) for s in sources]
-            result = self._catch_up(named, (t.name, t.store), progress)
+            with self._journal_lock:
+                whole = None if self._journal_full or not self._journal_whole else sorted(self._journal or ())
+            if whole is None:  # every key of both targets compared
+                result = self._catch_up(named, (t.name, t.store), progress)
+            else:  # what it missed since it began to lag: one HEAD a key, no listing
+                result = self._catch_up(named, (t.name, t.store), progress, keys=whole)
             copied = result.copied
             if result.complete:
                 with self._commit_lock:
@@ -557,7 +568,15 @@ class MirrorStore(MirrorHealth, ObjectStore):
 
     # -- background catch-up (a shipper: the lagging target never holds its writes up) ------------
     def mark_lagging(self, t: Target, key: str, reason: str) -> None:
-        super().mark_lagging(t, key, reason)
+        # the key it missed, and from the first lag on every key written (the journal), noted
+        # with the flag under one lock: a catch-up ending now cannot drop the journal between
+        with self._journal_lock:
+            if self._journal is None:
+                self._journal, self._journal_full, self._journal_whole = set(), False, True
+            if not self._journal_full:
+                self._journal.add(key)
+                self._journal_full = len(self._journal) > JOURNAL_LIMIT
+            super().mark_lagging(t, key, reason)
         if self.background_catch_up > 0 and self._catch_up is not None:
             with self._background_lock:
                 if self._background is None or not self._background.is_alive():
