@@ -10,8 +10,14 @@ Nothing finer is needed for exact restores: the planner picks segments by these 
 replay stops inside a segment by reading its events (restore/replay/parse.py), so ``--to-time``,
 ``--to-gtid`` and ``--to-position`` inside a compacted stretch are as exact as before.
 
-One run (``compact_source``) lists the index of the files after the last rolled-up one, the
-roll-ups and the source's compaction records; never every key of the source:
+One run (``compact_source``) goes one binlog file at a time. It reads the source's stretches
+(Catalog.stretches: the summary, a few objects per file, and the open file) and the keys of its
+compaction records (each key holds its due time and number of pieces); a file's segments only
+when those say there may be something to do there (``_needs_read``: a segment old enough for a
+pass, a record due, or covered segments other than one last piece per record, what a stopped run
+leaves), and a record's body only when it is due (or its file shows a stopped run). So a run
+with nothing due holds and requests what ``list`` does, whatever the number of segments; a run
+that works holds one file's segments at a time. In each file read:
 1. Settle and sweep: what a stopped run left is finished (a compacted entry committed without
    its record gets one; a record whose early entries are still listed has them deleted). Each
    record whose grace has ended loses its pieces: the last piece's entry (the open file's chunks
@@ -56,6 +62,7 @@ from backupkit.repo import layout
 from backupkit.repo.catalog import Catalog, SegmentInfo, encode_manifest
 from backupkit.repo.codec import StoredObject, put_object, verify_object
 from backupkit.repo.coverage import build_runs, covered_by
+from backupkit.repo.stretches import Stretch, summarize
 from backupkit.restore.replay.fetch import Fetcher
 
 log = logging.getLogger(__name__)
@@ -124,6 +131,7 @@ class CompactResult:
     merged: list[dict[str, Any]] = field(default_factory=list)  # one per compacted segment
     deleted: list[str] = field(default_factory=list)  # keys removed (entries and data)
     waiting: int = 0  # superseded segments still inside their grace period
+    files_read: int = 0  # binlog files whose segments were read (the others had nothing due)
     segments_before: int = 0
     segments_after: int = 0  # segments readers use afterwards (superseded ones not counted)
     seconds: float = 0.0
@@ -132,6 +140,7 @@ class CompactResult:
         return {"source_id": self.source_id, "dry_run": self.dry_run, "merged": self.merged,
                 "merged_segments": sum(m["segments"] for m in self.merged),
                 "deleted": len(self.deleted), "waiting_for_grace": self.waiting,
+                "files_read": self.files_read,
                 "segments_before": self.segments_before, "segments_after": self.segments_after,
                 "seconds": round(self.seconds, 3)}
 
@@ -164,17 +173,19 @@ def _bucket(s: SegmentInfo, window: float) -> int:
 
 def plan_merges(segments: Sequence[SegmentInfo], gaps: Sequence = (), *, now: float,
                 older_than: float = DEFAULT_AFTER, window: float = DEFAULT_WINDOW,
-                max_bytes: int = DEFAULT_MAX_BYTES, whole: bool = False) -> list[list[SegmentInfo]]:
+                max_bytes: int = DEFAULT_MAX_BYTES, whole: bool = False,
+                hold_newest: bool = True) -> list[list[SegmentInfo]]:
     """Groups of two or more contiguous segments to merge, each into one (see the module doc).
 
     whole (a level): only segments spanning less than window (not those of a higher level), and
     only windows that ended older_than ago, so that a window is merged once, whole, and not
-    rewritten each time another of its segments becomes old enough."""
+    rewritten each time another of its segments becomes old enough. hold_newest: the newest of
+    segments is the source's (it is left as it is); False for the segments of an earlier file."""
     runs = build_runs(segments, gaps)
     if not runs:
         return []
     newest = max((s for r in runs for s in r.segments),
-                 key=lambda s: (s.binlog_file, s.start_pos, s.end_pos))
+                 key=lambda s: (s.binlog_file, s.start_pos, s.end_pos)) if hold_newest else None
     cutoff = now - older_than
     out: list[list[SegmentInfo]] = []
     for run in runs:
@@ -381,21 +392,47 @@ class Record:
 
 
 def record_for(info: SegmentInfo, group: Sequence[SegmentInfo], grace: float) -> Record:
-    """The record of the compacted segment info that replaced group."""
+    """The record of the compacted segment info that replaced group (its due time and number of
+    pieces in its key)."""
+    due = (info.created_at or time.time()) + grace
+    pieces = [(s.key, s.object.key) for s in sorted(group, key=lambda s: (s.start_pos, s.end_pos))]
     return Record(layout.compaction_record(info.source_id, info.binlog_file, info.start_pos,
-                                           info.end_pos),
-                  info.key, info.binlog_file, info.start_pos, info.end_pos,
-                  (info.created_at or time.time()) + grace,
-                  [(s.key, s.object.key) for s in sorted(group, key=lambda s: (s.start_pos, s.end_pos))])
+                                           info.end_pos, due, len(pieces)),
+                  info.key, info.binlog_file, info.start_pos, info.end_pos, due, pieces)
 
 
-def records(catalog: Catalog, source_id: str) -> list[Record]:
-    """The source's compaction records (one LIST of a small prefix, one GET each). A record that
-    cannot be read is skipped with a warning: its pieces' data then stays (prune's orphans)."""
-    keys = [i.key for i in catalog.store.list(layout.compaction_prefix(source_id))
-            if layout.is_compaction_record(i.key)]
+@dataclass(frozen=True)
+class Pending:
+    """A compaction record as its key names it (layout.compaction_record_of), not read."""
+
+    key: str
+    merged: str  # the compacted segment's index entry
+    binlog_file: str
+    due: float | None  # None: a key written before the due time was in it (read to learn it)
+    pieces: int
+
+    def read_now(self, now: float) -> bool:
+        return self.due is None or self.due <= now
+
+
+def pending(catalog: Catalog, source_id: str) -> list[Pending]:
+    """The source's compaction records as their keys name them: one LIST of a small prefix,
+    no GET."""
     out = []
-    for key, body in zip(keys, catalog._read_many(keys, missing_ok=True), strict=True):
+    for i in catalog.store.list(layout.compaction_prefix(source_id)):
+        got = layout.compaction_record_of(i.key)
+        if got is not None:
+            f, a, z, due, n = got
+            out.append(Pending(i.key, layout.segment_index(source_id, f, a, z), f, due, n))
+    return out
+
+
+def read_records(catalog: Catalog, keys: Sequence[str]) -> list[Record]:
+    """The records stored at keys (one GET each). A record that cannot be read is skipped with a
+    warning: its pieces' data then stays (prune's orphans)."""
+    keys = list(keys)
+    out = []
+    for key, body in zip(keys, catalog._read_many(keys, missing_ok=True) if keys else [], strict=True):
         if body is None:
             continue
         try:
@@ -405,6 +442,37 @@ def records(catalog: Catalog, source_id: str) -> list[Record]:
     return out
 
 
+def records(catalog: Catalog, source_id: str) -> list[Record]:
+    """Every compaction record of the source, read (one LIST, one GET each)."""
+    return read_records(catalog, [p.key for p in pending(catalog, source_id)])
+
+
+def _needs_read(sts: Sequence[Stretch], pend: Sequence[Pending],
+                passes: Sequence[tuple[float, float, int]], now: float) -> bool:
+    """False when the stretches of one binlog file and its records' keys show that a run has
+    nothing to do there, so its segments are not read: no record due, nothing a stopped run
+    left (each pending record leaves exactly its last piece listed and covered: any other
+    covered segment is a stopped run's), and no segment old enough for any pass (the oldest
+    creation time; for a level, the oldest last commit's window). Never False when unsure."""
+    if any(p.read_now(now) for p in pend):
+        return True
+    if sum(st.hidden for st in sts) != len(pend):
+        return True
+    if sum(st.count for st in sts) < 2:
+        return False
+    for win, after, tier in passes:
+        cutoff = now - after
+        if tier:  # a segment without a commit time is merged once the file's commits are old
+            oldest = min((st.min_last_commit for st in sts if st.min_last_commit), default=0.0)
+            if not oldest or (math.floor(oldest / win) + 1) * win <= cutoff:
+                return True
+        else:
+            oldest = min(st.created_min for st in sts)
+            if not oldest or oldest <= cutoff:
+                return True
+    return False
+
+
 def compact_source(catalog: Catalog, source_id: str, *, older_than: float = DEFAULT_AFTER,
                    grace: float = DEFAULT_GRACE, window: float = DEFAULT_WINDOW,
                    max_bytes: int = DEFAULT_MAX_BYTES, levels: Sequence[Level] | None = None,
@@ -412,14 +480,18 @@ def compact_source(catalog: Catalog, source_id: str, *, older_than: float = DEFA
                    now: float | None = None, report: Callable[[str], None] | None = None,
                    after_commit: Callable[[SegmentInfo], None] | None = None,
                    step: Callable[[str], None] | None = None) -> CompactResult:
-    """Settle and sweep, then merge (see the module doc). levels: merge level by level, the
-    highest first (each merges whole windows; see Level), each superseded piece's data deleted
-    after the grace of the level that replaced it; without levels, one pass as older_than,
-    window and grace say (every segment older_than, partial windows too). level: the zstd level
-    of merged objects. after_commit: called after each compacted segment is committed, step
-    with the name of each later step ("recorded", "entries deleted", "published"; tests inject
-    crashes there). Lists the index of the files still open, the roll-ups and the records; never
-    every key of the source."""
+    """Settle and sweep, then merge (see the module doc), one binlog file at a time. levels:
+    merge level by level, the highest first (each merges whole windows; see Level), each
+    superseded piece's data deleted after the grace of the level that replaced it; without
+    levels, one pass as older_than, window and grace say (every segment older_than, partial
+    windows too). level: the zstd level of merged objects. after_commit: called after each
+    compacted segment is committed, step with the name of each later step ("recorded",
+    "entries deleted", "published"; tests inject crashes there).
+
+    Reads the source's stretches (Catalog.stretches: the summary, a few objects per file) and
+    the records' keys; a file's segments only when its stretches or records say there may be
+    something to do there (_needs_read), and a record only when it is due (its key says when)
+    or its file shows a stopped run. Memory holds one file's segments at a time."""
     t0 = time.monotonic()
     stamp = now  # a merged entry's created_at: its commit's moment, unless a test sets the clock
     now = time.time() if now is None else now
@@ -437,52 +509,91 @@ def compact_source(catalog: Catalog, source_id: str, *, older_than: float = DEFA
 
         def grace_of(wide: SegmentInfo) -> float:
             return grace
-    segs = catalog.segments(source_id)
     gaps = catalog.gaps(source_id)
-    recs = records(catalog, source_id)
-    res.segments_before = len(segs)
-    segs = _settle(catalog, source_id, segs, gaps, recs, grace_of, now, dry_run, res, say)
-    # the merges, level by level: a higher level's objects are whole to the levels below
-    live = list(segs)
-    made: list[tuple[SegmentInfo, list[SegmentInfo]]] = []
-    for win, after, tier in passes:
-        groups = plan_merges(live, gaps, now=now, older_than=after, window=win,
-                             max_bytes=max_bytes, whole=bool(tier))
-        for group in groups:
-            first, last = group[0], group[-1]
-            row = {"file": first.binlog_file, "start_pos": first.start_pos, "end_pos": last.end_pos,
-                   "segments": sum(max(1, s.merged) for s in group), "pieces": len(group),
-                   "window": win, "level": tier, "raw_bytes": sum(s.object.raw_size for s in group),
-                   "key": layout.segment_index(source_id, first.binlog_file, first.start_pos,
-                                               last.end_pos)}
-            if dry_run:  # what the next pass would see
-                raw = sum(s.object.raw_size for s in group) - \
-                    sum(s.object.raw_size - (s.end_pos - s.start_pos) for s in group[1:])
-                info = merged_info(group, StoredObject(row["key"], 0, "", raw), now, tier)
-            else:
-                info = merge_group(catalog, group, level=level, parallel=parallel, now=stamp,
-                                   tier=tier)
-                row["stored_bytes"] = info.object.size
-                say(f"compacted {len(group)} segments of {first.binlog_file} "
-                    f"[{first.start_pos}, {last.end_pos}) ({win:g}s window)")
-                if after_commit is not None:
-                    after_commit(info)
-            made.append((info, list(group)))
-            res.merged.append(row)
-        gone = {s.key for _, g in made for s in g}  # sets made once a pass: not quadratic
-        have = {s.key for s in live}
-        live = [s for s in live if s.key not in gone] + [m for m, _ in made if m.key not in have]
-    if made and not dry_run:
-        new = [record_for(info, group, grace_of(info)) for info, group in made]
-        _supersede(catalog, source_id, new, at)
-        # no grace: the pieces go in this run (by the clock now: the merged entries were
-        # committed after the run began)
-        later = now if stamp is not None else max(now, time.time())
-        live = _sweep(catalog, source_id, live, [r for r in new if r.due <= later], dry_run, res, say)
-        res.waiting += sum(len(r.pieces) for r in new if r.due > later)
-    res.segments_after = len([s for r in build_runs(live, gaps) for s in r.segments])
+    by_file: dict[str, list[Stretch]] = {}
+    listed: dict[str, list[SegmentInfo]] | None = None
+    if catalog.head(source_id) is None:  # an index without a head (older): listed once, whole
+        listed = {}
+        for s in catalog.segments(source_id):
+            listed.setdefault(s.binlog_file, []).append(s)
+        stretches = [st for segs in listed.values() for st in summarize(segs)]
+    else:  # the summary and the open file: a few objects per file
+        stretches = catalog.stretches(source_id)
+    for st in stretches:
+        by_file.setdefault(st.binlog_file, []).append(st)
+    # the source's newest segment is never merged (plan_merges): it lies in the last file
+    newest = max(by_file, default=None)
+    recs: dict[str, list[Pending]] = {}
+    for p in pending(catalog, source_id):
+        recs.setdefault(p.binlog_file, []).append(p)
+
+    def one_file(f: str, segs: list[SegmentInfo], pend: list[Pending]) -> list[SegmentInfo]:
+        segs = _settle(catalog, source_id, f, segs, gaps, pend, grace_of, now, dry_run, res, say)
+        # the merges, level by level: a higher level's objects are whole to the levels below
+        live = list(segs)
+        made: list[tuple[SegmentInfo, list[SegmentInfo]]] = []
+        for win, after, tier in passes:
+            groups = plan_merges(live, gaps, now=now, older_than=after, window=win,
+                                 max_bytes=max_bytes, whole=bool(tier), hold_newest=f == newest)
+            for group in groups:
+                made.append((_merge(catalog, group, win, tier, res, dry_run=dry_run, level=level,
+                                    parallel=parallel, now=now, stamp=stamp, say=say,
+                                    after_commit=after_commit), list(group)))
+            gone = {s.key for _, g in made for s in g}  # sets made once a pass: not quadratic
+            have = {s.key for s in live}
+            live = [s for s in live if s.key not in gone] + [m for m, _ in made if m.key not in have]
+        if made and not dry_run:
+            new = [record_for(info, group, grace_of(info)) for info, group in made]
+            _supersede(catalog, source_id, new, at)
+            # no grace: the pieces go in this run (by the clock now: the merged entries were
+            # committed after the run began)
+            later = now if stamp is not None else max(now, time.time())
+            live = _sweep(catalog, source_id, live, [r for r in new if r.due <= later], dry_run,
+                          res, say)
+            res.waiting += sum(len(r.pieces) for r in new if r.due > later)
+        return live
+
+    for f in list(by_file) + sorted(set(recs) - set(by_file)):
+        sts, pend = by_file.get(f, []), recs.get(f, [])
+        if not _needs_read(sts, pend, passes, now):
+            res.segments_before += sum(st.listed for st in sts)
+            res.segments_after += sum(st.count for st in sts)
+            res.waiting += sum(p.pieces for p in pend)
+            continue
+        res.files_read += 1
+        segs = (listed.get(f, []) if listed is not None
+                else catalog.file_segments(source_id, f) if sts else [])
+        res.segments_before += len(segs)
+        live = one_file(f, segs, pend)
+        res.segments_after += len([s for r in build_runs(live, gaps) for s in r.segments])
     res.seconds = time.monotonic() - t0
     return res
+
+
+def _merge(catalog: Catalog, group: Sequence[SegmentInfo], win: float, tier: int, res: CompactResult,
+           *, dry_run: bool, level: int, parallel: int, now: float, stamp: float | None,
+           say: Callable[[str], None], after_commit: Callable[[SegmentInfo], None] | None
+           ) -> SegmentInfo:
+    """One planned group merged (dry: what the next pass would see); its row in res."""
+    first, last = group[0], group[-1]
+    row = {"file": first.binlog_file, "start_pos": first.start_pos, "end_pos": last.end_pos,
+           "segments": sum(max(1, s.merged) for s in group), "pieces": len(group),
+           "window": win, "level": tier, "raw_bytes": sum(s.object.raw_size for s in group),
+           "key": layout.segment_index(first.source_id, first.binlog_file, first.start_pos,
+                                       last.end_pos)}
+    if dry_run:  # what the next pass would see
+        raw = sum(s.object.raw_size for s in group) - \
+            sum(s.object.raw_size - (s.end_pos - s.start_pos) for s in group[1:])
+        info = merged_info(group, StoredObject(row["key"], 0, "", raw), now, tier)
+    else:
+        info = merge_group(catalog, group, level=level, parallel=parallel, now=stamp, tier=tier)
+        row["stored_bytes"] = info.object.size
+        say(f"compacted {len(group)} segments of {first.binlog_file} "
+            f"[{first.start_pos}, {last.end_pos}) ({win:g}s window)")
+        if after_commit is not None:
+            after_commit(info)
+    res.merged.append(row)
+    return info
 
 
 def _supersede(catalog: Catalog, source_id: str, new: Sequence[Record],
@@ -541,20 +652,27 @@ def _roll_up_listed(catalog: Catalog, source_id: str, binlog_file: str, tries: i
     catalog.store.delete([layout.segment_rollup(source_id, binlog_file)])
 
 
-def _settle(catalog: Catalog, source_id: str, segs: list[SegmentInfo], gaps: Sequence,
-            recs: list[Record], grace_of: Callable[[SegmentInfo], float], now: float,
-            dry_run: bool, res: CompactResult, say: Callable[[str], None]) -> list[SegmentInfo]:
-    """Finish what a stopped run left, then sweep the records that are due; returns the segments
-    readers see afterwards.
+def _settle(catalog: Catalog, source_id: str, binlog_file: str, segs: list[SegmentInfo],
+            gaps: Sequence, pend: Sequence[Pending], grace_of: Callable[[SegmentInfo], float],
+            now: float, dry_run: bool, res: CompactResult, say: Callable[[str], None]
+            ) -> list[SegmentInfo]:
+    """Finish what a stopped run left in one binlog file, then sweep its records that are due;
+    returns the file's segments readers see afterwards.
     - A compacted segment committed without its record (a run stopped right after the commit):
       its record is written now, with the visible segments it covers as its pieces.
     - A record whose early entries are still listed (stopped before deleting them): deleted now.
     - A compacted entry readers do not see yet (a roll-up or chunks written before it) is not
-      looked for: the merge is planned again, finds the committed entry and goes on from there."""
+      looked for: the merge is planned again, finds the committed entry and goes on from there.
+    Records are read when due; all of the file's only when its covered segments are not
+    exactly one last piece per record (what a stopped run leaves)."""
+    recorded = {p.merged for p in pend}
+    pairs = superseded(segs, gaps)
+    everything = len(pairs) != len(pend) or any(w.key not in recorded for _, w in pairs)
+    recs = read_records(catalog, [p.key for p in pend if everything or p.read_now(now)])
+    read = {r.key for r in recs}
     named = {e for r in recs for e, _ in r.pieces}
-    recorded = {r.merged for r in recs}
     new: dict[str, tuple[SegmentInfo, list[SegmentInfo]]] = {}
-    for small, wide in superseded(segs, gaps):
+    for small, wide in pairs:
         if small.key not in named and wide.key not in recorded:
             new.setdefault(wide.key, (wide, []))[1].append(small)
     fresh = [record_for(w, g, grace_of(w)) for w, g in new.values()]
@@ -563,10 +681,11 @@ def _settle(catalog: Catalog, source_id: str, segs: list[SegmentInfo], gaps: Seq
     if (fresh or stale) and not dry_run:
         _supersede(catalog, source_id, fresh + stale, lambda _s: None)
         say(f"finished {len(fresh) + len(stale)} compaction(s) a stopped run left")
-        segs = catalog.segments(source_id)  # the roll-ups now name the compacted entries
+        segs = catalog.file_segments(source_id, binlog_file)  # the roll-up names them now
     recs = recs + fresh
     due = [r for r in recs if r.due <= now]
-    res.waiting += sum(len(r.pieces) for r in recs if r.due > now)
+    res.waiting += sum(len(r.pieces) for r in recs if r.due > now) + \
+        sum(p.pieces for p in pend if p.key not in read)
     return _sweep(catalog, source_id, segs, due, dry_run, res, say)
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import math
+import re
 from urllib.parse import quote, unquote
 
 #: 2: binlog index entries apart from their data (binlog/<src>/index/ and binlog/<src>/data/);
@@ -264,11 +266,32 @@ def legacy_segment_of(key: str) -> tuple[str, str, int, int, str] | None:
 COMPACTED_DIR = "compacted"
 
 
-def compaction_record(source_id: str, binlog_file: str, start: int, end: int) -> str:
+def compaction_record(source_id: str, binlog_file: str, start: int, end: int,
+                      due: float | None = None, pieces: int = 0) -> str:
     """What a compacted segment [start, end) of binlog_file replaced, and when that may go
     (operations/compact.py): written after its index entry, removed once the pieces' data is
-    deleted at the end of the grace period. Not a commit marker: it only says what to delete."""
-    return f"{BINLOG}{enc(source_id)}/{COMPACTED_DIR}/{enc(binlog_file)}/{start:012d}-{end:012d}.json"
+    deleted at the end of the grace period. Not a commit marker: it only says what to delete.
+    due (the end of its grace, whole seconds rounded up) and the number of pieces are in the
+    key, so that a run reads only the records that are due; a key without them (written before)
+    is read to learn its due time."""
+    tail = f"{start:012d}-{end:012d}" + (f".due-{math.ceil(due)}.n-{pieces}" if due is not None else "")
+    return f"{BINLOG}{enc(source_id)}/{COMPACTED_DIR}/{enc(binlog_file)}/{tail}.json"
+
+
+_RECORD_NAME = re.compile(r"^(\d+)-(\d+)(?:\.due-(\d+)\.n-(\d+))?\.json$")
+
+
+def compaction_record_of(key: str) -> tuple[str, int, int, float | None, int] | None:
+    """(binlog file, start, end, due or None, pieces) of a compaction record's key; None when
+    key is not one. due is None for a key written before the due time was in it."""
+    if not is_compaction_record(key):
+        return None
+    parts = key.split("/")
+    m = _RECORD_NAME.match(parts[4])
+    if m is None:
+        return None
+    due = float(m.group(3)) if m.group(3) is not None else None
+    return dec(parts[3]), int(m.group(1)), int(m.group(2)), due, int(m.group(4) or 0)
 
 
 def compaction_prefix(source_id: str) -> str:

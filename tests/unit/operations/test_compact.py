@@ -118,7 +118,8 @@ def test_small_segments_go_only_after_the_grace_then_the_rollup_is_rewritten(tmp
     after = {i.key for i in r.store.list(layout.BINLOG)}
     # the last small entry, the 19 data objects and the record
     assert before - after == {r.segments[18].key, *(s.object.key for s in r.segments[:19]),
-                              layout.compaction_record(SRC, FILE, 4, r.segments[18].end_pos)}
+                              layout.compaction_record(SRC, FILE, 4, r.segments[18].end_pos,
+                                                       T0 + 100 + 600, 19)}
     segs = r.catalog.segments(SRC)
     assert len(segs) == 2
     body = r.catalog.read_rollup(layout.segment_rollup(SRC, FILE))
@@ -460,3 +461,69 @@ def test_prune_never_takes_the_pieces_data_inside_the_grace_for_orphans(tmp_path
     (rec,) = list(r.store.list(layout.compaction_prefix(SRC)))
     r.store.put(rec.key, b"{damaged")
     assert repo.orphans(time.time() + 1) == []
+
+
+class _Recording:
+    """Which keys a command reads (GET), over tests/support/scale.py's request counter."""
+
+    def __init__(self, store) -> None:
+        from tests.support.scale import CountingStore
+
+        outer = self
+
+        class Store(CountingStore):
+            def open(self, key: str):
+                outer.opened.append(key)
+                return super().open(key)
+
+        self.opened: list[str] = []
+        self.store = Store(store)
+
+
+@pytest.mark.parametrize("levels", [[], None])
+def test_a_run_with_nothing_due_reads_no_segment_and_its_requests_do_not_grow(tmp_path, levels):
+    """Every file younger than the compaction age: the run reads the stretches (summary, head,
+    open file) and no file's roll-up or index entry; the same requests at 1,000 and 3,000
+    segments (3x the files)."""
+    from tests.support.scale import SOURCE, build_repository
+    from tests.support.scale import T0 as S0
+
+    # levels: windows of an hour and two, merged 2 h after they end
+    lv = [cp.Level(3600, 7200), cp.Level(7200, 7200)] if levels is None else levels
+    totals = []
+    for n in (1_000, 3_000):
+        build_repository(open_store(f"file://{tmp_path / str(n)}"), n, per_file=250)
+        rec = _Recording(open_store(f"file://{tmp_path / str(n)}"))
+        # the newest segment is at S0 + n - 1: every segment and window younger than its age
+        res = cp.compact_source(Catalog(rec.store), SOURCE, older_than=7200, levels=lv,
+                                dry_run=True, now=S0 + n)
+        assert res.merged == [] and res.files_read == 0
+        assert not [k for k in rec.opened if layout.is_segment_index(k) or "/rollup" in k], rec.opened
+        assert res.segments_before == res.segments_after == n
+        totals.append(rec.store.total())
+    assert totals[0] == totals[1], totals
+
+
+def test_pending_records_are_read_only_once_due_their_key_says_when(tmp_path):
+    """Three compacted segments inside their grace: a run GETs none of their records (the key
+    holds the due time and the number of pieces); a record under a key of an older backupkit
+    (no due time) is still read, kept inside its grace and swept after it."""
+    r = Repo(tmp_path, 13)
+    res = cp.compact_source(r.catalog, SRC, older_than=0, grace=600, window=4, now=T0 + 100)
+    assert len(res.merged) == 3 and res.waiting == 12
+    keys = sorted(p.key for p in cp.pending(r.catalog, SRC))
+    assert len(keys) == 3 and all(".due-1700000700.n-4.json" in k for k in keys)
+    old = keys[0].split(".due-")[0] + ".json"  # the same record as an older backupkit named it
+    r.store.put(old, r.store.open(keys[0]).read())
+    r.store.delete([keys[0]])
+    rec = _Recording(r.store)
+    cat = Catalog(rec.store)
+    res = cp.compact_source(cat, SRC, older_than=0, grace=600, window=4, now=T0 + 300)
+    assert res.merged == [] and res.deleted == [] and res.waiting == 12
+    assert [k for k in rec.opened if layout.is_compaction_record(k)] == [old]
+    rec.opened.clear()
+    res = cp.compact_source(cat, SRC, older_than=0, grace=600, window=4, now=T0 + 700)
+    assert res.waiting == 0 and len(res.deleted) == 2 * 12
+    assert sorted(k for k in rec.opened if layout.is_compaction_record(k)) == sorted([old, *keys[1:]])
+    assert cp.pending(r.catalog, SRC) == []
+    assert _events_whole(r, r.catalog.segments(SRC))
