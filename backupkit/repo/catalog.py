@@ -389,7 +389,7 @@ class Catalog:
         self.parallel = parallel
         self._partitioned = False  # the config says format 2 or later (see check_format)
         self._no_legacy = False  # a format-1 config, but no format-1 segment key stored
-        # summary entries a writer made and has not published yet (see _remember_summary)
+        # summary entries a writer made and has not published yet (see finish_rollup)
         self._summary_lock = threading.Lock()
         self._summary_new: dict[str, dict[str, dict[str, Any]]] = {}
 
@@ -673,18 +673,20 @@ class Catalog:
             log.warning("ignoring summary %s (the roll-ups are read): %s", key, exc.message)
             return {}
 
-    def _remember_summary(self, source_id: str, binlog_file: str, info: ObjectInfo,
-                          segs: list[SegmentInfo]) -> None:
+    def finish_rollup(self, source_id: str, binlog_file: str, info: ObjectInfo,
+                      stretches: list[Stretch]) -> None:
         """A finished file's roll-up was written (info: as the store returned it): its entry in
-        the source summary, published with the next head that names the file."""
-        if not info.etag:
-            return  # nothing to check it against: readers read the roll-up
-        # cut at the points of the bases in this file: readers cut there (restore, report, the
-        # status page), and a cut strictly inside a stretch makes them read the roll-up instead
-        entry = {"etag": info.etag, "size": info.size,
-                 "stretches": [st.to_dict() for st in summarize(segs, self._base_points(binlog_file))]}
-        with self._summary_lock:
-            self._summary_new.setdefault(source_id, {})[binlog_file] = entry
+        the source summary, published with the next head that names the file (now when the head
+        names it already: prune and compaction rewrite such files). stretches: summarize() of its
+        entries cut at _base_points(binlog_file): readers cut there (restore, report, the status
+        page), and a cut strictly inside a stretch makes them read the roll-up instead."""
+        if info.etag:  # else nothing to check it against: readers read the roll-up
+            entry = {"etag": info.etag, "size": info.size, "stretches": [st.to_dict() for st in stretches]}
+            with self._summary_lock:
+                self._summary_new.setdefault(source_id, {})[binlog_file] = entry
+        head = self.head(source_id)
+        if head is not None and binlog_file in head.rollups:
+            self._publish_summary(source_id, head.rollups)
 
     def _base_points(self, binlog_file: str) -> list[tuple[str, int]]:
         """The binlog points of the committed backups (summarize keeps those in the file; a
@@ -1021,12 +1023,8 @@ class Catalog:
         entries = [have[k] for k in keys if k in have]
         info = self.write_rollup(key, source_id, binlog_file, entries)
         if finished:
-            self._remember_summary(source_id, binlog_file, info, entries)
-            # a file the head names already (prune, compaction rewrite it): its entry goes into
-            # the summary now; the shipper's new file goes with the head that first names it
-            head = self.head(source_id)
-            if head is not None and binlog_file in head.rollups:
-                self._publish_summary(source_id, head.rollups)
+            cut = summarize(entries, self._base_points(binlog_file)) if info.etag else []
+            self.finish_rollup(source_id, binlog_file, info, cut)
         return key
 
     def roll_up(self, source_id: str) -> dict[str, list[str]]:

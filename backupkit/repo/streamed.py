@@ -92,8 +92,19 @@ def decode_list(key: str, data: bytes, field: str, entry: Callable[[dict[str, An
     Nones left out). IntegrityError when it is damaged (not zstd, not JSON, checksum or format);
     NotCanonical when its keys are not sorted (the caller decodes it whole); what entry raises
     is raised as it is."""
+    rest: dict[str, Any] = {}
+    out = list(iter_list(key, data, field, entry, max_format, rest))
+    return rest, out
+
+
+def iter_list(key: str, data: bytes, field: str, entry: Callable[[dict[str, Any]], T | None],
+              max_format: int, rest: dict[str, Any] | None = None) -> Iterator[T]:
+    """decode_list's entries one at a time (rest, when given, gets the other fields), so that a
+    caller passing them on (a roll-up made of chunks, repo/rollups.py) holds one at a time. The
+    checks come at the end: the iterator raises IntegrityError (or NotCanonical) after the
+    entries it yielded, so a caller must use nothing of them before it is exhausted."""
     try:
-        return _decode(data, field, entry, max_format)
+        yield from _decode(data, field, entry, max_format, {} if rest is None else rest)
     except zstandard.ZstdError as exc:
         raise IntegrityError(f"roll-up {key!r} is not valid zstd", "the stored copy is damaged") from exc
     except _BadSum:
@@ -115,12 +126,10 @@ class _BadFormat(Exception):
     pass
 
 
-def _decode(data: bytes, field: str, entry: Callable[[dict[str, Any]], T | None], max_format: int
-            ) -> tuple[dict[str, Any], list[T]]:
+def _decode(data: bytes, field: str, entry: Callable[[dict[str, Any]], T | None], max_format: int,
+            rest: dict[str, Any]) -> Iterator[T]:
     text = _Text(_pieces(data))
     digest = hashlib.sha256()
-    rest: dict[str, Any] = {}
-    out: list[T] = []
     got: Any = None
     last: str | None = None
     text.take("{")
@@ -158,7 +167,7 @@ def _decode(data: bytes, field: str, entry: Callable[[dict[str, Any]], T | None]
                 raise ValueError(f"an entry of {field} is not an object")
             made = entry(d)
             if made is not None:
-                out.append(made)
+                yield made
         text.take("]")
         digest.update(b"]")
     text.take("}")
@@ -170,7 +179,6 @@ def _decode(data: bytes, field: str, entry: Callable[[dict[str, Any]], T | None]
     fmt = rest.get("format")
     if not isinstance(fmt, int) or fmt > max_format:
         raise _BadFormat(fmt)
-    return rest, out
 
 
 def _squeezed(text: bytearray) -> bytes:

@@ -95,7 +95,6 @@ class Shipper(StreamReader, SegmentWriter, Follower):
         self._anchor = False  # a new range starts: commit an empty segment to record where
         self.uploader: SegmentUploader | None = None
         self._ctl: Any = None  # the control connection while setting up
-        self._committed: dict[str, SegmentInfo] = {}  # this run's entries of the file being shipped
         self._rollups: list[threading.Thread] = []
         self._rolled: set[str] | None = None  # files whose roll-up is written (for the head)
         self._unrolled: set[str] = set()  # finished files whose roll-up has not landed yet

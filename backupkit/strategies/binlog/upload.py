@@ -18,7 +18,7 @@ from backupkit.repo.catalog import (
     binlog_order,
 )
 from backupkit.repo.codec import put_object
-from backupkit.repo.rollups import OpenFileRollups
+from backupkit.repo.rollups import OpenFileRollups, roll_up_finished
 from backupkit.strategies.binlog.spill import SpillBuffer
 
 log = logging.getLogger(__name__)
@@ -154,7 +154,6 @@ class SegmentWriter:
         self.result.stored_bytes += obj.size
         self.result.transactions += info.transactions
         self.result.end = "{}:{}".format(*info.next_point())
-        self._committed[info.key] = info
         chunked = self._open_file.add(info)  # the open file's roll-up, in chunks (repo/rollups.py)
         if info.file_closed:
             self._roll_up(info.binlog_file)
@@ -166,20 +165,20 @@ class SegmentWriter:
         if self.on_commit is not None:
             self.on_commit(info)
 
-    def _roll_up(self, binlog_file: str, finished: bool = True) -> None:
+    def _roll_up(self, binlog_file: str) -> None:
         """A file is finished: write its roll-up (one object with every index entry of it) in the
-        background, from the entries this run holds plus any it does not. Once the head names it,
-        readers read that file from it alone; until then (or when it fails: logged, never
-        stopping shipping) they read the file through its chunks and listing."""
-        known = {k: v for k, v in self._open_file.known().items() if v.binlog_file == binlog_file}
-        known.update((k, v) for k, v in self._committed.items() if v.binlog_file == binlog_file)
-        self._committed = {k: v for k, v in self._committed.items() if v.binlog_file != binlog_file}
+        background, streamed from the file's chunks, the entries in no chunk yet that this run
+        holds, and any other entry read (repo/rollups.py roll_up_finished: never every entry of
+        the file at once). Once the head names it, readers read that file from it alone; until
+        then (or when it fails: logged, never stopping shipping) they read the file through its
+        chunks and listing."""
+        tail = self._open_file.tail(binlog_file)
         self._unrolled.add(binlog_file)  # no later file is named by a head until it lands
 
         def work() -> None:
             try:
-                if self.catalog.roll_up_file(self.source_id, binlog_file, known, finished=finished) \
-                        and finished and self._rolled is not None:
+                if roll_up_finished(self.catalog, self.source_id, binlog_file, tail) \
+                        and self._rolled is not None:
                     self._rolled.add(binlog_file)  # named by the next head
                     self._unrolled.discard(binlog_file)
             except Exception as exc:  # noqa: BLE001 - never stops shipping; readers list the file

@@ -7,9 +7,11 @@ import random
 
 import pytest
 
+from backupkit.mysql.gtid import BinlogPoint
+from backupkit.mysql.server import SourceIdentity
 from backupkit.repo import layout
-from backupkit.repo.catalog import Catalog, chain, chunks_of
-from backupkit.repo.rollups import CHUNK, OpenFileRollups
+from backupkit.repo.catalog import BackupManifest, Catalog, chain, chunks_of
+from backupkit.repo.rollups import CHUNK, OpenFileRollups, Stretches, roll_up_finished
 from backupkit.storage.local import LocalStore
 from tests.support.scale import (
     SOURCE,
@@ -93,6 +95,17 @@ def test_no_merge_over_a_chunk_prune_or_compaction_removed(tmp_path):
         writer.add(add_segment(cat, i, PER_FILE))
     assert _chunks(store) == [(4 + 240 * 100, 4 + 256 * 100)]  # a new chain, no wide chunk
     cat.write_head(synthetic_segment(255, PER_FILE), [])
+    assert [s.to_dict() for s in cat.segments(SOURCE)] == _plain(cat)
+
+
+def test_no_merge_beyond_the_widest_level(tmp_path):
+    store, cat = _open_file(tmp_path, 0)
+    writer = OpenFileRollups(cat, SOURCE, top=1)  # as TOP_LEVEL, at a unit test's size
+    for i in range(17 * 256 + 15 * 16):
+        writer.add(add_segment(cat, i, PER_FILE))
+    # 17 chunks of 256 (never merged: the widest level), 15 of 16
+    assert [(b - a) // 100 for a, b in _chunks(store)] == [256] * 17 + [16] * 15
+    cat.write_head(synthetic_segment(17 * 256 + 15 * 16 - 1, PER_FILE), [])
     assert [s.to_dict() for s in cat.segments(SOURCE)] == _plain(cat)
 
 
@@ -263,3 +276,70 @@ def test_chunk_summaries_change_nothing_the_chunks_would_say(tmp_path, seed):
         store.delete([layout.chunk_summary(SOURCE, "binlog.000001")])
         assert with_summaries == _stretches(cat, cuts), (seed, cuts)
         writer._summarize()  # written again, as after the next chunk
+    # the file's whole roll-up made from its chunks, the entries the writer holds and the others
+    # read: what roll_up_file makes from every entry listed (the object and the summary entry)
+    _same_roll_up(cat, writer)
+
+
+def _same_roll_up(cat: Catalog, writer: OpenFileRollups) -> None:
+    key = layout.segment_rollup(SOURCE, "binlog.000001")
+    assert roll_up_finished(cat, SOURCE, "binlog.000001", writer.tail("binlog.000001")) == key
+    streamed = [s.to_dict() for s in cat.rollup_segments(key)]
+    summary = cat._summary_new[SOURCE].pop("binlog.000001")["stretches"]
+    cat.roll_up_file(SOURCE, "binlog.000001", finished=True)
+    assert streamed == [s.to_dict() for s in cat.rollup_segments(key)] == _plain(cat)
+    assert summary == cat._summary_new[SOURCE]["binlog.000001"]["stretches"]
+
+
+def test_a_finished_file_is_rolled_up_from_its_chunks(tmp_path):
+    store, cat = _open_file(tmp_path, 0)
+    writer = OpenFileRollups(cat, SOURCE)
+    for i in range(1_000):  # 3 chunks of 256, 14 of 16, 8 entries held
+        writer.add(add_segment(cat, i, PER_FILE))
+    base = synthetic_segment(500, PER_FILE)  # a base taken inside the file: the summary cuts there
+    cat.commit_backup(BackupManifest(id="20231114T230000Z-snapshot-0002", kind="snapshot",
+                                     source=SourceIdentity(SOURCE, version="10.11", server_id=1),
+                                     point=BinlogPoint(base.binlog_file, base.start_pos, "", 1.0),
+                                     started_at=1.0, finished_at=2.0))
+    store.reset()
+    assert roll_up_finished(cat, SOURCE, "binlog.000001", writer.tail("binlog.000001"))
+    # no index entry read one by one: the chunks, the backups, and the head
+    assert store.counts["open"] == 3 + 14 + 2 + 1, store.counts
+    _same_roll_up(cat, writer)
+    # entries listed that no chunk holds (one inside a chunk's interval), a chunk's entry gone
+    wide = synthetic_segment(100, PER_FILE)
+    wide.end_pos, wide.merged = synthetic_segment(101, PER_FILE).end_pos, 2
+    cat.commit_segment(wide)
+    store.delete([synthetic_segment(101, PER_FILE).key])
+    _same_roll_up(cat, writer)
+    store.put(layout.rollup_chunk(SOURCE, "binlog.000001", 4, 4 + 25600), b"damaged")
+    _same_roll_up(cat, writer)  # a damaged chunk: made again from the entries read
+    store.delete([layout.rollup_chunk(SOURCE, "binlog.000001", 4 + 25600, 4 + 51200)])
+    _same_roll_up(cat, OpenFileRollups(cat, SOURCE))  # a chunk gone, nothing held
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_stretches_folded_a_batch_at_a_time_are_summarize(seed):
+    """Entries of several files in key order, with wide (compacted) entries covering or reaching
+    over others and empty anchors, cut at random points: folded in batches of 2 they give
+    what summarize() gives of them all."""
+    from backupkit.repo.stretches import summarize
+
+    rng = random.Random(seed)
+    segs = []
+    for f in range(3):
+        pos = 4
+        for i in range(rng.randint(5, 60)):
+            seg = synthetic_segment(i, PER_FILE)
+            seg.binlog_file = f"binlog.{f + 1:06d}"
+            width = rng.choice([0, 100, 100, 100, 250, 600]) if i else 100
+            seg.start_pos, seg.end_pos = pos, pos + width
+            segs.append(seg)
+            pos += rng.choice([0, 100, 100, width]) if width else 0
+    segs.sort(key=lambda s: (s.binlog_file, s.start_pos, s.end_pos))  # as keys list them
+    cuts = [(s.binlog_file, s.end_pos) for s in rng.sample(segs, 3)]
+    folded = Stretches(cuts)
+    folded.BATCH = 2
+    for s in segs:
+        folded.add(s)
+    assert [st.to_dict() for st in folded.done()] == [st.to_dict() for st in summarize(segs, cuts)]
