@@ -23,7 +23,7 @@ that works holds one file's segments at a time. In each file read:
    record whose grace has ended loses its pieces: the last piece's entry (the open file's chunks
    first), the file's roll-up rewritten, then the pieces' data, then the record. A record whose
    compacted segment is gone (pruned) loses only itself.
-2. Merge: the source's segments as readers see them (repo/coverage.py ``build_runs``: the widest
+2. Merge: the file's segments as readers see them (repo/coverage.py ``build_runs``: the widest
    committed segment wins) are cut into groups: contiguous, one binlog file, one range, one
    ``window`` of commit time (aligned, default one hour), at most ``max_bytes``, every segment
    older than ``older_than`` and never the source's newest (the head and the shipper's resume

@@ -527,3 +527,35 @@ def test_pending_records_are_read_only_once_due_their_key_says_when(tmp_path):
     assert sorted(k for k in rec.opened if layout.is_compaction_record(k)) == sorted([old, *keys[1:]])
     assert cp.pending(r.catalog, SRC) == []
     assert _events_whole(r, r.catalog.segments(SRC))
+
+
+@pytest.mark.parametrize("where", ["committed", "recorded"])
+def test_what_a_stopped_run_left_is_finished_though_nothing_is_due_by_age(tmp_path, where):
+    """A file with nothing old enough is skipped unless its covered segments are not one last
+    piece per record: a run stopped after the commit (no record) or after the record (early
+    entries still listed) is finished by a run that merges nothing (the open file, with head and
+    chunks as the shipper leaves them)."""
+    from backupkit.repo.rollups import OpenFileRollups
+
+    r = Repo(tmp_path, 12)
+    chunks = OpenFileRollups(r.catalog, SRC)
+    for s in r.segments:
+        chunks.add(s)
+    r.catalog.write_head(r.segments[-1], [])
+
+    def crash(*_a):
+        raise Crash
+
+    hook = {"after_commit": crash} if where == "committed" else \
+        {"step": lambda s: crash() if s == where else None}
+    with pytest.raises(Crash):
+        cp.compact_source(r.catalog, SRC, older_than=0, grace=600, now=T0 + 100, **hook)
+    assert len(cp.superseded(r.catalog.segments(SRC))) == 11
+    res = cp.compact_source(r.catalog, SRC, older_than=10 ** 6, grace=600, now=T0 + 200)
+    assert res.merged == [] and res.files_read == 1 and res.waiting == 11
+    assert len(cp.pending(r.catalog, SRC)) == 1
+    assert [s.end_pos for s, _ in cp.superseded(r.catalog.segments(SRC))] == [r.segments[10].end_pos]
+    # settled: the next run reads nothing of the file (its one covered segment is the last piece)
+    res = cp.compact_source(r.catalog, SRC, older_than=10 ** 6, grace=600, now=T0 + 300)
+    assert res.files_read == 0 and res.waiting == 11
+    assert _events_whole(r, r.catalog.segments(SRC))
